@@ -1,0 +1,50 @@
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde_json::Value;
+use sluice::ingest::{self, JobContext};
+use sluice::{JobSpec, MemoryBudget};
+
+/// Clients built once per function instance and reused by every invocation.
+pub struct Clients {
+    pub s3: aws_sdk_s3::Client,
+    pub http: reqwest::Client,
+    pub budget: MemoryBudget,
+}
+
+/// A failed job, reported to Lambda with an error type callers can branch on:
+/// `InvalidInput`, `Upstream`, `Retryable` or `Timeout`.
+#[derive(Debug)]
+pub struct JobError(sluice::Error);
+
+impl From<JobError> for Diagnostic {
+    fn from(JobError(err): JobError) -> Self {
+        Diagnostic {
+            error_type: err.kind().as_str().to_owned(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+/// Runs the job spec carried by `event` (direct invoke or EventBridge Scheduler input).
+pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Value, JobError> {
+    let (payload, context) = event.into_parts();
+    let result = async {
+        let spec = JobSpec::from_json(payload)?;
+        let ctx = JobContext {
+            s3: clients.s3.clone(),
+            http: clients.http.clone(),
+            budget: clients.budget,
+            run_id: context.request_id.clone(),
+            started: chrono::Utc::now(),
+            deadline: Some(context.deadline()),
+        };
+        ingest::run(&spec, &ctx).await
+    }
+    .await;
+    match result {
+        Ok(summary) => Ok(serde_json::to_value(summary).expect("summary serializes")),
+        Err(err) => {
+            tracing::error!(error_type = err.kind().as_str(), error = %err, "job failed");
+            Err(JobError(err))
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `ingest-http`: stream an HTTP response body into an S3 object.
+//!
+//! The event is a sluice job spec (see the README); the response is the job summary.
+
+mod handler;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    sluice::telemetry::init();
+    let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let clients = handler::Clients {
+        s3: sluice::s3::client(&conf),
+        http: sluice::source::http::client(),
+        budget: sluice::MemoryBudget::from_env(),
+    };
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
+        handler::handle(&clients, event)
+    }))
+    .await
+}

@@ -1,0 +1,225 @@
+//! How much memory a job may use for buffers, and the part sizes that follow from it.
+//!
+//! # The formula
+//!
+//! For a function with `M` MiB of memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, default 256):
+//!
+//! - **buffer budget** `B = M / 4` — a quarter of the function's memory holds part buffers; the
+//!   rest is left to the runtime, the TLS and HTTP stacks, codec state and the allocator.
+//! - **part size** `P = max(8 MiB, B / 17)` rounded down to a whole MiB;
+//! - **parts in flight** `F = clamp(B / P - 1, 1, 16)`: `F` parts uploading while one more fills.
+//!
+//! Peak memory is then about `baseline + (F + 1) × P + codec state`, which stays within `B`
+//! plus a baseline of roughly 20–30 MiB. At 256 MB: `B` = 64 MiB, `P` = 8 MiB, `F` = 7.
+//!
+//! # Growth for streams of unknown length
+//!
+//! S3 allows at most 10,000 parts, so the part size doubles every 1,000 parts
+//! ([`PartSchedule`]): with 8 MiB parts the first 7.8 GiB use 8 MiB parts, up to 23 GiB use
+//! 16 MiB, up to 55 GiB use 32 MiB, and 1 TiB is reached at part 7,032. As parts grow, fewer are
+//! kept in flight so that `(F + 1) × P` stays within `B`; once a single part in flight no longer
+//! fits (past 55 GiB at 256 MB, well beyond what one 15-minute invocation moves at that size),
+//! memory grows to two parts.
+
+/// The smallest part S3 accepts (all parts but the last).
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// The largest part S3 accepts.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// The most parts one multipart upload may have.
+pub const MAX_PARTS: u32 = 10_000;
+/// Parts per doubling step of the growth schedule.
+pub const PARTS_PER_STEP: u32 = 1_000;
+
+const MIB: u64 = 1024 * 1024;
+const DEFAULT_MEMORY_MIB: u64 = 256;
+const DEFAULT_PART_SIZE: u64 = 8 * MIB;
+const MAX_IN_FLIGHT: usize = 16;
+
+/// The memory plan of one job: buffer budget, first part size and upload concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    memory_bytes: u64,
+    buffer_bytes: u64,
+    part_size: u64,
+    max_in_flight: usize,
+}
+
+impl MemoryBudget {
+    /// The plan for a function with `memory_mib` MiB of memory (see the module docs).
+    pub fn for_memory_mib(memory_mib: u64) -> Self {
+        let memory_bytes = memory_mib.max(128) * MIB;
+        let buffer_bytes = memory_bytes / 4;
+        let part_size = (buffer_bytes / 17 / MIB * MIB).max(DEFAULT_PART_SIZE);
+        let max_in_flight = in_flight_for(buffer_bytes, part_size, MAX_IN_FLIGHT);
+        MemoryBudget {
+            memory_bytes,
+            buffer_bytes,
+            part_size,
+            max_in_flight,
+        }
+    }
+
+    /// The plan for this Lambda function, from `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (default 256).
+    pub fn from_env() -> Self {
+        let mib = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_MEMORY_MIB);
+        Self::for_memory_mib(mib)
+    }
+
+    /// Overrides the first part size (clamped to S3's 5 MiB – 5 GiB); concurrency is re-derived
+    /// so the buffers still fit the budget.
+    pub fn with_part_size(mut self, part_size: u64) -> Self {
+        self.part_size = part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+        self.max_in_flight = in_flight_for(self.buffer_bytes, self.part_size, MAX_IN_FLIGHT);
+        self
+    }
+
+    /// Overrides the number of parts uploading at once (at least 1). This may exceed the
+    /// buffer budget; it is the caller's choice.
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self.buffer_bytes = self
+            .buffer_bytes
+            .max((self.max_in_flight as u64 + 1) * self.part_size);
+        self
+    }
+
+    /// The function's memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    /// Bytes set aside for part buffers (in flight plus the one filling).
+    pub fn buffer_bytes(&self) -> u64 {
+        self.buffer_bytes
+    }
+
+    /// Size of the first parts, before the growth schedule doubles it.
+    pub fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    /// Parts uploading at once while the first part size is in use.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// The part schedule this budget implies.
+    pub fn schedule(&self) -> PartSchedule {
+        PartSchedule {
+            base: self.part_size,
+            buffer_bytes: self.buffer_bytes,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+fn in_flight_for(buffer_bytes: u64, part_size: u64, cap: usize) -> usize {
+    let slots = (buffer_bytes / part_size).saturating_sub(1);
+    (slots as usize).clamp(1, cap)
+}
+
+/// Part sizes and concurrency by part number, for streams whose length is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSchedule {
+    base: u64,
+    buffer_bytes: u64,
+    max_in_flight: usize,
+}
+
+impl PartSchedule {
+    /// Size of part `part_number` (1-based): `base × 2^((n − 1) / 1000)`, at most 5 GiB.
+    pub fn part_size(&self, part_number: u32) -> u64 {
+        let step = part_number.saturating_sub(1) / PARTS_PER_STEP;
+        let size = self.base.saturating_mul(1u64 << step.min(20));
+        size.min(MAX_PART_SIZE)
+    }
+
+    /// Parts that may upload at once while parts of `part_size` are in use.
+    pub fn max_in_flight(&self, part_size: u64) -> usize {
+        in_flight_for(self.buffer_bytes, part_size, self.max_in_flight)
+    }
+
+    /// How many parts a stream of `total` bytes needs, or `None` beyond 10,000.
+    pub fn parts_for(&self, total: u64) -> Option<u32> {
+        let mut covered = 0u64;
+        for n in 1..=MAX_PARTS {
+            covered = covered.saturating_add(self.part_size(n));
+            if covered >= total {
+                return Some(n);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIB: u64 = 1024 * 1024 * MIB;
+
+    #[test]
+    fn lambda_256_plan() {
+        let b = MemoryBudget::for_memory_mib(256);
+        assert_eq!(b.buffer_bytes(), 64 * MIB);
+        assert_eq!(b.part_size(), 8 * MIB);
+        assert_eq!(b.max_in_flight(), 7);
+        assert!((b.max_in_flight() as u64 + 1) * b.part_size() <= b.buffer_bytes());
+    }
+
+    #[test]
+    fn buffers_fit_the_budget_at_every_memory_size() {
+        for mib in [128, 256, 512, 1024, 1769, 3008, 10240] {
+            let b = MemoryBudget::for_memory_mib(mib);
+            assert!(b.part_size() >= MIN_PART_SIZE);
+            assert!(
+                (b.max_in_flight() as u64 + 1) * b.part_size() <= b.buffer_bytes(),
+                "{mib} MiB: {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_tib_fits_in_ten_thousand_parts() {
+        for mib in [128, 256, 1024, 10240] {
+            let s = MemoryBudget::for_memory_mib(mib).schedule();
+            let parts = s.parts_for(TIB).expect("1 TiB must fit");
+            assert!(parts <= MAX_PARTS, "{mib} MiB: {parts} parts");
+        }
+        // The smallest part size S3 allows still reaches 1 TiB.
+        let s = MemoryBudget::for_memory_mib(256)
+            .with_part_size(MIN_PART_SIZE)
+            .schedule();
+        assert!(s.parts_for(TIB).unwrap() <= MAX_PARTS);
+        assert_eq!(
+            MemoryBudget::for_memory_mib(256).schedule().parts_for(TIB),
+            Some(7032)
+        );
+    }
+
+    #[test]
+    fn parts_double_every_thousand() {
+        let s = MemoryBudget::for_memory_mib(256).schedule();
+        assert_eq!(s.part_size(1), 8 * MIB);
+        assert_eq!(s.part_size(1000), 8 * MIB);
+        assert_eq!(s.part_size(1001), 16 * MIB);
+        assert_eq!(s.part_size(3001), 64 * MIB);
+        assert_eq!(s.part_size(10_000), 4096 * MIB);
+        // Concurrency shrinks as parts grow, never below one.
+        assert_eq!(s.max_in_flight(8 * MIB), 7);
+        assert_eq!(s.max_in_flight(16 * MIB), 3);
+        assert_eq!(s.max_in_flight(32 * MIB), 1);
+        assert_eq!(s.max_in_flight(64 * MIB), 1);
+    }
+
+    #[test]
+    fn overrides_are_clamped() {
+        let b = MemoryBudget::for_memory_mib(256).with_part_size(1);
+        assert_eq!(b.part_size(), MIN_PART_SIZE);
+        let b = MemoryBudget::for_memory_mib(256).with_max_in_flight(0);
+        assert_eq!(b.max_in_flight(), 1);
+    }
+}

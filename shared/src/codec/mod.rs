@@ -1,0 +1,8 @@
+//! Compression and decompression. All codecs in sluice are built here, so every decoder gets
+//! the same settings (multi-member gzip, bounded windows) and every error the same context.
+
+mod compress;
+mod decompress;
+
+pub use compress::{Codec, Compression};
+pub use decompress::Decoding;

@@ -1,0 +1,250 @@
+//! The one error type of the core, with the context a user needs to act on it.
+
+use std::io;
+
+/// Result alias used throughout the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a failure should be treated by whoever invoked the job.
+///
+/// Functions map this to the Lambda error type they report, so callers (EventBridge, Step
+/// Functions retry policies, people reading logs) can tell a bad job spec from a flaky upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The job spec or the data is wrong; retrying the same input fails again.
+    InvalidInput,
+    /// The source answered, but not with what the job needs (4xx, corrupt data).
+    Upstream,
+    /// A transient failure (network, 5xx, throttling); the same job may succeed later.
+    Retryable,
+    /// The invocation's deadline arrived before the job finished.
+    Timeout,
+}
+
+impl ErrorKind {
+    /// The name used as the Lambda `errorType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "InvalidInput",
+            ErrorKind::Upstream => "Upstream",
+            ErrorKind::Retryable => "Retryable",
+            ErrorKind::Timeout => "Timeout",
+        }
+    }
+}
+
+/// Which S3 call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum S3Operation {
+    /// `PutObject` (streams that fit in one part).
+    PutObject,
+    /// `HeadObject` (existence check before writing with no-overwrite).
+    HeadObject,
+    /// `CreateMultipartUpload`.
+    CreateMultipartUpload,
+    /// `UploadPart`.
+    UploadPart,
+    /// `CompleteMultipartUpload`.
+    CompleteMultipartUpload,
+    /// `AbortMultipartUpload`.
+    AbortMultipartUpload,
+    /// `ListParts` (checking that an aborted upload left nothing behind).
+    ListParts,
+}
+
+impl std::fmt::Display for S3Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            S3Operation::PutObject => "PutObject",
+            S3Operation::HeadObject => "HeadObject",
+            S3Operation::CreateMultipartUpload => "CreateMultipartUpload",
+            S3Operation::UploadPart => "UploadPart",
+            S3Operation::CompleteMultipartUpload => "CompleteMultipartUpload",
+            S3Operation::AbortMultipartUpload => "AbortMultipartUpload",
+            S3Operation::ListParts => "ListParts",
+        })
+    }
+}
+
+/// Everything that can go wrong in a sluice job.
+///
+/// Messages name the input, the position and the class of the failure, e.g.
+/// `source http://host/a.json: connection failed after 1048576 bytes: ...`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The job spec is malformed or asks for something impossible.
+    #[error("invalid job spec: {message}")]
+    InvalidSpec {
+        /// What is wrong, naming the field.
+        message: String,
+    },
+
+    /// The HTTP request could not be sent or its headers not received.
+    #[error("source {url}: request failed: {message}")]
+    SourceRequest {
+        /// The URL requested.
+        url: String,
+        /// The transport error, with its causes.
+        message: String,
+        /// Whether the request timed out (as opposed to being refused or reset).
+        timeout: bool,
+    },
+
+    /// The source answered with a non-success status. Raised before any upload is created.
+    #[error("source {url}: HTTP {status}; body starts: {body:?}")]
+    SourceStatus {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The first bytes of the response body (capped, lossy UTF-8).
+        body: String,
+    },
+
+    /// The source body failed part way: connection reset, truncated, stalled.
+    #[error("source {url}: {class} after {offset} bytes: {message}")]
+    SourceRead {
+        /// The URL being read.
+        url: String,
+        /// Bytes of the (encoded) body received before the failure.
+        offset: u64,
+        /// `connection failed`, `read timed out`, ...
+        class: &'static str,
+        /// The underlying error, with its causes.
+        message: String,
+    },
+
+    /// The source uses a `Content-Encoding` sluice cannot decode.
+    #[error(
+        "source {url}: unsupported Content-Encoding {encoding:?} (supported: gzip, zstd, identity)"
+    )]
+    UnsupportedEncoding {
+        /// The URL requested.
+        url: String,
+        /// The header value.
+        encoding: String,
+    },
+
+    /// Compressed input could not be decoded (corrupt or truncated).
+    #[error("{input}: {codec} data invalid after {offset} bytes of compressed input: {source}")]
+    Decode {
+        /// What was being decoded (usually the source URL).
+        input: String,
+        /// `gzip` or `zstd`.
+        codec: &'static str,
+        /// Compressed bytes consumed before the failure.
+        offset: u64,
+        /// The decoder's error (`unexpected end of file`, a checksum error, ...).
+        #[source]
+        source: io::Error,
+    },
+
+    /// Compressing the output failed.
+    #[error("{codec} encoder failed after {offset} bytes: {source}")]
+    Encode {
+        /// `gzip` or `zstd`.
+        codec: &'static str,
+        /// Uncompressed bytes consumed before the failure.
+        offset: u64,
+        /// The encoder's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An S3 request failed (after the SDK's own bounded retries).
+    #[error("s3://{bucket}/{key}: {operation}{} failed: {message}", part_suffix(*.part_number))]
+    S3 {
+        /// The failing call.
+        operation: S3Operation,
+        /// Destination bucket.
+        bucket: String,
+        /// Destination key.
+        key: String,
+        /// The part, for `UploadPart`.
+        part_number: Option<i32>,
+        /// Error code and message from S3 or the transport, with causes.
+        message: String,
+        /// True for throttling, 5xx and transport failures.
+        retryable: bool,
+    },
+
+    /// The checksum S3 reports for the object differs from the one sluice computed.
+    #[error(
+        "s3://{bucket}/{key}: {algorithm} checksum mismatch: computed {expected}, S3 reports {actual}"
+    )]
+    ChecksumMismatch {
+        /// Destination bucket.
+        bucket: String,
+        /// Destination key.
+        key: String,
+        /// `CRC64NVME` or `CRC32C`.
+        algorithm: &'static str,
+        /// What sluice computed while streaming (base64).
+        expected: String,
+        /// What S3 answered (base64).
+        actual: String,
+    },
+
+    /// The stream would need more than 10,000 parts at the configured part size.
+    #[error(
+        "s3://{bucket}/{key}: stream exceeds the S3 limit of 10,000 parts ({bytes} bytes written)"
+    )]
+    TooManyParts {
+        /// Destination bucket.
+        bucket: String,
+        /// Destination key.
+        key: String,
+        /// Bytes written when the limit was hit.
+        bytes: u64,
+    },
+
+    /// The deadline (Lambda deadline minus the safety margin) arrived first.
+    #[error("deadline reached after {bytes_in} source bytes; upload aborted, nothing written")]
+    Deadline {
+        /// Source bytes consumed before the deadline.
+        bytes_in: u64,
+    },
+}
+
+fn part_suffix(part: Option<i32>) -> String {
+    part.map(|n| format!(" (part {n})")).unwrap_or_default()
+}
+
+impl Error {
+    /// The class of failure, for retry decisions and the Lambda error type.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidSpec { .. } | Error::UnsupportedEncoding { .. } => {
+                ErrorKind::InvalidInput
+            }
+            Error::SourceStatus { status, .. } => {
+                if *status == 408 || *status == 429 || *status >= 500 {
+                    ErrorKind::Retryable
+                } else {
+                    ErrorKind::Upstream
+                }
+            }
+            Error::SourceRequest { .. } | Error::SourceRead { .. } => ErrorKind::Retryable,
+            Error::Decode { .. } | Error::Encode { .. } => ErrorKind::Upstream,
+            Error::S3 { retryable, .. } => {
+                if *retryable {
+                    ErrorKind::Retryable
+                } else {
+                    ErrorKind::Upstream
+                }
+            }
+            Error::ChecksumMismatch { .. } => ErrorKind::Retryable,
+            Error::TooManyParts { .. } => ErrorKind::InvalidInput,
+            Error::Deadline { .. } => ErrorKind::Timeout,
+        }
+    }
+
+    pub(crate) fn spec(message: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Output key templates: `raw/dt={date}/{run_id}.json.gz`.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+
+/// Values a key template may use.
+///
+/// | placeholder | value |
+/// |---|---|
+/// | `{date}` | run date, `YYYY-MM-DD` (UTC) |
+/// | `{yyyy}` `{mm}` `{dd}` `{hh}` | parts of the run time (UTC) |
+/// | `{run_id}` | the invocation's request id (stable across Lambda's own retries) |
+#[derive(Debug, Clone)]
+pub struct KeyVars {
+    /// When the run started.
+    pub now: DateTime<Utc>,
+    /// The run's id.
+    pub run_id: String,
+}
+
+impl KeyVars {
+    fn lookup(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "date" => self.now.format("%Y-%m-%d").to_string(),
+            "yyyy" => self.now.format("%Y").to_string(),
+            "mm" => self.now.format("%m").to_string(),
+            "dd" => self.now.format("%d").to_string(),
+            "hh" => self.now.format("%H").to_string(),
+            "run_id" => self.run_id.clone(),
+            _ => return None,
+        })
+    }
+}
+
+/// Renders `template`. Unknown placeholders, unbalanced braces and keys S3 would refuse are
+/// errors naming the template and the byte position.
+pub fn render(template: &str, vars: &KeyVars) -> Result<String> {
+    let bad = |pos: usize, what: &str| {
+        Error::spec(format!(
+            "destination.key {template:?}: {what} at byte {pos}"
+        ))
+    };
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    let mut pos = 0;
+    while let Some(i) = rest.find(['{', '}']) {
+        if rest.as_bytes()[i] == b'}' {
+            return Err(bad(pos + i, "unmatched '}'"));
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| bad(pos + i, "unclosed '{'"))?;
+        let name = &after[..close];
+        let value = vars.lookup(name).ok_or_else(|| {
+            bad(
+                pos + i,
+                &format!(
+                    "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}})"
+                ),
+            )
+        })?;
+        out.push_str(&value);
+        let consumed = i + 1 + close + 1;
+        pos += consumed;
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    if out.is_empty() || out.len() > 1024 || out.starts_with('/') {
+        return Err(Error::spec(format!(
+            "destination.key {template:?} renders to {out:?}: a key must be 1 to 1024 bytes and not start with '/'"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn vars() -> KeyVars {
+        KeyVars {
+            now: Utc.with_ymd_and_hms(2026, 3, 7, 9, 5, 0).unwrap(),
+            run_id: "r-1".into(),
+        }
+    }
+
+    #[test]
+    fn renders_placeholders() {
+        assert_eq!(
+            render("raw/dt={date}/{yyyy}{mm}{dd}{hh}/{run_id}.json.gz", &vars()).unwrap(),
+            "raw/dt=2026-03-07/2026030709/r-1.json.gz"
+        );
+        assert_eq!(render("plain", &vars()).unwrap(), "plain");
+    }
+
+    #[test]
+    fn errors_name_the_position() {
+        let e = render("raw/{nope}/x", &vars()).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown placeholder {nope}") && e.contains("byte 4"),
+            "{e}"
+        );
+        let e = render("raw/{date", &vars()).unwrap_err().to_string();
+        assert!(e.contains("unclosed '{' at byte 4"), "{e}");
+        let e = render("raw}/", &vars()).unwrap_err().to_string();
+        assert!(e.contains("unmatched '}' at byte 3"), "{e}");
+        assert!(render("/abs", &vars()).is_err());
+        assert!(render("", &vars()).is_err());
+    }
+}

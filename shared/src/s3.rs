@@ -1,0 +1,25 @@
+//! Building the S3 client the same way for AWS and for S3-compatible servers.
+
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+
+/// An S3 client from an `aws_config` `SdkConfig`.
+///
+/// - When `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` is set (a local Garage, MinIO, moto),
+///   path-style addressing is used, since such servers rarely resolve bucket subdomains.
+/// - The SDK's own checksum calculation is limited to operations that require it: sluice
+///   computes the full-object checksum itself while streaming and sends each part's value in
+///   a header, so the SDK need not buffer or re-read bodies.
+/// - Retries: the SDK's standard mode (exponential backoff with jitter on throttling, 5xx and
+///   transport errors), 5 attempts.
+pub fn client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
+    let s3_conf = aws_sdk_s3::config::Builder::from(conf)
+        .force_path_style(custom_endpoint)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+        .build();
+    aws_sdk_s3::Client::from_conf(s3_conf)
+}

@@ -1,0 +1,476 @@
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::checksum::{ChecksumAlgorithm, Crc};
+use crate::error::{Error, Result, S3Operation};
+
+/// Metadata set on the object when it is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// `Content-Type` of the object.
+    pub content_type: Option<String>,
+}
+
+/// A part that S3 accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReceipt {
+    /// 1-based part number.
+    pub part_number: i32,
+    /// The part's ETag, echoed in `CompleteMultipartUpload`.
+    pub e_tag: String,
+    /// The part's checksum, as sent.
+    pub checksum: Crc,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written.
+    Written {
+        /// The object's ETag.
+        e_tag: String,
+        /// The full-object checksum S3 reports (base64), when it reports one.
+        checksum: Option<String>,
+    },
+    /// Writing with no-overwrite found an object already there; nothing was changed.
+    AlreadyExists,
+}
+
+/// One destination object and the calls that write it.
+///
+/// Implemented for S3 by [`S3Target`]; tests use fakes that record calls or fail on demand.
+/// Every future is `'static` so parts can upload on spawned tasks.
+pub trait ObjectTarget: Send + Sync + 'static {
+    /// `s3://bucket/key`, for messages.
+    fn describe(&self) -> (String, String);
+    /// Writes `body` as the whole object in one request.
+    fn put(
+        &self,
+        body: Bytes,
+        checksum: Crc,
+        if_none_match: bool,
+    ) -> BoxFuture<'static, Result<PutOutcome>>;
+    /// Starts a multipart upload with a full-object checksum; returns the upload id.
+    fn create_multipart(&self, algorithm: ChecksumAlgorithm) -> BoxFuture<'static, Result<String>>;
+    /// Uploads one part.
+    fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        checksum: Crc,
+    ) -> BoxFuture<'static, Result<PartReceipt>>;
+    /// Completes the upload from `parts` (in order) with the full-object checksum.
+    fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<PartReceipt>,
+        checksum: Crc,
+        if_none_match: bool,
+    ) -> BoxFuture<'static, Result<PutOutcome>>;
+    /// Aborts the upload. An upload that no longer exists counts as aborted.
+    fn abort_multipart(&self, upload_id: &str) -> BoxFuture<'static, Result<()>>;
+    /// Whether the upload still exists (parts may have landed after an abort).
+    fn upload_exists(&self, upload_id: &str) -> BoxFuture<'static, Result<bool>>;
+}
+
+/// An S3 object written through the AWS SDK.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    meta: ObjectMeta,
+}
+
+impl S3Target {
+    /// The object `bucket`/`key`, written with `client`.
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Self {
+        S3Target {
+            client,
+            bucket: bucket.into(),
+            key: key.into(),
+            meta: ObjectMeta::default(),
+        }
+    }
+
+    /// Sets the object metadata (default: none).
+    pub fn with_meta(mut self, meta: ObjectMeta) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    /// Whether the object exists now (`HeadObject`).
+    pub async fn exists(&self) -> Result<bool> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(s3_error(
+                S3Operation::HeadObject,
+                &self.bucket,
+                &self.key,
+                None,
+                e,
+            )),
+        }
+    }
+}
+
+fn status_of<E, R>(err: &SdkError<E, R>) -> Option<u16>
+where
+    R: HasStatus,
+{
+    err.raw_response().map(|r| r.status_code())
+}
+
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn is_precondition_failed<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    status_of(err) == Some(412) || err.code() == Some("PreconditionFailed")
+}
+
+fn s3_error<E>(
+    operation: S3Operation,
+    bucket: &str,
+    key: &str,
+    part_number: Option<i32>,
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = status_of(&err);
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => {
+            status.is_some_and(|s| s >= 500 || s == 429)
+                || matches!(
+                    err.code(),
+                    Some(
+                        "SlowDown"
+                            | "RequestTimeout"
+                            | "InternalError"
+                            | "ConditionalRequestConflict"
+                    )
+                )
+        }
+    };
+    let mut message = DisplayErrorContext(&err).to_string();
+    if let Some(status) = status {
+        message = format!("HTTP {status}: {message}");
+    }
+    Error::S3 {
+        operation,
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        part_number,
+        message,
+        retryable,
+    }
+}
+
+fn missing(operation: S3Operation, bucket: &str, key: &str, what: &str) -> Error {
+    // A 200 answer without the fields every success carries: S3 can answer
+    // CompleteMultipartUpload with 200 and an <Error> body, so this is a failure.
+    Error::S3 {
+        operation,
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        part_number: None,
+        message: format!("response had no {what}; treating it as a failed request"),
+        retryable: true,
+    }
+}
+
+impl ObjectTarget for S3Target {
+    fn describe(&self) -> (String, String) {
+        (self.bucket.clone(), self.key.clone())
+    }
+
+    fn put(
+        &self,
+        body: Bytes,
+        checksum: Crc,
+        if_none_match: bool,
+    ) -> BoxFuture<'static, Result<PutOutcome>> {
+        let this = self.clone();
+        async move {
+            let len = body.len() as i64;
+            let mut req = this
+                .client
+                .put_object()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .content_length(len)
+                .set_content_type(this.meta.content_type.clone())
+                .body(ByteStream::from(body));
+            req = match checksum.algorithm() {
+                ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
+                ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
+            };
+            if if_none_match {
+                req = req.if_none_match("*");
+            }
+            match req.send().await {
+                Ok(out) => {
+                    let e_tag = out.e_tag.ok_or_else(|| {
+                        missing(S3Operation::PutObject, &this.bucket, &this.key, "ETag")
+                    })?;
+                    let checksum = match checksum.algorithm() {
+                        ChecksumAlgorithm::Crc64nvme => out.checksum_crc64_nvme,
+                        ChecksumAlgorithm::Crc32c => out.checksum_crc32_c,
+                    };
+                    Ok(PutOutcome::Written { e_tag, checksum })
+                }
+                Err(e) if if_none_match && is_precondition_failed(&e) => {
+                    Ok(PutOutcome::AlreadyExists)
+                }
+                Err(e) => Err(s3_error(
+                    S3Operation::PutObject,
+                    &this.bucket,
+                    &this.key,
+                    None,
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn create_multipart(&self, algorithm: ChecksumAlgorithm) -> BoxFuture<'static, Result<String>> {
+        let this = self.clone();
+        async move {
+            let out = this
+                .client
+                .create_multipart_upload()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .set_content_type(this.meta.content_type.clone())
+                .checksum_algorithm(algorithm.s3_name().into())
+                .checksum_type(ChecksumType::FullObject)
+                .send()
+                .await
+                .map_err(|e| {
+                    s3_error(
+                        S3Operation::CreateMultipartUpload,
+                        &this.bucket,
+                        &this.key,
+                        None,
+                        e,
+                    )
+                })?;
+            out.upload_id.ok_or_else(|| {
+                missing(
+                    S3Operation::CreateMultipartUpload,
+                    &this.bucket,
+                    &this.key,
+                    "UploadId",
+                )
+            })
+        }
+        .boxed()
+    }
+
+    fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        checksum: Crc,
+    ) -> BoxFuture<'static, Result<PartReceipt>> {
+        let this = self.clone();
+        let upload_id = upload_id.to_owned();
+        async move {
+            let mut req = this
+                .client
+                .upload_part()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from(body));
+            req = match checksum.algorithm() {
+                ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
+                ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
+            };
+            let out = req.send().await.map_err(|e| {
+                s3_error(
+                    S3Operation::UploadPart,
+                    &this.bucket,
+                    &this.key,
+                    Some(part_number),
+                    e,
+                )
+            })?;
+            let e_tag = out
+                .e_tag
+                .ok_or_else(|| missing(S3Operation::UploadPart, &this.bucket, &this.key, "ETag"))?;
+            Ok(PartReceipt {
+                part_number,
+                e_tag,
+                checksum,
+            })
+        }
+        .boxed()
+    }
+
+    fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<PartReceipt>,
+        checksum: Crc,
+        if_none_match: bool,
+    ) -> BoxFuture<'static, Result<PutOutcome>> {
+        let this = self.clone();
+        let upload_id = upload_id.to_owned();
+        async move {
+            let parts = parts
+                .into_iter()
+                .map(|p| {
+                    let b = CompletedPart::builder()
+                        .part_number(p.part_number)
+                        .e_tag(p.e_tag);
+                    match p.checksum.algorithm() {
+                        ChecksumAlgorithm::Crc64nvme => {
+                            b.checksum_crc64_nvme(p.checksum.to_base64())
+                        }
+                        ChecksumAlgorithm::Crc32c => b.checksum_crc32_c(p.checksum.to_base64()),
+                    }
+                    .build()
+                })
+                .collect();
+            let mut req = this
+                .client
+                .complete_multipart_upload()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .upload_id(upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .checksum_type(ChecksumType::FullObject);
+            req = match checksum.algorithm() {
+                ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
+                ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
+            };
+            if if_none_match {
+                req = req.if_none_match("*");
+            }
+            match req.send().await {
+                Ok(out) => {
+                    let e_tag = out.e_tag.ok_or_else(|| {
+                        missing(
+                            S3Operation::CompleteMultipartUpload,
+                            &this.bucket,
+                            &this.key,
+                            "ETag",
+                        )
+                    })?;
+                    let checksum = match checksum.algorithm() {
+                        ChecksumAlgorithm::Crc64nvme => out.checksum_crc64_nvme,
+                        ChecksumAlgorithm::Crc32c => out.checksum_crc32_c,
+                    };
+                    Ok(PutOutcome::Written { e_tag, checksum })
+                }
+                Err(e) if if_none_match && is_precondition_failed(&e) => {
+                    Ok(PutOutcome::AlreadyExists)
+                }
+                Err(e) => Err(s3_error(
+                    S3Operation::CompleteMultipartUpload,
+                    &this.bucket,
+                    &this.key,
+                    None,
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn abort_multipart(&self, upload_id: &str) -> BoxFuture<'static, Result<()>> {
+        let this = self.clone();
+        let upload_id = upload_id.to_owned();
+        async move {
+            match this
+                .client
+                .abort_multipart_upload()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .upload_id(upload_id)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if status_of(&e) == Some(404) => Ok(()),
+                Err(e) => Err(s3_error(
+                    S3Operation::AbortMultipartUpload,
+                    &this.bucket,
+                    &this.key,
+                    None,
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn upload_exists(&self, upload_id: &str) -> BoxFuture<'static, Result<bool>> {
+        let this = self.clone();
+        let upload_id = upload_id.to_owned();
+        async move {
+            match this
+                .client
+                .list_parts()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .upload_id(upload_id)
+                .max_parts(1)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if status_of(&e) == Some(404) || e.code() == Some("NoSuchUpload") => {
+                    Ok(false)
+                }
+                Err(e) => Err(s3_error(
+                    S3Operation::ListParts,
+                    &this.bucket,
+                    &this.key,
+                    None,
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+}

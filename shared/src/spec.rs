@@ -1,0 +1,177 @@
+//! The job spec: the JSON event that says what to copy where.
+//!
+//! ```json
+//! {
+//!   "source": { "http": { "url": "https://api.example.com/export", "headers": {"Accept": "application/json"} } },
+//!   "compression": "gzip",
+//!   "destination": { "bucket": "lake", "key": "raw/demo/dt={date}/{run_id}.json.gz" }
+//! }
+//! ```
+//!
+//! Unknown fields are rejected, so a typo is an error rather than a silently ignored setting.
+
+use serde::Deserialize;
+
+use crate::budget::{MAX_PART_SIZE, MIN_PART_SIZE, MemoryBudget};
+use crate::checksum::ChecksumAlgorithm;
+use crate::codec::Compression;
+use crate::error::{Error, Result};
+use crate::source::http::HttpSourceSpec;
+
+/// One job: a source, optional compression, a destination, optional tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Where the bytes come from.
+    pub source: SourceSpec,
+    /// Output compression. Default none: the body is copied byte for byte (after undoing any
+    /// `Content-Encoding` of the transfer).
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Where the object goes.
+    pub destination: Destination,
+    /// Overrides of the memory plan. Default: derived from the function's memory.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// The source, named by its kind: `{"http": {...}}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// An HTTP(S) request.
+    Http(HttpSourceSpec),
+}
+
+/// `destination` in a job spec.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key template ([`crate::key`]).
+    pub key: String,
+    /// When false, an existing object is left alone: the job checks first and writes with
+    /// `If-None-Match: *`, and reports `"status": "exists"`. Default true.
+    #[serde(default = "yes")]
+    pub overwrite: bool,
+    /// Full-object checksum algorithm: `"crc64nvme"` (default) or `"crc32c"`.
+    #[serde(default)]
+    pub checksum: ChecksumAlgorithm,
+    /// `Content-Type` of the object. Default: the codec's type when compressing, else the
+    /// source's `Content-Type`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `tuning` in a job spec.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// First part size in MiB (5–5120). Default from the memory budget (8 at 256 MB).
+    #[serde(default)]
+    pub part_size_mib: Option<u64>,
+    /// Parts uploading at once. Default from the memory budget (7 at 256 MB).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// Milliseconds before the Lambda deadline at which the job gives up and aborts. Default 3000.
+    #[serde(default)]
+    pub deadline_margin_ms: Option<u64>,
+}
+
+impl JobSpec {
+    /// Parses and validates a job spec from JSON.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let spec: JobSpec =
+            serde_json::from_value(value).map_err(|e| Error::spec(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what can be checked before any request.
+    pub fn validate(&self) -> Result<()> {
+        match &self.source {
+            SourceSpec::Http(http) => http.validate()?,
+        }
+        let bucket = &self.destination.bucket;
+        if bucket.len() < 3
+            || bucket.len() > 63
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(Error::spec(format!(
+                "destination.bucket {bucket:?} is not a valid bucket name"
+            )));
+        }
+        if let Some(mib) = self.tuning.part_size_mib {
+            let bytes = mib.saturating_mul(1024 * 1024);
+            if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
+                return Err(Error::spec(format!(
+                    "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
+                )));
+            }
+        }
+        if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
+            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
+        }
+        Ok(())
+    }
+
+    /// The memory plan: the function's budget with this spec's overrides.
+    pub fn budget(&self, base: MemoryBudget) -> MemoryBudget {
+        let mut b = base;
+        if let Some(mib) = self.tuning.part_size_mib {
+            b = b.with_part_size(mib * 1024 * 1024);
+        }
+        if let Some(n) = self.tuning.max_in_flight {
+            b = b.with_max_in_flight(n);
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn design_example_parses() {
+        let spec = JobSpec::from_json(json!({
+            "source": {"http": {"url": "http://127.0.0.1:8088/big.json", "method": "GET",
+                                "headers": {"Accept": "application/json"}}},
+            "compression": "gzip",
+            "destination": {"bucket": "lake", "key": "raw/demo/dt={date}/{run_id}.ndjson.gz"}
+        }))
+        .unwrap();
+        assert!(spec.destination.overwrite);
+        assert_eq!(spec.compression.unwrap().level, 1);
+    }
+
+    #[test]
+    fn unknown_and_bad_fields_are_named() {
+        let base = json!({"source": {"http": {"url": "http://h/"}},
+                          "destination": {"bucket": "lake", "key": "k"}});
+        let mut v = base.clone();
+        v["destinaton"] = json!({});
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("unknown field `destinaton`"), "{e}");
+        let mut v = base.clone();
+        v["source"] = json!({"ftp": {"url": "x"}});
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `ftp`"), "{e}");
+        let mut v = base.clone();
+        v["destination"]["bucket"] = json!("Lake_1");
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("destination.bucket"), "{e}");
+        let mut v = base;
+        v["tuning"] = json!({"part_size_mib": 1});
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("part_size_mib 1"), "{e}");
+    }
+}

@@ -1,0 +1,28 @@
+//! Test bed for sluice: real local servers and an emulated Lambda environment.
+//!
+//! - [`stack`]: the Garage and moto S3 servers started by `scripts/stack.sh up`, and S3 helpers.
+//! - [`fixture`]: an HTTP server of large generated bodies and faults ([`FixtureServer`]).
+//! - [`runtime_api`]: a Lambda Runtime API emulator ([`RuntimeApi`]).
+//! - [`lambda`]: a built Lambda binary run as a child process ([`LambdaProcess`]).
+//! - [`cgroup`]: cgroup v1 memory and CPU limits ([`MemoryCgroup`], [`CpuCgroup`]).
+
+use std::path::PathBuf;
+
+pub mod cgroup;
+pub mod fixture;
+pub mod lambda;
+pub mod runtime_api;
+mod server;
+pub mod stack;
+
+pub use cgroup::{CpuCgroup, MemoryCgroup};
+pub use fixture::{FixtureServer, body_stream, expected_crc64nvme};
+pub use lambda::{LambdaProcess, binary_path};
+pub use runtime_api::{Invocation, RuntimeApi};
+pub use stack::{S3Server, object_exists, object_stream, read_object, uploads_in_progress};
+
+/// The workspace's root directory (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
