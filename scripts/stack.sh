@@ -40,7 +40,8 @@ live_pid() {
     [[ -f "$pidfile" ]] || return 1
     pid="$(cat "$pidfile" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$pattern" || return 1
     echo "$pid"
 }
 
@@ -71,12 +72,17 @@ tail_log() {
     tail -n 30 "$1" >&2 2>/dev/null || true
 }
 
-# Runs "$@" until it succeeds, at most $1 seconds.
+# Runs "$@" until it succeeds, at most $2 seconds, while the daemon whose pid file is $1 lives.
 wait_for() {
-    local seconds="$1"
-    shift
-    local deadline=$((SECONDS + seconds))
+    local pidfile="$1" seconds="$2"
+    shift 2
+    local deadline=$((SECONDS + seconds)) pid
+    pid="$(cat "$pidfile")"
     until "$@" >/dev/null 2>&1; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "stack: the process (pid $pid) exited" >&2
+            return 1
+        fi
         ((SECONDS < deadline)) || return 1
         sleep 0.2
     done
@@ -217,7 +223,7 @@ cmd_up() {
         start_daemon garage "$STATE/garage.pid" "$STATE/garage.log" "$GARAGE_BIN" -c "$CONF" server
         log "garage started (pid $(cat "$STATE/garage.pid"), log $STATE/garage.log)"
     fi
-    if ! wait_for 60 garage status; then
+    if ! wait_for "$STATE/garage.pid" 60 garage status; then
         tail_log "$STATE/garage.log"
         die "garage did not answer 'garage status' within 60 s"
     fi
@@ -225,7 +231,7 @@ cmd_up() {
         tail_log "$STATE/garage.log"
         die "configuring garage failed"
     fi
-    if ! wait_for 30 garage_s3_answers; then
+    if ! wait_for "$STATE/garage.pid" 30 garage_s3_answers; then
         tail_log "$STATE/garage.log"
         die "garage S3 API at 127.0.0.1:$S3_PORT does not answer"
     fi
@@ -237,7 +243,7 @@ cmd_up() {
         start_daemon moto "$STATE/moto.pid" "$STATE/moto.log" "$MOTO_BIN" -H 127.0.0.1 -p "$MOTO_PORT"
         log "moto started (pid $(cat "$STATE/moto.pid"), log $STATE/moto.log)"
     fi
-    if ! wait_for 60 moto_answers; then
+    if ! wait_for "$STATE/moto.pid" 60 moto_answers; then
         tail_log "$STATE/moto.log"
         die "moto at 127.0.0.1:$MOTO_PORT did not answer within 60 s"
     fi
