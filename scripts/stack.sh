@@ -61,8 +61,14 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
+# Whether port $1 can be bound the way the servers bind it (SO_REUSEADDR: a port whose old
+# connections linger in TIME_WAIT counts as free).
 port_free() {
-    python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+    python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
 
 http_code() { curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" 2>/dev/null || true; }
@@ -94,7 +100,7 @@ start_daemon() { # name pidfile logfile command...
     echo "==== $(date -u +%FT%TZ) starting $name" >>"$logfile"
     # setsid: not killed with the caller's process group (CI step, terminal); the inner shell
     # records its own pid and then becomes the server.
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" >>"$logfile" 2>&1 </dev/null &
+    NO_COLOR=1 setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" >>"$logfile" 2>&1 </dev/null &
     local i
     for i in $(seq 50); do
         [[ -s "$pidfile" ]] && return 0
@@ -225,7 +231,7 @@ cmd_up() {
     fi
     if ! wait_for "$STATE/garage.pid" 60 garage status; then
         tail_log "$STATE/garage.log"
-        die "garage did not answer 'garage status' within 60 s"
+        die "garage did not become ready ('garage status') within 60 s"
     fi
     if ! bootstrap_garage; then
         tail_log "$STATE/garage.log"

@@ -197,7 +197,7 @@ impl LambdaProcess {
             if child.try_wait().ok().flatten().is_none() {
                 let group = format!("-{}", child.id());
                 let _ = Command::new("sh")
-                    .args(["-c", "kill -9 -- \"$0\" 2>/dev/null", &group])
+                    .args(["-c", "kill -9 \"$0\" 2>/dev/null", &group])
                     .status();
                 let _ = child.kill();
             }

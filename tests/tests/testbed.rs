@@ -339,7 +339,12 @@ async fn lambda_process_serves_invocations_inside_a_memory_cgroup() {
     process.kill();
     assert!(process.exited().is_some());
     drop(process);
+    // Killing the process group also ended the bootstrap's curl: the cgroup is empty and goes.
+    let cgroup_dir = cgroup.as_ref().map(|c| c.path().to_owned());
     drop(cgroup);
+    if let Some(dir) = cgroup_dir {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
     let _ = std::fs::remove_dir_all(binary.parent().unwrap());
 }
 

@@ -1,0 +1,329 @@
+//! The built `ingest-http` bootstrap, driven through the Lambda Runtime API emulator against
+//! Garage and the fixture HTTP server: the contract a deployed function keeps.
+//!
+//! Build the binary first: `cargo build --release -p ingest-http` (`make test` does).
+
+use std::time::{Duration, Instant};
+
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use serde_json::{Value, json};
+use sluice_tests::{
+    FixtureServer, Invocation, LambdaProcess, MemoryCgroup, RuntimeApi, S3Server, binary_path,
+    expected_crc64nvme, object_exists, object_stream, uploads_in_progress,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+/// One function instance with its own Runtime API, a fixture server and a fresh bucket.
+struct Harness {
+    api: RuntimeApi,
+    _process: LambdaProcess,
+    fixture: FixtureServer,
+    server: S3Server,
+    bucket: String,
+}
+
+impl Harness {
+    async fn start(label: &str, cgroup: Option<&MemoryCgroup>) -> Harness {
+        let server = S3Server::garage();
+        let bucket = server.fresh_bucket(label).await.unwrap();
+        let fixture = FixtureServer::start().await;
+        let api = RuntimeApi::start().await;
+        let process = LambdaProcess::spawn(
+            &binary_path("ingest-http"),
+            &api,
+            &server.lambda_env(),
+            256,
+            cgroup,
+        )
+        .unwrap();
+        Harness {
+            api,
+            _process: process,
+            fixture,
+            server,
+            bucket,
+        }
+    }
+
+    fn job(&self, path: &str, key: &str) -> Value {
+        json!({
+            "source": {"http": {"url": self.fixture.url(path)}},
+            "destination": {"bucket": self.bucket, "key": key}
+        })
+    }
+
+    async fn invoke(&self, event: Value, timeout: Duration) -> Invocation {
+        self.api.invoke(event, timeout).await.unwrap()
+    }
+
+    async fn assert_nothing_written(&self, key: &str) {
+        let client = self.server.client().await;
+        assert!(
+            !object_exists(&client, &self.bucket, key).await,
+            "object {key} exists"
+        );
+        let open = uploads_in_progress(&client, &self.bucket).await;
+        assert!(open.is_empty(), "uploads left in progress: {open:?}");
+    }
+
+    /// Streams the object back through `decode` and returns the CRC64NVME and length of what
+    /// comes out.
+    async fn decoded_crc(&self, key: &str, decode: Decode) -> (u64, u64) {
+        let client = self.server.client().await;
+        let raw =
+            BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
+        let mut reader: Box<dyn AsyncRead + Unpin + Send> = match decode {
+            Decode::None => Box::new(raw),
+            Decode::Gzip => Box::new(GzipDecoder::new(raw)),
+            Decode::Zstd => Box::new(ZstdDecoder::new(raw)),
+        };
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0;
+        loop {
+            let n = reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+            len += n as u64;
+        }
+        (digest.finalize(), len)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Decode {
+    None,
+    Gzip,
+    Zstd,
+}
+
+fn response(inv: Invocation) -> Value {
+    match inv {
+        Invocation::Response(v) => v,
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => panic!("function failed: {error_type}: {error_message}"),
+    }
+}
+
+fn error(inv: Invocation) -> (String, String) {
+    match inv {
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => (error_type, error_message),
+        Invocation::Response(v) => panic!("expected an error, got {v}"),
+    }
+}
+
+/// The contract: a body of several GiB (2 by default, `SLUICE_CONTRACT_GIB` to change)
+/// gzip-compressed into Garage by a 256 MB function inside a 256 MB memory cgroup, with a
+/// measured peak of at most 128 MiB and a byte-exact round trip.
+#[tokio::test]
+async fn contract_streams_gibibytes_under_a_256_mb_limit() {
+    let gib: u64 = std::env::var("SLUICE_CONTRACT_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let size = gib * GIB;
+    let cgroup = MemoryCgroup::create("sluice-contract", 256 * 1024 * 1024);
+    let h = Harness::start("contract", cgroup.as_ref()).await;
+    let mut job = h.job(
+        &format!("/bytes?size={size}&seed=11"),
+        "contract/{run_id}.ndjson.gz",
+    );
+    job["compression"] = json!("gzip");
+
+    let started = Instant::now();
+    let summary = response(h.invoke(job, Duration::from_secs(900)).await);
+    let secs = started.elapsed().as_secs_f64();
+
+    assert_eq!(summary["status"], "written");
+    assert_eq!(summary["bytes_in"], size);
+    let key = summary["key"].as_str().unwrap().to_owned();
+    let (crc, len) = h.decoded_crc(&key, Decode::Gzip).await;
+    assert_eq!(len, size, "decompressed length");
+    assert_eq!(
+        crc,
+        expected_crc64nvme(11, size),
+        "decompressed content differs"
+    );
+
+    let rss = summary["peak_rss_bytes"].as_u64().unwrap();
+    let peak = match &cgroup {
+        Some(cg) => {
+            assert!(!cg.oom_killed(), "the function hit the cgroup limit");
+            cg.peak_bytes()
+        }
+        None => {
+            eprintln!("WARNING: no memory cgroup; falling back to the process's VmHWM");
+            rss
+        }
+    };
+    eprintln!(
+        "CONTRACT: {gib} GiB gzip in {secs:.1} s = {:.1} MiB/s; cgroup peak {:.1} MiB; \
+         process VmHWM {:.1} MiB; {} parts; {} bytes out",
+        size as f64 / MIB as f64 / secs,
+        peak as f64 / MIB as f64,
+        rss as f64 / MIB as f64,
+        summary["parts"],
+        summary["bytes_out"],
+    );
+    assert!(peak <= 128 * MIB, "peak {peak} bytes is over 128 MiB");
+}
+
+#[tokio::test]
+async fn passthrough_zstd_and_content_encoding_round_trip() {
+    let h = Harness::start("codecs", None).await;
+    let size = 30 * MIB + 7;
+
+    let plain = response(
+        h.invoke(
+            h.job(&format!("/bytes?size={size}&seed=3"), "plain"),
+            Duration::from_secs(120),
+        )
+        .await,
+    );
+    assert_eq!(plain["bytes_out"], size);
+    assert_eq!(plain["parts"], 4);
+    assert_eq!(
+        h.decoded_crc("plain", Decode::None).await,
+        (expected_crc64nvme(3, size), size)
+    );
+
+    let mut job = h.job(&format!("/bytes?size={size}&seed=3"), "z.zst");
+    job["compression"] = json!({"codec": "zstd", "level": 5});
+    let z = response(h.invoke(job, Duration::from_secs(120)).await);
+    assert!(z["bytes_out"].as_u64().unwrap() < size / 2);
+    assert_eq!(
+        h.decoded_crc("z.zst", Decode::Zstd).await,
+        (expected_crc64nvme(3, size), size)
+    );
+
+    // A gzip Content-Encoding is undone: the object holds the decoded body.
+    let decoded = response(
+        h.invoke(
+            h.job(&format!("/gzip?size={size}&seed=3"), "decoded"),
+            Duration::from_secs(120),
+        )
+        .await,
+    );
+    assert!(decoded["bytes_in"].as_u64().unwrap() < size);
+    assert_eq!(decoded["bytes_out"], size);
+    assert_eq!(
+        h.decoded_crc("decoded", Decode::None).await,
+        (expected_crc64nvme(3, size), size)
+    );
+}
+
+#[tokio::test]
+async fn empty_body_makes_a_zero_byte_object() {
+    let h = Harness::start("empty", None).await;
+    let s = response(
+        h.invoke(h.job("/empty", "empty"), Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(
+        (s["bytes_out"].as_u64(), s["parts"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(h.decoded_crc("empty", Decode::None).await, (0, 0));
+}
+
+#[tokio::test]
+async fn source_cut_mid_body_leaves_nothing() {
+    let h = Harness::start("cut", None).await;
+    let job = h.job(
+        &format!("/cut?size={}&at={}&seed=1", 40 * MIB, 30 * MIB),
+        "cut",
+    );
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "Retryable", "{message}");
+    assert!(message.contains("connection failed after"), "{message}");
+    h.assert_nothing_written("cut").await;
+}
+
+#[tokio::test]
+async fn source_error_status_is_reported_before_any_upload() {
+    let h = Harness::start("status", None).await;
+    let (kind, message) = error(
+        h.invoke(h.job("/status/404", "nf"), Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(kind, "Upstream");
+    assert!(message.contains("HTTP 404"), "{message}");
+    let (kind, message) = error(
+        h.invoke(
+            h.job("/status/500?size=100000", "ise"),
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    assert_eq!(kind, "Retryable");
+    assert!(
+        message.contains("HTTP 500") && message.len() < 2000,
+        "{message}"
+    );
+    h.assert_nothing_written("nf").await;
+    h.assert_nothing_written("ise").await;
+}
+
+#[tokio::test]
+async fn deadline_aborts_with_timeout() {
+    let h = Harness::start("deadline", None).await;
+    // 30 MiB arrive (three parts go up), then the source stalls; the invocation has 8 s and
+    // the job gives up 3 s before the deadline, long before the 30 s read timeout.
+    let job = h.job(
+        &format!("/stall?size={}&at={}&seed=2", 100 * MIB, 30 * MIB),
+        "late",
+    );
+    let started = Instant::now();
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(8)).await);
+    assert_eq!(kind, "Timeout", "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after the deadline"
+    );
+    h.assert_nothing_written("late").await;
+}
+
+#[tokio::test]
+async fn bad_job_spec_is_invalid_input() {
+    let h = Harness::start("spec", None).await;
+    let mut job = h.job("/bytes?size=10", "k");
+    job["compresion"] = json!("gzip");
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(30)).await);
+    assert_eq!(kind, "InvalidInput");
+    assert!(message.contains("unknown field `compresion`"), "{message}");
+    let job = h.job("/bytes?size=10", "raw/{nope}");
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(30)).await);
+    assert_eq!(kind, "InvalidInput");
+    assert!(message.contains("unknown placeholder {nope}"), "{message}");
+    assert_eq!(
+        h.fixture.total_hits(),
+        0,
+        "the source was contacted for a bad spec"
+    );
+}
+
+#[tokio::test]
+async fn no_overwrite_makes_a_repeat_a_no_op() {
+    let h = Harness::start("repeat", None).await;
+    let mut job = h.job("/bytes?size=1000&seed=5", "fixed/key.ndjson");
+    job["destination"]["overwrite"] = json!(false);
+    let first = response(h.invoke(job.clone(), Duration::from_secs(60)).await);
+    assert_eq!(first["status"], "written");
+    let second = response(h.invoke(job, Duration::from_secs(60)).await);
+    assert_eq!(second["status"], "exists");
+    assert_eq!(
+        h.fixture.hits("/bytes"),
+        1,
+        "the repeat fetched the source again"
+    );
+}
