@@ -175,7 +175,14 @@ async fn contract_streams_gibibytes_under_a_256_mb_limit() {
         summary["parts"],
         summary["bytes_out"],
     );
-    assert!(peak <= 128 * MIB, "peak {peak} bytes is over 128 MiB");
+    assert!(
+        peak <= 128 * MIB,
+        "cgroup peak {peak} bytes is over 128 MiB"
+    );
+    assert!(
+        rss <= 128 * MIB,
+        "process peak RSS {rss} bytes is over 128 MiB"
+    );
 }
 
 #[tokio::test]

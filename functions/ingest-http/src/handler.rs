@@ -48,3 +48,27 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice::JobSpec;
+
+    /// Every sample event for this function parses, so the samples never rot.
+    #[test]
+    fn sample_events_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("ingest-http") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            JobSpec::from_json(value).unwrap_or_else(|e| panic!("{name}: {e}"));
+            seen += 1;
+        }
+        assert!(seen >= 2, "no samples found in {dir}");
+    }
+}

@@ -1,0 +1,58 @@
+# sluice: `make demo` and `make test` do all the set-up a fresh machine needs.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+FUNCTION ?= ingest-http
+EVENT ?= events/ingest-http.json
+ARCH ?= x86_64
+
+.PHONY: help setup stack stack-down lint build-local test demo build watch invoke clean
+
+help:
+	@echo "make demo        stream a generated 1 GiB JSON document into local S3 through ingest-http"
+	@echo "make test        lint, build, start local servers, run every test"
+	@echo "make lint        rustfmt + clippy (warnings denied)"
+	@echo "make stack       start local Garage + moto (make stack-down stops them)"
+	@echo "make build       cargo lambda build --release (ARCH=arm64 for Graviton)"
+	@echo "make watch       cargo lambda watch against the local Garage"
+	@echo "make invoke      cargo lambda invoke FUNCTION=$(FUNCTION) EVENT=$(EVENT)"
+
+setup:
+	bash scripts/setup.sh
+
+stack: setup
+	bash scripts/stack.sh up
+
+stack-down:
+	bash scripts/stack.sh down
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+
+build-local:
+	cargo build --release --workspace --bins
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh
+
+# Lambda packages: target/lambda/<function>/bootstrap. arm64 needs the rustup target
+# aarch64-unknown-linux-gnu, which this machine may not be able to fetch.
+build: setup
+	PATH="$(VENV)/bin:$$PATH" cargo lambda build --release $(if $(filter arm64,$(ARCH)),--arm64,--x86-64)
+
+# Runs the functions under cargo-lambda's emulator, pointed at the local Garage.
+watch: stack
+	eval "$$(bash scripts/stack.sh env)" && \
+	AWS_ENDPOINT_URL="$$SLUICE_GARAGE_ENDPOINT" AWS_ACCESS_KEY_ID="$$SLUICE_S3_ACCESS_KEY_ID" \
+	AWS_SECRET_ACCESS_KEY="$$SLUICE_S3_SECRET_ACCESS_KEY" AWS_EC2_METADATA_DISABLED=true \
+	PATH="$(VENV)/bin:$$PATH" cargo lambda watch
+
+invoke: setup
+	PATH="$(VENV)/bin:$$PATH" cargo lambda invoke $(FUNCTION) --data-file $(EVENT)
+
+clean:
+	bash scripts/stack.sh down --wipe || true
+	cargo clean

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make test`: everything from a fresh machine to a full test run.
+#   1. install what is missing (scripts/setup.sh: apt packages, the Python venv, Garage)
+#   2. lint: rustfmt and clippy with warnings denied
+#   3. build the release Lambda binaries the integration tests drive
+#   4. start the local S3 servers, run every test (release profile, one build for all)
+#   5. stop the servers (KEEP_STACK=1 leaves them running)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash scripts/setup.sh
+
+echo "== lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== build"
+cargo build --release --workspace --bins
+
+echo "== stack"
+bash scripts/stack.sh up
+if [[ "${KEEP_STACK:-0}" != 1 ]]; then
+    trap 'bash scripts/stack.sh down' EXIT
+fi
+
+echo "== test"
+cargo test --release --workspace -- ${TEST_ARGS:-}
