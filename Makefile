@@ -38,10 +38,10 @@ test:
 demo:
 	bash scripts/demo.sh
 
-# Lambda packages: target/lambda/<function>/bootstrap. arm64 needs the rustup target
+# Lambda packages (profile `lambda`: thin LTO): target/lambda/<function>/bootstrap. arm64 needs the rustup target
 # aarch64-unknown-linux-gnu, which this machine may not be able to fetch.
 build: setup
-	PATH="$(VENV)/bin:$$PATH" cargo lambda build --release $(if $(filter arm64,$(ARCH)),--arm64,--x86-64)
+	PATH="$(VENV)/bin:$$PATH" cargo lambda build --profile lambda $(if $(filter arm64,$(ARCH)),--arm64,--x86-64)
 
 # Runs the functions under cargo-lambda's emulator, pointed at the local Garage.
 watch: stack
