@@ -8,6 +8,7 @@
 //!   rest is left to the runtime, the TLS and HTTP stacks, codec state and the allocator.
 //! - **part size** `P = max(8 MiB, B / 17)` rounded down to a whole MiB;
 //! - **parts in flight** `F = clamp(B / P - 1, 1, 16)`: `F` parts uploading while one more fills.
+//! - **record cap** `R = B / 4`: the largest JSON record or NDJSON line a decoder holds.
 //!
 //! Peak memory is then about `baseline + (F + 1) × P + codec state`, which stays within `B`
 //! plus a baseline of roughly 20–30 MiB. At 256 MB: `B` = 64 MiB, `P` = 8 MiB, `F` = 7.
@@ -104,6 +105,13 @@ impl MemoryBudget {
     /// Parts uploading at once while the first part size is in use.
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight
+    }
+
+    /// The largest record (or line) a decoder may hold: a quarter of the buffer budget
+    /// (16 MiB at 256 MB), at least 1 MiB. Decoders hold one record at a time, and their
+    /// buffer can briefly double while growing, so this stays within the memory plan.
+    pub fn record_cap(&self) -> u64 {
+        (self.buffer_bytes / 4).max(MIB)
     }
 
     /// The part schedule this budget implies.

@@ -52,6 +52,8 @@ pub enum S3Operation {
     AbortMultipartUpload,
     /// `ListParts` (checking that an aborted upload left nothing behind).
     ListParts,
+    /// `ListMultipartUploads` (sweeping stale uploads).
+    ListMultipartUploads,
 }
 
 impl std::fmt::Display for S3Operation {
@@ -64,6 +66,7 @@ impl std::fmt::Display for S3Operation {
             S3Operation::CompleteMultipartUpload => "CompleteMultipartUpload",
             S3Operation::AbortMultipartUpload => "AbortMultipartUpload",
             S3Operation::ListParts => "ListParts",
+            S3Operation::ListMultipartUploads => "ListMultipartUploads",
         })
     }
 }
@@ -83,10 +86,12 @@ pub enum Error {
     },
 
     /// The HTTP request could not be sent or its headers not received.
-    #[error("source {url}: request failed: {message}")]
+    #[error("source {url}: request failed after {attempts} attempt(s): {message}")]
     SourceRequest {
         /// The URL requested.
         url: String,
+        /// Attempts made (retries included).
+        attempts: u32,
         /// The transport error, with its causes.
         message: String,
         /// Whether the request timed out (as opposed to being refused or reset).
@@ -94,10 +99,12 @@ pub enum Error {
     },
 
     /// The source answered with a non-success status. Raised before any upload is created.
-    #[error("source {url}: HTTP {status}; body starts: {body:?}")]
+    #[error("source {url}: HTTP {status} after {attempts} attempt(s); body starts: {body:?}")]
     SourceStatus {
         /// The URL requested.
         url: String,
+        /// Attempts made (retries included).
+        attempts: u32,
         /// The HTTP status code.
         status: u16,
         /// The first bytes of the response body (capped, lossy UTF-8).
@@ -207,6 +214,95 @@ pub enum Error {
         /// Source bytes consumed before the deadline.
         bytes_in: u64,
     },
+
+    /// Waiting to retry a source request would pass the deadline.
+    #[error("source {url}: {failure}; waiting {wait_ms} ms to retry would pass the deadline")]
+    RetryPastDeadline {
+        /// The URL being retried.
+        url: String,
+        /// What failed (status or transport error).
+        failure: String,
+        /// The wait the retry policy or `Retry-After` asked for.
+        wait_ms: u64,
+    },
+
+    /// The source document could not be read as records (invalid JSON, cut short, a record over
+    /// the size limit, no records array).
+    #[error("source {url}: {class} at byte {offset}{}: {message}", record_suffix(*.record))]
+    Records {
+        /// The page's URL.
+        url: String,
+        /// `invalid JSON`, `document cut short`, `record too large`, `records not found`, ...
+        class: &'static str,
+        /// Byte offset in the decoded page.
+        offset: u64,
+        /// 1-based record number within the page, when inside a record.
+        record: Option<u64>,
+        /// Details.
+        message: String,
+    },
+
+    /// Pagination cannot go on: a cursor or URL came back (a loop), or a next URL is invalid.
+    #[error("source {url}: {message}")]
+    Pagination {
+        /// The last page's URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A request was refused by the network policy (host allow-list, private addresses).
+    #[error("source {url}: blocked: {reason}")]
+    Blocked {
+        /// The URL (initial or redirect target).
+        url: String,
+        /// Which rule refused it.
+        reason: String,
+    },
+
+    /// A secret (API token, password) could not be resolved. Names the reference and the
+    /// class, never the value: `secret secrets_manager "prod/api" json_key "token": json_key
+    /// not found: ...`.
+    #[error("secret {reference}: {class}: {message}")]
+    Secret {
+        /// The reference: `env "VAR"`, `secrets_manager "id" json_key "k"`, `ssm "/name"`.
+        reference: String,
+        /// `not set`, `not found`, `access denied`, `not a string`, `json_key not found`, ...
+        class: &'static str,
+        /// Details (the service's error code and message), never the value.
+        message: String,
+        /// `InvalidInput` (missing or malformed), `Upstream` (refused, e.g. access denied),
+        /// `Retryable` (throttling, 5xx, network).
+        kind: ErrorKind,
+    },
+
+    /// A Postgres connection, statement or row stream failed. Names the database as
+    /// `user@host:port/dbname` (never the password), the stage and the SQLSTATE:
+    /// `postgres app@db:5432/lake: stream after 1200 rows (98304 bytes): SQLSTATE 57P01:
+    /// FATAL: terminating connection due to administrator command`.
+    #[error("postgres {database}: {stage}: {}{message}", sqlstate_prefix(.sqlstate.as_deref()))]
+    Postgres {
+        /// `user@host:port/dbname`.
+        database: String,
+        /// `connect`, `begin`, `query`, `stream after N rows (B bytes)`, `commit`.
+        stage: String,
+        /// The server's SQLSTATE (`57P01`, `42601`, ...); `None` for transport and TLS failures.
+        sqlstate: Option<String>,
+        /// The server's message with detail and hint, or the transport error with its causes.
+        message: String,
+        /// From the SQLSTATE class: `Retryable` for a lost connection or terminated backend,
+        /// `Timeout` for `statement_timeout`, `InvalidInput` for a bad query, `Upstream` for
+        /// refused credentials or TLS.
+        kind: ErrorKind,
+    },
+}
+
+fn sqlstate_prefix(sqlstate: Option<&str>) -> String {
+    sqlstate.map(|s| format!("SQLSTATE {s}: ")).unwrap_or_default()
+}
+
+fn record_suffix(record: Option<u64>) -> String {
+    record.map(|r| format!(" (record {r})")).unwrap_or_default()
 }
 
 fn part_suffix(part: Option<i32>) -> String {
@@ -228,6 +324,9 @@ impl Error {
                 }
             }
             Error::SourceRequest { .. } | Error::SourceRead { .. } => ErrorKind::Retryable,
+            Error::RetryPastDeadline { .. } => ErrorKind::Timeout,
+            Error::Records { .. } | Error::Pagination { .. } => ErrorKind::Upstream,
+            Error::Blocked { .. } => ErrorKind::InvalidInput,
             Error::Decode { .. } | Error::Encode { .. } => ErrorKind::Upstream,
             Error::S3 { retryable, .. } => {
                 if *retryable {
@@ -239,6 +338,8 @@ impl Error {
             Error::ChecksumMismatch { .. } => ErrorKind::Retryable,
             Error::TooManyParts { .. } => ErrorKind::InvalidInput,
             Error::Deadline { .. } => ErrorKind::Timeout,
+            Error::Secret { kind, .. } => *kind,
+            Error::Postgres { kind, .. } => *kind,
         }
     }
 

@@ -1,36 +1,67 @@
-//! One job end to end: source → decode → compress → S3, with the summary a function returns.
+//! One job end to end: source → decode → (records) → compress → S3, a manifest beside the
+//! object, and the summary a function returns.
+//!
+//! Byte-copy mode (no `records`): the body is decoded (`Content-Encoding`), optionally
+//! compressed, and streamed into the object.
+//!
+//! Records mode (`records` or `input_format: ndjson`): a producer task walks the pages
+//! ([`Paginator`]), extracts each page's records with a bounded decoder and sends NDJSON in
+//! 64 KiB batches through a small channel to the sink, so extraction and compression run side
+//! by side and memory stays bounded. Any failure — a page that cannot be fetched after its
+//! retries, invalid JSON, a record over the cap, a pagination loop — travels down the channel
+//! as the reader's error, and the sink aborts the upload: a run writes all its pages or nothing.
+//!
+//! Retries and records: a page whose request fails (connection, timeout, 408/429/5xx) is
+//! retried before any of its records are written. Once its body streams into the output, a
+//! failure ends the run (error type `Retryable`, upload aborted) rather than re-reading the
+//! page, which could duplicate or lose records on an API whose pages shift.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncRead, BufReader};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::io::StreamReader;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::budget::MemoryBudget;
+use crate::codec::json_records::{Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError};
 use crate::codec::{Compression, Decoding};
 use crate::error::{Error, Result};
 use crate::key::{self, KeyVars};
+use crate::paginate::{PageOutcome, Paginator};
 use crate::sink::{self, ObjectMeta, PutOutcome, S3Target, UploadOptions};
-use crate::source::http::{self, SourceFailure};
-use crate::spec::{JobSpec, SourceSpec};
+use crate::source::guard::NetworkPolicy;
+use crate::source::http::{self, Fetcher, HttpBody, HttpSourceSpec, SourceFailure};
+use crate::source::rate::RateLimiter;
+use crate::spec::{InputFormat, JobSpec, SourceSpec};
 use crate::telemetry;
 
 const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(3000);
 /// Buffer between the decoder and the encoder.
 const CODEC_BUFFER: usize = 64 * 1024;
+/// NDJSON is handed to the sink in batches of about this size.
+const BATCH: usize = 64 * 1024;
+/// Batches queued between the record producer and the sink.
+const QUEUE: usize = 8;
 
 /// What a job runs with: clients built once per function instance, and per-invocation facts.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     /// S3 client for the destination.
     pub s3: aws_sdk_s3::Client,
-    /// HTTP client for sources ([`http::client`]).
+    /// HTTP client for sources ([`http::client`]), built with `policy`.
     pub http: reqwest::Client,
+    /// Where sources may connect ([`NetworkPolicy::from_env`]).
+    pub policy: NetworkPolicy,
     /// The function's memory plan ([`MemoryBudget::from_env`]).
     pub budget: MemoryBudget,
     /// The run's id: the Lambda request id, so Lambda's own retries reuse the same keys.
@@ -41,7 +72,7 @@ pub struct JobContext {
     pub deadline: Option<SystemTime>,
 }
 
-/// The JSON summary a function answers with.
+/// The JSON summary a function answers with (and the manifest written beside the object).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
     /// `written`, or `exists` when `overwrite: false` found the object already there.
@@ -50,7 +81,7 @@ pub struct Summary {
     pub bucket: String,
     /// Destination key (rendered).
     pub key: String,
-    /// Source URL (final, after redirects).
+    /// Source URL (of the first page, after redirects).
     pub source: String,
     /// Body bytes received from the source (before any `Content-Encoding` decoding).
     pub bytes_in: u64,
@@ -58,6 +89,12 @@ pub struct Summary {
     pub bytes_out: u64,
     /// Records written; `null` for a byte-for-byte copy.
     pub records: Option<u64>,
+    /// Pages fetched; `null` for a byte-for-byte copy.
+    pub pages: Option<u32>,
+    /// The last cursor sent (cursor pagination), for the record.
+    pub last_cursor: Option<String>,
+    /// True when paging stopped at `max_pages` rather than at the end of the data.
+    pub truncated: bool,
     /// Parts uploaded (1 for a single `PutObject`).
     pub parts: u32,
     /// Full-object checksum algorithm (`CRC64NVME`, `CRC32C`).
@@ -68,12 +105,24 @@ pub struct Summary {
     pub e_tag: Option<String>,
     /// Output compression, if any.
     pub compression: Option<Compression>,
+    /// The manifest's key, when one was written.
+    pub manifest: Option<String>,
     /// Wall time of the job.
     pub duration_ms: u64,
     /// Source bytes per second, in MiB.
     pub throughput_mib_s: f64,
     /// Peak resident memory of the process so far (`VmHWM`).
     pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PageStats {
+    pages: u32,
+    records: u64,
+    bytes_in: u64,
+    last_cursor: Option<String>,
+    truncated: bool,
+    first_url: Option<String>,
 }
 
 /// Runs one job. On failure, nothing is left at the destination key by this run and no
@@ -103,124 +152,317 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     let SourceSpec::Http(http_spec) = &spec.source;
     tracing::info!(
         %bucket, %key, part_size = budget.part_size(), max_in_flight = budget.max_in_flight(),
-        "job started"
+        records = spec.records.as_deref().unwrap_or("-"), "job started"
     );
 
-    let exists_summary = |source: String| Summary {
+    let mut summary = Summary {
         status: "exists",
         bucket: bucket.clone(),
         key: key.clone(),
-        source,
+        source: http_spec.url.clone(),
         bytes_in: 0,
         bytes_out: 0,
         records: None,
+        pages: None,
+        last_cursor: None,
+        truncated: false,
         parts: 0,
         checksum_algorithm: spec.destination.checksum.s3_name(),
         checksum: None,
         e_tag: None,
         compression: spec.compression,
-        duration_ms: clock.elapsed().as_millis() as u64,
+        manifest: None,
+        duration_ms: 0,
         throughput_mib_s: 0.0,
-        peak_rss_bytes: telemetry::peak_rss_bytes(),
+        peak_rss_bytes: None,
     };
-
-    let mut target = S3Target::new(ctx.s3.clone(), &bucket, &key);
+    let target = S3Target::new(ctx.s3.clone(), &bucket, &key);
     if !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
-        return Ok(exists_summary(http_spec.url.clone()));
+        summary.peak_rss_bytes = telemetry::peak_rss_bytes();
+        return Ok(summary);
     }
-
-    let opened = http::open(&ctx.http, http_spec);
-    let body = match deadline {
-        Some(d) => tokio::time::timeout_at(d, opened)
-            .await
-            .map_err(|_| Error::Deadline { bytes_in: 0 })??,
-        None => opened.await?,
-    };
-    let content_type = spec
-        .destination
-        .content_type
-        .clone()
-        .or_else(|| match spec.compression {
-            Some(c) => Some(c.codec.content_type().to_owned()),
-            None => body.content_type.clone(),
-        });
-    target = target.with_meta(ObjectMeta { content_type });
-
-    let received = body.received();
-    let url = body.url.clone();
-    let decoding = body.decoding;
-    let reader: Box<dyn AsyncRead + Send + Unpin> = {
-        let decoded = decoding.decoder(StreamReader::new(body.stream));
-        match spec.compression {
-            Some(c) => c.encoder(BufReader::with_capacity(CODEC_BUFFER, decoded)),
-            None => decoded,
-        }
-    };
-    let read_error = {
-        let received = received.clone();
-        let url = url.clone();
-        let compression = spec.compression;
-        move |e: io::Error| {
-            classify_read_error(
-                e,
-                &url,
-                received.load(Ordering::Relaxed),
-                decoding,
-                compression,
-            )
-        }
-    };
 
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = deadline;
+    let limiter = http_spec.rate_limit.as_ref().map(|r| Arc::new(RateLimiter::new(r)));
 
-    let uploaded = sink::upload(Arc::new(target), reader, &options, read_error)
-        .await
-        .map_err(|e| match e {
-            Error::Deadline { .. } => Error::Deadline {
-                bytes_in: received.load(Ordering::Relaxed),
-            },
-            other => other,
-        })?;
+    let (uploaded, stats) = if spec.extracts_records() {
+        let producer = Producer {
+            http: ctx.http.clone(),
+            spec: http_spec.clone(),
+            policy: ctx.policy.clone(),
+            limiter,
+            deadline,
+            records: spec
+                .records
+                .as_deref()
+                .map(|r| JsonPath::parse(r, true))
+                .transpose()
+                .map_err(Error::spec)?,
+            input: spec.input_format,
+            max_record: spec.max_record_bytes(&budget),
+            stats: Arc::new(Mutex::new(PageStats::default())),
+        };
+        let stats = producer.stats.clone();
+        let content_type = spec.destination.content_type.clone().or_else(|| {
+            Some(match spec.compression {
+                Some(c) => c.codec.content_type().to_owned(),
+                None => "application/x-ndjson".to_owned(),
+            })
+        });
+        let target = target.with_meta(ObjectMeta { content_type });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let _producer = AbortOnDropHandle::new(tokio::spawn(producer.run(tx)));
+        let mut rx = rx;
+        let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let reader = compress(StreamReader::new(batches), spec.compression);
+        let result = sink::upload(Arc::new(target), reader, &options, carried_error).await;
+        let stats = stats.lock().expect("not poisoned").clone();
+        (deadline_bytes(result, stats.bytes_in)?, stats)
+    } else {
+        let fetcher = Fetcher {
+            client: &ctx.http,
+            spec: http_spec,
+            policy: &ctx.policy,
+            limiter: limiter.as_deref(),
+            deadline,
+        };
+        let first = http::single_page(http_spec)?;
+        let opened = fetcher.open(&first);
+        let body = match deadline {
+            Some(d) => tokio::time::timeout_at(d, opened)
+                .await
+                .map_err(|_| Error::Deadline { bytes_in: 0 })??,
+            None => opened.await?,
+        };
+        let content_type = spec.destination.content_type.clone().or_else(|| match spec.compression {
+            Some(c) => Some(c.codec.content_type().to_owned()),
+            None => body.content_type.clone(),
+        });
+        let target = target.with_meta(ObjectMeta { content_type });
+        let received = body.received();
+        let url = body.url.clone();
+        let decoding = body.decoding;
+        let reader = compress(decoding.decoder(StreamReader::new(body.stream)), spec.compression);
+        let read_error = {
+            let received = received.clone();
+            let url = url.clone();
+            let compression = spec.compression;
+            move |e: io::Error| classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, compression)
+        };
+        let result = sink::upload(Arc::new(target), reader, &options, read_error).await;
+        let bytes_in = received.load(Ordering::Relaxed);
+        let stats = PageStats {
+            bytes_in,
+            first_url: Some(url),
+            ..PageStats::default()
+        };
+        (deadline_bytes(result, bytes_in)?, stats)
+    };
 
-    let bytes_in = received.load(Ordering::Relaxed);
     let elapsed = clock.elapsed();
-    let (status, e_tag) = match uploaded.outcome {
-        PutOutcome::Written { e_tag, .. } => ("written", Some(e_tag)),
-        PutOutcome::AlreadyExists => return Ok(exists_summary(url)),
-    };
-    let summary = Summary {
-        status,
-        bucket,
-        key,
-        source: url,
-        bytes_in,
-        bytes_out: uploaded.bytes,
-        records: None,
-        parts: uploaded.parts,
-        checksum_algorithm: uploaded.checksum.algorithm().s3_name(),
-        checksum: Some(uploaded.checksum.to_base64()),
-        e_tag,
-        compression: spec.compression,
-        duration_ms: elapsed.as_millis() as u64,
-        throughput_mib_s: bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9),
-        peak_rss_bytes: telemetry::peak_rss_bytes(),
-    };
+    summary.bytes_in = stats.bytes_in;
+    if let Some(url) = stats.first_url {
+        summary.source = url;
+    }
+    if spec.extracts_records() {
+        summary.records = Some(stats.records);
+        summary.pages = Some(stats.pages);
+        summary.last_cursor = stats.last_cursor;
+        summary.truncated = stats.truncated;
+    }
+    summary.duration_ms = elapsed.as_millis() as u64;
+    summary.peak_rss_bytes = telemetry::peak_rss_bytes();
+    match uploaded.outcome {
+        PutOutcome::AlreadyExists => return Ok(summary),
+        PutOutcome::Written { e_tag, .. } => {
+            summary.status = "written";
+            summary.e_tag = Some(e_tag);
+        }
+    }
+    summary.bytes_out = uploaded.bytes;
+    summary.parts = uploaded.parts;
+    summary.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
+    summary.checksum = Some(uploaded.checksum.to_base64());
+    summary.throughput_mib_s = stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
+    if spec.destination.manifest {
+        summary.manifest = Some(write_manifest(ctx, &summary).await?);
+    }
     tracing::info!(
-        bytes_in = summary.bytes_in,
-        bytes_out = summary.bytes_out,
-        parts = summary.parts,
-        duration_ms = summary.duration_ms,
-        peak_rss_bytes = summary.peak_rss_bytes,
-        "job finished"
+        bytes_in = summary.bytes_in, bytes_out = summary.bytes_out, records = summary.records,
+        pages = summary.pages, parts = summary.parts, duration_ms = summary.duration_ms,
+        peak_rss_bytes = summary.peak_rss_bytes, "job finished"
     );
     Ok(summary)
 }
 
-/// Tells a transport failure from corrupt compressed data from an encoder failure.
+fn deadline_bytes<T>(result: Result<T>, bytes_in: u64) -> Result<T> {
+    result.map_err(|e| match e {
+        Error::Deadline { .. } => Error::Deadline { bytes_in },
+        other => other,
+    })
+}
+
+fn compress<R>(reader: R, compression: Option<Compression>) -> Box<dyn AsyncRead + Send + Unpin>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+{
+    match compression {
+        Some(c) => c.encoder(BufReader::with_capacity(CODEC_BUFFER, reader)),
+        None => Box::new(reader),
+    }
+}
+
+/// Writes `<key>.manifest.json`: the summary plus when and by which run.
+async fn write_manifest(ctx: &JobContext, summary: &Summary) -> Result<String> {
+    let key = format!("{}.manifest.json", summary.key);
+    let mut doc = serde_json::to_value(summary).expect("summary serializes");
+    doc["manifest"] = serde_json::Value::String(key.clone());
+    doc["run_id"] = serde_json::Value::String(ctx.run_id.clone());
+    doc["started_at"] = serde_json::Value::String(ctx.started.to_rfc3339());
+    doc["finished_at"] = serde_json::Value::String(Utc::now().to_rfc3339());
+    let body = serde_json::to_vec_pretty(&doc).expect("manifest serializes");
+    ctx.s3
+        .put_object()
+        .bucket(&summary.bucket)
+        .key(&key)
+        .content_type("application/json")
+        .body(body.into())
+        .send()
+        .await
+        .map_err(|e| Error::S3 {
+            operation: crate::error::S3Operation::PutObject,
+            bucket: summary.bucket.clone(),
+            key: key.clone(),
+            part_number: None,
+            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+            retryable: true,
+        })?;
+    Ok(key)
+}
+
+/// The error a producer sent down the channel, or a generic one.
+fn carried_error(e: io::Error) -> Error {
+    let message = e.to_string();
+    match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(error)) => *error,
+        _ => Error::SourceRead {
+            url: "record stream".into(),
+            offset: 0,
+            class: "read failed",
+            message,
+        },
+    }
+}
+
+/// Fetches every page of one source and sends its records as NDJSON batches.
+struct Producer {
+    http: reqwest::Client,
+    spec: HttpSourceSpec,
+    policy: NetworkPolicy,
+    limiter: Option<Arc<RateLimiter>>,
+    deadline: Option<Instant>,
+    records: Option<JsonPath>,
+    input: InputFormat,
+    max_record: usize,
+    stats: Arc<Mutex<PageStats>>,
+}
+
+impl Producer {
+    async fn run(self, tx: mpsc::Sender<io::Result<Bytes>>) {
+        if let Err(e) = self.pages(&tx).await {
+            tracing::debug!(error = %e, "record producer failed");
+            let _ = tx.send(Err(io::Error::other(e))).await;
+        }
+    }
+
+    async fn pages(&self, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<()> {
+        let fetcher = Fetcher {
+            client: &self.http,
+            spec: &self.spec,
+            policy: &self.policy,
+            limiter: self.limiter.as_deref(),
+            deadline: self.deadline,
+        };
+        let mut paginator = Paginator::new(self.spec.paginate.as_ref(), http::single_page(&self.spec)?.url)?;
+        let paths = paginator.capture_paths();
+        let mut request = paginator.first();
+        loop {
+            let body = fetcher.open(&request).await?;
+            let url = body.url.clone();
+            let link = body.link.clone();
+            let received = body.received();
+            let (count, captures) = match self.input {
+                InputFormat::Json => {
+                    let records = self.records.clone().unwrap_or_else(|| JsonPath::parse("$[*]", true).expect("valid"));
+                    let decoder = JsonRecordsDecoder::new(records, paths.clone(), self.max_record);
+                    let captures = decoder.captures();
+                    (forward(body, decoder, tx).await?, captures)
+                }
+                InputFormat::Ndjson => (forward(body, NdjsonDecoder::new(self.max_record), tx).await?, Captures::default()),
+            };
+            let next = paginator.next(&PageOutcome {
+                records: count,
+                captures: &captures,
+                link: link.as_deref(),
+            })?;
+            {
+                let mut s = self.stats.lock().expect("not poisoned");
+                s.pages = paginator.pages();
+                s.records += count;
+                s.bytes_in += received.load(Ordering::Relaxed);
+                s.last_cursor = paginator.last_cursor().map(str::to_owned);
+                s.truncated = paginator.truncated();
+                s.first_url.get_or_insert(url.clone());
+            }
+            tracing::debug!(page = request.page, records = count, %url, "page done");
+            match next {
+                Some(r) => request = r,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Streams one page's records into the channel as NDJSON batches; returns how many.
+async fn forward<D>(body: HttpBody, decoder: D, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<u64>
+where
+    D: Decoder<Item = Bytes, Error = io::Error>,
+{
+    let url = body.url.clone();
+    let received = body.received();
+    let decoding = body.decoding;
+    let reader = decoding.decoder(StreamReader::new(body.stream));
+    let mut frames = FramedRead::with_capacity(reader, decoder, CODEC_BUFFER);
+    let mut batch = BytesMut::with_capacity(BATCH + 1024);
+    let mut count = 0u64;
+    let closed = || Error::SourceRead {
+        url: url.clone(),
+        offset: 0,
+        class: "cancelled",
+        message: "the upload stopped".into(),
+    };
+    while let Some(item) = frames.next().await {
+        let record = item.map_err(|e| classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, None))?;
+        batch.extend_from_slice(&record);
+        batch.put_u8(b'\n');
+        count += 1;
+        if batch.len() >= BATCH {
+            tx.send(Ok(batch.split().freeze())).await.map_err(|_| closed())?;
+            batch.reserve(BATCH + 1024);
+        }
+    }
+    if !batch.is_empty() {
+        tx.send(Ok(batch.freeze())).await.map_err(|_| closed())?;
+    }
+    Ok(count)
+}
+
+/// Tells a transport failure from bad records from corrupt compressed data from an encoder
+/// failure.
 fn classify_read_error(
     e: io::Error,
     url: &str,
@@ -234,6 +476,15 @@ fn classify_read_error(
             offset,
             class: failure.class,
             message: failure.message.clone(),
+        };
+    }
+    if let Some(r) = RecordsError::find(&e) {
+        return Error::Records {
+            url: url.to_owned(),
+            class: r.class,
+            offset: r.offset,
+            record: r.record,
+            message: r.message.clone(),
         };
     }
     match (decoding.name(), compression) {

@@ -16,9 +16,11 @@
 //! use sluice::{JobSpec, MemoryBudget, ingest};
 //!
 //! let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+//! let policy = sluice::source::guard::NetworkPolicy::from_env();
 //! let ctx = ingest::JobContext {
 //!     s3: aws_sdk_s3::Client::new(&conf),
-//!     http: sluice::source::http::client(),
+//!     http: sluice::source::http::client(&policy),
+//!     policy,
 //!     budget: MemoryBudget::from_env(),
 //!     run_id: "run-1".into(),
 //!     started: chrono::Utc::now(),
@@ -35,16 +37,21 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod budget;
 pub mod checksum;
 pub mod codec;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod key;
+pub mod paginate;
 pub mod s3;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod sweep;
 pub mod telemetry;
 
 pub use budget::MemoryBudget;

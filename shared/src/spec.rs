@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::budget::{MAX_PART_SIZE, MIN_PART_SIZE, MemoryBudget};
 use crate::checksum::ChecksumAlgorithm;
 use crate::codec::Compression;
+use crate::codec::json_records::JsonPath;
 use crate::error::{Error, Result};
 use crate::source::http::HttpSourceSpec;
 
@@ -28,11 +29,42 @@ pub struct JobSpec {
     /// `Content-Encoding` of the transfer).
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// Where the records are: a path ending in `[*]` (`$.data[*]`, `$[*]`). Each element is
+    /// written as one NDJSON line. Default: none — the body is copied byte for byte.
+    #[serde(default)]
+    pub records: Option<String>,
+    /// How the source is framed: `json` (one document per page, default) or `ndjson` (one
+    /// record per line; each line is checked to be JSON).
+    #[serde(default)]
+    pub input_format: InputFormat,
+    /// Output format when records are extracted: `ndjson` (the default and only one so far).
+    #[serde(default)]
+    pub format: Option<OutputFormat>,
     /// Where the object goes.
     pub destination: Destination,
     /// Overrides of the memory plan. Default: derived from the function's memory.
     #[serde(default)]
     pub tuning: Tuning,
+}
+
+/// How a source body is framed into records.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// A JSON document; records are found with `records`.
+    #[default]
+    Json,
+    /// Newline-delimited JSON: every non-blank line is a record.
+    Ndjson,
+}
+
+/// Output format of extracted records.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON value per line.
+    #[default]
+    Ndjson,
 }
 
 /// The source, named by its kind: `{"http": {...}}`.
@@ -58,10 +90,13 @@ pub struct Destination {
     /// Full-object checksum algorithm: `"crc64nvme"` (default) or `"crc32c"`.
     #[serde(default)]
     pub checksum: ChecksumAlgorithm,
-    /// `Content-Type` of the object. Default: the codec's type when compressing, else the
-    /// source's `Content-Type`.
+    /// `Content-Type` of the object. Default: the codec's type when compressing, else
+    /// `application/x-ndjson` for records, else the source's `Content-Type`.
     #[serde(default)]
     pub content_type: Option<String>,
+    /// Write `<key>.manifest.json` beside the object after it is complete. Default true.
+    #[serde(default = "yes")]
+    pub manifest: bool,
 }
 
 fn yes() -> bool {
@@ -81,6 +116,10 @@ pub struct Tuning {
     /// Milliseconds before the Lambda deadline at which the job gives up and aborts. Default 3000.
     #[serde(default)]
     pub deadline_margin_ms: Option<u64>,
+    /// Largest record (or NDJSON line) in MiB; a larger one is an error. Default from the
+    /// memory budget (16 at 256 MB).
+    #[serde(default)]
+    pub max_record_mib: Option<u64>,
 }
 
 impl JobSpec {
@@ -94,8 +133,33 @@ impl JobSpec {
 
     /// Checks what can be checked before any request.
     pub fn validate(&self) -> Result<()> {
-        match &self.source {
-            SourceSpec::Http(http) => http.validate()?,
+        let SourceSpec::Http(http) = &self.source;
+        http.validate()?;
+        if let Some(r) = &self.records {
+            JsonPath::parse(r, true).map_err(|e| Error::spec(format!("records: {e}")))?;
+            if self.input_format == InputFormat::Ndjson {
+                return Err(Error::spec("records: not used with input_format ndjson (every line is a record)"));
+            }
+        }
+        let extracting = self.extracts_records();
+        if self.format.is_some() && !extracting {
+            return Err(Error::spec("format: needs records (or input_format ndjson)"));
+        }
+        if let Some(p) = &http.paginate {
+            if !extracting {
+                return Err(Error::spec(
+                    "source.http.paginate: needs records (or input_format ndjson): pages are joined record by record",
+                ));
+            }
+            let needs_body = p.cursor.is_some() || p.next_url.is_some() || p.has_more.is_some() || p.total.is_some();
+            if needs_body && self.input_format == InputFormat::Ndjson {
+                return Err(Error::spec(
+                    "source.http.paginate: cursor, next_url, has_more and total read the JSON envelope; with NDJSON use link_header, page_number or offset",
+                ));
+            }
+        }
+        if self.tuning.max_record_mib == Some(0) {
+            return Err(Error::spec("tuning.max_record_mib must be at least 1"));
         }
         let bucket = &self.destination.bucket;
         if bucket.len() < 3
@@ -120,6 +184,19 @@ impl JobSpec {
             return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
         }
         Ok(())
+    }
+
+    /// Whether records are extracted (rather than the body copied byte for byte).
+    pub fn extracts_records(&self) -> bool {
+        self.records.is_some() || self.input_format == InputFormat::Ndjson
+    }
+
+    /// The largest record accepted, in bytes.
+    pub fn max_record_bytes(&self, budget: &MemoryBudget) -> usize {
+        match self.tuning.max_record_mib {
+            Some(mib) => (mib * 1024 * 1024) as usize,
+            None => budget.record_cap() as usize,
+        }
     }
 
     /// The memory plan: the function's budget with this spec's overrides.

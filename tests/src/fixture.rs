@@ -13,6 +13,9 @@
 //! | `GET /status/{code}[?size=N][&retry_after=V]` | that status, a short text body (or N bytes), optional `Retry-After: V` |
 //! | `GET /gzip?size=N&seed=S` | the `/bytes` content gzip-compressed on the fly, `Content-Encoding: gzip` |
 //! | `GET /empty` | 200 with `Content-Length: 0` |
+//! | `GET /api/*`, `GET /redirect` | the JSON API of [`crate::fixture_api`]: paginated records and API faults |
+//!
+//! Every request is logged ([`FixtureServer::requests`]) and counted ([`FixtureServer::hits`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -32,6 +35,8 @@ use futures::{Stream, StreamExt, stream};
 use serde::Deserialize;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+pub use crate::fixture_api::RecordedRequest;
+use crate::fixture_api::RequestLog;
 use crate::server::BackgroundServer;
 
 /// Size of the chunks every generated body is sent in.
@@ -42,6 +47,7 @@ pub struct FixtureServer {
     /// Where the server listens.
     pub addr: SocketAddr,
     hits: Hits,
+    log: RequestLog,
     _server: BackgroundServer,
 }
 
@@ -51,6 +57,7 @@ impl FixtureServer {
     /// Starts the server on its own thread and runtime (see the module docs for the routes).
     pub async fn start() -> FixtureServer {
         let hits = Hits::default();
+        let log = RequestLog::default();
         let app = Router::new()
             .route("/bytes", get(bytes_route))
             .route("/json", get(json_route))
@@ -59,13 +66,18 @@ impl FixtureServer {
             .route("/status/{code}", get(status_route))
             .route("/gzip", get(gzip_route))
             .route("/empty", get(empty_route))
-            .layer(middleware::from_fn_with_state(hits.clone(), count_hits));
+            .merge(crate::fixture_api::router())
+            .layer(middleware::from_fn_with_state(
+                (hits.clone(), log.clone()),
+                count_hits,
+            ));
         let server = BackgroundServer::start("fixture", app)
             .await
             .expect("starting the HTTP fixture server");
         FixtureServer {
             addr: server.addr,
             hits,
+            log,
             _server: server,
         }
     }
@@ -85,9 +97,25 @@ impl FixtureServer {
     pub fn total_hits(&self) -> usize {
         self.hits.lock().unwrap().values().sum()
     }
+
+    /// The requests that reached `path` (the path only: `/api/cursor`), in arrival order, with
+    /// their decoded query and headers. The log keeps the last 10,000 requests of the server.
+    pub fn requests(&self, path: &str) -> Vec<RecordedRequest> {
+        self.log.matching(Some(path))
+    }
+
+    /// Every request the server received (the last 10,000), in arrival order.
+    pub fn all_requests(&self) -> Vec<RecordedRequest> {
+        self.log.matching(None)
+    }
 }
 
-async fn count_hits(State(hits): State<Hits>, request: Request, next: Next) -> Response {
+async fn count_hits(
+    State((hits, log)): State<(Hits, RequestLog)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    log.record(&request);
     *hits
         .lock()
         .unwrap()

@@ -5,13 +5,17 @@
 //! - [`runtime_api`]: a Lambda Runtime API emulator ([`RuntimeApi`]).
 //! - [`lambda`]: a built Lambda binary run as a child process ([`LambdaProcess`]).
 //! - [`cgroup`]: cgroup v1 memory and CPU limits ([`MemoryCgroup`], [`CpuCgroup`]).
+//! - [`postgres`]: a throwaway Postgres server from Debian's packages ([`PgServer`](postgres::PgServer)).
 
 use std::path::PathBuf;
 
 pub mod cgroup;
 pub mod fixture;
+pub mod fixture_api;
 pub mod lambda;
+pub mod postgres;
 pub mod runtime_api;
+pub mod s3_proxy;
 mod server;
 pub mod stack;
 
@@ -19,6 +23,7 @@ pub use cgroup::{CpuCgroup, MemoryCgroup};
 pub use fixture::{FixtureServer, body_stream, expected_crc64nvme};
 pub use lambda::{LambdaProcess, binary_path};
 pub use runtime_api::{Invocation, RuntimeApi};
+pub use s3_proxy::{S3Op, S3Proxy};
 pub use stack::{S3Server, object_exists, object_stream, read_object, uploads_in_progress};
 
 /// The workspace's root directory (the parent of this crate).

@@ -31,10 +31,13 @@ impl Harness {
         let bucket = server.fresh_bucket(label).await.unwrap();
         let fixture = FixtureServer::start().await;
         let api = RuntimeApi::start().await;
+        // The fixture listens on loopback, which the network policy refuses by default.
+        let mut env = server.lambda_env();
+        env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
         let process = LambdaProcess::spawn(
             &binary_path("ingest-http"),
             &api,
-            &server.lambda_env(),
+            &env,
             256,
             cgroup,
         )

@@ -1,12 +1,14 @@
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 use sluice::ingest::{self, JobContext};
+use sluice::source::guard::NetworkPolicy;
 use sluice::{JobSpec, MemoryBudget};
 
 /// Clients built once per function instance and reused by every invocation.
 pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub http: reqwest::Client,
+    pub policy: NetworkPolicy,
     pub budget: MemoryBudget,
 }
 
@@ -32,6 +34,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         let ctx = JobContext {
             s3: clients.s3.clone(),
             http: clients.http.clone(),
+            policy: clients.policy.clone(),
             budget: clients.budget,
             run_id: context.request_id.clone(),
             started: chrono::Utc::now(),

@@ -11,9 +11,11 @@ use serde_json::Value;
 async fn main() -> Result<(), lambda_runtime::Error> {
     sluice::telemetry::init();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let policy = sluice::source::guard::NetworkPolicy::from_env();
     let clients = handler::Clients {
         s3: sluice::s3::client(&conf),
-        http: sluice::source::http::client(),
+        http: sluice::source::http::client(&policy),
+        policy,
         budget: sluice::MemoryBudget::from_env(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {

@@ -3,6 +3,7 @@
 
 mod compress;
 mod decompress;
+pub mod json_records;
 
 pub use compress::{Codec, Compression};
 pub use decompress::Decoding;

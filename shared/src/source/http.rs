@@ -12,8 +12,15 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
+use reqwest::Url;
+use tokio::time::Instant;
+
+use super::guard::{GuardedResolver, NetworkPolicy, find_blocked};
+use super::rate::{RateLimitSpec, RateLimiter};
+use super::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
 use crate::codec::Decoding;
 use crate::error::{Error, Result};
+use crate::paginate::{PageRequest, PaginateSpec};
 
 /// Bytes of an error response body kept for the error message.
 const ERROR_BODY_CAP: usize = 512;
@@ -38,6 +45,19 @@ pub struct HttpSourceSpec {
     /// before the source counts as stalled. Default 30. (Connecting has its own 10 s limit.)
     #[serde(default)]
     pub read_timeout_secs: Option<f64>,
+    /// Pagination ([`crate::paginate`]). Default: one request.
+    #[serde(default)]
+    pub paginate: Option<PaginateSpec>,
+    /// Retries of failed requests ([`RetrySpec`]). Default 5 attempts.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Requests per second, shared by every request of the job. Default unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// When set, a response whose `Content-Type` does not start with this (e.g.
+    /// `application/json`) is an error, raised before anything is written.
+    #[serde(default)]
+    pub expect_content_type: Option<String>,
 }
 
 fn default_method() -> String {
@@ -76,6 +96,22 @@ impl HttpSourceSpec {
                 "source.http.read_timeout_secs must be in (0, 900], got {v}"
             )));
         }
+        if let Some(r) = &self.rate_limit
+            && !(r.per_second.is_finite() && r.per_second > 0.0)
+        {
+            return Err(Error::spec("source.http.rate_limit.per_second must be positive"));
+        }
+        if let Some(serde_json::Value::String(_)) = &self.body
+            && self
+                .paginate
+                .as_ref()
+                .and_then(|p| p.cursor.as_ref())
+                .is_some_and(|c| c.location == crate::paginate::ParamIn::Body)
+        {
+            return Err(Error::spec(
+                "source.http.paginate.cursor.in = body needs a JSON object body",
+            ));
+        }
         Ok(())
     }
 
@@ -89,15 +125,30 @@ impl HttpSourceSpec {
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the HTTP client a function keeps for its lifetime: rustls, no automatic
-/// decompression (done by [`Decoding`] with the rest of the codecs), at most 5 redirects.
-pub fn client() -> reqwest::Client {
+/// decompression (done by [`Decoding`] with the rest of the codecs), at most 5 redirects, and
+/// the [`NetworkPolicy`] applied to every resolved address and every redirect.
+pub fn client(policy: &NetworkPolicy) -> reqwest::Client {
+    let redirects = policy.clone();
     reqwest::Client::builder()
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                return attempt.error(TooManyRedirects);
+            }
+            match redirects.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(blocked) => attempt.error(blocked),
+            }
+        }))
         .build()
         .expect("a TLS backend is compiled in")
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("more than 5 redirects")]
+struct TooManyRedirects;
 
 /// An open response whose status was a success.
 pub struct HttpBody {
@@ -109,6 +160,8 @@ pub struct HttpBody {
     pub content_type: Option<String>,
     /// How the body is encoded (from `Content-Encoding`).
     pub decoding: Decoding,
+    /// The `Link` header, for pagination.
+    pub link: Option<String>,
     /// The body. Errors carry a [`SourceFailure`] so callers can tell them from decoder errors.
     pub stream: BoxStream<'static, io::Result<Bytes>>,
     received: Arc<AtomicU64>,
@@ -131,84 +184,216 @@ pub struct SourceFailure {
     pub message: String,
 }
 
-/// Sends the request and checks the answer. A non-success status is an error carrying the
-/// status and the first bytes of the body; nothing downstream has started yet.
-pub async fn open(client: &reqwest::Client, spec: &HttpSourceSpec) -> Result<HttpBody> {
-    spec.validate()?;
-    let method = reqwest::Method::from_bytes(spec.method.as_bytes())
-        .map_err(|_| Error::spec(format!("source.http.method {:?}", spec.method)))?;
-    let mut req = client.request(method, &spec.url);
-    for (name, value) in &spec.headers {
-        req = req.header(name, value);
+/// Sends the requests of one source: retries, rate limit, deadline and network policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetcher<'a> {
+    /// The function's client ([`client`]).
+    pub client: &'a reqwest::Client,
+    /// The source.
+    pub spec: &'a HttpSourceSpec,
+    /// The network policy the client was built with (checked on the initial URL too).
+    pub policy: &'a NetworkPolicy,
+    /// The job's shared rate limiter.
+    pub limiter: Option<&'a RateLimiter>,
+    /// When to stop retrying (the job's deadline).
+    pub deadline: Option<Instant>,
+}
+
+struct Failure {
+    error: Error,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Fetcher<'_> {
+    /// Sends the request for `page` and checks the answer, retrying connection failures,
+    /// timeouts, 408, 429 and 5xx up to `retry.max_attempts` with full-jitter backoff (at
+    /// least `Retry-After`). A wait that would pass the deadline ends in
+    /// [`Error::RetryPastDeadline`]. A non-success answer is an error carrying the status and
+    /// the first bytes of the body; nothing downstream has started yet.
+    pub async fn open(&self, page: &PageRequest) -> Result<HttpBody> {
+        self.spec.validate()?;
+        self.policy.check_url(&page.url).map_err(|b| Error::Blocked {
+            url: page.url.to_string(),
+            reason: b.0,
+        })?;
+        let policy = RetryPolicy::from(&self.spec.retry);
+        let mut attempt = 1;
+        loop {
+            if let Some(limiter) = self.limiter {
+                limiter.acquire().await;
+            }
+            match self.send_once(page, attempt).await {
+                Ok(body) => return Ok(body),
+                Err(f) if f.retryable && attempt < policy.max_attempts => {
+                    let wait = policy.backoff(attempt, f.retry_after);
+                    if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                        return Err(Error::RetryPastDeadline {
+                            url: page.url.to_string(),
+                            failure: f.error.to_string(),
+                            wait_ms: wait.as_millis() as u64,
+                        });
+                    }
+                    tracing::warn!(
+                        url = %page.url, attempt, wait_ms = wait.as_millis() as u64, error = %f.error,
+                        "source request failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
     }
-    if let Some(body) = &spec.body {
-        req = match body {
-            serde_json::Value::String(s) => req.body(s.clone()),
-            other => req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(other.to_string()),
+
+    async fn send_once(&self, page: &PageRequest, attempt: u32) -> std::result::Result<HttpBody, Failure> {
+        let spec = self.spec;
+        let url = page.url.to_string();
+        let fail = |error: Error, retryable: bool| Failure {
+            error,
+            retryable,
+            retry_after: None,
         };
-    }
-    let url = spec.url.clone();
-    let read_timeout = spec.read_timeout();
-    let resp = match tokio::time::timeout(read_timeout, req.send()).await {
-        Ok(sent) => sent.map_err(|e| Error::SourceRequest {
-            url: url.clone(),
-            message: error_chain(&e),
-            timeout: e.is_timeout(),
-        })?,
-        Err(_) => {
-            return Err(Error::SourceRequest {
-                url,
-                message: format!("no response headers within {read_timeout:?}"),
-                timeout: true,
+        let method = reqwest::Method::from_bytes(spec.method.as_bytes())
+            .map_err(|_| fail(Error::spec(format!("source.http.method {:?}", spec.method)), false))?;
+        let mut req = self.client.request(method, page.url.clone());
+        for (name, value) in &spec.headers {
+            req = req.header(name, value);
+        }
+        let body = match (&spec.body, &page.body_field) {
+            (None, None) => None,
+            (Some(b), None) => Some(b.clone()),
+            (b, Some((field, value))) => {
+                let mut obj = match b {
+                    Some(serde_json::Value::Object(o)) => o.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                obj.insert(field.clone(), value.clone());
+                Some(serde_json::Value::Object(obj))
+            }
+        };
+        if let Some(body) = body {
+            req = match body {
+                serde_json::Value::String(s) => req.body(s),
+                other => req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(other.to_string()),
+            };
+        }
+        let read_timeout = spec.read_timeout();
+        let resp = match tokio::time::timeout(read_timeout, req.send()).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                if let Some(reason) = find_blocked(&e) {
+                    return Err(fail(Error::Blocked { url, reason }, false));
+                }
+                let error = Error::SourceRequest {
+                    url,
+                    attempts: attempt,
+                    message: error_chain(&e),
+                    timeout: e.is_timeout(),
+                };
+                return Err(fail(error, true));
+            }
+            Err(_) => {
+                let error = Error::SourceRequest {
+                    url,
+                    attempts: attempt,
+                    message: format!("no response headers within {read_timeout:?}"),
+                    timeout: true,
+                };
+                return Err(fail(error, true));
+            }
+        };
+
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            let body = capped_body(resp).await;
+            return Err(Failure {
+                error: Error::SourceStatus {
+                    url,
+                    attempts: attempt,
+                    status: status.as_u16(),
+                    body,
+                },
+                retryable: retryable_status(status.as_u16()),
+                retry_after,
             });
         }
-    };
 
-    let status = resp.status();
-    if !status.is_success() {
-        let body = capped_body(resp).await;
-        return Err(Error::SourceStatus {
-            url,
-            status: status.as_u16(),
-            body,
-        });
-    }
-
-    let headers = resp.headers();
-    let content_encoding = headers
-        .get(reqwest::header::CONTENT_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let decoding =
-        Decoding::from_content_encoding(content_encoding.as_deref()).map_err(|encoding| {
-            Error::UnsupportedEncoding {
-                url: url.clone(),
-                encoding,
+        let headers = resp.headers();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(expected) = &spec.expect_content_type {
+            let actual = content_type.clone().unwrap_or_default();
+            if !actual.to_ascii_lowercase().starts_with(&expected.to_ascii_lowercase()) {
+                let body = capped_body(resp).await;
+                return Err(fail(
+                    Error::Records {
+                        url,
+                        class: "unexpected Content-Type",
+                        offset: 0,
+                        record: None,
+                        message: format!("expected {expected}, got {actual:?}; body starts: {body:?}"),
+                    },
+                    false,
+                ));
             }
+        }
+        let content_encoding = headers
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let decoding = Decoding::from_content_encoding(content_encoding.as_deref()).map_err(|encoding| {
+            fail(
+                Error::UnsupportedEncoding {
+                    url: url.clone(),
+                    encoding,
+                },
+                false,
+            )
         })?;
-    let content_type = headers
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let content_length = resp.content_length();
-    let final_url = resp.url().to_string();
+        let link = headers
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let content_length = resp.content_length();
+        let final_url = resp.url().to_string();
 
-    let received = Arc::new(AtomicU64::new(0));
-    let counter = received.clone();
-    let stream = body_stream(resp.bytes_stream(), read_timeout)
-        .inspect_ok(move |chunk| {
-            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let stream = body_stream(resp.bytes_stream(), read_timeout)
+            .inspect_ok(move |chunk| {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            })
+            .boxed();
+
+        Ok(HttpBody {
+            url: final_url,
+            content_length,
+            content_type,
+            decoding,
+            link,
+            stream,
+            received,
         })
-        .boxed();
+    }
+}
 
-    Ok(HttpBody {
-        url: final_url,
-        content_length,
-        content_type,
-        decoding,
-        stream,
-        received,
+/// The first request of `spec` (its URL), for sources without pagination.
+pub fn single_page(spec: &HttpSourceSpec) -> Result<PageRequest> {
+    let url = Url::parse(&spec.url)
+        .map_err(|e| Error::spec(format!("source.http.url {:?}: {e}", spec.url)))?;
+    Ok(PageRequest {
+        page: 1,
+        url,
+        body_field: None,
     })
 }
 

@@ -62,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
     let cgroup = MemoryCgroup::create("sluice-demo", limit);
     let mut env = server.lambda_env();
     env.push(("AWS_LAMBDA_LOG_FORMAT".into(), "Text".into()));
+    // The generated source listens on loopback, which the network policy refuses by default.
+    env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
     let _function = LambdaProcess::spawn(
         &binary_path("ingest-http"),
         &api,

@@ -1,0 +1,424 @@
+//! One export end to end: a Postgres query → CSV or NDJSON → optional compression → S3, with
+//! the summary `export-postgres` answers. Mirrors [`crate::ingest`].
+//!
+//! ```json
+//! {
+//!   "source": { "postgres": { "query": "SELECT * FROM orders WHERE created_at >= $1",
+//!               "params": ["2026-01-01"], "secret": "prod/lake-db" } },
+//!   "format": "csv",
+//!   "compression": "zstd",
+//!   "destination": { "bucket": "lake", "key": "raw/orders/dt={date}/{run_id}.csv.zst" }
+//! }
+//! ```
+//!
+//! Unknown fields are rejected. An object appears only when the whole query result was read
+//! and committed; any failure after the first part aborts the multipart upload.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, BufReader};
+use tokio::time::Instant;
+use tokio_util::io::StreamReader;
+
+use crate::budget::{MAX_PART_SIZE, MIN_PART_SIZE, MemoryBudget};
+use crate::codec::Compression;
+use crate::error::{Error, Result};
+use crate::key::{self, KeyVars};
+use crate::secret::SecretResolver;
+use crate::sink::{self, ObjectMeta, PutOutcome, S3Target, UploadOptions};
+use crate::source::postgres::{
+    self, ConnectionSettings, ExportSettings, PostgresSourceSpec, StreamFailure,
+};
+use crate::spec::{Destination, Tuning};
+use crate::telemetry;
+
+const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(3000);
+/// Buffer between the row stream and the encoder.
+const CODEC_BUFFER: usize = 64 * 1024;
+
+/// Output format of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// RFC 4180 CSV with a header row, exactly as `COPY ... (FORMAT csv, HEADER)` writes it:
+    /// NULL is an empty field, an empty string is `""`, values render with the server's
+    /// output functions (`numeric` digits exact, `timestamptz` ISO in the session time zone,
+    /// arrays as `{1,2}`, `jsonb` as its text).
+    #[default]
+    Csv,
+    /// One JSON object per line, as `row_to_json` renders the row (`numeric` as a JSON number
+    /// with all its digits, `timestamptz` as ISO 8601 strings, arrays as JSON arrays, `jsonb`
+    /// nested, NULL as `null`).
+    Ndjson,
+}
+
+impl ExportFormat {
+    /// `csv` or `ndjson`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Ndjson => "ndjson",
+        }
+    }
+
+    /// The MIME type of an uncompressed file in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
+/// The source of an export, named by its kind: `{"postgres": {...}}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ExportSource {
+    /// A Postgres query.
+    Postgres(PostgresSourceSpec),
+}
+
+/// An export job: the event of `export-postgres`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// The query and where the database is.
+    pub source: ExportSource,
+    /// `"csv"` (default) or `"ndjson"`.
+    #[serde(default)]
+    pub format: ExportFormat,
+    /// Output compression. Default none.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Where the object goes (as in every sluice job).
+    pub destination: Destination,
+    /// Overrides of the memory plan and the deadline margin.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+impl ExportSpec {
+    /// Parses and validates an export spec from JSON.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let spec: ExportSpec =
+            serde_json::from_value(value).map_err(|e| Error::spec(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what can be checked before connecting.
+    pub fn validate(&self) -> Result<()> {
+        let ExportSource::Postgres(pg) = &self.source;
+        pg.validate()?;
+        let bucket = &self.destination.bucket;
+        if bucket.len() < 3
+            || bucket.len() > 63
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(Error::spec(format!(
+                "destination.bucket {bucket:?} is not a valid bucket name"
+            )));
+        }
+        if let Some(mib) = self.tuning.part_size_mib {
+            let bytes = mib.saturating_mul(1024 * 1024);
+            if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
+                return Err(Error::spec(format!(
+                    "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
+                )));
+            }
+        }
+        if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
+            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
+        }
+        Ok(())
+    }
+
+    fn budget(&self, base: MemoryBudget) -> MemoryBudget {
+        let mut b = base;
+        if let Some(mib) = self.tuning.part_size_mib {
+            b = b.with_part_size(mib * 1024 * 1024);
+        }
+        if let Some(n) = self.tuning.max_in_flight {
+            b = b.with_max_in_flight(n);
+        }
+        b
+    }
+}
+
+/// What an export runs with: clients built once per function instance, and per-invocation
+/// facts.
+#[derive(Debug, Clone)]
+pub struct ExportContext {
+    /// S3 client for the destination.
+    pub s3: aws_sdk_s3::Client,
+    /// Resolves the connection secret (`DATABASE_URL` or `source.postgres.secret`), with a
+    /// cache shared by warm invocations.
+    pub secrets: Arc<SecretResolver>,
+    /// The function's memory plan.
+    pub budget: MemoryBudget,
+    /// The Lambda request id.
+    pub run_id: String,
+    /// When the run started (for key templates).
+    pub started: DateTime<Utc>,
+    /// The invocation's deadline; `statement_timeout` and the upload stop a margin before it.
+    pub deadline: Option<SystemTime>,
+}
+
+/// The JSON summary `export-postgres` answers with.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExportSummary {
+    /// `written`, or `exists` when `overwrite: false` found the object already there.
+    pub status: &'static str,
+    /// Destination bucket.
+    pub bucket: String,
+    /// Destination key (rendered).
+    pub key: String,
+    /// The database, `postgres://user@host:port/dbname` (no password).
+    pub source: String,
+    /// `csv` or `ndjson`.
+    pub format: ExportFormat,
+    /// Rows exported (the CSV header not counted).
+    pub rows: u64,
+    /// Bytes of CSV or NDJSON rendered (before compression).
+    pub bytes_in: u64,
+    /// Bytes written to S3 (the object's size).
+    pub bytes_out: u64,
+    /// Parts uploaded (1 for a single `PutObject`).
+    pub parts: u32,
+    /// Full-object checksum algorithm.
+    pub checksum_algorithm: &'static str,
+    /// Full-object checksum, base64, verified against S3's answer.
+    pub checksum: Option<String>,
+    /// The object's ETag.
+    pub e_tag: Option<String>,
+    /// Output compression, if any.
+    pub compression: Option<Compression>,
+    /// Wall time of the job, connection included.
+    pub duration_ms: u64,
+    /// Rows per second.
+    pub rows_per_s: f64,
+    /// Rendered MiB per second.
+    pub throughput_mib_s: f64,
+    /// Peak resident memory of the process so far (`VmHWM`).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Runs one export. On failure nothing is left at the destination key by this run and no
+/// multipart upload stays open; the error carries the SQLSTATE when the database sent one.
+pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary> {
+    spec.validate()?;
+    let clock = std::time::Instant::now();
+    let ExportSource::Postgres(pg) = &spec.source;
+    let vars = KeyVars {
+        now: ctx.started,
+        run_id: ctx.run_id.clone(),
+    };
+    let key = key::render(&spec.destination.key, &vars)?;
+    let bucket = spec.destination.bucket.clone();
+    let budget = spec.budget(ctx.budget);
+    let margin = spec
+        .tuning
+        .deadline_margin_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_DEADLINE_MARGIN);
+    let left = ctx.deadline.map(|d| {
+        d.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(margin)
+    });
+    let deadline = left.map(|l| Instant::now() + l);
+
+    let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
+    let source = format!("postgres://{}", settings.database);
+    tracing::info!(
+        %bucket, %key, database = %settings.database, format = spec.format.name(),
+        part_size = budget.part_size(), max_in_flight = budget.max_in_flight(),
+        "export started"
+    );
+
+    let summary = |status, rows, bytes_in, bytes_out, parts, checksum, e_tag| {
+        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+        ExportSummary {
+            status,
+            bucket: bucket.clone(),
+            key: key.clone(),
+            source: source.clone(),
+            format: spec.format,
+            rows,
+            bytes_in,
+            bytes_out,
+            parts,
+            checksum_algorithm: spec.destination.checksum.s3_name(),
+            checksum,
+            e_tag,
+            compression: spec.compression,
+            duration_ms: (elapsed * 1000.0) as u64,
+            rows_per_s: (rows as f64 / elapsed).round(),
+            throughput_mib_s: ((bytes_in as f64 / (1024.0 * 1024.0) / elapsed) * 10.0).round()
+                / 10.0,
+            peak_rss_bytes: telemetry::peak_rss_bytes(),
+        }
+    };
+
+    let content_type = spec.destination.content_type.clone().unwrap_or_else(|| {
+        match spec.compression {
+            Some(c) => c.codec.content_type(),
+            None => spec.format.content_type(),
+        }
+        .to_owned()
+    });
+    let target = S3Target::new(ctx.s3.clone(), &bucket, &key).with_meta(ObjectMeta {
+        content_type: Some(content_type),
+    });
+    if !spec.destination.overwrite && target.exists().await? {
+        tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
+        return Ok(summary("exists", 0, 0, 0, 0, None, None));
+    }
+
+    let export_settings = ExportSettings {
+        // The server stops the statement at the same moment the upload gives up.
+        statement_timeout: left.map(|l| l.max(Duration::from_secs(1))),
+        timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
+    };
+    let start = async {
+        let session = postgres::connect(&settings).await?;
+        postgres::export(session, &pg.query, &pg.params, spec.format, &export_settings).await
+    };
+    let stream = match deadline {
+        Some(d) => tokio::time::timeout_at(d, start)
+            .await
+            .map_err(|_| Error::Deadline { bytes_in: 0 })??,
+        None => start.await?,
+    };
+    let progress = stream.progress();
+
+    let rows: Box<dyn AsyncRead + Send + Unpin> = Box::new(StreamReader::new(stream));
+    let reader = match spec.compression {
+        Some(c) => c.encoder(BufReader::with_capacity(CODEC_BUFFER, rows)),
+        None => rows,
+    };
+    let read_error = {
+        let compression = spec.compression;
+        let progress = progress.clone();
+        move |e: io::Error| match StreamFailure::take(e) {
+            Ok(err) => err,
+            Err(e) => match compression {
+                Some(c) => Error::Encode {
+                    codec: c.codec.name(),
+                    offset: progress.bytes(),
+                    source: e,
+                },
+                None => Error::Postgres {
+                    database: settings.database.clone(),
+                    stage: format!("stream after {} rows", progress.rows()),
+                    sqlstate: None,
+                    message: e.to_string(),
+                    kind: crate::ErrorKind::Retryable,
+                },
+            },
+        }
+    };
+
+    let mut options = UploadOptions::new(budget.schedule());
+    options.checksum = spec.destination.checksum;
+    options.if_none_match = !spec.destination.overwrite;
+    options.deadline = deadline;
+    let uploaded = sink::upload(Arc::new(target), reader, &options, read_error)
+        .await
+        .map_err(|e| match e {
+            Error::Deadline { .. } => Error::Deadline {
+                bytes_in: progress.bytes(),
+            },
+            other => other,
+        })?;
+
+    let e_tag = match uploaded.outcome {
+        PutOutcome::Written { e_tag, .. } => e_tag,
+        PutOutcome::AlreadyExists => return Ok(summary("exists", 0, 0, 0, 0, None, None)),
+    };
+    let done = summary(
+        "written",
+        progress.rows(),
+        progress.bytes(),
+        uploaded.bytes,
+        uploaded.parts,
+        Some(uploaded.checksum.to_base64()),
+        Some(e_tag),
+    );
+    tracing::info!(
+        rows = done.rows,
+        bytes_in = done.bytes_in,
+        bytes_out = done.bytes_out,
+        parts = done.parts,
+        duration_ms = done.duration_ms,
+        rows_per_s = done.rows_per_s,
+        peak_rss_bytes = done.peak_rss_bytes,
+        "export finished"
+    );
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn spec_parses_with_defaults() {
+        let spec = ExportSpec::from_json(json!({
+            "source": {"postgres": {"query": "select 1"}},
+            "destination": {"bucket": "lake", "key": "k.csv"}
+        }))
+        .unwrap();
+        assert_eq!(spec.format, ExportFormat::Csv);
+        let ExportSource::Postgres(pg) = &spec.source;
+        assert!(pg.secret.is_none() && pg.params.is_empty());
+        let spec = ExportSpec::from_json(json!({
+            "source": {"postgres": {"query": "select $1", "params": [1], "secret": "prod/db"}},
+            "format": "ndjson", "compression": "zstd",
+            "destination": {"bucket": "lake", "key": "k.ndjson.zst"}
+        }))
+        .unwrap();
+        assert_eq!(spec.format, ExportFormat::Ndjson);
+        let ExportSource::Postgres(pg) = &spec.source;
+        assert_eq!(
+            pg.secret.as_ref().unwrap().to_string(),
+            r#"secrets_manager "prod/db""#
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_named_without_echoing_secrets() {
+        let base = json!({"source": {"postgres": {"query": "select 1"}},
+                          "destination": {"bucket": "lake", "key": "k"}});
+        let mut v = base.clone();
+        v["format"] = json!("parquet");
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `parquet`"), "{e}");
+        let mut v = base.clone();
+        v["source"]["postgres"]["qurey"] = json!("x");
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("unknown field `qurey`"), "{e}");
+        let mut v = base.clone();
+        v["source"]["postgres"]["query"] = json!("  ;  ");
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("query is empty"), "{e}");
+        let mut v = base.clone();
+        v["source"]["postgres"]["secret"] = json!("postgres://u:hunter2@h/db");
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("must name a Secrets Manager secret") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let mut v = base;
+        v["source"]["postgres"]["secret"] = json!({"value": "hunter2"});
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

@@ -1,0 +1,704 @@
+//! Finding and aborting stale multipart uploads: the storage a killed uploader leaves behind,
+//! invisible in listings and billed until someone aborts it.
+//!
+//! For each configured bucket and prefix, [`run`] pages through `ListMultipartUploads`, and
+//! every upload initiated more than `max_age` ago is measured with `ListParts` (bytes and
+//! parts) and aborted. Uploads under other prefixes are never touched. The summary says how
+//! many uploads were found, how many were stale and aborted, the bytes their parts held and
+//! the oldest age seen; [`emf_lines`] turns it into CloudWatch Embedded Metric Format lines.
+//!
+//! ```json
+//! { "targets": [ { "bucket": "lake", "prefix": "raw/" } ], "max_age": "24h" }
+//! ```
+//!
+//! `max_age` should stay well above the longest legitimate upload (15 minutes for a Lambda):
+//! an upload still being written is indistinguishable from an abandoned one.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use futures::StreamExt;
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result, S3Operation};
+
+/// Default `max_age`: 24 hours.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Stale uploads measured and aborted at once.
+const CONCURRENCY: usize = 8;
+/// Stop this long before the Lambda deadline.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
+/// Uploads listed by name per target in the summary (all are counted).
+const LISTED_PER_TARGET: usize = 100;
+
+/// The sweep's configuration: the event, or the `SWEEP_CONFIG` environment variable.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Bucket and prefix pairs to sweep. Only uploads whose key starts with the prefix are
+    /// considered.
+    pub targets: Vec<SweepTarget>,
+    /// Uploads initiated longer ago than this are aborted: seconds (`86400`) or a duration
+    /// with a unit (`"24h"`, `"90m"`, `"2d"`, `"30s"`). Default 24 hours.
+    #[serde(default)]
+    pub max_age: MaxAge,
+    /// Report what would be aborted without aborting. Default false.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Uploads per `ListMultipartUploads` page, 1–1000. Default 1000.
+    #[serde(default)]
+    pub page_size: Option<i32>,
+}
+
+/// One bucket and prefix to sweep.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepTarget {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, e.g. `raw/`. Required; `""` sweeps the whole bucket.
+    pub prefix: String,
+}
+
+/// `max_age`: a duration given as seconds or with a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAge(pub Duration);
+
+impl Default for MaxAge {
+    fn default() -> Self {
+        MaxAge(DEFAULT_MAX_AGE)
+    }
+}
+
+impl MaxAge {
+    /// Parses `"24h"`, `"90m"`, `"2d"`, `"30s"`, `"1h30m"` or plain seconds `"3600"`.
+    pub fn parse(text: &str) -> std::result::Result<MaxAge, String> {
+        let text = text.trim();
+        let bad = || {
+            format!("max_age {text:?}: expected seconds or a duration like \"24h\", \"90m\", \"2d\"")
+        };
+        if let Ok(secs) = text.parse::<u64>() {
+            return Ok(MaxAge(Duration::from_secs(secs)));
+        }
+        let mut total = 0u64;
+        let mut number = String::new();
+        for c in text.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let unit = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                _ => return Err(bad()),
+            };
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            total = total.saturating_add(n.saturating_mul(unit));
+            number.clear();
+        }
+        if !number.is_empty() || text.is_empty() {
+            return Err(bad());
+        }
+        Ok(MaxAge(Duration::from_secs(total)))
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxAge {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MaxAge;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("seconds, or a duration such as \"24h\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<MaxAge, E> {
+                Ok(MaxAge(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<MaxAge, E> {
+                u64::try_from(v)
+                    .map(|v| MaxAge(Duration::from_secs(v)))
+                    .map_err(|_| E::custom("max_age must not be negative"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<MaxAge, E> {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(MaxAge(Duration::from_secs_f64(v)))
+                } else {
+                    Err(E::custom("max_age must be a non-negative number of seconds"))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<MaxAge, E> {
+                MaxAge::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl SweepConfig {
+    /// Parses and validates a configuration from JSON.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let config: SweepConfig =
+            serde_json::from_value(value).map_err(|e| Error::spec(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        if self.targets.is_empty() {
+            return Err(Error::spec("targets is empty: name at least one bucket and prefix"));
+        }
+        if self.targets.len() > 100 {
+            return Err(Error::spec("targets: at most 100 bucket/prefix pairs"));
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let b = &t.bucket;
+            if b.len() < 3
+                || b.len() > 63
+                || !b
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+            {
+                return Err(Error::spec(format!(
+                    "targets[{i}].bucket {b:?} is not a valid bucket name"
+                )));
+            }
+            if t.prefix.len() > 1024 {
+                return Err(Error::spec(format!("targets[{i}].prefix is over 1024 bytes")));
+            }
+        }
+        if self.max_age.0.is_zero() {
+            return Err(Error::spec("max_age must be more than 0 seconds"));
+        }
+        if let Some(n) = self.page_size
+            && !(1..=1000).contains(&n)
+        {
+            return Err(Error::spec(format!("page_size {n} is outside 1..=1000")));
+        }
+        Ok(())
+    }
+}
+
+/// What a sweep runs with.
+#[derive(Debug, Clone)]
+pub struct SweepContext {
+    /// S3 client.
+    pub s3: aws_sdk_s3::Client,
+    /// The invocation's deadline: the sweep stops a margin before it and reports `partial`.
+    pub deadline: Option<SystemTime>,
+}
+
+/// One stale upload and what became of it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StaleUpload {
+    /// Object key.
+    pub key: String,
+    /// Upload id.
+    pub upload_id: String,
+    /// When it was initiated (RFC 3339).
+    pub initiated: String,
+    /// Age when found, in seconds.
+    pub age_secs: f64,
+    /// Parts it held.
+    pub parts: u64,
+    /// Bytes its parts held.
+    pub bytes: u64,
+    /// `aborted`, `vanished` (gone before the abort: completed or aborted by its owner),
+    /// `failed`, or `would_abort` in a dry run.
+    pub action: &'static str,
+}
+
+/// Per bucket and prefix.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct TargetSummary {
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix.
+    pub prefix: String,
+    /// Uploads in progress under the prefix.
+    pub found: u64,
+    /// Of those, older than `max_age`.
+    pub stale: u64,
+    /// Stale uploads aborted.
+    pub aborted: u64,
+    /// Stale uploads that were gone when aborted.
+    pub vanished: u64,
+    /// Stale uploads whose abort failed.
+    pub failed: u64,
+    /// Bytes the parts of stale uploads held (freed when aborted).
+    pub bytes_stale: u64,
+    /// Parts of stale uploads.
+    pub parts_stale: u64,
+    /// Age of the oldest upload found, in seconds.
+    pub oldest_age_secs: Option<f64>,
+    /// The stale uploads (the first 100).
+    pub uploads: Vec<StaleUpload>,
+    /// Why the target could not be swept completely, if it could not.
+    pub error: Option<String>,
+}
+
+/// The answer of `sweep-uploads`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SweepSummary {
+    /// `complete`, or `partial` when the deadline or an error stopped it early.
+    pub status: &'static str,
+    /// Whether this was a dry run (nothing aborted).
+    pub dry_run: bool,
+    /// The threshold, in seconds.
+    pub max_age_secs: f64,
+    /// Uploads found, all targets.
+    pub found: u64,
+    /// Stale uploads, all targets.
+    pub stale: u64,
+    /// Aborted, all targets.
+    pub aborted: u64,
+    /// Vanished before the abort, all targets.
+    pub vanished: u64,
+    /// Aborts that failed, all targets.
+    pub failed: u64,
+    /// Bytes of stale uploads' parts, all targets.
+    pub bytes_stale: u64,
+    /// Oldest upload age found, in seconds.
+    pub oldest_age_secs: Option<f64>,
+    /// Per target.
+    pub targets: Vec<TargetSummary>,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// A sweep's summary, and the first error if anything failed (listing a target, an abort).
+/// The summary is complete either way, so a function can log it and publish its metrics
+/// before reporting the failure.
+#[derive(Debug)]
+pub struct SweepOutcome {
+    /// What was found and done.
+    pub summary: SweepSummary,
+    /// The first failure.
+    pub failure: Option<Error>,
+}
+
+fn s3_error<E>(
+    operation: S3Operation,
+    bucket: &str,
+    key: &str,
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let retryable = matches!(
+        err,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+    ) || status.is_some_and(|s| s >= 500 || s == 429)
+        || matches!(err.code(), Some("SlowDown" | "InternalError" | "RequestTimeout"));
+    let mut message = DisplayErrorContext(err).to_string();
+    if let Some(status) = status {
+        message = format!("HTTP {status}: {message}");
+    }
+    Error::S3 {
+        operation,
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        part_number: None,
+        message,
+        retryable,
+    }
+}
+
+fn is_no_such_upload<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    err.code() == Some("NoSuchUpload") || err.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+}
+
+/// Sweeps every target in turn. Never panics on S3 errors: they end up in the outcome.
+pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
+    let clock = std::time::Instant::now();
+    let deadline = ctx.deadline.map(|d| {
+        Instant::now()
+            + d.duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .saturating_sub(DEADLINE_MARGIN)
+    });
+    let mut failure = None;
+    let mut complete = true;
+    let mut targets = Vec::new();
+    for target in &config.targets {
+        let (summary, err, finished) = sweep_target(config, ctx, target, deadline).await;
+        complete &= finished && err.is_none();
+        if failure.is_none() {
+            failure = err;
+        }
+        targets.push(summary);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            complete = false;
+            break;
+        }
+    }
+    let sum = |f: fn(&TargetSummary) -> u64| targets.iter().map(f).sum::<u64>();
+    let summary = SweepSummary {
+        status: if complete { "complete" } else { "partial" },
+        dry_run: config.dry_run,
+        max_age_secs: config.max_age.0.as_secs_f64(),
+        found: sum(|t| t.found),
+        stale: sum(|t| t.stale),
+        aborted: sum(|t| t.aborted),
+        vanished: sum(|t| t.vanished),
+        failed: sum(|t| t.failed),
+        bytes_stale: sum(|t| t.bytes_stale),
+        oldest_age_secs: targets
+            .iter()
+            .filter_map(|t| t.oldest_age_secs)
+            .reduce(f64::max),
+        targets,
+        duration_ms: clock.elapsed().as_millis() as u64,
+    };
+    tracing::info!(
+        found = summary.found,
+        stale = summary.stale,
+        aborted = summary.aborted,
+        failed = summary.failed,
+        bytes_stale = summary.bytes_stale,
+        status = summary.status,
+        "sweep finished"
+    );
+    SweepOutcome { summary, failure }
+}
+
+/// Returns the target's summary, its first error, and whether it was swept to the end.
+async fn sweep_target(
+    config: &SweepConfig,
+    ctx: &SweepContext,
+    target: &SweepTarget,
+    deadline: Option<Instant>,
+) -> (TargetSummary, Option<Error>, bool) {
+    let mut summary = TargetSummary {
+        bucket: target.bucket.clone(),
+        prefix: target.prefix.clone(),
+        ..TargetSummary::default()
+    };
+    let mut first_error: Option<Error> = None;
+    let mut key_marker: Option<String> = None;
+    let mut upload_id_marker: Option<String> = None;
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            summary.error = Some("stopped before the deadline".into());
+            return (summary, first_error, false);
+        }
+        let page = ctx
+            .s3
+            .list_multipart_uploads()
+            .bucket(&target.bucket)
+            .prefix(&target.prefix)
+            .set_max_uploads(config.page_size)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(upload_id_marker.clone())
+            .send()
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                let err = s3_error(
+                    S3Operation::ListMultipartUploads,
+                    &target.bucket,
+                    &target.prefix,
+                    &e,
+                );
+                tracing::error!(bucket = %target.bucket, prefix = %target.prefix, error = %err, "listing uploads failed");
+                summary.error = Some(err.to_string());
+                return (summary, Some(first_error.unwrap_or(err)), false);
+            }
+        };
+        let now = SystemTime::now();
+        let mut stale = Vec::new();
+        for upload in page.uploads() {
+            let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            // A guard against servers that ignore the prefix.
+            if !key.starts_with(&target.prefix) {
+                continue;
+            }
+            summary.found += 1;
+            let initiated = upload
+                .initiated()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(now);
+            let age = now.duration_since(initiated).unwrap_or_default();
+            let age_secs = (age.as_secs_f64() * 1000.0).round() / 1000.0;
+            summary.oldest_age_secs = Some(summary.oldest_age_secs.unwrap_or(0.0).max(age_secs));
+            if age > config.max_age.0 {
+                stale.push(StaleUpload {
+                    key: key.to_owned(),
+                    upload_id: upload_id.to_owned(),
+                    initiated: chrono::DateTime::<chrono::Utc>::from(initiated).to_rfc3339(),
+                    age_secs,
+                    parts: 0,
+                    bytes: 0,
+                    action: "would_abort",
+                });
+            }
+        }
+        let handled: Vec<(StaleUpload, Option<Error>)> = futures::stream::iter(stale)
+            .map(|u| handle_stale(ctx, &target.bucket, u, config.dry_run))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (upload, err) in handled {
+            summary.stale += 1;
+            summary.bytes_stale += upload.bytes;
+            summary.parts_stale += upload.parts;
+            match upload.action {
+                "aborted" => summary.aborted += 1,
+                "vanished" => summary.vanished += 1,
+                "failed" => summary.failed += 1,
+                _ => {}
+            }
+            if summary.uploads.len() < LISTED_PER_TARGET {
+                summary.uploads.push(upload);
+            }
+            if first_error.is_none() {
+                first_error = err;
+            }
+        }
+        if page.is_truncated() != Some(true) {
+            return (summary, first_error, true);
+        }
+        let next = (
+            page.next_key_marker().map(str::to_owned),
+            page.next_upload_id_marker().map(str::to_owned),
+        );
+        if next.0.is_none() || next == (key_marker.clone(), upload_id_marker.clone()) {
+            let err = Error::S3 {
+                operation: S3Operation::ListMultipartUploads,
+                bucket: target.bucket.clone(),
+                key: target.prefix.clone(),
+                part_number: None,
+                message: "truncated listing without a new marker; stopping to avoid a loop".into(),
+                retryable: false,
+            };
+            summary.error = Some(err.to_string());
+            return (summary, Some(first_error.unwrap_or(err)), false);
+        }
+        (key_marker, upload_id_marker) = next;
+    }
+}
+
+/// Measures a stale upload with `ListParts`, then aborts it (unless `dry_run`).
+async fn handle_stale(
+    ctx: &SweepContext,
+    bucket: &str,
+    mut upload: StaleUpload,
+    dry_run: bool,
+) -> (StaleUpload, Option<Error>) {
+    let mut marker: Option<String> = None;
+    loop {
+        let page = ctx
+            .s3
+            .list_parts()
+            .bucket(bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .set_part_number_marker(marker.clone())
+            .send()
+            .await;
+        match page {
+            Ok(page) => {
+                for part in page.parts() {
+                    upload.parts += 1;
+                    upload.bytes += part.size().unwrap_or(0).max(0) as u64;
+                }
+                let next = page.next_part_number_marker().map(str::to_owned);
+                if page.is_truncated() != Some(true) || next.is_none() || next == marker {
+                    break;
+                }
+                marker = next;
+            }
+            Err(e) if is_no_such_upload(&e) => {
+                upload.action = "vanished";
+                return (upload, None);
+            }
+            Err(e) => {
+                // Unmeasured, but still worth aborting.
+                let err = s3_error(S3Operation::ListParts, bucket, &upload.key, &e);
+                tracing::warn!(%bucket, key = %upload.key, error = %err, "could not list parts");
+                break;
+            }
+        }
+    }
+    if dry_run {
+        tracing::info!(%bucket, key = %upload.key, upload_id = %upload.upload_id, age_secs = upload.age_secs, bytes = upload.bytes, "stale upload (dry run)");
+        return (upload, None);
+    }
+    match ctx
+        .s3
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(&upload.key)
+        .upload_id(&upload.upload_id)
+        .send()
+        .await
+    {
+        Ok(_) => {
+            upload.action = "aborted";
+            tracing::info!(%bucket, key = %upload.key, upload_id = %upload.upload_id, age_secs = upload.age_secs, bytes = upload.bytes, parts = upload.parts, "stale upload aborted");
+            (upload, None)
+        }
+        Err(e) if is_no_such_upload(&e) => {
+            upload.action = "vanished";
+            (upload, None)
+        }
+        Err(e) => {
+            let err = s3_error(S3Operation::AbortMultipartUpload, bucket, &upload.key, &e);
+            tracing::error!(%bucket, key = %upload.key, upload_id = %upload.upload_id, error = %err, "abort failed");
+            upload.action = "failed";
+            (upload, Some(err))
+        }
+    }
+}
+
+/// CloudWatch Embedded Metric Format lines for `summary`, one per target, in `namespace`
+/// with the dimensions `Bucket` and `Prefix`: `UploadsFound`, `StaleUploads`,
+/// `UploadsAborted`, `AbortFailures` (Count), `StaleBytes` (Bytes) and
+/// `OldestUploadAgeSeconds` (Seconds). Printed to stdout in Lambda, CloudWatch turns them
+/// into metrics without any API call.
+pub fn emf_lines(summary: &SweepSummary, namespace: &str, timestamp: SystemTime) -> Vec<String> {
+    let ms = timestamp
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    summary
+        .targets
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "_aws": {
+                    "Timestamp": ms,
+                    "CloudWatchMetrics": [{
+                        "Namespace": namespace,
+                        "Dimensions": [["Bucket", "Prefix"]],
+                        "Metrics": [
+                            {"Name": "UploadsFound", "Unit": "Count"},
+                            {"Name": "StaleUploads", "Unit": "Count"},
+                            {"Name": "UploadsAborted", "Unit": "Count"},
+                            {"Name": "AbortFailures", "Unit": "Count"},
+                            {"Name": "StaleBytes", "Unit": "Bytes"},
+                            {"Name": "OldestUploadAgeSeconds", "Unit": "Seconds"}
+                        ]
+                    }]
+                },
+                "Bucket": t.bucket,
+                "Prefix": t.prefix,
+                "DryRun": summary.dry_run,
+                "UploadsFound": t.found,
+                "StaleUploads": t.stale,
+                "UploadsAborted": t.aborted,
+                "AbortFailures": t.failed,
+                "StaleBytes": t.bytes_stale,
+                "OldestUploadAgeSeconds": t.oldest_age_secs.unwrap_or(0.0)
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn max_age_forms() {
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<MaxAge>(v)
+                .map(|m| m.0.as_secs())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(json!(86400)), Ok(86400));
+        assert_eq!(parse(json!("24h")), Ok(86400));
+        assert_eq!(parse(json!("1h30m")), Ok(5400));
+        assert_eq!(parse(json!("2d")), Ok(172800));
+        assert_eq!(parse(json!("45s")), Ok(45));
+        assert_eq!(parse(json!("60")), Ok(60));
+        assert!(parse(json!("1w")).unwrap_err().contains("max_age \"1w\""));
+        assert!(parse(json!("h")).is_err());
+        assert!(parse(json!("5h3")).is_err());
+        assert!(parse(json!(-1)).is_err());
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = SweepConfig::from_json(json!({"targets": [{"bucket": "lake", "prefix": "raw/"}]}))
+            .unwrap();
+        assert_eq!(c.max_age, MaxAge(DEFAULT_MAX_AGE));
+        assert!(!c.dry_run);
+        let e = |v| SweepConfig::from_json(v).unwrap_err().to_string();
+        assert!(e(json!({"targets": []})).contains("targets is empty"));
+        assert!(e(json!({"targets": [{"bucket": "lake"}]})).contains("missing field `prefix`"));
+        assert!(
+            e(json!({"targets": [{"bucket": "Lake_1", "prefix": ""}]}))
+                .contains("targets[0].bucket")
+        );
+        assert!(
+            e(json!({"targets": [{"bucket": "lake", "prefix": ""}], "max_age": 0}))
+                .contains("max_age must be more")
+        );
+        assert!(
+            e(json!({"targets": [{"bucket": "lake", "prefix": ""}], "maxage": "1h"}))
+                .contains("unknown field `maxage`")
+        );
+        assert!(
+            e(json!({"targets": [{"bucket": "lake", "prefix": ""}], "page_size": 5000}))
+                .contains("page_size 5000")
+        );
+    }
+
+    #[test]
+    fn emf_names_metrics_and_values() {
+        let summary = SweepSummary {
+            status: "complete",
+            dry_run: false,
+            max_age_secs: 1.0,
+            found: 3,
+            stale: 2,
+            aborted: 2,
+            vanished: 0,
+            failed: 0,
+            bytes_stale: 10,
+            oldest_age_secs: Some(5.5),
+            targets: vec![TargetSummary {
+                bucket: "lake".into(),
+                prefix: "raw/".into(),
+                found: 3,
+                stale: 2,
+                aborted: 2,
+                bytes_stale: 10,
+                oldest_age_secs: Some(5.5),
+                ..TargetSummary::default()
+            }],
+            duration_ms: 1,
+        };
+        let lines = emf_lines(&summary, "sluice", SystemTime::UNIX_EPOCH);
+        assert_eq!(lines.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "sluice");
+        assert_eq!(v["UploadsAborted"], 2);
+        assert_eq!(v["StaleBytes"], 10);
+        assert_eq!(v["OldestUploadAgeSeconds"], 5.5);
+        let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in names {
+            assert!(v.get(name).is_some(), "metric {name} has no value");
+        }
+    }
+}

@@ -1,0 +1,840 @@
+//! The built `export-postgres` bootstrap, driven through the Lambda Runtime API emulator
+//! against a throwaway Postgres (Debian's `postgresql`, started by the test) and Garage.
+//!
+//! Build the binary first: `cargo build --release -p export-postgres` (`make test` does).
+//! Needs the local stack (`scripts/stack.sh up`) for Garage and moto.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use sluice::secret::{Secret, SecretRef};
+use sluice::source::postgres::{self as pg, ConnectionSettings, SslMode};
+use sluice_tests::postgres::{PgServer, wait_until};
+use sluice_tests::{
+    Invocation, LambdaProcess, MemoryCgroup, RuntimeApi, S3Server, binary_path, object_exists,
+    object_stream, read_object, uploads_in_progress,
+};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+
+const MIB: u64 = 1024 * 1024;
+
+/// One function instance with its own Runtime API and a fresh Garage bucket.
+struct Harness {
+    api: RuntimeApi,
+    _process: LambdaProcess,
+    server: S3Server,
+    bucket: String,
+}
+
+impl Harness {
+    async fn start(label: &str, env: &[(&str, String)], cgroup: Option<&MemoryCgroup>) -> Harness {
+        Self::start_binary(label, &binary_path("export-postgres"), env, cgroup).await
+    }
+
+    async fn start_binary(
+        label: &str,
+        binary: &std::path::Path,
+        env: &[(&str, String)],
+        cgroup: Option<&MemoryCgroup>,
+    ) -> Harness {
+        let server = S3Server::garage();
+        let bucket = server.fresh_bucket(label).await.unwrap();
+        let api = RuntimeApi::start().await;
+        let mut all = server.lambda_env();
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let process = LambdaProcess::spawn(binary, &api, &all, 256, cgroup).unwrap();
+        Harness {
+            api,
+            _process: process,
+            server,
+            bucket,
+        }
+    }
+
+    fn job(&self, query: &str, format: &str, key: &str) -> Value {
+        json!({
+            "source": {"postgres": {"query": query}},
+            "format": format,
+            "destination": {"bucket": self.bucket, "key": key}
+        })
+    }
+
+    async fn invoke(&self, event: Value, timeout: Duration) -> Invocation {
+        self.api.invoke(event, timeout).await.unwrap()
+    }
+
+    async fn assert_nothing_written(&self, key: &str) {
+        let client = self.server.client().await;
+        assert!(
+            !object_exists(&client, &self.bucket, key).await,
+            "object {key} exists"
+        );
+        let open = uploads_in_progress(&client, &self.bucket).await;
+        assert!(open.is_empty(), "uploads left in progress: {open:?}");
+    }
+
+    async fn object_reader(&self, key: &str, codec: Option<&str>) -> Box<dyn AsyncRead + Send + Unpin> {
+        let client = self.server.client().await;
+        let raw = BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
+        match codec {
+            None => Box::new(raw),
+            Some("gzip") => Box::new(GzipDecoder::new(raw)),
+            Some("zstd") => Box::new(ZstdDecoder::new(raw)),
+            Some(other) => panic!("codec {other}"),
+        }
+    }
+
+    async fn object_text(&self, key: &str) -> String {
+        let client = self.server.client().await;
+        String::from_utf8(read_object(&client, &self.bucket, key).await).unwrap()
+    }
+}
+
+fn response(inv: Invocation) -> Value {
+    match inv {
+        Invocation::Response(v) => v,
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => panic!("function failed: {error_type}: {error_message}"),
+    }
+}
+
+fn error(inv: Invocation) -> (String, String) {
+    match inv {
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => (error_type, error_message),
+        Invocation::Response(v) => panic!("expected an error, got {v}"),
+    }
+}
+
+/// A table of `rows` rows of mixed types: integers, numeric, float, text with quotes, commas
+/// and newlines, empty strings and NULLs, timestamptz, date, boolean, jsonb, arrays.
+async fn create_mixed(pg: &PgServer, rows: u64) {
+    let client = pg.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE mixed (
+                id bigint, qty integer, amount numeric(14,2), ratio double precision,
+                label text, note text, happened_at timestamptz, day date, flag boolean,
+                doc jsonb, tags text[], nums integer[]);
+             INSERT INTO mixed
+             SELECT i,
+                    (i % 1000)::int - 500,
+                    round(((i * 7919) % 10000000)::numeric / 100 - 20000, 2),
+                    i / 7.0,
+                    'label-' || (i % 97),
+                    CASE i % 5 WHEN 0 THEN NULL WHEN 1 THEN ''
+                                WHEN 2 THEN 'say \"hi\", ' || i ELSE E'two\\nlines ' || i END,
+                    timestamptz '2024-01-01 00:00:00+00' + i * interval '1.5 seconds',
+                    date '2024-01-01' + (i % 3650)::int,
+                    CASE WHEN i % 3 = 0 THEN NULL ELSE i % 2 = 0 END,
+                    jsonb_build_object('k', i, 's', 'v' || (i % 100), 'nested', jsonb_build_array(i % 7, 'x')),
+                    ARRAY['a' || (i % 10), NULL, 'b,c'],
+                    CASE WHEN i % 11 = 0 THEN NULL ELSE ARRAY[i % 100, -(i % 50)] END
+             FROM generate_series(1, {rows}) AS i;
+             ANALYZE mixed;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// `-123.45` → `-12345` (hundredths), exactly.
+fn cents(text: &str) -> i128 {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let frac = format!("{frac:0<2}");
+    let v: i128 = whole.parse::<i128>().unwrap() * 100 + frac[..2].parse::<i128>().unwrap();
+    if neg { -v } else { v }
+}
+
+/// Rows, sum of `amount` (hundredths) and sum of `qty` in a CSV export of `mixed`.
+async fn csv_totals(reader: Box<dyn AsyncRead + Send + Unpin>) -> (u64, i128, i64, Vec<String>) {
+    tokio::task::spawn_blocking(move || {
+        let bridge = tokio_util::io::SyncIoBridge::new(reader);
+        let mut csv = csv::ReaderBuilder::new().has_headers(true).from_reader(bridge);
+        let headers: Vec<String> = csv.headers().unwrap().iter().map(str::to_owned).collect();
+        let amount = headers.iter().position(|h| h == "amount").unwrap();
+        let qty = headers.iter().position(|h| h == "qty").unwrap();
+        let (mut rows, mut sum, mut qty_sum) = (0u64, 0i128, 0i64);
+        let mut record = csv::StringRecord::new();
+        while csv.read_record(&mut record).unwrap() {
+            rows += 1;
+            sum += cents(&record[amount]);
+            qty_sum += record[qty].parse::<i64>().unwrap();
+        }
+        (rows, sum, qty_sum, headers)
+    })
+    .await
+    .unwrap()
+}
+
+/// Rows, sum of `amount` (hundredths, from the number's own digits) and sum of `qty` in an
+/// NDJSON export of `mixed`; every line must parse as a JSON object.
+async fn ndjson_totals(reader: Box<dyn AsyncRead + Send + Unpin>) -> (u64, i128, i64) {
+    let mut lines = BufReader::with_capacity(1 << 20, reader).lines();
+    let (mut rows, mut sum, mut qty_sum) = (0u64, 0i128, 0i64);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        rows += 1;
+        qty_sum += v["qty"].as_i64().unwrap();
+        let at = line.find("\"amount\":").unwrap() + "\"amount\":".len();
+        let end = at + line[at..].find([',', '}']).unwrap();
+        sum += cents(&line[at..end]);
+    }
+    (rows, sum, qty_sum)
+}
+
+/// The contract: 2 million rows of mixed types (`SLUICE_PG_ROWS` to change) exported as CSV
+/// (gzip) and NDJSON (zstd) by the real bootstrap in a 256 MB memory cgroup; row count and
+/// column sums read back from the objects equal the database's; cgroup peak ≤ 128 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_exports_two_million_rows_as_csv_and_ndjson_under_256_mb() {
+    let rows: u64 = std::env::var("SLUICE_PG_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let pg = PgServer::start().unwrap();
+    let t = Instant::now();
+    create_mixed(&pg, rows).await;
+    eprintln!("created {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
+    let db = pg.client().await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT count(*), (sum(amount) * 100)::bigint, sum(qty)::bigint FROM mixed",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (db_rows, db_cents, db_qty): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(db_rows as u64, rows);
+
+    let cgroup = MemoryCgroup::create("sluice-export", 256 * MIB);
+    let h = Harness::start(
+        "export-contract",
+        &[("DATABASE_URL", pg.admin_url())],
+        cgroup.as_ref(),
+    )
+    .await;
+
+    for (format, codec, key) in [
+        ("csv", "gzip", "mixed/all.csv.gz"),
+        ("ndjson", "zstd", "mixed/all.ndjson.zst"),
+    ] {
+        if let Some(cg) = &cgroup {
+            cg.reset_peak();
+        }
+        let mut job = h.job("SELECT * FROM mixed", format, key);
+        job["compression"] = json!(codec);
+        let started = Instant::now();
+        let s = response(h.invoke(job, Duration::from_secs(900)).await);
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(s["status"], "written");
+        assert_eq!(s["rows"], rows, "{s}");
+        assert_eq!(s["format"], format);
+
+        let reader = h.object_reader(key, Some(codec)).await;
+        let (got_rows, got_cents, got_qty) = match format {
+            "csv" => {
+                let (r, c, q, headers) = csv_totals(reader).await;
+                assert_eq!(
+                    headers,
+                    [
+                        "id", "qty", "amount", "ratio", "label", "note", "happened_at", "day",
+                        "flag", "doc", "tags", "nums"
+                    ]
+                );
+                (r, c, q)
+            }
+            _ => ndjson_totals(reader).await,
+        };
+        assert_eq!(got_rows, rows, "{format}: rows read back");
+        assert_eq!(got_cents, db_cents as i128, "{format}: sum(amount)");
+        assert_eq!(got_qty, db_qty, "{format}: sum(qty)");
+
+        let rss = s["peak_rss_bytes"].as_u64().unwrap();
+        let peak = match &cgroup {
+            Some(cg) => {
+                assert!(!cg.oom_killed(), "the function hit the cgroup limit");
+                cg.peak_bytes()
+            }
+            None => {
+                eprintln!("WARNING: no memory cgroup; falling back to the process's VmHWM");
+                rss
+            }
+        };
+        let bytes_in = s["bytes_in"].as_u64().unwrap();
+        eprintln!(
+            "EXPORT {format}+{codec}: {rows} rows, {:.1} MiB rendered, {:.1} MiB out, in {secs:.1} s \
+             = {:.0} rows/s, {:.1} MiB/s; cgroup peak {:.1} MiB; VmHWM {:.1} MiB; {} parts",
+            bytes_in as f64 / MIB as f64,
+            s["bytes_out"].as_u64().unwrap() as f64 / MIB as f64,
+            rows as f64 / secs,
+            bytes_in as f64 / MIB as f64 / secs,
+            peak as f64 / MIB as f64,
+            rss as f64 / MIB as f64,
+            s["parts"],
+        );
+        assert!(peak <= 128 * MIB, "{format}: cgroup peak {peak} bytes is over 128 MiB");
+        assert!(rss <= 128 * MIB, "{format}: VmHWM {rss} bytes is over 128 MiB");
+    }
+}
+
+/// `pg_terminate_backend` while rows stream and parts upload: the function answers with the
+/// SQLSTATE (57P01) as a `Retryable` error, and leaves no object and no upload in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backend_aborts_with_sqlstate_and_leaves_nothing() {
+    let pg = PgServer::start().unwrap();
+    let h = Harness::start("export-killed", &[("DATABASE_URL", pg.admin_url())], None).await;
+    let admin = pg.client().await.unwrap();
+    // A ProjectSet streams generate_series row by row (in FROM it would be materialised).
+    let job = h.job(
+        "SELECT i, md5(i::text) AS h, repeat('x', 100) AS pad \
+         FROM (SELECT generate_series(1, 200000000) AS i) s",
+        "csv",
+        "killed.csv",
+    );
+    let kill = async {
+        let s3 = h.server.client().await;
+        let uploading = wait_until(Duration::from_secs(60), || async {
+            !uploads_in_progress(&s3, &h.bucket).await.is_empty()
+        })
+        .await;
+        assert!(uploading, "no multipart upload started");
+        // Let a few parts go up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let killed: Vec<bool> = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'sluice export-postgres' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(killed, [true], "exactly one export backend to terminate");
+    };
+    let (answer, ()) = tokio::join!(h.invoke(job, Duration::from_secs(120)), kill);
+    let (kind, message) = error(answer);
+    assert_eq!(kind, "Retryable", "{message}");
+    assert!(message.contains("SQLSTATE 57P01"), "{message}");
+    assert!(message.contains("stream after"), "{message}");
+    h.assert_nothing_written("killed.csv").await;
+}
+
+/// Query errors carry their SQLSTATE and the right error type, and create nothing: a syntax
+/// error, a missing table, a write (refused by the read-only transaction), a statement past
+/// the deadline, a wrong password, a closed port, a parameter count mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_carry_sqlstate_and_write_nothing() {
+    let pg = PgServer::start().unwrap();
+    let admin = pg.client().await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);")
+        .await
+        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let h = Harness::start(
+        "export-errors",
+        &[
+            ("DATABASE_URL", pg.admin_url()),
+            (
+                "WRONG_PASSWORD_URL",
+                pg.url("127.0.0.1", "postgres", "not-the-password-42", "postgres", "sslmode=disable"),
+            ),
+            (
+                "CLOSED_PORT_URL",
+                format!("postgres://postgres:x@127.0.0.1:{closed_port}/postgres?sslmode=disable&connect_timeout=3"),
+            ),
+        ],
+        None,
+    )
+    .await;
+
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        ("syntax", h.job("SELEC 1", "csv", "syntax"), "InvalidInput", "SQLSTATE 42601"),
+        ("missing", h.job("SELECT * FROM nope", "ndjson", "missing"), "InvalidInput", "SQLSTATE 42P01"),
+        (
+            "write",
+            h.job("INSERT INTO t VALUES (3) RETURNING id", "csv", "write"),
+            "InvalidInput",
+            "SQLSTATE 25006",
+        ),
+        ("params", {
+            let mut j = h.job("SELECT * FROM t WHERE id = $1", "csv", "params");
+            j["source"]["postgres"]["params"] = json!([1, 2]);
+            j
+        }, "InvalidInput", "2 values but the query uses 1"),
+        ("password", {
+            let mut j = h.job("SELECT 1", "csv", "password");
+            j["source"]["postgres"]["secret"] = json!({"env": "WRONG_PASSWORD_URL"});
+            j
+        }, "Upstream", "SQLSTATE 28P01"),
+        ("closed", {
+            let mut j = h.job("SELECT 1", "csv", "closed");
+            j["source"]["postgres"]["secret"] = json!({"env": "CLOSED_PORT_URL"});
+            j
+        }, "Retryable", ": connect: "),
+    ];
+    for (name, job, want_kind, want) in cases {
+        let (kind, message) = error(h.invoke(job, Duration::from_secs(60)).await);
+        assert_eq!(kind, want_kind, "{name}: {message}");
+        assert!(message.contains(want), "{name}: {message}");
+        assert!(!message.contains("not-the-password-42"), "{name}: {message}");
+        assert!(!message.contains(pg.admin_password()), "{name}: {message}");
+        h.assert_nothing_written(name).await;
+    }
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "the read-only transaction let a write through");
+
+    // statement_timeout follows the deadline: 8 s with a 3 s margin stops a 60 s query in 5.
+    let started = Instant::now();
+    let (kind, message) = error(
+        h.invoke(
+            h.job("SELECT pg_sleep(60)", "csv", "slow"),
+            Duration::from_secs(8),
+        )
+        .await,
+    );
+    assert_eq!(kind, "Timeout", "{message}");
+    assert!(started.elapsed() < Duration::from_secs(8), "answered after the deadline");
+    h.assert_nothing_written("slow").await;
+    // The server did cancel it (no backend left running the query).
+    let running: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(running, 0);
+}
+
+/// Types render as Postgres renders them, parameters are bound (never spliced into SQL), and
+/// `$n` inside strings and comments is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_render_faithfully_and_params_are_bound() {
+    let pg = PgServer::start().unwrap();
+    let admin = pg.client().await.unwrap();
+    admin
+        .batch_execute(
+            r#"CREATE TABLE types (
+                 id int, n numeric, f float8, ts timestamptz, d date, iv interval, b bool,
+                 txt text, j jsonb, js json, arr int[], tarr text[], by bytea, ip inet, u uuid);
+               INSERT INTO types VALUES
+                 (1, 12345678901234567890.123456789, 1e-7, '2024-02-29 23:59:59.123456+05:30',
+                  '2024-02-29', '1 day 02:03:04', true, 'plain', '{"a": [1, 2.50, null], "b": {"c": "d"}}',
+                  E'{\n  "pretty": true\n}', '{1,2,3}', '{"x y","q\"uote",NULL}', '\x00ff', '10.1.2.3',
+                  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+                 (2, -0.5, 'NaN', '1970-01-01 00:00:00+00', '0001-01-01', '-3 months', false, '',
+                  'null', '[]', '{}', '{}', '', '::1', NULL),
+                 (3, NULL, 'Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+                 (4, 0, -0.0, '2024-06-01 12:00:00+00', '2024-06-01', '0', true,
+                  E'comma, "quote" \\ backslash\nnewline\ttab', '"str"', '"s\\u00e9"', '{-1}', '{""}', 'abc',
+                  '192.168.0.0/16', '00000000-0000-0000-0000-000000000000');"#,
+        )
+        .await
+        .unwrap();
+    let h = Harness::start("export-types", &[("DATABASE_URL", pg.admin_url())], None).await;
+
+    // The reference: COPY run directly with the session settings the export uses.
+    let reference = |sql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1")
+                .await
+                .unwrap();
+            let stream = admin
+                .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT csv, HEADER)"))
+                .await
+                .unwrap();
+            let chunks: Vec<bytes::Bytes> = stream.map(|c| c.unwrap()).collect().await;
+            String::from_utf8(chunks.concat()).unwrap()
+        }
+    };
+
+    let plain = response(
+        h.invoke(
+            h.job("SELECT * FROM types ORDER BY id;", "csv", "types.csv"),
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    assert_eq!(plain["rows"], 4);
+    let expected = reference("SELECT * FROM types ORDER BY id".into()).await;
+    assert_eq!(h.object_text("types.csv").await, expected);
+    assert!(expected.contains("12345678901234567890.123456789"));
+    assert!(expected.contains("2024-02-29 18:29:59.123456+00"), "{expected}");
+
+    // Parameters: values that would break out of a string literal if spliced, a `$1` inside a
+    // string and a comment, a parameter used twice, NULL, a JSON parameter.
+    let evil = "x'); DROP TABLE types; --";
+    let query = "SELECT '$1 stays' AS lit, /* $2 */ * FROM types \
+                 WHERE id >= $1 AND id <= $1 + 10 AND (txt IS NULL OR txt <> $2) \
+                 AND ($3::int IS NULL OR id = $3) AND $4::jsonb ? 'k' ORDER BY id";
+    let mut job = h.job(query, "csv", "params.csv");
+    job["source"]["postgres"]["params"] = json!([1, evil, null, {"k": 1}]);
+    let with_params = response(h.invoke(job, Duration::from_secs(60)).await);
+    assert_eq!(with_params["rows"], 4);
+    let expected_params = reference(format!(
+        "SELECT '$1 stays' AS lit, * FROM types WHERE id >= 1 AND id <= 11 \
+         AND (txt IS NULL OR txt <> '{}') ORDER BY id",
+        evil.replace('\'', "''")
+    ))
+    .await;
+    assert_eq!(h.object_text("params.csv").await, expected_params);
+    let still: i64 = admin
+        .query_one("SELECT count(*) FROM types", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still, 4);
+    // A parameter that filters: a timestamptz parsed by the server.
+    let mut job = h.job(
+        "SELECT id FROM types WHERE ts > $1 ORDER BY id",
+        "ndjson",
+        "after.ndjson",
+    );
+    job["source"]["postgres"]["params"] = json!(["2000-01-01T00:00:00Z"]);
+    response(h.invoke(job, Duration::from_secs(60)).await);
+    assert_eq!(h.object_text("after.ndjson").await, "{\"id\":1}\n{\"id\":4}\n");
+
+    // NDJSON: each line is row_to_json's rendering, a raw newline of a `json` value turned
+    // into a space so every record stays on one line.
+    let nd = response(
+        h.invoke(
+            h.job("SELECT * FROM types ORDER BY id", "ndjson", "types.ndjson"),
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    assert_eq!(nd["rows"], 4);
+    admin.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let expected: Vec<String> = admin
+        .query(
+            "SELECT row_to_json(t)::text FROM (SELECT * FROM types ORDER BY id) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0).replace(['\n', '\r'], " "))
+        .collect();
+    let text = h.object_text("types.ndjson").await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, expected);
+    for line in &lines {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    assert!(lines[0].contains("\"n\":12345678901234567890.123456789"), "{}", lines[0]);
+    assert!(lines[0].contains("\"ts\":\"2024-02-29T18:29:59.123456+00:00\""), "{}", lines[0]);
+    assert!(lines[1].contains("\"f\":\"NaN\""), "{}", lines[1]);
+    assert!(lines[2].contains("\"n\":null"), "{}", lines[2]);
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["js"], json!({"pretty": true}));
+    assert_eq!(v["tarr"], json!(["x y", "q\"uote", null]));
+
+    // Empty result: a header-only CSV and an empty NDJSON object.
+    let empty = response(
+        h.invoke(h.job("SELECT * FROM types WHERE false", "csv", "empty.csv"), Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!((empty["rows"].as_u64(), empty["parts"].as_u64()), (Some(0), Some(1)));
+    assert!(h.object_text("empty.csv").await.starts_with("id,n,f,ts,"));
+    response(
+        h.invoke(h.job("SELECT * FROM types WHERE false", "ndjson", "empty.ndjson"), Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(h.object_text("empty.ndjson").await, "");
+}
+
+/// A shell script that runs `binary` with all its output appended to `log`: the test reads
+/// every line the function wrote, not just the last ones `LambdaProcess` keeps.
+fn logging_wrapper(binary: &std::path::Path, log: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = log.parent().unwrap();
+    let script = dir.join("export-postgres");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec '{}' >>'{}' 2>&1\n",
+            binary.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// The connection from a Secrets Manager secret (moto), in both shapes, and from
+/// `DATABASE_URL`, with `RUST_LOG=trace`: no password appears in any log line, error or
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_connection_and_no_password_in_trace_logs() {
+    let pg = PgServer::start().unwrap();
+    let canary = format!("pw-CANARY-{}", uuid::Uuid::new_v4().simple());
+    let wrong = format!("wrong-CANARY-{}", uuid::Uuid::new_v4().simple());
+    let env_canary = format!("env-CANARY-{}", uuid::Uuid::new_v4().simple());
+    pg.create_reader("exporter", &canary).await.unwrap();
+    pg.create_reader("envreader", &env_canary).await.unwrap();
+    pg.client()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE s (id int, v text); INSERT INTO s SELECT i, 'v' || i FROM generate_series(1, 1000) i;")
+        .await
+        .unwrap();
+
+    let moto = S3Server::moto();
+    let sm_conf = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new(moto.region.clone()))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .build();
+    let sm = aws_sdk_secretsmanager::Client::from_conf(sm_conf);
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let json_name = format!("sluice/test/db-json-{suffix}");
+    let url_name = format!("sluice/test/db-url-{suffix}");
+    let wrong_name = format!("sluice/test/db-wrong-{suffix}");
+    for (name, value) in [
+        (
+            &json_name,
+            json!({"engine": "postgres", "username": "exporter", "password": canary,
+                   "host": "127.0.0.1", "port": pg.port(), "dbname": "postgres",
+                   "sslmode": "disable"})
+            .to_string(),
+        ),
+        (&url_name, pg.url("127.0.0.1", "exporter", &canary, "postgres", "sslmode=disable")),
+        (&wrong_name, pg.url("127.0.0.1", "exporter", &wrong, "postgres", "sslmode=disable")),
+    ] {
+        sm.create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let dir = std::env::temp_dir().join(format!("sluice-export-logs-{suffix}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("function.log");
+    let wrapper = logging_wrapper(&binary_path("export-postgres"), &log);
+    let h = Harness::start_binary(
+        "export-secrets",
+        &wrapper,
+        &[
+            ("RUST_LOG", "trace".to_owned()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint.clone()),
+            (
+                "DATABASE_URL",
+                pg.url("127.0.0.1", "envreader", &env_canary, "postgres", "sslmode=disable"),
+            ),
+        ],
+        None,
+    )
+    .await;
+
+    let mut answers = Vec::new();
+    for (secret, key) in [
+        (json!(json_name), "from-json.csv"),
+        (json!({"secrets_manager": {"id": url_name}}), "from-url.csv"),
+        (Value::Null, "from-env.csv"),
+    ] {
+        let mut job = h.job("SELECT * FROM s ORDER BY id", "csv", key);
+        job["source"]["postgres"]["secret"] = secret;
+        let s = response(h.invoke(job, Duration::from_secs(60)).await);
+        assert_eq!(s["rows"], 1000, "{key}: {s}");
+        answers.push(s.to_string());
+    }
+    let mut job = h.job("SELECT 1", "csv", "wrong.csv");
+    job["source"]["postgres"]["secret"] = json!(wrong_name);
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(60)).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(message.contains("SQLSTATE 28P01") && message.contains("exporter@127.0.0.1"), "{message}");
+    answers.push(message);
+    let mut job = h.job("SELECT 1", "csv", "missing.csv");
+    job["source"]["postgres"]["secret"] = json!("sluice/test/does-not-exist");
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(60)).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(message.contains("not found"), "{message}");
+    h.assert_nothing_written("wrong.csv").await;
+
+    drop(h);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let lines = logs.lines().count();
+    assert!(lines > 200, "trace logging produced only {lines} lines");
+    assert!(logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""), "no trace lines");
+    for needle in [&canary, &wrong, &env_canary] {
+        assert!(!logs.contains(needle.as_str()), "a password is in the function's logs");
+        for answer in &answers {
+            assert!(!answer.contains(needle.as_str()), "a password is in an answer: {answer}");
+        }
+    }
+    eprintln!("checked {lines} log lines ({} bytes) for the passwords", logs.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// TLS modes against a server with a test CA: `verify-full` checks the chain and the name,
+/// `verify-ca` the chain only, `require` encrypts without checking, the default is
+/// `verify-full` with the system roots, and plaintext only on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_are_honoured() {
+    let tls = PgServer::start_tls().unwrap();
+    let ca = tls.tls().unwrap().ca_cert.to_str().unwrap().to_owned();
+    let ca_q = ca.replace('/', "%2F");
+    let pw = tls.admin_password().to_owned();
+    let env = SecretRef::Env("DATABASE_URL".into());
+    let connect = |url: String| {
+        let env = env.clone();
+        async move {
+            let settings = ConnectionSettings::from_secret(&Secret::new(url), &env)?;
+            let mode = settings.ssl_mode;
+            let session = pg::connect(&settings).await?;
+            let on = session.is_tls().await?;
+            Ok::<_, sluice::Error>((mode, on))
+        }
+    };
+    let url = |host: &str, query: &str| tls.url(host, "postgres", &pw, "postgres", query);
+
+    let ok = |r: Result<(SslMode, bool), sluice::Error>| r.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ok(connect(url("localhost", &format!("sslmode=verify-full&sslrootcert={ca_q}"))).await),
+        (SslMode::VerifyFull, true)
+    );
+    // No sslmode: verify-full, here with the test CA.
+    assert_eq!(
+        ok(connect(url("localhost", &format!("sslrootcert={ca_q}"))).await),
+        (SslMode::VerifyFull, true)
+    );
+    // The certificate names localhost, not 127.0.0.1.
+    let e = connect(url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca_q}")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), sluice::ErrorKind::Upstream, "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert_eq!(
+        ok(connect(url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca_q}"))).await),
+        (SslMode::VerifyCa, true)
+    );
+    // require + a root file is verify-ca (libpq's rule).
+    assert_eq!(
+        ok(connect(url("127.0.0.1", &format!("sslmode=require&sslrootcert={ca_q}"))).await),
+        (SslMode::VerifyCa, true)
+    );
+    // The default checks against the system roots, which do not know the test CA.
+    let e = connect(url("localhost", "")).await.unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(!e.to_string().contains(&pw), "{e}");
+    assert_eq!(ok(connect(url("127.0.0.1", "sslmode=require")).await), (SslMode::Require, true));
+    assert_eq!(ok(connect(url("127.0.0.1", "sslmode=prefer")).await), (SslMode::Prefer, true));
+    assert_eq!(ok(connect(url("127.0.0.1", "sslmode=disable")).await), (SslMode::Disable, false));
+
+    // A server without TLS: refused unless the URL asks for plaintext.
+    let plain = PgServer::start().unwrap();
+    let pw = plain.admin_password().to_owned();
+    let purl = |query: &str| plain.url("127.0.0.1", "postgres", &pw, "postgres", query);
+    let e = connect(purl("")).await.unwrap_err();
+    assert_eq!(e.kind(), sluice::ErrorKind::Upstream, "{e}");
+    assert!(e.to_string().contains("sslmode=disable"), "{e}");
+    let e = connect(purl("sslmode=require")).await.unwrap_err();
+    assert!(e.to_string().contains("TLS"), "{e}");
+    assert_eq!(ok(connect(purl("sslmode=prefer")).await), (SslMode::Prefer, false));
+    assert_eq!(ok(connect(purl("sslmode=disable")).await), (SslMode::Disable, false));
+}
+
+/// How NDJSON is produced, measured (run with `--ignored --nocapture`): COPY of
+/// `row_to_json` in binary framing (what sluice does) against a portal streaming the same
+/// `row_to_json` rows through the extended protocol, and CSV COPY for reference. Drains each
+/// into memory-bounded counters in this process; no S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run by hand"]
+async fn measure_ndjson_strategies() {
+    let rows: u64 = std::env::var("SLUICE_PG_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let server = PgServer::start().unwrap();
+    create_mixed(&server, rows).await;
+    let settings = ConnectionSettings::from_secret(
+        &Secret::new(server.admin_url()),
+        &SecretRef::Env("DATABASE_URL".into()),
+    )
+    .unwrap();
+    for round in 0..2 {
+        for format in [sluice::export::ExportFormat::Csv, sluice::export::ExportFormat::Ndjson] {
+            let t = Instant::now();
+            let session = pg::connect(&settings).await.unwrap();
+            let mut stream = pg::export(session, "SELECT * FROM mixed", &[], format, &Default::default())
+                .await
+                .unwrap();
+            let mut bytes = 0u64;
+            while let Some(chunk) = stream.next().await {
+                bytes += chunk.unwrap().len() as u64;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!(
+                "MEASURE round {round} COPY {}: {rows} rows {:.1} MiB in {secs:.2} s = {:.0} rows/s, {:.1} MiB/s",
+                format.name(),
+                bytes as f64 / MIB as f64,
+                rows as f64 / secs,
+                bytes as f64 / MIB as f64 / secs
+            );
+        }
+        // The portal alternative: row_to_json rows through query_raw (streamed with
+        // backpressure, like a cursor with a fetch size), copied into 64 KiB chunks.
+        let t = Instant::now();
+        let session = pg::connect(&settings).await.unwrap();
+        let client = session.client();
+        let rows_stream = client
+            .query_raw(
+                "SELECT row_to_json(r)::text FROM (SELECT * FROM mixed) r",
+                std::iter::empty::<&str>(),
+            )
+            .await
+            .unwrap();
+        futures::pin_mut!(rows_stream);
+        let mut buf = Vec::with_capacity(1 << 16);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some(row) = rows_stream.next().await {
+            let row = row.unwrap();
+            let text: &str = row.get(0);
+            buf.extend_from_slice(text.as_bytes());
+            buf.push(b'\n');
+            n += 1;
+            if buf.len() >= 1 << 16 {
+                bytes += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        bytes += buf.len() as u64;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "MEASURE round {round} portal ndjson: {n} rows {:.1} MiB in {secs:.2} s = {:.0} rows/s, {:.1} MiB/s",
+            bytes as f64 / MIB as f64,
+            n as f64 / secs,
+            bytes as f64 / MIB as f64 / secs
+        );
+    }
+}
