@@ -39,6 +39,14 @@ garage_installers() {
 apt_missing=()
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 dpkg -s ca-certificates >/dev/null 2>&1 || apt_missing+=(ca-certificates)
+# Postgres server binaries for the export-postgres tests (initdb + pg_ctl into a temp dir), and
+# openssl for their TLS certificates.
+pg_server=""
+for bin in /usr/lib/postgresql/*/bin; do
+    [[ -x "$bin/initdb" && -x "$bin/pg_ctl" ]] && pg_server="$bin"
+done
+[[ -n "$pg_server" ]] || apt_missing+=(postgresql)
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 if [[ ! -x "$VENV/bin/python" ]]; then
     probe="$(mktemp -d)"
     if ! python3 -m venv "$probe/venv" >/dev/null 2>&1; then
@@ -52,7 +60,7 @@ if ((${#apt_missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
     report "apt" "installed ${apt_missing[*]}"
 else
-    report "apt" "curl, ca-certificates and python venv already present"
+    report "apt" "curl, ca-certificates, python venv, postgresql and openssl already present"
 fi
 
 # --- Python venv: moto server, cargo-lambda, zig, boto3 --------------------------------------

@@ -688,21 +688,21 @@ mod tests {
     #[tokio::test]
     async fn redact_url_hides_keys_passwords_and_signatures() {
         let auth = resolved(
-            json!({"api_key": {"query": "apiKey", "value": {"ssm": {"name": "/s"}}}}),
+            json!({"api_key": {"query": "auth_k", "value": {"ssm": {"name": "/s"}}}}),
             CANARY,
         )
         .await;
         let cases = [
             (
-                "https://h.example/a/b?apiKey=SECRET&page=3",
+                "https://h.example/a/b?auth_k=SECRET&page=3",
                 Some(&auth),
-                "https://h.example/a/b?apiKey=[redacted]&page=3",
+                "https://h.example/a/b?auth_k=[redacted]&page=3",
             ),
             // Without the auth, a custom name is kept; well-known ones never are.
             (
-                "https://h.example/a?apiKey=v&token=t&Api_Key=k&q=x",
+                "https://h.example/a?auth_k=v&token=t&Api_Key=k&q=x",
                 None,
-                "https://h.example/a?apiKey=v&token=[redacted]&Api_Key=[redacted]&q=x",
+                "https://h.example/a?auth_k=v&token=[redacted]&Api_Key=[redacted]&q=x",
             ),
             (
                 "https://user:pa%40ss@h.example:8443/x?ok=1",
@@ -717,9 +717,9 @@ mod tests {
             ),
             // Encoded names, repeated names, empty values, fragments.
             (
-                "https://h.example/?api%5Fkey=1&apiKey=2&apiKey=&x#access_token=z&state=s",
+                "https://h.example/?api%5Fkey=1&auth_k=2&auth%5Fk=3&auth_k=&x#access_token=z&state=s",
                 Some(&auth),
-                "https://h.example/?api%5Fkey=[redacted]&apiKey=[redacted]&apiKey=&x#access_token=[redacted]&state=s",
+                "https://h.example/?api%5Fkey=[redacted]&auth_k=[redacted]&auth%5Fk=[redacted]&auth_k=&x#access_token=[redacted]&state=s",
             ),
             ("http://h.example/plain", None, "http://h.example/plain"),
             // Not a URL: best effort on the text.
@@ -729,9 +729,9 @@ mod tests {
                 "h.example/x?token=[redacted]&a=1",
             ),
             (
-                "ftp://u:p@w@[bad/x?apiKey=k#sig=s",
+                "ftp://u:p@w@[bad/x?auth_k=k#sig=s",
                 Some(&auth),
-                "ftp://u:[redacted]@[bad/x?apiKey=[redacted]#sig=[redacted]",
+                "ftp://u:[redacted]@[bad/x?auth_k=[redacted]#sig=[redacted]",
             ),
         ];
         for (url, auth, expected) in cases {

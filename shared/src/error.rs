@@ -298,7 +298,9 @@ pub enum Error {
 }
 
 fn sqlstate_prefix(sqlstate: Option<&str>) -> String {
-    sqlstate.map(|s| format!("SQLSTATE {s}: ")).unwrap_or_default()
+    sqlstate
+        .map(|s| format!("SQLSTATE {s}: "))
+        .unwrap_or_default()
 }
 
 fn record_suffix(record: Option<u64>) -> String {

@@ -288,7 +288,14 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     };
     let start = async {
         let session = postgres::connect(&settings).await?;
-        postgres::export(session, &pg.query, &pg.params, spec.format, &export_settings).await
+        postgres::export(
+            session,
+            &pg.query,
+            &pg.params,
+            spec.format,
+            &export_settings,
+        )
+        .await
     };
     let stream = match deadline {
         Some(d) => tokio::time::timeout_at(d, start)

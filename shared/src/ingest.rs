@@ -33,7 +33,9 @@ use tokio_util::io::StreamReader;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::budget::MemoryBudget;
-use crate::codec::json_records::{Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError};
+use crate::codec::json_records::{
+    Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
+};
 use crate::codec::{Compression, Decoding};
 use crate::error::{Error, Result};
 use crate::key::{self, KeyVars};
@@ -187,7 +189,10 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = deadline;
-    let limiter = http_spec.rate_limit.as_ref().map(|r| Arc::new(RateLimiter::new(r)));
+    let limiter = http_spec
+        .rate_limit
+        .as_ref()
+        .map(|r| Arc::new(RateLimiter::new(r)));
 
     let (uploaded, stats) = if spec.extracts_records() {
         let producer = Producer {
@@ -238,20 +243,35 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
                 .map_err(|_| Error::Deadline { bytes_in: 0 })??,
             None => opened.await?,
         };
-        let content_type = spec.destination.content_type.clone().or_else(|| match spec.compression {
-            Some(c) => Some(c.codec.content_type().to_owned()),
-            None => body.content_type.clone(),
-        });
+        let content_type =
+            spec.destination
+                .content_type
+                .clone()
+                .or_else(|| match spec.compression {
+                    Some(c) => Some(c.codec.content_type().to_owned()),
+                    None => body.content_type.clone(),
+                });
         let target = target.with_meta(ObjectMeta { content_type });
         let received = body.received();
         let url = body.url.clone();
         let decoding = body.decoding;
-        let reader = compress(decoding.decoder(StreamReader::new(body.stream)), spec.compression);
+        let reader = compress(
+            decoding.decoder(StreamReader::new(body.stream)),
+            spec.compression,
+        );
         let read_error = {
             let received = received.clone();
             let url = url.clone();
             let compression = spec.compression;
-            move |e: io::Error| classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, compression)
+            move |e: io::Error| {
+                classify_read_error(
+                    e,
+                    &url,
+                    received.load(Ordering::Relaxed),
+                    decoding,
+                    compression,
+                )
+            }
         };
         let result = sink::upload(Arc::new(target), reader, &options, read_error).await;
         let bytes_in = received.load(Ordering::Relaxed);
@@ -287,14 +307,20 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     summary.parts = uploaded.parts;
     summary.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
     summary.checksum = Some(uploaded.checksum.to_base64());
-    summary.throughput_mib_s = stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
+    summary.throughput_mib_s =
+        stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
     if spec.destination.manifest {
         summary.manifest = Some(write_manifest(ctx, &summary).await?);
     }
     tracing::info!(
-        bytes_in = summary.bytes_in, bytes_out = summary.bytes_out, records = summary.records,
-        pages = summary.pages, parts = summary.parts, duration_ms = summary.duration_ms,
-        peak_rss_bytes = summary.peak_rss_bytes, "job finished"
+        bytes_in = summary.bytes_in,
+        bytes_out = summary.bytes_out,
+        records = summary.records,
+        pages = summary.pages,
+        parts = summary.parts,
+        duration_ms = summary.duration_ms,
+        peak_rss_bytes = summary.peak_rss_bytes,
+        "job finished"
     );
     Ok(summary)
 }
@@ -387,7 +413,10 @@ impl Producer {
             limiter: self.limiter.as_deref(),
             deadline: self.deadline,
         };
-        let mut paginator = Paginator::new(self.spec.paginate.as_ref(), http::single_page(&self.spec)?.url)?;
+        let mut paginator = Paginator::new(
+            self.spec.paginate.as_ref(),
+            http::single_page(&self.spec)?.url,
+        )?;
         let paths = paginator.capture_paths();
         let mut request = paginator.first();
         loop {
@@ -397,12 +426,18 @@ impl Producer {
             let received = body.received();
             let (count, captures) = match self.input {
                 InputFormat::Json => {
-                    let records = self.records.clone().unwrap_or_else(|| JsonPath::parse("$[*]", true).expect("valid"));
+                    let records = self
+                        .records
+                        .clone()
+                        .unwrap_or_else(|| JsonPath::parse("$[*]", true).expect("valid"));
                     let decoder = JsonRecordsDecoder::new(records, paths.clone(), self.max_record);
                     let captures = decoder.captures();
                     (forward(body, decoder, tx).await?, captures)
                 }
-                InputFormat::Ndjson => (forward(body, NdjsonDecoder::new(self.max_record), tx).await?, Captures::default()),
+                InputFormat::Ndjson => (
+                    forward(body, NdjsonDecoder::new(self.max_record), tx).await?,
+                    Captures::default(),
+                ),
             };
             let next = paginator.next(&PageOutcome {
                 records: count,
@@ -446,12 +481,16 @@ where
         message: "the upload stopped".into(),
     };
     while let Some(item) = frames.next().await {
-        let record = item.map_err(|e| classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, None))?;
+        let record = item.map_err(|e| {
+            classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, None)
+        })?;
         batch.extend_from_slice(&record);
         batch.put_u8(b'\n');
         count += 1;
         if batch.len() >= BATCH {
-            tx.send(Ok(batch.split().freeze())).await.map_err(|_| closed())?;
+            tx.send(Ok(batch.split().freeze()))
+                .await
+                .map_err(|_| closed())?;
             batch.reserve(BATCH + 1024);
         }
     }

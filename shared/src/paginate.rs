@@ -170,7 +170,8 @@ pub struct Paginator {
 }
 
 fn path(text: &str, field: &str) -> Result<JsonPath> {
-    JsonPath::parse(text, false).map_err(|e| Error::spec(format!("source.http.paginate.{field}: {e}")))
+    JsonPath::parse(text, false)
+        .map_err(|e| Error::spec(format!("source.http.paginate.{field}: {e}")))
 }
 
 impl Paginator {
@@ -214,7 +215,9 @@ impl Paginator {
                 if let Some(o) = &s.offset
                     && o.limit == 0
                 {
-                    return Err(Error::spec("source.http.paginate.offset.limit must be at least 1"));
+                    return Err(Error::spec(
+                        "source.http.paginate.offset.limit must be at least 1",
+                    ));
                 }
                 if let Some(c) = s.cursor.clone() {
                     Style::Cursor(c)
@@ -235,7 +238,10 @@ impl Paginator {
             next_index,
             has_more_index,
             total_index,
-            max_pages: spec.and_then(|s| s.max_pages).unwrap_or(DEFAULT_MAX_PAGES).max(1),
+            max_pages: spec
+                .and_then(|s| s.max_pages)
+                .unwrap_or(DEFAULT_MAX_PAGES)
+                .max(1),
             current: url,
             page: 0,
             records: 0,
@@ -302,13 +308,17 @@ impl Paginator {
                 let Some(cursor) = capture(self.next_index).and_then(scalar_text) else {
                     return Ok(None);
                 };
-                if self.last_cursor.as_deref() == Some(cursor.as_str()) || !self.seen.insert(format!("cursor:{cursor}")) {
+                if self.last_cursor.as_deref() == Some(cursor.as_str())
+                    || !self.seen.insert(format!("cursor:{cursor}"))
+                {
                     return Err(self.looping(format!("cursor {cursor:?} came back")));
                 }
                 self.last_cursor = Some(cursor.clone());
                 match c.location {
                     ParamIn::Query => set_param(&mut url, &c.param, &cursor),
-                    ParamIn::Body => body_field = Some((c.param.clone(), serde_json::Value::String(cursor))),
+                    ParamIn::Body => {
+                        body_field = Some((c.param.clone(), serde_json::Value::String(cursor)))
+                    }
                 }
             }
             Style::NextUrl => {
@@ -341,7 +351,8 @@ impl Paginator {
                 set_param(&mut url, &o.param, &next.to_string());
             }
         }
-        if matches!(self.style, Style::NextUrl | Style::Link) && !self.seen.insert(url.to_string()) {
+        if matches!(self.style, Style::NextUrl | Style::Link) && !self.seen.insert(url.to_string())
+        {
             return Err(self.looping(format!("next page {url} was already fetched")));
         }
         self.page += 1;
@@ -415,7 +426,10 @@ pub fn next_link(header: &str) -> Option<String> {
             };
             if name.trim().eq_ignore_ascii_case("rel") {
                 let value = value.trim().trim_end_matches(',').trim().trim_matches('"');
-                if value.split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next")) {
+                if value
+                    .split_ascii_whitespace()
+                    .any(|r| r.eq_ignore_ascii_case("next"))
+                {
                     return Some(target.to_owned());
                 }
             }
@@ -433,7 +447,10 @@ mod tests {
     fn link_header_next() {
         let h = r#"<https://a/x?page=1>; rel="first", <https://a/x?page=3>; rel="next", <https://a/x?page=9>; rel=last"#;
         assert_eq!(next_link(h).as_deref(), Some("https://a/x?page=3"));
-        assert_eq!(next_link(r#"<https://a/2>; rel="prev next""#).as_deref(), Some("https://a/2"));
+        assert_eq!(
+            next_link(r#"<https://a/2>; rel="prev next""#).as_deref(),
+            Some("https://a/2")
+        );
         assert_eq!(next_link(r#"<https://a/1>; rel="first""#), None);
         assert_eq!(next_link(""), None);
     }
@@ -456,14 +473,35 @@ mod tests {
         let mut p = Paginator::new(Some(&spec), Url::parse("http://h/api?x=1").unwrap()).unwrap();
         assert_eq!(p.first().url.as_str(), "http://h/api?x=1");
         let c = outcome_with(1, &[(0, "c2".into())]);
-        let next = p.next(&PageOutcome { records: 3, captures: &c, link: None }).unwrap().unwrap();
+        let next = p
+            .next(&PageOutcome {
+                records: 3,
+                captures: &c,
+                link: None,
+            })
+            .unwrap()
+            .unwrap();
         assert_eq!(next.url.as_str(), "http://h/api?x=1&cursor=c2");
-        let err = p.next(&PageOutcome { records: 3, captures: &c, link: None }).unwrap_err();
+        let err = p
+            .next(&PageOutcome {
+                records: 3,
+                captures: &c,
+                link: None,
+            })
+            .unwrap_err();
         assert!(err.to_string().contains("pagination loop"), "{err}");
         let done = outcome_with(1, &[(0, serde_json::Value::Null)]);
         let mut p = Paginator::new(Some(&spec), Url::parse("http://h/api").unwrap()).unwrap();
         p.first();
-        assert_eq!(p.next(&PageOutcome { records: 3, captures: &done, link: None }).unwrap(), None);
+        assert_eq!(
+            p.next(&PageOutcome {
+                records: 3,
+                captures: &done,
+                link: None
+            })
+            .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -475,24 +513,75 @@ mod tests {
         let mut p = Paginator::new(Some(&spec), Url::parse("http://h/o").unwrap()).unwrap();
         assert_eq!(p.first().url.as_str(), "http://h/o?offset=0&limit=300");
         let c = outcome_with(1, &[(0, 650.into())]);
-        let r = p.next(&PageOutcome { records: 300, captures: &c, link: None }).unwrap().unwrap();
+        let r = p
+            .next(&PageOutcome {
+                records: 300,
+                captures: &c,
+                link: None,
+            })
+            .unwrap()
+            .unwrap();
         assert_eq!(r.url.as_str(), "http://h/o?limit=300&offset=300");
-        let r = p.next(&PageOutcome { records: 300, captures: &c, link: None }).unwrap().unwrap();
+        let r = p
+            .next(&PageOutcome {
+                records: 300,
+                captures: &c,
+                link: None,
+            })
+            .unwrap()
+            .unwrap();
         assert!(r.url.as_str().ends_with("offset=600"));
-        assert_eq!(p.next(&PageOutcome { records: 50, captures: &c, link: None }).unwrap(), None);
+        assert_eq!(
+            p.next(&PageOutcome {
+                records: 50,
+                captures: &c,
+                link: None
+            })
+            .unwrap(),
+            None
+        );
 
-        let spec: PaginateSpec =
-            serde_json::from_value(serde_json::json!({"page_number": {"param": "page"}, "max_pages": 2})).unwrap();
+        let spec: PaginateSpec = serde_json::from_value(
+            serde_json::json!({"page_number": {"param": "page"}, "max_pages": 2}),
+        )
+        .unwrap();
         let mut p = Paginator::new(Some(&spec), Url::parse("http://h/p").unwrap()).unwrap();
         assert_eq!(p.first().url.as_str(), "http://h/p?page=1");
         let none = Captures::default();
-        assert!(p.next(&PageOutcome { records: 5, captures: &none, link: None }).unwrap().unwrap().url.as_str().ends_with("page=2"));
-        assert_eq!(p.next(&PageOutcome { records: 5, captures: &none, link: None }).unwrap(), None);
+        assert!(
+            p.next(&PageOutcome {
+                records: 5,
+                captures: &none,
+                link: None
+            })
+            .unwrap()
+            .unwrap()
+            .url
+            .as_str()
+            .ends_with("page=2")
+        );
+        assert_eq!(
+            p.next(&PageOutcome {
+                records: 5,
+                captures: &none,
+                link: None
+            })
+            .unwrap(),
+            None
+        );
         assert!(p.truncated());
         // An empty page ends any style.
         let mut p = Paginator::new(Some(&spec), Url::parse("http://h/p").unwrap()).unwrap();
         p.first();
-        assert_eq!(p.next(&PageOutcome { records: 0, captures: &none, link: None }).unwrap(), None);
+        assert_eq!(
+            p.next(&PageOutcome {
+                records: 0,
+                captures: &none,
+                link: None
+            })
+            .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -502,6 +591,8 @@ mod tests {
         }))
         .unwrap();
         assert!(Paginator::new(Some(&spec), Url::parse("http://h/").unwrap()).is_err());
-        assert!(serde_json::from_value::<PaginateSpec>(serde_json::json!({"cursors": {}})).is_err());
+        assert!(
+            serde_json::from_value::<PaginateSpec>(serde_json::json!({"cursors": {}})).is_err()
+        );
     }
 }

@@ -138,12 +138,16 @@ impl JobSpec {
         if let Some(r) = &self.records {
             JsonPath::parse(r, true).map_err(|e| Error::spec(format!("records: {e}")))?;
             if self.input_format == InputFormat::Ndjson {
-                return Err(Error::spec("records: not used with input_format ndjson (every line is a record)"));
+                return Err(Error::spec(
+                    "records: not used with input_format ndjson (every line is a record)",
+                ));
             }
         }
         let extracting = self.extracts_records();
         if self.format.is_some() && !extracting {
-            return Err(Error::spec("format: needs records (or input_format ndjson)"));
+            return Err(Error::spec(
+                "format: needs records (or input_format ndjson)",
+            ));
         }
         if let Some(p) = &http.paginate {
             if !extracting {
@@ -151,7 +155,10 @@ impl JobSpec {
                     "source.http.paginate: needs records (or input_format ndjson): pages are joined record by record",
                 ));
             }
-            let needs_body = p.cursor.is_some() || p.next_url.is_some() || p.has_more.is_some() || p.total.is_some();
+            let needs_body = p.cursor.is_some()
+                || p.next_url.is_some()
+                || p.has_more.is_some()
+                || p.total.is_some();
             if needs_body && self.input_format == InputFormat::Ndjson {
                 return Err(Error::spec(
                     "source.http.paginate: cursor, next_url, has_more and total read the JSON envelope; with NDJSON use link_header, page_number or offset",

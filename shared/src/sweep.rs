@@ -78,7 +78,9 @@ impl MaxAge {
     pub fn parse(text: &str) -> std::result::Result<MaxAge, String> {
         let text = text.trim();
         let bad = || {
-            format!("max_age {text:?}: expected seconds or a duration like \"24h\", \"90m\", \"2d\"")
+            format!(
+                "max_age {text:?}: expected seconds or a duration like \"24h\", \"90m\", \"2d\""
+            )
         };
         if let Ok(secs) = text.parse::<u64>() {
             return Ok(MaxAge(Duration::from_secs(secs)));
@@ -128,7 +130,9 @@ impl<'de> Deserialize<'de> for MaxAge {
                 if v.is_finite() && v >= 0.0 {
                     Ok(MaxAge(Duration::from_secs_f64(v)))
                 } else {
-                    Err(E::custom("max_age must be a non-negative number of seconds"))
+                    Err(E::custom(
+                        "max_age must be a non-negative number of seconds",
+                    ))
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<MaxAge, E> {
@@ -151,7 +155,9 @@ impl SweepConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> Result<()> {
         if self.targets.is_empty() {
-            return Err(Error::spec("targets is empty: name at least one bucket and prefix"));
+            return Err(Error::spec(
+                "targets is empty: name at least one bucket and prefix",
+            ));
         }
         if self.targets.len() > 100 {
             return Err(Error::spec("targets: at most 100 bucket/prefix pairs"));
@@ -169,7 +175,9 @@ impl SweepConfig {
                 )));
             }
             if t.prefix.len() > 1024 {
-                return Err(Error::spec(format!("targets[{i}].prefix is over 1024 bytes")));
+                return Err(Error::spec(format!(
+                    "targets[{i}].prefix is over 1024 bytes"
+                )));
             }
         }
         if self.max_age.0.is_zero() {
@@ -296,7 +304,10 @@ where
         err,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
     ) || status.is_some_and(|s| s >= 500 || s == 429)
-        || matches!(err.code(), Some("SlowDown" | "InternalError" | "RequestTimeout"));
+        || matches!(
+            err.code(),
+            Some("SlowDown" | "InternalError" | "RequestTimeout")
+        );
     let mut message = DisplayErrorContext(err).to_string();
     if let Some(status) = status {
         message = format!("HTTP {status}: {message}");
@@ -314,7 +325,10 @@ where
 fn is_no_such_upload<E: ProvideErrorMetadata>(
     err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> bool {
-    err.code() == Some("NoSuchUpload") || err.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+    err.code() == Some("NoSuchUpload")
+        || err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 404)
 }
 
 /// Sweeps every target in turn. Never panics on S3 errors: they end up in the outcome.

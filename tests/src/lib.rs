@@ -12,6 +12,7 @@ use std::path::PathBuf;
 pub mod cgroup;
 pub mod fixture;
 pub mod fixture_api;
+pub mod harness;
 pub mod lambda;
 pub mod postgres;
 pub mod runtime_api;

@@ -76,9 +76,14 @@ impl Harness {
         assert!(open.is_empty(), "uploads left in progress: {open:?}");
     }
 
-    async fn object_reader(&self, key: &str, codec: Option<&str>) -> Box<dyn AsyncRead + Send + Unpin> {
+    async fn object_reader(
+        &self,
+        key: &str,
+        codec: Option<&str>,
+    ) -> Box<dyn AsyncRead + Send + Unpin> {
         let client = self.server.client().await;
-        let raw = BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
+        let raw =
+            BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
         match codec {
             None => Box::new(raw),
             Some("gzip") => Box::new(GzipDecoder::new(raw)),
@@ -160,7 +165,9 @@ fn cents(text: &str) -> i128 {
 async fn csv_totals(reader: Box<dyn AsyncRead + Send + Unpin>) -> (u64, i128, i64, Vec<String>) {
     tokio::task::spawn_blocking(move || {
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
-        let mut csv = csv::ReaderBuilder::new().has_headers(true).from_reader(bridge);
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(bridge);
         let headers: Vec<String> = csv.headers().unwrap().iter().map(str::to_owned).collect();
         let amount = headers.iter().position(|h| h == "amount").unwrap();
         let qty = headers.iter().position(|h| h == "qty").unwrap();
@@ -248,8 +255,18 @@ async fn contract_exports_two_million_rows_as_csv_and_ndjson_under_256_mb() {
                 assert_eq!(
                     headers,
                     [
-                        "id", "qty", "amount", "ratio", "label", "note", "happened_at", "day",
-                        "flag", "doc", "tags", "nums"
+                        "id",
+                        "qty",
+                        "amount",
+                        "ratio",
+                        "label",
+                        "note",
+                        "happened_at",
+                        "day",
+                        "flag",
+                        "doc",
+                        "tags",
+                        "nums"
                     ]
                 );
                 (r, c, q)
@@ -283,8 +300,14 @@ async fn contract_exports_two_million_rows_as_csv_and_ndjson_under_256_mb() {
             rss as f64 / MIB as f64,
             s["parts"],
         );
-        assert!(peak <= 128 * MIB, "{format}: cgroup peak {peak} bytes is over 128 MiB");
-        assert!(rss <= 128 * MIB, "{format}: VmHWM {rss} bytes is over 128 MiB");
+        assert!(
+            peak <= 128 * MIB,
+            "{format}: cgroup peak {peak} bytes is over 128 MiB"
+        );
+        assert!(
+            rss <= 128 * MIB,
+            "{format}: VmHWM {rss} bytes is over 128 MiB"
+        );
     }
 }
 
@@ -364,35 +387,63 @@ async fn failures_carry_sqlstate_and_write_nothing() {
     .await;
 
     let cases: Vec<(&str, Value, &str, &str)> = vec![
-        ("syntax", h.job("SELEC 1", "csv", "syntax"), "InvalidInput", "SQLSTATE 42601"),
-        ("missing", h.job("SELECT * FROM nope", "ndjson", "missing"), "InvalidInput", "SQLSTATE 42P01"),
+        (
+            "syntax",
+            h.job("SELEC 1", "csv", "syntax"),
+            "InvalidInput",
+            "SQLSTATE 42601",
+        ),
+        (
+            "missing",
+            h.job("SELECT * FROM nope", "ndjson", "missing"),
+            "InvalidInput",
+            "SQLSTATE 42P01",
+        ),
         (
             "write",
             h.job("INSERT INTO t VALUES (3) RETURNING id", "csv", "write"),
             "InvalidInput",
             "SQLSTATE 25006",
         ),
-        ("params", {
-            let mut j = h.job("SELECT * FROM t WHERE id = $1", "csv", "params");
-            j["source"]["postgres"]["params"] = json!([1, 2]);
-            j
-        }, "InvalidInput", "2 values but the query uses 1"),
-        ("password", {
-            let mut j = h.job("SELECT 1", "csv", "password");
-            j["source"]["postgres"]["secret"] = json!({"env": "WRONG_PASSWORD_URL"});
-            j
-        }, "Upstream", "SQLSTATE 28P01"),
-        ("closed", {
-            let mut j = h.job("SELECT 1", "csv", "closed");
-            j["source"]["postgres"]["secret"] = json!({"env": "CLOSED_PORT_URL"});
-            j
-        }, "Retryable", ": connect: "),
+        (
+            "params",
+            {
+                let mut j = h.job("SELECT * FROM t WHERE id = $1", "csv", "params");
+                j["source"]["postgres"]["params"] = json!([1, 2]);
+                j
+            },
+            "InvalidInput",
+            "2 values but the query uses 1",
+        ),
+        (
+            "password",
+            {
+                let mut j = h.job("SELECT 1", "csv", "password");
+                j["source"]["postgres"]["secret"] = json!({"env": "WRONG_PASSWORD_URL"});
+                j
+            },
+            "Upstream",
+            "SQLSTATE 28P01",
+        ),
+        (
+            "closed",
+            {
+                let mut j = h.job("SELECT 1", "csv", "closed");
+                j["source"]["postgres"]["secret"] = json!({"env": "CLOSED_PORT_URL"});
+                j
+            },
+            "Retryable",
+            ": connect: ",
+        ),
     ];
     for (name, job, want_kind, want) in cases {
         let (kind, message) = error(h.invoke(job, Duration::from_secs(60)).await);
         assert_eq!(kind, want_kind, "{name}: {message}");
         assert!(message.contains(want), "{name}: {message}");
-        assert!(!message.contains("not-the-password-42"), "{name}: {message}");
+        assert!(
+            !message.contains("not-the-password-42"),
+            "{name}: {message}"
+        );
         assert!(!message.contains(pg.admin_password()), "{name}: {message}");
         h.assert_nothing_written(name).await;
     }
@@ -413,7 +464,10 @@ async fn failures_carry_sqlstate_and_write_nothing() {
         .await,
     );
     assert_eq!(kind, "Timeout", "{message}");
-    assert!(started.elapsed() < Duration::from_secs(8), "answered after the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after the deadline"
+    );
     h.assert_nothing_written("slow").await;
     // The server did cancel it (no backend left running the query).
     let running: i64 = admin
@@ -483,7 +537,10 @@ async fn types_render_faithfully_and_params_are_bound() {
     let expected = reference("SELECT * FROM types ORDER BY id".into()).await;
     assert_eq!(h.object_text("types.csv").await, expected);
     assert!(expected.contains("12345678901234567890.123456789"));
-    assert!(expected.contains("2024-02-29 18:29:59.123456+00"), "{expected}");
+    assert!(
+        expected.contains("2024-02-29 18:29:59.123456+00"),
+        "{expected}"
+    );
 
     // Parameters: values that would break out of a string literal if spliced, a `$1` inside a
     // string and a comment, a parameter used twice, NULL, a JSON parameter.
@@ -516,7 +573,10 @@ async fn types_render_faithfully_and_params_are_bound() {
     );
     job["source"]["postgres"]["params"] = json!(["2000-01-01T00:00:00Z"]);
     response(h.invoke(job, Duration::from_secs(60)).await);
-    assert_eq!(h.object_text("after.ndjson").await, "{\"id\":1}\n{\"id\":4}\n");
+    assert_eq!(
+        h.object_text("after.ndjson").await,
+        "{\"id\":1}\n{\"id\":4}\n"
+    );
 
     // NDJSON: each line is row_to_json's rendering, a raw newline of a `json` value turned
     // into a space so every record stays on one line.
@@ -545,8 +605,16 @@ async fn types_render_faithfully_and_params_are_bound() {
     for line in &lines {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
-    assert!(lines[0].contains("\"n\":12345678901234567890.123456789"), "{}", lines[0]);
-    assert!(lines[0].contains("\"ts\":\"2024-02-29T18:29:59.123456+00:00\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains("\"n\":12345678901234567890.123456789"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("\"ts\":\"2024-02-29T18:29:59.123456+00:00\""),
+        "{}",
+        lines[0]
+    );
     assert!(lines[1].contains("\"f\":\"NaN\""), "{}", lines[1]);
     assert!(lines[2].contains("\"n\":null"), "{}", lines[2]);
     let v: Value = serde_json::from_str(lines[0]).unwrap();
@@ -555,14 +623,23 @@ async fn types_render_faithfully_and_params_are_bound() {
 
     // Empty result: a header-only CSV and an empty NDJSON object.
     let empty = response(
-        h.invoke(h.job("SELECT * FROM types WHERE false", "csv", "empty.csv"), Duration::from_secs(60))
-            .await,
+        h.invoke(
+            h.job("SELECT * FROM types WHERE false", "csv", "empty.csv"),
+            Duration::from_secs(60),
+        )
+        .await,
     );
-    assert_eq!((empty["rows"].as_u64(), empty["parts"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (empty["rows"].as_u64(), empty["parts"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert!(h.object_text("empty.csv").await.starts_with("id,n,f,ts,"));
     response(
-        h.invoke(h.job("SELECT * FROM types WHERE false", "ndjson", "empty.ndjson"), Duration::from_secs(60))
-            .await,
+        h.invoke(
+            h.job("SELECT * FROM types WHERE false", "ndjson", "empty.ndjson"),
+            Duration::from_secs(60),
+        )
+        .await,
     );
     assert_eq!(h.object_text("empty.ndjson").await, "");
 }
@@ -607,7 +684,9 @@ async fn secrets_manager_connection_and_no_password_in_trace_logs() {
     let moto = S3Server::moto();
     let sm_conf = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new(moto.region.clone()))
+        .region(aws_sdk_secretsmanager::config::Region::new(
+            moto.region.clone(),
+        ))
         .endpoint_url(&moto.endpoint)
         .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
             "testing", "testing", None, None, "test",
@@ -626,8 +705,26 @@ async fn secrets_manager_connection_and_no_password_in_trace_logs() {
                    "sslmode": "disable"})
             .to_string(),
         ),
-        (&url_name, pg.url("127.0.0.1", "exporter", &canary, "postgres", "sslmode=disable")),
-        (&wrong_name, pg.url("127.0.0.1", "exporter", &wrong, "postgres", "sslmode=disable")),
+        (
+            &url_name,
+            pg.url(
+                "127.0.0.1",
+                "exporter",
+                &canary,
+                "postgres",
+                "sslmode=disable",
+            ),
+        ),
+        (
+            &wrong_name,
+            pg.url(
+                "127.0.0.1",
+                "exporter",
+                &wrong,
+                "postgres",
+                "sslmode=disable",
+            ),
+        ),
     ] {
         sm.create_secret()
             .name(name)
@@ -649,7 +746,13 @@ async fn secrets_manager_connection_and_no_password_in_trace_logs() {
             ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint.clone()),
             (
                 "DATABASE_URL",
-                pg.url("127.0.0.1", "envreader", &env_canary, "postgres", "sslmode=disable"),
+                pg.url(
+                    "127.0.0.1",
+                    "envreader",
+                    &env_canary,
+                    "postgres",
+                    "sslmode=disable",
+                ),
             ),
         ],
         None,
@@ -672,7 +775,10 @@ async fn secrets_manager_connection_and_no_password_in_trace_logs() {
     job["source"]["postgres"]["secret"] = json!(wrong_name);
     let (kind, message) = error(h.invoke(job, Duration::from_secs(60)).await);
     assert_eq!(kind, "Upstream", "{message}");
-    assert!(message.contains("SQLSTATE 28P01") && message.contains("exporter@127.0.0.1"), "{message}");
+    assert!(
+        message.contains("SQLSTATE 28P01") && message.contains("exporter@127.0.0.1"),
+        "{message}"
+    );
     answers.push(message);
     let mut job = h.job("SELECT 1", "csv", "missing.csv");
     job["source"]["postgres"]["secret"] = json!("sluice/test/does-not-exist");
@@ -685,14 +791,26 @@ async fn secrets_manager_connection_and_no_password_in_trace_logs() {
     let logs = std::fs::read_to_string(&log).unwrap();
     let lines = logs.lines().count();
     assert!(lines > 200, "trace logging produced only {lines} lines");
-    assert!(logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""), "no trace lines");
+    assert!(
+        logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+        "no trace lines"
+    );
     for needle in [&canary, &wrong, &env_canary] {
-        assert!(!logs.contains(needle.as_str()), "a password is in the function's logs");
+        assert!(
+            !logs.contains(needle.as_str()),
+            "a password is in the function's logs"
+        );
         for answer in &answers {
-            assert!(!answer.contains(needle.as_str()), "a password is in an answer: {answer}");
+            assert!(
+                !answer.contains(needle.as_str()),
+                "a password is in an answer: {answer}"
+            );
         }
     }
-    eprintln!("checked {lines} log lines ({} bytes) for the passwords", logs.len());
+    eprintln!(
+        "checked {lines} log lines ({} bytes) for the passwords",
+        logs.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -720,7 +838,11 @@ async fn tls_modes_are_honoured() {
 
     let ok = |r: Result<(SslMode, bool), sluice::Error>| r.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        ok(connect(url("localhost", &format!("sslmode=verify-full&sslrootcert={ca_q}"))).await),
+        ok(connect(url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca_q}")
+        ))
+        .await),
         (SslMode::VerifyFull, true)
     );
     // No sslmode: verify-full, here with the test CA.
@@ -729,27 +851,47 @@ async fn tls_modes_are_honoured() {
         (SslMode::VerifyFull, true)
     );
     // The certificate names localhost, not 127.0.0.1.
-    let e = connect(url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca_q}")))
-        .await
-        .unwrap_err();
+    let e = connect(url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca_q}"),
+    ))
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), sluice::ErrorKind::Upstream, "{e}");
     assert!(e.to_string().contains("certificate"), "{e}");
     assert_eq!(
-        ok(connect(url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca_q}"))).await),
+        ok(connect(url(
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={ca_q}")
+        ))
+        .await),
         (SslMode::VerifyCa, true)
     );
     // require + a root file is verify-ca (libpq's rule).
     assert_eq!(
-        ok(connect(url("127.0.0.1", &format!("sslmode=require&sslrootcert={ca_q}"))).await),
+        ok(connect(url(
+            "127.0.0.1",
+            &format!("sslmode=require&sslrootcert={ca_q}")
+        ))
+        .await),
         (SslMode::VerifyCa, true)
     );
     // The default checks against the system roots, which do not know the test CA.
     let e = connect(url("localhost", "")).await.unwrap_err();
     assert!(e.to_string().contains("certificate"), "{e}");
     assert!(!e.to_string().contains(&pw), "{e}");
-    assert_eq!(ok(connect(url("127.0.0.1", "sslmode=require")).await), (SslMode::Require, true));
-    assert_eq!(ok(connect(url("127.0.0.1", "sslmode=prefer")).await), (SslMode::Prefer, true));
-    assert_eq!(ok(connect(url("127.0.0.1", "sslmode=disable")).await), (SslMode::Disable, false));
+    assert_eq!(
+        ok(connect(url("127.0.0.1", "sslmode=require")).await),
+        (SslMode::Require, true)
+    );
+    assert_eq!(
+        ok(connect(url("127.0.0.1", "sslmode=prefer")).await),
+        (SslMode::Prefer, true)
+    );
+    assert_eq!(
+        ok(connect(url("127.0.0.1", "sslmode=disable")).await),
+        (SslMode::Disable, false)
+    );
 
     // A server without TLS: refused unless the URL asks for plaintext.
     let plain = PgServer::start().unwrap();
@@ -760,8 +902,14 @@ async fn tls_modes_are_honoured() {
     assert!(e.to_string().contains("sslmode=disable"), "{e}");
     let e = connect(purl("sslmode=require")).await.unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
-    assert_eq!(ok(connect(purl("sslmode=prefer")).await), (SslMode::Prefer, false));
-    assert_eq!(ok(connect(purl("sslmode=disable")).await), (SslMode::Disable, false));
+    assert_eq!(
+        ok(connect(purl("sslmode=prefer")).await),
+        (SslMode::Prefer, false)
+    );
+    assert_eq!(
+        ok(connect(purl("sslmode=disable")).await),
+        (SslMode::Disable, false)
+    );
 }
 
 /// How NDJSON is produced, measured (run with `--ignored --nocapture`): COPY of
@@ -783,12 +931,21 @@ async fn measure_ndjson_strategies() {
     )
     .unwrap();
     for round in 0..2 {
-        for format in [sluice::export::ExportFormat::Csv, sluice::export::ExportFormat::Ndjson] {
+        for format in [
+            sluice::export::ExportFormat::Csv,
+            sluice::export::ExportFormat::Ndjson,
+        ] {
             let t = Instant::now();
             let session = pg::connect(&settings).await.unwrap();
-            let mut stream = pg::export(session, "SELECT * FROM mixed", &[], format, &Default::default())
-                .await
-                .unwrap();
+            let mut stream = pg::export(
+                session,
+                "SELECT * FROM mixed",
+                &[],
+                format,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
             let mut bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 bytes += chunk.unwrap().len() as u64;

@@ -5,125 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
-use serde_json::{Value, json};
-use sluice_tests::{
-    FixtureServer, Invocation, LambdaProcess, MemoryCgroup, RuntimeApi, S3Server, binary_path,
-    expected_crc64nvme, object_exists, object_stream, uploads_in_progress,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use serde_json::json;
+use sluice_tests::harness::{Decode, Harness, error, response};
+use sluice_tests::{MemoryCgroup, expected_crc64nvme};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
-
-/// One function instance with its own Runtime API, a fixture server and a fresh bucket.
-struct Harness {
-    api: RuntimeApi,
-    _process: LambdaProcess,
-    fixture: FixtureServer,
-    server: S3Server,
-    bucket: String,
-}
-
-impl Harness {
-    async fn start(label: &str, cgroup: Option<&MemoryCgroup>) -> Harness {
-        let server = S3Server::garage();
-        let bucket = server.fresh_bucket(label).await.unwrap();
-        let fixture = FixtureServer::start().await;
-        let api = RuntimeApi::start().await;
-        // The fixture listens on loopback, which the network policy refuses by default.
-        let mut env = server.lambda_env();
-        env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
-        let process = LambdaProcess::spawn(
-            &binary_path("ingest-http"),
-            &api,
-            &env,
-            256,
-            cgroup,
-        )
-        .unwrap();
-        Harness {
-            api,
-            _process: process,
-            fixture,
-            server,
-            bucket,
-        }
-    }
-
-    fn job(&self, path: &str, key: &str) -> Value {
-        json!({
-            "source": {"http": {"url": self.fixture.url(path)}},
-            "destination": {"bucket": self.bucket, "key": key}
-        })
-    }
-
-    async fn invoke(&self, event: Value, timeout: Duration) -> Invocation {
-        self.api.invoke(event, timeout).await.unwrap()
-    }
-
-    async fn assert_nothing_written(&self, key: &str) {
-        let client = self.server.client().await;
-        assert!(
-            !object_exists(&client, &self.bucket, key).await,
-            "object {key} exists"
-        );
-        let open = uploads_in_progress(&client, &self.bucket).await;
-        assert!(open.is_empty(), "uploads left in progress: {open:?}");
-    }
-
-    /// Streams the object back through `decode` and returns the CRC64NVME and length of what
-    /// comes out.
-    async fn decoded_crc(&self, key: &str, decode: Decode) -> (u64, u64) {
-        let client = self.server.client().await;
-        let raw =
-            BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
-        let mut reader: Box<dyn AsyncRead + Unpin + Send> = match decode {
-            Decode::None => Box::new(raw),
-            Decode::Gzip => Box::new(GzipDecoder::new(raw)),
-            Decode::Zstd => Box::new(ZstdDecoder::new(raw)),
-        };
-        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0;
-        loop {
-            let n = reader.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            digest.update(&buf[..n]);
-            len += n as u64;
-        }
-        (digest.finalize(), len)
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Decode {
-    None,
-    Gzip,
-    Zstd,
-}
-
-fn response(inv: Invocation) -> Value {
-    match inv {
-        Invocation::Response(v) => v,
-        Invocation::Error {
-            error_type,
-            error_message,
-        } => panic!("function failed: {error_type}: {error_message}"),
-    }
-}
-
-fn error(inv: Invocation) -> (String, String) {
-    match inv {
-        Invocation::Error {
-            error_type,
-            error_message,
-        } => (error_type, error_message),
-        Invocation::Response(v) => panic!("expected an error, got {v}"),
-    }
-}
 
 /// The contract: a body of several GiB (2 by default, `SLUICE_CONTRACT_GIB` to change)
 /// gzip-compressed into Garage by a 256 MB function inside a 256 MB memory cgroup, with a
@@ -136,7 +23,7 @@ async fn contract_streams_gibibytes_under_a_256_mb_limit() {
         .unwrap_or(2);
     let size = gib * GIB;
     let cgroup = MemoryCgroup::create("sluice-contract", 256 * 1024 * 1024);
-    let h = Harness::start("contract", cgroup.as_ref()).await;
+    let h = Harness::start("ingest-http", "contract", cgroup.as_ref()).await;
     let mut job = h.job(
         &format!("/bytes?size={size}&seed=11"),
         "contract/{run_id}.ndjson.gz",
@@ -190,7 +77,7 @@ async fn contract_streams_gibibytes_under_a_256_mb_limit() {
 
 #[tokio::test]
 async fn passthrough_zstd_and_content_encoding_round_trip() {
-    let h = Harness::start("codecs", None).await;
+    let h = Harness::start("ingest-http", "codecs", None).await;
     let size = 30 * MIB + 7;
 
     let plain = response(
@@ -234,7 +121,7 @@ async fn passthrough_zstd_and_content_encoding_round_trip() {
 
 #[tokio::test]
 async fn empty_body_makes_a_zero_byte_object() {
-    let h = Harness::start("empty", None).await;
+    let h = Harness::start("ingest-http", "empty", None).await;
     let s = response(
         h.invoke(h.job("/empty", "empty"), Duration::from_secs(60))
             .await,
@@ -248,7 +135,7 @@ async fn empty_body_makes_a_zero_byte_object() {
 
 #[tokio::test]
 async fn source_cut_mid_body_leaves_nothing() {
-    let h = Harness::start("cut", None).await;
+    let h = Harness::start("ingest-http", "cut", None).await;
     let job = h.job(
         &format!("/cut?size={}&at={}&seed=1", 40 * MIB, 30 * MIB),
         "cut",
@@ -261,7 +148,7 @@ async fn source_cut_mid_body_leaves_nothing() {
 
 #[tokio::test]
 async fn source_error_status_is_reported_before_any_upload() {
-    let h = Harness::start("status", None).await;
+    let h = Harness::start("ingest-http", "status", None).await;
     let (kind, message) = error(
         h.invoke(h.job("/status/404", "nf"), Duration::from_secs(60))
             .await,
@@ -286,7 +173,7 @@ async fn source_error_status_is_reported_before_any_upload() {
 
 #[tokio::test]
 async fn deadline_aborts_with_timeout() {
-    let h = Harness::start("deadline", None).await;
+    let h = Harness::start("ingest-http", "deadline", None).await;
     // 30 MiB arrive (three parts go up), then the source stalls; the invocation has 8 s and
     // the job gives up 3 s before the deadline, long before the 30 s read timeout.
     let job = h.job(
@@ -305,7 +192,7 @@ async fn deadline_aborts_with_timeout() {
 
 #[tokio::test]
 async fn bad_job_spec_is_invalid_input() {
-    let h = Harness::start("spec", None).await;
+    let h = Harness::start("ingest-http", "spec", None).await;
     let mut job = h.job("/bytes?size=10", "k");
     job["compresion"] = json!("gzip");
     let (kind, message) = error(h.invoke(job, Duration::from_secs(30)).await);
@@ -324,7 +211,7 @@ async fn bad_job_spec_is_invalid_input() {
 
 #[tokio::test]
 async fn no_overwrite_makes_a_repeat_a_no_op() {
-    let h = Harness::start("repeat", None).await;
+    let h = Harness::start("ingest-http", "repeat", None).await;
     let mut job = h.job("/bytes?size=1000&seed=5", "fixed/key.ndjson");
     job["destination"]["overwrite"] = json!(false);
     let first = response(h.invoke(job.clone(), Duration::from_secs(60)).await);

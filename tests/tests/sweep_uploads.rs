@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::{Value, json};
-use sluice_tests::{Invocation, LambdaProcess, RuntimeApi, S3Server, binary_path, uploads_in_progress};
+use sluice_tests::{
+    Invocation, LambdaProcess, RuntimeApi, S3Server, binary_path, uploads_in_progress,
+};
 
 struct Harness {
     api: RuntimeApi,
@@ -20,12 +22,16 @@ impl Harness {
         let api = RuntimeApi::start().await;
         let mut all = server.lambda_env();
         all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        let process = LambdaProcess::spawn(&binary_path("sweep-uploads"), &api, &all, 256, None).unwrap();
+        let process =
+            LambdaProcess::spawn(&binary_path("sweep-uploads"), &api, &all, 256, None).unwrap();
         Harness { api, process }
     }
 
     async fn invoke(&self, event: Value) -> Invocation {
-        self.api.invoke(event, Duration::from_secs(120)).await.unwrap()
+        self.api
+            .invoke(event, Duration::from_secs(120))
+            .await
+            .unwrap()
     }
 }
 
@@ -88,18 +94,35 @@ async fn sweep_aborts_exactly_the_stale_uploads() {
 
     const PART: usize = 64 * 1024;
     let mut stale = BTreeSet::new();
-    for (key, parts) in [("tmp/x/one", 1), ("tmp/x/two", 2), ("tmp/empty", 0), ("tmp/z", 3)] {
-        stale.insert((key.to_owned(), start_upload(&s3, &a, key, parts, PART).await));
+    for (key, parts) in [
+        ("tmp/x/one", 1),
+        ("tmp/x/two", 2),
+        ("tmp/empty", 0),
+        ("tmp/z", 3),
+    ] {
+        stale.insert((
+            key.to_owned(),
+            start_upload(&s3, &a, key, parts, PART).await,
+        ));
     }
-    let stale_b = ("tmp/b".to_owned(), start_upload(&s3, &b, "tmp/b", 1, PART).await);
+    let stale_b = (
+        "tmp/b".to_owned(),
+        start_upload(&s3, &b, "tmp/b", 1, PART).await,
+    );
     // Stale, but outside the swept prefix: must survive.
-    let other = ("keep/old".to_owned(), start_upload(&s3, &a, "keep/old", 1, PART).await);
+    let other = (
+        "keep/old".to_owned(),
+        start_upload(&s3, &a, "keep/old", 1, PART).await,
+    );
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut fresh = BTreeSet::new();
     for key in ["tmp/x/new", "tmp/y"] {
         fresh.insert((key.to_owned(), start_upload(&s3, &a, key, 1, PART).await));
     }
-    let fresh_b = ("tmp/b2".to_owned(), start_upload(&s3, &b, "tmp/b2", 0, PART).await);
+    let fresh_b = (
+        "tmp/b2".to_owned(),
+        start_upload(&s3, &b, "tmp/b2", 0, PART).await,
+    );
 
     let config = |dry_run: bool| {
         json!({
@@ -112,8 +135,20 @@ async fn sweep_aborts_exactly_the_stale_uploads() {
 
     let dry = response(h.invoke(config(true)).await);
     assert_eq!(dry["status"], "complete", "{dry}");
-    assert_eq!((dry["found"].as_u64(), dry["stale"].as_u64(), dry["aborted"].as_u64()), (Some(8), Some(5), Some(0)), "{dry}");
-    assert_eq!(open_set(&s3, &a).await.len(), 7, "the dry run aborted something");
+    assert_eq!(
+        (
+            dry["found"].as_u64(),
+            dry["stale"].as_u64(),
+            dry["aborted"].as_u64()
+        ),
+        (Some(8), Some(5), Some(0)),
+        "{dry}"
+    );
+    assert_eq!(
+        open_set(&s3, &a).await.len(),
+        7,
+        "the dry run aborted something"
+    );
 
     let s = response(h.invoke(config(false)).await);
     assert_eq!(s["status"], "complete", "{s}");
@@ -124,14 +159,25 @@ async fn sweep_aborts_exactly_the_stale_uploads() {
     assert_eq!(s["bytes_stale"], 7 * PART as u64, "{s}");
     assert!(s["oldest_age_secs"].as_f64().unwrap() >= 8.0, "{s}");
     let ta = &s["targets"][0];
-    assert_eq!((ta["found"].as_u64(), ta["stale"].as_u64(), ta["parts_stale"].as_u64()), (Some(6), Some(4), Some(6)), "{ta}");
+    assert_eq!(
+        (
+            ta["found"].as_u64(),
+            ta["stale"].as_u64(),
+            ta["parts_stale"].as_u64()
+        ),
+        (Some(6), Some(4), Some(6)),
+        "{ta}"
+    );
     let aborted: BTreeSet<(String, String)> = ta["uploads"]
         .as_array()
         .unwrap()
         .iter()
         .map(|u| {
             assert_eq!(u["action"], "aborted", "{u}");
-            (u["key"].as_str().unwrap().to_owned(), u["upload_id"].as_str().unwrap().to_owned())
+            (
+                u["key"].as_str().unwrap().to_owned(),
+                u["upload_id"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     assert_eq!(aborted, stale);
@@ -155,7 +201,10 @@ async fn sweep_aborts_exactly_the_stale_uploads() {
         .rev()
         .find(|v| v["Bucket"] == a.as_str())
         .unwrap_or_else(|| panic!("no EMF line for {a} in:\n{logs}"));
-    assert_eq!(last_a["_aws"]["CloudWatchMetrics"][0]["Namespace"], "sluice");
+    assert_eq!(
+        last_a["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "sluice"
+    );
     assert_eq!(last_a["Prefix"], "tmp/");
     assert_eq!(last_a["UploadsAborted"], 4);
     assert_eq!(last_a["StaleBytes"], 6 * PART as u64);
@@ -163,7 +212,11 @@ async fn sweep_aborts_exactly_the_stale_uploads() {
 
     // A second sweep finds nothing stale.
     let again = response(h.invoke(config(false)).await);
-    assert_eq!((again["stale"].as_u64(), again["found"].as_u64()), (Some(0), Some(3)), "{again}");
+    assert_eq!(
+        (again["stale"].as_u64(), again["found"].as_u64()),
+        (Some(0), Some(3)),
+        "{again}"
+    );
 }
 
 /// An EventBridge scheduled event carries no configuration: `SWEEP_CONFIG` applies. A bad
@@ -199,9 +252,15 @@ async fn scheduled_event_uses_sweep_config_and_errors_are_typed() {
     assert!(h.process.logs().contains("\"Namespace\":\"sluice-test\""));
 
     match h.invoke(json!({"targets": [{"bucket": bucket}]})).await {
-        Invocation::Error { error_type, error_message } => {
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => {
             assert_eq!(error_type, "InvalidInput");
-            assert!(error_message.contains("missing field `prefix`"), "{error_message}");
+            assert!(
+                error_message.contains("missing field `prefix`"),
+                "{error_message}"
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     }

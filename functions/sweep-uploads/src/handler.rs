@@ -94,18 +94,30 @@ mod tests {
     #[test]
     fn event_or_environment() {
         let env = r#"{"targets": [{"bucket": "from-env", "prefix": ""}]}"#;
-        let c = config(json!({"targets": [{"bucket": "from-event", "prefix": "p/"}]}), Some(env))
-            .unwrap();
+        let c = config(
+            json!({"targets": [{"bucket": "from-event", "prefix": "p/"}]}),
+            Some(env),
+        )
+        .unwrap();
         assert_eq!(c.targets[0].bucket, "from-event");
-        for empty in [json!(null), json!({}), json!({"detail-type": "Scheduled Event", "source": "aws.events"})] {
-            assert_eq!(config(empty, Some(env)).unwrap().targets[0].bucket, "from-env");
+        for empty in [
+            json!(null),
+            json!({}),
+            json!({"detail-type": "Scheduled Event", "source": "aws.events"}),
+        ] {
+            assert_eq!(
+                config(empty, Some(env)).unwrap().targets[0].bucket,
+                "from-env"
+            );
         }
         let e = config(json!({}), None).unwrap_err().to_string();
         assert!(e.contains("SWEEP_CONFIG is not set"), "{e}");
         let e = config(json!({}), Some("{")).unwrap_err().to_string();
         assert!(e.contains("SWEEP_CONFIG is not JSON"), "{e}");
         // A typo in the event is an error, not a silent fallback to the environment.
-        let e = config(json!({"target": []}), Some(env)).unwrap_err().to_string();
+        let e = config(json!({"target": []}), Some(env))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `target`"), "{e}");
     }
 

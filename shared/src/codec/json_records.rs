@@ -35,9 +35,9 @@ impl JsonPath {
             .strip_prefix('$')
             .ok_or_else(|| bad("must start with '$'"))?;
         if array {
-            rest = rest
-                .strip_suffix("[*]")
-                .ok_or_else(|| bad("must end with [*] (the array whose elements are the records)"))?;
+            rest = rest.strip_suffix("[*]").ok_or_else(|| {
+                bad("must end with [*] (the array whose elements are the records)")
+            })?;
         }
         let mut keys = Vec::new();
         while !rest.is_empty() {
@@ -49,7 +49,9 @@ impl JsonPath {
                 let end = after.find(['.', '[']).unwrap_or(after.len());
                 let key = &after[..end];
                 if key.is_empty() || key.contains('*') {
-                    return Err(bad("empty or wildcard key (only `.key` and `['key']` steps are supported)"));
+                    return Err(bad(
+                        "empty or wildcard key (only `.key` and `['key']` steps are supported)",
+                    ));
                 }
                 keys.push(key.to_owned());
                 rest = &after[end..];
@@ -70,7 +72,9 @@ impl fmt::Display for JsonPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("$")?;
         for k in &self.0 {
-            if k.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+            if k.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+            {
                 write!(f, ".{k}")?;
             } else {
                 write!(f, "['{k}']")?;
@@ -87,7 +91,12 @@ pub struct Captures(Arc<Mutex<Vec<Option<serde_json::Value>>>>);
 impl Captures {
     /// The value captured for the `i`-th capture path, if it was seen.
     pub fn get(&self, i: usize) -> Option<serde_json::Value> {
-        self.0.lock().expect("not poisoned").get(i).cloned().flatten()
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .get(i)
+            .cloned()
+            .flatten()
     }
 
     pub(crate) fn set(&self, i: usize, v: serde_json::Value) {
@@ -298,7 +307,11 @@ impl JsonRecordsDecoder {
         match result {
             Some(len) => Ok(Some(len)),
             None if s.pos >= self.max_len => Err(self.err(
-                if record { "record too large" } else { "value too large" },
+                if record {
+                    "record too large"
+                } else {
+                    "value too large"
+                },
                 0,
                 record,
                 format!("longer than the limit of {} bytes", self.max_len),
@@ -308,13 +321,15 @@ impl JsonRecordsDecoder {
     }
 
     fn check_json(&self, bytes: &[u8], record: bool) -> io::Result<()> {
-        serde_json::from_slice::<IgnoredAny>(bytes).map(|_| ()).map_err(|e| {
-            let mut msg = e.to_string();
-            if record {
-                msg = format!("{msg} within the record");
-            }
-            self.err("invalid JSON", 0, record, msg)
-        })
+        serde_json::from_slice::<IgnoredAny>(bytes)
+            .map(|_| ())
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                if record {
+                    msg = format!("{msg} within the record");
+                }
+                self.err("invalid JSON", 0, record, msg)
+            })
     }
 
     fn emit_record(&mut self, src: &mut BytesMut, len: usize) -> io::Result<Bytes> {
@@ -456,7 +471,8 @@ impl Decoder for JsonRecordsDecoder {
             match self.expect {
                 Expect::Value => {
                     let path = self.value_path();
-                    let records: Vec<&str> = self.records.keys().iter().map(String::as_str).collect();
+                    let records: Vec<&str> =
+                        self.records.keys().iter().map(String::as_str).collect();
                     if path == records {
                         match b {
                             b'[' => {
@@ -477,19 +493,31 @@ impl Decoder for JsonRecordsDecoder {
                                     self.value_done();
                                     continue;
                                 }
-                                return Err(self.err("invalid JSON", 0, false, format!("expected an array at {}", self.records)));
+                                return Err(self.err(
+                                    "invalid JSON",
+                                    0,
+                                    false,
+                                    format!("expected an array at {}", self.records),
+                                ));
                             }
                             other => {
                                 return Err(self.err(
                                     "records not found",
                                     0,
                                     false,
-                                    format!("expected an array at {}, found {}", self.records, describe(other)),
+                                    format!(
+                                        "expected an array at {}, found {}",
+                                        self.records,
+                                        describe(other)
+                                    ),
                                 ));
                             }
                         }
                     }
-                    let on_way = |p: &JsonPath| p.keys().len() > path.len() && p.keys().iter().zip(&path).all(|(a, b)| a == b);
+                    let on_way = |p: &JsonPath| {
+                        p.keys().len() > path.len()
+                            && p.keys().iter().zip(&path).all(|(a, b)| a == b)
+                    };
                     if b == b'{' && (on_way(&self.records) || self.captures.iter().any(on_way)) {
                         self.consume(src, 1);
                         self.stack.push(Frame::Object { key: None });
@@ -501,11 +529,23 @@ impl Decoder for JsonRecordsDecoder {
                             "records not found",
                             0,
                             false,
-                            format!("expected a JSON object holding {}, found {}", self.records, describe(b)),
+                            format!(
+                                "expected a JSON object holding {}, found {}",
+                                self.records,
+                                describe(b)
+                            ),
                         ));
                     }
-                    if !matches!(b, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') {
-                        return Err(self.err("invalid JSON", 0, false, format!("expected a value, found {}", describe(b))));
+                    if !matches!(
+                        b,
+                        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+                    ) {
+                        return Err(self.err(
+                            "invalid JSON",
+                            0,
+                            false,
+                            format!("expected a value, found {}", describe(b)),
+                        ));
                     }
                     if matches!(b, b'{' | b'[') {
                         self.skip = Some(Scan::default());
@@ -534,7 +574,12 @@ impl Decoder for JsonRecordsDecoder {
                         continue;
                     }
                     if b != b'"' {
-                        return Err(self.err("invalid JSON", 0, false, format!("expected an object key, found {}", describe(b))));
+                        return Err(self.err(
+                            "invalid JSON",
+                            0,
+                            false,
+                            format!("expected an object key, found {}", describe(b)),
+                        ));
                     }
                     let Some(len) = self.scan_value(src, false)? else {
                         return Ok(None);
@@ -549,7 +594,12 @@ impl Decoder for JsonRecordsDecoder {
                 }
                 Expect::Colon => {
                     if b != b':' {
-                        return Err(self.err("invalid JSON", 0, false, format!("expected ':', found {}", describe(b))));
+                        return Err(self.err(
+                            "invalid JSON",
+                            0,
+                            false,
+                            format!("expected ':', found {}", describe(b)),
+                        ));
                     }
                     self.consume(src, 1);
                     self.expect = Expect::Value;
@@ -557,15 +607,28 @@ impl Decoder for JsonRecordsDecoder {
                 Expect::RecordOrEnd | Expect::Record => {
                     if b == b']' {
                         if self.expect == Expect::Record {
-                            return Err(self.err("invalid JSON", 0, false, "trailing comma before ']'".into()));
+                            return Err(self.err(
+                                "invalid JSON",
+                                0,
+                                false,
+                                "trailing comma before ']'".into(),
+                            ));
                         }
                         self.consume(src, 1);
                         self.stack.pop();
                         self.value_done();
                         continue;
                     }
-                    if !matches!(b, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') {
-                        return Err(self.err("invalid JSON", 0, true, format!("expected a record, found {}", describe(b))));
+                    if !matches!(
+                        b,
+                        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+                    ) {
+                        return Err(self.err(
+                            "invalid JSON",
+                            0,
+                            true,
+                            format!("expected a record, found {}", describe(b)),
+                        ));
                     }
                     let Some(len) = self.scan_value(src, true)? else {
                         return Ok(None);
@@ -593,7 +656,11 @@ impl Decoder for JsonRecordsDecoder {
                                 "invalid JSON",
                                 0,
                                 in_records,
-                                format!("expected ',' or '{}', found {}", if in_records { ']' } else { '}' }, describe(b)),
+                                format!(
+                                    "expected ',' or '{}', found {}",
+                                    if in_records { ']' } else { '}' },
+                                    describe(b)
+                                ),
                             ));
                         }
                     }
@@ -740,7 +807,15 @@ mod tests {
             while let Some(l) = d.decode_eof(&mut buf).unwrap() {
                 out.push(l);
             }
-            assert_eq!(out, [Bytes::from("{\"a\":1}"), Bytes::from("[2]"), Bytes::from("\"x\"")], "chunk {chunk}");
+            assert_eq!(
+                out,
+                [
+                    Bytes::from("{\"a\":1}"),
+                    Bytes::from("[2]"),
+                    Bytes::from("\"x\"")
+                ],
+                "chunk {chunk}"
+            );
         }
         let mut d = NdjsonDecoder::new(64);
         let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"a\":\n"[..]);
@@ -749,13 +824,21 @@ mod tests {
         assert!(e.starts_with("invalid JSON at byte 8 (record 2)"), "{e}");
         let mut d = NdjsonDecoder::new(8);
         let mut buf = BytesMut::from(&b"{\"aaaaaaaaaa\":1}"[..]);
-        assert!(d.decode(&mut buf).unwrap_err().to_string().contains("record too large"));
+        assert!(
+            d.decode(&mut buf)
+                .unwrap_err()
+                .to_string()
+                .contains("record too large")
+        );
     }
 
     fn decoder(records: &str, captures: &[&str]) -> JsonRecordsDecoder {
         JsonRecordsDecoder::new(
             JsonPath::parse(records, true).unwrap(),
-            captures.iter().map(|c| JsonPath::parse(c, false).unwrap()).collect(),
+            captures
+                .iter()
+                .map(|c| JsonPath::parse(c, false).unwrap())
+                .collect(),
             1024,
         )
     }
@@ -805,11 +888,21 @@ mod tests {
     fn paths_parse() {
         assert_eq!(JsonPath::parse("$.data[*]", true).unwrap().keys(), ["data"]);
         assert!(JsonPath::parse("$[*]", true).unwrap().keys().is_empty());
-        assert_eq!(JsonPath::parse("$.a['b c'].d", false).unwrap().keys(), ["a", "b c", "d"]);
-        assert!(JsonPath::parse("data[*]", true).unwrap_err().contains("must start with '$'"));
+        assert_eq!(
+            JsonPath::parse("$.a['b c'].d", false).unwrap().keys(),
+            ["a", "b c", "d"]
+        );
+        assert!(
+            JsonPath::parse("data[*]", true)
+                .unwrap_err()
+                .contains("must start with '$'")
+        );
         assert!(JsonPath::parse("$.data", true).unwrap_err().contains("[*]"));
         assert!(JsonPath::parse("$.a.*", false).is_err());
-        assert_eq!(JsonPath::parse("$.a['b c']", false).unwrap().to_string(), "$.a['b c']");
+        assert_eq!(
+            JsonPath::parse("$.a['b c']", false).unwrap().to_string(),
+            "$.a['b c']"
+        );
     }
 
     #[test]
@@ -817,17 +910,45 @@ mod tests {
         let doc = r#"{"meta": {"has_more": true, "skip": [1, {"x": "]}"}]},
             "data": [{"id": 1, "s": "a,\"}]"}, {"id": 2}, 3, "four", [5], null],
             "next_cursor": "c2", "total": 6}"#;
-        let (records, caps) = all_splits("$.data[*]", &["$.next_cursor", "$.meta.has_more", "$.total", "$.absent"], doc).unwrap();
-        assert_eq!(records, [r#"{"id": 1, "s": "a,\"}]"}"#, r#"{"id": 2}"#, "3", r#""four""#, "[5]", "null"]);
-        assert_eq!(caps, vec![Some("c2".into()), Some(true.into()), Some(6.into()), None]);
+        let (records, caps) = all_splits(
+            "$.data[*]",
+            &["$.next_cursor", "$.meta.has_more", "$.total", "$.absent"],
+            doc,
+        )
+        .unwrap();
+        assert_eq!(
+            records,
+            [
+                r#"{"id": 1, "s": "a,\"}]"}"#,
+                r#"{"id": 2}"#,
+                "3",
+                r#""four""#,
+                "[5]",
+                "null"
+            ]
+        );
+        assert_eq!(
+            caps,
+            vec![Some("c2".into()), Some(true.into()), Some(6.into()), None]
+        );
     }
 
     #[test]
     fn top_level_array_and_empty_pages() {
         let (r, _) = all_splits("$[*]", &[], r#" [ {"a":1} , {"b":[2]} ] "#).unwrap();
         assert_eq!(r, [r#"{"a":1}"#, r#"{"b":[2]}"#]);
-        assert!(all_splits("$.data[*]", &[], r#"{"data": []}"#).unwrap().0.is_empty());
-        assert!(all_splits("$.data[*]", &[], r#"{"data": null}"#).unwrap().0.is_empty());
+        assert!(
+            all_splits("$.data[*]", &[], r#"{"data": []}"#)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        assert!(
+            all_splits("$.data[*]", &[], r#"{"data": null}"#)
+                .unwrap()
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
@@ -839,21 +960,46 @@ mod tests {
 
     #[test]
     fn bad_documents_name_position_and_class() {
-        let e = all_splits("$.data[*]", &[], r#"{"data":[{"a":1},{"a":"#).unwrap_err().to_string();
-        assert!(e.contains("document cut short") && e.contains("record 2"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"{"data":[{"a":1},{"a":tru}]}"#).unwrap_err().to_string();
+        let e = all_splits("$.data[*]", &[], r#"{"data":[{"a":1},{"a":"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("document cut short") && e.contains("record 2"),
+            "{e}"
+        );
+        let e = all_splits("$.data[*]", &[], r#"{"data":[{"a":1},{"a":tru}]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("invalid JSON at byte 17 (record 2)"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"{"error":{"code":"rate_limited"}}"#).unwrap_err().to_string();
-        assert!(e.contains("records not found") && e.contains("$.data"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"{"data":{"a":1}}"#).unwrap_err().to_string();
-        assert!(e.contains("expected an array at $.data, found an object"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"{"data":[1,]}"#).unwrap_err().to_string();
+        let e = all_splits("$.data[*]", &[], r#"{"error":{"code":"rate_limited"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("records not found") && e.contains("$.data"),
+            "{e}"
+        );
+        let e = all_splits("$.data[*]", &[], r#"{"data":{"a":1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected an array at $.data, found an object"),
+            "{e}"
+        );
+        let e = all_splits("$.data[*]", &[], r#"{"data":[1,]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trailing comma"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"{"data":[1]} x"#).unwrap_err().to_string();
+        let e = all_splits("$.data[*]", &[], r#"{"data":[1]} x"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trailing data"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"<html>"#).unwrap_err().to_string();
+        let e = all_splits("$.data[*]", &[], r#"<html>"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("records not found"), "{e}");
-        let e = all_splits("$.data[*]", &[], r#"{"data":[1] "x":2}"#).unwrap_err().to_string();
+        let e = all_splits("$.data[*]", &[], r#"{"data":[1] "x":2}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected ',' or '}'"), "{e}");
     }
 
@@ -872,7 +1018,10 @@ mod tests {
             assert!(buf.len() <= 1024 + 100, "buffered {} bytes", buf.len());
         }
         let e = err.expect("an error").to_string();
-        assert!(e.contains("record too large") && e.contains("1024 bytes"), "{e}");
+        assert!(
+            e.contains("record too large") && e.contains("1024 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -62,13 +62,20 @@ impl NetworkPolicy {
     /// Checks a URL's scheme and host (and its address, when the host is an IP literal).
     pub fn check_url(&self, url: &Url) -> Result<(), Blocked> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(Blocked(format!("scheme {} is not http or https", url.scheme())));
+            return Err(Blocked(format!(
+                "scheme {} is not http or https",
+                url.scheme()
+            )));
         }
         let Some(host) = url.host_str() else {
             return Err(Blocked("the URL has no host".into()));
         };
         let host = host.to_ascii_lowercase();
-        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             self.check_host_name(&host)?;
             return self.check_ip(ip);
         }
@@ -86,7 +93,9 @@ impl NetworkPolicy {
         if ok {
             Ok(())
         } else {
-            Err(Blocked(format!("host {host} is not in SLUICE_ALLOWED_HOSTS")))
+            Err(Blocked(format!(
+                "host {host} is not in SLUICE_ALLOWED_HOSTS"
+            )))
         }
     }
 
@@ -109,7 +118,9 @@ impl NetworkPolicy {
             ),
         };
         if link_local {
-            return Err(Blocked(format!("address {ip} is link-local or unspecified (e.g. the metadata service)")));
+            return Err(Blocked(format!(
+                "address {ip} is link-local or unspecified (e.g. the metadata service)"
+            )));
         }
         if private && !self.allow_private {
             return Err(Blocked(format!(
@@ -129,7 +140,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.0.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = None;
             let kept: Vec<SocketAddr> = addrs
                 .into_iter()
@@ -142,8 +154,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 })
                 .collect();
             if kept.is_empty() {
-                let why = refused.map(|e| e.0).unwrap_or_else(|| "no addresses".into());
-                return Err(Box::new(Blocked(format!("{host} resolves to a refused address: {why}")))
+                let why = refused
+                    .map(|e| e.0)
+                    .unwrap_or_else(|| "no addresses".into());
+                return Err(Box::new(Blocked(format!(
+                    "{host} resolves to a refused address: {why}"
+                )))
                     as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
@@ -174,10 +190,26 @@ mod tests {
     #[test]
     fn metadata_and_private_addresses() {
         let strict = NetworkPolicy::default();
-        assert!(strict.check_url(&url("http://169.254.169.254/latest/")).unwrap_err().0.contains("link-local"));
-        assert!(strict.check_url(&url("http://127.0.0.1:80/")).unwrap_err().0.contains("SLUICE_ALLOW_PRIVATE_NETWORKS"));
+        assert!(
+            strict
+                .check_url(&url("http://169.254.169.254/latest/"))
+                .unwrap_err()
+                .0
+                .contains("link-local")
+        );
+        assert!(
+            strict
+                .check_url(&url("http://127.0.0.1:80/"))
+                .unwrap_err()
+                .0
+                .contains("SLUICE_ALLOW_PRIVATE_NETWORKS")
+        );
         assert!(strict.check_url(&url("http://10.1.2.3/")).is_err());
-        assert!(strict.check_url(&url("http://[::ffff:169.254.169.254]/")).is_err());
+        assert!(
+            strict
+                .check_url(&url("http://[::ffff:169.254.169.254]/"))
+                .is_err()
+        );
         assert!(strict.check_url(&url("http://[fe80::1]/")).is_err());
         assert!(strict.check_url(&url("http://93.184.216.34/")).is_ok());
         assert!(strict.check_url(&url("file:///etc/passwd")).is_err());
@@ -189,10 +221,16 @@ mod tests {
 
     #[test]
     fn allow_list() {
-        let p = NetworkPolicy::default().with_allowed_hosts(vec!["api.example.com".into(), "*.data.org".into()]);
+        let p = NetworkPolicy::default()
+            .with_allowed_hosts(vec!["api.example.com".into(), "*.data.org".into()]);
         assert!(p.check_url(&url("https://api.example.com/x")).is_ok());
         assert!(p.check_url(&url("https://eu.data.org/x")).is_ok());
         assert!(p.check_url(&url("https://data.org/x")).is_err());
-        assert!(p.check_url(&url("https://evil.com/api.example.com")).unwrap_err().0.contains("not in SLUICE_ALLOWED_HOSTS"));
+        assert!(
+            p.check_url(&url("https://evil.com/api.example.com"))
+                .unwrap_err()
+                .0
+                .contains("not in SLUICE_ALLOWED_HOSTS")
+        );
     }
 }

@@ -99,7 +99,9 @@ impl HttpSourceSpec {
         if let Some(r) = &self.rate_limit
             && !(r.per_second.is_finite() && r.per_second > 0.0)
         {
-            return Err(Error::spec("source.http.rate_limit.per_second must be positive"));
+            return Err(Error::spec(
+                "source.http.rate_limit.per_second must be positive",
+            ));
         }
         if let Some(serde_json::Value::String(_)) = &self.body
             && self
@@ -213,10 +215,12 @@ impl Fetcher<'_> {
     /// the first bytes of the body; nothing downstream has started yet.
     pub async fn open(&self, page: &PageRequest) -> Result<HttpBody> {
         self.spec.validate()?;
-        self.policy.check_url(&page.url).map_err(|b| Error::Blocked {
-            url: page.url.to_string(),
-            reason: b.0,
-        })?;
+        self.policy
+            .check_url(&page.url)
+            .map_err(|b| Error::Blocked {
+                url: page.url.to_string(),
+                reason: b.0,
+            })?;
         let policy = RetryPolicy::from(&self.spec.retry);
         let mut attempt = 1;
         loop {
@@ -246,7 +250,11 @@ impl Fetcher<'_> {
         }
     }
 
-    async fn send_once(&self, page: &PageRequest, attempt: u32) -> std::result::Result<HttpBody, Failure> {
+    async fn send_once(
+        &self,
+        page: &PageRequest,
+        attempt: u32,
+    ) -> std::result::Result<HttpBody, Failure> {
         let spec = self.spec;
         let url = page.url.to_string();
         let fail = |error: Error, retryable: bool| Failure {
@@ -254,8 +262,12 @@ impl Fetcher<'_> {
             retryable,
             retry_after: None,
         };
-        let method = reqwest::Method::from_bytes(spec.method.as_bytes())
-            .map_err(|_| fail(Error::spec(format!("source.http.method {:?}", spec.method)), false))?;
+        let method = reqwest::Method::from_bytes(spec.method.as_bytes()).map_err(|_| {
+            fail(
+                Error::spec(format!("source.http.method {:?}", spec.method)),
+                false,
+            )
+        })?;
         let mut req = self.client.request(method, page.url.clone());
         for (name, value) in &spec.headers {
             req = req.header(name, value);
@@ -333,7 +345,10 @@ impl Fetcher<'_> {
             .map(str::to_owned);
         if let Some(expected) = &spec.expect_content_type {
             let actual = content_type.clone().unwrap_or_default();
-            if !actual.to_ascii_lowercase().starts_with(&expected.to_ascii_lowercase()) {
+            if !actual
+                .to_ascii_lowercase()
+                .starts_with(&expected.to_ascii_lowercase())
+            {
                 let body = capped_body(resp).await;
                 return Err(fail(
                     Error::Records {
@@ -341,7 +356,9 @@ impl Fetcher<'_> {
                         class: "unexpected Content-Type",
                         offset: 0,
                         record: None,
-                        message: format!("expected {expected}, got {actual:?}; body starts: {body:?}"),
+                        message: format!(
+                            "expected {expected}, got {actual:?}; body starts: {body:?}"
+                        ),
                     },
                     false,
                 ));
@@ -350,15 +367,16 @@ impl Fetcher<'_> {
         let content_encoding = headers
             .get(reqwest::header::CONTENT_ENCODING)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let decoding = Decoding::from_content_encoding(content_encoding.as_deref()).map_err(|encoding| {
-            fail(
-                Error::UnsupportedEncoding {
-                    url: url.clone(),
-                    encoding,
-                },
-                false,
-            )
-        })?;
+        let decoding =
+            Decoding::from_content_encoding(content_encoding.as_deref()).map_err(|encoding| {
+                fail(
+                    Error::UnsupportedEncoding {
+                        url: url.clone(),
+                        encoding,
+                    },
+                    false,
+                )
+            })?;
         let link = headers
             .get(reqwest::header::LINK)
             .and_then(|v| v.to_str().ok())

@@ -2,6 +2,6 @@
 
 pub mod guard;
 pub mod http;
+pub mod postgres;
 pub mod rate;
 pub mod retry;
-pub mod postgres;

@@ -494,7 +494,9 @@ fn file_roots(path: &str) -> Result<Arc<RootCertStore>> {
 }
 
 /// The rustls connector for `settings`.
-fn tls_connector(settings: &ConnectionSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+fn tls_connector(
+    settings: &ConnectionSettings,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match settings.ssl_mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
@@ -505,10 +507,9 @@ fn tls_connector(settings: &ConnectionSettings) -> Result<tokio_postgres_rustls:
                 RootCerts::System => system_roots()?,
                 RootCerts::File(path) => file_roots(path)?,
             };
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                    .build()
-                    .map_err(|e| Error::spec(format!("TLS roots: {e}")))?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| Error::spec(format!("TLS roots: {e}")))?;
             if settings.ssl_mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
@@ -589,13 +590,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -799,7 +797,7 @@ pub fn sqlstate_kind(code: &str) -> ErrorKind {
                 ErrorKind::InvalidInput
             }
             _ => ErrorKind::Upstream,
-        }
+        },
     }
 }
 
@@ -846,9 +844,8 @@ pub fn find_placeholders(sql: &str) -> Vec<Placeholder> {
         match c {
             b'\'' => {
                 // E'...' (escape string) when preceded by a lone e/E.
-                let escape = i > 0
-                    && (b[i - 1] == b'e' || b[i - 1] == b'E')
-                    && (i < 2 || !ident(b[i - 2]));
+                let escape =
+                    i > 0 && (b[i - 1] == b'e' || b[i - 1] == b'E') && (i < 2 || !ident(b[i - 2]));
                 i += 1;
                 while i < b.len() {
                     if escape && b[i] == b'\\' {
@@ -1026,7 +1023,9 @@ async fn plan(
     params: &[serde_json::Value],
     format: ExportFormat,
 ) -> Result<(String, Vec<(String, Option<String>)>, Option<usize>)> {
-    let query = query.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    let query = query
+        .trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
     let mut body = query.to_owned();
     let mut bound = Vec::new();
     let mut exact = true;
@@ -1134,7 +1133,11 @@ pub async fn export(
     let sql = format!(
         "SELECT {}",
         (0..values.len())
-            .map(|i| format!("pg_catalog.set_config(${}, ${}, true)", 2 * i + 1, 2 * i + 2))
+            .map(|i| format!(
+                "pg_catalog.set_config(${}, ${}, true)",
+                2 * i + 1,
+                2 * i + 2
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -1249,7 +1252,11 @@ impl ExportStream {
             }
             ExportFormat::Ndjson => {
                 let rows = self.absorb_binary(msg).map_err(|what| {
-                    self.failure(self.stage(), format!("malformed binary COPY data: {what}"), None)
+                    self.failure(
+                        self.stage(),
+                        format!("malformed binary COPY data: {what}"),
+                        None,
+                    )
                 })?;
                 self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             }
@@ -1354,9 +1361,9 @@ impl Stream for ExportStream {
                         this.state = State::Done;
                         let err = pg_error(&this.database, this.stage(), &e, None);
                         tracing::error!(error = %err, "postgres stream failed");
-                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(
-                            Box::new(err),
-                        )))));
+                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(Box::new(
+                            err,
+                        ))))));
                     }
                     Poll::Ready(None) => {
                         if this.format == ExportFormat::Ndjson && !this.trailer_seen {
@@ -1384,11 +1391,8 @@ impl Stream for ExportStream {
                             drop(client);
                             // The client is gone, so the connection says Terminate and ends.
                             if let Some(mut task) = task {
-                                let _ = tokio::time::timeout(
-                                    Duration::from_secs(2),
-                                    &mut task.0,
-                                )
-                                .await;
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(2), &mut task.0).await;
                             }
                             Ok(())
                         }));
@@ -1411,9 +1415,9 @@ impl Stream for ExportStream {
                     }
                     Poll::Ready(Err(e)) => {
                         this.state = State::Done;
-                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(
-                            Box::new(e),
-                        )))));
+                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(Box::new(
+                            e,
+                        ))))));
                     }
                     Poll::Pending => return Poll::Pending,
                 },
@@ -1479,9 +1483,17 @@ mod tests {
         let e = parse("postgres://u:secretpw@h/db?sslmode=maybe")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("sslmode \"maybe\"") && !e.contains("secretpw"), "{e}");
-        let e = parse("postgres://u:secretpw@h/db?sslkey=/k").unwrap_err().to_string();
-        assert!(e.contains("sslkey is not supported") && !e.contains("secretpw"), "{e}");
+        assert!(
+            e.contains("sslmode \"maybe\"") && !e.contains("secretpw"),
+            "{e}"
+        );
+        let e = parse("postgres://u:secretpw@h/db?sslkey=/k")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sslkey is not supported") && !e.contains("secretpw"),
+            "{e}"
+        );
         let e = parse("host=h user=u password=secretpw")
             .unwrap_err()
             .to_string();
@@ -1520,7 +1532,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("expected a postgres://") && !e.contains("topsecret"), "{e}");
+        assert!(
+            e.contains("expected a postgres://") && !e.contains("topsecret"),
+            "{e}"
+        );
         let e = ConnectionSettings::from_secret(&Secret::new("topsecret"), &env_ref())
             .unwrap_err()
             .to_string();
@@ -1546,6 +1561,9 @@ mod tests {
         assert_eq!(param_text(&json!(42)).as_deref(), Some("42"));
         assert_eq!(param_text(&json!(1.5)).as_deref(), Some("1.5"));
         assert_eq!(param_text(&json!(true)).as_deref(), Some("true"));
-        assert_eq!(param_text(&json!({"a": [1]})).as_deref(), Some(r#"{"a":[1]}"#));
+        assert_eq!(
+            param_text(&json!({"a": [1]})).as_deref(),
+            Some(r#"{"a":[1]}"#)
+        );
     }
 }

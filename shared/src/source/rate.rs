@@ -62,13 +62,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_requests() {
-        let l = RateLimiter::new(&RateLimitSpec { per_second: 4.0, burst: Some(2) });
+        let l = RateLimiter::new(&RateLimitSpec {
+            per_second: 4.0,
+            burst: Some(2),
+        });
         let start = Instant::now();
         for _ in 0..10 {
             l.acquire().await;
         }
         // Two go at once, the other eight at 4 per second.
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(1990) && elapsed <= Duration::from_millis(2100), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1990) && elapsed <= Duration::from_millis(2100),
+            "{elapsed:?}"
+        );
     }
 }

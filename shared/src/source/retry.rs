@@ -78,12 +78,18 @@ mod tests {
     #[test]
     fn retry_after_both_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 06 Nov 1994 08:49:37
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:40 GMT", now),
             Some(Duration::from_secs(3))
         );
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
@@ -91,7 +97,8 @@ mod tests {
     fn full_jitter_is_bounded() {
         let p = RetryPolicy::from(&RetrySpec::default());
         for attempt in 1..10 {
-            let ceiling = Duration::from_millis(500 * (1 << (attempt - 1))).min(Duration::from_secs(20));
+            let ceiling =
+                Duration::from_millis(500 * (1 << (attempt - 1))).min(Duration::from_secs(20));
             for _ in 0..100 {
                 assert!(p.backoff(attempt, None) <= ceiling);
             }

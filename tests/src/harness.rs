@@ -1,0 +1,150 @@
+//! A built function binary driven through the Runtime API emulator against Garage and the
+//! fixture server: the set-up every Lambda-level test shares.
+
+use std::time::Duration;
+
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+use crate::{
+    FixtureServer, Invocation, LambdaProcess, MemoryCgroup, RuntimeApi, S3Server, binary_path,
+    object_exists, object_stream, uploads_in_progress,
+};
+
+/// One function instance with its own Runtime API, a fixture server and a fresh bucket.
+pub struct Harness {
+    /// The Runtime API the function polls.
+    pub api: RuntimeApi,
+    /// The function's process.
+    pub process: LambdaProcess,
+    /// The HTTP fixture server.
+    pub fixture: FixtureServer,
+    /// The S3 server (Garage).
+    pub server: S3Server,
+    /// A fresh bucket for this harness.
+    pub bucket: String,
+}
+
+impl Harness {
+    /// Starts `function` (a release binary) as a 256 MB function with loopback sources allowed.
+    pub async fn start(function: &str, label: &str, cgroup: Option<&MemoryCgroup>) -> Harness {
+        Self::start_with(
+            function,
+            label,
+            cgroup,
+            &[("SLUICE_ALLOW_PRIVATE_NETWORKS", "true")],
+        )
+        .await
+    }
+
+    /// Like [`Harness::start`] with extra environment variables instead of the default ones.
+    pub async fn start_with(
+        function: &str,
+        label: &str,
+        cgroup: Option<&MemoryCgroup>,
+        extra_env: &[(&str, &str)],
+    ) -> Harness {
+        let server = S3Server::garage();
+        let bucket = server.fresh_bucket(label).await.unwrap();
+        let fixture = FixtureServer::start().await;
+        let api = RuntimeApi::start().await;
+        let mut env = server.lambda_env();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let process =
+            LambdaProcess::spawn(&binary_path(function), &api, &env, 256, cgroup).unwrap();
+        Harness {
+            api,
+            process,
+            fixture,
+            server,
+            bucket,
+        }
+    }
+
+    /// A byte-copy job from fixture `path` to `key` in the harness bucket.
+    pub fn job(&self, path: &str, key: &str) -> Value {
+        json!({
+            "source": {"http": {"url": self.fixture.url(path)}},
+            "destination": {"bucket": self.bucket, "key": key}
+        })
+    }
+
+    /// Invokes the function with `event` and a deadline `timeout` from now.
+    pub async fn invoke(&self, event: Value, timeout: Duration) -> Invocation {
+        self.api.invoke(event, timeout).await.unwrap()
+    }
+
+    /// Asserts no object at `key` and no multipart upload in progress in the bucket.
+    pub async fn assert_nothing_written(&self, key: &str) {
+        let client = self.server.client().await;
+        assert!(
+            !object_exists(&client, &self.bucket, key).await,
+            "object {key} exists"
+        );
+        let open = uploads_in_progress(&client, &self.bucket).await;
+        assert!(open.is_empty(), "uploads left in progress: {open:?}");
+    }
+
+    /// Streams the object back through `decode` and returns the CRC64NVME and length of what
+    /// comes out.
+    pub async fn decoded_crc(&self, key: &str, decode: Decode) -> (u64, u64) {
+        let client = self.server.client().await;
+        let raw =
+            BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
+        let mut reader: Box<dyn AsyncRead + Unpin + Send> = match decode {
+            Decode::None => Box::new(raw),
+            Decode::Gzip => Box::new(GzipDecoder::new(raw)),
+            Decode::Zstd => Box::new(ZstdDecoder::new(raw)),
+        };
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0;
+        loop {
+            let n = reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+            len += n as u64;
+        }
+        (digest.finalize(), len)
+    }
+}
+
+/// How to decode an object read back.
+#[derive(Clone, Copy, Debug)]
+pub enum Decode {
+    /// As stored.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+/// The response of a successful invocation; panics with the error otherwise.
+pub fn response(inv: Invocation) -> Value {
+    match inv {
+        Invocation::Response(v) => v,
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => panic!("function failed: {error_type}: {error_message}"),
+    }
+}
+
+/// `(errorType, errorMessage)` of a failed invocation; panics on success.
+pub fn error(inv: Invocation) -> (String, String) {
+    match inv {
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => (error_type, error_message),
+        Invocation::Response(v) => panic!("expected an error, got {v}"),
+    }
+}

@@ -1,0 +1,293 @@
+//! `ingest-http` in records mode, through the built bootstrap and the Runtime API emulator:
+//! every pagination style of the fixture API, the bad documents, retries, the network policy,
+//! and a multi-GiB document extracted under a 256 MB memory limit.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_tests::fixture_api::{api_record_json, big_doc_record_count};
+use sluice_tests::harness::{Decode, Harness, error, response};
+use sluice_tests::{MemoryCgroup, read_object};
+
+const MIB: u64 = 1024 * 1024;
+const T: Duration = Duration::from_secs(120);
+
+fn records_job(h: &Harness, path: &str, key: &str, paginate: Value) -> Value {
+    let mut job = h.job(path, key);
+    job["records"] = json!("$.data[*]");
+    if !paginate.is_null() {
+        job["source"]["http"]["paginate"] = paginate;
+    }
+    job
+}
+
+/// The NDJSON the fixture's records 1..=n make.
+fn expected(n: u64) -> String {
+    (1..=n).map(|i| api_record_json(i) + "\n").collect()
+}
+
+async fn object_text(h: &Harness, key: &str) -> String {
+    let client = h.server.client().await;
+    String::from_utf8(read_object(&client, &h.bucket, key).await).unwrap()
+}
+
+#[tokio::test]
+async fn every_pagination_style_yields_every_record_once() {
+    let h = Harness::start("ingest-http", "paginate", None).await;
+    let cases = [
+        (
+            "/api/cursor?n=95&per=10",
+            json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+            10,
+        ),
+        (
+            "/api/cursor?n=95&per=10&cursor_first=true",
+            json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+            10,
+        ),
+        (
+            "/api/has_more?n=95&per=10",
+            json!({"cursor": {"param": "cursor", "path": "$.meta.next"}, "has_more": "$.meta.has_more"}),
+            10,
+        ),
+        ("/api/link?n=95&per=10", json!({"link_header": {}}), 10),
+        (
+            "/api/next_url?n=95&per=10",
+            json!({"next_url": {"path": "$.next"}}),
+            10,
+        ),
+        (
+            "/api/pages?n=95&per=10",
+            json!({"page_number": {"param": "page", "start": 1}}),
+            11,
+        ),
+        (
+            "/api/offset?n=95",
+            json!({"offset": {"param": "offset", "limit_param": "limit", "limit": 10}, "total": "$.total"}),
+            10,
+        ),
+    ];
+    for (i, (path, paginate, pages)) in cases.into_iter().enumerate() {
+        let key = format!("style-{i}.ndjson");
+        let s = response(
+            h.invoke(records_job(&h, path, &key, paginate.clone()), T)
+                .await,
+        );
+        assert_eq!(s["records"], 95, "{path} {paginate}");
+        assert_eq!(s["pages"], pages, "{path} {paginate}");
+        assert_eq!(object_text(&h, &key).await, expected(95), "{path}");
+        let manifest: Value =
+            serde_json::from_str(&object_text(&h, &format!("{key}.manifest.json")).await).unwrap();
+        assert_eq!(manifest["records"], 95);
+        assert_eq!(manifest["checksum"], s["checksum"]);
+    }
+}
+
+#[tokio::test]
+async fn top_level_arrays_ndjson_input_and_pretty_records() {
+    let h = Harness::start("ingest-http", "shapes", None).await;
+    let mut job = h.job("/api/top?n=7", "top.ndjson");
+    job["records"] = json!("$[*]");
+    assert_eq!(response(h.invoke(job, T).await)["records"], 7);
+    assert_eq!(object_text(&h, "top.ndjson").await, expected(7));
+
+    let mut job = h.job("/api/ndjson?n=7", "lines.ndjson");
+    job["input_format"] = json!("ndjson");
+    assert_eq!(response(h.invoke(job, T).await)["records"], 7);
+    assert_eq!(object_text(&h, "lines.ndjson").await, expected(7));
+
+    let job = records_job(&h, "/api/pretty?n=3", "pretty.ndjson", Value::Null);
+    assert_eq!(response(h.invoke(job, T).await)["records"], 3);
+    let text = object_text(&h, "pretty.ndjson").await;
+    assert_eq!(text.lines().count(), 3);
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+
+    let job = records_job(
+        &h,
+        "/api/empty",
+        "empty.ndjson",
+        json!({"page_number": {"param": "page"}}),
+    );
+    let s = response(h.invoke(job, T).await);
+    assert_eq!(
+        (s["records"].as_u64(), s["pages"].as_u64()),
+        (Some(0), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn bad_documents_fail_with_position_and_leave_nothing() {
+    let h = Harness::start("ingest-http", "baddocs", None).await;
+    let cases = [
+        ("/api/cut_record", "document cut short", "Upstream"),
+        ("/api/invalid", "invalid JSON at byte", "Upstream"),
+        ("/api/error200", "records not found", "Upstream"),
+    ];
+    for (i, (path, needle, kind)) in cases.into_iter().enumerate() {
+        let key = format!("bad-{i}");
+        let (k, message) = error(h.invoke(records_job(&h, path, &key, Value::Null), T).await);
+        assert_eq!(k, kind, "{path}: {message}");
+        assert!(message.contains(needle), "{path}: {message}");
+        h.assert_nothing_written(&key).await;
+    }
+    // A wrong content type is refused before anything is written.
+    let mut job = records_job(&h, "/api/html", "html", Value::Null);
+    job["source"]["http"]["expect_content_type"] = json!("application/json");
+    let (_, message) = error(h.invoke(job, T).await);
+    assert!(
+        message.contains("unexpected Content-Type") && message.contains("text/html"),
+        "{message}"
+    );
+    h.assert_nothing_written("html").await;
+    // A record over the cap is an error, not a buffer.
+    let mut job = records_job(
+        &h,
+        &format!("/api/big_record?size={}", 3 * MIB),
+        "big",
+        Value::Null,
+    );
+    job["tuning"] = json!({"max_record_mib": 1});
+    let (_, message) = error(h.invoke(job, T).await);
+    assert!(
+        message.contains("record too large") && message.contains("record 2"),
+        "{message}"
+    );
+    h.assert_nothing_written("big").await;
+    // A cursor that comes back is a loop, not an endless run.
+    let job = records_job(
+        &h,
+        "/api/loop",
+        "loop",
+        json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+    );
+    let (_, message) = error(h.invoke(job, T).await);
+    assert!(message.contains("pagination loop"), "{message}");
+    h.assert_nothing_written("loop").await;
+}
+
+#[tokio::test]
+async fn retry_after_in_both_forms_and_storms() {
+    let h = Harness::start("ingest-http", "retries", None).await;
+    for mode in ["seconds", "date"] {
+        let key = format!("ra-{mode}");
+        let job = records_job(
+            &h,
+            &format!("/api/retry_after?mode={mode}&times=1&key={mode}&n=5"),
+            &key,
+            Value::Null,
+        );
+        assert_eq!(response(h.invoke(job, T).await)["records"], 5);
+        let reqs = h.fixture.requests("/api/retry_after");
+        let tries: Vec<_> = reqs
+            .iter()
+            .filter(|r| r.query_param("key") == Some(mode))
+            .collect();
+        assert_eq!(tries.len(), 2, "{mode}");
+        let gap = tries[1].at - tries[0].at;
+        // Retry-After: 1 second, or an HTTP-date about 2 s ahead (whole seconds, so >= 1 s).
+        assert!(
+            gap >= Duration::from_millis(950),
+            "{mode}: retried after {gap:?}"
+        );
+    }
+    let job = records_job(
+        &h,
+        "/api/storm?times=2&key=a&status=503&n=5",
+        "storm-ok",
+        Value::Null,
+    );
+    assert_eq!(response(h.invoke(job, T).await)["records"], 5);
+    let mut job = records_job(
+        &h,
+        "/api/storm?times=50&key=b&status=503&n=5",
+        "storm-fail",
+        Value::Null,
+    );
+    job["source"]["http"]["retry"] = json!({"max_attempts": 3, "base_delay_ms": 50});
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "Retryable");
+    assert!(message.contains("HTTP 503 after 3 attempt(s)"), "{message}");
+    h.assert_nothing_written("storm-fail").await;
+    // A Retry-After that would pass the deadline ends the run now, as a Timeout.
+    let job = records_job(
+        &h,
+        "/api/retry_after?mode=date&times=5&key=late&n=5",
+        "late",
+        Value::Null,
+    );
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(4)).await);
+    assert_eq!(kind, "Timeout", "{message}");
+    assert!(message.contains("would pass the deadline"), "{message}");
+    h.assert_nothing_written("late").await;
+}
+
+#[tokio::test]
+async fn network_policy_refuses_metadata_and_private_addresses() {
+    let h = Harness::start("ingest-http", "ssrf", None).await;
+    let to = "http://169.254.169.254/latest/meta-data/";
+    let job = h.job(&format!("/redirect?to={to}"), "ssrf");
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("blocked") && message.contains("link-local"),
+        "{message}"
+    );
+    h.assert_nothing_written("ssrf").await;
+
+    // Without the switch, loopback is refused before any connection is made.
+    let strict = Harness::start_with("ingest-http", "strict", None, &[]).await;
+    let (kind, message) = error(strict.invoke(strict.job("/bytes?size=10", "x"), T).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("SLUICE_ALLOW_PRIVATE_NETWORKS"),
+        "{message}"
+    );
+    assert_eq!(
+        strict.fixture.total_hits(),
+        0,
+        "the refused source was contacted"
+    );
+}
+
+/// A single document of several GiB (2 by default, `SLUICE_CONTRACT_GIB`), `$.data[*]` to gzip
+/// NDJSON by a 256 MB function in a 256 MB memory cgroup: peak <= 128 MiB, every record counted.
+#[tokio::test]
+async fn contract_extracts_a_multi_gib_document_under_256_mb() {
+    let gib: u64 = std::env::var("SLUICE_CONTRACT_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let size = gib * 1024 * MIB;
+    let expected_records = tokio::task::spawn_blocking(move || big_doc_record_count(5, size));
+    let cgroup = MemoryCgroup::create("sluice-records", 256 * MIB);
+    let h = Harness::start("ingest-http", "bigdoc", cgroup.as_ref()).await;
+    let mut job = records_job(
+        &h,
+        &format!("/api/big_doc?size={size}&seed=5"),
+        "big/{run_id}.ndjson.gz",
+        Value::Null,
+    );
+    job["compression"] = json!("gzip");
+    let started = std::time::Instant::now();
+    let s = response(h.invoke(job, Duration::from_secs(900)).await);
+    let secs = started.elapsed().as_secs_f64();
+    let expected_records = expected_records.await.unwrap();
+    assert_eq!(s["records"], expected_records);
+    let key = s["key"].as_str().unwrap().to_owned();
+    let (_, len) = h.decoded_crc(&key, Decode::Gzip).await;
+    let rss = s["peak_rss_bytes"].as_u64().unwrap();
+    let peak = cgroup.as_ref().map_or(rss, |c| c.peak_bytes());
+    eprintln!(
+        "RECORDS CONTRACT: {gib} GiB document, {expected_records} records in {secs:.1} s = {:.1} MiB/s; \
+         NDJSON {len} bytes; cgroup peak {:.1} MiB; VmHWM {:.1} MiB",
+        size as f64 / MIB as f64 / secs,
+        peak as f64 / MIB as f64,
+        rss as f64 / MIB as f64
+    );
+    assert!(
+        peak <= 128 * MIB && rss <= 128 * MIB,
+        "peak {peak} / rss {rss}"
+    );
+}
