@@ -42,6 +42,8 @@ pub enum S3Operation {
     PutObject,
     /// `HeadObject` (existence check before writing with no-overwrite).
     HeadObject,
+    /// `GetObject` (reading a job's state).
+    GetObject,
     /// `CreateMultipartUpload`.
     CreateMultipartUpload,
     /// `UploadPart`.
@@ -61,6 +63,7 @@ impl std::fmt::Display for S3Operation {
         f.write_str(match self {
             S3Operation::PutObject => "PutObject",
             S3Operation::HeadObject => "HeadObject",
+            S3Operation::GetObject => "GetObject",
             S3Operation::CreateMultipartUpload => "CreateMultipartUpload",
             S3Operation::UploadPart => "UploadPart",
             S3Operation::CompleteMultipartUpload => "CompleteMultipartUpload",

@@ -218,6 +218,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     let vars = KeyVars {
         now: ctx.started,
         run_id: ctx.run_id.clone(),
+        scheduled_time: None,
     };
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();

@@ -45,6 +45,7 @@ use crate::source::guard::NetworkPolicy;
 use crate::source::http::{self, Fetcher, HttpBody, HttpSourceSpec, SourceFailure};
 use crate::source::rate::RateLimiter;
 use crate::spec::{InputFormat, JobSpec, SourceSpec};
+use crate::state::{self, WatermarkTracker};
 use crate::telemetry;
 
 const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(3000);
@@ -109,6 +110,8 @@ pub struct Summary {
     pub compression: Option<Compression>,
     /// The manifest's key, when one was written.
     pub manifest: Option<String>,
+    /// Incremental runs: the watermark after this run (unchanged when no record passed it).
+    pub watermark: Option<String>,
     /// Wall time of the job.
     pub duration_ms: u64,
     /// Source bytes per second, in MiB.
@@ -132,9 +135,16 @@ struct PageStats {
 pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     spec.validate()?;
     let clock = std::time::Instant::now();
+    let scheduled_time = spec
+        .scheduled_time
+        .as_deref()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)))
+        .transpose()
+        .map_err(|e| Error::spec(format!("scheduled_time: {e}")))?;
     let vars = KeyVars {
-        now: ctx.started,
+        now: scheduled_time.unwrap_or(ctx.started),
         run_id: ctx.run_id.clone(),
+        scheduled_time,
     };
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();
@@ -152,6 +162,25 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         Instant::now() + left
     });
     let SourceSpec::Http(http_spec) = &spec.source;
+    let mut http_spec = http_spec.clone();
+    let incremental = match &spec.incremental {
+        Some(inc) => {
+            let state = state::read(&ctx.s3, &bucket, &inc.state_key, &inc.initial_value).await?;
+            http_spec.url = http_spec
+                .url
+                .replace("{watermark}", &percent_encode(&state.watermark));
+            if let Some(param) = &inc.param {
+                let mut url = http::single_page(&http_spec)?.url;
+                crate::paginate::set_param(&mut url, param, &state.watermark);
+                http_spec.url = url.to_string();
+            }
+            let tracker = Arc::new(WatermarkTracker::new(inc.field(spec.records.as_deref())?));
+            tracing::info!(watermark = %state.watermark, state_key = %inc.state_key, "incremental run");
+            Some((inc, state, tracker))
+        }
+        None => None,
+    };
+    let http_spec = &http_spec;
     tracing::info!(
         %bucket, %key, part_size = budget.part_size(), max_in_flight = budget.max_in_flight(),
         records = spec.records.as_deref().unwrap_or("-"), "job started"
@@ -174,6 +203,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         e_tag: None,
         compression: spec.compression,
         manifest: None,
+        watermark: None,
         duration_ms: 0,
         throughput_mib_s: 0.0,
         peak_rss_bytes: None,
@@ -210,6 +240,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
             input: spec.input_format,
             max_record: spec.max_record_bytes(&budget),
             stats: Arc::new(Mutex::new(PageStats::default())),
+            tracker: incremental.as_ref().map(|(_, _, t)| t.clone()),
         };
         let stats = producer.stats.clone();
         let content_type = spec.destination.content_type.clone().or_else(|| {
@@ -309,7 +340,20 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     summary.checksum = Some(uploaded.checksum.to_base64());
     summary.throughput_mib_s =
         stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
-    if spec.destination.manifest {
+    if let Some((inc, state, tracker)) = &incremental {
+        let next = tracker
+            .max()
+            .filter(|m| state::advances(m, &state.watermark));
+        summary.watermark = Some(next.clone().unwrap_or_else(|| state.watermark.clone()));
+        if spec.destination.manifest {
+            summary.manifest = Some(write_manifest(ctx, &summary).await?);
+        }
+        // After the output and its manifest: a failure here leaves the old watermark, so the
+        // next run repeats this one's records rather than skipping any.
+        if let Some(next) = next {
+            state::write(&ctx.s3, &bucket, &inc.state_key, state, &next, &ctx.run_id).await?;
+        }
+    } else if spec.destination.manifest {
         summary.manifest = Some(write_manifest(ctx, &summary).await?);
     }
     tracing::info!(
@@ -323,6 +367,19 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         "job finished"
     );
     Ok(summary)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for `{watermark}` in a URL.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn deadline_bytes<T>(result: Result<T>, bytes_in: u64) -> Result<T> {
@@ -395,6 +452,7 @@ struct Producer {
     input: InputFormat,
     max_record: usize,
     stats: Arc<Mutex<PageStats>>,
+    tracker: Option<Arc<WatermarkTracker>>,
 }
 
 impl Producer {
@@ -432,10 +490,19 @@ impl Producer {
                         .unwrap_or_else(|| JsonPath::parse("$[*]", true).expect("valid"));
                     let decoder = JsonRecordsDecoder::new(records, paths.clone(), self.max_record);
                     let captures = decoder.captures();
-                    (forward(body, decoder, tx).await?, captures)
+                    (
+                        forward(body, decoder, tx, self.tracker.as_deref()).await?,
+                        captures,
+                    )
                 }
                 InputFormat::Ndjson => (
-                    forward(body, NdjsonDecoder::new(self.max_record), tx).await?,
+                    forward(
+                        body,
+                        NdjsonDecoder::new(self.max_record),
+                        tx,
+                        self.tracker.as_deref(),
+                    )
+                    .await?,
                     Captures::default(),
                 ),
             };
@@ -463,7 +530,12 @@ impl Producer {
 }
 
 /// Streams one page's records into the channel as NDJSON batches; returns how many.
-async fn forward<D>(body: HttpBody, decoder: D, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<u64>
+async fn forward<D>(
+    body: HttpBody,
+    decoder: D,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    tracker: Option<&WatermarkTracker>,
+) -> Result<u64>
 where
     D: Decoder<Item = Bytes, Error = io::Error>,
 {
@@ -484,6 +556,9 @@ where
         let record = item.map_err(|e| {
             classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, None)
         })?;
+        if let Some(t) = tracker {
+            t.observe(&record);
+        }
         batch.extend_from_slice(&record);
         batch.put_u8(b'\n');
         count += 1;

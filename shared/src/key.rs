@@ -11,12 +11,18 @@ use crate::error::{Error, Result};
 /// | `{date}` | run date, `YYYY-MM-DD` (UTC) |
 /// | `{yyyy}` `{mm}` `{dd}` `{hh}` | parts of the run time (UTC) |
 /// | `{run_id}` | the invocation's request id (stable across Lambda's own retries) |
+/// | `{scheduled_time}` | the schedule's time, `YYYY-MM-DDTHH:MM:SSZ` (only when the job has one) |
+///
+/// When the job carries a `scheduled_time`, the date placeholders use it instead of the clock,
+/// so a late or retried run writes the same keys as an on-time one.
 #[derive(Debug, Clone)]
 pub struct KeyVars {
-    /// When the run started.
+    /// When the run started, or the schedule's time.
     pub now: DateTime<Utc>,
     /// The run's id.
     pub run_id: String,
+    /// The schedule's time, when the event carried one.
+    pub scheduled_time: Option<DateTime<Utc>>,
 }
 
 impl KeyVars {
@@ -28,6 +34,10 @@ impl KeyVars {
             "dd" => self.now.format("%d").to_string(),
             "hh" => self.now.format("%H").to_string(),
             "run_id" => self.run_id.clone(),
+            "scheduled_time" => self
+                .scheduled_time?
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string(),
             _ => return None,
         })
     }
@@ -58,7 +68,7 @@ pub fn render(template: &str, vars: &KeyVars) -> Result<String> {
             bad(
                 pos + i,
                 &format!(
-                    "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}})"
+                    "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}}, and {{scheduled_time}} when the job has one)"
                 ),
             )
         })?;
@@ -85,7 +95,19 @@ mod tests {
         KeyVars {
             now: Utc.with_ymd_and_hms(2026, 3, 7, 9, 5, 0).unwrap(),
             run_id: "r-1".into(),
+            scheduled_time: None,
         }
+    }
+
+    #[test]
+    fn scheduled_time_placeholder() {
+        let mut v = vars();
+        assert!(render("x/{scheduled_time}", &v).is_err());
+        v.scheduled_time = Some(v.now);
+        assert_eq!(
+            render("x/{scheduled_time}", &v).unwrap(),
+            "x/2026-03-07T09:05:00Z"
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod state;
 pub mod sweep;
 pub mod telemetry;
 

@@ -45,6 +45,59 @@ pub struct JobSpec {
     /// Overrides of the memory plan. Default: derived from the function's memory.
     #[serde(default)]
     pub tuning: Tuning,
+    /// The schedule's time (RFC 3339), e.g. EventBridge Scheduler's
+    /// `<aws.scheduler.scheduled-time>` in the schedule's input. Date placeholders in the key
+    /// use it, and `{scheduled_time}` names it. Default: none (the clock).
+    #[serde(default)]
+    pub scheduled_time: Option<String>,
+    /// Incremental pulls: a watermark kept in S3 between runs ([`Incremental`]).
+    #[serde(default)]
+    pub incremental: Option<Incremental>,
+}
+
+/// `incremental` in a job spec: remember the largest value of a record field, and send it on
+/// the next run.
+///
+/// Before the run, the state object (`state_key` in the destination bucket) is read; its
+/// watermark (or `initial_value` the first time) is sent as query parameter `param` and is
+/// available as `{watermark}` in the source URL. After the object is complete, the largest
+/// value of `path` among the run's records becomes the new watermark, written with a
+/// conditional request (`If-Match` on the state's ETag, or `If-None-Match: *` for the first
+/// one), so two overlapping runs cannot silently overwrite each other's progress.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Incremental {
+    /// Query parameter that carries the watermark. Default: none (use `{watermark}` in the URL).
+    #[serde(default)]
+    pub param: Option<String>,
+    /// The record field, as `$.data[*].updated_at` (the records path, then the field).
+    pub path: String,
+    /// Watermark of the first run.
+    pub initial_value: String,
+    /// Key of the state object in the destination bucket, e.g. `state/orders.json`.
+    pub state_key: String,
+}
+
+impl Incremental {
+    /// The field path within a record: `$.data[*].updated_at` with records `$.data[*]` is
+    /// `updated_at`.
+    pub fn field(&self, records: Option<&str>) -> Result<Vec<String>> {
+        let prefix = records.unwrap_or("$[*]");
+        let rest = self.path.strip_prefix(prefix).ok_or_else(|| {
+            Error::spec(format!(
+                "incremental.path {:?} must start with the records path {prefix:?}",
+                self.path
+            ))
+        })?;
+        let field = JsonPath::parse(&format!("${rest}"), false)
+            .map_err(|e| Error::spec(format!("incremental.path: {e}")))?;
+        if field.keys().is_empty() {
+            return Err(Error::spec(
+                "incremental.path must name a field of the records",
+            ));
+        }
+        Ok(field.keys().to_vec())
+    }
 }
 
 /// How a source body is framed into records.
@@ -164,6 +217,18 @@ impl JobSpec {
                     "source.http.paginate: cursor, next_url, has_more and total read the JSON envelope; with NDJSON use link_header, page_number or offset",
                 ));
             }
+        }
+        if let Some(t) = &self.scheduled_time {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| Error::spec(format!("scheduled_time {t:?} is not RFC 3339: {e}")))?;
+        }
+        if let Some(inc) = &self.incremental {
+            if !extracting {
+                return Err(Error::spec(
+                    "incremental: needs records (or input_format ndjson)",
+                ));
+            }
+            inc.field(self.records.as_deref())?;
         }
         if self.tuning.max_record_mib == Some(0) {
             return Err(Error::spec("tuning.max_record_mib must be at least 1"));

@@ -359,9 +359,9 @@ impl ApiQuery {
         self.n.unwrap_or(DEFAULT_N)
     }
 
-    fn per(&self) -> Result<u64, Response> {
+    fn per(&self) -> Result<u64, String> {
         match self.per.unwrap_or(DEFAULT_PER) {
-            0 => Err(bad_request("per must be at least 1")),
+            0 => Err("per must be at least 1".to_owned()),
             per => Ok(per),
         }
     }
@@ -452,11 +452,12 @@ fn decode_cursor(cursor: &str, n: u64) -> Option<u64> {
     (encode_cursor(offset) == cursor && offset <= n).then_some(offset)
 }
 
-fn cursor_offset(q: &ApiQuery) -> Result<u64, Response> {
+fn cursor_offset(q: &ApiQuery) -> Result<u64, String> {
     match &q.cursor {
         None => Ok(0),
-        Some(cursor) => decode_cursor(cursor, q.n())
-            .ok_or_else(|| bad_request(&format!("unknown cursor: {cursor}"))),
+        Some(cursor) => {
+            decode_cursor(cursor, q.n()).ok_or_else(|| format!("unknown cursor: {cursor}"))
+        }
     }
 }
 
@@ -489,7 +490,7 @@ fn cursor_page(start: u64, per: u64, n: u64, cursor_first: bool) -> Response {
 async fn cursor_route(Query(q): Query<ApiQuery>) -> Response {
     let (per, offset) = match (q.per(), cursor_offset(&q)) {
         (Ok(per), Ok(offset)) => (per, offset),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return bad_request(&e),
     };
     cursor_page(offset, per, q.n(), q.cursor_first)
 }
@@ -497,7 +498,7 @@ async fn cursor_route(Query(q): Query<ApiQuery>) -> Response {
 async fn has_more_route(Query(q): Query<ApiQuery>) -> Response {
     let (per, offset) = match (q.per(), cursor_offset(&q)) {
         (Ok(per), Ok(offset)) => (per, offset),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return bad_request(&e),
     };
     let n = q.n();
     let ids = ids(offset, per, n);
@@ -513,7 +514,7 @@ async fn has_more_route(Query(q): Query<ApiQuery>) -> Response {
 async fn link_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>) -> Response {
     let per = match q.per() {
         Ok(per) => per,
-        Err(e) => return e,
+        Err(e) => return bad_request(&e),
     };
     let n = q.n();
     let k = q.page.unwrap_or(1);
@@ -544,7 +545,7 @@ async fn link_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>) -> 
 async fn next_url_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>) -> Response {
     let per = match q.per() {
         Ok(per) => per,
-        Err(e) => return e,
+        Err(e) => return bad_request(&e),
     };
     let n = q.n();
     let ids = ids(q.offset.unwrap_or(0), per, n);
@@ -565,7 +566,7 @@ async fn next_url_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>)
 async fn pages_route(Query(q): Query<ApiQuery>) -> Response {
     let per = match q.per() {
         Ok(per) => per,
-        Err(e) => return e,
+        Err(e) => return bad_request(&e),
     };
     let k = q.page.unwrap_or(1);
     if k == 0 {
@@ -604,7 +605,7 @@ async fn ndjson_route(Query(q): Query<ApiQuery>) -> Response {
 async fn since_route(Query(q): Query<ApiQuery>) -> Response {
     let (per, offset) = match (q.per(), cursor_offset(&q)) {
         (Ok(per), Ok(offset)) => (per, offset),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return bad_request(&e),
     };
     let n = q.n();
     let from = q.since.as_deref().map_or(0, |since| first_after(n, since));
@@ -696,7 +697,7 @@ fn must_fail(counters: &Counters, route: &str, key: &str, times: u64) -> bool {
 fn page_after_faults(q: &ApiQuery) -> Response {
     let offset = match cursor_offset(q) {
         Ok(offset) => offset,
-        Err(e) => return e,
+        Err(e) => return bad_request(&e),
     };
     let per = q.per.unwrap_or(q.n()).max(1);
     cursor_page(offset, per, q.n(), q.cursor_first)

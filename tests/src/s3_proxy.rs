@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`S3Proxy::fail_times`] / [`S3Proxy::fail_always`] | answer with an S3 XML `<Error>` and the given status, without forwarding |
 //! | [`S3Proxy::complete_200_error`] | answer `CompleteMultipartUpload` with `200` and an `<Error><Code>InternalError</Code>` body, without forwarding |
-//! | [`S3Proxy::corrupt_part`] | forward that `UploadPart` with one body byte flipped (its checksum header no longer matches) |
+//! | [`S3Proxy::corrupt_part`] | forward that `UploadPart` with one body byte flipped (its signed payload digest and checksum header no longer match) |
 //!
 //! A request whose fault answers without forwarding has its body read and discarded first, so
 //! the client sees the error response rather than a connection closed under its upload.

@@ -131,7 +131,7 @@ async fn create_mixed(pg: &PgServer, rows: u64) {
              INSERT INTO mixed
              SELECT i,
                     (i % 1000)::int - 500,
-                    round(((i * 7919) % 10000000)::numeric / 100 - 20000, 2),
+                    round(((i::bigint * 7919) % 10000000)::numeric / 100 - 20000, 2),
                     i / 7.0,
                     'label-' || (i % 97),
                     CASE i % 5 WHEN 0 THEN NULL WHEN 1 THEN ''

@@ -291,3 +291,49 @@ async fn contract_extracts_a_multi_gib_document_under_256_mb() {
         "peak {peak} / rss {rss}"
     );
 }
+
+#[tokio::test]
+async fn incremental_runs_send_the_watermark_and_advance_it() {
+    let h = Harness::start("ingest-http", "incr", None).await;
+    let job = |key: &str| {
+        let mut job = records_job(
+            &h,
+            "/api/since?n=30&per=10",
+            key,
+            json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+        );
+        job["incremental"] = json!({"param": "since", "path": "$.data[*].updated_at",
+                                    "initial_value": "2000-01-01T00:00:00Z", "state_key": "state/since.json"});
+        job["scheduled_time"] = json!("2026-11-22T06:00:00Z");
+        job["destination"]["key"] = json!(format!("{key}/{{scheduled_time}}.ndjson"));
+        job
+    };
+    let first = response(h.invoke(job("run1"), T).await);
+    assert_eq!(first["records"], 30);
+    assert_eq!(first["key"], "run1/2026-11-22T06:00:00Z.ndjson");
+    let watermark = first["watermark"].as_str().unwrap().to_owned();
+    assert_eq!(watermark, sluice_tests::fixture_api::api_updated_at(30));
+    let state: Value = serde_json::from_str(&object_text(&h, "state/since.json").await).unwrap();
+    assert_eq!(state["watermark"], watermark.as_str());
+
+    let second = response(h.invoke(job("run2"), T).await);
+    assert_eq!(second["records"], 0);
+    assert_eq!(second["watermark"], watermark.as_str());
+    let sent: Vec<_> = h
+        .fixture
+        .requests("/api/since")
+        .iter()
+        .filter_map(|r| r.query_param("since").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        sent.first().map(String::as_str),
+        Some("2000-01-01T00:00:00Z")
+    );
+    assert_eq!(
+        sent.last(),
+        Some(&watermark),
+        "the second run did not send the watermark"
+    );
+    // Every page of a run carries it, not only the first.
+    assert!(sent.len() >= 4 && sent[..3].iter().all(|s| s == "2000-01-01T00:00:00Z"));
+}

@@ -178,6 +178,11 @@ where
                             | "RequestTimeout"
                             | "InternalError"
                             | "ConditionalRequestConflict"
+                            // sluice computes every digest from the bytes it sends, so S3
+                            // refusing one means the bytes changed in transit: try again.
+                            | "BadDigest"
+                            | "InvalidDigest"
+                            | "XAmzContentSHA256Mismatch"
                     )
                 )
         }
