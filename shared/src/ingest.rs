@@ -32,6 +32,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::io::StreamReader;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::auth::{ResolvedAuth, redact_url};
 use crate::budget::MemoryBudget;
 use crate::codec::json_records::{
     Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
@@ -40,6 +41,7 @@ use crate::codec::{Compression, Decoding};
 use crate::error::{Error, Result};
 use crate::key::{self, KeyVars};
 use crate::paginate::{PageOutcome, Paginator};
+use crate::secret::SecretResolver;
 use crate::sink::{self, ObjectMeta, PutOutcome, S3Target, UploadOptions};
 use crate::source::guard::NetworkPolicy;
 use crate::source::http::{self, Fetcher, HttpBody, HttpSourceSpec, SourceFailure};
@@ -65,6 +67,8 @@ pub struct JobContext {
     pub http: reqwest::Client,
     /// Where sources may connect ([`NetworkPolicy::from_env`]).
     pub policy: NetworkPolicy,
+    /// Resolves the secrets of `auth` (env, Secrets Manager, SSM), with a cache.
+    pub secrets: Arc<SecretResolver>,
     /// The function's memory plan ([`MemoryBudget::from_env`]).
     pub budget: MemoryBudget,
     /// The run's id: the Lambda request id, so Lambda's own retries reuse the same keys.
@@ -181,6 +185,10 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         None => None,
     };
     let http_spec = &http_spec;
+    let auth = match &http_spec.auth {
+        Some(a) => Some(Arc::new(a.resolve(&ctx.secrets).await?)),
+        None => None,
+    };
     tracing::info!(
         %bucket, %key, part_size = budget.part_size(), max_in_flight = budget.max_in_flight(),
         records = spec.records.as_deref().unwrap_or("-"), "job started"
@@ -190,7 +198,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         status: "exists",
         bucket: bucket.clone(),
         key: key.clone(),
-        source: http_spec.url.clone(),
+        source: redact_url(&http_spec.url, auth.as_deref()),
         bytes_in: 0,
         bytes_out: 0,
         records: None,
@@ -241,6 +249,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
             max_record: spec.max_record_bytes(&budget),
             stats: Arc::new(Mutex::new(PageStats::default())),
             tracker: incremental.as_ref().map(|(_, _, t)| t.clone()),
+            auth: auth.clone(),
         };
         let stats = producer.stats.clone();
         let content_type = spec.destination.content_type.clone().or_else(|| {
@@ -265,6 +274,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
             policy: &ctx.policy,
             limiter: limiter.as_deref(),
             deadline,
+            auth: auth.as_deref(),
         };
         let first = http::single_page(http_spec)?;
         let opened = fetcher.open(&first);
@@ -453,6 +463,7 @@ struct Producer {
     max_record: usize,
     stats: Arc<Mutex<PageStats>>,
     tracker: Option<Arc<WatermarkTracker>>,
+    auth: Option<Arc<ResolvedAuth>>,
 }
 
 impl Producer {
@@ -470,6 +481,7 @@ impl Producer {
             policy: &self.policy,
             limiter: self.limiter.as_deref(),
             deadline: self.deadline,
+            auth: self.auth.as_deref(),
         };
         let mut paginator = Paginator::new(
             self.spec.paginate.as_ref(),

@@ -21,6 +21,7 @@
 //!     s3: aws_sdk_s3::Client::new(&conf),
 //!     http: sluice::source::http::client(&policy),
 //!     policy,
+//!     secrets: std::sync::Arc::new(sluice::secret::SecretResolver::new(&conf)),
 //!     budget: MemoryBudget::from_env(),
 //!     run_id: "run-1".into(),
 //!     started: chrono::Utc::now(),

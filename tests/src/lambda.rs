@@ -61,6 +61,7 @@ pub struct LambdaProcess {
     child: Arc<Mutex<Child>>,
     logs: Logs,
     readers: Vec<JoinHandle<()>>,
+    transcripts: Vec<PathBuf>,
 }
 
 impl LambdaProcess {
@@ -146,11 +147,19 @@ impl LambdaProcess {
 
         let logs: Logs = Arc::default();
         let mut readers = Vec::new();
+        static TRANSCRIPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = TRANSCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let transcripts: Vec<PathBuf> = ["stdout", "stderr"]
+            .iter()
+            .map(|s| {
+                std::env::temp_dir().join(format!("sluice-{name}-{}-{n}.{s}", std::process::id()))
+            })
+            .collect();
         if let Some(stdout) = child.stdout.take() {
-            readers.push(spawn_reader(&name, stdout, logs.clone())?);
+            readers.push(spawn_reader(&name, stdout, logs.clone(), &transcripts[0])?);
         }
         if let Some(stderr) = child.stderr.take() {
-            readers.push(spawn_reader(&name, stderr, logs.clone())?);
+            readers.push(spawn_reader(&name, stderr, logs.clone(), &transcripts[1])?);
         }
         let child = Arc::new(Mutex::new(child));
         runtime_api.attach_process(&name, exit_check(Arc::downgrade(&child)));
@@ -159,6 +168,7 @@ impl LambdaProcess {
             child,
             logs,
             readers,
+            transcripts,
         })
     }
 
@@ -212,9 +222,25 @@ impl LambdaProcess {
     }
 }
 
+impl LambdaProcess {
+    /// Everything the process wrote so far, byte for byte: all of stdout, then all of stderr
+    /// (each kept whole in a temporary file, unlike [`LambdaProcess::logs`]). For tests that
+    /// must check every line, such as the secret canary.
+    pub fn transcript(&self) -> String {
+        self.transcripts
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 impl Drop for LambdaProcess {
     fn drop(&mut self) {
         self.kill();
+        for p in &self.transcripts {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -232,8 +258,11 @@ fn spawn_reader(
     name: &str,
     pipe: impl Read + Send + 'static,
     logs: Logs,
+    transcript: &Path,
 ) -> anyhow::Result<JoinHandle<()>> {
     let prefix = format!("[{name}]");
+    let mut file = std::fs::File::create(transcript)
+        .with_context(|| format!("creating {}", transcript.display()))?;
     std::thread::Builder::new()
         .name(format!("{name}-output"))
         .spawn(move || {
@@ -249,6 +278,7 @@ fn spawn_reader(
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
+                let _ = std::io::Write::write_all(&mut file, &raw);
                 let line = String::from_utf8_lossy(&raw);
                 let line = line.trim_end_matches(['\n', '\r']);
                 eprintln!("{prefix} {line}");

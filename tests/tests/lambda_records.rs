@@ -337,3 +337,94 @@ async fn incremental_runs_send_the_watermark_and_advance_it() {
     // Every page of a run carries it, not only the first.
     assert!(sent.len() >= 4 && sent[..3].iter().all(|s| s == "2000-01-01T00:00:00Z"));
 }
+
+/// Secrets given by reference reach the API and nothing else: with `RUST_LOG=trace`, across
+/// a successful paginated run, retries, a failed request and a cut body, neither the bearer
+/// token nor the query API key appears in any line the function writes, in any error message,
+/// in the summary or in the manifest.
+#[tokio::test]
+async fn secret_canary_never_appears_in_logs_errors_or_outputs() {
+    let token = "canary-token-7f3a9c1e55d0";
+    let api_key = "canary-apikey-b2d4e6f80911";
+    let h = Harness::start_with(
+        "ingest-http",
+        "canary",
+        None,
+        &[
+            ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("RUST_LOG", "trace"),
+            ("CANARY_TOKEN", token),
+            ("CANARY_KEY", api_key),
+        ],
+    )
+    .await;
+    let bearer = json!({"bearer": {"token": {"env": "CANARY_TOKEN"}}});
+    let query_key = json!({"api_key": {"query": "api_key", "value": {"env": "CANARY_KEY"}}});
+    let mut outputs = Vec::new();
+
+    let mut job = records_job(
+        &h,
+        "/api/cursor?n=25&per=10",
+        "ok",
+        json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+    );
+    job["source"]["http"]["auth"] = bearer.clone();
+    outputs.push(response(h.invoke(job, T).await).to_string());
+    outputs.push(object_text(&h, "ok.manifest.json").await);
+    let seen = h.fixture.requests("/api/cursor");
+    assert_eq!(seen.len(), 3);
+    let expected_header = format!("Bearer {token}");
+    assert!(
+        seen.iter()
+            .all(|r| r.header("authorization") == Some(expected_header.as_str()))
+    );
+
+    let mut job = records_job(
+        &h,
+        "/api/storm?times=2&key=c&status=503&n=5",
+        "storm",
+        Value::Null,
+    );
+    job["source"]["http"]["auth"] = query_key.clone();
+    outputs.push(response(h.invoke(job, T).await).to_string());
+    assert!(
+        h.fixture
+            .requests("/api/storm")
+            .iter()
+            .all(|r| r.query_param("api_key") == Some(api_key))
+    );
+
+    for (path, key) in [
+        ("/status/404".to_owned(), "nf"),
+        (format!("/cut?size={}&at={}", 20 * MIB, 10 * MIB), "cut"),
+    ] {
+        let mut job = h.job(&path, key);
+        job["source"]["http"]["auth"] = query_key.clone();
+        let (kind, message) = error(h.invoke(job, T).await);
+        outputs.push(format!("{kind}: {message}"));
+    }
+    let mut job = h.job("/redirect?to=http://169.254.169.254/", "ssrf");
+    job["source"]["http"]["auth"] = bearer;
+    let (_, message) = error(h.invoke(job, T).await);
+    outputs.push(message);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let transcript = h.process.transcript();
+    assert!(
+        transcript.lines().count() > 100,
+        "RUST_LOG=trace produced too little to be a test"
+    );
+    for secret in [token, api_key] {
+        assert!(
+            !transcript.contains(secret),
+            "a secret is in the function's output"
+        );
+        for o in &outputs {
+            assert!(!o.contains(secret), "a secret is in an answer: {o}");
+        }
+    }
+    assert!(
+        outputs.iter().any(|o| o.contains("[redacted]")),
+        "the query key was not shown redacted: {outputs:?}"
+    );
+}

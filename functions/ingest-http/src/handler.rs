@@ -1,6 +1,9 @@
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 use sluice::ingest::{self, JobContext};
+use std::sync::Arc;
+
+use sluice::secret::SecretResolver;
 use sluice::source::guard::NetworkPolicy;
 use sluice::{JobSpec, MemoryBudget};
 
@@ -9,6 +12,7 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub http: reqwest::Client,
     pub policy: NetworkPolicy,
+    pub secrets: Arc<SecretResolver>,
     pub budget: MemoryBudget,
 }
 
@@ -35,6 +39,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
             s3: clients.s3.clone(),
             http: clients.http.clone(),
             policy: clients.policy.clone(),
+            secrets: clients.secrets.clone(),
             budget: clients.budget,
             run_id: context.request_id.clone(),
             started: chrono::Utc::now(),

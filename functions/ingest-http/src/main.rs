@@ -16,6 +16,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         s3: sluice::s3::client(&conf),
         http: sluice::source::http::client(&policy),
         policy,
+        secrets: std::sync::Arc::new(sluice::secret::SecretResolver::new(&conf)),
         budget: sluice::MemoryBudget::from_env(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {

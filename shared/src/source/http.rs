@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::guard::{GuardedResolver, NetworkPolicy, find_blocked};
 use super::rate::{RateLimitSpec, RateLimiter};
 use super::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
+use crate::auth::{AuthSpec, ResolvedAuth, redact_error, redact_url};
 use crate::codec::Decoding;
 use crate::error::{Error, Result};
 use crate::paginate::{PageRequest, PaginateSpec};
@@ -58,6 +59,10 @@ pub struct HttpSourceSpec {
     /// `application/json`) is an error, raised before anything is written.
     #[serde(default)]
     pub expect_content_type: Option<String>,
+    /// Authentication ([`AuthSpec`]): bearer, basic, or an API key in a header or query
+    /// parameter, the secret from an env var, Secrets Manager or SSM. Default none.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
 }
 
 fn default_method() -> String {
@@ -95,6 +100,9 @@ impl HttpSourceSpec {
             return Err(Error::spec(format!(
                 "source.http.read_timeout_secs must be in (0, 900], got {v}"
             )));
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
         }
         if let Some(r) = &self.rate_limit
             && !(r.per_second.is_finite() && r.per_second > 0.0)
@@ -199,6 +207,8 @@ pub struct Fetcher<'a> {
     pub limiter: Option<&'a RateLimiter>,
     /// When to stop retrying (the job's deadline).
     pub deadline: Option<Instant>,
+    /// Credentials applied to every request; URLs in errors and logs are redacted with them.
+    pub auth: Option<&'a ResolvedAuth>,
 }
 
 struct Failure {
@@ -215,10 +225,11 @@ impl Fetcher<'_> {
     /// the first bytes of the body; nothing downstream has started yet.
     pub async fn open(&self, page: &PageRequest) -> Result<HttpBody> {
         self.spec.validate()?;
+        let shown = redact_url(page.url.as_str(), self.auth);
         self.policy
             .check_url(&page.url)
             .map_err(|b| Error::Blocked {
-                url: page.url.to_string(),
+                url: shown.clone(),
                 reason: b.0,
             })?;
         let policy = RetryPolicy::from(&self.spec.retry);
@@ -233,13 +244,13 @@ impl Fetcher<'_> {
                     let wait = policy.backoff(attempt, f.retry_after);
                     if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
                         return Err(Error::RetryPastDeadline {
-                            url: page.url.to_string(),
+                            url: shown.clone(),
                             failure: f.error.to_string(),
                             wait_ms: wait.as_millis() as u64,
                         });
                     }
                     tracing::warn!(
-                        url = %page.url, attempt, wait_ms = wait.as_millis() as u64, error = %f.error,
+                        url = %shown, attempt, wait_ms = wait.as_millis() as u64, error = %f.error,
                         "source request failed; retrying"
                     );
                     tokio::time::sleep(wait).await;
@@ -256,7 +267,7 @@ impl Fetcher<'_> {
         attempt: u32,
     ) -> std::result::Result<HttpBody, Failure> {
         let spec = self.spec;
-        let url = page.url.to_string();
+        let url = redact_url(page.url.as_str(), self.auth);
         let fail = |error: Error, retryable: bool| Failure {
             error,
             retryable,
@@ -271,6 +282,9 @@ impl Fetcher<'_> {
         let mut req = self.client.request(method, page.url.clone());
         for (name, value) in &spec.headers {
             req = req.header(name, value);
+        }
+        if let Some(auth) = self.auth {
+            req = auth.apply(req);
         }
         let body = match (&spec.body, &page.body_field) {
             (None, None) => None,
@@ -296,6 +310,7 @@ impl Fetcher<'_> {
         let resp = match tokio::time::timeout(read_timeout, req.send()).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
+                let e = redact_error(e, self.auth);
                 if let Some(reason) = find_blocked(&e) {
                     return Err(fail(Error::Blocked { url, reason }, false));
                 }
@@ -382,7 +397,7 @@ impl Fetcher<'_> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let content_length = resp.content_length();
-        let final_url = resp.url().to_string();
+        let final_url = redact_url(resp.url().as_str(), self.auth);
 
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
@@ -430,6 +445,8 @@ where
         match tokio::time::timeout(limit, inner.next()).await {
             Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(inner))),
             Ok(Some(Err(e))) => {
+                // The URL (with any credential in it) is named by the caller, redacted.
+                let e = e.without_url();
                 let class = if e.is_timeout() {
                     "read timed out"
                 } else {
