@@ -107,6 +107,22 @@ impl MemoryBudget {
         self.max_in_flight
     }
 
+    /// The plan for one of `n` jobs running at once in this function: each gets `1/n` of the
+    /// buffer budget, with parts between 5 and 8 MiB and at least one part in flight.
+    pub fn split(&self, n: u64) -> Self {
+        if n <= 1 {
+            return *self;
+        }
+        let buffer_bytes = self.buffer_bytes / n;
+        let part_size = (buffer_bytes / 2).clamp(MIN_PART_SIZE, DEFAULT_PART_SIZE) / MIB * MIB;
+        MemoryBudget {
+            memory_bytes: self.memory_bytes,
+            buffer_bytes,
+            part_size,
+            max_in_flight: in_flight_for(buffer_bytes, part_size, MAX_IN_FLIGHT),
+        }
+    }
+
     /// The largest record (or line) a decoder may hold: a quarter of the buffer budget
     /// (16 MiB at 256 MB), at least 1 MiB. Decoders hold one record at a time, and their
     /// buffer can briefly double while growing, so this stays within the memory plan.
@@ -221,6 +237,19 @@ mod tests {
         assert_eq!(s.max_in_flight(16 * MIB), 3);
         assert_eq!(s.max_in_flight(32 * MIB), 1);
         assert_eq!(s.max_in_flight(64 * MIB), 1);
+    }
+
+    #[test]
+    fn split_budgets_fit_together() {
+        let b = MemoryBudget::for_memory_mib(256);
+        for n in 1..=6 {
+            let s = b.split(n);
+            assert!(s.part_size() >= MIN_PART_SIZE);
+            assert!(
+                n * (s.max_in_flight() as u64 + 1) * s.part_size() <= b.buffer_bytes(),
+                "n = {n}: {s:?}"
+            );
+        }
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct JobContext {
     pub secrets: Arc<SecretResolver>,
     /// The function's memory plan ([`MemoryBudget::from_env`]).
     pub budget: MemoryBudget,
+    /// A rate limiter shared with other jobs of the same batch; overrides the spec's own.
+    pub limiter: Option<Arc<RateLimiter>>,
     /// The run's id: the Lambda request id, so Lambda's own retries reuse the same keys.
     pub run_id: String,
     /// When the run started (for key templates).

@@ -23,6 +23,7 @@
 //!     policy,
 //!     secrets: std::sync::Arc::new(sluice::secret::SecretResolver::new(&conf)),
 //!     budget: MemoryBudget::from_env(),
+//!     limiter: None,
 //!     run_id: "run-1".into(),
 //!     started: chrono::Utc::now(),
 //!     deadline: None,
@@ -39,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod batch;
 pub mod budget;
 pub mod checksum;
 pub mod codec;

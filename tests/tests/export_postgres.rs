@@ -930,7 +930,15 @@ async fn measure_ndjson_strategies() {
         &SecretRef::Env("DATABASE_URL".into()),
     )
     .unwrap();
-    for round in 0..2 {
+    let rounds: usize = std::env::var("SLUICE_MEASURE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // Alternate the order so machine load drifting during a round favours neither.
+    for round in 0..rounds {
+        if round % 2 == 1 {
+            measure_portal(&settings, round, rows).await;
+        }
         for format in [
             sluice::export::ExportFormat::Csv,
             sluice::export::ExportFormat::Ndjson,
@@ -959,39 +967,48 @@ async fn measure_ndjson_strategies() {
                 bytes as f64 / MIB as f64 / secs
             );
         }
-        // The portal alternative: row_to_json rows through query_raw (streamed with
-        // backpressure, like a cursor with a fetch size), copied into 64 KiB chunks.
-        let t = Instant::now();
-        let session = pg::connect(&settings).await.unwrap();
-        let client = session.client();
-        let rows_stream = client
-            .query_raw(
-                "SELECT row_to_json(r)::text FROM (SELECT * FROM mixed) r",
-                std::iter::empty::<&str>(),
-            )
-            .await
-            .unwrap();
-        futures::pin_mut!(rows_stream);
-        let mut buf = Vec::with_capacity(1 << 16);
-        let (mut n, mut bytes) = (0u64, 0u64);
-        while let Some(row) = rows_stream.next().await {
-            let row = row.unwrap();
-            let text: &str = row.get(0);
-            buf.extend_from_slice(text.as_bytes());
-            buf.push(b'\n');
-            n += 1;
-            if buf.len() >= 1 << 16 {
-                bytes += buf.len() as u64;
-                buf.clear();
-            }
+        if round % 2 == 0 {
+            measure_portal(&settings, round, rows).await;
         }
-        bytes += buf.len() as u64;
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!(
-            "MEASURE round {round} portal ndjson: {n} rows {:.1} MiB in {secs:.2} s = {:.0} rows/s, {:.1} MiB/s",
-            bytes as f64 / MIB as f64,
-            n as f64 / secs,
-            bytes as f64 / MIB as f64 / secs
-        );
     }
+}
+
+/// The portal alternative: `row_to_json` rows through `query_raw` (an unnamed portal streamed
+/// with backpressure, which bounds memory like a cursor with a fetch size), copied into
+/// 64 KiB chunks.
+async fn measure_portal(settings: &ConnectionSettings, round: usize, rows: u64) {
+    let t = Instant::now();
+    let session = pg::connect(settings).await.unwrap();
+    let client = session.client();
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let rows_stream = client
+        .query_raw(
+            "SELECT row_to_json(r)::text FROM (SELECT * FROM mixed) r",
+            std::iter::empty::<&str>(),
+        )
+        .await
+        .unwrap();
+    futures::pin_mut!(rows_stream);
+    let mut buf = Vec::with_capacity(1 << 16);
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some(row) = rows_stream.next().await {
+        let row = row.unwrap();
+        let text: &str = row.get(0);
+        buf.extend_from_slice(text.as_bytes());
+        buf.push(b'\n');
+        n += 1;
+        if buf.len() >= 1 << 16 {
+            bytes += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    bytes += buf.len() as u64;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "MEASURE round {round} portal ndjson: {n} rows {:.1} MiB in {secs:.2} s = {:.0} rows/s, {:.1} MiB/s",
+        bytes as f64 / MIB as f64,
+        n as f64 / secs,
+        bytes as f64 / MIB as f64 / secs
+    );
+    assert_eq!(n, rows);
 }

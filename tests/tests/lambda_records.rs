@@ -428,3 +428,52 @@ async fn secret_canary_never_appears_in_logs_errors_or_outputs() {
         "the query key was not shown redacted: {outputs:?}"
     );
 }
+
+#[tokio::test]
+async fn batch_of_sources_keeps_the_good_outputs_when_one_fails() {
+    let h = Harness::start("ingest-http", "batch", None).await;
+    let url = |p: &str| h.fixture.url(p);
+    let cursor = json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+    let batch = json!({
+        "sources": [
+            {"name": "users", "http": {"url": url("/api/cursor?n=40&per=10"), "paginate": cursor}},
+            {"name": "broken", "http": {"url": url("/status/404")}},
+            {"name": "events", "http": {"url": url("/api/ndjson?n=12")}, "input_format": "ndjson"}
+        ],
+        "concurrency": 2,
+        "rate_limit": {"per_second": 50, "burst": 5},
+        "records": "$.data[*]",
+        "destination": {"bucket": h.bucket, "key": "raw/{source}/{run_id}.ndjson"}
+    });
+    let (kind, message) = error(h.invoke(batch, T).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(message.starts_with("1 of 3 sources failed"), "{message}");
+    let listed: Value = serde_json::from_str(message.split_once(": ").unwrap().1).unwrap();
+    let sources = listed["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["summary"]["records"], 40);
+    assert_eq!(sources[1]["status"], "failed");
+    assert!(sources[1]["error"].as_str().unwrap().contains("HTTP 404"));
+    assert_eq!(sources[2]["summary"]["records"], 12);
+    for s in [&sources[0], &sources[2]] {
+        let key = s["summary"]["key"].as_str().unwrap();
+        assert!(key.starts_with(&format!("raw/{}/", s["name"].as_str().unwrap())));
+        let text = object_text(&h, key).await;
+        assert_eq!(
+            text.lines().count() as u64,
+            s["summary"]["records"].as_u64().unwrap()
+        );
+    }
+
+    let ok = json!({
+        "sources": [{"name": "a", "http": {"url": url("/api/top?n=3")}},
+                    {"name": "b", "http": {"url": url("/api/top?n=4")}}],
+        "records": "$[*]",
+        "destination": {"bucket": h.bucket, "key": "ok/{source}.ndjson"}
+    });
+    let s = response(h.invoke(ok, T).await);
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["failed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(object_text(&h, "ok/b.ndjson").await, expected(4));
+}

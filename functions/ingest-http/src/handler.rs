@@ -19,32 +19,72 @@ pub struct Clients {
 /// A failed job, reported to Lambda with an error type callers can branch on:
 /// `InvalidInput`, `Upstream`, `Retryable` or `Timeout`.
 #[derive(Debug)]
-pub struct JobError(sluice::Error);
+pub enum JobError {
+    /// The job (or the batch as a whole) failed.
+    Job(sluice::Error),
+    /// Some sources of a batch failed; the message lists every source.
+    Partial {
+        kind: sluice::ErrorKind,
+        message: String,
+    },
+}
 
 impl From<JobError> for Diagnostic {
-    fn from(JobError(err): JobError) -> Self {
-        Diagnostic {
-            error_type: err.kind().as_str().to_owned(),
-            error_message: err.to_string(),
+    fn from(err: JobError) -> Self {
+        match err {
+            JobError::Job(err) => Diagnostic {
+                error_type: err.kind().as_str().to_owned(),
+                error_message: err.to_string(),
+            },
+            JobError::Partial { kind, message } => Diagnostic {
+                error_type: kind.as_str().to_owned(),
+                error_message: message,
+            },
         }
+    }
+}
+
+/// Runs a batch (`sources`): the answer lists every source; if any failed, the invocation
+/// fails with the first failure's type and a message holding the whole list, so the outputs
+/// that were written are named either way.
+async fn handle_batch(payload: Value, ctx: &JobContext) -> Result<Value, JobError> {
+    let summary = sluice::batch::run(payload, ctx).await.map_err(|e| {
+        tracing::error!(error_type = e.kind().as_str(), error = %e, "batch rejected");
+        JobError::Job(e)
+    })?;
+    let answer = serde_json::to_value(&summary).expect("summary serializes");
+    match summary.failure_kind() {
+        None => Ok(answer),
+        Some(kind) => Err(JobError::Partial {
+            kind,
+            message: format!(
+                "{} of {} sources failed: {answer}",
+                summary.failed,
+                summary.sources.len()
+            ),
+        }),
     }
 }
 
 /// Runs the job spec carried by `event` (direct invoke or EventBridge Scheduler input).
 pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Value, JobError> {
     let (payload, context) = event.into_parts();
+    let ctx = JobContext {
+        s3: clients.s3.clone(),
+        http: clients.http.clone(),
+        policy: clients.policy.clone(),
+        secrets: clients.secrets.clone(),
+        budget: clients.budget,
+        limiter: None,
+        run_id: context.request_id.clone(),
+        started: chrono::Utc::now(),
+        deadline: Some(context.deadline()),
+    };
+    if sluice::batch::is_batch(&payload) {
+        return handle_batch(payload, &ctx).await;
+    }
     let result = async {
         let spec = JobSpec::from_json(payload)?;
-        let ctx = JobContext {
-            s3: clients.s3.clone(),
-            http: clients.http.clone(),
-            policy: clients.policy.clone(),
-            secrets: clients.secrets.clone(),
-            budget: clients.budget,
-            run_id: context.request_id.clone(),
-            started: chrono::Utc::now(),
-            deadline: Some(context.deadline()),
-        };
         ingest::run(&spec, &ctx).await
     }
     .await;
@@ -52,7 +92,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         Ok(summary) => Ok(serde_json::to_value(summary).expect("summary serializes")),
         Err(err) => {
             tracing::error!(error_type = err.kind().as_str(), error = %err, "job failed");
-            Err(JobError(err))
+            Err(JobError::Job(err))
         }
     }
 }
