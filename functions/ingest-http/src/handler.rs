@@ -114,7 +114,11 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            JobSpec::from_json(value).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if sluice::batch::is_batch(&value) {
+                sluice::batch::expand(value).unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else {
+                JobSpec::from_json(value).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
             seen += 1;
         }
         assert!(seen >= 2, "no samples found in {dir}");
