@@ -305,6 +305,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         None => start.await?,
     };
     let progress = stream.progress();
+    let canceller = stream.canceller();
 
     let rows: Box<dyn AsyncRead + Send + Unpin> = Box::new(StreamReader::new(stream));
     let reader = match spec.compression {
@@ -337,14 +338,19 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = deadline;
-    let uploaded = sink::upload(Arc::new(target), reader, &options, read_error)
-        .await
-        .map_err(|e| match e {
-            Error::Deadline { .. } => Error::Deadline {
-                bytes_in: progress.bytes(),
-            },
-            other => other,
-        })?;
+    let uploaded = match sink::upload(Arc::new(target), reader, &options, read_error).await {
+        Ok(uploaded) => uploaded,
+        Err(e) => {
+            // The server may still be computing rows nobody will read.
+            canceller.cancel().await;
+            return Err(match e {
+                Error::Deadline { .. } => Error::Deadline {
+                    bytes_in: progress.bytes(),
+                },
+                other => other,
+            });
+        }
+    };
 
     let e_tag = match uploaded.outcome {
         PutOutcome::Written { e_tag, .. } => e_tag,

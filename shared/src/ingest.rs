@@ -65,6 +65,9 @@ pub struct JobContext {
     pub s3: aws_sdk_s3::Client,
     /// HTTP client for sources ([`http::client`]), built with `policy`.
     pub http: reqwest::Client,
+    /// The same, refusing cross-host redirects ([`http::same_host_client`]): used when an API
+    /// key travels in a custom header.
+    pub http_same_host: reqwest::Client,
     /// Where sources may connect ([`NetworkPolicy::from_env`]).
     pub policy: NetworkPolicy,
     /// Resolves the secrets of `auth` (env, Secrets Manager, SSM), with a cache.
@@ -191,6 +194,15 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         Some(a) => Some(Arc::new(a.resolve(&ctx.secrets).await?)),
         None => None,
     };
+    let key_in_header = http_spec.auth.as_ref().is_some_and(|a| {
+        a.header_name()
+            .is_some_and(|h| !h.eq_ignore_ascii_case("authorization"))
+    });
+    let http_client = if key_in_header {
+        &ctx.http_same_host
+    } else {
+        &ctx.http
+    };
     tracing::info!(
         %bucket, %key, part_size = budget.part_size(), max_in_flight = budget.max_in_flight(),
         records = spec.records.as_deref().unwrap_or("-"), "job started"
@@ -236,7 +248,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
 
     let (uploaded, stats) = if spec.extracts_records() {
         let producer = Producer {
-            http: ctx.http.clone(),
+            http: http_client.clone(),
             spec: http_spec.clone(),
             policy: ctx.policy.clone(),
             limiter,
@@ -271,7 +283,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         (deadline_bytes(result, stats.bytes_in)?, stats)
     } else {
         let fetcher = Fetcher {
-            client: &ctx.http,
+            client: http_client,
             spec: http_spec,
             policy: &ctx.policy,
             limiter: limiter.as_deref(),

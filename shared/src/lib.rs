@@ -20,6 +20,7 @@
 //! let ctx = ingest::JobContext {
 //!     s3: aws_sdk_s3::Client::new(&conf),
 //!     http: sluice::source::http::client(&policy),
+//!     http_same_host: sluice::source::http::same_host_client(&policy),
 //!     policy,
 //!     secrets: std::sync::Arc::new(sluice::secret::SecretResolver::new(&conf)),
 //!     budget: MemoryBudget::from_env(),

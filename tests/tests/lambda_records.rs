@@ -477,3 +477,32 @@ async fn batch_of_sources_keeps_the_good_outputs_when_one_fails() {
     );
     assert_eq!(object_text(&h, "ok/b.ndjson").await, expected(4));
 }
+
+#[tokio::test]
+async fn api_key_header_is_never_carried_to_another_host() {
+    let h = Harness::start_with(
+        "ingest-http",
+        "xhost",
+        None,
+        &[
+            ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("XHOST_KEY", "xhost-secret-1"),
+        ],
+    )
+    .await;
+    // 127.0.0.1 and localhost are different hosts to the redirect rule.
+    let other = format!("http://localhost:{}/bytes?size=10", h.fixture.addr.port());
+    let mut job = h.job(&format!("/redirect?to={other}"), "xhost");
+    job["source"]["http"]["auth"] =
+        json!({"api_key": {"header": "X-Api-Key", "value": {"env": "XHOST_KEY"}}});
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(message.contains("redirect to another host"), "{message}");
+    assert_eq!(h.fixture.hits("/bytes"), 0, "the other host was contacted");
+    // Without a key header the same redirect is followed.
+    let s = response(
+        h.invoke(h.job(&format!("/redirect?to={other}"), "plain"), T)
+            .await,
+    );
+    assert_eq!(s["bytes_out"], 10);
+}

@@ -11,6 +11,7 @@ use sluice::{JobSpec, MemoryBudget};
 pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub http: reqwest::Client,
+    pub http_same_host: reqwest::Client,
     pub policy: NetworkPolicy,
     pub secrets: Arc<SecretResolver>,
     pub budget: MemoryBudget,
@@ -72,6 +73,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
     let ctx = JobContext {
         s3: clients.s3.clone(),
         http: clients.http.clone(),
+        http_same_host: clients.http_same_host.clone(),
         policy: clients.policy.clone(),
         secrets: clients.secrets.clone(),
         budget: clients.budget,

@@ -15,6 +15,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let clients = handler::Clients {
         s3: sluice::s3::client(&conf),
         http: sluice::source::http::client(&policy),
+        http_same_host: sluice::source::http::same_host_client(&policy),
         policy,
         secrets: std::sync::Arc::new(sluice::secret::SecretResolver::new(&conf)),
         budget: sluice::MemoryBudget::from_env(),

@@ -138,6 +138,17 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// decompression (done by [`Decoding`] with the rest of the codecs), at most 5 redirects, and
 /// the [`NetworkPolicy`] applied to every resolved address and every redirect.
 pub fn client(policy: &NetworkPolicy) -> reqwest::Client {
+    build_client(policy, false)
+}
+
+/// Like [`client`], but refusing redirects to another host. Used for requests that carry an
+/// API key in a custom header: reqwest drops `Authorization` on a cross-host redirect, but
+/// not other headers, so following one would hand the key to the other host.
+pub fn same_host_client(policy: &NetworkPolicy) -> reqwest::Client {
+    build_client(policy, true)
+}
+
+fn build_client(policy: &NetworkPolicy, same_host_only: bool) -> reqwest::Client {
     let redirects = policy.clone();
     reqwest::Client::builder()
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -146,6 +157,20 @@ pub fn client(policy: &NetworkPolicy) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 5 {
                 return attempt.error(TooManyRedirects);
+            }
+            if same_host_only {
+                let from = attempt
+                    .previous()
+                    .last()
+                    .and_then(|u| u.host_str())
+                    .map(str::to_owned);
+                let to = attempt.url().host_str().map(str::to_owned);
+                if from != to {
+                    return attempt.error(super::guard::Blocked(format!(
+                        "redirect to another host ({}) while an API key header is set",
+                        to.as_deref().unwrap_or("?")
+                    )));
+                }
             }
             match redirects.check_url(attempt.url()) {
                 Ok(()) => attempt.follow(),
