@@ -287,25 +287,34 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         statement_timeout: left.map(|l| l.max(Duration::from_secs(1))),
         timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
     };
-    let start = async {
-        let session = postgres::connect(&settings).await?;
-        postgres::export(
-            session,
-            &pg.query,
-            &pg.params,
-            spec.format,
-            &export_settings,
-        )
-        .await
-    };
-    let stream = match deadline {
-        Some(d) => tokio::time::timeout_at(d, start)
+    let connecting = postgres::connect(&settings);
+    let session = match deadline {
+        Some(d) => tokio::time::timeout_at(d, connecting)
             .await
             .map_err(|_| Error::Deadline { bytes_in: 0 })??,
-        None => start.await?,
+        None => connecting.await?,
+    };
+    let canceller = session.canceller();
+    // The server sends nothing of a COPY until its first rows fill a buffer, so a slow query
+    // can reach the deadline here; the statement is then cancelled before answering.
+    let starting = postgres::export(
+        session,
+        &pg.query,
+        &pg.params,
+        spec.format,
+        &export_settings,
+    );
+    let stream = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, starting).await {
+            Ok(started) => started?,
+            Err(_) => {
+                canceller.cancel().await;
+                return Err(Error::Deadline { bytes_in: 0 });
+            }
+        },
+        None => starting.await?,
     };
     let progress = stream.progress();
-    let canceller = stream.canceller();
 
     let rows: Box<dyn AsyncRead + Send + Unpin> = Box::new(StreamReader::new(stream));
     let reader = match spec.compression {
