@@ -11,6 +11,10 @@ use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation}
 ///   a header, so the SDK need not buffer or re-read bodies.
 /// - Retries: the SDK's standard mode (exponential backoff with jitter on throttling, 5xx and
 ///   transport errors), 5 attempts.
+/// - Timeouts: 5 s to connect and 120 s per attempt. The SDK sets no attempt timeout by
+///   default, so a server that accepts a request and never answers would hang the upload; with
+///   one, the stalled attempt is retried like any transient failure. 120 s covers a part of
+///   1 GiB at 10 MB/s; parts reach that size only past 500 GiB.
 pub fn client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
         .iter()
@@ -20,6 +24,12 @@ pub fn client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .operation_attempt_timeout(std::time::Duration::from_secs(120))
+                .build(),
+        )
         .build();
     aws_sdk_s3::Client::from_conf(s3_conf)
 }
