@@ -215,11 +215,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     spec.validate()?;
     let clock = std::time::Instant::now();
     let ExportSource::Postgres(pg) = &spec.source;
-    let vars = KeyVars {
-        now: ctx.started,
-        run_id: ctx.run_id.clone(),
-        scheduled_time: None,
-    };
+    let vars = KeyVars::new(ctx.started, ctx.run_id.clone());
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();
     let budget = spec.budget(ctx.budget);

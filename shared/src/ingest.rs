@@ -151,9 +151,8 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         .transpose()
         .map_err(|e| Error::spec(format!("scheduled_time: {e}")))?;
     let vars = KeyVars {
-        now: scheduled_time.unwrap_or(ctx.started),
-        run_id: ctx.run_id.clone(),
         scheduled_time,
+        ..KeyVars::new(scheduled_time.unwrap_or(ctx.started), ctx.run_id.clone())
     };
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();

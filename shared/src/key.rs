@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 /// | `{yyyy}` `{mm}` `{dd}` `{hh}` | parts of the run time (UTC) |
 /// | `{run_id}` | the invocation's request id (stable across Lambda's own retries) |
 /// | `{scheduled_time}` | the schedule's time, `YYYY-MM-DDTHH:MM:SSZ` (only when the job has one) |
+/// | others | whatever the caller adds with [`KeyVars::with`] (`{page}` in ingest, the source key's parts in transform) |
 ///
 /// When the job carries a `scheduled_time`, the date placeholders use it instead of the clock,
 /// so a late or retried run writes the same keys as an on-time one.
@@ -23,10 +24,37 @@ pub struct KeyVars {
     pub run_id: String,
     /// The schedule's time, when the event carried one.
     pub scheduled_time: Option<DateTime<Utc>>,
+    /// Placeholders a function adds for its own jobs, looked up after the built-in ones.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl KeyVars {
+    /// Vars for a run started at `now` with id `run_id`, no schedule and no extra placeholders.
+    pub fn new(now: DateTime<Utc>, run_id: impl Into<String>) -> Self {
+        KeyVars {
+            now,
+            run_id: run_id.into(),
+            scheduled_time: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds (or replaces) the placeholder `{name}`.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.extra.retain(|(n, _)| *n != name);
+        self.extra.push((name, value.into()));
+        self
+    }
+
+    /// Whether `template` uses the placeholder `{name}`.
+    pub fn uses(template: &str, name: &str) -> bool {
+        template.contains(&format!("{{{name}}}"))
+    }
+
     fn lookup(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.extra.iter().find(|(n, _)| *n == name) {
+            return Some(v.clone());
+        }
         Some(match name {
             "date" => self.now.format("%Y-%m-%d").to_string(),
             "yyyy" => self.now.format("%Y").to_string(),
@@ -68,7 +96,8 @@ pub fn render(template: &str, vars: &KeyVars) -> Result<String> {
             bad(
                 pos + i,
                 &format!(
-                    "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}}, and {{scheduled_time}} when the job has one)"
+                    "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}}{}, and {{scheduled_time}} when the job has one)",
+                    vars.extra.iter().map(|(n, _)| format!(" {{{n}}}")).collect::<String>()
                 ),
             )
         })?;
@@ -92,11 +121,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn vars() -> KeyVars {
-        KeyVars {
-            now: Utc.with_ymd_and_hms(2026, 3, 7, 9, 5, 0).unwrap(),
-            run_id: "r-1".into(),
-            scheduled_time: None,
-        }
+        KeyVars::new(Utc.with_ymd_and_hms(2026, 3, 7, 9, 5, 0).unwrap(), "r-1")
     }
 
     #[test]
@@ -108,6 +133,15 @@ mod tests {
             render("x/{scheduled_time}", &v).unwrap(),
             "x/2026-03-07T09:05:00Z"
         );
+    }
+
+    #[test]
+    fn extra_placeholders() {
+        let v = vars().with("page", "00003").with("page", "00004");
+        assert_eq!(render("p/{page}.json", &v).unwrap(), "p/00004.json");
+        assert!(KeyVars::uses("p/{page}.json", "page"));
+        let e = render("p/{pages}", &v).unwrap_err().to_string();
+        assert!(e.contains("{page}"), "{e}");
     }
 
     #[test]
