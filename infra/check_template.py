@@ -280,6 +280,8 @@ class Checker:
             where = f"{name}.Events.{ev_name}"
             if etype in SCHEDULE_EVENTS and not props.get("Input"):
                 self.fail(where, "schedule without an Input (the job spec)")
+            elif etype in SCHEDULE_EVENTS:
+                self.check_input_json(where, props["Input"])
             if etype == "S3":
                 rules = json.dumps(props.get("Filter", {}))
                 if '"prefix"' not in rules.lower():
@@ -293,6 +295,24 @@ class Checker:
                     self.fail(where, "no DeadLetterConfig (undeliverable events would be lost)")
                 if not (props.get("RetryPolicy") or {}):
                     self.fail(where, "no RetryPolicy")
+
+    def check_input_json(self, where: str, value: Any) -> None:
+        """A schedule Input written in the template (a literal or a !Sub of parameters) must be
+        JSON once rendered; one given whole by a parameter (!Ref) is the deployer's."""
+        if isinstance(value, dict) and set(value) == {"Ref"}:
+            return
+        text = text_of(value)
+
+        def param(m: re.Match[str]) -> str:
+            name = m.group(1)
+            default = (self.params.get(name) or {}).get("Default")
+            return str(default) if default not in (None, "") else "x"
+
+        rendered = re.sub(r"\$\{([A-Za-z0-9:]+)\}", param, text)
+        try:
+            json.loads(rendered)
+        except ValueError as e:
+            self.fail(where, f"Input is not JSON once rendered ({e}): {rendered[:200]}")
 
     def check_dead_letter(self, name: str, res: dict[str, Any]) -> None:
         props = res.get("Properties", {}) or {}
