@@ -290,6 +290,13 @@ class Checker:
                 pattern = props.get("Pattern", {}) or {}
                 if "aws.s3" in json.dumps(pattern) and '"prefix"' not in json.dumps(pattern):
                     self.fail(where, "S3 EventBridge rule without a key prefix filter")
+                template = (props.get("InputTransformer") or {}).get("InputTemplate")
+                if isinstance(template, str):
+                    # Every <placeholder> stands for a JSON value (or text inside a string).
+                    try:
+                        json.loads(re.sub(r"<[A-Za-z0-9_.-]+>", "1", template))
+                    except ValueError as e:
+                        self.fail(where, f"InputTemplate is not JSON once filled ({e})")
             if etype in ASYNC_EVENTS:
                 if not (props.get("DeadLetterConfig") or {}):
                     self.fail(where, "no DeadLetterConfig (undeliverable events would be lost)")
