@@ -322,7 +322,6 @@ class Checker:
             self.fail(where, f"Input is not JSON once rendered ({e}): {rendered[:200]}")
 
     def check_dead_letter(self, name: str, res: dict[str, Any]) -> None:
-        props = res.get("Properties", {}) or {}
         if self.prop(res, "DeadLetterQueue"):
             return
         eic = self.prop(res, "EventInvokeConfig") or {}
@@ -344,7 +343,6 @@ class Checker:
         for key in ("MaximumRetryAttempts", "MaximumEventAgeInSeconds"):
             if eic.get(key) is None:
                 self.fail(name, f"EventInvokeConfig.{key} not set")
-        del props
 
     # ------------------------------------------------------------------ bucket
     def check_bucket(self) -> None:
