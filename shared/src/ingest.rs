@@ -127,6 +127,41 @@ pub struct Summary {
     pub throughput_mib_s: f64,
     /// Peak resident memory of the process so far (`VmHWM`).
     pub peak_rss_bytes: Option<u64>,
+    /// With `{page}` in the key: every object written, in page order (`key` is then the
+    /// template with `{page}` left in, and `checksum`, `e_tag`, `manifest` are per object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<PageObject>>,
+}
+
+/// One object of a run that writes every page to its own object (`{page}` in the key).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PageObject {
+    /// The page's number in this run, from 1 (`{page}` renders it zero-padded to 5 digits).
+    pub page: u32,
+    /// The object's key.
+    pub key: String,
+    /// `written`, or `exists` when `overwrite: false` found the object already there.
+    pub status: &'static str,
+    /// Records in the page.
+    pub records: u64,
+    /// The object's size.
+    pub bytes_out: u64,
+    /// Parts uploaded.
+    pub parts: u32,
+    /// Full-object checksum, base64.
+    pub checksum: Option<String>,
+    /// The object's ETag.
+    pub e_tag: Option<String>,
+    /// The page's manifest key, when one was written.
+    pub manifest: Option<String>,
+}
+
+/// How a records run was written.
+enum Written {
+    /// One object.
+    Single(sink::Uploaded),
+    /// One object per non-empty page.
+    Pages(Vec<PageObject>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -137,6 +172,8 @@ struct PageStats {
     last_cursor: Option<String>,
     truncated: bool,
     first_url: Option<String>,
+    /// Records and source bytes of each page, in order.
+    per_page: Vec<(u64, u64)>,
 }
 
 /// Runs one job. On failure, nothing is left at the destination key by this run and no
@@ -154,7 +191,14 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         scheduled_time,
         ..KeyVars::new(scheduled_time.unwrap_or(ctx.started), ctx.run_id.clone())
     };
-    let key = key::render(&spec.destination.key, &vars)?;
+    let per_page = spec.object_per_page();
+    let key = if per_page {
+        // Checks the template; the summary names the pattern.
+        key::render(&spec.destination.key, &vars.clone().with("page", "00001"))?;
+        key::render(&spec.destination.key, &vars.clone().with("page", "{page}"))?
+    } else {
+        key::render(&spec.destination.key, &vars)?
+    };
     let bucket = spec.destination.bucket.clone();
     let budget = spec.budget(ctx.budget);
     let margin = spec
@@ -228,9 +272,10 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         duration_ms: 0,
         throughput_mib_s: 0.0,
         peak_rss_bytes: None,
+        objects: None,
     };
     let target = S3Target::new(ctx.s3.clone(), &bucket, &key);
-    if !spec.destination.overwrite && target.exists().await? {
+    if !per_page && !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
         summary.peak_rss_bytes = telemetry::peak_rss_bytes();
         return Ok(summary);
@@ -271,15 +316,42 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
                 None => "application/x-ndjson".to_owned(),
             })
         });
-        let target = target.with_meta(ObjectMeta { content_type });
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let _producer = AbortOnDropHandle::new(tokio::spawn(producer.run(tx)));
-        let mut rx = rx;
-        let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let reader = compress(StreamReader::new(batches), spec.compression);
-        let result = sink::upload(Arc::new(target), reader, &options, carried_error).await;
-        let stats = stats.lock().expect("not poisoned").clone();
-        (deadline_bytes(result, stats.bytes_in)?, stats)
+        let meta = ObjectMeta { content_type };
+        if per_page {
+            let (tx, rx) = mpsc::channel(1);
+            let _producer = AbortOnDropHandle::new(tokio::spawn(producer.run(Output::PerPage(tx))));
+            let pages = PageWriter {
+                ctx,
+                spec,
+                vars: &vars,
+                meta,
+                options: &options,
+                stats: &stats,
+                summary: &summary,
+            };
+            let result = pages.write_all(rx).await;
+            let stats = stats.lock().expect("not poisoned").clone();
+            (
+                Written::Pages(deadline_bytes(result, stats.bytes_in)?),
+                stats,
+            )
+        } else {
+            let target = target.with_meta(meta);
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let _producer = AbortOnDropHandle::new(tokio::spawn(producer.run(Output::Single(tx))));
+            let result = sink::upload(
+                Arc::new(target),
+                batch_reader(rx, spec),
+                &options,
+                carried_error,
+            )
+            .await;
+            let stats = stats.lock().expect("not poisoned").clone();
+            (
+                Written::Single(deadline_bytes(result, stats.bytes_in)?),
+                stats,
+            )
+        }
     } else {
         let fetcher = Fetcher {
             client: http_client,
@@ -334,7 +406,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
             first_url: Some(url),
             ..PageStats::default()
         };
-        (deadline_bytes(result, bytes_in)?, stats)
+        (Written::Single(deadline_bytes(result, bytes_in)?), stats)
     };
 
     let elapsed = clock.elapsed();
@@ -350,17 +422,29 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     }
     summary.duration_ms = elapsed.as_millis() as u64;
     summary.peak_rss_bytes = telemetry::peak_rss_bytes();
-    match uploaded.outcome {
-        PutOutcome::AlreadyExists => return Ok(summary),
-        PutOutcome::Written { e_tag, .. } => {
-            summary.status = "written";
-            summary.e_tag = Some(e_tag);
+    match uploaded {
+        Written::Single(uploaded) => {
+            match uploaded.outcome {
+                PutOutcome::AlreadyExists => return Ok(summary),
+                PutOutcome::Written { e_tag, .. } => {
+                    summary.status = "written";
+                    summary.e_tag = Some(e_tag);
+                }
+            }
+            summary.bytes_out = uploaded.bytes;
+            summary.parts = uploaded.parts;
+            summary.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
+            summary.checksum = Some(uploaded.checksum.to_base64());
+        }
+        Written::Pages(objects) => {
+            if objects.is_empty() || objects.iter().any(|o| o.status == "written") {
+                summary.status = "written";
+            }
+            summary.bytes_out = objects.iter().map(|o| o.bytes_out).sum();
+            summary.parts = objects.iter().map(|o| o.parts).sum();
+            summary.objects = Some(objects);
         }
     }
-    summary.bytes_out = uploaded.bytes;
-    summary.parts = uploaded.parts;
-    summary.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
-    summary.checksum = Some(uploaded.checksum.to_base64());
     summary.throughput_mib_s =
         stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
     if let Some((inc, state, tracker)) = &incremental {
@@ -368,7 +452,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
             .max()
             .filter(|m| state::advances(m, &state.watermark));
         summary.watermark = Some(next.clone().unwrap_or_else(|| state.watermark.clone()));
-        if spec.destination.manifest {
+        if spec.destination.manifest && !per_page {
             summary.manifest = Some(write_manifest(ctx, &summary).await?);
         }
         // After the output and its manifest: a failure here leaves the old watermark, so the
@@ -376,7 +460,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         if let Some(next) = next {
             state::write(&ctx.s3, &bucket, &inc.state_key, state, &next, &ctx.run_id).await?;
         }
-    } else if spec.destination.manifest {
+    } else if spec.destination.manifest && !per_page {
         summary.manifest = Some(write_manifest(ctx, &summary).await?);
     }
     tracing::info!(
@@ -424,9 +508,21 @@ where
 
 /// Writes `<key>.manifest.json`: the summary plus when and by which run.
 async fn write_manifest(ctx: &JobContext, summary: &Summary) -> Result<String> {
+    write_manifest_doc(ctx, summary, None).await
+}
+
+/// [`write_manifest`], with the page's number when the summary describes one page's object.
+async fn write_manifest_doc(
+    ctx: &JobContext,
+    summary: &Summary,
+    page: Option<u32>,
+) -> Result<String> {
     let key = format!("{}.manifest.json", summary.key);
     let mut doc = serde_json::to_value(summary).expect("summary serializes");
     doc["manifest"] = serde_json::Value::String(key.clone());
+    if let Some(page) = page {
+        doc["page"] = page.into();
+    }
     doc["run_id"] = serde_json::Value::String(ctx.run_id.clone());
     doc["started_at"] = serde_json::Value::String(ctx.started.to_rfc3339());
     doc["finished_at"] = serde_json::Value::String(Utc::now().to_rfc3339());
@@ -480,14 +576,28 @@ struct Producer {
 }
 
 impl Producer {
-    async fn run(self, tx: mpsc::Sender<io::Result<Bytes>>) {
-        if let Err(e) = self.pages(&tx).await {
+    async fn run(self, out: Output) {
+        let mut current = None;
+        if let Err(e) = self.pages(&out, &mut current).await {
             tracing::debug!(error = %e, "record producer failed");
-            let _ = tx.send(Err(io::Error::other(e))).await;
+            let e = io::Error::other(e);
+            // The page being written fails with the error (so its upload aborts); between
+            // pages, the run does.
+            let _ = match (current, &out) {
+                (Some(tx), _) => tx.send(Err(e)).await.is_ok(),
+                (None, Output::Single(tx)) => tx.send(Err(e)).await.is_ok(),
+                (None, Output::PerPage(pages)) => pages.send(Err(e)).await.is_ok(),
+            };
         }
     }
 
-    async fn pages(&self, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<()> {
+    /// Fetches and forwards every page. `current` holds the channel of the page being
+    /// written, for [`Producer::run`] to send a failure down.
+    async fn pages(
+        &self,
+        out: &Output,
+        current: &mut Option<mpsc::Sender<io::Result<Bytes>>>,
+    ) -> Result<()> {
         let fetcher = Fetcher {
             client: &self.http,
             spec: &self.spec,
@@ -507,6 +617,20 @@ impl Producer {
             let url = body.url.clone();
             let link = body.link.clone();
             let received = body.received();
+            let tx = match out {
+                Output::Single(tx) => tx.clone(),
+                Output::PerPage(pages) => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    let number = paginator.pages();
+                    pages
+                        .send(Ok((number, rx)))
+                        .await
+                        .map_err(|_| cancelled(&url))?;
+                    tx
+                }
+            };
+            *current = Some(tx.clone());
+            let tx = &tx;
             let (count, captures) = match self.input {
                 InputFormat::Json => {
                     let records = self
@@ -544,11 +668,179 @@ impl Producer {
                 s.last_cursor = paginator.last_cursor().map(str::to_owned);
                 s.truncated = paginator.truncated();
                 s.first_url.get_or_insert(url.clone());
+                s.per_page.push((count, received.load(Ordering::Relaxed)));
             }
+            // Ends this page's object (per-page output) once its figures are recorded.
+            *current = None;
             tracing::debug!(page = request.page, records = count, %url, "page done");
             match next {
                 Some(r) => request = r,
                 None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The producer's error when the upload side has gone away.
+fn cancelled(url: &str) -> Error {
+    Error::SourceRead {
+        url: url.to_owned(),
+        offset: 0,
+        class: "cancelled",
+        message: "the upload stopped".into(),
+    }
+}
+
+/// Where the producer sends NDJSON batches.
+enum Output {
+    /// Every page into one stream.
+    Single(mpsc::Sender<io::Result<Bytes>>),
+    /// A stream per page, announced with the page's number.
+    PerPage(mpsc::Sender<io::Result<PageBatches>>),
+}
+
+/// One page's number and its batches.
+type PageBatches = (u32, mpsc::Receiver<io::Result<Bytes>>);
+
+/// The batches of a channel as the (optionally compressed) reader the sink uploads.
+fn batch_reader(
+    mut rx: mpsc::Receiver<io::Result<Bytes>>,
+    spec: &JobSpec,
+) -> Box<dyn AsyncRead + Send + Unpin> {
+    let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    compress(StreamReader::new(batches), spec.compression)
+}
+
+/// Writes each page the producer announces to its own object, and its manifest.
+struct PageWriter<'a> {
+    ctx: &'a JobContext,
+    spec: &'a JobSpec,
+    vars: &'a KeyVars,
+    meta: ObjectMeta,
+    options: &'a UploadOptions,
+    stats: &'a Mutex<PageStats>,
+    summary: &'a Summary,
+}
+
+impl PageWriter<'_> {
+    /// Writes every page; on any failure, deletes the objects this run wrote, so a run
+    /// leaves all its pages or none.
+    async fn write_all(
+        &self,
+        mut pages: mpsc::Receiver<io::Result<PageBatches>>,
+    ) -> Result<Vec<PageObject>> {
+        let mut written = Vec::new();
+        let result = async {
+            while let Some(page) = pages.recv().await {
+                let (number, batches) = page.map_err(carried_error)?;
+                if let Some(object) = self.write_page(number, batches).await? {
+                    written.push(object);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                self.roll_back(&written).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes one page, unless it has no records.
+    async fn write_page(
+        &self,
+        number: u32,
+        mut batches: mpsc::Receiver<io::Result<Bytes>>,
+    ) -> Result<Option<PageObject>> {
+        let first = match batches.recv().await {
+            None => {
+                tracing::debug!(page = number, "page has no records; no object");
+                return Ok(None);
+            }
+            Some(first) => first.map_err(carried_error)?,
+        };
+        let key = key::render(
+            &self.spec.destination.key,
+            &self.vars.clone().with("page", format!("{number:05}")),
+        )?;
+        let target = S3Target::new(self.ctx.s3.clone(), &self.spec.destination.bucket, &key)
+            .with_meta(self.meta.clone());
+        let rest = futures::stream::poll_fn(move |cx| batches.poll_recv(cx));
+        let stream = futures::stream::iter([Ok(first)]).chain(rest);
+        let reader = compress(StreamReader::new(stream), self.spec.compression);
+        let uploaded = sink::upload(Arc::new(target), reader, self.options, carried_error).await?;
+        let (records, bytes_in) = self
+            .stats
+            .lock()
+            .expect("not poisoned")
+            .per_page
+            .get(number as usize - 1)
+            .copied()
+            .unwrap_or_default();
+        let mut object = PageObject {
+            page: number,
+            key: key.clone(),
+            status: "exists",
+            records,
+            bytes_out: 0,
+            parts: 0,
+            checksum: None,
+            e_tag: None,
+            manifest: None,
+        };
+        let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
+            return Ok(Some(object));
+        };
+        object.status = "written";
+        object.bytes_out = uploaded.bytes;
+        object.parts = uploaded.parts;
+        object.checksum = Some(uploaded.checksum.to_base64());
+        object.e_tag = Some(e_tag.clone());
+        if self.spec.destination.manifest {
+            let page_summary = Summary {
+                status: "written",
+                key,
+                bytes_in,
+                bytes_out: uploaded.bytes,
+                records: Some(records),
+                pages: Some(1),
+                parts: uploaded.parts,
+                checksum_algorithm: uploaded.checksum.algorithm().s3_name(),
+                checksum: object.checksum.clone(),
+                e_tag: Some(e_tag),
+                objects: None,
+                ..self.summary.clone()
+            };
+            object.manifest =
+                Some(write_manifest_doc(self.ctx, &page_summary, Some(number)).await?);
+        }
+        tracing::info!(page = number, key = %object.key, records, bytes = object.bytes_out, "page object written");
+        Ok(Some(object))
+    }
+
+    /// Deletes the objects (and manifests) of a failed run, best effort.
+    async fn roll_back(&self, written: &[PageObject]) {
+        let bucket = &self.spec.destination.bucket;
+        for object in written.iter().filter(|o| o.status == "written") {
+            for key in std::iter::once(&object.key).chain(object.manifest.as_ref()) {
+                match self
+                    .ctx
+                    .s3
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                {
+                    Ok(_) => tracing::info!(%bucket, %key, "deleted an object of the failed run"),
+                    Err(e) => tracing::error!(
+                        %bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e),
+                        "could not delete an object of the failed run; it stays"
+                    ),
+                }
             }
         }
     }
@@ -571,12 +863,7 @@ where
     let mut frames = FramedRead::with_capacity(reader, decoder, CODEC_BUFFER);
     let mut batch = BytesMut::with_capacity(BATCH + 1024);
     let mut count = 0u64;
-    let closed = || Error::SourceRead {
-        url: url.clone(),
-        offset: 0,
-        class: "cancelled",
-        message: "the upload stopped".into(),
-    };
+    let closed = || cancelled(&url);
     while let Some(item) = frames.next().await {
         let record = item.map_err(|e| {
             classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding, None)

@@ -218,6 +218,11 @@ impl JobSpec {
                 ));
             }
         }
+        if crate::key::KeyVars::uses(&self.destination.key, "page") && !extracting {
+            return Err(Error::spec(
+                "destination.key: {page} needs records (or input_format ndjson): a byte-for-byte copy has no pages",
+            ));
+        }
         if let Some(t) = &self.scheduled_time {
             chrono::DateTime::parse_from_rfc3339(t)
                 .map_err(|e| Error::spec(format!("scheduled_time {t:?} is not RFC 3339: {e}")))?;
@@ -256,6 +261,11 @@ impl JobSpec {
             return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
         }
         Ok(())
+    }
+
+    /// Whether every page is written to its own object (`{page}` in the key).
+    pub fn object_per_page(&self) -> bool {
+        crate::key::KeyVars::uses(&self.destination.key, "page")
     }
 
     /// Whether records are extracted (rather than the body copied byte for byte).

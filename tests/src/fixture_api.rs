@@ -352,6 +352,8 @@ struct ApiQuery {
     key: String,
     status: Option<u16>,
     to: Option<String>,
+    /// `/api/pages`: this page's document is cut short after its first records.
+    cut_page: Option<u64>,
 }
 
 impl ApiQuery {
@@ -572,11 +574,19 @@ async fn pages_route(Query(q): Query<ApiQuery>) -> Response {
     if k == 0 {
         return bad_request("pages start at 1");
     }
-    page(
-        r#"{"data":["#.to_owned(),
-        ids((k - 1).saturating_mul(per), per, q.n()),
-        "]}".to_owned(),
-    )
+    let ids = ids((k - 1).saturating_mul(per), per, q.n());
+    if q.cut_page == Some(k) {
+        let head: String = ids
+            .clone()
+            .take(2)
+            .map(|i| api_record_json(i) + ",")
+            .collect();
+        return json_response(
+            StatusCode::OK,
+            Body::from(format!(r#"{{"data":[{head}{{"id":"#)),
+        );
+    }
+    page(r#"{"data":["#.to_owned(), ids, "]}".to_owned())
 }
 
 async fn offset_route(Query(q): Query<ApiQuery>) -> Response {

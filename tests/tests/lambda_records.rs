@@ -84,6 +84,67 @@ async fn every_pagination_style_yields_every_record_once() {
 }
 
 #[tokio::test]
+async fn page_placeholder_writes_one_object_and_manifest_per_page() {
+    let h = Harness::start("ingest-http", "perpage", None).await;
+    let client = h.server.client().await;
+    let paginate = json!({"page_number": {"param": "page", "start": 1}});
+    // 25 records, 10 per page: pages 1-3 hold records, page 4 is empty and ends the run.
+    let job = records_job(
+        &h,
+        "/api/pages?n=25&per=10",
+        "pages/p-{page}.ndjson",
+        paginate.clone(),
+    );
+    let s = response(h.invoke(job, T).await);
+    assert_eq!(s["status"], "written");
+    assert_eq!(s["key"], "pages/p-{page}.ndjson");
+    assert_eq!(s["records"], 25);
+    let objects = s["objects"].as_array().expect("objects listed");
+    assert_eq!(objects.len(), 3, "{s}");
+    for (i, o) in objects.iter().enumerate() {
+        let page = i as u64 + 1;
+        let key = format!("pages/p-{page:05}.ndjson");
+        assert_eq!(o["key"], key.as_str());
+        assert_eq!(o["page"], page);
+        let want: String = ((page - 1) * 10 + 1..=(page * 10).min(25))
+            .map(|i| api_record_json(i) + "\n")
+            .collect();
+        assert_eq!(o["records"], want.lines().count());
+        assert_eq!(object_text(&h, &key).await, want, "{key}");
+        let manifest: Value =
+            serde_json::from_str(&object_text(&h, &format!("{key}.manifest.json")).await).unwrap();
+        assert_eq!(manifest["page"], page);
+        assert_eq!(manifest["key"], key.as_str());
+        assert_eq!(manifest["checksum"], o["checksum"]);
+        assert_eq!(manifest["records"], o["records"]);
+    }
+    assert!(!sluice_tests::object_exists(&client, &h.bucket, "pages/p-00004.ndjson").await);
+
+    // Page 3 is cut short mid-stream: its upload is aborted and pages 1 and 2 are deleted.
+    let job = records_job(
+        &h,
+        "/api/pages?n=25&per=10&cut_page=3",
+        "cut/p-{page}.ndjson",
+        paginate,
+    );
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(message.contains("cut short"), "{message}");
+    for page in 1..=3 {
+        h.assert_nothing_written(&format!("cut/p-{page:05}.ndjson"))
+            .await;
+        h.assert_nothing_written(&format!("cut/p-{page:05}.ndjson.manifest.json"))
+            .await;
+    }
+
+    // A byte-for-byte copy has no pages.
+    let job = h.job("/json?size=1000", "copy-{page}");
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "InvalidInput");
+    assert!(message.contains("{page} needs records"), "{message}");
+}
+
+#[tokio::test]
 async fn top_level_arrays_ndjson_input_and_pretty_records() {
     let h = Harness::start("ingest-http", "shapes", None).await;
     let mut job = h.job("/api/top?n=7", "top.ndjson");
