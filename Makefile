@@ -5,14 +5,17 @@ FUNCTION ?= ingest-http
 EVENT ?= events/ingest-http.json
 ARCH ?= x86_64
 
-.PHONY: help setup stack stack-down lint build-local test demo build watch invoke clean
+.PHONY: help setup stack stack-down lint validate build-local test demo bench build deploy watch invoke clean
 
 help:
 	@echo "make demo        stream a generated 1 GiB JSON document into local S3 through ingest-http"
 	@echo "make test        lint, build, start local servers, run every test"
 	@echo "make lint        rustfmt + clippy (warnings denied)"
 	@echo "make stack       start local Garage + moto (make stack-down stops them)"
-	@echo "make build       cargo lambda build --release (ARCH=arm64 for Graviton)"
+	@echo "make validate    offline checks of the SAM template (cfn-lint, sam validate --lint, policy check)"
+	@echo "make bench       sluice against boto3, smart_open, aws cli and rclone in a 256 MB / 14.5% CPU box"
+	@echo "make build       cargo lambda build (ARCH=arm64 for Graviton)"
+	@echo "make deploy      sam build (cargo-lambda, arm64) + sam deploy --guided; needs AWS credentials"
 	@echo "make watch       cargo lambda watch against the local Garage"
 	@echo "make invoke      cargo lambda invoke FUNCTION=$(FUNCTION) EVENT=$(EVENT)"
 
@@ -29,6 +32,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
 
+validate: setup
+	bash scripts/validate.sh
+
 build-local:
 	cargo build --release --workspace --bins
 
@@ -38,16 +44,26 @@ test:
 demo:
 	bash scripts/demo.sh
 
+bench:
+	bash bench/run.sh
+
 # Lambda packages (profile `lambda`: thin LTO): target/lambda/<function>/bootstrap. arm64 needs the rustup target
 # aarch64-unknown-linux-gnu, which this machine may not be able to fetch.
 build: setup
 	PATH="$(VENV)/bin:$$PATH" cargo lambda build --profile lambda $(if $(filter arm64,$(ARCH)),--arm64,--x86-64)
+
+# Needs AWS credentials and the aarch64-unknown-linux-gnu rustup target; asks for the stack's
+# parameters (infra/README.md explains them).
+deploy: setup validate
+	PATH="$(VENV)/bin:$$PATH" sam build -t infra/template.yaml --beta-features
+	PATH="$(VENV)/bin:$$PATH" sam deploy --guided
 
 # Runs the functions under cargo-lambda's emulator, pointed at the local Garage.
 watch: stack
 	eval "$$(bash scripts/stack.sh env)" && \
 	AWS_ENDPOINT_URL="$$SLUICE_GARAGE_ENDPOINT" AWS_ACCESS_KEY_ID="$$SLUICE_S3_ACCESS_KEY_ID" \
 	AWS_SECRET_ACCESS_KEY="$$SLUICE_S3_SECRET_ACCESS_KEY" AWS_EC2_METADATA_DISABLED=true \
+	SLUICE_ALLOW_PRIVATE_NETWORKS=true \
 	PATH="$(VENV)/bin:$$PATH" cargo lambda watch
 
 invoke: setup

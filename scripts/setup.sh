@@ -17,7 +17,9 @@ GARAGE_ROOT="$CACHE/garage-$GARAGE_VERSION"
 GARAGE_BIN="$GARAGE_ROOT/bin/garage"
 GARAGE_LOG="$CACHE/garage-build.log"
 VENV="$ROOT/.venv"
-PY_REQUIREMENTS=("moto[server]" "cargo-lambda" "ziglang" "boto3")
+# cfn-lint and aws-sam-cli validate infra/template.yaml offline (scripts/validate.sh); one resolver
+# run keeps boto3 within what aws-sam-cli accepts.
+PY_REQUIREMENTS=("moto[server]" "cargo-lambda" "ziglang" "boto3" "cfn-lint==1.58.0" "aws-sam-cli==1.170.0")
 
 report() { printf '%-14s %s\n' "$1:" "$2"; }
 

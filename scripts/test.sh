@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: everything from a fresh machine to a full test run.
 #   1. install what is missing (scripts/setup.sh: apt packages, the Python venv, Garage)
-#   2. lint: rustfmt and clippy with warnings denied
+#   2. lint: rustfmt and clippy with warnings denied; the SAM template checked offline
 #   3. build the release Lambda binaries the integration tests drive
 #   4. start the local S3 servers, run every test (release profile, one build for all)
 #   5. stop the servers (KEEP_STACK=1 leaves them running)
@@ -14,6 +14,9 @@ bash scripts/setup.sh
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== validate (SAM template, offline)"
+bash scripts/validate.sh
 
 echo "== build"
 cargo build --release --workspace --bins
