@@ -99,9 +99,26 @@ pub struct ExportSpec {
     /// Overrides of the memory plan and the deadline margin.
     #[serde(default)]
     pub tuning: Tuning,
+    /// The schedule's time (RFC 3339), e.g. EventBridge Scheduler's
+    /// `<aws.scheduler.scheduled-time>`: date placeholders in the key use it, so a late or
+    /// retried run writes the same key. Default: none (the clock).
+    #[serde(default)]
+    pub scheduled_time: Option<String>,
 }
 
 impl ExportSpec {
+    /// The parsed `scheduled_time`.
+    fn scheduled_time(&self) -> Result<Option<DateTime<Utc>>> {
+        self.scheduled_time
+            .as_deref()
+            .map(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| Error::spec(format!("scheduled_time {t:?} is not RFC 3339: {e}")))
+            })
+            .transpose()
+    }
+
     /// Parses and validates an export spec from JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
         let spec: ExportSpec =
@@ -114,6 +131,7 @@ impl ExportSpec {
     pub fn validate(&self) -> Result<()> {
         let ExportSource::Postgres(pg) = &self.source;
         pg.validate()?;
+        self.scheduled_time()?;
         let bucket = &self.destination.bucket;
         if bucket.len() < 3
             || bucket.len() > 63
@@ -215,7 +233,11 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     spec.validate()?;
     let clock = std::time::Instant::now();
     let ExportSource::Postgres(pg) = &spec.source;
-    let vars = KeyVars::new(ctx.started, ctx.run_id.clone());
+    let scheduled_time = spec.scheduled_time()?;
+    let vars = KeyVars {
+        scheduled_time,
+        ..KeyVars::new(scheduled_time.unwrap_or(ctx.started), ctx.run_id.clone())
+    };
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();
     let budget = spec.budget(ctx.budget);
@@ -434,6 +456,22 @@ mod tests {
         assert!(
             e.contains("must name a Secrets Manager secret") && !e.contains("hunter2"),
             "{e}"
+        );
+        let mut v = base.clone();
+        v["scheduled_time"] = json!("yesterday");
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("scheduled_time \"yesterday\" is not RFC 3339"),
+            "{e}"
+        );
+        let mut v = base.clone();
+        v["scheduled_time"] = json!("2026-11-22T06:00:00Z");
+        assert!(
+            ExportSpec::from_json(v)
+                .unwrap()
+                .scheduled_time()
+                .unwrap()
+                .is_some()
         );
         let mut v = base;
         v["source"]["postgres"]["secret"] = json!({"value": "hunter2"});
