@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod cgroup;
 pub mod fixture;
 pub mod fixture_api;

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# `make bench`: sluice against the tools users pick instead (requests + boto3, smart_open,
+# curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 for records), in an unconstrained
+# box and a Lambda 256 MB box (cgroup v1: 256 MiB, 14.5% of a core), same nginx source, same
+# Garage; every output read back and verified. See bench/README.md.
+#
+#   bash bench/run.sh                  full run: bench/results/<date>.{json,md,png} + README block
+#   BENCH_SMOKE=1 bash bench/run.sh    8 MiB, every tool and box once, results to a temp dir,
+#                                      no README change (part of `make test`)
+#
+# Environment: BENCH_GIB (default 2), BENCH_RUNS (3), BENCH_ONLY (comma-separated substrings of
+# configuration ids, e.g. `ingest/none,limit`), BENCH_TIMEOUT_SECS (per run, 1800),
+# BENCH_GZIP_LEVEL (the equal gzip level, default 1), BENCH_NO_README=1 (full run, README left
+# alone), BENCH_SKIP_SETUP=1 (skip setup.sh and the installs: for make test, which did them).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+STATE="$ROOT/.local/bench"
+VENV="$ROOT/.venv"
+SMOKE="${BENCH_SMOKE:-0}"
+# Versions tested; a change of this list reinstalls.
+PY_BENCH=("smart_open[s3]==9.0.2" "awscli==1.46.3" "zstandard==0.25.0" "matplotlib==3.11.2"
+    "requests==2.34.2")
+started=$(date +%s)
+
+report() { printf '%-14s %s\n' "$1:" "$2"; }
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# --- what the bench needs ----------------------------------------------------------------------
+if [[ "${BENCH_SKIP_SETUP:-0}" != 1 ]]; then
+    bash scripts/setup.sh
+fi
+apt_missing=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_missing+=(nginx)
+command -v rclone >/dev/null 2>&1 || apt_missing+=(rclone)
+command -v zstd >/dev/null 2>&1 || apt_missing+=(zstd)
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+command -v gzip >/dev/null 2>&1 || apt_missing+=(gzip)
+if ((${#apt_missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+    report "bench apt" "installed ${apt_missing[*]}"
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+stamp="$VENV/.sluice-bench-requirements"
+wanted="${PY_BENCH[*]}"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" && -x "$VENV/bin/aws" ]]; then
+    :
+else
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_BENCH[@]}"
+    "$VENV/bin/python" -c 'import boto3, smart_open, zstandard, matplotlib, requests'
+    printf '%s' "$wanted" >"$stamp"
+    report "bench venv" "installed $wanted"
+fi
+
+echo "== bench: build"
+cargo build --release -p ingest-http -p sluice-tests --bin ingest-http --bin sluice-bench
+
+echo "== bench: stack"
+bash scripts/stack.sh up
+
+# --- nginx on a loopback port, serving .local/bench/data ---------------------------------------
+mkdir -p "$STATE/data" "$STATE/tmp"
+rm -f "$STATE"/data/src-*.json # a previous run's leftovers
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+user_line=""
+[[ $(id -u) == 0 ]] && user_line="user root;"
+cat >"$STATE/nginx.conf" <<NGINX
+$user_line
+worker_processes 1;
+pid $STATE/nginx.pid;
+error_log $STATE/nginx-error.log warn;
+events { worker_connections 256; }
+http {
+    sendfile on;
+    tcp_nopush on;
+    access_log off;
+    default_type application/json;
+    client_body_temp_path $STATE/tmp/body;
+    proxy_temp_path $STATE/tmp/proxy;
+    fastcgi_temp_path $STATE/tmp/fastcgi;
+    uwsgi_temp_path $STATE/tmp/uwsgi;
+    scgi_temp_path $STATE/tmp/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        root $STATE/data;
+    }
+}
+NGINX
+if [[ -f "$STATE/nginx.pid" ]] && kill -0 "$(cat "$STATE/nginx.pid")" 2>/dev/null; then
+    "$NGINX" -c "$STATE/nginx.conf" -p "$STATE" -s stop 2>/dev/null || kill "$(cat "$STATE/nginx.pid")" || true
+    sleep 0.5
+fi
+"$NGINX" -c "$STATE/nginx.conf" -p "$STATE"
+stop_nginx() {
+    if [[ -f "$STATE/nginx.pid" ]]; then
+        kill "$(cat "$STATE/nginx.pid")" 2>/dev/null || true
+    fi
+    rm -f "$STATE"/data/src-*.json
+}
+trap stop_nginx EXIT
+echo '{"ready":true}' >"$STATE/data/ready.json"
+for _ in $(seq 50); do
+    curl -sf "http://127.0.0.1:$port/ready.json" >/dev/null && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$port/ready.json" >/dev/null || {
+    cat "$STATE/nginx-error.log" >&2
+    echo "bench: nginx did not start on 127.0.0.1:$port" >&2
+    exit 1
+}
+report "nginx" "http://127.0.0.1:$port serving $STATE/data"
+
+cat >"$STATE/aws-config" <<AWS
+[default]
+region = us-east-1
+s3 =
+    addressing_style = path
+AWS
+
+# --- the runner ---------------------------------------------------------------------------------
+if [[ "$SMOKE" == 1 ]]; then
+    OUT="$(mktemp -d /tmp/sluice-bench.XXXXXX)"
+    COMMAND="BENCH_SMOKE=1 bash bench/run.sh"
+else
+    OUT="$ROOT/bench/results"
+    COMMAND="BENCH_GIB=${BENCH_GIB:-2} BENCH_RUNS=${BENCH_RUNS:-3}${BENCH_ONLY:+ BENCH_ONLY=$BENCH_ONLY} make bench"
+fi
+mkdir -p "$OUT"
+versions="$("$VENV/bin/python" - <<'PY'
+import importlib.metadata as m
+print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard"]))
+PY
+)"
+versions+=", $(rclone version 2>/dev/null | head -1), curl $(curl --version | head -1 | cut -d' ' -f2)"
+versions+=", gzip $(gzip --version | head -1 | awk '{print $2}'), zstd $(zstd --version | grep -o 'v[0-9.]*' | head -1)"
+versions+=", nginx $("$NGINX" -v 2>&1 | cut -d/ -f2), python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())')"
+
+set +e
+BENCH_OUT="$OUT" BENCH_DATA="$STATE/data" BENCH_SOURCE_URL="http://127.0.0.1:$port" \
+    BENCH_PYTHON="$VENV/bin/python" BENCH_PEERS="$ROOT/bench/peers" BENCH_AWS="$VENV/bin/aws" \
+    BENCH_AWS_CONFIG="$STATE/aws-config" BENCH_COMMAND="$COMMAND" BENCH_VERSIONS="$versions" \
+    PATH="$VENV/bin:$PATH" "$ROOT/target/release/sluice-bench"
+status=$?
+set -e
+
+# --- chart and README ---------------------------------------------------------------------------
+json="$(ls -t "$OUT"/*.json 2>/dev/null | head -1 || true)"
+if [[ -n "$json" ]]; then
+    "$VENV/bin/python" bench/chart.py "$json" "${json%.json}.png"
+fi
+if [[ $status == 0 && "$SMOKE" != 1 && -z "${BENCH_ONLY:-}" && "${BENCH_NO_README:-0}" != 1 ]]; then
+    python3 bench/readme.py README.md "${json%.json}.md"
+fi
+echo "bench: finished in $(($(date +%s) - started)) s (exit $status); results in $OUT"
+exit $status

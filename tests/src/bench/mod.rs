@@ -1,0 +1,15 @@
+//! The benchmark of `make bench` (`sluice-bench`): sluice against the tools users would pick
+//! instead, each run inside the same cgroups (an unconstrained box and a "Lambda 256 MB" box),
+//! against the same nginx source and the same Garage, every output verified.
+//!
+//! - [`cell`]: the two boxes (memory + cpu + cpuacct cgroups) and processes run inside them.
+//! - [`source`]: the generated JSON documents nginx serves, one per run, and their checksums.
+//! - [`plan`]: settings from the environment, the cases and tools, the run loop.
+//! - [`report`]: medians, ratios, the JSON, Markdown and README outputs.
+//! - [`limits`]: the runner's own sub-modes: the sink alone and the compressor alone.
+
+pub mod cell;
+pub mod limits;
+pub mod plan;
+pub mod report;
+pub mod source;

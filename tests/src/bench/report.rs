@@ -1,0 +1,429 @@
+//! Medians, sluice's ratios to the best peer, and the outputs: `<date>.json` (every run, the
+//! medians, the machine) and `<date>.md` (the tables the README shows).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::cell::BoxKind;
+use super::plan::{Case, Config, RunRecord, Settings, Status, Tool, USUAL_GZIP_LEVEL};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The machine the benchmark ran on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// Logical cores.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// `/proc/loadavg` when the run started.
+    pub load_at_start: String,
+}
+
+impl Machine {
+    /// Reads the machine's description from `/proc`.
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: read_trim("/proc/sys/kernel/osrelease"),
+            memory_mib: memory_kib / 1024,
+            load_at_start: load(),
+        }
+    }
+
+    /// One line: `AMD EPYC, 2 cores, 23 GiB, Linux 6.1`.
+    pub fn line(&self) -> String {
+        format!(
+            "{}, {} cores, {} GiB RAM, Linux {}",
+            self.cpu,
+            self.cores,
+            self.memory_mib / 1024,
+            self.kernel
+        )
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `/proc/loadavg`'s first three fields.
+pub fn load() -> String {
+    read_trim("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The medians of one configuration in one box.
+#[derive(Clone, Debug, Serialize)]
+pub struct Median {
+    /// `case/mode/tool`.
+    pub id: String,
+    /// The configuration.
+    pub config: Config,
+    /// The box.
+    #[serde(rename = "box")]
+    pub box_kind: BoxKind,
+    /// Runs made.
+    pub runs: usize,
+    /// Runs that finished with a verified output.
+    pub ok: usize,
+    /// `ok`, or how the others ended (`killed 3/3`, `failed 1/3, ok 2/3`).
+    pub outcome: String,
+    /// Median MiB/s of source, over the ok runs.
+    pub mib_per_s: Option<f64>,
+    /// Median peak memory, bytes, over the ok runs (over all runs when none was ok).
+    pub peak_bytes: Option<u64>,
+    /// Median CPU seconds per GiB of source, over the ok runs.
+    pub cpu_s_per_gib: Option<f64>,
+    /// Median output size, bytes.
+    pub out_bytes: Option<u64>,
+}
+
+fn median_f(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Medians per configuration and box, in the order the configurations were run.
+pub fn medians(configs: &[Config], runs: &[RunRecord]) -> Vec<Median> {
+    let mut out = Vec::new();
+    for config in configs {
+        for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
+            let mine: Vec<&RunRecord> = runs
+                .iter()
+                .filter(|r| r.config == *config && r.box_kind == kind)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let ok: Vec<&RunRecord> = mine
+                .iter()
+                .copied()
+                .filter(|r| r.status == Status::Ok)
+                .collect();
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in &mine {
+                *counts.entry(status_name(r.status)).or_default() += 1;
+            }
+            let outcome = if ok.len() == mine.len() {
+                "ok".to_owned()
+            } else {
+                counts
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}/{}", mine.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let peaks_from = if ok.is_empty() { &mine } else { &ok };
+            out.push(Median {
+                id: config.id(),
+                config: config.clone(),
+                box_kind: kind,
+                runs: mine.len(),
+                ok: ok.len(),
+                outcome,
+                mib_per_s: median_f(ok.iter().filter_map(|r| r.mib_per_s).collect()),
+                peak_bytes: median_f(peaks_from.iter().map(|r| r.peak_bytes as f64).collect())
+                    .map(|v| v as u64),
+                cpu_s_per_gib: median_f(ok.iter().map(|r| r.cpu_s_per_gib).collect()),
+                out_bytes: median_f(
+                    ok.iter()
+                        .filter_map(|r| r.out_bytes.map(|b| b as f64))
+                        .collect(),
+                )
+                .map(|v| v as u64),
+            });
+        }
+    }
+    out
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Killed => "killed",
+        Status::Timeout => "timeout",
+        Status::Failed => "FAILED",
+    }
+}
+
+/// sluice against the best peer of a comparison, in one box.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    /// What is compared, e.g. `ingest none` or `ingest sluice gzip-1 vs peers gzip-6`.
+    pub comparison: String,
+    /// The box.
+    #[serde(rename = "box")]
+    pub box_kind: BoxKind,
+    /// sluice's MiB/s over the fastest peer's (higher is better for sluice).
+    pub throughput: Option<f64>,
+    /// The fastest peer.
+    pub fastest_peer: Option<String>,
+    /// sluice's peak over the smallest peer peak (lower is better).
+    pub peak: Option<f64>,
+    /// The leanest peer.
+    pub leanest_peer: Option<String>,
+    /// sluice's CPU s/GiB over the lowest peer's (lower is better).
+    pub cpu: Option<f64>,
+    /// The most CPU-frugal peer.
+    pub frugal_peer: Option<String>,
+    /// Peers that finished no run (killed, failed, timed out).
+    pub peers_without_result: Vec<String>,
+}
+
+fn best<'a>(
+    peers: &[&'a Median],
+    value: impl Fn(&Median) -> Option<f64>,
+    higher: bool,
+) -> Option<(&'a Median, f64)> {
+    peers
+        .iter()
+        .filter_map(|m| value(m).map(|v| (*m, v)))
+        .fold(None, |acc, (m, v)| match acc {
+            Some((_, b)) if (higher && b >= v) || (!higher && b <= v) => acc,
+            _ => Some((m, v)),
+        })
+}
+
+/// sluice's ratios to the best peer: per case, mode and box, plus sluice at its equal (and
+/// default) gzip level against the peers at their usual level 6.
+pub fn ratios(medians: &[Median], settings: &Settings) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    let mut comparisons: Vec<(String, Case, String, String)> = Vec::new();
+    for m in medians {
+        if m.config.tool == Tool::Sluice && m.config.case != Case::Limit {
+            let c = (
+                format!("{} {}", m.config.case.id(), m.config.mode),
+                m.config.case,
+                m.config.mode.clone(),
+                m.config.mode.clone(),
+            );
+            if !comparisons.contains(&c) {
+                comparisons.push(c);
+            }
+        }
+    }
+    let gzip = format!("gzip-{}", settings.gzip_level);
+    let usual = format!("gzip-{USUAL_GZIP_LEVEL}");
+    if gzip != usual {
+        comparisons.push((
+            format!("ingest sluice {gzip} vs peers {usual}"),
+            Case::Ingest,
+            gzip,
+            usual,
+        ));
+    }
+    for (name, case, sluice_mode, peer_mode) in comparisons {
+        for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
+            let Some(sluice) = medians.iter().find(|m| {
+                m.config.case == case
+                    && m.config.tool == Tool::Sluice
+                    && m.config.mode == sluice_mode
+                    && m.box_kind == kind
+            }) else {
+                continue;
+            };
+            let peers: Vec<&Median> = medians
+                .iter()
+                .filter(|m| {
+                    m.config.case == case
+                        && m.config.tool.is_peer()
+                        && m.config.mode == peer_mode
+                        && m.box_kind == kind
+                })
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let ok_peers: Vec<&Median> = peers.iter().copied().filter(|m| m.ok > 0).collect();
+            let fast = best(&ok_peers, |m| m.mib_per_s, true);
+            let lean = best(&ok_peers, |m| m.peak_bytes.map(|b| b as f64), false);
+            let frugal = best(&ok_peers, |m| m.cpu_s_per_gib, false);
+            let div = |a: Option<f64>, b: Option<(&Median, f64)>| match (a, b) {
+                (Some(a), Some((_, b))) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            out.push(Ratio {
+                comparison: name.clone(),
+                box_kind: kind,
+                throughput: div(sluice.mib_per_s, fast),
+                fastest_peer: fast.map(|(m, _)| m.config.tool.id().to_owned()),
+                peak: div(sluice.peak_bytes.map(|b| b as f64), lean),
+                leanest_peer: lean.map(|(m, _)| m.config.tool.id().to_owned()),
+                cpu: div(sluice.cpu_s_per_gib, frugal),
+                frugal_peer: frugal.map(|(m, _)| m.config.tool.id().to_owned()),
+                peers_without_result: peers
+                    .iter()
+                    .filter(|m| m.ok == 0)
+                    .map(|m| format!("{} ({})", m.config.tool.id(), m.outcome))
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+/// The whole report as JSON.
+pub fn to_json(
+    date: &str,
+    machine: &Machine,
+    settings: &Settings,
+    runs: &[RunRecord],
+    medians: &[Median],
+    ratios: &[Ratio],
+    wall_secs: f64,
+) -> Value {
+    json!({
+        "date": date,
+        "command": settings.command,
+        "machine": machine,
+        "versions": std::env::var("BENCH_VERSIONS").unwrap_or_default(),
+        "load_at_end": load(),
+        "wall_secs": wall_secs,
+        "settings": settings,
+        "medians": medians,
+        "ratios": ratios,
+        "runs": runs,
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio_cell(v: Option<f64>, peer: &Option<String>) -> String {
+    match (v, peer) {
+        (Some(v), Some(p)) => format!("{v:.2}× ({p})"),
+        _ => "–".to_owned(),
+    }
+}
+
+/// The Markdown report: settings line, limits, one table per box, ratios.
+pub fn to_markdown(
+    date: &str,
+    machine: &Machine,
+    settings: &Settings,
+    medians: &[Median],
+    ratios: &[Ratio],
+    chart: Option<&str>,
+) -> String {
+    let mut md = String::new();
+    let gib = settings.size as f64 / (1u64 << 30) as f64;
+    let _ = writeln!(
+        md,
+        "Benchmark of {date} on {} (load at start {}); `{}`: a {gib:.2} GiB JSON document \
+         (`BENCH_GIB`), median of {} run(s) per tool and box, every output read back and \
+         checked. Boxes: *unconstrained*, and *Lambda 256 MB* = cgroup v1 \
+         `memory.limit_in_bytes=256M` + `cpu.cfs_quota_us=14500`/`100000` (what a 256 MB \
+         function gets). Peak memory and CPU time count every process of a tool (the whole \
+         pipeline); the source (nginx) and S3 (Garage) run outside the boxes.",
+        machine.line(),
+        machine.load_at_start,
+        settings.command,
+        settings.runs
+    );
+    if let Ok(versions) = std::env::var("BENCH_VERSIONS") {
+        let _ = writeln!(md, "\nVersions: {versions}.");
+    }
+    if let Some(chart) = chart {
+        let _ = writeln!(md, "\n![throughput and peak memory]({chart})");
+    }
+    for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
+        let _ = writeln!(
+            md,
+            "\n**{}**\n\n| case | mode | tool | MiB/s | peak MiB | CPU s/GiB | output MiB | runs |\n\
+             |---|---|---|---:|---:|---:|---:|---|",
+            match kind {
+                BoxKind::Unconstrained => "Unconstrained",
+                BoxKind::Lambda256 => "Lambda 256 MB (256 MiB, 14.5% of a core)",
+            }
+        );
+        for m in medians.iter().filter(|m| m.box_kind == kind) {
+            let tool = if m.config.tool == Tool::Sluice {
+                format!("**{}**", m.config.tool.label())
+            } else {
+                m.config.tool.label().to_owned()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                m.config.case.id(),
+                m.config.mode,
+                tool,
+                opt(m.mib_per_s, 1),
+                opt(m.peak_bytes.map(|b| b as f64 / MIB), 0),
+                opt(m.cpu_s_per_gib, 2),
+                opt(m.out_bytes.map(|b| b as f64 / MIB), 1),
+                m.outcome
+            );
+        }
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**sluice ÷ best peer** (throughput: higher is better; peak memory and CPU: lower \
+             is better)\n\n| comparison | box | throughput | peak memory | CPU s/GiB | peers \
+             without a result |\n|---|---|---|---|---|---|"
+        );
+        for r in ratios {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.comparison,
+                r.box_kind.name(),
+                ratio_cell(r.throughput, &r.fastest_peer),
+                ratio_cell(r.peak, &r.leanest_peer),
+                ratio_cell(r.cpu, &r.frugal_peer),
+                if r.peers_without_result.is_empty() {
+                    "–".to_owned()
+                } else {
+                    r.peers_without_result.join(", ")
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nModes: `none` = byte copy; `gzip-{g}` = every tool at the same gzip level \
+         (sluice's default); `gzip-{u}` = the peers at gzip's usual level; `zstd-3` = every \
+         tool at zstd's default. Records: `$.data[*]` to NDJSON, gzip-{g}. Limits: the \
+         compressor alone compresses {s} MiB of the document in memory on one thread.",
+        g = settings.gzip_level,
+        u = USUAL_GZIP_LEVEL,
+        s = settings.compress_sample / (1 << 20)
+    );
+    md
+}
