@@ -58,6 +58,7 @@ pub mod spec;
 pub mod state;
 pub mod sweep;
 pub mod telemetry;
+pub mod transform;
 
 pub use budget::MemoryBudget;
 pub use error::{Error, ErrorKind, Result};

@@ -5,3 +5,4 @@ pub mod http;
 pub mod postgres;
 pub mod rate;
 pub mod retry;
+pub mod s3;

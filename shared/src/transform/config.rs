@@ -1,0 +1,524 @@
+//! The pipeline config of `transform-s3`: what to read, the steps, where the output and the
+//! quarantine go. Parsed once at init and validated before any event is served.
+
+use serde::Deserialize;
+
+use super::steps::{self, Step};
+use super::value::{ColType, Parser};
+use crate::checksum::ChecksumAlgorithm;
+use crate::codec::Compression;
+use crate::error::{Error, Result};
+use crate::key::{self, KeyVars};
+use crate::spec::Tuning;
+
+/// The whole pipeline.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// What the source objects are and which of them to read.
+    pub input: InputSpec,
+    /// Steps applied to every row, in order.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Where and how the clean rows are written.
+    pub output: OutputSpec,
+    /// Where rows that fail go, and when there are too many of them.
+    #[serde(default)]
+    pub quarantine: QuarantineSpec,
+    /// Overrides of the memory plan and the deadline margin (as in every sluice job).
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// Input format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// CSV with a header row (RFC 4180 quoting).
+    #[default]
+    Csv,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// `input`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// `csv` (default) or `ndjson`.
+    #[serde(default)]
+    pub format: InputFormat,
+    /// Declared columns. CSV columns not listed pass through as strings; NDJSON rows have
+    /// exactly the listed columns (other keys are ignored).
+    #[serde(default)]
+    pub schema: Vec<ColumnSpec>,
+    /// Only keys starting with this are read.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Only keys ending with this are read (e.g. `.csv.gz`).
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// CSV field delimiter, one ASCII character. Default `,`.
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// CSV quote character, one ASCII character. Default `"`.
+    #[serde(default)]
+    pub quote: Option<char>,
+}
+
+/// One declared column.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// The header name (CSV) or object key (NDJSON).
+    pub name: String,
+    /// The type. Default `string`.
+    #[serde(rename = "type", default = "string_type")]
+    pub ty: ColType,
+    /// chrono format for `date` and `timestamp`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// An empty value (or a missing or `null` JSON value) becomes null. Without it, an empty
+    /// string column is the empty string and any other empty column quarantines the row.
+    #[serde(default)]
+    pub nullable: bool,
+    /// The value must be present and non-empty, or the row is quarantined (whatever the type).
+    #[serde(default)]
+    pub required: bool,
+    /// Texts read as empty, besides the empty string (e.g. `["NA", "-"]`).
+    #[serde(default)]
+    pub null_values: Vec<String>,
+}
+
+fn string_type() -> ColType {
+    ColType::String
+}
+
+impl ColumnSpec {
+    /// The parser of this column's values.
+    pub fn parser(&self) -> Parser {
+        Parser::new(self.ty, self.format.clone())
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// CSV with a header row; null is an empty field.
+    #[default]
+    Csv,
+    /// One JSON object per line, keys in column order; dates and timestamps as strings.
+    Ndjson,
+}
+
+impl OutputFormat {
+    /// MIME type of the uncompressed format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Csv => "text/csv; charset=utf-8",
+            OutputFormat::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
+/// `output`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// `csv` (default) or `ndjson`.
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// `"gzip"`, `"zstd"` or `{"codec", "level"}`; default none.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Bucket of the output and the quarantine. Default: the source object's bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Key template: `{source_stem}`, `{source_key}`, `{source_dir}`, `{date}`, `{yyyy}`,
+    /// `{mm}`, `{dd}`, `{hh}`, `{run_id}`. Must start with a literal prefix (e.g. `clean/`):
+    /// keys under it are never read as input.
+    pub key: String,
+    /// `false`: an existing output is never replaced, even by a newer source version.
+    #[serde(default = "yes")]
+    pub overwrite: bool,
+    /// Full-object checksum, `crc64nvme` (default) or `crc32c`.
+    #[serde(default)]
+    pub checksum: ChecksumAlgorithm,
+    /// Write `<key>.manifest.json` (needed to recognise duplicate and older events). Default
+    /// true.
+    #[serde(default = "yes")]
+    pub manifest: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `quarantine`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineSpec {
+    /// Key template of the NDJSON quarantine object (same placeholders as `output.key`).
+    /// Default `quarantine/{source_key}.ndjson`.
+    #[serde(default = "default_quarantine_key")]
+    pub key: String,
+    /// The object fails (output aborted, quarantine kept) once more rows than this are bad.
+    #[serde(default)]
+    pub max_bad_rows: Option<u64>,
+    /// The object fails when bad rows / rows read exceeds this (0..=1), checked at the end.
+    #[serde(default)]
+    pub max_bad_ratio: Option<f64>,
+    /// Bytes of a bad row's raw text kept in its quarantine record. Default 4096.
+    #[serde(default = "default_raw_cap")]
+    pub max_raw_bytes: usize,
+}
+
+fn default_quarantine_key() -> String {
+    "quarantine/{source_key}.ndjson".to_owned()
+}
+
+fn default_raw_cap() -> usize {
+    4096
+}
+
+impl Default for QuarantineSpec {
+    fn default() -> Self {
+        QuarantineSpec {
+            key: default_quarantine_key(),
+            max_bad_rows: None,
+            max_bad_ratio: None,
+            max_raw_bytes: default_raw_cap(),
+        }
+    }
+}
+
+/// The source object a key template is rendered for.
+#[derive(Debug, Clone)]
+pub struct SourceVars {
+    /// The source key.
+    pub key: String,
+    /// The usual key variables (date, run id).
+    pub vars: KeyVars,
+}
+
+impl Pipeline {
+    /// Parses and validates a pipeline from JSON text. Errors name the field's path:
+    /// `steps[2].concat: unknown field "seps", expected one of ...`.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let pipeline: Pipeline = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                Error::spec(format!("pipeline: {inner}"))
+            } else {
+                Error::spec(format!("pipeline {path}: {inner}"))
+            }
+        })?;
+        pipeline.validate()?;
+        Ok(pipeline)
+    }
+
+    /// Checks everything that can be checked without data: types, formats, step columns
+    /// (against the schema, other names being taken for pass-through CSV columns), key
+    /// templates, prefixes, limits.
+    pub fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.input.schema.iter().enumerate() {
+            if !seen.insert(c.name.as_str()) {
+                return Err(Error::spec(format!(
+                    "input.schema[{i}]: column {:?} declared twice",
+                    c.name
+                )));
+            }
+            if c.format.is_some() && !matches!(c.ty, ColType::Date | ColType::Timestamp) {
+                return Err(Error::spec(format!(
+                    "input.schema[{i}] ({:?}): format applies only to date and timestamp",
+                    c.name
+                )));
+            }
+            c.parser()
+                .check_format()
+                .map_err(|e| Error::spec(format!("input.schema[{i}] ({:?}): {e}", c.name)))?;
+            if c.nullable && c.required {
+                return Err(Error::spec(format!(
+                    "input.schema[{i}] ({:?}): a column cannot be both nullable and required",
+                    c.name
+                )));
+            }
+        }
+        if self.input.format == InputFormat::Ndjson && self.input.schema.is_empty() {
+            return Err(Error::spec(
+                "input.schema: NDJSON input needs a schema (the columns to read)",
+            ));
+        }
+        for (name, c) in [
+            ("delimiter", self.input.delimiter),
+            ("quote", self.input.quote),
+        ] {
+            if let Some(c) = c
+                && (!c.is_ascii() || c == '\n' || c == '\r')
+            {
+                return Err(Error::spec(format!(
+                    "input.{name} {c:?} must be one ASCII character other than a line break"
+                )));
+            }
+        }
+        if self.input.delimiter.is_some() && self.input.delimiter == self.input.quote {
+            return Err(Error::spec("input.delimiter and input.quote are the same"));
+        }
+        steps::compile(
+            &self.steps,
+            &self.schema_layout(),
+            self.input.format == InputFormat::Csv,
+        )?;
+        let sample = SourceVars {
+            key: "in/sample.csv".into(),
+            vars: KeyVars::new(chrono::Utc::now(), "run"),
+        };
+        render_key("output.key", &self.output.key, &sample)?;
+        render_key("quarantine.key", &self.quarantine.key, &sample)?;
+        let out = self.output_prefix();
+        let bad = self.quarantine_prefix();
+        for (field, prefix) in [("output.key", &out), ("quarantine.key", &bad)] {
+            if prefix.is_empty() {
+                return Err(Error::spec(format!(
+                    "{field} must start with a literal prefix such as \"clean/\" before any \
+                     placeholder: keys under it are never read as input, so the function cannot \
+                     trigger itself"
+                )));
+            }
+        }
+        if let Some(input) = &self.input.prefix {
+            for (field, prefix) in [("output.key", &out), ("quarantine.key", &bad)] {
+                if input.starts_with(prefix.as_str()) || prefix.starts_with(input.as_str()) {
+                    return Err(Error::spec(format!(
+                        "input.prefix {input:?} overlaps the prefix {prefix:?} of {field}: the \
+                         function would read its own output"
+                    )));
+                }
+            }
+        }
+        if let Some(r) = self.quarantine.max_bad_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(Error::spec("quarantine.max_bad_ratio must be within 0..=1"));
+        }
+        if self.quarantine.max_raw_bytes > 1 << 20 {
+            return Err(Error::spec(
+                "quarantine.max_raw_bytes must be at most 1048576",
+            ));
+        }
+        if let Some(mib) = self.tuning.part_size_mib
+            && !(5..=5120).contains(&mib)
+        {
+            return Err(Error::spec(format!(
+                "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
+            )));
+        }
+        if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
+            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
+        }
+        Ok(())
+    }
+
+    /// The schema as a layout: name and type of each declared column.
+    pub fn schema_layout(&self) -> Vec<(String, ColType)> {
+        self.input
+            .schema
+            .iter()
+            .map(|c| (c.name.clone(), c.ty))
+            .collect()
+    }
+
+    /// The literal part of `output.key` before its first placeholder.
+    pub fn output_prefix(&self) -> String {
+        literal_prefix(&self.output.key)
+    }
+
+    /// The literal part of `quarantine.key` before its first placeholder.
+    pub fn quarantine_prefix(&self) -> String {
+        literal_prefix(&self.quarantine.key)
+    }
+
+    /// Why `key` is not read, or `None` when it is an input of this pipeline.
+    pub fn skip_reason(&self, key: &str) -> Option<String> {
+        let out = self.output_prefix();
+        if key.starts_with(&out) {
+            return Some(format!("under the output prefix {out:?}"));
+        }
+        let bad = self.quarantine_prefix();
+        if key.starts_with(&bad) {
+            return Some(format!("under the quarantine prefix {bad:?}"));
+        }
+        if let Some(p) = &self.input.prefix
+            && !key.starts_with(p.as_str())
+        {
+            return Some(format!("outside input.prefix {p:?}"));
+        }
+        if let Some(s) = &self.input.suffix
+            && !key.ends_with(s.as_str())
+        {
+            return Some(format!("not ending with input.suffix {s:?}"));
+        }
+        None
+    }
+}
+
+/// The literal part of a key template before its first `{`.
+pub fn literal_prefix(template: &str) -> String {
+    template.split('{').next().unwrap_or_default().to_owned()
+}
+
+/// Renders a key template with the source placeholders (`{source_key}`, `{source_stem}`,
+/// `{source_dir}`) and those of [`key::render`]. `field` names the template in errors.
+pub fn render_key(field: &str, template: &str, source: &SourceVars) -> Result<String> {
+    let dir = source
+        .key
+        .rsplit_once('/')
+        .map_or("", |(d, _)| d)
+        .to_owned();
+    let vars = source
+        .vars
+        .clone()
+        .with("source_key", source.key.clone())
+        .with("source_stem", source_stem(&source.key))
+        .with("source_dir", dir);
+    key::render(template, &vars).map_err(|e| {
+        let text = e.to_string();
+        let text = text.trim_start_matches("invalid job spec: ");
+        Error::spec(text.replacen("destination.key", field, 1))
+    })
+}
+
+const EXTENSIONS: &[&str] = &[
+    ".gz", ".gzip", ".zst", ".zstd", ".csv", ".tsv", ".txt", ".ndjson", ".jsonl", ".json",
+];
+
+/// The file name of `key` without its directory and its data and compression extensions:
+/// `in/parking 2026.csv.gz` → `parking 2026`.
+pub fn source_stem(key: &str) -> String {
+    let mut name = key.rsplit('/').next().unwrap_or(key);
+    loop {
+        let lower = name.to_ascii_lowercase();
+        match EXTENSIONS
+            .iter()
+            .find(|e| lower.ends_with(*e) && lower.len() > e.len())
+        {
+            Some(e) => name = &name[..name.len() - e.len()],
+            None => return name.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{"input": {"format": "csv", "schema": [{"name": "Issue Date", "type": "date", "format": "%m/%d/%Y"},
+                                        {"name": "House Number", "type": "string", "nullable": true}]},
+ "steps": [{"filter": {"all": [{"eq": {"column": "Registration State", "value": "NJ"}}]}},
+           {"replace": {"column": "Issuing Agency", "map": {"P": "police"}}},
+           {"concat": {"into": "address", "columns": ["House Number", "Street Name"], "sep": ", "}},
+           {"select": ["Vehicle Make", "Issuing Agency", "address"]},
+           {"rename": {"Vehicle Make": "vehicle_make"}}],
+ "output": {"format": "csv", "compression": "gzip", "key": "clean/{source_stem}.csv.gz"},
+ "quarantine": {"key": "quarantine/{source_stem}.ndjson"}}"#;
+
+    #[test]
+    fn the_seed_example_parses() {
+        let p = Pipeline::from_json_str(SEED).unwrap();
+        assert_eq!(p.steps.len(), 5);
+        assert_eq!(p.output_prefix(), "clean/");
+        assert_eq!(
+            p.skip_reason("clean/x.csv.gz").unwrap(),
+            "under the output prefix \"clean/\""
+        );
+        assert!(p.skip_reason("quarantine/x.ndjson").is_some());
+        assert!(p.skip_reason("incoming/x.csv").is_none());
+    }
+
+    fn err(text: &str) -> String {
+        Pipeline::from_json_str(text).unwrap_err().to_string()
+    }
+
+    fn seed_with(f: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(SEED).unwrap();
+        f(&mut v);
+        v.to_string()
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let e = err(&seed_with(|v| {
+            v["steps"][2]["concat"]["seps"] = ", ".into()
+        }));
+        assert!(
+            e.contains("steps[2]") && e.contains("unknown field `seps`"),
+            "{e}"
+        );
+        let e = err(&seed_with(|v| v["output"]["keys"] = "x".into()));
+        assert!(
+            e.contains("output") && e.contains("unknown field `keys`"),
+            "{e}"
+        );
+        let e = err(&seed_with(|v| {
+            v["steps"][0] = serde_json::json!({"fliter": {}})
+        }));
+        assert!(e.contains("unknown variant `fliter`"), "{e}");
+        let e = err(&seed_with(|v| {
+            v["input"]["schema"][0]["type"] = "datetime".into()
+        }));
+        assert!(
+            e.contains("input.schema[0].type") && e.contains("unknown variant `datetime`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn prefixes_and_templates_are_checked() {
+        let e = err(&seed_with(|v| v["input"]["prefix"] = "clean/in/".into()));
+        assert!(e.contains("overlaps the prefix \"clean/\""), "{e}");
+        let e = err(&seed_with(|v| v["input"]["prefix"] = "quar".into()));
+        assert!(e.contains("overlaps the prefix \"quarantine/\""), "{e}");
+        let e = err(&seed_with(|v| {
+            v["output"]["key"] = "{source_stem}.csv".into()
+        }));
+        assert!(e.contains("literal prefix"), "{e}");
+        let e = err(&seed_with(|v| {
+            v["output"]["key"] = "clean/{nope}.csv".into()
+        }));
+        assert!(e.contains("unknown placeholder {nope}"), "{e}");
+        let e = err(&seed_with(|v| {
+            v["input"]["schema"][0]["format"] = "%Q".into()
+        }));
+        assert!(e.contains("invalid chrono format"), "{e}");
+        let e = err(&seed_with(|v| v["quarantine"]["max_bad_ratio"] = 2.into()));
+        assert!(e.contains("max_bad_ratio"), "{e}");
+    }
+
+    #[test]
+    fn key_placeholders() {
+        let src = SourceVars {
+            key: "incoming/2026/parking violations+2026.csv.gz".into(),
+            vars: KeyVars::new(
+                chrono::DateTime::parse_from_rfc3339("2026-03-07T09:00:00Z")
+                    .unwrap()
+                    .to_utc(),
+                "r1",
+            ),
+        };
+        assert_eq!(
+            render_key("k", "clean/{source_dir}/{date}/{source_stem}.csv.gz", &src).unwrap(),
+            "clean/incoming/2026/2026-03-07/parking violations+2026.csv.gz"
+        );
+        assert_eq!(
+            render_key("k", "q/{source_key}.ndjson", &src).unwrap(),
+            "q/incoming/2026/parking violations+2026.csv.gz.ndjson"
+        );
+        assert_eq!(source_stem("a/b.tar"), "b.tar");
+        assert_eq!(source_stem("x.json.zst"), "x");
+        assert_eq!(source_stem(".csv"), ".csv");
+    }
+}

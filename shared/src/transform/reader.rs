@@ -1,0 +1,477 @@
+//! Records from a decoded byte stream: CSV (RFC 4180, via `csv-core`) and NDJSON lines, each
+//! with its raw bytes, its line and its byte offset, in bounded memory.
+//!
+//! The CSV reader drives `csv-core` directly rather than going through `csv-async`: it needs
+//! the raw bytes of every record (a bad row is kept verbatim in the quarantine), and it must
+//! see the quote state at the end of the input — `csv-core` ends an unterminated quoted field
+//! at EOF silently, which here is an error.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{Error, Result};
+
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Maps a read error of the underlying stream, given the decoded bytes read so far.
+pub type IoErrorMap = Box<dyn Fn(io::Error, u64) -> Error + Send + Sync>;
+
+/// Where a record starts in the decoded input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// 1-based line number.
+    pub line: u64,
+    /// Byte offset.
+    pub offset: u64,
+    /// 1-based record number (the CSV header is record 1).
+    pub record: u64,
+}
+
+/// Input shared by both readers: a buffer over the stream, with the count of bytes and lines
+/// consumed.
+struct Input<R> {
+    src: R,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    offset: u64,
+    lines: u64,
+    name: String,
+    map_io: IoErrorMap,
+}
+
+impl<R: AsyncRead + Unpin> Input<R> {
+    fn new(src: R, name: String, map_io: IoErrorMap) -> Self {
+        Input {
+            src,
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            offset: 0,
+            lines: 0,
+            name,
+            map_io,
+        }
+    }
+
+    /// Refills an empty buffer; false at the end of the input.
+    async fn fill(&mut self) -> Result<bool> {
+        if self.pos < self.len {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        self.pos = 0;
+        self.len = 0;
+        let n = self
+            .src
+            .read(&mut self.buf)
+            .await
+            .map_err(|e| (self.map_io)(e, self.offset))?;
+        if n == 0 {
+            self.eof = true;
+            return Ok(false);
+        }
+        self.len = n;
+        Ok(true)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let chunk = &self.buf[self.pos..self.pos + n];
+        self.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        self.offset += n as u64;
+        self.pos += n;
+    }
+}
+
+/// A CSV record: its fields (as bytes), raw text and position.
+#[derive(Debug)]
+pub struct CsvRecord<'a> {
+    out: &'a [u8],
+    ends: &'a [usize],
+    /// The record's bytes as they appear in the input (line ending included).
+    pub raw: &'a [u8],
+    /// Where it starts.
+    pub pos: Position,
+}
+
+impl<'a> CsvRecord<'a> {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the record has no field.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Field `i`, unquoted.
+    pub fn field(&self, i: usize) -> &'a [u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.out[start..self.ends[i]]
+    }
+}
+
+/// Reads CSV records one at a time.
+pub struct CsvReader<R> {
+    input: Input<R>,
+    core: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    nout: usize,
+    nend: usize,
+    raw: Vec<u8>,
+    start: Position,
+    records: u64,
+    cap: usize,
+    delimiter: u8,
+    quote: u8,
+    reset: bool,
+    done: bool,
+}
+
+impl<R: AsyncRead + Unpin> CsvReader<R> {
+    /// A reader of `src` (decoded bytes). `name` names the input in errors; records larger than
+    /// `cap` bytes are an error.
+    pub fn new(
+        src: R,
+        name: String,
+        map_io: IoErrorMap,
+        delimiter: u8,
+        quote: u8,
+        cap: usize,
+    ) -> Self {
+        CsvReader {
+            input: Input::new(src, name, map_io),
+            core: csv_core::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .quote(quote)
+                .build(),
+            out: vec![0; 4096],
+            ends: vec![0; 64],
+            nout: 0,
+            nend: 0,
+            raw: Vec::with_capacity(4096),
+            start: Position {
+                line: 1,
+                offset: 0,
+                record: 0,
+            },
+            records: 0,
+            cap: cap.max(1024),
+            delimiter,
+            quote,
+            reset: true,
+            done: false,
+        }
+    }
+
+    /// Decoded bytes read so far.
+    pub fn offset(&self) -> u64 {
+        self.input.offset
+    }
+
+    fn error(&self, class: &'static str, message: String) -> Error {
+        Error::Records {
+            url: self.input.name.clone(),
+            class,
+            offset: self.start.offset,
+            record: Some(self.start.record),
+            message: format!("line {}: {message}", self.start.line),
+        }
+    }
+
+    /// The next record, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<CsvRecord<'_>>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.reset {
+            self.reset = false;
+            self.nout = 0;
+            self.nend = 0;
+            self.raw.clear();
+            self.start.offset = self.input.offset;
+            self.start.line = self.input.lines + 1;
+        }
+        loop {
+            self.input.fill().await?;
+            let input = &self.input.buf[self.input.pos..self.input.len];
+            let (res, nin, nout, nend) = self.core.read_record(
+                input,
+                &mut self.out[self.nout..],
+                &mut self.ends[self.nend..],
+            );
+            self.raw.extend_from_slice(&input[..nin]);
+            self.input.consume(nin);
+            self.nout += nout;
+            self.nend += nend;
+            if self.raw.len() > self.cap || self.nout > self.cap {
+                let hint = if self.raw.contains(&self.quote) {
+                    " (an unterminated quote?)"
+                } else {
+                    ""
+                };
+                self.start.record = self.records + 1;
+                return Err(self.error(
+                    "row too large",
+                    format!("a CSV record over {} bytes{hint}", self.cap),
+                ));
+            }
+            use csv_core::ReadRecordResult as R;
+            match res {
+                R::InputEmpty => {
+                    if self.input.eof && nin == 0 {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                }
+                R::OutputFull => {
+                    let n = self.out.len() * 2;
+                    self.out.resize(n, 0);
+                }
+                R::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                R::Record => break,
+                R::End => {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+        }
+        self.records += 1;
+        self.start.record = self.records;
+        self.reset = true;
+        // csv-core skips blank lines before a record; they are part of `raw`.
+        let blank = self
+            .raw
+            .iter()
+            .take_while(|b| **b == b'\n' || **b == b'\r')
+            .count();
+        if blank > 0 {
+            let newlines = self.raw[..blank].iter().filter(|b| **b == b'\n').count();
+            self.start.offset += blank as u64;
+            self.start.line += newlines as u64;
+        }
+        if self.input.eof
+            && self.input.pos == self.input.len
+            && ends_in_quote(&self.raw[blank..], self.delimiter, self.quote)
+        {
+            return Err(self.error(
+                "unterminated quote",
+                "a quoted field is still open at the end of the input".to_owned(),
+            ));
+        }
+        Ok(Some(CsvRecord {
+            out: &self.out[..self.nout],
+            ends: &self.ends[..self.nend],
+            raw: &self.raw[blank..],
+            pos: self.start,
+        }))
+    }
+}
+
+/// Whether `raw` (one record) ends inside a quoted field.
+fn ends_in_quote(raw: &[u8], delimiter: u8, quote: u8) -> bool {
+    let mut quoted = false;
+    let mut field_start = true;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if quoted {
+            if b == quote {
+                if raw.get(i + 1) == Some(&quote) {
+                    i += 1;
+                } else {
+                    quoted = false;
+                }
+            }
+            field_start = false;
+        } else if b == quote && field_start {
+            quoted = true;
+            field_start = false;
+        } else {
+            field_start = b == delimiter || b == b'\n' || b == b'\r';
+        }
+        i += 1;
+    }
+    quoted
+}
+
+/// An NDJSON line (line ending removed) and its position.
+#[derive(Debug)]
+pub struct Line<'a> {
+    /// The line's bytes.
+    pub raw: &'a [u8],
+    /// Where it starts.
+    pub pos: Position,
+}
+
+/// Reads non-blank lines one at a time.
+pub struct LineReader<R> {
+    input: Input<R>,
+    line: Vec<u8>,
+    records: u64,
+    cap: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// A reader of `src`; lines longer than `cap` are an error.
+    pub fn new(src: R, name: String, map_io: IoErrorMap, cap: usize) -> Self {
+        LineReader {
+            input: Input::new(src, name, map_io),
+            line: Vec::with_capacity(4096),
+            records: 0,
+            cap: cap.max(1024),
+        }
+    }
+
+    /// Decoded bytes read so far.
+    pub fn offset(&self) -> u64 {
+        self.input.offset
+    }
+
+    /// The next non-blank line, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Line<'_>>> {
+        loop {
+            self.line.clear();
+            let start = Position {
+                line: self.input.lines + 1,
+                offset: self.input.offset,
+                record: self.records + 1,
+            };
+            loop {
+                if !self.input.fill().await? {
+                    if self.line.is_empty() {
+                        return Ok(None);
+                    }
+                    break;
+                }
+                let avail = &self.input.buf[self.input.pos..self.input.len];
+                match memchr::memchr(b'\n', avail) {
+                    Some(i) => {
+                        self.line.extend_from_slice(&avail[..i]);
+                        self.input.consume(i + 1);
+                        if self.line.len() > self.cap {
+                            return Err(self.too_large(start));
+                        }
+                        break;
+                    }
+                    None => {
+                        self.line.extend_from_slice(avail);
+                        let n = avail.len();
+                        self.input.consume(n);
+                        if self.line.len() > self.cap {
+                            return Err(self.too_large(start));
+                        }
+                    }
+                }
+            }
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            if self.line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            self.records += 1;
+            return Ok(Some(Line {
+                raw: &self.line,
+                pos: start,
+            }));
+        }
+    }
+
+    fn too_large(&self, start: Position) -> Error {
+        Error::Records {
+            url: self.input.name.clone(),
+            class: "row too large",
+            offset: start.offset,
+            record: Some(start.record),
+            message: format!("line {}: a line over {} bytes", start.line, self.cap),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> IoErrorMap {
+        Box::new(|e, _| Error::spec(e.to_string()))
+    }
+
+    async fn records(data: &[u8], cap: usize) -> Result<Vec<(Vec<String>, u64, u64, String)>> {
+        let mut r = CsvReader::new(data, "test".into(), map(), b',', b'"', cap);
+        let mut all = Vec::new();
+        while let Some(rec) = r.next().await? {
+            let fields = (0..rec.len())
+                .map(|i| String::from_utf8_lossy(rec.field(i)).into_owned())
+                .collect();
+            all.push((
+                fields,
+                rec.pos.line,
+                rec.pos.offset,
+                String::from_utf8_lossy(rec.raw).into_owned(),
+            ));
+        }
+        Ok(all)
+    }
+
+    #[tokio::test]
+    async fn quotes_newlines_and_positions() {
+        let data = b"a,b\n1,\"x, \"\"y\"\"\nz\"\r\n\n3,4";
+        let r = records(data, 1 << 20).await.unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1].0, ["1", "x, \"y\"\nz"]);
+        assert_eq!((r[1].1, r[1].2), (2, 4));
+        // csv-core stops after the `\r` of a CRLF; the `\n` is skipped before the next record.
+        assert_eq!(r[1].3, "1,\"x, \"\"y\"\"\nz\"\r");
+        assert_eq!(r[2].0, ["3", "4"]);
+        assert_eq!((r[2].1, r[2].2), (5, 21));
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_quote_is_an_error() {
+        let e = records(b"a,b\n1,2\n3,\"open\n4,5\n", 1 << 20)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unterminated quote at byte 8 (record 3): line 3"),
+            "{e}"
+        );
+        // A quote inside an unquoted field is data, not an opening quote.
+        let r = records(b"a,b\n1,2\"x\n", 1 << 20).await.unwrap();
+        assert_eq!(r[1].0, ["1", "2\"x"]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_row_is_an_error() {
+        let mut data = b"a,b\n1,2\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 5000));
+        data.extend(b",3\n");
+        let e = records(&data, 1024).await.unwrap_err().to_string();
+        assert!(e.contains("row too large") && e.contains("record 3"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn lines() {
+        let data: &[u8] = b"{\"a\":1}\r\n\n  \n{\"a\":2}";
+        let mut r = LineReader::new(data, "t".into(), map(), 1 << 20);
+        let l = r.next().await.unwrap().unwrap();
+        assert_eq!((l.raw, l.pos.line), (&b"{\"a\":1}"[..], 1));
+        let l = r.next().await.unwrap().unwrap();
+        assert_eq!(
+            (l.raw, l.pos.line, l.pos.offset),
+            (&b"{\"a\":2}"[..], 4, 13)
+        );
+        assert!(r.next().await.unwrap().is_none());
+    }
+}
