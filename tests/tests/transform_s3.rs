@@ -1,0 +1,665 @@
+//! The built `transform-s3` bootstrap, driven through the Lambda Runtime API emulator against
+//! Garage: S3 events and direct invokes, the seed pipeline on generated parking-violations
+//! data, duplicate and older events, bad input, quarantine limits, and a >= 2 GiB gzip CSV
+//! under a 256 MB memory cgroup.
+//!
+//! Build the binary first: `cargo build --release -p transform-s3` (`make test` does).
+//! Needs the local stack (`scripts/stack.sh up`).
+
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_compression::tokio::bufread::GzipEncoder;
+use serde_json::{Value, json};
+use sluice::sink::{self, S3Target, UploadOptions};
+use sluice_tests::harness::{Decode, Harness, error, response};
+use sluice_tests::parking::{Flaw, ParkingCsv, ParkingRow};
+use sluice_tests::{MemoryCgroup, object_exists, read_object, uploads_in_progress};
+use tokio::io::BufReader;
+
+const MIB: u64 = 1024 * 1024;
+const SEED_PIPELINE: &str = include_str!("../../events/transform-s3.pipeline.json");
+const INVOKE: Duration = Duration::from_secs(120);
+
+async fn start(label: &str, pipeline: &str, cgroup: Option<&MemoryCgroup>) -> Harness {
+    Harness::start_with("transform-s3", label, cgroup, &[("PIPELINE", pipeline)]).await
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn parking(seed: u64, bytes: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    ParkingCsv::new(seed, bytes).read_to_end(&mut out).unwrap();
+    out
+}
+
+async fn put(h: &Harness, key: &str, body: Vec<u8>) -> String {
+    let out = h
+        .server
+        .client()
+        .await
+        .put_object()
+        .bucket(&h.bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+    out.e_tag().unwrap().to_owned()
+}
+
+/// An S3 `ObjectCreated:Put` notification for `raw_key` (already URL-encoded).
+fn s3_event(bucket: &str, raw_key: &str, etag: Option<&str>) -> Value {
+    let mut object = json!({"key": raw_key, "size": 1, "sequencer": "0055AED6DCD90281E5"});
+    if let Some(e) = etag {
+        object["eTag"] = json!(e.trim_matches('"'));
+    }
+    json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "garage",
+        "eventTime": "2026-03-07T09:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "test"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "t",
+               "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
+               "object": object}
+    }]})
+}
+
+fn direct(h: &Harness, key: &str) -> Value {
+    json!({"bucket": h.bucket, "key": key})
+}
+
+fn one(answer: Value) -> Value {
+    let objects = answer["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{answer}");
+    objects[0].clone()
+}
+
+/// What the seed pipeline must produce, computed from the generator's rows, independently of
+/// the transform code: the output CSV's CRC64NVME and length, rows out, rows quarantined.
+struct Expected {
+    crc: u64,
+    len: u64,
+    rows_in: u64,
+    rows_out: u64,
+    quarantined: u64,
+}
+
+fn quote(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+fn expected_seed_output(seed: u64, rows: u64) -> Expected {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    let header = b"vehicle_make,issuing_agency,address\n";
+    digest.update(header);
+    let mut e = Expected {
+        crc: 0,
+        len: header.len() as u64,
+        rows_in: rows,
+        rows_out: 0,
+        quarantined: 0,
+    };
+    for i in 0..rows {
+        let r = ParkingRow::generate(seed, i);
+        if r.flaw != Flaw::None {
+            e.quarantined += 1;
+            continue;
+        }
+        if r.state == "NJ" && r.make == "FORD" && r.agency == "P" {
+            let address = format!("{}, {}, {}", r.house, r.street, r.state);
+            let line = format!("{},police,{}\n", quote(r.make), quote(&address));
+            digest.update(line.as_bytes());
+            e.len += line.len() as u64;
+            e.rows_out += 1;
+        }
+    }
+    e.crc = digest.finalize();
+    e
+}
+
+/// How many data rows `ParkingCsv::new(seed, size)` holds: rows are added while the file is
+/// shorter than `size`.
+fn rows_in_first_bytes(seed: u64, size: u64) -> u64 {
+    let mut line = Vec::with_capacity(1024);
+    sluice_tests::parking::write_header(&mut line);
+    let mut total = line.len() as u64;
+    let mut rows = 0;
+    while total < size {
+        line.clear();
+        ParkingRow::generate(seed, rows).write_csv(&mut line);
+        total += line.len() as u64;
+        rows += 1;
+    }
+    rows
+}
+
+fn rows_of(data: &[u8]) -> u64 {
+    memchr_count(data) - 1
+}
+
+fn memchr_count(data: &[u8]) -> u64 {
+    data.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+async fn text(h: &Harness, key: &str) -> String {
+    let client = h.server.client().await;
+    String::from_utf8(read_object(&client, &h.bucket, key).await).unwrap()
+}
+
+#[tokio::test]
+async fn seed_pipeline_on_an_s3_event_with_an_encoded_key() {
+    let h = start("tr-seed", SEED_PIPELINE, None).await;
+    let data = parking(11, 3_000_000);
+    let rows = rows_of(&data);
+    let etag = put(&h, "incoming/parking violations+2026.csv.gz", gzip(&data)).await;
+    let event = s3_event(
+        &h.bucket,
+        "incoming/parking+violations%2B2026.csv.gz",
+        Some(&etag),
+    );
+    let s = one(response(h.invoke(event.clone(), INVOKE).await));
+    assert_eq!(s["status"], "written", "{s}");
+    assert_eq!(s["key"], "clean/parking violations+2026.csv.gz");
+    let want = expected_seed_output(11, rows);
+    assert_eq!(s["records_in"], want.rows_in, "{s}");
+    assert_eq!(s["records_out"], want.rows_out, "{s}");
+    assert_eq!(s["quarantined"], want.quarantined, "{s}");
+    assert_eq!(
+        s["filtered"].as_u64().unwrap(),
+        want.rows_in - want.rows_out - want.quarantined
+    );
+    assert!(want.rows_out > 50 && want.quarantined > 10);
+    let (crc, len) = h
+        .decoded_crc("clean/parking violations+2026.csv.gz", Decode::Gzip)
+        .await;
+    assert_eq!((crc, len), (want.crc, want.len), "output differs");
+
+    // The quarantine: one NDJSON record per bad row, with its position and reason.
+    let q = text(&h, "quarantine/parking violations+2026.ndjson").await;
+    let bad: Vec<Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(bad.len() as u64, want.quarantined);
+    assert_eq!(bad[0]["line"], 9, "{}", bad[0]); // data row 7 is ragged
+    assert!(
+        bad[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ragged row: 38 fields, the header has 43"),
+        "{}",
+        bad[0]
+    );
+    assert_eq!(bad[1]["line"], 15, "{}", bad[1]); // data row 13 has a bad date
+    assert_eq!(bad[1]["column"], "Issue Date");
+    assert!(
+        bad[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is not a date in format \"%m/%d/%Y\""),
+        "{}",
+        bad[1]
+    );
+    assert!(bad[1]["raw"].as_str().unwrap().starts_with("1000000091,"));
+    assert_eq!(
+        bad[1]["source"],
+        format!("s3://{}/incoming/parking violations+2026.csv.gz", h.bucket)
+    );
+
+    // The manifest records the source version.
+    let m: Value =
+        serde_json::from_str(&text(&h, "clean/parking violations+2026.csv.gz.manifest.json").await)
+            .unwrap();
+    assert_eq!(m["source_etag"], etag);
+    assert_eq!(m["records_out"], want.rows_out);
+
+    // The same event again: a no-op.
+    let out_etag = h
+        .server
+        .client()
+        .await
+        .head_object()
+        .bucket(&h.bucket)
+        .key("clean/parking violations+2026.csv.gz")
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned();
+    let again = one(response(h.invoke(event.clone(), INVOKE).await));
+    assert_eq!(again["status"], "duplicate", "{again}");
+    let after = h
+        .server
+        .client()
+        .await
+        .head_object()
+        .bucket(&h.bucket)
+        .key("clean/parking violations+2026.csv.gz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.e_tag().unwrap(), out_etag);
+
+    // Events for the function's own output and quarantine: skipped, nothing read.
+    for key in [
+        "clean/parking+violations%2B2026.csv.gz",
+        "quarantine/parking+violations%2B2026.ndjson",
+    ] {
+        let s = one(response(
+            h.invoke(s3_event(&h.bucket, key, None), INVOKE).await,
+        ));
+        assert_eq!(s["status"], "skipped", "{s}");
+        assert!(s["reason"].as_str().unwrap().contains("prefix"), "{s}");
+    }
+    // Outside input.prefix: skipped too.
+    let s = one(response(h.invoke(direct(&h, "other/x.csv"), INVOKE).await));
+    assert_eq!(s["status"], "skipped", "{s}");
+
+    // A new version of the source replaces the output; the old event is then superseded.
+    let data2 = parking(12, 1_000_000);
+    let etag2 = put(&h, "incoming/parking violations+2026.csv.gz", gzip(&data2)).await;
+    let s = one(response(h.invoke(event.clone(), INVOKE).await));
+    assert_eq!(s["status"], "superseded", "{s}");
+    let s = one(response(
+        h.invoke(
+            s3_event(
+                &h.bucket,
+                "incoming/parking+violations%2B2026.csv.gz",
+                Some(&etag2),
+            ),
+            INVOKE,
+        )
+        .await,
+    ));
+    assert_eq!(s["status"], "written", "{s}");
+    let want2 = expected_seed_output(12, rows_of(&data2));
+    let (crc, len) = h
+        .decoded_crc("clean/parking violations+2026.csv.gz", Decode::Gzip)
+        .await;
+    assert_eq!((crc, len), (want2.crc, want2.len));
+}
+
+#[tokio::test]
+async fn an_older_version_never_overwrites_newer_output() {
+    let h = start("tr-older", SEED_PIPELINE, None).await;
+    let key = "incoming/a.csv";
+    put(&h, key, parking(3, 200_000)).await;
+    let s = one(response(h.invoke(direct(&h, key), INVOKE).await));
+    assert_eq!(s["status"], "written", "{s}");
+    // Pretend the output came from a version newer than the object now there.
+    let manifest_key = "clean/a.csv.gz.manifest.json";
+    let mut m: Value = serde_json::from_str(&text(&h, manifest_key).await).unwrap();
+    m["source_etag"] = json!("\"newer\"");
+    m["source_last_modified"] = json!("2999-01-01T00:00:00Z");
+    put(&h, manifest_key, serde_json::to_vec(&m).unwrap()).await;
+    let s = one(response(h.invoke(direct(&h, key), INVOKE).await));
+    assert_eq!(s["status"], "stale", "{s}");
+}
+
+/// A tiny pipeline for bad-input cases: every column typed or passed through, NDJSON output.
+fn small_pipeline(extra: Value) -> String {
+    let mut p = json!({
+        "input": {"format": "csv", "schema": [
+            {"name": "id", "type": "int", "required": true},
+            {"name": "day", "type": "date"},
+            {"name": "note", "nullable": true}
+        ]},
+        "output": {"format": "ndjson", "key": "out/{source_stem}.ndjson"},
+        "quarantine": {"key": "bad/{source_stem}.ndjson"},
+        "tuning": {"max_record_mib": 1}
+    });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            p[k] = v;
+        }
+    }
+    p.to_string()
+}
+
+#[tokio::test]
+async fn bad_input() {
+    let h = start("tr-bad", &small_pipeline(json!({})), None).await;
+    let client = h.server.client().await;
+    let good: Vec<u8> = {
+        let mut v = b"id,day,note\n".to_vec();
+        for i in 0..20_000 {
+            v.extend(
+                format!(
+                    "{i},2024-01-{:02},\"n, \"\"{i}\"\"\nsecond line\"\n",
+                    1 + i % 28
+                )
+                .bytes(),
+            );
+        }
+        v
+    };
+
+    // Embedded newlines and quotes parse; a ragged row and bad UTF-8 are quarantined.
+    let mut data = good.clone();
+    data.extend(b"20000,2024-02-01\n20001,2024-02-02,caf\xe9\n20002,2024-13-01,x\n,2024-01-01,y\n");
+    put(&h, "in/mixed.csv", data).await;
+    let s = one(response(h.invoke(direct(&h, "in/mixed.csv"), INVOKE).await));
+    assert_eq!(
+        (s["records_out"].as_u64(), s["quarantined"].as_u64()),
+        (Some(20_000), Some(4)),
+        "{s}"
+    );
+    let out = text(&h, "out/mixed.ndjson").await;
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first,
+        json!({"id": 0, "day": "2024-01-01", "note": "n, \"0\"\nsecond line"})
+    );
+    let bad: Vec<Value> = text(&h, "bad/mixed.ndjson")
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<String> = bad
+        .iter()
+        .map(|b| format!("{} {} {}", b["line"], b["column"], b["reason"]))
+        .collect();
+    assert!(
+        reasons[0].starts_with("40002 null") && reasons[0].contains("ragged row: 2 fields"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("\"note\"") && reasons[1].contains("invalid UTF-8"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("\"day\"") && reasons[2].contains("is not a date"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].contains("\"id\"") && reasons[3].contains("required value is empty"),
+        "{reasons:?}"
+    );
+    assert_eq!(bad[1]["raw"], "20001,2024-02-02,caf\u{fffd}");
+
+    // Failures: each a clear error, and nothing written.
+    let compressed = gzip(&good);
+    let mut truncated = compressed.clone();
+    truncated.truncate(compressed.len() / 2);
+    let mut corrupt = compressed.clone();
+    let n = corrupt.len();
+    corrupt[n - 6] ^= 0xff; // inside the CRC32 trailer
+    let zstd = {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = Vec::new();
+        async_compression::tokio::bufread::ZstdEncoder::new(&good[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        out.truncate(out.len() - 10);
+        out
+    };
+    let mut unterminated = b"id,day,note\n1,2024-01-01,a\n".to_vec();
+    unterminated.extend(b"2,2024-01-02,\"open\n3,2024-01-03,c\n");
+    let mut oversized = b"id,day,note\n1,2024-01-01,a\n".to_vec();
+    oversized.extend(b"2,2024-01-02,");
+    oversized.extend(std::iter::repeat_n(b'x', 2 * MIB as usize));
+    oversized.push(b'\n');
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "in/truncated.csv.gz",
+            truncated,
+            "Upstream",
+            "gzip data invalid after",
+        ),
+        (
+            "in/corrupt.csv.gz",
+            corrupt,
+            "Upstream",
+            "gzip data invalid after",
+        ),
+        (
+            "in/truncated.csv.zst",
+            zstd,
+            "Upstream",
+            "zstd data invalid after",
+        ),
+        (
+            "in/unterminated.csv",
+            unterminated,
+            "Upstream",
+            "unterminated quote at byte 27 (record 3): line 3",
+        ),
+        (
+            "in/oversized.csv",
+            oversized,
+            "Upstream",
+            "row too large at byte 27 (record 3)",
+        ),
+        ("in/empty.csv", Vec::new(), "Upstream", "no header"),
+    ];
+    for (key, body, kind, message) in cases {
+        put(&h, key, body).await;
+        let (t, m) = error(h.invoke(direct(&h, key), INVOKE).await);
+        assert_eq!(t, kind, "{key}: {m}");
+        assert!(m.contains(message) && m.contains(key), "{key}: {m}");
+        let stem = key.trim_start_matches("in/").split('.').next().unwrap();
+        assert!(
+            !object_exists(&client, &h.bucket, &format!("out/{stem}.ndjson")).await,
+            "{key}: output written"
+        );
+    }
+    let open = uploads_in_progress(&client, &h.bucket).await;
+    assert!(open.is_empty(), "uploads left in progress: {open:?}");
+}
+
+#[tokio::test]
+async fn too_many_bad_rows_abort_the_output_and_keep_the_quarantine() {
+    let h = start(
+        "tr-limit",
+        &small_pipeline(
+            json!({"quarantine": {"key": "bad/{source_stem}.ndjson", "max_bad_rows": 100}}),
+        ),
+        None,
+    )
+    .await;
+    let client = h.server.client().await;
+    // Enough good rows for a multipart output, then more bad rows than allowed.
+    let mut data = b"id,day,note\n".to_vec();
+    for i in 0..400_000 {
+        data.extend(format!("{i},2024-01-{:02},{:040}\n", 1 + i % 28, i).bytes());
+        if i % 2000 == 1999 {
+            data.extend(format!("{i},not a date,x\n").bytes());
+        }
+    }
+    put(&h, "in/many.csv", data).await;
+    let (t, m) = error(h.invoke(direct(&h, "in/many.csv"), INVOKE).await);
+    assert_eq!(t, "Upstream", "{m}");
+    assert!(
+        m.contains("too many bad rows")
+            && m.contains("101 rows quarantined, more than quarantine.max_bad_rows 100"),
+        "{m}"
+    );
+    h.assert_nothing_written("out/many.ndjson").await;
+    let q = text(&h, "bad/many.ndjson").await;
+    assert_eq!(q.lines().count(), 101);
+    assert!(uploads_in_progress(&client, &h.bucket).await.is_empty());
+
+    // The ratio limit, checked at the end.
+    let h2 = start(
+        "tr-ratio",
+        &small_pipeline(
+            json!({"quarantine": {"key": "bad/{source_stem}.ndjson", "max_bad_ratio": 0.001}}),
+        ),
+        None,
+    )
+    .await;
+    let mut data = b"id,day,note\n".to_vec();
+    for i in 0..1000 {
+        data.extend(format!("{i},2024-01-01,x\n").bytes());
+    }
+    data.extend(b"1000,bad,x\n1001,bad,x\n");
+    put(&h2, "in/ratio.csv", data).await;
+    let (_, m) = error(h2.invoke(direct(&h2, "in/ratio.csv"), INVOKE).await);
+    assert!(
+        m.contains("2 of 1002 rows quarantined") && m.contains("max_bad_ratio 0.001"),
+        "{m}"
+    );
+    h2.assert_nothing_written("out/ratio.ndjson").await;
+}
+
+#[tokio::test]
+async fn a_bad_pipeline_is_an_init_error() {
+    let bad = SEED_PIPELINE.replace("\"sep\"", "\"seps\"");
+    let h = start("tr-init", &bad, None).await;
+    let answer = h.api.invoke(direct(&h, "incoming/x.csv"), INVOKE).await;
+    let message = answer.unwrap_err().to_string();
+    assert!(
+        message.contains("failed to initialise")
+            && message.contains("steps[2]")
+            && message.contains("unknown field `seps`"),
+        "{message}"
+    );
+    let overlap = SEED_PIPELINE.replace("\"prefix\": \"incoming/\"", "\"prefix\": \"clean/in/\"");
+    let h = start("tr-init2", &overlap, None).await;
+    let message = h
+        .api
+        .invoke(direct(&h, "clean/in/x.csv"), INVOKE)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("overlaps the prefix \"clean/\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn pipeline_from_an_s3_object() {
+    // PIPELINE_URI names an object in the harness's own bucket, so it must exist first: start
+    // once to get a bucket, then start a second process reading it from there.
+    let seed = start("tr-uri", SEED_PIPELINE, None).await;
+    put(
+        &seed,
+        "config/pipeline.json",
+        SEED_PIPELINE.as_bytes().to_vec(),
+    )
+    .await;
+    let uri = format!("s3://{}/config/pipeline.json", seed.bucket);
+    let mut env = seed.server.lambda_env();
+    env.push(("PIPELINE_URI".into(), uri));
+    let api = sluice_tests::RuntimeApi::start().await;
+    let _process = sluice_tests::LambdaProcess::spawn(
+        &sluice_tests::binary_path("transform-s3"),
+        &api,
+        &env,
+        256,
+        None,
+    )
+    .unwrap();
+    put(&seed, "incoming/small.csv", parking(5, 100_000)).await;
+    let s = one(response(
+        api.invoke(direct(&seed, "incoming/small.csv"), INVOKE)
+            .await
+            .unwrap(),
+    ));
+    assert_eq!(s["status"], "written", "{s}");
+    let want = expected_seed_output(5, rows_of(&parking(5, 100_000)));
+    assert_eq!(s["records_out"], want.rows_out);
+}
+
+/// The contract: a >= 2 GiB (uncompressed) gzip CSV through the seed pipeline in a 256 MB
+/// function, peak memory <= 128 MiB, output equal to an independent computation.
+/// `SLUICE_TRANSFORM_GIB` changes the size.
+#[tokio::test]
+async fn two_gib_gzip_csv_under_256_mb() {
+    let gib: u64 = std::env::var("SLUICE_TRANSFORM_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let size = gib * 1024 * MIB;
+    let seed = 2026;
+    let cgroup = MemoryCgroup::create("sluice-transform", 256 * MIB);
+    if cgroup.is_none() {
+        eprintln!("cgroups unavailable: running without the 256 MB limit (VmHWM still checked)");
+    }
+    let h = start("tr-big", SEED_PIPELINE, cgroup.as_ref()).await;
+    let key = "incoming/parking-2gib.csv.gz";
+
+    // The expected output, computed from the generator's rows while the source uploads.
+    let want = tokio::task::spawn_blocking(move || {
+        let rows = rows_in_first_bytes(seed, size);
+        expected_seed_output(seed, rows)
+    });
+    // Generate and upload the source, streaming: generator -> gzip -> multipart upload.
+    let started = std::time::Instant::now();
+    let client = h.server.client().await;
+    let source = ParkingCsv::new(seed, size);
+    let gz = GzipEncoder::with_quality(
+        BufReader::with_capacity(1 << 20, source),
+        async_compression::Level::Fastest,
+    );
+    let target = S3Target::new(client.clone(), &h.bucket, key);
+    let options = UploadOptions::new(sluice::MemoryBudget::for_memory_mib(1024).schedule());
+    let uploaded = sink::upload(Arc::new(target), gz, &options, |e| sluice::Error::Encode {
+        codec: "gzip",
+        offset: 0,
+        source: e,
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "TRANSFORM SOURCE: {gib} GiB CSV -> {:.1} MiB gzip uploaded in {:.1} s",
+        uploaded.bytes as f64 / MIB as f64,
+        started.elapsed().as_secs_f64()
+    );
+    let want = want.await.unwrap();
+
+    if let Some(c) = &cgroup {
+        c.reset_peak();
+    }
+    let started = std::time::Instant::now();
+    let s = one(response(
+        h.invoke(direct(&h, key), Duration::from_secs(900)).await,
+    ));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(s["status"], "written", "{s}");
+    assert!(s["bytes_decoded"].as_u64().unwrap() >= size, "{s}");
+    assert_eq!(s["records_in"], want.rows_in, "{s}");
+    assert_eq!(s["records_out"], want.rows_out, "{s}");
+    assert_eq!(s["quarantined"], want.quarantined, "{s}");
+    let (crc, len) = h
+        .decoded_crc("clean/parking-2gib.csv.gz", Decode::Gzip)
+        .await;
+    assert_eq!((crc, len), (want.crc, want.len), "output differs");
+    let q = text(&h, "quarantine/parking-2gib.ndjson").await;
+    assert_eq!(q.lines().count() as u64, want.quarantined);
+
+    let rss = s["peak_rss_bytes"].as_u64().unwrap();
+    let peak = cgroup.as_ref().map_or(rss, |c| c.peak_bytes());
+    let decoded = s["bytes_decoded"].as_u64().unwrap();
+    eprintln!(
+        "TRANSFORM CONTRACT: {gib} GiB gzip CSV ({decoded} bytes, {} rows) in {secs:.1} s = \
+         {:.1} MiB/s, {:.0} rows/s; {} rows out, {} quarantined; cgroup peak {:.1} MiB; \
+         VmHWM {:.1} MiB",
+        want.rows_in,
+        decoded as f64 / MIB as f64 / secs,
+        want.rows_in as f64 / secs,
+        want.rows_out,
+        want.quarantined,
+        peak as f64 / MIB as f64,
+        rss as f64 / MIB as f64
+    );
+    assert!(
+        peak <= 128 * MIB && rss <= 128 * MIB,
+        "peak {peak} / rss {rss}"
+    );
+}
