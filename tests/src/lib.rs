@@ -15,6 +15,7 @@ pub mod fixture;
 pub mod fixture_api;
 pub mod harness;
 pub mod lambda;
+pub mod parking;
 pub mod postgres;
 pub mod runtime_api;
 pub mod s3_proxy;
