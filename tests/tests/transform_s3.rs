@@ -663,3 +663,137 @@ async fn two_gib_gzip_csv_under_256_mb() {
         "peak {peak} / rss {rss}"
     );
 }
+
+/// A scoring service for the enrich step: answers `{"risk": summons % 7}` per row, refuses
+/// its first call with 429 + `Retry-After: 1`, and answers batches with uneven delays so
+/// that later batches can finish first.
+#[derive(Default)]
+struct Scorer {
+    /// `(when, first summons number of the batch, rows, status)` of every call.
+    calls: std::sync::Mutex<Vec<(std::time::Instant, i64, usize, u16)>>,
+}
+
+async fn score(
+    axum::extract::State(s): axum::extract::State<Arc<Scorer>>,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let rows: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let first = rows[0]["Summons Number"].as_i64().unwrap();
+    let n = {
+        let mut calls = s.calls.lock().unwrap();
+        let n = calls.len();
+        let status = if n == 0 { 429 } else { 200 };
+        calls.push((std::time::Instant::now(), first, rows.len(), status));
+        n
+    };
+    if n == 0 {
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            "slow down",
+        )
+            .into_response();
+    }
+    tokio::time::sleep(Duration::from_millis([60, 0, 25][n % 3])).await;
+    let mut out = String::new();
+    for r in &rows {
+        let summons = r["Summons Number"].as_i64().unwrap();
+        out.push_str(&json!({"risk": summons % 7, "other": "ignored"}).to_string());
+        out.push('\n');
+    }
+    out.into_response()
+}
+
+#[tokio::test]
+async fn enrichment_in_ordered_batches_with_retry_after() {
+    let scorer = Arc::new(Scorer::default());
+    let app = axum::Router::new()
+        .route("/score", axum::routing::post(score))
+        .with_state(scorer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/score", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let pipeline = json!({
+        "input": {"format": "csv", "schema": [
+            {"name": "Summons Number", "type": "int"},
+            {"name": "Issue Date", "type": "date", "format": "%m/%d/%Y"}
+        ]},
+        "steps": [
+            {"filter": {"eq": {"column": "Registration State", "value": "NJ"}}},
+            {"enrich": {"url": url, "batch_size": 100, "concurrency": 2,
+                        "columns": ["Summons Number"], "fields": [{"name": "risk", "type": "int"}],
+                        "retry": {"base_delay_ms": 10}}},
+            {"filter": {"lt": {"column": "risk", "value": 6}}},
+            {"select": ["Summons Number", "risk"]}
+        ],
+        "output": {"format": "ndjson", "key": "enriched/{source_stem}.ndjson"},
+        "quarantine": {"key": "bad/{source_stem}.ndjson"}
+    })
+    .to_string();
+    let h = Harness::start_with(
+        "transform-s3",
+        "tr-enrich",
+        None,
+        &[
+            ("PIPELINE", pipeline.as_str()),
+            ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
+        ],
+    )
+    .await;
+    let data = parking(21, 1_500_000);
+    let rows = rows_of(&data);
+    put(&h, "in/p.csv", data).await;
+    let s = one(response(h.invoke(direct(&h, "in/p.csv"), INVOKE).await));
+    assert_eq!(s["status"], "written", "{s}");
+
+    // Independently: the NJ rows that parse, and those whose score is under 6, in file order.
+    let nj: Vec<i64> = (0..rows)
+        .map(|i| ParkingRow::generate(21, i))
+        .filter(|r| r.flaw == Flaw::None && r.state == "NJ")
+        .map(|r| r.summons as i64)
+        .collect();
+    let kept: Vec<i64> = nj.iter().copied().filter(|n| n % 7 < 6).collect();
+    let out = text(&h, "enriched/p.ndjson").await;
+    let got: Vec<(i64, i64)> = out
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+            (
+                v["Summons Number"].as_i64().unwrap(),
+                v["risk"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), kept.len());
+    for ((summons, risk), want) in got.iter().zip(&kept) {
+        assert_eq!(summons, want, "order");
+        assert_eq!(*risk, summons % 7);
+    }
+    assert_eq!(s["records_out"], kept.len());
+
+    // Batches of 100 rows (the last one shorter); the refused one retried after Retry-After.
+    let calls = scorer.calls.lock().unwrap().clone();
+    let answered: Vec<&(std::time::Instant, i64, usize, u16)> =
+        calls.iter().filter(|c| c.3 == 200).collect();
+    assert_eq!(answered.len(), nj.len().div_ceil(100), "{calls:?}");
+    assert!(answered.iter().all(|c| c.2 <= 100));
+    assert_eq!(answered.iter().map(|c| c.2).sum::<usize>(), nj.len());
+    let (refused_at, first, _, _) = calls[0];
+    assert_eq!(calls[0].3, 429);
+    let retried = answered
+        .iter()
+        .find(|c| c.1 == first)
+        .expect("the batch was retried");
+    assert!(
+        retried.0.duration_since(refused_at) >= Duration::from_secs(1),
+        "retried after {:?}",
+        retried.0.duration_since(refused_at)
+    );
+}

@@ -9,6 +9,9 @@ use tokio::io::AsyncReadExt;
 /// What every invocation shares: clients and the pipeline, built once per instance.
 pub struct Clients {
     pub s3: aws_sdk_s3::Client,
+    /// For the enrich step: the network policy applies to every address it reaches.
+    pub http: reqwest::Client,
+    pub policy: sluice::source::guard::NetworkPolicy,
     pub pipeline: Pipeline,
     pub budget: MemoryBudget,
 }
@@ -179,6 +182,8 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         run_id: context.request_id.clone(),
         started: chrono::Utc::now(),
         deadline: Some(context.deadline()),
+        http: clients.http.clone(),
+        policy: clients.policy.clone(),
     };
     let mut summaries = Vec::new();
     let mut failures: Vec<(String, sluice::Error)> = Vec::new();

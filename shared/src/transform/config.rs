@@ -499,6 +499,43 @@ mod tests {
     }
 
     #[test]
+    fn enrich_is_checked() {
+        let enrich = serde_json::json!({"enrich": {"url": "http://scores.internal/v1",
+            "batch_size": 500, "concurrency": 2, "fields": [{"name": "risk", "type": "float"}]}});
+        let ok = seed_with(|v| v["steps"].as_array_mut().unwrap().insert(1, enrich.clone()));
+        let p = Pipeline::from_json_str(&ok).unwrap();
+        let program = steps::compile(&p.steps, &p.schema_layout(), true).unwrap();
+        let plan = program.enrich().unwrap();
+        assert_eq!(plan.step.batch_size, 500);
+        assert_eq!(plan.fields[0].0, "risk");
+        let two = seed_with(|v| {
+            let steps = v["steps"].as_array_mut().unwrap();
+            steps.insert(1, enrich.clone());
+            steps.insert(1, enrich.clone());
+        });
+        assert!(
+            err(&two).contains("at most one enrich step"),
+            "{}",
+            err(&two)
+        );
+        let mut bad = enrich.clone();
+        bad["enrich"]["concurrency"] = 0.into();
+        let e = err(&seed_with(|v| {
+            v["steps"].as_array_mut().unwrap().insert(1, bad.clone())
+        }));
+        assert!(
+            e.contains("steps[1].enrich.concurrency must be 1..=16"),
+            "{e}"
+        );
+        let mut bad = enrich.clone();
+        bad["enrich"]["url"] = "ftp://x/y".into();
+        let e = err(&seed_with(|v| {
+            v["steps"].as_array_mut().unwrap().insert(1, bad.clone())
+        }));
+        assert!(e.contains("must be http or https"), "{e}");
+    }
+
+    #[test]
     fn key_placeholders() {
         let src = SourceVars {
             key: "incoming/2026/parking violations+2026.csv.gz".into(),

@@ -28,6 +28,7 @@
 //! `output.overwrite: false` never replaces an existing output (status **exists**).
 
 pub mod config;
+pub mod enrich;
 pub mod quarantine;
 pub mod reader;
 pub mod steps;
@@ -79,6 +80,11 @@ pub struct TransformContext {
     pub started: DateTime<Utc>,
     /// The invocation's deadline; the upload gives up a margin before it.
     pub deadline: Option<SystemTime>,
+    /// HTTP client of the enrich step ([`crate::source::http::client`], with the network
+    /// policy).
+    pub http: reqwest::Client,
+    /// The network policy, checked against the enrich step's URL.
+    pub policy: crate::source::guard::NetworkPolicy,
 }
 
 /// The object to transform.
@@ -217,6 +223,17 @@ pub async fn run(
         key: src.key.clone(),
         vars: KeyVars::new(ctx.started, ctx.run_id.clone()),
     };
+    if let Some(steps::Step::Enrich(e)) = pipeline
+        .steps
+        .iter()
+        .find(|s| matches!(s, steps::Step::Enrich(_)))
+        && let Ok(url) = reqwest::Url::parse(&e.url)
+    {
+        ctx.policy.check_url(&url).map_err(|b| Error::Blocked {
+            url: e.url.clone(),
+            reason: b.0,
+        })?;
+    }
     let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
     let qkey = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
     summary.key = Some(key.clone());
@@ -377,6 +394,7 @@ pub async fn run(
         cap,
         quarantine,
         tx,
+        ctx.http.clone(),
     ));
 
     let stream: Box<dyn AsyncRead + Send + Unpin> =
@@ -520,6 +538,7 @@ struct Produced {
 
 /// Reads, types, transforms and renders rows into `tx`. On failure the error goes down the
 /// channel, so the upload aborts; the quarantine is completed either way.
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     pipeline: Arc<Pipeline>,
     source: String,
@@ -528,6 +547,7 @@ async fn produce(
     cap: usize,
     mut quarantine: Quarantine,
     tx: mpsc::Sender<io::Result<Bytes>>,
+    http: reqwest::Client,
 ) -> Produced {
     let mut counts = Counts::default();
     let mut decoded_bytes = 0;
@@ -541,6 +561,7 @@ async fn produce(
         &tx,
         &mut counts,
         &mut decoded_bytes,
+        &http,
     )
     .await;
     counts.quarantined = quarantine.count();
@@ -639,6 +660,57 @@ fn plans(pipeline: &Pipeline, names: &[String]) -> Vec<ColPlan> {
         .collect()
 }
 
+/// A row waiting for its enrichment answer: the row, where it was read, its raw text (capped).
+type Held = (Vec<Value>, Position, Vec<u8>);
+type Batch =
+    tokio::task::JoinHandle<Result<(Vec<Held>, Vec<serde_json::Map<String, serde_json::Value>>)>>;
+
+/// Batches of rows for the enrich step, and the batches in flight (in order).
+struct Enricher {
+    plan: enrich::EnrichPlan,
+    client: enrich::Client,
+    rows: Vec<Held>,
+    body: Vec<u8>,
+    in_flight: std::collections::VecDeque<Batch>,
+    raw_cap: usize,
+    scratch: String,
+}
+
+impl Enricher {
+    fn push(&mut self, row: Vec<Value>, pos: Position, raw: &[u8]) {
+        self.body.push(b'{');
+        for (n, (name, i)) in self.plan.send.iter().enumerate() {
+            if n > 0 {
+                self.body.push(b',');
+            }
+            writer::json_string(name, &mut self.body);
+            self.body.push(b':');
+            writer::json_value(&row[*i], &mut self.scratch, &mut self.body);
+        }
+        self.body.extend_from_slice(b"}\n");
+        let raw = raw[..raw.len().min(self.raw_cap)].to_vec();
+        self.rows.push((row, pos, raw));
+    }
+
+    fn full(&self) -> bool {
+        self.rows.len() >= self.plan.step.batch_size
+            || self.body.len() >= self.plan.step.max_batch_bytes
+    }
+
+    fn dispatch(&mut self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let body = Bytes::from(std::mem::take(&mut self.body));
+        let client = self.client.clone();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let answers = client.post(body, rows.len()).await?;
+            Ok((rows, answers))
+        }));
+    }
+}
+
 /// Output state shared by both input formats.
 struct Sink<'a> {
     program: Program,
@@ -647,9 +719,37 @@ struct Sink<'a> {
     tx: &'a mpsc::Sender<io::Result<Bytes>>,
     limits: &'a config::QuarantineSpec,
     source: &'a str,
+    enricher: Option<Enricher>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(
+        program: Program,
+        pipeline: &'a Pipeline,
+        tx: &'a mpsc::Sender<io::Result<Bytes>>,
+        source: &'a str,
+        http: &reqwest::Client,
+    ) -> Self {
+        let enricher = program.enrich().map(|plan| Enricher {
+            client: enrich::Client::new(&plan.step, http.clone()),
+            plan: plan.clone(),
+            rows: Vec::new(),
+            body: Vec::new(),
+            in_flight: Default::default(),
+            raw_cap: pipeline.quarantine.max_raw_bytes,
+            scratch: String::new(),
+        });
+        Sink {
+            writer: RowWriter::new(pipeline.output.format, program.output()),
+            program,
+            buf: Vec::with_capacity(OUT_CHUNK + 4096),
+            tx,
+            limits: &pipeline.quarantine,
+            source,
+            enricher,
+        }
+    }
+
     async fn send(&mut self) -> Result<()> {
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buf,
@@ -683,45 +783,112 @@ impl Sink<'_> {
             Err(e) => Outcome::Bad(e),
         };
         match outcome {
-            Outcome::Keep => {
-                counts.records_out += 1;
-                self.writer.row(row, &mut self.buf);
-                if self.buf.len() >= OUT_CHUNK {
-                    self.send().await?;
+            Outcome::Keep => match &mut self.enricher {
+                None => self.keep(row, counts).await?,
+                Some(en) => {
+                    en.push(std::mem::take(row), pos, raw);
+                    if en.full() {
+                        en.dispatch();
+                        if en.in_flight.len() >= en.plan.step.concurrency {
+                            self.drain_one(counts, quarantine).await?;
+                        }
+                    }
                 }
-            }
+            },
             Outcome::Filtered => counts.filtered += 1,
-            Outcome::Bad(e) => {
-                quarantine
-                    .add(pos, e.column.as_deref(), &e.reason, raw)
-                    .await?;
-                if let Some(max) = self.limits.max_bad_rows
-                    && quarantine.count() > max
-                {
-                    return Err(Error::Records {
-                        url: self.source.to_owned(),
-                        class: "too many bad rows",
-                        offset: pos.offset,
-                        record: Some(pos.record),
-                        message: format!(
-                            "line {}: {} rows quarantined, more than quarantine.max_bad_rows {max}; \
-                             the last: {}{}; see the quarantine {}",
-                            pos.line,
-                            quarantine.count(),
-                            e.column
-                                .map(|c| format!("column {c:?}: "))
-                                .unwrap_or_default(),
-                            e.reason,
-                            quarantine.key()
-                        ),
-                    });
-                }
+            Outcome::Bad(e) => self.bad(pos, e, raw, quarantine).await?,
+        }
+        Ok(())
+    }
+
+    async fn keep(&mut self, row: &[Value], counts: &mut Counts) -> Result<()> {
+        counts.records_out += 1;
+        self.writer.row(row, &mut self.buf);
+        if self.buf.len() >= OUT_CHUNK {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest enrichment batch and finishes its rows, in order.
+    async fn drain_one(&mut self, counts: &mut Counts, quarantine: &mut Quarantine) -> Result<()> {
+        let Some(batch) = self.enricher.as_mut().and_then(|e| e.in_flight.pop_front()) else {
+            return Ok(());
+        };
+        let (rows, answers) = batch.await.map_err(|e| Error::SourceRead {
+            url: self.source.to_owned(),
+            offset: 0,
+            class: "enrichment task failed",
+            message: e.to_string(),
+        })??;
+        for ((mut row, pos, raw), answer) in rows.into_iter().zip(answers) {
+            let plan = &self.enricher.as_ref().expect("enricher present").plan;
+            let outcome = match plan.merge(&answer, &mut row) {
+                Ok(()) => self.program.apply_after_enrich(&mut row),
+                Err((column, reason)) => Outcome::Bad(steps::RowError {
+                    column: Some(column),
+                    reason,
+                }),
+            };
+            match outcome {
+                Outcome::Keep => self.keep(&row, counts).await?,
+                Outcome::Filtered => counts.filtered += 1,
+                Outcome::Bad(e) => self.bad(pos, e, &raw, quarantine).await?,
             }
         }
         Ok(())
     }
 
-    async fn end(&mut self, counts: &Counts, quarantine: &Quarantine, at: u64) -> Result<()> {
+    async fn bad(
+        &mut self,
+        pos: Position,
+        e: steps::RowError,
+        raw: &[u8],
+        quarantine: &mut Quarantine,
+    ) -> Result<()> {
+        quarantine
+            .add(pos, e.column.as_deref(), &e.reason, raw)
+            .await?;
+        if let Some(max) = self.limits.max_bad_rows
+            && quarantine.count() > max
+        {
+            return Err(Error::Records {
+                url: self.source.to_owned(),
+                class: "too many bad rows",
+                offset: pos.offset,
+                record: Some(pos.record),
+                message: format!(
+                    "line {}: {} rows quarantined, more than quarantine.max_bad_rows {max}; \
+                     the last: {}{}; see the quarantine {}",
+                    pos.line,
+                    quarantine.count(),
+                    e.column
+                        .map(|c| format!("column {c:?}: "))
+                        .unwrap_or_default(),
+                    e.reason,
+                    quarantine.key()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn end(
+        &mut self,
+        counts: &mut Counts,
+        quarantine: &mut Quarantine,
+        at: u64,
+    ) -> Result<()> {
+        if let Some(en) = &mut self.enricher {
+            en.dispatch();
+        }
+        while self
+            .enricher
+            .as_ref()
+            .is_some_and(|e| !e.in_flight.is_empty())
+        {
+            self.drain_one(counts, quarantine).await?;
+        }
         if let Some(max) = self.limits.max_bad_ratio
             && counts.records_in > 0
         {
@@ -761,6 +928,7 @@ async fn rows(
     tx: &mpsc::Sender<io::Result<Bytes>>,
     counts: &mut Counts,
     decoded_bytes: &mut u64,
+    http: &reqwest::Client,
 ) -> Result<()> {
     let mut row: Vec<Value> = Vec::new();
     match pipeline.input.format {
@@ -825,14 +993,7 @@ async fn rows(
             for (p, needed) in plans.iter_mut().zip(program.needed()) {
                 p.read |= *needed;
             }
-            let mut sink = Sink {
-                writer: RowWriter::new(pipeline.output.format, program.output()),
-                program,
-                buf: Vec::with_capacity(OUT_CHUNK + 4096),
-                tx,
-                limits: &pipeline.quarantine,
-                source,
-            };
+            let mut sink = Sink::new(program, pipeline, tx, source, http);
             sink.writer.header(&mut sink.buf);
             let ncols = plans.len();
             while let Some(rec) = reader.next().await? {
@@ -862,14 +1023,7 @@ async fn rows(
                 .collect();
             let plans = plans(pipeline, &names);
             let program = steps::compile(&pipeline.steps, &pipeline.schema_layout(), false)?;
-            let mut sink = Sink {
-                writer: RowWriter::new(pipeline.output.format, program.output()),
-                program,
-                buf: Vec::with_capacity(OUT_CHUNK + 4096),
-                tx,
-                limits: &pipeline.quarantine,
-                source,
-            };
+            let mut sink = Sink::new(program, pipeline, tx, source, http);
             sink.writer.header(&mut sink.buf);
             while let Some(line) = reader.next().await? {
                 row.clear();

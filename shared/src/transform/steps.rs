@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::NaiveDate;
 use serde::Deserialize;
 
+use super::enrich::{EnrichPlan, EnrichStep};
 use super::value::{ColType, Parser, Value};
 use crate::error::{Error, Result};
 
@@ -29,6 +30,9 @@ pub enum Step {
     Cast(CastStep),
     /// Days from one date to another, as an int column.
     DaysBetween(DaysBetweenStep),
+    /// Merge fields returned by an HTTP service for batches of rows (at most one per
+    /// pipeline).
+    Enrich(EnrichStep),
 }
 
 /// A filter condition.
@@ -180,6 +184,8 @@ enum Op {
         otherwise: Value,
         into: Option<usize>,
     },
+    /// Rows stop here to be batched; the rest runs after the answer is merged.
+    Enrich,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +214,7 @@ pub struct Program {
     ops: Vec<Op>,
     output: Layout,
     needed: Vec<bool>,
+    enrich: Option<(usize, EnrichPlan)>,
 }
 
 /// What happened to a row.
@@ -233,11 +240,29 @@ impl Program {
         &self.needed
     }
 
+    /// The enrich step, when the pipeline has one.
+    pub fn enrich(&self) -> Option<&EnrichPlan> {
+        self.enrich.as_ref().map(|(_, p)| p)
+    }
+
     /// Runs the steps on `row` (laid out as the input layout); on `Keep` the row is laid out
-    /// as [`Program::output`].
+    /// as [`Program::output`] — or, with an enrich step, as the enrich step expects it, to be
+    /// finished by [`Program::apply_after_enrich`] once merged.
     pub fn apply(&self, row: &mut Vec<Value>) -> Outcome {
-        for op in &self.ops {
+        let end = self.enrich.as_ref().map_or(self.ops.len(), |(i, _)| *i);
+        self.run(&self.ops[..end], row)
+    }
+
+    /// Runs the steps after the enrich step on a merged row.
+    pub fn apply_after_enrich(&self, row: &mut Vec<Value>) -> Outcome {
+        let start = self.enrich.as_ref().map_or(self.ops.len(), |(i, _)| *i + 1);
+        self.run(&self.ops[start..], row)
+    }
+
+    fn run(&self, ops: &[Op], row: &mut Vec<Value>) -> Outcome {
+        for op in ops {
             match op {
+                Op::Enrich => {}
                 Op::Filter(c) => {
                     if !eval(c, row) {
                         return Outcome::Filtered;
@@ -454,9 +479,55 @@ pub fn compile(steps: &[Step], layout: &Layout, lenient: bool) -> Result<Program
         lenient,
     };
     let mut ops = Vec::with_capacity(steps.len());
+    let mut enrich = None;
     for (n, step) in steps.iter().enumerate() {
         let at = format!("steps[{n}]");
         match step {
+            Step::Enrich(e) => {
+                let at = format!("{at}.enrich");
+                e.validate(&at)?;
+                if enrich.is_some() {
+                    return Err(Error::spec(format!(
+                        "{at}: a pipeline has at most one enrich step"
+                    )));
+                }
+                let send = match &e.columns {
+                    Some(cols) => cols
+                        .iter()
+                        .map(|col| Ok((col.clone(), c.find(&at, col)?)))
+                        .collect::<Result<Vec<_>>>()?,
+                    None => {
+                        // Everything at this point is sent, so every column is used.
+                        if c.tracking {
+                            for o in c.origin.iter().flatten() {
+                                c.needed[*o] = true;
+                            }
+                        }
+                        c.layout
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (name, _))| (name.clone(), i))
+                            .collect()
+                    }
+                };
+                let fields = e
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        let parser = Parser::new(f.ty, f.format.clone());
+                        (f.name.clone(), parser, c.target(&f.name, f.ty))
+                    })
+                    .collect();
+                enrich = Some((
+                    ops.len(),
+                    EnrichPlan {
+                        step: e.clone(),
+                        send,
+                        fields,
+                    },
+                ));
+                ops.push(Op::Enrich);
+            }
             Step::Filter(cond) => {
                 let cc = c.cond(&format!("{at}.filter"), cond)?;
                 ops.push(Op::Filter(cc));
@@ -580,6 +651,7 @@ pub fn compile(steps: &[Step], layout: &Layout, lenient: bool) -> Result<Program
         ops,
         output: c.layout,
         needed,
+        enrich,
     })
 }
 
