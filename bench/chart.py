@@ -25,6 +25,9 @@ def main():
         g = (m["config"]["case"], m["config"]["mode"])
         if g not in groups:
             groups.append(g)
+    if not groups:
+        print("chart: no ingest or records case in this run; no chart")
+        return
     fig, axes = plt.subplots(
         2, len(groups), figsize=(max(6, 3.2 * len(groups)), 7.5), squeeze=False
     )

@@ -11,7 +11,8 @@
 # Environment: BENCH_GIB (default 2), BENCH_RUNS (3), BENCH_ONLY (comma-separated substrings of
 # configuration ids, e.g. `ingest/none,limit`), BENCH_TIMEOUT_SECS (per run, 1800),
 # BENCH_GZIP_LEVEL (the equal gzip level, default 1), BENCH_NO_README=1 (full run, README left
-# alone), BENCH_SKIP_SETUP=1 (skip setup.sh and the installs: for make test, which did them).
+# alone), BENCH_OUT_DIR (full run: results elsewhere than bench/results), BENCH_SKIP_SETUP=1
+# (skip scripts/setup.sh: for make test, which ran it already).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -125,7 +126,7 @@ if [[ "$SMOKE" == 1 ]]; then
     OUT="$(mktemp -d /tmp/sluice-bench.XXXXXX)"
     COMMAND="BENCH_SMOKE=1 bash bench/run.sh"
 else
-    OUT="$ROOT/bench/results"
+    OUT="${BENCH_OUT_DIR:-$ROOT/bench/results}"
     COMMAND="BENCH_GIB=${BENCH_GIB:-2} BENCH_RUNS=${BENCH_RUNS:-3}${BENCH_ONLY:+ BENCH_ONLY=$BENCH_ONLY} make bench"
 fi
 mkdir -p "$OUT"

@@ -24,7 +24,8 @@ pub const CFS_PERIOD_US: u64 = 100_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum BoxKind {
-    /// No memory limit, all cores (still measured through cgroups).
+    /// All cores; memory limited only to 3/4 of the machine's, to protect it (still measured
+    /// through cgroups).
     Unconstrained,
     /// `memory.limit_in_bytes=256M`, `cpu.cfs_quota_us=14500` per 100 ms.
     Lambda256,
@@ -38,6 +39,21 @@ impl BoxKind {
             BoxKind::Lambda256 => "lambda-256mb",
         }
     }
+}
+
+/// The machine's memory (`MemTotal`), or 16 GiB when it cannot be read.
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(16 << 30, |kib| kib * 1024)
 }
 
 /// The cgroups of one run.
@@ -66,8 +82,9 @@ impl Cell {
     pub fn create(kind: BoxKind, label: &str) -> anyhow::Result<Cell> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let (memory_limit, quota) = match kind {
-            // A limit far above the machine's memory; a quota of all cores.
-            BoxKind::Unconstrained => (1u64 << 42, cores * CFS_PERIOD_US),
+            // Three quarters of the machine's memory, so that a peer holding a whole large
+            // document (json.loads) is stopped before it takes the machine down; all cores.
+            BoxKind::Unconstrained => (machine_memory() / 4 * 3, cores * CFS_PERIOD_US),
             BoxKind::Lambda256 => (LAMBDA_MEMORY_BYTES, LAMBDA_CPU_QUOTA_US),
         };
         let name = format!("bench-{label}");

@@ -48,7 +48,8 @@ pub struct Settings {
     /// The gzip level every tool uses in the equal-level mode (`BENCH_GZIP_LEVEL`, default 1,
     /// sluice's default).
     pub gzip_level: i32,
-    /// Bytes of the source the compressor-alone limit compresses in memory (at most 256 MiB).
+    /// Bytes of the source the compressor-alone limit compresses in memory (at most 64 MiB, so
+    /// that input, output and page cache fit in the Lambda box).
     pub compress_sample: u64,
     /// The command line shown in the report (`BENCH_COMMAND`).
     pub command: String,
@@ -112,7 +113,7 @@ impl Settings {
                 .collect(),
             timeout_secs: env_or("BENCH_TIMEOUT_SECS", if smoke { 90 } else { 1800 })?,
             gzip_level,
-            compress_sample: size.min(256 * MIB),
+            compress_sample: size.min(64 * MIB),
             command: std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "bash bench/run.sh".into()),
         })
     }

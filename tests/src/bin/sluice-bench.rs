@@ -10,7 +10,7 @@
 //!
 //! Writes `<BENCH_OUT>/<date>.json` (every run, medians, ratios, machine) and `<date>.md`, and
 //! exits non-zero when a run failed in a way that is not a measurement: sluice not finishing, a
-//! wrong output, a peer failing other than by being killed at the memory limit (or, in a full
+//! wrong output, a peer failing other than by being killed at a memory limit (or, in a full
 //! run, by the timeout).
 
 use std::collections::HashMap;
@@ -64,7 +64,8 @@ fn unexpected(r: &RunRecord, smoke: bool) -> bool {
     match r.status {
         Status::Ok => false,
         Status::Failed => true,
-        Status::Killed => !(r.config.tool.is_peer() && r.box_kind == BoxKind::Lambda256),
+        // A peer killed at a box's memory limit is a result; sluice killed is a failure.
+        Status::Killed => !r.config.tool.is_peer(),
         Status::Timeout => smoke || !r.config.tool.is_peer(),
     }
 }
