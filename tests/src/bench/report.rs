@@ -372,10 +372,12 @@ pub fn to_markdown(
             }
         );
         for m in medians.iter().filter(|m| m.box_kind == kind) {
+            // A `|` inside a cell would end it.
+            let label = m.config.tool.label().replace('|', "\\|");
             let tool = if m.config.tool == Tool::Sluice {
-                format!("**{}**", m.config.tool.label())
+                format!("**{label}**")
             } else {
-                m.config.tool.label().to_owned()
+                label
             };
             let _ = writeln!(
                 md,
