@@ -797,3 +797,29 @@ async fn enrichment_in_ordered_batches_with_retry_after() {
         retried.0.duration_since(refused_at)
     );
 }
+
+/// The same output and quarantine, byte for byte, whether rows are typed and transformed in
+/// the reading task or on several worker threads (order preserved).
+#[tokio::test]
+async fn one_or_many_workers_write_the_same_bytes() {
+    let data = parking(31, 4_000_000);
+    let want = expected_seed_output(31, rows_of(&data));
+    let mut quarantines = Vec::new();
+    for workers in [1, 3] {
+        let mut p: Value = serde_json::from_str(SEED_PIPELINE).unwrap();
+        p["workers"] = json!(workers);
+        let h = start(&format!("tr-workers-{workers}"), &p.to_string(), None).await;
+        put(&h, "incoming/w.csv", data.clone()).await;
+        let s = one(response(
+            h.invoke(direct(&h, "incoming/w.csv"), INVOKE).await,
+        ));
+        assert_eq!(s["records_out"], want.rows_out, "{workers}: {s}");
+        assert_eq!(s["quarantined"], want.quarantined, "{workers}: {s}");
+        let (crc, len) = h.decoded_crc("clean/w.csv.gz", Decode::Gzip).await;
+        assert_eq!((crc, len), (want.crc, want.len), "{workers} workers");
+        let q = text(&h, "quarantine/w.ndjson").await;
+        quarantines.push(q.replace(&h.bucket, "BUCKET"));
+    }
+    assert_eq!(quarantines[0], quarantines[1]);
+    assert_eq!(quarantines[0].lines().count() as u64, want.quarantined);
+}

@@ -28,6 +28,11 @@ pub struct Pipeline {
     /// Overrides of the memory plan and the deadline margin (as in every sluice job).
     #[serde(default)]
     pub tuning: Tuning,
+    /// Threads that type and transform CSV rows, order preserved (1–16). Default: the number
+    /// of cores, at most 4; 1 keeps everything in the reading task. A pipeline with an
+    /// `enrich` step always uses 1.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// Input format.
@@ -319,6 +324,11 @@ impl Pipeline {
         }
         if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
             return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
+        }
+        if let Some(w) = self.workers
+            && !(1..=16).contains(&w)
+        {
+            return Err(Error::spec("workers must be 1..=16"));
         }
         Ok(())
     }

@@ -29,6 +29,7 @@
 
 pub mod config;
 pub mod enrich;
+mod parallel;
 pub mod quarantine;
 pub mod reader;
 pub mod steps;
@@ -801,6 +802,15 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
+    /// Appends rows rendered elsewhere.
+    async fn emit(&mut self, rendered: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(rendered);
+        if self.buf.len() >= OUT_CHUNK {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
     async fn keep(&mut self, row: &[Value], counts: &mut Counts) -> Result<()> {
         counts.records_out += 1;
         self.writer.row(row, &mut self.buf);
@@ -995,6 +1005,20 @@ async fn rows(
             }
             let mut sink = Sink::new(program, pipeline, tx, source, http);
             sink.writer.header(&mut sink.buf);
+            let workers = pipeline.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+            });
+            if workers > 1 && sink.program.enrich().is_none() {
+                let shared = Arc::new(parallel::Shared {
+                    plans,
+                    program: sink.program.clone(),
+                    format: pipeline.output.format,
+                    raw_cap: pipeline.quarantine.max_raw_bytes,
+                });
+                parallel::run(&mut reader, shared, workers, &mut sink, counts, quarantine).await?;
+                *decoded_bytes = reader.offset();
+                return sink.end(counts, quarantine, reader.offset()).await;
+            }
             let ncols = plans.len();
             while let Some(rec) = reader.next().await? {
                 row.clear();
@@ -1004,7 +1028,7 @@ async fn rows(
                         reason: format!("ragged row: {} fields, the header has {ncols}", rec.len()),
                     })
                 } else {
-                    type_csv(&plans, &rec, &mut row)
+                    type_csv(&plans, |i| rec.field(i), &mut row)
                 };
                 let (pos, raw) = (rec.pos, rec.raw);
                 sink.row(&mut row, typed, pos, raw, counts, quarantine)
@@ -1037,9 +1061,9 @@ async fn rows(
     }
 }
 
-fn type_csv(
+fn type_csv<'a>(
     plans: &[ColPlan],
-    rec: &reader::CsvRecord<'_>,
+    field: impl Fn(usize) -> &'a [u8],
     row: &mut Vec<Value>,
 ) -> std::result::Result<(), steps::RowError> {
     for (i, plan) in plans.iter().enumerate() {
@@ -1047,7 +1071,7 @@ fn type_csv(
             row.push(Value::Null);
             continue;
         }
-        let bytes = rec.field(i);
+        let bytes = field(i);
         let text = std::str::from_utf8(bytes).map_err(|e| steps::RowError {
             column: Some(plan.name.clone()),
             reason: format!("invalid UTF-8 at byte {} of the field", e.valid_up_to()),

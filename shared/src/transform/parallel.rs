@@ -1,0 +1,222 @@
+//! Typing and steps on several cores, order preserved: the reader cuts CSV records into
+//! numbered chunks, `N` worker threads type, transform and render them, and the writer puts
+//! the results back in sequence before they reach the output and the quarantine.
+//!
+//! ```text
+//! reader -> [chunks, bounded] -> worker x N -> [results, bounded] -> reorder -> output
+//! ```
+//!
+//! Both channels are bounded and the reorder buffer holds at most what the workers and the
+//! channels hold, so memory is about `(3 N + 2) × chunk` whatever the input size.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+
+use super::reader::{CsvReader, Position};
+use super::steps::{Outcome, Program, RowError};
+use super::writer::RowWriter;
+use super::{ColPlan, Counts, OutputFormat, Quarantine, Sink, type_csv};
+use crate::error::{Error, Result};
+
+/// Records per chunk (a chunk also closes at [`CHUNK_BYTES`]).
+const CHUNK_RECORDS: usize = 1024;
+/// Raw bytes per chunk.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+/// Records as read: field bytes, field ends, raw text and positions.
+#[derive(Default)]
+struct Chunk {
+    seq: u64,
+    fields: Vec<u8>,
+    ends: Vec<usize>,
+    /// For each record, the index in `ends` after its last field.
+    records: Vec<usize>,
+    raw: Vec<u8>,
+    raw_ends: Vec<usize>,
+    pos: Vec<Position>,
+}
+
+/// A chunk processed: rendered output and the bad rows, in order.
+struct Done {
+    seq: u64,
+    out: Vec<u8>,
+    counts: Counts,
+    bad: Vec<(Position, RowError, Vec<u8>)>,
+}
+
+/// What the workers share.
+pub(super) struct Shared {
+    pub plans: Vec<ColPlan>,
+    pub program: Program,
+    pub format: OutputFormat,
+    pub raw_cap: usize,
+}
+
+fn work(shared: &Shared, chunk: Chunk) -> Done {
+    let mut writer = RowWriter::new(shared.format, shared.program.output());
+    let mut done = Done {
+        seq: chunk.seq,
+        out: Vec::with_capacity(chunk.raw.len() / 4),
+        counts: Counts::default(),
+        bad: Vec::new(),
+    };
+    let ncols = shared.plans.len();
+    let mut row = Vec::with_capacity(ncols);
+    let (mut first_end, mut first_raw) = (0, 0);
+    for (r, &last_end) in chunk.records.iter().enumerate() {
+        let ends = &chunk.ends[first_end..last_end];
+        let start_of = |i: usize| {
+            if first_end + i == 0 {
+                0
+            } else {
+                chunk.ends[first_end + i - 1]
+            }
+        };
+        let base = start_of(0);
+        let raw = &chunk.raw[first_raw..chunk.raw_ends[r]];
+        row.clear();
+        done.counts.records_in += 1;
+        let typed = if ends.len() != ncols {
+            Err(RowError {
+                column: None,
+                reason: format!("ragged row: {} fields, the header has {ncols}", ends.len()),
+            })
+        } else {
+            type_csv(
+                &shared.plans,
+                |i| {
+                    let start = if i == 0 { base } else { ends[i - 1] };
+                    &chunk.fields[start..ends[i]]
+                },
+                &mut row,
+            )
+        };
+        let outcome = match typed {
+            Ok(()) => shared.program.apply(&mut row),
+            Err(e) => Outcome::Bad(e),
+        };
+        match outcome {
+            Outcome::Keep => {
+                done.counts.records_out += 1;
+                writer.row(&row, &mut done.out);
+            }
+            Outcome::Filtered => done.counts.filtered += 1,
+            Outcome::Bad(e) => {
+                let cut = raw.len().min(shared.raw_cap);
+                // The quarantine cuts again; keep one byte more so it knows it was cut.
+                let keep = (cut + 1).min(raw.len());
+                done.bad.push((chunk.pos[r], e, raw[..keep].to_vec()));
+            }
+        }
+        first_end = last_end;
+        first_raw = chunk.raw_ends[r];
+    }
+    done
+}
+
+/// Runs the records of `reader` through `workers` threads into `sink`, in order.
+pub(super) async fn run<R: AsyncRead + Unpin + Send>(
+    reader: &mut CsvReader<R>,
+    shared: Arc<Shared>,
+    workers: usize,
+    sink: &mut Sink<'_>,
+    counts: &mut Counts,
+    quarantine: &mut Quarantine,
+) -> Result<()> {
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(workers);
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(workers);
+    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
+    let mut threads = Vec::with_capacity(workers);
+    for n in 0..workers {
+        let rx = chunk_rx.clone();
+        let tx = done_tx.clone();
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("transform-{n}"))
+            .spawn(move || {
+                loop {
+                    let next = rx.lock().expect("chunk queue lock").blocking_recv();
+                    let Some(chunk) = next else { return };
+                    if tx.blocking_send(work(&shared, chunk)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::SourceRead {
+                url: "transform workers".into(),
+                offset: 0,
+                class: "cannot start a worker thread",
+                message: e.to_string(),
+            })?;
+        threads.push(spawned);
+    }
+    drop(done_tx);
+    drop(chunk_rx);
+
+    let read = async move {
+        let mut seq = 0;
+        let mut chunk = Chunk::default();
+        while let Some(rec) = reader.next().await? {
+            for i in 0..rec.len() {
+                chunk.fields.extend_from_slice(rec.field(i));
+                chunk.ends.push(chunk.fields.len());
+            }
+            chunk.records.push(chunk.ends.len());
+            chunk.raw.extend_from_slice(rec.raw);
+            chunk.raw_ends.push(chunk.raw.len());
+            chunk.pos.push(rec.pos);
+            if chunk.records.len() >= CHUNK_RECORDS || chunk.raw.len() >= CHUNK_BYTES {
+                let full = std::mem::replace(
+                    &mut chunk,
+                    Chunk {
+                        seq: seq + 1,
+                        ..Chunk::default()
+                    },
+                );
+                seq += 1;
+                if chunk_tx.send(full).await.is_err() {
+                    // The writer stopped: its error is the one reported.
+                    return Ok(reader.offset());
+                }
+            }
+        }
+        if !chunk.records.is_empty() {
+            let _ = chunk_tx.send(chunk).await;
+        }
+        Ok::<u64, Error>(reader.offset())
+    };
+    let write = async {
+        let result = async {
+            let mut next = 0u64;
+            let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
+            while let Some(done) = done_rx.recv().await {
+                waiting.insert(done.seq, done);
+                while let Some(done) = waiting.remove(&next) {
+                    next += 1;
+                    counts.records_in += done.counts.records_in;
+                    counts.records_out += done.counts.records_out;
+                    counts.filtered += done.counts.filtered;
+                    for (pos, e, raw) in done.bad {
+                        sink.bad(pos, e, &raw, quarantine).await?;
+                    }
+                    sink.emit(&done.out).await?;
+                }
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        // Unblock the workers (and so the reader) when the writer stopped early.
+        done_rx.close();
+        result
+    };
+    let (read, write) = tokio::join!(read, write);
+    for t in threads {
+        let _ = t.join();
+    }
+    write?;
+    read?;
+    Ok(())
+}
