@@ -12,7 +12,8 @@
 # configuration ids, e.g. `ingest/none,limit`), BENCH_TIMEOUT_SECS (per run, 1800),
 # BENCH_GZIP_LEVEL (the equal gzip level, default 1), BENCH_NO_README=1 (full run, README left
 # alone), BENCH_OUT_DIR (full run: results elsewhere than bench/results), BENCH_SKIP_SETUP=1
-# (skip scripts/setup.sh: for make test, which ran it already).
+# (skip scripts/setup.sh) and BENCH_SKIP_BUILD=1 (use the release binaries as built): for
+# make test, which did both already.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -56,8 +57,17 @@ else
     report "bench venv" "installed $wanted"
 fi
 
-echo "== bench: build"
-cargo build --release -p ingest-http -p sluice-tests --bin ingest-http --bin sluice-bench
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    echo "== bench: build"
+    # Only what the bench runs, so a crate of the workspace in progress cannot block it.
+    cargo build --release -p ingest-http -p sluice-tests --bin ingest-http --bin sluice-bench
+fi
+for bin in ingest-http sluice-bench; do
+    [[ -x "$ROOT/target/release/$bin" ]] || {
+        echo "bench: target/release/$bin missing (build it or drop BENCH_SKIP_BUILD)" >&2
+        exit 1
+    }
+done
 
 echo "== bench: stack"
 bash scripts/stack.sh up
