@@ -466,13 +466,14 @@ async fn too_many_bad_rows_abort_the_output_and_keep_the_quarantine() {
     let h = start(
         "tr-limit",
         &small_pipeline(
-            json!({"quarantine": {"key": "bad/{source_stem}.ndjson", "max_bad_rows": 100}}),
+            json!({"quarantine": {"key": "bad/{source_stem}.ndjson", "max_bad_rows": 100}, "workers": 2}),
         ),
         None,
     )
     .await;
     let client = h.server.client().await;
-    // Enough good rows for a multipart output, then more bad rows than allowed.
+    // Enough good rows for a multipart output, then more bad rows than allowed; on two worker
+    // threads, so the writer stops while the reader and the workers are still busy.
     let mut data = b"id,day,note\n".to_vec();
     for i in 0..400_000 {
         data.extend(format!("{i},2024-01-{:02},{:040}\n", 1 + i % 28, i).bytes());
@@ -578,7 +579,7 @@ async fn pipeline_from_an_s3_object() {
 
 /// The contract: a >= 2 GiB (uncompressed) gzip CSV through the seed pipeline in a 256 MB
 /// function, peak memory <= 128 MiB, output equal to an independent computation.
-/// `SLUICE_TRANSFORM_GIB` changes the size.
+/// `SLUICE_TRANSFORM_GIB` changes the size, `SLUICE_TRANSFORM_WORKERS` the worker threads.
 #[tokio::test]
 async fn two_gib_gzip_csv_under_256_mb() {
     let gib: u64 = std::env::var("SLUICE_TRANSFORM_GIB")
@@ -591,7 +592,15 @@ async fn two_gib_gzip_csv_under_256_mb() {
     if cgroup.is_none() {
         eprintln!("cgroups unavailable: running without the 256 MB limit (VmHWM still checked)");
     }
-    let h = start("tr-big", SEED_PIPELINE, cgroup.as_ref()).await;
+    // `SLUICE_TRANSFORM_WORKERS` sets the pipeline's `workers` (default 1).
+    let mut pipeline: Value = serde_json::from_str(SEED_PIPELINE).unwrap();
+    if let Some(w) = std::env::var("SLUICE_TRANSFORM_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        pipeline["workers"] = json!(w);
+    }
+    let h = start("tr-big", &pipeline.to_string(), cgroup.as_ref()).await;
     let key = "incoming/parking-2gib.csv.gz";
 
     // The expected output, computed from the generator's rows while the source uploads.
@@ -647,10 +656,11 @@ async fn two_gib_gzip_csv_under_256_mb() {
     let peak = cgroup.as_ref().map_or(rss, |c| c.peak_bytes());
     let decoded = s["bytes_decoded"].as_u64().unwrap();
     eprintln!(
-        "TRANSFORM CONTRACT: {gib} GiB gzip CSV ({decoded} bytes, {} rows) in {secs:.1} s = \
+        "TRANSFORM CONTRACT: {gib} GiB gzip CSV ({decoded} bytes, {} rows, workers {}) in {secs:.1} s = \
          {:.1} MiB/s, {:.0} rows/s; {} rows out, {} quarantined; cgroup peak {:.1} MiB; \
          VmHWM {:.1} MiB",
         want.rows_in,
+        pipeline["workers"],
         decoded as f64 / MIB as f64 / secs,
         want.rows_in as f64 / secs,
         want.rows_out,

@@ -143,6 +143,8 @@ pub struct ObjectSummary {
     pub bytes_in: u64,
     /// Source bytes after decompression.
     pub bytes_decoded: u64,
+    /// Times the source body broke off and was resumed with a ranged `GetObject`.
+    pub source_resumes: u64,
     /// Bytes of the output object.
     pub bytes_out: u64,
     /// Bytes of the quarantine object.
@@ -191,6 +193,7 @@ pub async fn run(
         counts: Counts::default(),
         bytes_in: 0,
         bytes_decoded: 0,
+        source_resumes: 0,
         bytes_out: 0,
         bytes_quarantined: 0,
         parts: 0,
@@ -426,6 +429,7 @@ pub async fn run(
     })?;
     summary.counts = produced.counts;
     summary.bytes_in = progress.bytes();
+    summary.source_resumes = progress.resumes();
     summary.bytes_decoded = produced.decoded;
     summary.bytes_quarantined = produced.quarantine.as_ref().map_or(0, |q| q.1);
     summary.quarantine_key = produced.quarantine.as_ref().map(|q| q.0.clone());
@@ -1005,9 +1009,7 @@ async fn rows(
             }
             let mut sink = Sink::new(program, pipeline, tx, source, http);
             sink.writer.header(&mut sink.buf);
-            let workers = pipeline.workers.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-            });
+            let workers = pipeline.workers.unwrap_or(1);
             if workers > 1 && sink.program.enrich().is_none() {
                 let shared = Arc::new(parallel::Shared {
                     plans,
