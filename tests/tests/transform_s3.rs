@@ -407,6 +407,16 @@ async fn bad_input() {
         out.truncate(out.len() - 10);
         out
     };
+    let corrupt_zstd = {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = Vec::new();
+        async_compression::tokio::bufread::ZstdEncoder::new(&good[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        out[4] = 0xff; // the frame header descriptor, with its reserved bit set
+        out
+    };
     let mut unterminated = b"id,day,note\n1,2024-01-01,a\n".to_vec();
     unterminated.extend(b"2,2024-01-02,\"open\n3,2024-01-03,c\n");
     let mut oversized = b"id,day,note\n1,2024-01-01,a\n".to_vec();
@@ -429,6 +439,12 @@ async fn bad_input() {
         (
             "in/truncated.csv.zst",
             zstd,
+            "Upstream",
+            "zstd data invalid after",
+        ),
+        (
+            "in/corrupt.csv.zst",
+            corrupt_zstd,
             "Upstream",
             "zstd data invalid after",
         ),
@@ -832,4 +848,79 @@ async fn one_or_many_workers_write_the_same_bytes() {
     }
     assert_eq!(quarantines[0], quarantines[1]);
     assert_eq!(quarantines[0].lines().count() as u64, want.quarantined);
+}
+
+/// NDJSON in (zstd-compressed), CSV out: JSON values typed by the schema, a line that is not
+/// an object and a value of the wrong type quarantined, a missing nullable key read as null.
+#[tokio::test]
+async fn ndjson_input_typed_by_the_schema() {
+    let pipeline = json!({
+        "input": {"format": "ndjson", "schema": [
+            {"name": "id", "type": "int", "required": true},
+            {"name": "price", "type": "float"},
+            {"name": "at", "type": "timestamp"},
+            {"name": "tag", "nullable": true}
+        ]},
+        "steps": [
+            {"filter": {"gt": {"column": "price", "value": 1.5}}},
+            {"days_between": {"into": "days", "from": "at", "to": "at"}},
+            {"cast": {"column": "id", "type": "string"}},
+            {"concat": {"into": "label", "columns": ["id", "tag"], "sep": "-"}}
+        ],
+        "output": {"format": "csv", "key": "out/{source_stem}.csv"},
+        "quarantine": {"key": "bad/{source_stem}.ndjson"}
+    });
+    let h = start("tr-ndjson", &pipeline.to_string(), None).await;
+    let lines = concat!(
+        "{\"id\": 1, \"price\": 2.5, \"at\": \"2026-01-02T03:04:05Z\", \"tag\": \"a,b\"}\n",
+        "{\"id\": 2, \"price\": 1.0, \"at\": \"2026-01-02T03:04:05Z\"}\n",
+        "\n",
+        "[1, 2]\n",
+        "{\"id\": 3, \"price\": \"cheap\", \"at\": \"2026-01-02T03:04:05Z\"}\n",
+        "{\"id\": \"4\", \"price\": 9, \"at\": \"2026-01-02T05:04:05+02:00\", \"extra\": true}\r\n",
+    );
+    let zst = {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = Vec::new();
+        async_compression::tokio::bufread::ZstdEncoder::new(lines.as_bytes())
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        out
+    };
+    put(&h, "in/events.ndjson.zst", zst).await;
+    let s = one(response(
+        h.invoke(direct(&h, "in/events.ndjson.zst"), INVOKE).await,
+    ));
+    assert_eq!(
+        (
+            &s["records_in"],
+            &s["records_out"],
+            &s["filtered"],
+            &s["quarantined"]
+        ),
+        (&json!(5), &json!(2), &json!(1), &json!(2)),
+        "{s}"
+    );
+    assert_eq!(
+        text(&h, "out/events.csv").await,
+        "id,price,at,tag,days,label\n1,2.5,2026-01-02T03:04:05Z,\"a,b\",0,\"1-a,b\"\n\
+         4,9,2026-01-02T03:04:05Z,,0,4-\n"
+    );
+    let bad: Vec<Value> = text(&h, "bad/events.ndjson")
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(bad[0]["line"], 4);
+    assert!(
+        bad[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON object"),
+        "{}",
+        bad[0]
+    );
+    assert_eq!(bad[1]["column"], "price");
+    assert_eq!(bad[1]["reason"], "\"cheap\" is not a float");
 }
