@@ -676,7 +676,7 @@ async fn two_gib_gzip_csv_under_256_mb() {
          {:.1} MiB/s, {:.0} rows/s; {} rows out, {} quarantined; cgroup peak {:.1} MiB; \
          VmHWM {:.1} MiB",
         want.rows_in,
-        pipeline["workers"],
+        pipeline["workers"].as_u64().unwrap_or(1),
         decoded as f64 / MIB as f64 / secs,
         want.rows_in as f64 / secs,
         want.rows_out,
