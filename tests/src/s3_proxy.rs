@@ -136,6 +136,8 @@ struct Shared {
     counts: Mutex<HashMap<S3Op, usize>>,
     parts: Mutex<BTreeMap<i32, usize>>,
     answers: Mutex<Vec<(S3Op, u16)>>,
+    /// `x-amz-content-sha256` of every `UploadPart` and `PutObject`, in order of arrival.
+    payload_hashes: Mutex<Vec<String>>,
     next_id: AtomicU64,
 }
 
@@ -182,6 +184,7 @@ impl S3Proxy {
             counts: Mutex::default(),
             parts: Mutex::default(),
             answers: Mutex::default(),
+            payload_hashes: Mutex::default(),
             next_id: AtomicU64::new(1),
         });
         let app = Router::new().fallback(proxy).with_state(shared.clone());
@@ -260,6 +263,12 @@ impl S3Proxy {
             .unwrap_or(0)
     }
 
+    /// The `x-amz-content-sha256` header of every `UploadPart` and `PutObject` received:
+    /// `UNSIGNED-PAYLOAD`, or the body's SHA-256 when the client signed it.
+    pub fn payload_hashes(&self) -> Vec<String> {
+        self.shared.payload_hashes.lock().unwrap().clone()
+    }
+
     /// `UploadPart` requests received per part number, faults included.
     pub fn part_attempts(&self) -> BTreeMap<i32, usize> {
         self.shared.parts.lock().unwrap().clone()
@@ -316,6 +325,15 @@ async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let op = S3Op::of(&parts.method, &path, query.as_deref());
     let part = part_number(query.as_deref());
     let action = shared.admit(op, part);
+    if matches!(op, S3Op::UploadPart | S3Op::PutObject) {
+        let hash = parts
+            .headers
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        shared.payload_hashes.lock().unwrap().push(hash);
+    }
     let request_id = format!(
         "sluice-proxy-{}",
         shared.next_id.fetch_add(1, Ordering::Relaxed)

@@ -240,10 +240,16 @@ async fn corrupted_part_fails_on_its_checksum_and_is_aborted() {
         (S3Operation::UploadPart, Some(2)),
         "{message}"
     );
-    // The SDK signs the payload (`x-amz-content-sha256`, computed over the part's bytes), so
-    // the flipped byte is caught by that digest before the part's CRC64NVME header is even
-    // compared: Garage answers `InvalidDigest` ("SHA256 checksum verification failed"), AWS S3
-    // `XAmzContentSHA256Mismatch` or `BadDigest`.
+    // No endpoint in this process's environment: the sink treats the server as AWS over HTTPS
+    // and sends bodies unsigned (`UNSIGNED-PAYLOAD`, no SHA-256 pass), so what catches the
+    // flipped byte is the part's CRC64NVME header: Garage answers `InvalidDigest`, AWS S3
+    // `BadDigest`. (A signed body would be caught by its SHA-256 first:
+    // `XAmzContentSHA256Mismatch`.)
+    let hashes = s.proxy.payload_hashes();
+    assert!(
+        !hashes.is_empty() && hashes.iter().all(|h| h == "UNSIGNED-PAYLOAD"),
+        "{hashes:?}"
+    );
     assert!(
         ["InvalidDigest", "BadDigest", "XAmzContentSHA256Mismatch"]
             .iter()
@@ -355,6 +361,13 @@ async fn ingest_http_retries_throttling_and_refuses_a_200_error_complete() {
     assert_eq!(
         crc_of_object(&direct, &bucket, "slow.ndjson").await,
         (expected_crc64nvme(SEED, SIZE), SIZE)
+    );
+    // The endpoint is plain HTTP: bodies (5 part attempts, then the manifest) are signed, with
+    // a SHA-256 hex digest, not UNSIGNED-PAYLOAD.
+    let hashes = proxy.payload_hashes();
+    assert!(
+        hashes.len() >= 5 && hashes.iter().all(|h| h.len() == 64),
+        "{hashes:?}"
     );
 
     // Complete answering 200 with an <Error>: a Retryable failure, nothing written.

@@ -85,6 +85,8 @@ pub struct S3Target {
     bucket: String,
     key: String,
     meta: ObjectMeta,
+    /// Bodies go without a SigV4 payload hash ([`crate::s3::unsigned_payload`]).
+    unsigned_payload: bool,
 }
 
 impl S3Target {
@@ -95,6 +97,7 @@ impl S3Target {
         key: impl Into<String>,
     ) -> Self {
         S3Target {
+            unsigned_payload: crate::s3::unsigned_payload(),
             client,
             bucket: bucket.into(),
             key: key.into(),
@@ -243,6 +246,10 @@ impl ObjectTarget for S3Target {
             if if_none_match {
                 req = req.if_none_match("*");
             }
+            let mut req = req.customize();
+            if this.unsigned_payload {
+                req = req.disable_payload_signing();
+            }
             match req.send().await {
                 Ok(out) => {
                     let e_tag = out.e_tag.ok_or_else(|| {
@@ -326,6 +333,10 @@ impl ObjectTarget for S3Target {
                 ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
                 ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
             };
+            let mut req = req.customize();
+            if this.unsigned_payload {
+                req = req.disable_payload_signing();
+            }
             let out = req.send().await.map_err(|e| {
                 s3_error(
                     S3Operation::UploadPart,
