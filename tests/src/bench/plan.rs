@@ -125,6 +125,9 @@ impl Settings {
 pub enum Tool {
     /// sluice `ingest-http`, the release bootstrap through the Runtime API emulator.
     Sluice,
+    /// sluice `ingest-http` with `SLUICE_UNSIGNED_PAYLOAD=always`: bodies sent without a
+    /// SHA-256 payload hash, as sluice sends them over HTTPS (the local Garage speaks HTTP).
+    SluiceUnsigned,
     /// (a) `requests.get(stream=True)` + boto3 `upload_fileobj` (8 MiB parts, 4 threads).
     Boto3,
     /// (b) `smart_open` writing `iter_content` chunks.
@@ -148,6 +151,7 @@ impl Tool {
     pub fn id(self) -> &'static str {
         match self {
             Tool::Sluice => "sluice",
+            Tool::SluiceUnsigned => "sluice-unsigned",
             Tool::Boto3 => "boto3",
             Tool::SmartOpen => "smart_open",
             Tool::AwsCli => "awscli",
@@ -163,6 +167,7 @@ impl Tool {
     pub fn label(self) -> &'static str {
         match self {
             Tool::Sluice => "sluice ingest-http",
+            Tool::SluiceUnsigned => "sluice ingest-http, unsigned payload (its HTTPS behaviour)",
             Tool::Boto3 => "requests + boto3 upload_fileobj",
             Tool::SmartOpen => "requests + smart_open",
             Tool::AwsCli => "curl | aws s3 cp - (awscli v1)",
@@ -257,6 +262,7 @@ pub fn configs(settings: &Settings) -> Vec<Config> {
         for mode in ["none", &gzip, &zstd] {
             all.push(Config::new(Case::Ingest, Tool::Sluice, mode));
         }
+        all.push(Config::new(Case::Ingest, Tool::SluiceUnsigned, "none"));
         all.push(Config::new(Case::Ingest, Tool::Boto3, &gzip));
         all.push(Config::new(Case::Ingest, Tool::SmartOpen, &zstd));
         all.push(Config::new(Case::Ingest, Tool::AwsCli, &usual));
@@ -264,6 +270,9 @@ pub fn configs(settings: &Settings) -> Vec<Config> {
     } else {
         for mode in ["none", &gzip, &zstd] {
             all.push(Config::new(Case::Ingest, Tool::Sluice, mode));
+            if mode != zstd {
+                all.push(Config::new(Case::Ingest, Tool::SluiceUnsigned, mode));
+            }
             for peer in peers {
                 all.push(Config::new(Case::Ingest, peer, mode));
             }
@@ -464,7 +473,7 @@ impl Bench {
             seed: source.as_ref().map(|s| s.seed),
             step_secs: 0.0,
         };
-        let outcome = if config.tool == Tool::Sluice {
+        let outcome = if matches!(config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
             self.run_sluice(config, &cell, source.as_ref().unwrap(), &key)
                 .await?
         } else {
@@ -537,6 +546,9 @@ impl Bench {
         let mut env = self.server.lambda_env();
         env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
         env.push(("RUST_LOG".into(), "warn".into()));
+        if config.tool == Tool::SluiceUnsigned {
+            env.push(("SLUICE_UNSIGNED_PAYLOAD".into(), "always".into()));
+        }
         let timeout = Duration::from_secs(self.settings.timeout_secs);
         let api = RuntimeApi::start().await;
         let start = Instant::now();
@@ -638,7 +650,7 @@ impl Bench {
                     config.mode.clone(),
                 ],
             ),
-            Tool::Sluice => unreachable!("run_sluice"),
+            Tool::Sluice | Tool::SluiceUnsigned => unreachable!("run_sluice"),
         };
         let mut cmd = cell.command(&program, &args, &self.log_dir)?;
         // A CA bundle only matters for https; rclone refuses to start with one over plain http.

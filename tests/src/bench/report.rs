@@ -374,7 +374,7 @@ pub fn to_markdown(
         for m in medians.iter().filter(|m| m.box_kind == kind) {
             // A `|` inside a cell would end it.
             let label = m.config.tool.label().replace('|', "\\|");
-            let tool = if m.config.tool == Tool::Sluice {
+            let tool = if matches!(m.config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
                 format!("**{label}**")
             } else {
                 label

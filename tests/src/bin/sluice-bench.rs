@@ -200,7 +200,7 @@ async fn run() -> anyhow::Result<usize> {
     );
     let sluice_runs = runs
         .iter()
-        .filter(|r| r.config.tool == Tool::Sluice)
+        .filter(|r| matches!(r.config.tool, Tool::Sluice | Tool::SluiceUnsigned))
         .count();
     anyhow::ensure!(
         sluice_runs > 0 || !settings.only.is_empty(),
