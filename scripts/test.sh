@@ -3,7 +3,8 @@
 #   1. install what is missing (scripts/setup.sh: apt packages, the Python venv, Garage)
 #   2. lint: rustfmt and clippy with warnings denied; the SAM template checked offline
 #   3. build the release Lambda binaries the integration tests drive
-#   4. start the local S3 servers, run every test (release profile, one build for all)
+#   4. start the local S3 servers, run every test (release profile, one build for all), then a
+#      smoke run of the benchmark (bench/run.sh installs nginx, rclone and the peers it needs)
 #   5. stop the servers (KEEP_STACK=1 leaves them running)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,3 +30,6 @@ fi
 
 echo "== test"
 cargo test --release --workspace -- ${TEST_ARGS:-}
+
+echo "== bench smoke (every tool of make bench once per box, 8 MiB)"
+BENCH_SMOKE=1 BENCH_SKIP_SETUP=1 BENCH_SKIP_BUILD=1 bash bench/run.sh

@@ -4,19 +4,38 @@
 //!
 //! ```text
 //! sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]
+//! sluice-local transform [--size-mib N] [--memory-mb M]
 //! ```
+//!
+//! `demo` streams a generated JSON document through `ingest-http`; `transform` uploads a
+//! generated parking-violations CSV (gzip) and hands its S3 event to `transform-s3` running the
+//! seed pipeline of `events/transform-s3.pipeline.json`.
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
-use serde_json::json;
+use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder};
+use serde_json::{Value, json};
+use sluice::sink::{self, S3Target, UploadOptions};
+use sluice_tests::parking::ParkingCsv;
 use sluice_tests::{
     FixtureServer, Invocation, LambdaProcess, MemoryCgroup, RuntimeApi, S3Server, binary_path,
+    read_object, workspace_root,
 };
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const MIB: u64 = 1024 * 1024;
 
+#[derive(PartialEq)]
+enum Command {
+    Demo,
+    Transform,
+}
+
 struct Args {
+    command: Command,
     size_mib: u64,
     compression: Option<String>,
     memory_mb: u32,
@@ -24,14 +43,17 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("demo") => {}
+    let command = match args.next().as_deref() {
+        Some("demo") => Command::Demo,
+        Some("transform") => Command::Transform,
         _ => bail!(
-            "usage: sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]"
+            "usage: sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]\n       \
+             sluice-local transform [--size-mib N] [--memory-mb M]"
         ),
-    }
+    };
     let mut parsed = Args {
-        size_mib: 1024,
+        size_mib: if command == Command::Demo { 1024 } else { 512 },
+        command,
         compression: Some("gzip".into()),
         memory_mb: 256,
     };
@@ -54,6 +76,13 @@ fn parse_args() -> anyhow::Result<Args> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    match args.command {
+        Command::Demo => demo(args).await,
+        Command::Transform => transform(args).await,
+    }
+}
+
+async fn demo(args: Args) -> anyhow::Result<()> {
     let server = S3Server::garage();
     let bucket = std::env::var("SLUICE_DEMO_BUCKET").unwrap_or_else(|_| "sluice-demo".into());
     let fixture = FixtureServer::start().await;
@@ -136,4 +165,115 @@ async fn main() -> anyhow::Result<()> {
         summary["checksum"].as_str().unwrap_or("-"),
     );
     Ok(())
+}
+
+async fn transform(args: Args) -> anyhow::Result<()> {
+    let server = S3Server::garage();
+    let bucket = std::env::var("SLUICE_DEMO_BUCKET").unwrap_or_else(|_| "sluice-demo".into());
+    let client = server.client().await;
+    let pipeline_path = workspace_root().join("events/transform-s3.pipeline.json");
+    let pipeline = std::fs::read_to_string(&pipeline_path)
+        .with_context(|| format!("reading {}", pipeline_path.display()))?;
+
+    // The source: a generated parking-violations CSV, gzip, streamed into Garage.
+    let size = args.size_mib * MIB;
+    let key = "incoming/parking violations 2026.csv.gz";
+    println!(
+        "uploading a generated {} MiB parking-violations CSV (gzip) to s3://{bucket}/{key} ...",
+        args.size_mib
+    );
+    let gz = GzipEncoder::with_quality(
+        BufReader::with_capacity(1 << 20, ParkingCsv::new(2026, size)),
+        async_compression::Level::Fastest,
+    );
+    let target = S3Target::new(client.clone(), &bucket, key);
+    let options = UploadOptions::new(sluice::MemoryBudget::for_memory_mib(1024).schedule());
+    let uploaded = sink::upload(Arc::new(target), gz, &options, |e| sluice::Error::Encode {
+        codec: "gzip",
+        offset: 0,
+        source: e,
+    })
+    .await?;
+    println!("  {:.1} MiB compressed", uploaded.bytes as f64 / MIB as f64);
+
+    let api = RuntimeApi::start().await;
+    let limit = u64::from(args.memory_mb) * MIB;
+    let cgroup = MemoryCgroup::create("sluice-demo-transform", limit);
+    let mut env = server.lambda_env();
+    env.push(("AWS_LAMBDA_LOG_FORMAT".into(), "Text".into()));
+    env.push(("PIPELINE".into(), pipeline.clone()));
+    let _function = LambdaProcess::spawn(
+        &binary_path("transform-s3"),
+        &api,
+        &env,
+        args.memory_mb,
+        cgroup.as_ref(),
+    )?;
+    // What S3 sends: the key URL-encoded, a space as `+`.
+    let event = json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": server.region,
+        "eventTime": now_rfc3339(), "eventName": "ObjectCreated:CompleteMultipartUpload",
+        "userIdentity": {"principalId": "local"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket},
+               "object": {"key": key.replace(' ', "+"), "size": uploaded.bytes}}
+    }]});
+    println!("\npipeline ({}):\n{pipeline}", pipeline_path.display());
+    println!(
+        "S3 event for {:?}; running transform-s3 ({} MB function{}) ...",
+        key.replace(' ', "+"),
+        args.memory_mb,
+        if cgroup.is_some() {
+            ", memory cgroup enforced"
+        } else {
+            ", NO cgroup: limit not enforced"
+        }
+    );
+    if let Some(c) = &cgroup {
+        c.reset_peak();
+    }
+    let answer = match api.invoke(event, Duration::from_secs(900)).await? {
+        Invocation::Response(v) => v,
+        Invocation::Error {
+            error_type,
+            error_message,
+        } => bail!("{error_type}: {error_message}"),
+    };
+    println!("\nsummary:\n{}", serde_json::to_string_pretty(&answer)?);
+    if let Some(cg) = &cgroup {
+        println!(
+            "\nmemory: cgroup peak {:.1} MiB of a {} MB limit",
+            cg.peak_bytes() as f64 / MIB as f64,
+            args.memory_mb
+        );
+    }
+    let summary: &Value = &answer["objects"][0];
+    if let Some(out) = summary["key"].as_str() {
+        let body = read_object(&client, &bucket, out).await;
+        let mut lines = BufReader::new(GzipDecoder::new(&body[..])).lines();
+        println!("\nfirst rows of s3://{bucket}/{out}:");
+        for _ in 0..5 {
+            match lines.next_line().await? {
+                Some(line) => println!("  {line}"),
+                None => break,
+            }
+        }
+    }
+    if let Some(q) = summary["quarantine_key"].as_str() {
+        let body = read_object(&client, &bucket, q).await;
+        println!("\nfirst quarantined rows of s3://{bucket}/{q}:");
+        for line in String::from_utf8_lossy(&body).lines().take(2) {
+            let mut text = line.to_owned();
+            text.truncate(300);
+            println!("  {text}");
+        }
+    }
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    sluice_tests::fixture_api::rfc3339(secs)
 }
