@@ -69,7 +69,7 @@ def main():
     axes[0][0].legend(fontsize=8)
     gib = report["settings"]["size"] / 2**30
     fig.suptitle(
-        f"sluice vs peers, {gib:.2f} GiB JSON, median of {report['settings']['runs']} run(s); "
+        f"sluice vs peers, {gib:.2f} GiB source, median of {report['settings']['runs']} run(s); "
         f"{report['date'][:10]}, {report['machine']['cpu']}, {report['machine']['cores']} cores",
         fontsize=10,
     )

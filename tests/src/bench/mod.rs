@@ -4,6 +4,7 @@
 //!
 //! - [`cell`]: the two boxes (memory + cpu + cpuacct cgroups) and processes run inside them.
 //! - [`source`]: the generated JSON documents nginx serves, one per run, and their checksums.
+//! - [`table`]: the transform case's CSV source in S3, its expected output, the check.
 //! - [`plan`]: settings from the environment, the cases and tools, the run loop.
 //! - [`report`]: medians, ratios, the JSON, Markdown and README outputs.
 //! - [`limits`]: the runner's own sub-modes: the sink alone and the compressor alone.
@@ -13,3 +14,4 @@ pub mod limits;
 pub mod plan;
 pub mod report;
 pub mod source;
+pub mod table;

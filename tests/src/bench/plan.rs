@@ -12,7 +12,11 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, BufReader};
 
 use super::cell::{BoxKind, Cell, Finished, Usage};
 use super::source::{SourceFile, generate};
-use crate::{Invocation, LambdaProcess, RuntimeApi, S3Server, binary_path, object_stream};
+use super::table::{self, TableSource};
+use crate::{
+    Invocation, LambdaProcess, RuntimeApi, S3Server, binary_path, object_exists, object_stream,
+    read_object,
+};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: f64 = (1u64 << 30) as f64;
@@ -138,6 +142,12 @@ pub enum Tool {
     Rclone,
     /// Records peer: `json.loads` of the page, `json.dumps` per record, boto3 upload.
     PythonRecords,
+    /// Transform peer, the seed's approach: boto3 streaming body -> `csv.DictReader`
+    /// generator -> `csv.writer` -> gzip -> `upload_fileobj`, streaming end to end.
+    PythonCsv,
+    /// Transform peer: polars `read_csv` of the whole gzip object in memory, expressions,
+    /// `write_csv`, gzip, boto3 upload.
+    Polars,
     /// Limit: the source alone, `curl -o /dev/null`.
     SourceAlone,
     /// Limit: sluice's multipart sink alone, bytes generated in memory.
@@ -157,6 +167,8 @@ impl Tool {
             Tool::AwsCli => "awscli",
             Tool::Rclone => "rclone",
             Tool::PythonRecords => "python-json",
+            Tool::PythonCsv => "python-csv",
+            Tool::Polars => "polars",
             Tool::SourceAlone => "source-alone",
             Tool::SinkAlone => "sink-alone",
             Tool::CompressorAlone => "compressor-alone",
@@ -173,6 +185,8 @@ impl Tool {
             Tool::AwsCli => "curl | aws s3 cp - (awscli v1)",
             Tool::Rclone => "curl | rclone rcat",
             Tool::PythonRecords => "json.loads + json.dumps + boto3",
+            Tool::PythonCsv => "boto3 stream + csv.DictReader generator + upload_fileobj",
+            Tool::Polars => "polars read_csv (in memory) + write_csv + boto3",
             Tool::SourceAlone => "curl -o /dev/null (source alone)",
             Tool::SinkAlone => "sluice sink, bytes from memory (sink alone)",
             Tool::CompressorAlone => "sluice codec in memory, 1 thread (compressor alone)",
@@ -183,7 +197,13 @@ impl Tool {
     pub fn is_peer(self) -> bool {
         matches!(
             self,
-            Tool::Boto3 | Tool::SmartOpen | Tool::AwsCli | Tool::Rclone | Tool::PythonRecords
+            Tool::Boto3
+                | Tool::SmartOpen
+                | Tool::AwsCli
+                | Tool::Rclone
+                | Tool::PythonRecords
+                | Tool::PythonCsv
+                | Tool::Polars
         )
     }
 }
@@ -198,6 +218,9 @@ pub enum Case {
     Ingest,
     /// `$.data[*]` of the document to NDJSON.
     Records,
+    /// The seed pipeline (`events/transform-s3.pipeline.json`) on a gzip parking-violations
+    /// CSV in S3, to a gzip CSV in S3.
+    Transform,
 }
 
 impl Case {
@@ -207,6 +230,7 @@ impl Case {
             Case::Limit => "limit",
             Case::Ingest => "ingest",
             Case::Records => "records",
+            Case::Transform => "transform",
         }
     }
 }
@@ -285,6 +309,9 @@ pub fn configs(settings: &Settings) -> Vec<Config> {
     }
     all.push(Config::new(Case::Records, Tool::Sluice, &gzip));
     all.push(Config::new(Case::Records, Tool::PythonRecords, &gzip));
+    for tool in [Tool::Sluice, Tool::PythonCsv, Tool::Polars] {
+        all.push(Config::new(Case::Transform, tool, &gzip));
+    }
     if !settings.only.is_empty() {
         all.retain(|c| settings.only.iter().any(|o| c.id().contains(o.as_str())));
     }
@@ -325,8 +352,12 @@ pub struct RunRecord {
     /// for sluice from spawning the bootstrap to its response; for the compressor the
     /// in-memory compression only).
     pub secs: f64,
-    /// Source bytes the run had to move.
+    /// Source bytes the run had to move (transform: the uncompressed CSV).
     pub source_bytes: u64,
+    /// Source rows (transform).
+    pub rows: Option<u64>,
+    /// Source rows per second (transform, successful runs).
+    pub rows_per_s: Option<f64>,
     /// Size of what it wrote (the object; the compressed bytes for the compressor).
     pub out_bytes: Option<u64>,
     /// Peak memory of all its processes together (cgroup).
@@ -394,6 +425,19 @@ impl Bench {
         Ok(file)
     }
 
+    /// Generates a new CSV source (new seed) and uploads it into the bucket; the bucket's
+    /// clean-up after the run deletes it.
+    async fn fresh_table(&mut self) -> anyhow::Result<TableSource> {
+        self.next_seed += 1;
+        table::upload(
+            &self.client,
+            &self.bucket,
+            self.next_seed,
+            self.settings.size,
+        )
+        .await
+    }
+
     /// The current source document, generating one if there is none.
     fn any_source(&mut self) -> anyhow::Result<SourceFile> {
         match &self.source {
@@ -453,7 +497,14 @@ impl Bench {
             (Case::Limit, Tool::SourceAlone | Tool::CompressorAlone) => Some(self.any_source()?),
             _ => None,
         };
-        let key = format!("{}/{}/{}", config.id(), kind.name(), round);
+        let table = match config.case {
+            Case::Transform => Some(self.fresh_table().await?),
+            _ => None,
+        };
+        let key = match &table {
+            Some(t) => t.output_key.clone(),
+            None => format!("{}/{}/{}", config.id(), kind.name(), round),
+        };
         let label = format!("{}-{}", config.tool.id(), kind.name());
         let cell = Cell::create(kind, &label)?;
         let mut record = RunRecord {
@@ -464,20 +515,29 @@ impl Bench {
             status: Status::Ok,
             error: None,
             secs: 0.0,
-            source_bytes: source.as_ref().map_or(self.settings.size, |s| s.len),
+            source_bytes: match (&table, &source) {
+                (Some(t), _) => t.len,
+                (None, Some(s)) => s.len,
+                (None, None) => self.settings.size,
+            },
+            rows: table.as_ref().map(|t| t.rows),
+            rows_per_s: None,
             out_bytes: None,
             peak_bytes: 0,
             cpu_ns: 0,
             mib_per_s: None,
             cpu_s_per_gib: 0.0,
-            seed: source.as_ref().map(|s| s.seed),
+            seed: table
+                .as_ref()
+                .map(|t| t.seed)
+                .or(source.as_ref().map(|s| s.seed)),
             step_secs: 0.0,
         };
         let outcome = if matches!(config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
-            self.run_sluice(config, &cell, source.as_ref().unwrap(), &key)
+            self.run_sluice(config, &cell, source.as_ref(), table.as_ref(), &key)
                 .await?
         } else {
-            self.run_process(config, &cell, source.as_ref(), &key)?
+            self.run_process(config, &cell, source.as_ref(), table.as_ref(), &key)?
         };
         let usage: Usage = cell.usage();
         drop(cell);
@@ -506,7 +566,14 @@ impl Bench {
             }
             Ended::Done { stdout } => {
                 match self
-                    .verify(config, source.as_ref(), &key, &stdout, &mut record)
+                    .verify(
+                        config,
+                        source.as_ref(),
+                        table.as_ref(),
+                        &key,
+                        &stdout,
+                        &mut record,
+                    )
                     .await
                 {
                     Ok(()) => {}
@@ -519,6 +586,7 @@ impl Bench {
         }
         if record.status == Status::Ok && record.secs > 0.0 {
             record.mib_per_s = Some(record.source_bytes as f64 / MIB as f64 / record.secs);
+            record.rows_per_s = record.rows.map(|r| r as f64 / record.secs);
         }
         record.cpu_s_per_gib = record.cpu_ns as f64 / 1e9 / (record.source_bytes as f64 / GIB);
         self.clean_bucket().await?;
@@ -530,22 +598,44 @@ impl Bench {
         &self,
         config: &Config,
         cell: &Cell,
-        source: &SourceFile,
+        source: Option<&SourceFile>,
+        table: Option<&TableSource>,
         key: &str,
     ) -> anyhow::Result<Outcome> {
-        let mut job = json!({
-            "source": {"http": {"url": self.url(source)}},
-            "destination": {"bucket": self.bucket, "key": key, "manifest": false},
-        });
-        if let Some((codec, level)) = config.mode.split_once('-') {
-            job["compression"] = json!({"codec": codec, "level": level.parse::<i32>()?});
-        }
-        if config.case == Case::Records {
-            job["records"] = json!("$.data[*]");
-        }
         let mut env = self.server.lambda_env();
+        let (binary, job) = if let Some(table) = table {
+            // The seed pipeline, at the mode's gzip level and without the manifest (no peer
+            // writes one); a direct invoke on the source object.
+            let mut pipeline: Value = serde_json::from_str(table::SEED_PIPELINE)?;
+            let Some(("gzip", level)) = config.mode.split_once('-') else {
+                bail!("the transform writes gzip CSV, not {}", config.mode);
+            };
+            pipeline["output"]["compression"] =
+                json!({"codec": "gzip", "level": level.parse::<i32>()?});
+            pipeline["output"]["manifest"] = json!(false);
+            env.push(("PIPELINE".into(), pipeline.to_string()));
+            (
+                "transform-s3",
+                json!({"bucket": self.bucket, "key": table.key}),
+            )
+        } else {
+            let source = source.context("no source")?;
+            let mut job = json!({
+                "source": {"http": {"url": self.url(source)}},
+                "destination": {"bucket": self.bucket, "key": key, "manifest": false},
+            });
+            if let Some((codec, level)) = config.mode.split_once('-') {
+                job["compression"] = json!({"codec": codec, "level": level.parse::<i32>()?});
+            }
+            if config.case == Case::Records {
+                job["records"] = json!("$.data[*]");
+            }
+            ("ingest-http", job)
+        };
         env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
-        env.push(("RUST_LOG".into(), "warn".into()));
+        // The transform warns on its first bad row, which the data holds by design.
+        let log = if table.is_some() { "error" } else { "warn" };
+        env.push(("RUST_LOG".into(), log.into()));
         if config.tool == Tool::SluiceUnsigned {
             env.push(("SLUICE_UNSIGNED_PAYLOAD".into(), "always".into()));
         }
@@ -553,7 +643,7 @@ impl Bench {
         let api = RuntimeApi::start().await;
         let start = Instant::now();
         let mut process =
-            LambdaProcess::spawn_in(&binary_path("ingest-http"), &api, &env, 256, &cell.procs())?;
+            LambdaProcess::spawn_in(&binary_path(binary), &api, &env, 256, &cell.procs())?;
         let answer = tokio::time::timeout(timeout, api.invoke(job, timeout)).await;
         let secs = start.elapsed().as_secs_f64();
         let result = match answer {
@@ -580,10 +670,17 @@ impl Bench {
         config: &Config,
         cell: &Cell,
         source: Option<&SourceFile>,
+        table: Option<&TableSource>,
         key: &str,
     ) -> anyhow::Result<Outcome> {
         let s = &self.settings;
-        let url = source.map(|src| self.url(src)).unwrap_or_default();
+        // The transform peers get the source object's key where the others get the URL.
+        let url = match (table, source) {
+            (Some(t), _) => t.key.clone(),
+            (None, Some(src)) => self.url(src),
+            (None, None) => String::new(),
+        };
+        let quarantine_key = table.map(|t| t.quarantine_key.clone()).unwrap_or_default();
         let python = |script: &str, extra: &[&str]| -> (PathBuf, Vec<String>) {
             let mut args = vec![
                 s.peers_dir.join(script).display().to_string(),
@@ -615,6 +712,8 @@ impl Bench {
             Tool::Boto3 => python("boto3_stream.py", &[&config.mode]),
             Tool::SmartOpen => python("smart_open_stream.py", &[&config.mode]),
             Tool::PythonRecords => python("records_boto3.py", &["data", &config.mode]),
+            Tool::PythonCsv => python("transform_csv.py", &[&quarantine_key, &config.mode]),
+            Tool::Polars => python("transform_polars.py", &[&quarantine_key, &config.mode]),
             Tool::AwsCli => pipeline(
                 "\"$BENCH_AWS\" s3 cp - \"s3://$BENCH_BUCKET/$BENCH_KEY\" \
                  --endpoint-url \"$BENCH_S3_ENDPOINT\" --only-show-errors",
@@ -687,6 +786,7 @@ impl Bench {
         &self,
         config: &Config,
         source: Option<&SourceFile>,
+        table: Option<&TableSource>,
         key: &str,
         stdout: &str,
         record: &mut RunRecord,
@@ -725,6 +825,9 @@ impl Bench {
             }
             return Ok(());
         }
+        if let Some(table) = table {
+            return self.verify_transform(config, table, key, stdout).await;
+        }
         let source = source.context("no source")?;
         let (crc, len, lines) = self.decoded(key, &config.mode).await?;
         match config.case {
@@ -755,6 +858,65 @@ impl Bench {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The transform's checks: the tool's own counts (sluice's summary, the peers' JSON line),
+    /// then the output object and the quarantine against the expected ones
+    /// ([`table::check`]: same row count, sluice's bytes exactly, the peers' parsed rows).
+    async fn verify_transform(
+        &self,
+        config: &Config,
+        table: &TableSource,
+        key: &str,
+        stdout: &str,
+    ) -> anyhow::Result<()> {
+        let want = &table.expected;
+        let said: Value = serde_json::from_str(stdout.trim())
+            .with_context(|| format!("the tool's summary is not JSON: {}", tail(stdout, 300)))?;
+        let said = if config.tool == Tool::Sluice {
+            let objects = said["objects"]
+                .as_array()
+                .context("no `objects` in the summary")?;
+            if objects.len() != 1 {
+                bail!(
+                    "{} objects in the summary, expected 1: {said}",
+                    objects.len()
+                );
+            }
+            let o = objects[0].clone();
+            if o["status"] != "written" || o["key"] != key {
+                bail!("summary: {o}");
+            }
+            o
+        } else {
+            said
+        };
+        let counts = (
+            said["records_out"].as_u64().or(said["rows_out"].as_u64()),
+            said["quarantined"].as_u64(),
+        );
+        if counts != (Some(want.rows_out), Some(want.quarantined)) {
+            bail!(
+                "the tool reports {counts:?} rows out and quarantined; expected {} and {}",
+                want.rows_out,
+                want.quarantined
+            );
+        }
+        let gz = read_object(&self.client, &self.bucket, key).await;
+        let quarantine = if object_exists(&self.client, &self.bucket, &table.quarantine_key).await {
+            Some(read_object(&self.client, &self.bucket, &table.quarantine_key).await)
+        } else {
+            None
+        };
+        tokio::task::block_in_place(|| {
+            table::check(
+                &gz,
+                quarantine.as_deref(),
+                want,
+                config.tool == Tool::Sluice,
+            )
+        })?;
         Ok(())
     }
 

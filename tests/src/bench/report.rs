@@ -96,6 +96,8 @@ pub struct Median {
     pub outcome: String,
     /// Median MiB/s of source, over the ok runs.
     pub mib_per_s: Option<f64>,
+    /// Median source rows per second, over the ok runs (transform).
+    pub rows_per_s: Option<f64>,
     /// Median peak memory, bytes, over the ok runs (over all runs when none was ok).
     pub peak_bytes: Option<u64>,
     /// Median CPU seconds per GiB of source, over the ok runs.
@@ -156,6 +158,7 @@ pub fn medians(configs: &[Config], runs: &[RunRecord]) -> Vec<Median> {
                 ok: ok.len(),
                 outcome,
                 mib_per_s: median_f(ok.iter().filter_map(|r| r.mib_per_s).collect()),
+                rows_per_s: median_f(ok.iter().filter_map(|r| r.rows_per_s).collect()),
                 peak_bytes: median_f(peaks_from.iter().map(|r| r.peak_bytes as f64).collect())
                     .map(|v| v as u64),
                 cpu_s_per_gib: median_f(ok.iter().map(|r| r.cpu_s_per_gib).collect()),
@@ -344,8 +347,8 @@ pub fn to_markdown(
     let gib = settings.size as f64 / (1u64 << 30) as f64;
     let _ = writeln!(
         md,
-        "Benchmark of {date} on {} (load at start {}); `{}`: a {gib:.2} GiB JSON document \
-         (`BENCH_GIB`), median of {} run(s) per tool and box, every output read back and \
+        "Benchmark of {date} on {} (load at start {}); `{}`: a {gib:.2} GiB source \
+         (`BENCH_GIB`: the JSON document; for transform, the uncompressed CSV), median of {} run(s) per tool and box, every output read back and \
          checked. Boxes: *unconstrained*, and *Lambda 256 MB* = cgroup v1 \
          `memory.limit_in_bytes=256M` + `cpu.cfs_quota_us=14500`/`100000` (what a 256 MB \
          function gets). Peak memory and CPU time count every process of a tool (the whole \
@@ -361,11 +364,18 @@ pub fn to_markdown(
     if let Some(chart) = chart {
         let _ = writeln!(md, "\n![throughput and peak memory]({chart})");
     }
+    // Rows/s only when a case counts rows (transform).
+    let with_rows = medians.iter().any(|m| m.config.case == Case::Transform);
+    let (rows_head, rows_rule) = if with_rows {
+        (" k rows/s |", "---:|")
+    } else {
+        ("", "")
+    };
     for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
         let _ = writeln!(
             md,
-            "\n**{}**\n\n| case | mode | tool | MiB/s | peak MiB | CPU s/GiB | output MiB | runs |\n\
-             |---|---|---|---:|---:|---:|---:|---|",
+            "\n**{}**\n\n| case | mode | tool | MiB/s |{rows_head} peak MiB | CPU s/GiB | output \
+             MiB | runs |\n|---|---|---|---:|{rows_rule}---:|---:|---:|---|",
             match kind {
                 BoxKind::Unconstrained => "Unconstrained",
                 BoxKind::Lambda256 => "Lambda 256 MB (256 MiB, 14.5% of a core)",
@@ -373,15 +383,24 @@ pub fn to_markdown(
         );
         for m in medians.iter().filter(|m| m.box_kind == kind) {
             // A `|` inside a cell would end it.
-            let label = m.config.tool.label().replace('|', "\\|");
+            let label = match (m.config.case, m.config.tool) {
+                (Case::Transform, Tool::Sluice) => "sluice transform-s3",
+                (_, tool) => tool.label(),
+            }
+            .replace('|', "\\|");
             let tool = if matches!(m.config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
                 format!("**{label}**")
             } else {
                 label
             };
+            let rows = if with_rows {
+                format!(" {} |", opt(m.rows_per_s.map(|r| r / 1000.0), 1))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} |{rows} {} | {} | {} | {} |",
                 m.config.case.id(),
                 m.config.mode,
                 tool,
@@ -421,8 +440,12 @@ pub fn to_markdown(
         md,
         "\nModes: `none` = byte copy; `gzip-{g}` = every tool at the same gzip level \
          (sluice's default); `gzip-{u}` = the peers at gzip's usual level; `zstd-3` = every \
-         tool at zstd's default. Records: `$.data[*]` to NDJSON, gzip-{g}. Limits: the \
-         compressor alone compresses {s} MiB of the document in memory on one thread.",
+         tool at zstd's default. Records: `$.data[*]` to NDJSON, gzip-{g}. Transform: the seed \
+         pipeline (`events/transform-s3.pipeline.json`: schema check and quarantine, filter \
+         NJ + FORD + P, replace, concat, select, rename) on a gzip parking-violations CSV in \
+         S3 of the same uncompressed size, to a gzip-{g} CSV; MiB/s of uncompressed CSV. \
+         Limits: the compressor alone compresses {s} MiB of the document in memory on one \
+         thread.",
         g = settings.gzip_level,
         u = USUAL_GZIP_LEVEL,
         s = settings.compress_sample / (1 << 20)
