@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: sluice against the tools users pick instead (requests + boto3, smart_open,
-# curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 for records), in an unconstrained
+# curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 for records; the seed's csv
+# generator pipeline and polars for transform), in an unconstrained
 # box and a Lambda 256 MB box (cgroup v1: 256 MiB, 14.5% of a core), same nginx source, same
 # Garage; every output read back and verified. See bench/README.md.
 #
@@ -22,7 +23,7 @@ VENV="$ROOT/.venv"
 SMOKE="${BENCH_SMOKE:-0}"
 # Versions tested; a change of this list reinstalls.
 PY_BENCH=("smart_open[s3]==9.0.2" "awscli==1.46.3" "zstandard==0.25.0" "matplotlib==3.11.2"
-    "requests==2.34.2")
+    "requests==2.34.2" "polars==2.1.0")
 started=$(date +%s)
 
 report() { printf '%-14s %s\n' "$1:" "$2"; }
@@ -52,7 +53,7 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" && -x "$VENV/bin/aws" ]]; th
 else
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_BENCH[@]}"
-    "$VENV/bin/python" -c 'import boto3, smart_open, zstandard, matplotlib, requests'
+    "$VENV/bin/python" -c 'import boto3, smart_open, zstandard, matplotlib, requests, polars'
     printf '%s' "$wanted" >"$stamp"
     report "bench venv" "installed $wanted"
 fi
@@ -60,9 +61,10 @@ fi
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
     echo "== bench: build"
     # Only what the bench runs, so a crate of the workspace in progress cannot block it.
-    cargo build --release -p ingest-http -p sluice-tests --bin ingest-http --bin sluice-bench
+    cargo build --release -p ingest-http -p transform-s3 -p sluice-tests --bin ingest-http \
+        --bin transform-s3 --bin sluice-bench
 fi
-for bin in ingest-http sluice-bench; do
+for bin in ingest-http transform-s3 sluice-bench; do
     [[ -x "$ROOT/target/release/$bin" ]] || {
         echo "bench: target/release/$bin missing (build it or drop BENCH_SKIP_BUILD)" >&2
         exit 1
@@ -142,7 +144,7 @@ fi
 mkdir -p "$OUT"
 versions="$("$VENV/bin/python" - <<'PY'
 import importlib.metadata as m
-print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard"]))
+print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard", "polars"]))
 PY
 )"
 versions+=", $(rclone version 2>/dev/null | head -1), curl $(curl --version | head -1 | cut -d' ' -f2)"
