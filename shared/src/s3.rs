@@ -1,6 +1,10 @@
 //! Building the S3 client the same way for AWS and for S3-compatible servers.
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::error::{Error, S3Operation};
 
 /// An S3 client from an `aws_config` `SdkConfig`.
 ///
@@ -63,5 +67,51 @@ pub fn unsigned_payload() -> bool {
             );
             https()
         }
+    }
+}
+
+/// An S3 failure as sluice's [`Error::S3`], with the HTTP status in the message and whether
+/// trying again could succeed: timeouts, dropped connections, 5xx, 429, `SlowDown`,
+/// `RequestTimeout`, `InternalError`, `ConditionalRequestConflict`, and the digest errors
+/// (sluice computes every digest from the bytes it sends, so S3 refusing one means the bytes
+/// changed in transit).
+pub(crate) fn sdk_error<E>(
+    operation: S3Operation,
+    bucket: &str,
+    key: &str,
+    part_number: Option<i32>,
+    err: &SdkError<E, HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let retryable = matches!(
+        err,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+    ) || status.is_some_and(|s| s >= 500 || s == 429)
+        || matches!(
+            err.code(),
+            Some(
+                "SlowDown"
+                    | "RequestTimeout"
+                    | "InternalError"
+                    | "ConditionalRequestConflict"
+                    | "BadDigest"
+                    | "InvalidDigest"
+                    | "XAmzContentSHA256Mismatch"
+            )
+        );
+    let mut message = DisplayErrorContext(err).to_string();
+    if let Some(status) = status {
+        message = format!("HTTP {status}: {message}");
+    }
+    Error::S3 {
+        operation,
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        part_number,
+        message,
+        retryable,
     }
 }

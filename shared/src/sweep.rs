@@ -17,7 +17,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use futures::StreamExt;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -299,27 +299,7 @@ fn s3_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    let retryable = matches!(
-        err,
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-    ) || status.is_some_and(|s| s >= 500 || s == 429)
-        || matches!(
-            err.code(),
-            Some("SlowDown" | "InternalError" | "RequestTimeout")
-        );
-    let mut message = DisplayErrorContext(err).to_string();
-    if let Some(status) = status {
-        message = format!("HTTP {status}: {message}");
-    }
-    Error::S3 {
-        operation,
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-        part_number: None,
-        message,
-        retryable,
-    }
+    crate::s3::sdk_error(operation, bucket, key, None, err)
 }
 
 fn is_no_such_upload<E: ProvideErrorMetadata>(

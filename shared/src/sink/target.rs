@@ -1,4 +1,4 @@
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -167,41 +167,7 @@ fn s3_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let status = status_of(&err);
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        _ => {
-            status.is_some_and(|s| s >= 500 || s == 429)
-                || matches!(
-                    err.code(),
-                    Some(
-                        "SlowDown"
-                            | "RequestTimeout"
-                            | "InternalError"
-                            | "ConditionalRequestConflict"
-                            // sluice computes every digest from the bytes it sends, so S3
-                            // refusing one means the bytes changed in transit: try again.
-                            | "BadDigest"
-                            | "InvalidDigest"
-                            | "XAmzContentSHA256Mismatch"
-                    )
-                )
-        }
-    };
-    let mut message = DisplayErrorContext(&err).to_string();
-    if let Some(status) = status {
-        message = format!("HTTP {status}: {message}");
-    }
-    Error::S3 {
-        operation,
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-        part_number,
-        message,
-        retryable,
-    }
+    crate::s3::sdk_error(operation, bucket, key, part_number, &err)
 }
 
 fn missing(operation: S3Operation, bucket: &str, key: &str, what: &str) -> Error {

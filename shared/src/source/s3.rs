@@ -266,27 +266,7 @@ fn get_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let status = status_of(&err);
-    let retryable = matches!(
-        err,
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-    ) || status.is_some_and(|s| s >= 500 || s == 429)
-        || matches!(
-            err.code(),
-            Some("SlowDown" | "RequestTimeout" | "InternalError")
-        );
-    let mut message = DisplayErrorContext(&err).to_string();
-    if let Some(status) = status {
-        message = format!("HTTP {status}: {message}");
-    }
-    Error::S3 {
-        operation,
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-        part_number: None,
-        message,
-        retryable,
-    }
+    crate::s3::sdk_error(operation, bucket, key, None, &err)
 }
 
 #[cfg(test)]
