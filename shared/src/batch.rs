@@ -40,6 +40,9 @@ pub struct SourceOutcome {
     /// The Lambda error type, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_type: Option<&'static str>,
+    /// The error's class, when it failed.
+    #[serde(skip)]
+    pub kind: Option<ErrorKind>,
     /// The error, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -190,12 +193,14 @@ pub async fn run(event: Value, ctx: &JobContext) -> Result<BatchSummary> {
     let ctx = &ctx;
     let sources: Vec<SourceOutcome> = futures::stream::iter(jobs)
         .map(|(name, spec)| async move {
-            match ingest::run(&spec, ctx).await {
+            let ran = crate::job::catch_panic("source", ingest::run(&spec, ctx)).await;
+            match ran {
                 Ok(summary) => SourceOutcome {
                     name,
-                    status: summary.status,
+                    status: summary.status.as_str(),
                     summary: Some(summary),
                     error_type: None,
+                    kind: None,
                     error: None,
                 },
                 Err(e) => {
@@ -205,6 +210,7 @@ pub async fn run(event: Value, ctx: &JobContext) -> Result<BatchSummary> {
                         status: "failed",
                         summary: None,
                         error_type: Some(e.kind().as_str()),
+                        kind: Some(e.kind()),
                         error: Some(e.to_string()),
                     }
                 }
@@ -213,7 +219,7 @@ pub async fn run(event: Value, ctx: &JobContext) -> Result<BatchSummary> {
         .buffered(concurrency)
         .collect()
         .await;
-    let failed = sources.iter().filter(|s| s.status == "failed").count();
+    let failed = sources.iter().filter(|s| s.kind.is_some()).count();
     Ok(BatchSummary {
         succeeded: sources.len() - failed,
         failed,
@@ -224,15 +230,7 @@ pub async fn run(event: Value, ctx: &JobContext) -> Result<BatchSummary> {
 impl BatchSummary {
     /// The error type to report when some sources failed: the first failure's.
     pub fn failure_kind(&self) -> Option<ErrorKind> {
-        self.sources
-            .iter()
-            .find(|s| s.status == "failed")
-            .map(|s| match s.error_type {
-                Some("InvalidInput") => ErrorKind::InvalidInput,
-                Some("Timeout") => ErrorKind::Timeout,
-                Some("Upstream") => ErrorKind::Upstream,
-                _ => ErrorKind::Retryable,
-            })
+        self.sources.iter().find_map(|s| s.kind)
     }
 }
 

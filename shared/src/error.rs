@@ -20,6 +20,9 @@ pub enum ErrorKind {
     Retryable,
     /// The invocation's deadline arrived before the job finished.
     Timeout,
+    /// A bug in sluice (a panic, a task or thread that died): not the input's fault and not
+    /// worth retrying as is. Nothing was written.
+    Internal,
 }
 
 impl ErrorKind {
@@ -30,6 +33,7 @@ impl ErrorKind {
             ErrorKind::Upstream => "Upstream",
             ErrorKind::Retryable => "Retryable",
             ErrorKind::Timeout => "Timeout",
+            ErrorKind::Internal => "Internal",
         }
     }
 }
@@ -279,6 +283,14 @@ pub enum Error {
         kind: ErrorKind,
     },
 
+    /// A bug: a producer task panicked, a worker thread died, a writer was used after it
+    /// failed. The upload was aborted; nothing was written.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What failed, and where.
+        message: String,
+    },
+
     /// A Postgres connection, statement or row stream failed. Names the database as
     /// `user@host:port/dbname` (never the password), the stage and the SQLSTATE:
     /// `postgres app@db:5432/lake: stream after 1200 rows (98304 bytes): SQLSTATE 57P01:
@@ -345,6 +357,7 @@ impl Error {
             Error::Deadline { .. } => ErrorKind::Timeout,
             Error::Secret { kind, .. } => *kind,
             Error::Postgres { kind, .. } => *kind,
+            Error::Internal { .. } => ErrorKind::Internal,
         }
     }
 

@@ -14,31 +14,25 @@
 //! Unknown fields are rejected. An object appears only when the whole query result was read
 //! and committed; any failure after the first part aborts the multipart upload.
 
-use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, BufReader};
-use tokio::time::Instant;
-use tokio_util::io::StreamReader;
 
-use crate::budget::{MAX_PART_SIZE, MIN_PART_SIZE, MemoryBudget};
+use crate::budget::MemoryBudget;
 use crate::codec::Compression;
 use crate::error::{Error, Result};
+use crate::job::{self, Invocation, Status};
 use crate::key::{self, KeyVars};
 use crate::secret::SecretResolver;
-use crate::sink::{self, ObjectMeta, PutOutcome, S3Target, UploadOptions};
+use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
 use crate::source::postgres::{
     self, ConnectionSettings, ExportSettings, PostgresSourceSpec, StreamFailure,
 };
 use crate::spec::{Destination, Tuning};
 use crate::telemetry;
-
-const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(3000);
-/// Buffer between the row stream and the encoder.
-const CODEC_BUFFER: usize = 64 * 1024;
 
 /// Output format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -132,40 +126,8 @@ impl ExportSpec {
         let ExportSource::Postgres(pg) = &self.source;
         pg.validate()?;
         self.scheduled_time()?;
-        let bucket = &self.destination.bucket;
-        if bucket.len() < 3
-            || bucket.len() > 63
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        {
-            return Err(Error::spec(format!(
-                "destination.bucket {bucket:?} is not a valid bucket name"
-            )));
-        }
-        if let Some(mib) = self.tuning.part_size_mib {
-            let bytes = mib.saturating_mul(1024 * 1024);
-            if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
-                return Err(Error::spec(format!(
-                    "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
-                )));
-            }
-        }
-        if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
-            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
-        }
-        Ok(())
-    }
-
-    fn budget(&self, base: MemoryBudget) -> MemoryBudget {
-        let mut b = base;
-        if let Some(mib) = self.tuning.part_size_mib {
-            b = b.with_part_size(mib * 1024 * 1024);
-        }
-        if let Some(n) = self.tuning.max_in_flight {
-            b = b.with_max_in_flight(n);
-        }
-        b
+        self.tuning.validate()?;
+        self.destination.validate()
     }
 }
 
@@ -180,19 +142,16 @@ pub struct ExportContext {
     pub secrets: Arc<SecretResolver>,
     /// The function's memory plan.
     pub budget: MemoryBudget,
-    /// The Lambda request id.
-    pub run_id: String,
-    /// When the run started (for key templates).
-    pub started: DateTime<Utc>,
-    /// The invocation's deadline; `statement_timeout` and the upload stop a margin before it.
-    pub deadline: Option<SystemTime>,
+    /// The invocation: run id, start (for key templates), Lambda deadline
+    /// (`statement_timeout` and the upload stop a margin before it).
+    pub invocation: Invocation,
 }
 
 /// The JSON summary `export-postgres` answers with.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ExportSummary {
     /// `written`, or `exists` when `overwrite: false` found the object already there.
-    pub status: &'static str,
+    pub status: Status,
     /// Destination bucket.
     pub bucket: String,
     /// Destination key (rendered).
@@ -234,24 +193,16 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     let clock = std::time::Instant::now();
     let ExportSource::Postgres(pg) = &spec.source;
     let scheduled_time = spec.scheduled_time()?;
+    let inv = &ctx.invocation;
     let vars = KeyVars {
         scheduled_time,
-        ..KeyVars::new(scheduled_time.unwrap_or(ctx.started), ctx.run_id.clone())
+        ..KeyVars::new(scheduled_time.unwrap_or(inv.started), inv.run_id.clone())
     };
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();
-    let budget = spec.budget(ctx.budget);
-    let margin = spec
-        .tuning
-        .deadline_margin_ms
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_DEADLINE_MARGIN);
-    let left = ctx.deadline.map(|d| {
-        d.duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .saturating_sub(margin)
-    });
-    let deadline = left.map(|l| Instant::now() + l);
+    let budget = spec.tuning.budget(ctx.budget);
+    let deadline = inv.give_up_at(spec.tuning.deadline_margin());
+    let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
 
     let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
     let source = format!("postgres://{}", settings.database);
@@ -297,7 +248,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     });
     if !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
-        return Ok(summary("exists", 0, 0, 0, 0, None, None));
+        return Ok(summary(Status::Exists, 0, 0, 0, 0, None, None));
     }
 
     let export_settings = ExportSettings {
@@ -322,7 +273,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         spec.format,
         &export_settings,
     );
-    let stream = match deadline {
+    let mut stream = match deadline {
         Some(d) => match tokio::time::timeout_at(d, starting).await {
             Ok(started) => started?,
             Err(_) => {
@@ -334,38 +285,37 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     };
     let progress = stream.progress();
 
-    let rows: Box<dyn AsyncRead + Send + Unpin> = Box::new(StreamReader::new(stream));
-    let reader = match spec.compression {
-        Some(c) => c.encoder(BufReader::with_capacity(CODEC_BUFFER, rows)),
-        None => rows,
-    };
-    let read_error = {
-        let compression = spec.compression;
-        let progress = progress.clone();
-        move |e: io::Error| match StreamFailure::take(e) {
-            Ok(err) => err,
-            Err(e) => match compression {
-                Some(c) => Error::Encode {
-                    codec: c.codec.name(),
-                    offset: progress.bytes(),
-                    source: e,
-                },
-                None => Error::Postgres {
+    let mut options = UploadOptions::new(budget.schedule());
+    options.checksum = spec.destination.checksum;
+    options.if_none_match = !spec.destination.overwrite;
+    options.deadline = deadline;
+    options.compression = spec.compression;
+    let mut writer = ObjectWriter::new(Arc::new(target), &options)?;
+    let copied = job::catch_panic("the export", async {
+        while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
+            crate::fault::point("export.chunk");
+            let chunk = chunk.map_err(|e| {
+                StreamFailure::take(e).unwrap_or_else(|e| Error::Postgres {
                     database: settings.database.clone(),
                     stage: format!("stream after {} rows", progress.rows()),
                     sqlstate: None,
                     message: e.to_string(),
                     kind: crate::ErrorKind::Retryable,
-                },
-            },
+                })
+            })?;
+            writer.write(chunk).await?;
+        }
+        Ok(())
+    })
+    .await;
+    let uploaded = match copied {
+        Ok(()) => writer.finish().await,
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
         }
     };
-
-    let mut options = UploadOptions::new(budget.schedule());
-    options.checksum = spec.destination.checksum;
-    options.if_none_match = !spec.destination.overwrite;
-    options.deadline = deadline;
-    let uploaded = match sink::upload(Arc::new(target), reader, &options, read_error).await {
+    let uploaded = match uploaded {
         Ok(uploaded) => uploaded,
         Err(e) => {
             // The server may still be computing rows nobody will read.
@@ -381,10 +331,10 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
 
     let e_tag = match uploaded.outcome {
         PutOutcome::Written { e_tag, .. } => e_tag,
-        PutOutcome::AlreadyExists => return Ok(summary("exists", 0, 0, 0, 0, None, None)),
+        PutOutcome::AlreadyExists => return Ok(summary(Status::Exists, 0, 0, 0, 0, None, None)),
     };
     let done = summary(
-        "written",
+        Status::Written,
         progress.rows(),
         progress.bytes(),
         uploaded.bytes,

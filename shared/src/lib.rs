@@ -47,8 +47,12 @@ pub mod checksum;
 pub mod codec;
 pub mod error;
 pub mod export;
+pub mod fault;
 pub mod ingest;
+pub mod job;
 pub mod key;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod paginate;
 pub mod s3;
 pub mod secret;

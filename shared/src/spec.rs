@@ -12,12 +12,12 @@
 
 use serde::Deserialize;
 
-use crate::budget::{MAX_PART_SIZE, MIN_PART_SIZE, MemoryBudget};
-use crate::checksum::ChecksumAlgorithm;
 use crate::codec::Compression;
 use crate::codec::json_records::JsonPath;
 use crate::error::{Error, Result};
 use crate::source::http::HttpSourceSpec;
+
+pub use crate::job::{Destination, Tuning};
 
 /// One job: a source, optional compression, a destination, optional tuning.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -128,53 +128,6 @@ pub enum SourceSpec {
     Http(HttpSourceSpec),
 }
 
-/// `destination` in a job spec.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Destination {
-    /// Bucket name.
-    pub bucket: String,
-    /// Key template ([`crate::key`]).
-    pub key: String,
-    /// When false, an existing object is left alone: the job checks first and writes with
-    /// `If-None-Match: *`, and reports `"status": "exists"`. Default true.
-    #[serde(default = "yes")]
-    pub overwrite: bool,
-    /// Full-object checksum algorithm: `"crc64nvme"` (default) or `"crc32c"`.
-    #[serde(default)]
-    pub checksum: ChecksumAlgorithm,
-    /// `Content-Type` of the object. Default: the codec's type when compressing, else
-    /// `application/x-ndjson` for records, else the source's `Content-Type`.
-    #[serde(default)]
-    pub content_type: Option<String>,
-    /// Write `<key>.manifest.json` beside the object after it is complete. Default true.
-    #[serde(default = "yes")]
-    pub manifest: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `tuning` in a job spec.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Tuning {
-    /// First part size in MiB (5–5120). Default from the memory budget (8 at 256 MB).
-    #[serde(default)]
-    pub part_size_mib: Option<u64>,
-    /// Parts uploading at once. Default from the memory budget (7 at 256 MB).
-    #[serde(default)]
-    pub max_in_flight: Option<usize>,
-    /// Milliseconds before the Lambda deadline at which the job gives up and aborts. Default 3000.
-    #[serde(default)]
-    pub deadline_margin_ms: Option<u64>,
-    /// Largest record (or NDJSON line) in MiB; a larger one is an error. Default from the
-    /// memory budget (16 at 256 MB).
-    #[serde(default)]
-    pub max_record_mib: Option<u64>,
-}
-
 impl JobSpec {
     /// Parses and validates a job spec from JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
@@ -235,32 +188,8 @@ impl JobSpec {
             }
             inc.field(self.records.as_deref())?;
         }
-        if self.tuning.max_record_mib == Some(0) {
-            return Err(Error::spec("tuning.max_record_mib must be at least 1"));
-        }
-        let bucket = &self.destination.bucket;
-        if bucket.len() < 3
-            || bucket.len() > 63
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        {
-            return Err(Error::spec(format!(
-                "destination.bucket {bucket:?} is not a valid bucket name"
-            )));
-        }
-        if let Some(mib) = self.tuning.part_size_mib {
-            let bytes = mib.saturating_mul(1024 * 1024);
-            if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
-                return Err(Error::spec(format!(
-                    "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
-                )));
-            }
-        }
-        if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
-            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
-        }
-        Ok(())
+        self.tuning.validate()?;
+        self.destination.validate()
     }
 
     /// Whether every page is written to its own object (`{page}` in the key).
@@ -271,26 +200,6 @@ impl JobSpec {
     /// Whether records are extracted (rather than the body copied byte for byte).
     pub fn extracts_records(&self) -> bool {
         self.records.is_some() || self.input_format == InputFormat::Ndjson
-    }
-
-    /// The largest record accepted, in bytes.
-    pub fn max_record_bytes(&self, budget: &MemoryBudget) -> usize {
-        match self.tuning.max_record_mib {
-            Some(mib) => (mib * 1024 * 1024) as usize,
-            None => budget.record_cap() as usize,
-        }
-    }
-
-    /// The memory plan: the function's budget with this spec's overrides.
-    pub fn budget(&self, base: MemoryBudget) -> MemoryBudget {
-        let mut b = base;
-        if let Some(mib) = self.tuning.part_size_mib {
-            b = b.with_part_size(mib * 1024 * 1024);
-        }
-        if let Some(n) = self.tuning.max_in_flight {
-            b = b.with_max_in_flight(n);
-        }
-        b
     }
 }
 

@@ -144,6 +144,35 @@ impl<'de> Deserialize<'de> for MaxAge {
 }
 
 impl SweepConfig {
+    /// The configuration: the event when it is one, else `SWEEP_CONFIG`. An event that is null,
+    /// `{}`, or an EventBridge scheduled event (it has `detail-type`) carries none.
+    pub fn from_event(event: serde_json::Value, env_config: Option<&str>) -> Result<SweepConfig> {
+        let carries_none = match &event {
+            serde_json::Value::Null => true,
+            serde_json::Value::Object(map) => map.is_empty() || map.contains_key("detail-type"),
+            _ => false,
+        };
+        if !carries_none {
+            return SweepConfig::from_json(event);
+        }
+        let Some(text) = env_config else {
+            return Err(Error::InvalidSpec {
+                message: "no configuration: the event has no `targets` and SWEEP_CONFIG is not set"
+                    .into(),
+            });
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::InvalidSpec {
+                message: format!("SWEEP_CONFIG is not JSON: {e}"),
+            })?;
+        SweepConfig::from_json(value).map_err(|e| match e {
+            Error::InvalidSpec { message } => Error::InvalidSpec {
+                message: format!("SWEEP_CONFIG: {message}"),
+            },
+            other => other,
+        })
+    }
+
     /// Parses and validates a configuration from JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
         let config: SweepConfig =
@@ -604,6 +633,40 @@ pub fn emf_lines(summary: &SweepSummary, namespace: &str, timestamp: SystemTime)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_or_environment() {
+        let env = r#"{"targets": [{"bucket": "from-env", "prefix": ""}]}"#;
+        let c = SweepConfig::from_event(
+            json!({"targets": [{"bucket": "from-event", "prefix": "p/"}]}),
+            Some(env),
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].bucket, "from-event");
+        for empty in [
+            json!(null),
+            json!({}),
+            json!({"detail-type": "Scheduled Event", "source": "aws.events"}),
+        ] {
+            assert_eq!(
+                SweepConfig::from_event(empty, Some(env)).unwrap().targets[0].bucket,
+                "from-env"
+            );
+        }
+        let e = SweepConfig::from_event(json!({}), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SWEEP_CONFIG is not set"), "{e}");
+        let e = SweepConfig::from_event(json!({}), Some("{"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SWEEP_CONFIG is not JSON"), "{e}");
+        // A typo in the event is an error, not a silent fallback to the environment.
+        let e = SweepConfig::from_event(json!({"target": []}), Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `target`"), "{e}");
+    }
+
     use super::*;
     use serde_json::json;
 

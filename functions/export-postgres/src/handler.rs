@@ -1,9 +1,10 @@
 use std::sync::Arc;
 
-use lambda_runtime::{Diagnostic, LambdaEvent};
+use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use sluice::MemoryBudget;
 use sluice::export::{self, ExportContext, ExportSpec};
+use sluice::lambda::{self, FunctionError};
 use sluice::secret::SecretResolver;
 
 /// Clients built once per function instance and reused by every invocation.
@@ -14,65 +15,18 @@ pub struct Clients {
     pub budget: MemoryBudget,
 }
 
-/// A failed export, reported to Lambda with an error type callers can branch on:
-/// `InvalidInput`, `Upstream`, `Retryable` or `Timeout`.
-#[derive(Debug)]
-pub struct JobError(sluice::Error);
-
-impl From<JobError> for Diagnostic {
-    fn from(JobError(err): JobError) -> Self {
-        Diagnostic {
-            error_type: err.kind().as_str().to_owned(),
-            error_message: err.to_string(),
-        }
-    }
-}
-
 /// Runs the export spec carried by `event` (direct invoke or EventBridge Scheduler input).
-pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Value, JobError> {
+pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
     let (payload, context) = event.into_parts();
-    let result = async {
+    let ctx = ExportContext {
+        s3: clients.s3.clone(),
+        secrets: clients.secrets.clone(),
+        budget: clients.budget,
+        invocation: lambda::invocation(&context),
+    };
+    lambda::answer("export-postgres", async {
         let spec = ExportSpec::from_json(payload)?;
-        let ctx = ExportContext {
-            s3: clients.s3.clone(),
-            secrets: clients.secrets.clone(),
-            budget: clients.budget,
-            run_id: context.request_id.clone(),
-            started: chrono::Utc::now(),
-            deadline: Some(context.deadline()),
-        };
-        export::run(&spec, &ctx).await
-    }
-    .await;
-    match result {
-        Ok(summary) => Ok(serde_json::to_value(summary).expect("summary serializes")),
-        Err(err) => {
-            tracing::error!(error_type = err.kind().as_str(), error = %err, "export failed");
-            Err(JobError(err))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use sluice::export::ExportSpec;
-
-    /// Every sample event for this function parses, so the samples never rot.
-    #[test]
-    fn sample_events_parse() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.starts_with("export-postgres") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            ExportSpec::from_json(value).unwrap_or_else(|e| panic!("{name}: {e}"));
-            seen += 1;
-        }
-        assert!(seen >= 2, "no samples found in {dir}");
-    }
+        Ok(export::run(&spec, &ctx).await?)
+    })
+    .await
 }

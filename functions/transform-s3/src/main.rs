@@ -17,11 +17,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     sluice::telemetry::init();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let s3 = sluice::s3::client(&conf);
-    let pipeline = match handler::load_pipeline(&s3).await {
+    let pipeline = match sluice::transform::Pipeline::from_env(&s3).await {
         Ok(p) => p,
         Err(err) => {
             tracing::error!(error = %err, "pipeline rejected at init");
-            handler::report_init_error(&err).await;
+            sluice::lambda::report_init_error(&err).await;
             return Err(err.into());
         }
     };

@@ -1,10 +1,11 @@
 use std::fmt;
 
-use async_compression::Level;
-use async_compression::tokio::bufread::{GzipEncoder, ZstdEncoder};
+use std::io::{self, Write};
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use tokio::io::{AsyncBufRead, AsyncRead};
 
 /// An output compression codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,16 +91,84 @@ impl Compression {
         Ok(self)
     }
 
-    /// Wraps `input` in an encoder producing the compressed stream.
-    pub fn encoder<R>(self, input: R) -> Box<dyn AsyncRead + Send + Unpin>
-    where
-        R: AsyncBufRead + Send + Unpin + 'static,
-    {
-        let level = Level::Precise(self.level);
-        match self.codec {
-            Codec::Gzip => Box::new(GzipEncoder::with_quality(input, level)),
-            Codec::Zstd => Box::new(ZstdEncoder::with_quality(input, level)),
+    /// A new encoder at this codec and level.
+    pub fn encoder(self) -> io::Result<Encoder> {
+        let inner = match self.codec {
+            Codec::Gzip => Inner::Gzip(GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(self.level.unsigned_abs()),
+            )),
+            Codec::Zstd => Inner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), self.level)?),
+        };
+        Ok(Encoder {
+            inner,
+            codec: self.codec,
+            consumed: 0,
+        })
+    }
+}
+
+/// A streaming compressor: bytes in, compressed bytes out as they become available.
+///
+/// Memory: the codec's own state (gzip ~256 KiB, zstd-3 ~1.3 MiB for its window and tables)
+/// plus the compressed output of one call, which the caller takes each time.
+pub struct Encoder {
+    inner: Inner,
+    codec: Codec,
+    consumed: u64,
+}
+
+enum Inner {
+    Gzip(GzEncoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    /// Compresses `data`; returns the compressed bytes ready so far (often none).
+    pub fn encode(&mut self, data: &[u8]) -> Result<Bytes, crate::Error> {
+        let written = match &mut self.inner {
+            Inner::Gzip(e) => e.write_all(data),
+            Inner::Zstd(e) => e.write_all(data),
+        };
+        written.map_err(|e| self.error(e))?;
+        self.consumed += data.len() as u64;
+        let out = match &mut self.inner {
+            Inner::Gzip(e) => std::mem::take(e.get_mut()),
+            Inner::Zstd(e) => std::mem::take(e.get_mut()),
+        };
+        Ok(Bytes::from(out))
+    }
+
+    /// Ends the stream (trailer, checksum); returns the last compressed bytes.
+    pub fn finish(self) -> Result<Bytes, crate::Error> {
+        let (codec, offset) = (self.codec, self.consumed);
+        let done = match self.inner {
+            Inner::Gzip(e) => e.finish(),
+            Inner::Zstd(e) => e.finish(),
+        };
+        done.map(Bytes::from)
+            .map_err(|source| crate::Error::Encode {
+                codec: codec.name(),
+                offset,
+                source,
+            })
+    }
+
+    fn error(&self, source: io::Error) -> crate::Error {
+        crate::Error::Encode {
+            codec: self.codec.name(),
+            offset: self.consumed,
+            source,
         }
+    }
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("codec", &self.codec)
+            .field("consumed", &self.consumed)
+            .finish()
     }
 }
 
@@ -202,11 +271,12 @@ mod tests {
             .collect();
         for codec in [Codec::Gzip, Codec::Zstd] {
             let mut compressed = Vec::new();
-            Compression::new(codec)
-                .encoder(std::io::Cursor::new(data.clone()))
-                .read_to_end(&mut compressed)
-                .await
-                .unwrap();
+            let mut encoder = Compression::new(codec).encoder().unwrap();
+            // Uneven pieces: the stream must not depend on how the input was cut.
+            for piece in data.chunks(7_919) {
+                compressed.extend_from_slice(&encoder.encode(piece).unwrap());
+            }
+            compressed.extend_from_slice(&encoder.finish().unwrap());
             assert!(
                 compressed.len() < data.len() * 3 / 4,
                 "{codec:?}: {} of {}",

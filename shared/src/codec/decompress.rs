@@ -73,12 +73,9 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     async fn compress(codec: Codec, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        Compression::new(codec)
-            .encoder(std::io::Cursor::new(data.to_vec()))
-            .read_to_end(&mut out)
-            .await
-            .unwrap();
+        let mut encoder = Compression::new(codec).encoder().unwrap();
+        let mut out = encoder.encode(data).unwrap().to_vec();
+        out.extend_from_slice(&encoder.finish().unwrap());
         out
     }
 

@@ -5,5 +5,5 @@ mod compress;
 mod decompress;
 pub mod json_records;
 
-pub use compress::{Codec, Compression};
+pub use compress::{Codec, Compression, Encoder};
 pub use decompress::Decoding;

@@ -1,13 +1,42 @@
-//! The S3 sink: a stream of bytes becomes one S3 object, through a single `PutObject` when it
-//! fits in one part and a multipart upload otherwise.
+//! The S3 sink: bytes pushed into an [`ObjectWriter`] become one S3 object, through a single
+//! `PutObject` when they fit in one part and a multipart upload otherwise.
 //!
-//! [`upload`] owns chunking, bounded parts in flight with backpressure, the full-object
-//! checksum and the failure rules: any error after `CreateMultipartUpload` aborts the upload
-//! (and checks that no late part survived), a reader that fails is never completed, and an
-//! upload dropped unfinished is aborted from a spawned task.
+//! The writer owns chunking, bounded parts in flight with backpressure, optional compression,
+//! the full-object checksum and the failure rules: only [`ObjectWriter::finish`] completes an
+//! object; any error after `CreateMultipartUpload` aborts the upload (and checks that no late
+//! part survived); a writer dropped unfinished is aborted from a task that
+//! [`settle_aborts`] waits for. [`upload`] copies an [`AsyncRead`](tokio::io::AsyncRead) through
+//! a writer, for byte-for-byte copies.
 
-mod multipart;
+mod parts;
 mod target;
+mod writer;
 
-pub use multipart::{UploadOptions, Uploaded, upload};
+use std::sync::Arc;
+
+pub use parts::settle_aborts;
 pub use target::{ObjectMeta, ObjectTarget, PartReceipt, PutOutcome, S3Target};
+pub use writer::{ObjectWriter, UploadOptions, Uploaded};
+
+use crate::error::{Error, Result};
+
+/// Streams `reader` into `target` through an [`ObjectWriter`] and finishes it: the pull
+/// adapter for byte copies. A read error is mapped with `read_error`, and the upload is
+/// aborted; the object is completed only when the reader reached its end.
+pub async fn upload<R, F>(
+    target: Arc<dyn ObjectTarget>,
+    reader: R,
+    options: &UploadOptions,
+    read_error: F,
+) -> Result<Uploaded>
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    F: Fn(std::io::Error) -> Error,
+{
+    ObjectWriter::new(target, options)?
+        .copy(reader, read_error)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

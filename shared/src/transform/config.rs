@@ -210,6 +210,48 @@ pub struct SourceVars {
 }
 
 impl Pipeline {
+    /// Reads the pipeline from `PIPELINE` or `PIPELINE_URI` and validates it.
+    pub async fn from_env(s3: &aws_sdk_s3::Client) -> Result<Pipeline> {
+        let inline = std::env::var("PIPELINE")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let uri = std::env::var("PIPELINE_URI")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let bad = |m: String| Error::InvalidSpec { message: m };
+        let text = match (inline, uri) {
+            (Some(text), None) => text,
+            (None, Some(uri)) => {
+                let (bucket, key) = uri
+                    .strip_prefix("s3://")
+                    .and_then(|rest| rest.split_once('/'))
+                    .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+                    .ok_or_else(|| bad(format!("PIPELINE_URI {uri:?} is not s3://bucket/key")))?;
+                let body = match crate::source::s3::open(s3, bucket, key, None).await? {
+                    crate::source::s3::Opened::Body(body) => body,
+                    crate::source::s3::Opened::Changed => {
+                        return Err(bad(format!("PIPELINE_URI {uri}: no such object")));
+                    }
+                };
+                let mut text = String::new();
+                let mut limited = tokio::io::AsyncReadExt::take(body, 1 << 20);
+                tokio::io::AsyncReadExt::read_to_string(&mut limited, &mut text)
+                    .await
+                    .map_err(|e| bad(format!("PIPELINE_URI {uri}: {e}")))?;
+                text
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad("set PIPELINE or PIPELINE_URI, not both".into()));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "no pipeline: set PIPELINE (JSON) or PIPELINE_URI (s3://bucket/key)".into(),
+                ));
+            }
+        };
+        Pipeline::from_json_str(&text)
+    }
+
     /// Parses and validates a pipeline from JSON text. Errors name the field's path:
     /// `steps[2].concat: unknown field "seps", expected one of ...`.
     pub fn from_json_str(text: &str) -> Result<Self> {

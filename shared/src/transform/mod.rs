@@ -29,44 +29,39 @@
 
 pub mod config;
 pub mod enrich;
+#[cfg(feature = "lambda")]
+pub mod event;
+mod output;
 mod parallel;
 pub mod quarantine;
 pub mod reader;
+mod rows;
 pub mod steps;
 pub mod value;
 pub mod writer;
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::io::StreamReader;
 
 use crate::budget::MemoryBudget;
 use crate::codec::{Compression, Decoding};
-use crate::error::{Error, Result, S3Operation};
+use crate::error::{Error, Result};
+use crate::job::{self, Invocation, Status};
 use crate::key::KeyVars;
-use crate::sink::{self, ObjectMeta, PutOutcome, S3Target, UploadOptions};
-use crate::source::s3::{self as s3src, Opened};
+use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions, Uploaded};
+use crate::source::s3::{self as s3src, ObjectVersion, Opened};
 use crate::telemetry;
 
 pub use config::{InputFormat, OutputFormat, Pipeline, SourceVars};
 use quarantine::Quarantine;
-use reader::{CsvReader, IoErrorMap, LineReader, Position};
-use steps::{Layout, Outcome, Program};
-use value::{ColType, Parser, Value};
-use writer::RowWriter;
+use reader::IoErrorMap;
+use rows::{RowJob, RowOut};
 
-const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(3000);
-const OUT_CHUNK: usize = 128 * 1024;
 const SOURCE_BUFFER: usize = 256 * 1024;
-const CODEC_BUFFER: usize = 64 * 1024;
 
 /// What a transform runs with.
 #[derive(Debug, Clone)]
@@ -75,12 +70,9 @@ pub struct TransformContext {
     pub s3: aws_sdk_s3::Client,
     /// The function's memory plan.
     pub budget: MemoryBudget,
-    /// The Lambda request id.
-    pub run_id: String,
-    /// When the invocation started (for `{date}` and friends).
-    pub started: DateTime<Utc>,
-    /// The invocation's deadline; the upload gives up a margin before it.
-    pub deadline: Option<SystemTime>,
+    /// The invocation: run id, start (for `{date}` and friends), Lambda deadline (the upload
+    /// gives up a margin before it).
+    pub invocation: Invocation,
     /// HTTP client of the enrich step ([`crate::source::http::client`], with the network
     /// policy).
     pub http: reqwest::Client,
@@ -119,7 +111,7 @@ pub struct ObjectSummary {
     /// `duplicate` (this source version was already transformed), `stale` (the output comes
     /// from a newer version), `superseded` (the object changed or vanished since the event),
     /// `exists` (`overwrite: false` and an output is there).
-    pub status: &'static str,
+    pub status: Status,
     /// Why nothing was written, for every status but `written`.
     pub reason: Option<String>,
     /// `s3://bucket/key` of the source.
@@ -165,9 +157,29 @@ pub struct ObjectSummary {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// What [`run`] decided before reading the source.
+enum Plan {
+    /// Nothing to do, with the status and the reason.
+    Skip(Status, String),
+    /// Write the output of this source version.
+    Write(Box<Writing>),
+}
+
+/// An output to write: its keys and the source version it comes from.
+struct Writing {
+    key: String,
+    quarantine_key: String,
+    manifest_key: String,
+    version: ObjectVersion,
+    target: S3Target,
+    /// An output (of an older version) is there: replace it rather than `If-None-Match`.
+    output_exists: bool,
+}
+
 /// Transforms one object with `pipeline`. Nothing is written when the object is not an input
 /// of the pipeline, or was already transformed (see the module docs). On failure no output
-/// object is completed and no upload stays open; rows quarantined so far are kept.
+/// object is completed and no upload stays open; rows quarantined so far are kept (but not
+/// after a panic, which leaves nothing).
 pub async fn run(
     pipeline: &Pipeline,
     src: &SourceObject,
@@ -181,7 +193,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| src.bucket.clone());
     let mut summary = ObjectSummary {
-        status: "skipped",
+        status: Status::Skipped,
         reason: None,
         source: source.clone(),
         source_etag: None,
@@ -204,122 +216,15 @@ pub async fn run(
         throughput_mib_s: 0.0,
         peak_rss_bytes: None,
     };
-    let finish = |mut s: ObjectSummary, status: &'static str, reason: Option<String>| {
-        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
-        s.status = status;
-        s.reason = reason;
-        s.duration_ms = (elapsed * 1000.0) as u64;
-        s.rows_per_s = (s.counts.records_in as f64 / elapsed).round();
-        s.throughput_mib_s =
-            ((s.bytes_decoded as f64 / (1024.0 * 1024.0) / elapsed) * 10.0).round() / 10.0;
-        s.peak_rss_bytes = telemetry::peak_rss_bytes();
-        if status != "written" {
-            tracing::info!(%source, status, reason = s.reason.as_deref().unwrap_or(""),
-                "object not transformed");
-        }
-        s
+    let w = match plan(pipeline, src, ctx, &mut summary).await? {
+        Plan::Skip(status, reason) => return Ok(summary.ended(clock, status, Some(reason))),
+        Plan::Write(w) => w,
     };
-
-    if let Some(reason) = pipeline.skip_reason(&src.key) {
-        return Ok(finish(summary, "skipped", Some(reason)));
-    }
-    let vars = SourceVars {
-        key: src.key.clone(),
-        vars: KeyVars::new(ctx.started, ctx.run_id.clone()),
-    };
-    if let Some(steps::Step::Enrich(e)) = pipeline
-        .steps
-        .iter()
-        .find(|s| matches!(s, steps::Step::Enrich(_)))
-        && let Ok(url) = reqwest::Url::parse(&e.url)
-    {
-        ctx.policy.check_url(&url).map_err(|b| Error::Blocked {
-            url: e.url.clone(),
-            reason: b.0,
-        })?;
-    }
-    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
-    let qkey = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
-    summary.key = Some(key.clone());
-
-    let Some(version) = s3src::head(&ctx.s3, &src.bucket, &src.key).await? else {
-        return Ok(finish(
-            summary,
-            "superseded",
-            Some("the object no longer exists".into()),
-        ));
-    };
-    summary.source_etag = Some(version.e_tag.clone());
-    summary.source_last_modified = version
-        .last_modified
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    if let Some(announced) = &src.e_tag
-        && unquote(announced) != unquote(&version.e_tag)
-    {
-        return Ok(finish(
-            summary,
-            "superseded",
-            Some(format!(
-                "the event is for ETag {announced}, the object now has {}",
-                version.e_tag
-            )),
-        ));
-    }
-    let manifest_key = format!("{key}.manifest.json");
-    if let Some(previous) = read_manifest(&ctx.s3, &out_bucket, &manifest_key).await? {
-        let etag = previous.get("source_etag").and_then(|v| v.as_str());
-        if etag.map(unquote) == Some(unquote(&version.e_tag)) {
-            return Ok(finish(
-                summary,
-                "duplicate",
-                Some(format!(
-                    "s3://{out_bucket}/{key} was made from this version (ETag {})",
-                    version.e_tag
-                )),
-            ));
-        }
-        let recorded = previous
-            .get("source_last_modified")
-            .and_then(|v| v.as_str())
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.to_utc());
-        if let (Some(recorded), Some(now)) = (recorded, version.last_modified)
-            && recorded > now
-        {
-            return Ok(finish(
-                summary,
-                "stale",
-                Some(format!(
-                    "s3://{out_bucket}/{key} was made from a newer version (Last-Modified {recorded})"
-                )),
-            ));
-        }
-    }
-    let target = S3Target::new(ctx.s3.clone(), &out_bucket, &key).with_meta(ObjectMeta {
-        content_type: Some(match pipeline.output.compression {
-            Some(c) => c.codec.content_type().to_owned(),
-            None => pipeline.output.format.content_type().to_owned(),
-        }),
-    });
-    let output_exists = target.exists().await?;
-    if output_exists && !pipeline.output.overwrite {
-        return Ok(finish(
-            summary,
-            "exists",
-            Some(format!(
-                "s3://{out_bucket}/{key} exists and output.overwrite is false"
-            )),
-        ));
-    }
-
-    let body = match s3src::open(&ctx.s3, &src.bucket, &src.key, Some(&version.e_tag)).await? {
+    let body = match s3src::open(&ctx.s3, &src.bucket, &src.key, Some(&w.version.e_tag)).await? {
         Opened::Body(body) => body,
         Opened::Changed => {
-            return Ok(finish(
-                summary,
-                "superseded",
-                Some("the object changed before it could be read".into()),
-            ));
+            let reason = "the object changed before it could be read".to_owned();
+            return Ok(summary.ended(clock, Status::Superseded, Some(reason)));
         }
     };
     let progress = body.progress();
@@ -331,7 +236,7 @@ pub async fn run(
         message: e.to_string(),
     })?;
     let decoding = Decoding::sniff(head);
-    let decoded = decoding.decoder(buffered);
+    let decoded: Box<dyn AsyncRead + Send + Unpin> = decoding.decoder(buffered);
     let map_io: IoErrorMap = {
         let progress = progress.clone();
         let source = source.clone();
@@ -353,112 +258,33 @@ pub async fn run(
             }
         })
     };
-
-    let mut budget = ctx.budget;
-    if let Some(mib) = pipeline.tuning.part_size_mib {
-        budget = budget.with_part_size(mib * 1024 * 1024);
-    }
-    if let Some(n) = pipeline.tuning.max_in_flight {
-        budget = budget.with_max_in_flight(n);
-    }
-    let cap = pipeline
-        .tuning
-        .max_record_mib
-        .map(|m| m * 1024 * 1024)
-        .unwrap_or_else(|| budget.record_cap()) as usize;
-    let margin = pipeline
-        .tuning
-        .deadline_margin_ms
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_DEADLINE_MARGIN);
-    let deadline = ctx.deadline.map(|d| {
-        Instant::now()
-            + d.duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(margin)
-    });
-    tracing::info!(%source, etag = %version.e_tag, size = version.size,
-        decoding = decoding.name().unwrap_or("identity"), bucket = %out_bucket, %key,
+    tracing::info!(%source, etag = %w.version.e_tag, size = w.version.size,
+        decoding = decoding.name().unwrap_or("identity"), bucket = %out_bucket, key = %w.key,
         "transform started");
 
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let quarantine = Quarantine::new(
-        ctx.s3.clone(),
-        out_bucket.clone(),
-        qkey,
-        source.clone(),
-        pipeline.quarantine.max_raw_bytes,
-        budget,
-    );
-    let producer = tokio::spawn(produce(
-        Arc::new(pipeline.clone()),
-        source.clone(),
-        decoded,
-        map_io,
-        cap,
-        quarantine,
-        tx,
-        ctx.http.clone(),
-    ));
-
-    let stream: Box<dyn AsyncRead + Send + Unpin> =
-        Box::new(StreamReader::new(quarantine::tokio_stream(rx)));
-    let compression = pipeline.output.compression;
-    let reader = match compression {
-        Some(c) => c.encoder(BufReader::with_capacity(CODEC_BUFFER, stream)),
-        None => stream,
-    };
-    let mut options = UploadOptions::new(budget.schedule());
-    options.checksum = pipeline.output.checksum;
-    options.if_none_match = !output_exists;
-    options.deadline = deadline;
-    let read_error = move |e: io::Error| match carried(e) {
-        Ok(err) => err,
-        Err(e) => Error::Encode {
-            codec: compression.map_or("none", |c| c.codec.name()),
-            offset: 0,
-            source: e,
-        },
-    };
-    let uploaded = sink::upload(Arc::new(target), reader, &options, read_error).await;
-    let produced = producer.await.map_err(|e| Error::SourceRead {
-        url: source.clone(),
-        offset: progress.bytes(),
-        class: "transform task failed",
-        message: e.to_string(),
-    })?;
-    summary.counts = produced.counts;
+    let written = write(pipeline, ctx, &source, &w, decoded, map_io, &mut summary).await;
     summary.bytes_in = progress.bytes();
     summary.source_resumes = progress.resumes();
-    summary.bytes_decoded = produced.decoded;
-    summary.bytes_quarantined = produced.quarantine.as_ref().map_or(0, |q| q.1);
-    summary.quarantine_key = produced.quarantine.as_ref().map(|q| q.0.clone());
-    if let Some(err) = produced.quarantine_error {
-        // The output may be complete, but rows would be lost without their quarantine.
-        return Err(err);
-    }
-    let uploaded = uploaded?;
-    let e_tag = match uploaded.outcome {
-        PutOutcome::Written { e_tag, .. } => e_tag,
-        PutOutcome::AlreadyExists => {
-            return Ok(finish(
-                summary,
-                "duplicate",
-                Some(format!(
-                    "s3://{out_bucket}/{key} was written meanwhile (If-None-Match)"
-                )),
-            ));
-        }
+    let uploaded = written?;
+    let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
+        let reason = format!(
+            "s3://{out_bucket}/{} was written meanwhile (If-None-Match)",
+            w.key
+        );
+        return Ok(summary.ended(clock, Status::Duplicate, Some(reason)));
     };
     summary.bytes_out = uploaded.bytes;
     summary.parts = uploaded.parts;
     summary.e_tag = Some(e_tag);
-    let mut done = finish(summary, "written", None);
+    let mut done = summary.ended(clock, Status::Written, None);
     if pipeline.output.manifest {
-        done.manifest = Some(manifest_key.clone());
-        write_manifest(ctx, &done, &manifest_key).await?;
+        done.manifest = Some(w.manifest_key.clone());
+        let doc = serde_json::to_value(&done).map_err(|e| Error::Internal {
+            message: format!("summary of {}: {e}", w.key),
+        })?;
+        job::write_manifest(&ctx.s3, &ctx.invocation, &done.bucket, &w.manifest_key, doc).await?;
     }
-    tracing::info!(%source, key = %key, records_in = done.counts.records_in,
+    tracing::info!(%source, key = %w.key, records_in = done.counts.records_in,
         records_out = done.counts.records_out, filtered = done.counts.filtered,
         quarantined = done.counts.quarantined, bytes_decoded = done.bytes_decoded,
         duration_ms = done.duration_ms, rows_per_s = done.rows_per_s,
@@ -466,21 +292,211 @@ pub async fn run(
     Ok(done)
 }
 
-fn unquote(etag: &str) -> &str {
-    etag.trim_matches('"')
+impl ObjectSummary {
+    /// The summary with its status and the run's figures.
+    fn ended(
+        mut self,
+        clock: std::time::Instant,
+        status: Status,
+        reason: Option<String>,
+    ) -> ObjectSummary {
+        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+        self.status = status;
+        self.reason = reason;
+        self.duration_ms = (elapsed * 1000.0) as u64;
+        self.rows_per_s = (self.counts.records_in as f64 / elapsed).round();
+        self.throughput_mib_s =
+            ((self.bytes_decoded as f64 / (1024.0 * 1024.0) / elapsed) * 10.0).round() / 10.0;
+        self.peak_rss_bytes = telemetry::peak_rss_bytes();
+        if status != Status::Written {
+            tracing::info!(source = %self.source, %status,
+                reason = self.reason.as_deref().unwrap_or(""), "object not transformed");
+        }
+        self
+    }
 }
 
-/// An error sent down the output channel, or the io error itself.
-fn carried(e: io::Error) -> std::result::Result<Error, io::Error> {
-    let is_ours = e.get_ref().is_some_and(|inner| inner.is::<Error>());
-    if !is_ours {
+/// Decides whether to write, from the pipeline, the source's current version, the manifest of
+/// an earlier output and whether an output is there (see the module docs).
+async fn plan(
+    pipeline: &Pipeline,
+    src: &SourceObject,
+    ctx: &TransformContext,
+    summary: &mut ObjectSummary,
+) -> Result<Plan> {
+    if let Some(reason) = pipeline.skip_reason(&src.key) {
+        return Ok(Plan::Skip(Status::Skipped, reason));
+    }
+    let vars = SourceVars {
+        key: src.key.clone(),
+        vars: KeyVars::new(ctx.invocation.started, ctx.invocation.run_id.clone()),
+    };
+    if let Some(steps::Step::Enrich(e)) = pipeline
+        .steps
+        .iter()
+        .find(|s| matches!(s, steps::Step::Enrich(_)))
+        && let Ok(url) = reqwest::Url::parse(&e.url)
+    {
+        ctx.policy.check_url(&url).map_err(|b| Error::Blocked {
+            url: e.url.clone(),
+            reason: b.0,
+        })?;
+    }
+    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
+    let quarantine_key = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
+    summary.key = Some(key.clone());
+    let out_bucket = summary.bucket.clone();
+
+    let Some(version) = s3src::head(&ctx.s3, &src.bucket, &src.key).await? else {
+        return Ok(Plan::Skip(
+            Status::Superseded,
+            "the object no longer exists".into(),
+        ));
+    };
+    summary.source_etag = Some(version.e_tag.clone());
+    summary.source_last_modified = version
+        .last_modified
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    if let Some(announced) = &src.e_tag
+        && unquote(announced) != unquote(&version.e_tag)
+    {
+        return Ok(Plan::Skip(
+            Status::Superseded,
+            format!(
+                "the event is for ETag {announced}, the object now has {}",
+                version.e_tag
+            ),
+        ));
+    }
+    let manifest_key = job::manifest_key(&key);
+    if let Some(previous) = read_manifest(&ctx.s3, &out_bucket, &manifest_key).await? {
+        let etag = previous.get("source_etag").and_then(|v| v.as_str());
+        if etag.map(unquote) == Some(unquote(&version.e_tag)) {
+            return Ok(Plan::Skip(
+                Status::Duplicate,
+                format!(
+                    "s3://{out_bucket}/{key} was made from this version (ETag {})",
+                    version.e_tag
+                ),
+            ));
+        }
+        let recorded = previous
+            .get("source_last_modified")
+            .and_then(|v| v.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.to_utc());
+        if let (Some(recorded), Some(now)) = (recorded, version.last_modified)
+            && recorded > now
+        {
+            return Ok(Plan::Skip(
+                Status::Stale,
+                format!(
+                    "s3://{out_bucket}/{key} was made from a newer version (Last-Modified {recorded})"
+                ),
+            ));
+        }
+    }
+    let target = S3Target::new(ctx.s3.clone(), &out_bucket, &key).with_meta(ObjectMeta {
+        content_type: Some(match pipeline.output.compression {
+            Some(c) => c.codec.content_type().to_owned(),
+            None => pipeline.output.format.content_type().to_owned(),
+        }),
+    });
+    let output_exists = target.exists().await?;
+    if output_exists && !pipeline.output.overwrite {
+        return Ok(Plan::Skip(
+            Status::Exists,
+            format!("s3://{out_bucket}/{key} exists and output.overwrite is false"),
+        ));
+    }
+    Ok(Plan::Write(Box::new(Writing {
+        key,
+        quarantine_key,
+        manifest_key,
+        version,
+        target,
+        output_exists,
+    })))
+}
+
+/// Streams the rows into the output and the quarantine, and finishes both — or, on any
+/// failure, aborts the output (keeping the quarantine of a failed input, so its bad rows can
+/// be read; a panic keeps nothing).
+async fn write(
+    pipeline: &Pipeline,
+    ctx: &TransformContext,
+    source: &str,
+    w: &Writing,
+    decoded: Box<dyn AsyncRead + Send + Unpin>,
+    map_io: IoErrorMap,
+    summary: &mut ObjectSummary,
+) -> Result<Uploaded> {
+    let budget = pipeline.tuning.budget(ctx.budget);
+    let mut options = UploadOptions::new(budget.schedule());
+    options.checksum = pipeline.output.checksum;
+    options.if_none_match = !w.output_exists;
+    options.deadline = ctx.invocation.give_up_at(pipeline.tuning.deadline_margin());
+    options.compression = pipeline.output.compression;
+    let mut output = ObjectWriter::new(Arc::new(w.target.clone()), &options)?;
+    let mut quarantine = Quarantine::new(
+        ctx.s3.clone(),
+        summary.bucket.clone(),
+        w.quarantine_key.clone(),
+        source.to_owned(),
+        pipeline.quarantine.max_raw_bytes,
+        budget,
+    );
+    let job = RowJob {
+        pipeline,
+        source,
+        cap: pipeline.tuning.record_cap(&budget),
+        http: &ctx.http,
+    };
+    let out = RowOut {
+        output: &mut output,
+        quarantine: &mut quarantine,
+        counts: &mut summary.counts,
+        decoded: &mut summary.bytes_decoded,
+    };
+    let result = job::catch_panic("the transform", job.run(decoded, map_io, out)).await;
+    summary.counts.quarantined = quarantine.count();
+    if let Err(e) = result {
+        output.abort().await;
+        if matches!(e, Error::Internal { .. }) {
+            quarantine.abort().await;
+        } else {
+            tracing::error!(%source, error = %e, "transform failed; output aborted");
+            // Logged there; the input's error is the one reported.
+            let _ = keep_quarantine(&mut quarantine, summary).await;
+        }
         return Err(e);
     }
-    Ok(*e
-        .into_inner()
-        .expect("checked above")
-        .downcast::<Error>()
-        .expect("checked above"))
+    // The quarantine first: without it, rows would be lost.
+    if let Err(e) = keep_quarantine(&mut quarantine, summary).await {
+        output.abort().await;
+        return Err(e);
+    }
+    output.finish().await
+}
+
+/// Completes the quarantine (if a row went there) and records it in the summary.
+async fn keep_quarantine(quarantine: &mut Quarantine, summary: &mut ObjectSummary) -> Result<()> {
+    match quarantine.finish().await {
+        Ok(Some(q)) => {
+            summary.bytes_quarantined = q.bytes;
+            summary.quarantine_key = Some(quarantine.key().to_owned());
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::error!(key = quarantine.key(), error = %e, "quarantine failed");
+            Err(e)
+        }
+    }
+}
+
+fn unquote(etag: &str) -> &str {
+    etag.trim_matches('"')
 }
 
 async fn read_manifest(
@@ -504,607 +520,4 @@ async fn read_manifest(
         })?;
     // An unreadable manifest is treated as absent: the output is rewritten.
     Ok(serde_json::from_slice(&text).ok())
-}
-
-async fn write_manifest(ctx: &TransformContext, summary: &ObjectSummary, key: &str) -> Result<()> {
-    let mut doc = serde_json::to_value(summary).expect("summary serializes");
-    doc["run_id"] = serde_json::Value::String(ctx.run_id.clone());
-    doc["started_at"] = serde_json::Value::String(ctx.started.to_rfc3339());
-    doc["finished_at"] = serde_json::Value::String(Utc::now().to_rfc3339());
-    let body = serde_json::to_vec_pretty(&doc).expect("manifest serializes");
-    ctx.s3
-        .put_object()
-        .bucket(&summary.bucket)
-        .key(key)
-        .content_type("application/json")
-        .body(body.into())
-        .send()
-        .await
-        .map_err(|e| Error::S3 {
-            operation: S3Operation::PutObject,
-            bucket: summary.bucket.clone(),
-            key: key.to_owned(),
-            part_number: None,
-            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-            retryable: true,
-        })?;
-    Ok(())
-}
-
-/// What the producer task ends with.
-struct Produced {
-    counts: Counts,
-    decoded: u64,
-    /// `(key, bytes)` of the quarantine object, when one was written.
-    quarantine: Option<(String, u64)>,
-    /// Completing the quarantine failed.
-    quarantine_error: Option<Error>,
-}
-
-/// Reads, types, transforms and renders rows into `tx`. On failure the error goes down the
-/// channel, so the upload aborts; the quarantine is completed either way.
-#[allow(clippy::too_many_arguments)]
-async fn produce(
-    pipeline: Arc<Pipeline>,
-    source: String,
-    decoded: Box<dyn AsyncRead + Send + Unpin>,
-    map_io: IoErrorMap,
-    cap: usize,
-    mut quarantine: Quarantine,
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    http: reqwest::Client,
-) -> Produced {
-    let mut counts = Counts::default();
-    let mut decoded_bytes = 0;
-    let result = rows(
-        &pipeline,
-        &source,
-        decoded,
-        map_io,
-        cap,
-        &mut quarantine,
-        &tx,
-        &mut counts,
-        &mut decoded_bytes,
-        &http,
-    )
-    .await;
-    counts.quarantined = quarantine.count();
-    let (quarantine_done, quarantine_error) = match quarantine.finish().await {
-        Ok(q) => (q.map(|u| (quarantine.key().to_owned(), u.bytes)), None),
-        Err(e) => (None, Some(e)),
-    };
-    if let Err(err) = result {
-        tracing::error!(%source, error = %err, "transform failed; aborting the output");
-        let _ = tx.send(Err(io::Error::other(err))).await;
-    } else if let Some(err) = &quarantine_error {
-        let _ = tx
-            .send(Err(io::Error::other(Error::SourceRead {
-                url: source.clone(),
-                offset: decoded_bytes,
-                class: "quarantine failed",
-                message: err.to_string(),
-            })))
-            .await;
-    }
-    Produced {
-        counts,
-        decoded: decoded_bytes,
-        quarantine: quarantine_done,
-        quarantine_error,
-    }
-}
-
-/// How a column of the input becomes a value.
-struct ColPlan {
-    name: String,
-    parser: Parser,
-    nullable: bool,
-    required: bool,
-    null_values: Vec<String>,
-    /// Declared in the schema (always checked) or used by a step.
-    read: bool,
-}
-
-impl ColPlan {
-    fn empty(&self) -> std::result::Result<Value, String> {
-        if self.required {
-            return Err("required value is empty".into());
-        }
-        if self.nullable {
-            return Ok(Value::Null);
-        }
-        if self.parser.ty() == ColType::String {
-            return Ok(Value::Str(String::new()));
-        }
-        Err(format!(
-            "empty value in a {} column that is not nullable",
-            self.parser.ty().name()
-        ))
-    }
-
-    fn text(&self, text: &str) -> std::result::Result<Value, String> {
-        if text.is_empty() || self.null_values.iter().any(|n| n == text) {
-            return self.empty();
-        }
-        self.parser.parse(text)
-    }
-
-    fn json(&self, v: Option<&serde_json::Value>) -> std::result::Result<Value, String> {
-        match v {
-            None | Some(serde_json::Value::Null) => self.empty(),
-            Some(serde_json::Value::String(s)) => self.text(s),
-            Some(v) => self.parser.from_json(v),
-        }
-    }
-}
-
-fn plans(pipeline: &Pipeline, names: &[String]) -> Vec<ColPlan> {
-    names
-        .iter()
-        .map(
-            |name| match pipeline.input.schema.iter().find(|c| &c.name == name) {
-                Some(c) => ColPlan {
-                    name: name.clone(),
-                    parser: c.parser(),
-                    nullable: c.nullable,
-                    required: c.required,
-                    null_values: c.null_values.clone(),
-                    read: true,
-                },
-                None => ColPlan {
-                    name: name.clone(),
-                    parser: Parser::new(ColType::String, None),
-                    nullable: false,
-                    required: false,
-                    null_values: Vec::new(),
-                    read: false,
-                },
-            },
-        )
-        .collect()
-}
-
-/// A row waiting for its enrichment answer: the row, where it was read, its raw text (capped).
-type Held = (Vec<Value>, Position, Vec<u8>);
-type Batch =
-    tokio::task::JoinHandle<Result<(Vec<Held>, Vec<serde_json::Map<String, serde_json::Value>>)>>;
-
-/// Batches of rows for the enrich step, and the batches in flight (in order).
-struct Enricher {
-    plan: enrich::EnrichPlan,
-    client: enrich::Client,
-    rows: Vec<Held>,
-    body: Vec<u8>,
-    in_flight: std::collections::VecDeque<Batch>,
-    raw_cap: usize,
-    scratch: String,
-}
-
-impl Enricher {
-    fn push(&mut self, row: Vec<Value>, pos: Position, raw: &[u8]) {
-        self.body.push(b'{');
-        for (n, (name, i)) in self.plan.send.iter().enumerate() {
-            if n > 0 {
-                self.body.push(b',');
-            }
-            writer::json_string(name, &mut self.body);
-            self.body.push(b':');
-            writer::json_value(&row[*i], &mut self.scratch, &mut self.body);
-        }
-        self.body.extend_from_slice(b"}\n");
-        let raw = raw[..raw.len().min(self.raw_cap)].to_vec();
-        self.rows.push((row, pos, raw));
-    }
-
-    fn full(&self) -> bool {
-        self.rows.len() >= self.plan.step.batch_size
-            || self.body.len() >= self.plan.step.max_batch_bytes
-    }
-
-    fn dispatch(&mut self) {
-        if self.rows.is_empty() {
-            return;
-        }
-        let rows = std::mem::take(&mut self.rows);
-        let body = Bytes::from(std::mem::take(&mut self.body));
-        let client = self.client.clone();
-        self.in_flight.push_back(tokio::spawn(async move {
-            let answers = client.post(body, rows.len()).await?;
-            Ok((rows, answers))
-        }));
-    }
-}
-
-/// Output state shared by both input formats.
-struct Sink<'a> {
-    program: Program,
-    writer: RowWriter,
-    buf: Vec<u8>,
-    tx: &'a mpsc::Sender<io::Result<Bytes>>,
-    limits: &'a config::QuarantineSpec,
-    source: &'a str,
-    enricher: Option<Enricher>,
-}
-
-impl<'a> Sink<'a> {
-    fn new(
-        program: Program,
-        pipeline: &'a Pipeline,
-        tx: &'a mpsc::Sender<io::Result<Bytes>>,
-        source: &'a str,
-        http: &reqwest::Client,
-    ) -> Self {
-        let enricher = program.enrich().map(|plan| Enricher {
-            client: enrich::Client::new(&plan.step, http.clone()),
-            plan: plan.clone(),
-            rows: Vec::new(),
-            body: Vec::new(),
-            in_flight: Default::default(),
-            raw_cap: pipeline.quarantine.max_raw_bytes,
-            scratch: String::new(),
-        });
-        Sink {
-            writer: RowWriter::new(pipeline.output.format, program.output()),
-            program,
-            buf: Vec::with_capacity(OUT_CHUNK + 4096),
-            tx,
-            limits: &pipeline.quarantine,
-            source,
-            enricher,
-        }
-    }
-
-    async fn send(&mut self) -> Result<()> {
-        let chunk = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(OUT_CHUNK + 4096),
-        ));
-        self.tx
-            .send(Ok(chunk))
-            .await
-            .map_err(|_| Error::SourceRead {
-                url: self.source.to_owned(),
-                offset: 0,
-                class: "output closed",
-                message: "the output upload stopped reading (it failed)".into(),
-            })
-    }
-
-    /// Steps and output for a typed row, or the quarantine.
-    #[allow(clippy::too_many_arguments)]
-    async fn row(
-        &mut self,
-        row: &mut Vec<Value>,
-        typed: std::result::Result<(), steps::RowError>,
-        pos: Position,
-        raw: &[u8],
-        counts: &mut Counts,
-        quarantine: &mut Quarantine,
-    ) -> Result<()> {
-        counts.records_in += 1;
-        let outcome = match typed {
-            Ok(()) => self.program.apply(row),
-            Err(e) => Outcome::Bad(e),
-        };
-        match outcome {
-            Outcome::Keep => match &mut self.enricher {
-                None => self.keep(row, counts).await?,
-                Some(en) => {
-                    en.push(std::mem::take(row), pos, raw);
-                    if en.full() {
-                        en.dispatch();
-                        if en.in_flight.len() >= en.plan.step.concurrency {
-                            self.drain_one(counts, quarantine).await?;
-                        }
-                    }
-                }
-            },
-            Outcome::Filtered => counts.filtered += 1,
-            Outcome::Bad(e) => self.bad(pos, e, raw, quarantine).await?,
-        }
-        Ok(())
-    }
-
-    /// Appends rows rendered elsewhere.
-    async fn emit(&mut self, rendered: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(rendered);
-        if self.buf.len() >= OUT_CHUNK {
-            self.send().await?;
-        }
-        Ok(())
-    }
-
-    async fn keep(&mut self, row: &[Value], counts: &mut Counts) -> Result<()> {
-        counts.records_out += 1;
-        self.writer.row(row, &mut self.buf);
-        if self.buf.len() >= OUT_CHUNK {
-            self.send().await?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the oldest enrichment batch and finishes its rows, in order.
-    async fn drain_one(&mut self, counts: &mut Counts, quarantine: &mut Quarantine) -> Result<()> {
-        let Some(batch) = self.enricher.as_mut().and_then(|e| e.in_flight.pop_front()) else {
-            return Ok(());
-        };
-        let (rows, answers) = batch.await.map_err(|e| Error::SourceRead {
-            url: self.source.to_owned(),
-            offset: 0,
-            class: "enrichment task failed",
-            message: e.to_string(),
-        })??;
-        for ((mut row, pos, raw), answer) in rows.into_iter().zip(answers) {
-            let plan = &self.enricher.as_ref().expect("enricher present").plan;
-            let outcome = match plan.merge(&answer, &mut row) {
-                Ok(()) => self.program.apply_after_enrich(&mut row),
-                Err((column, reason)) => Outcome::Bad(steps::RowError {
-                    column: Some(column),
-                    reason,
-                }),
-            };
-            match outcome {
-                Outcome::Keep => self.keep(&row, counts).await?,
-                Outcome::Filtered => counts.filtered += 1,
-                Outcome::Bad(e) => self.bad(pos, e, &raw, quarantine).await?,
-            }
-        }
-        Ok(())
-    }
-
-    async fn bad(
-        &mut self,
-        pos: Position,
-        e: steps::RowError,
-        raw: &[u8],
-        quarantine: &mut Quarantine,
-    ) -> Result<()> {
-        quarantine
-            .add(pos, e.column.as_deref(), &e.reason, raw)
-            .await?;
-        if let Some(max) = self.limits.max_bad_rows
-            && quarantine.count() > max
-        {
-            return Err(Error::Records {
-                url: self.source.to_owned(),
-                class: "too many bad rows",
-                offset: pos.offset,
-                record: Some(pos.record),
-                message: format!(
-                    "line {}: {} rows quarantined, more than quarantine.max_bad_rows {max}; \
-                     the last: {}{}; see the quarantine {}",
-                    pos.line,
-                    quarantine.count(),
-                    e.column
-                        .map(|c| format!("column {c:?}: "))
-                        .unwrap_or_default(),
-                    e.reason,
-                    quarantine.key()
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    async fn end(
-        &mut self,
-        counts: &mut Counts,
-        quarantine: &mut Quarantine,
-        at: u64,
-    ) -> Result<()> {
-        if let Some(en) = &mut self.enricher {
-            en.dispatch();
-        }
-        while self
-            .enricher
-            .as_ref()
-            .is_some_and(|e| !e.in_flight.is_empty())
-        {
-            self.drain_one(counts, quarantine).await?;
-        }
-        if let Some(max) = self.limits.max_bad_ratio
-            && counts.records_in > 0
-        {
-            let ratio = quarantine.count() as f64 / counts.records_in as f64;
-            if ratio > max {
-                return Err(Error::Records {
-                    url: self.source.to_owned(),
-                    class: "too many bad rows",
-                    offset: at,
-                    record: None,
-                    message: format!(
-                        "{} of {} rows quarantined ({:.4}), more than quarantine.max_bad_ratio \
-                         {max}; see the quarantine {}",
-                        quarantine.count(),
-                        counts.records_in,
-                        ratio,
-                        quarantine.key()
-                    ),
-                });
-            }
-        }
-        if !self.buf.is_empty() {
-            self.send().await?;
-        }
-        Ok(())
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn rows(
-    pipeline: &Pipeline,
-    source: &str,
-    decoded: Box<dyn AsyncRead + Send + Unpin>,
-    map_io: IoErrorMap,
-    cap: usize,
-    quarantine: &mut Quarantine,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    counts: &mut Counts,
-    decoded_bytes: &mut u64,
-    http: &reqwest::Client,
-) -> Result<()> {
-    let mut row: Vec<Value> = Vec::new();
-    match pipeline.input.format {
-        InputFormat::Csv => {
-            let mut reader = CsvReader::new(
-                decoded,
-                source.to_owned(),
-                map_io,
-                pipeline.input.delimiter.map_or(b',', |c| c as u8),
-                pipeline.input.quote.map_or(b'"', |c| c as u8),
-                cap,
-            );
-            let header = match reader.next().await? {
-                Some(h) => h,
-                None => {
-                    return Err(Error::Records {
-                        url: source.to_owned(),
-                        class: "no header",
-                        offset: 0,
-                        record: None,
-                        message: "the CSV input is empty (a header row is required)".into(),
-                    });
-                }
-            };
-            let mut names = Vec::with_capacity(header.len());
-            for i in 0..header.len() {
-                let name = std::str::from_utf8(header.field(i)).map_err(|e| Error::Records {
-                    url: source.to_owned(),
-                    class: "invalid UTF-8",
-                    offset: 0,
-                    record: Some(1),
-                    message: format!("header field {}: {e}", i + 1),
-                })?;
-                let name = if i == 0 {
-                    name.trim_start_matches('\u{feff}')
-                } else {
-                    name
-                };
-                names.push(name.to_owned());
-            }
-            for c in &pipeline.input.schema {
-                if !names.contains(&c.name) {
-                    return Err(Error::Records {
-                        url: source.to_owned(),
-                        class: "missing column",
-                        offset: 0,
-                        record: Some(1),
-                        message: format!(
-                            "column {:?} of input.schema is not in the header {names:?}",
-                            c.name
-                        ),
-                    });
-                }
-            }
-            let mut plans = plans(pipeline, &names);
-            let layout: Layout = plans
-                .iter()
-                .map(|p| (p.name.clone(), p.parser.ty()))
-                .collect();
-            let program = steps::compile(&pipeline.steps, &layout, false)
-                .map_err(|e| Error::spec(format!("{source}: {e}")))?;
-            for (p, needed) in plans.iter_mut().zip(program.needed()) {
-                p.read |= *needed;
-            }
-            let mut sink = Sink::new(program, pipeline, tx, source, http);
-            sink.writer.header(&mut sink.buf);
-            let workers = pipeline.workers.unwrap_or(1);
-            if workers > 1 && sink.program.enrich().is_none() {
-                let shared = Arc::new(parallel::Shared {
-                    plans,
-                    program: sink.program.clone(),
-                    format: pipeline.output.format,
-                    raw_cap: pipeline.quarantine.max_raw_bytes,
-                });
-                parallel::run(&mut reader, shared, workers, &mut sink, counts, quarantine).await?;
-                *decoded_bytes = reader.offset();
-                return sink.end(counts, quarantine, reader.offset()).await;
-            }
-            let ncols = plans.len();
-            while let Some(rec) = reader.next().await? {
-                row.clear();
-                let typed = if rec.len() != ncols {
-                    Err(steps::RowError {
-                        column: None,
-                        reason: format!("ragged row: {} fields, the header has {ncols}", rec.len()),
-                    })
-                } else {
-                    type_csv(&plans, |i| rec.field(i), &mut row)
-                };
-                let (pos, raw) = (rec.pos, rec.raw);
-                sink.row(&mut row, typed, pos, raw, counts, quarantine)
-                    .await?;
-            }
-            *decoded_bytes = reader.offset();
-            sink.end(counts, quarantine, reader.offset()).await
-        }
-        InputFormat::Ndjson => {
-            let mut reader = LineReader::new(decoded, source.to_owned(), map_io, cap);
-            let names: Vec<String> = pipeline
-                .input
-                .schema
-                .iter()
-                .map(|c| c.name.clone())
-                .collect();
-            let plans = plans(pipeline, &names);
-            let program = steps::compile(&pipeline.steps, &pipeline.schema_layout(), false)?;
-            let mut sink = Sink::new(program, pipeline, tx, source, http);
-            sink.writer.header(&mut sink.buf);
-            while let Some(line) = reader.next().await? {
-                row.clear();
-                let typed = type_json(&plans, line.raw, &mut row);
-                sink.row(&mut row, typed, line.pos, line.raw, counts, quarantine)
-                    .await?;
-            }
-            *decoded_bytes = reader.offset();
-            sink.end(counts, quarantine, reader.offset()).await
-        }
-    }
-}
-
-fn type_csv<'a>(
-    plans: &[ColPlan],
-    field: impl Fn(usize) -> &'a [u8],
-    row: &mut Vec<Value>,
-) -> std::result::Result<(), steps::RowError> {
-    for (i, plan) in plans.iter().enumerate() {
-        if !plan.read {
-            row.push(Value::Null);
-            continue;
-        }
-        let bytes = field(i);
-        let text = std::str::from_utf8(bytes).map_err(|e| steps::RowError {
-            column: Some(plan.name.clone()),
-            reason: format!("invalid UTF-8 at byte {} of the field", e.valid_up_to()),
-        })?;
-        let v = plan.text(text).map_err(|reason| steps::RowError {
-            column: Some(plan.name.clone()),
-            reason,
-        })?;
-        row.push(v);
-    }
-    Ok(())
-}
-
-fn type_json(
-    plans: &[ColPlan],
-    raw: &[u8],
-    row: &mut Vec<Value>,
-) -> std::result::Result<(), steps::RowError> {
-    let obj: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(raw).map_err(|e| steps::RowError {
-            column: None,
-            reason: format!("not a JSON object: {e}"),
-        })?;
-    for plan in plans {
-        let v = plan
-            .json(obj.get(&plan.name))
-            .map_err(|reason| steps::RowError {
-                column: Some(plan.name.clone()),
-                reason,
-            })?;
-        row.push(v);
-    }
-    Ok(())
 }

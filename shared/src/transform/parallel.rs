@@ -15,11 +15,14 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
+use super::output::RowSink;
 use super::reader::{CsvReader, Position};
+use super::rows::{ColPlan, type_csv};
 use super::steps::{Outcome, Program, RowError};
 use super::writer::RowWriter;
-use super::{ColPlan, Counts, OutputFormat, Quarantine, Sink, type_csv};
+use super::{Counts, OutputFormat, Quarantine};
 use crate::error::{Error, Result};
+use crate::job::panic_message;
 
 /// Records per chunk (a chunk also closes at [`CHUNK_BYTES`]).
 const CHUNK_RECORDS: usize = 1024;
@@ -117,44 +120,68 @@ fn work(shared: &Shared, chunk: Chunk) -> Done {
     done
 }
 
-/// Runs the records of `reader` through `workers` threads into `sink`, in order.
-pub(super) async fn run<R: AsyncRead + Unpin + Send>(
-    reader: &mut CsvReader<R>,
-    shared: Arc<Shared>,
+/// A chunk's result, or the panic of the worker that took it.
+type Worked = Result<Done>;
+
+/// Starts `workers` threads that take chunks from `chunks` and send their results to `done`.
+/// A panic in `work` is caught and sent as [`Error::Internal`], so the writer stops at once
+/// instead of waiting for a chunk that will never come.
+fn start_workers(
     workers: usize,
-    sink: &mut Sink<'_>,
-    counts: &mut Counts,
-    quarantine: &mut Quarantine,
-) -> Result<()> {
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(workers);
-    let (done_tx, mut done_rx) = mpsc::channel::<Done>(workers);
-    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
+    shared: &Arc<Shared>,
+    chunks: mpsc::Receiver<Chunk>,
+    done: &mpsc::Sender<Worked>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let chunks = Arc::new(Mutex::new(chunks));
     let mut threads = Vec::with_capacity(workers);
     for n in 0..workers {
-        let rx = chunk_rx.clone();
-        let tx = done_tx.clone();
+        let rx = chunks.clone();
+        let tx = done.clone();
         let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("transform-{n}"))
             .spawn(move || {
                 loop {
-                    let next = rx.lock().expect("chunk queue lock").blocking_recv();
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
                     let Some(chunk) = next else { return };
-                    if tx.blocking_send(work(&shared, chunk)).is_err() {
+                    let worked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::fault::point("transform.worker");
+                        work(&shared, chunk)
+                    }))
+                    .map_err(|p| Error::Internal {
+                        message: format!(
+                            "transform worker {n} panicked: {}",
+                            panic_message(p.as_ref())
+                        ),
+                    });
+                    if tx.blocking_send(worked).is_err() {
                         return;
                     }
                 }
             })
-            .map_err(|e| Error::SourceRead {
-                url: "transform workers".into(),
-                offset: 0,
-                class: "cannot start a worker thread",
-                message: e.to_string(),
+            .map_err(|e| Error::Internal {
+                message: format!("cannot start transform worker {n}: {e}"),
             })?;
         threads.push(spawned);
     }
+    Ok(threads)
+}
+
+/// Runs the records of `reader` through `workers` threads into `sink`, in order. A worker
+/// that panics, a thread that dies or a chunk that never comes back fails the run with
+/// [`Error::Internal`]: rows are never silently dropped.
+pub(super) async fn run<R: AsyncRead + Unpin + Send>(
+    reader: &mut CsvReader<R>,
+    shared: Arc<Shared>,
+    workers: usize,
+    sink: &mut RowSink<'_>,
+    counts: &mut Counts,
+    quarantine: &mut Quarantine,
+) -> Result<()> {
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(workers);
+    let (done_tx, mut done_rx) = mpsc::channel::<Worked>(workers);
+    let threads = start_workers(workers, &shared, chunk_rx, &done_tx)?;
     drop(done_tx);
-    drop(chunk_rx);
 
     let read = async move {
         let mut seq = 0;
@@ -176,23 +203,27 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
                         ..Chunk::default()
                     },
                 );
-                seq += 1;
                 if chunk_tx.send(full).await.is_err() {
                     // The writer stopped: its error is the one reported.
-                    return Ok(reader.offset());
+                    return Ok(seq);
                 }
+                seq += 1;
             }
         }
         if !chunk.records.is_empty() {
-            let _ = chunk_tx.send(chunk).await;
+            if chunk_tx.send(chunk).await.is_err() {
+                return Ok(seq);
+            }
+            seq += 1;
         }
-        Ok::<u64, Error>(reader.offset())
+        Ok::<u64, Error>(seq)
     };
     let write = async {
         let result = async {
             let mut next = 0u64;
             let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
             while let Some(done) = done_rx.recv().await {
+                let done = done?;
                 waiting.insert(done.seq, done);
                 while let Some(done) = waiting.remove(&next) {
                     next += 1;
@@ -205,7 +236,7 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
                     sink.emit(&done.out).await?;
                 }
             }
-            Ok::<(), Error>(())
+            Ok::<u64, Error>(next)
         }
         .await;
         // Unblock the workers (and so the reader) when the writer stopped early.
@@ -213,10 +244,23 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
         result
     };
     let (read, write) = tokio::join!(read, write);
-    for t in threads {
-        let _ = t.join();
+    let mut died = None;
+    for (n, t) in threads.into_iter().enumerate() {
+        if let Err(p) = t.join() {
+            died.get_or_insert(Error::Internal {
+                message: format!("transform worker {n} died: {}", panic_message(p.as_ref())),
+            });
+        }
     }
-    write?;
-    read?;
+    let written = write?;
+    if let Some(e) = died {
+        return Err(e);
+    }
+    let sent = read?;
+    if written != sent {
+        return Err(Error::Internal {
+            message: format!("{sent} chunks went to the transform workers, {written} came back"),
+        });
+    }
     Ok(())
 }

@@ -1,20 +1,16 @@
 //! The quarantine: rows that failed, as NDJSON records in their own S3 object, written through
-//! a second multipart upload that starts only when the first bad row appears.
+//! a second writer that starts only when the first bad row appears.
 
-use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::io::StreamReader;
 
 use super::reader::Position;
 use crate::MemoryBudget;
 use crate::budget::MIN_PART_SIZE;
 use crate::error::{Error, Result};
-use crate::sink::{self, ObjectMeta, S3Target, UploadOptions, Uploaded};
+use crate::sink::{ObjectMeta, ObjectWriter, S3Target, UploadOptions, Uploaded};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -39,16 +35,16 @@ pub struct BadRow<'a> {
     pub raw_truncated: bool,
 }
 
-/// Writes bad rows to `bucket/key`; nothing is created until the first one.
+/// Writes bad rows to `bucket/key` through its own [`ObjectWriter`]; nothing is created until
+/// the first one, and the object is completed only by [`Quarantine::finish`].
 pub struct Quarantine {
     s3: aws_sdk_s3::Client,
     bucket: String,
     key: String,
     source: String,
     raw_cap: usize,
-    budget: MemoryBudget,
-    sender: Option<mpsc::Sender<io::Result<Bytes>>>,
-    task: Option<JoinHandle<Result<Uploaded>>>,
+    options: UploadOptions,
+    writer: Option<ObjectWriter>,
     buf: Vec<u8>,
     count: u64,
 }
@@ -63,16 +59,16 @@ impl Quarantine {
         raw_cap: usize,
         budget: MemoryBudget,
     ) -> Self {
+        // Bad rows are expected to be few: one small part buffer, one part in flight.
+        let budget = budget.with_part_size(MIN_PART_SIZE).with_max_in_flight(1);
         Quarantine {
             s3,
             bucket,
             key,
             source,
             raw_cap,
-            // Bad rows are expected to be few: one small part buffer, one part in flight.
-            budget: budget.with_part_size(MIN_PART_SIZE).with_max_in_flight(1),
-            sender: None,
-            task: None,
+            options: UploadOptions::new(budget.schedule()),
+            writer: None,
             buf: Vec::with_capacity(CHUNK),
             count: 0,
         }
@@ -88,7 +84,7 @@ impl Quarantine {
         &self.key
     }
 
-    /// Adds a row; starts the upload on the first one.
+    /// Adds a row; opens the object's writer on the first one.
     pub async fn add(
         &mut self,
         pos: Position,
@@ -108,11 +104,20 @@ impl Quarantine {
             raw: text.trim_end_matches(['\n', '\r']).to_owned(),
             raw_truncated: raw.len() > self.raw_cap,
         };
-        serde_json::to_writer(&mut self.buf, &row).expect("writing to a Vec cannot fail");
+        serde_json::to_writer(&mut self.buf, &row).map_err(|e| Error::Internal {
+            message: format!("quarantine row of {}: {e}", self.source),
+        })?;
         self.buf.push(b'\n');
         self.count += 1;
-        if self.count == 1 {
-            self.start();
+        crate::fault::point("transform.quarantine");
+        if self.writer.is_none() {
+            tracing::warn!(bucket = %self.bucket, key = %self.key, source = %self.source,
+                "first bad row: writing the quarantine");
+            let target =
+                S3Target::new(self.s3.clone(), &self.bucket, &self.key).with_meta(ObjectMeta {
+                    content_type: Some("application/x-ndjson".to_owned()),
+                });
+            self.writer = Some(ObjectWriter::new(Arc::new(target), &self.options)?);
         }
         if self.buf.len() >= CHUNK {
             self.flush().await?;
@@ -120,78 +125,31 @@ impl Quarantine {
         Ok(())
     }
 
-    fn start(&mut self) {
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-        let target =
-            S3Target::new(self.s3.clone(), &self.bucket, &self.key).with_meta(ObjectMeta {
-                content_type: Some("application/x-ndjson".to_owned()),
-            });
-        let options = UploadOptions::new(self.budget.schedule());
-        tracing::warn!(bucket = %self.bucket, key = %self.key, source = %self.source,
-            "first bad row: writing the quarantine");
-        self.task = Some(tokio::spawn(async move {
-            let reader = StreamReader::new(tokio_stream(rx));
-            sink::upload(Arc::new(target), reader, &options, |e| Error::SourceRead {
-                url: "quarantine".into(),
-                offset: 0,
-                class: "quarantine stream failed",
-                message: e.to_string(),
-            })
-            .await
-        }));
-        self.sender = Some(tx);
-    }
-
     async fn flush(&mut self) -> Result<()> {
+        let Some(writer) = &mut self.writer else {
+            return Ok(());
+        };
         if self.buf.is_empty() {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        let Some(sender) = &self.sender else {
-            return Ok(());
-        };
-        if sender.send(Ok(chunk)).await.is_err() {
-            // The upload ended early: its error says why.
-            return Err(self
-                .join()
-                .await
-                .err()
-                .unwrap_or_else(|| Error::SourceRead {
-                    url: format!("s3://{}/{}", self.bucket, self.key),
-                    offset: 0,
-                    class: "quarantine upload ended early",
-                    message: "the upload stopped reading".into(),
-                }));
-        }
-        Ok(())
+        writer.write(chunk).await
     }
 
-    async fn join(&mut self) -> Result<Option<Uploaded>> {
-        self.sender = None;
-        match self.task.take() {
-            None => Ok(None),
-            Some(task) => match task.await {
-                Ok(r) => r.map(Some),
-                Err(e) => Err(Error::SourceRead {
-                    url: format!("s3://{}/{}", self.bucket, self.key),
-                    offset: 0,
-                    class: "quarantine upload task failed",
-                    message: e.to_string(),
-                }),
-            },
-        }
-    }
-
-    /// Flushes and completes the object (if any row was added).
+    /// Writes what is buffered and completes the object (if any row was added).
     pub async fn finish(&mut self) -> Result<Option<Uploaded>> {
         self.flush().await?;
-        self.join().await
+        match self.writer.take() {
+            None => Ok(None),
+            Some(writer) => writer.finish().await.map(Some),
+        }
     }
-}
 
-/// A channel receiver as a stream.
-pub(crate) fn tokio_stream<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + Unpin {
-    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    /// Aborts the object, if one was started.
+    pub async fn abort(&mut self) {
+        self.buf.clear();
+        if let Some(writer) = self.writer.take() {
+            writer.abort().await;
+        }
+    }
 }

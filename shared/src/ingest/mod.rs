@@ -1,0 +1,511 @@
+//! One job end to end: source → decode → (records) → compress → S3, a manifest beside the
+//! object, and the summary a function returns.
+//!
+//! Byte-copy mode (no `records`): the body is decoded (`Content-Encoding`) and copied through
+//! an [`ObjectWriter`], which compresses it when asked.
+//!
+//! Records mode (`records` or `input_format: ndjson`): [`records`] walks the pages
+//! ([`Paginator`]), extracts each page's records with a bounded decoder and writes NDJSON in
+//! 64 KiB batches into the writer (one object, or one per page with `{page}` in the key, see
+//! [`pages`]). The object is completed only after the last page was read without error: a
+//! page that cannot be fetched after its retries, invalid JSON, a record over the cap, a
+//! pagination loop or a panic aborts the upload, and a run writes all its pages or nothing.
+//!
+//! Retries and records: a page whose request fails (connection, timeout, 408/429/5xx) is
+//! retried before any of its records are written. Once its body streams into the output, a
+//! failure ends the run (error type `Retryable`, upload aborted) rather than re-reading the
+//! page, which could duplicate or lose records on an API whose pages shift.
+
+mod pages;
+mod records;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use tokio_util::io::StreamReader;
+
+use crate::auth::{ResolvedAuth, redact_url};
+use crate::budget::MemoryBudget;
+use crate::codec::Compression;
+use crate::error::{Error, Result};
+use crate::job::{self, Invocation, Status};
+use crate::key::{self, KeyVars};
+use crate::secret::SecretResolver;
+use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions, Uploaded};
+use crate::source::guard::NetworkPolicy;
+use crate::source::http::{self, Fetcher, HttpSourceSpec};
+use crate::source::rate::RateLimiter;
+use crate::spec::{JobSpec, SourceSpec};
+use crate::state::{self, WatermarkTracker};
+use crate::telemetry;
+
+pub use pages::PageObject;
+use records::{Output, PageStats, Producer};
+
+/// What a job runs with: clients built once per function instance, and per-invocation facts.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// S3 client for the destination.
+    pub s3: aws_sdk_s3::Client,
+    /// HTTP client for sources ([`http::client`]), built with `policy`.
+    pub http: reqwest::Client,
+    /// The same, refusing cross-host redirects ([`http::same_host_client`]): used when an API
+    /// key travels in a custom header.
+    pub http_same_host: reqwest::Client,
+    /// Where sources may connect ([`NetworkPolicy::from_env`]).
+    pub policy: NetworkPolicy,
+    /// Resolves the secrets of `auth` (env, Secrets Manager, SSM), with a cache.
+    pub secrets: Arc<SecretResolver>,
+    /// The function's memory plan ([`MemoryBudget::from_env`]).
+    pub budget: MemoryBudget,
+    /// A rate limiter shared with other jobs of the same batch; overrides the spec's own.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// The invocation: run id, start, Lambda deadline.
+    pub invocation: Invocation,
+}
+
+/// The JSON summary a function answers with (and the manifest written beside the object).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    /// `written`, or `exists` when `overwrite: false` found the object already there.
+    pub status: Status,
+    /// Destination bucket.
+    pub bucket: String,
+    /// Destination key (rendered).
+    pub key: String,
+    /// Source URL (of the first page, after redirects).
+    pub source: String,
+    /// Body bytes received from the source (before any `Content-Encoding` decoding).
+    pub bytes_in: u64,
+    /// Bytes written to S3 (the object's size).
+    pub bytes_out: u64,
+    /// Records written; `null` for a byte-for-byte copy.
+    pub records: Option<u64>,
+    /// Pages fetched; `null` for a byte-for-byte copy.
+    pub pages: Option<u32>,
+    /// The last cursor sent (cursor pagination), for the record.
+    pub last_cursor: Option<String>,
+    /// True when paging stopped at `max_pages` rather than at the end of the data.
+    pub truncated: bool,
+    /// Parts uploaded (1 for a single `PutObject`).
+    pub parts: u32,
+    /// Full-object checksum algorithm (`CRC64NVME`, `CRC32C`).
+    pub checksum_algorithm: &'static str,
+    /// Full-object checksum, base64, verified against S3's answer.
+    pub checksum: Option<String>,
+    /// The object's ETag.
+    pub e_tag: Option<String>,
+    /// Output compression, if any.
+    pub compression: Option<Compression>,
+    /// The manifest's key, when one was written.
+    pub manifest: Option<String>,
+    /// Incremental runs: the watermark after this run (unchanged when no record passed it).
+    pub watermark: Option<String>,
+    /// Wall time of the job.
+    pub duration_ms: u64,
+    /// Source bytes per second, in MiB.
+    pub throughput_mib_s: f64,
+    /// Peak resident memory of the process so far (`VmHWM`).
+    pub peak_rss_bytes: Option<u64>,
+    /// With `{page}` in the key: every object written, in page order (`key` is then the
+    /// template with `{page}` left in, and `checksum`, `e_tag`, `manifest` are per object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<PageObject>>,
+}
+
+/// How a run was written.
+enum Written {
+    /// One object.
+    Single(Uploaded),
+    /// One object per non-empty page.
+    Pages(Vec<PageObject>),
+}
+
+/// What one job resolved before writing: the facts the byte copy and the record producer
+/// share.
+struct Prepared<'a> {
+    spec: &'a JobSpec,
+    ctx: &'a JobContext,
+    http_spec: HttpSourceSpec,
+    vars: KeyVars,
+    auth: Option<Arc<ResolvedAuth>>,
+    budget: MemoryBudget,
+    options: UploadOptions,
+    incremental: Option<(state::State, Arc<WatermarkTracker>)>,
+}
+
+impl Prepared<'_> {
+    /// The HTTP client: one that refuses cross-host redirects when an API key travels in a
+    /// custom header.
+    fn client(&self) -> &reqwest::Client {
+        let key_in_header = self.http_spec.auth.as_ref().is_some_and(|a| {
+            a.header_name()
+                .is_some_and(|h| !h.eq_ignore_ascii_case("authorization"))
+        });
+        if key_in_header {
+            &self.ctx.http_same_host
+        } else {
+            &self.ctx.http
+        }
+    }
+
+    fn limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.http_spec
+            .rate_limit
+            .as_ref()
+            .map(|r| Arc::new(RateLimiter::new(r)))
+    }
+}
+
+/// Runs one job. On failure, nothing is left at the destination key by this run and no
+/// multipart upload stays open.
+pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
+    spec.validate()?;
+    let clock = std::time::Instant::now();
+    let prepared = prepare(spec, ctx).await?;
+    let per_page = spec.object_per_page();
+    let key = if per_page {
+        // Checks the template; the summary names the pattern.
+        key::render(
+            &spec.destination.key,
+            &prepared.vars.clone().with("page", "00001"),
+        )?;
+        key::render(
+            &spec.destination.key,
+            &prepared.vars.clone().with("page", "{page}"),
+        )?
+    } else {
+        key::render(&spec.destination.key, &prepared.vars)?
+    };
+    let bucket = spec.destination.bucket.clone();
+    tracing::info!(
+        %bucket, %key, part_size = prepared.options.schedule.part_size(1),
+        records = spec.records.as_deref().unwrap_or("-"), "job started"
+    );
+    let mut summary = Summary {
+        status: Status::Exists,
+        bucket: bucket.clone(),
+        key: key.clone(),
+        source: redact_url(&prepared.http_spec.url, prepared.auth.as_deref()),
+        bytes_in: 0,
+        bytes_out: 0,
+        records: None,
+        pages: None,
+        last_cursor: None,
+        truncated: false,
+        parts: 0,
+        checksum_algorithm: spec.destination.checksum.s3_name(),
+        checksum: None,
+        e_tag: None,
+        compression: spec.compression,
+        manifest: None,
+        watermark: None,
+        duration_ms: 0,
+        throughput_mib_s: 0.0,
+        peak_rss_bytes: None,
+        objects: None,
+    };
+    let target = S3Target::new(ctx.s3.clone(), &bucket, &key);
+    if !per_page && !spec.destination.overwrite && target.exists().await? {
+        tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
+        summary.peak_rss_bytes = telemetry::peak_rss_bytes();
+        return Ok(summary);
+    }
+
+    let (written, stats) = if spec.extracts_records() {
+        write_records(&prepared, target, &summary).await?
+    } else {
+        copy_body(&prepared, target).await?
+    };
+    let elapsed = clock.elapsed();
+    summary.bytes_in = stats.bytes_in;
+    if let Some(url) = stats.first_url {
+        summary.source = url;
+    }
+    if spec.extracts_records() {
+        summary.records = Some(stats.records);
+        summary.pages = Some(stats.pages);
+        summary.last_cursor = stats.last_cursor;
+        summary.truncated = stats.truncated;
+    }
+    summary.duration_ms = elapsed.as_millis() as u64;
+    summary.peak_rss_bytes = telemetry::peak_rss_bytes();
+    summary.throughput_mib_s =
+        stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
+    match written {
+        Written::Single(uploaded) => {
+            let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
+                return Ok(summary);
+            };
+            summary.status = Status::Written;
+            summary.e_tag = Some(e_tag);
+            summary.bytes_out = uploaded.bytes;
+            summary.parts = uploaded.parts;
+            summary.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
+            summary.checksum = Some(uploaded.checksum.to_base64());
+        }
+        Written::Pages(objects) => {
+            if objects.is_empty() || objects.iter().any(|o| o.status == Status::Written) {
+                summary.status = Status::Written;
+            }
+            summary.bytes_out = objects.iter().map(|o| o.bytes_out).sum();
+            summary.parts = objects.iter().map(|o| o.parts).sum();
+            summary.objects = Some(objects);
+        }
+    }
+    finish(&prepared, &mut summary, per_page).await?;
+    tracing::info!(
+        bytes_in = summary.bytes_in,
+        bytes_out = summary.bytes_out,
+        records = summary.records,
+        pages = summary.pages,
+        parts = summary.parts,
+        duration_ms = summary.duration_ms,
+        peak_rss_bytes = summary.peak_rss_bytes,
+        "job finished"
+    );
+    Ok(summary)
+}
+
+/// Resolves what the job needs before it writes: key variables, the incremental state and the
+/// URL it implies, the secrets of `auth`, the upload options.
+async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<'a>> {
+    let scheduled_time = spec
+        .scheduled_time
+        .as_deref()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|t| t.to_utc()))
+        .transpose()
+        .map_err(|e| Error::spec(format!("scheduled_time: {e}")))?;
+    let inv = &ctx.invocation;
+    let vars = KeyVars {
+        scheduled_time,
+        ..KeyVars::new(scheduled_time.unwrap_or(inv.started), inv.run_id.clone())
+    };
+    let SourceSpec::Http(http_spec) = &spec.source;
+    let mut http_spec = http_spec.clone();
+    let incremental = match &spec.incremental {
+        Some(inc) => {
+            let bucket = &spec.destination.bucket;
+            let state = state::read(&ctx.s3, bucket, &inc.state_key, &inc.initial_value).await?;
+            http_spec.url = http_spec
+                .url
+                .replace("{watermark}", &percent_encode(&state.watermark));
+            if let Some(param) = &inc.param {
+                let mut url = http::single_page(&http_spec)?.url;
+                crate::paginate::set_param(&mut url, param, &state.watermark);
+                http_spec.url = url.to_string();
+            }
+            let tracker = Arc::new(WatermarkTracker::new(inc.field(spec.records.as_deref())?));
+            tracing::info!(watermark = %state.watermark, state_key = %inc.state_key, "incremental run");
+            Some((state, tracker))
+        }
+        None => None,
+    };
+    let auth = match &http_spec.auth {
+        Some(a) => Some(Arc::new(a.resolve(&ctx.secrets).await?)),
+        None => None,
+    };
+    let budget = spec.tuning.budget(ctx.budget);
+    let mut options = UploadOptions::new(budget.schedule());
+    options.checksum = spec.destination.checksum;
+    options.if_none_match = !spec.destination.overwrite;
+    options.deadline = inv.give_up_at(spec.tuning.deadline_margin());
+    options.compression = spec.compression;
+    Ok(Prepared {
+        spec,
+        ctx,
+        http_spec,
+        vars,
+        auth,
+        budget,
+        options,
+        incremental,
+    })
+}
+
+/// Byte-copy mode: the decoded body, copied through the writer.
+async fn copy_body(p: &Prepared<'_>, target: S3Target) -> Result<(Written, PageStats)> {
+    let deadline = p.options.deadline;
+    let limiter = p.limiter();
+    let fetcher = Fetcher {
+        client: p.client(),
+        spec: &p.http_spec,
+        policy: &p.ctx.policy,
+        limiter: limiter.as_deref(),
+        deadline,
+        auth: p.auth.as_deref(),
+    };
+    let first = http::single_page(&p.http_spec)?;
+    let opened = fetcher.open(&first);
+    let body = match deadline {
+        Some(d) => tokio::time::timeout_at(d, opened)
+            .await
+            .map_err(|_| Error::Deadline { bytes_in: 0 })??,
+        None => opened.await?,
+    };
+    let content_type =
+        p.spec
+            .destination
+            .content_type
+            .clone()
+            .or_else(|| match p.spec.compression {
+                Some(c) => Some(c.codec.content_type().to_owned()),
+                None => body.content_type.clone(),
+            });
+    let target = target.with_meta(ObjectMeta { content_type });
+    let received = body.received();
+    let url = body.url.clone();
+    let decoding = body.decoding;
+    let reader = decoding.decoder(StreamReader::new(body.stream));
+    let read_error = {
+        let received = received.clone();
+        let url = url.clone();
+        move |e: io::Error| {
+            records::classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding)
+        }
+    };
+    let writer = ObjectWriter::new(Arc::new(target), &p.options)?;
+    let result = writer.copy(reader, read_error).await;
+    let bytes_in = received.load(Ordering::Relaxed);
+    let stats = PageStats {
+        bytes_in,
+        first_url: Some(url),
+        ..PageStats::default()
+    };
+    Ok((Written::Single(deadline_bytes(result, bytes_in)?), stats))
+}
+
+/// Records mode: the producer writes every page's records into one object or one per page.
+async fn write_records(
+    p: &Prepared<'_>,
+    target: S3Target,
+    summary: &Summary,
+) -> Result<(Written, PageStats)> {
+    let spec = p.spec;
+    let producer = Producer {
+        http: p.client(),
+        spec: &p.http_spec,
+        policy: &p.ctx.policy,
+        limiter: p.limiter(),
+        deadline: p.options.deadline,
+        records: spec
+            .records
+            .as_deref()
+            .map(|r| crate::codec::json_records::JsonPath::parse(r, true))
+            .transpose()
+            .map_err(Error::spec)?,
+        input: spec.input_format,
+        max_record: spec.tuning.record_cap(&p.budget),
+        tracker: p.incremental.as_ref().map(|(_, t)| t.clone()),
+        auth: p.auth.as_deref(),
+    };
+    let content_type = spec.destination.content_type.clone().or_else(|| {
+        Some(match spec.compression {
+            Some(c) => c.codec.content_type().to_owned(),
+            None => "application/x-ndjson".to_owned(),
+        })
+    });
+    let meta = ObjectMeta { content_type };
+    let mut stats = PageStats::default();
+    if spec.object_per_page() {
+        let mut out = pages::PageWriter {
+            ctx: p.ctx,
+            spec,
+            vars: &p.vars,
+            meta,
+            options: &p.options,
+            summary,
+            current: None,
+            written: Vec::new(),
+        };
+        let produced = job::catch_panic(
+            "record producer",
+            producer.pages(&mut Output::PerPage(&mut out), &mut stats),
+        )
+        .await;
+        let objects = out.close(produced).await;
+        Ok((
+            Written::Pages(deadline_bytes(objects, stats.bytes_in)?),
+            stats,
+        ))
+    } else {
+        let mut writer = ObjectWriter::new(Arc::new(target.with_meta(meta)), &p.options)?;
+        let produced = job::catch_panic(
+            "record producer",
+            producer.pages(&mut Output::Single(&mut writer), &mut stats),
+        )
+        .await;
+        let uploaded = match produced {
+            Ok(()) => writer.finish().await,
+            Err(e) => {
+                writer.abort().await;
+                Err(e)
+            }
+        };
+        Ok((
+            Written::Single(deadline_bytes(uploaded, stats.bytes_in)?),
+            stats,
+        ))
+    }
+}
+
+/// After the output: the manifest, then the incremental state.
+async fn finish(p: &Prepared<'_>, summary: &mut Summary, per_page: bool) -> Result<()> {
+    if let Some((state, tracker)) = &p.incremental {
+        let inc = p.spec.incremental.as_ref().expect("incremental state read");
+        let next = tracker
+            .max()
+            .filter(|m| state::advances(m, &state.watermark));
+        summary.watermark = Some(next.clone().unwrap_or_else(|| state.watermark.clone()));
+        if p.spec.destination.manifest && !per_page && summary.status == Status::Written {
+            summary.manifest = Some(write_manifest(p.ctx, summary, None).await?);
+        }
+        // After the output and its manifest: a failure here leaves the old watermark, so the
+        // next run repeats this one's records rather than skipping any.
+        if let Some(next) = next {
+            let bucket = &p.spec.destination.bucket;
+            let run_id = &p.ctx.invocation.run_id;
+            state::write(&p.ctx.s3, bucket, &inc.state_key, state, &next, run_id).await?;
+        }
+    } else if p.spec.destination.manifest && !per_page && summary.status == Status::Written {
+        summary.manifest = Some(write_manifest(p.ctx, summary, None).await?);
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for `{watermark}` in a URL.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn deadline_bytes<T>(result: Result<T>, bytes_in: u64) -> Result<T> {
+    result.map_err(|e| match e {
+        Error::Deadline { .. } => Error::Deadline { bytes_in },
+        other => other,
+    })
+}
+
+/// Writes `<key>.manifest.json`: the summary (with the page's number when it describes one
+/// page's object) plus when and by which run.
+async fn write_manifest(ctx: &JobContext, summary: &Summary, page: Option<u32>) -> Result<String> {
+    let key = job::manifest_key(&summary.key);
+    let mut doc = serde_json::to_value(summary).map_err(|e| Error::Internal {
+        message: format!("summary of {key}: {e}"),
+    })?;
+    doc["manifest"] = key.clone().into();
+    if let Some(page) = page {
+        doc["page"] = page.into();
+    }
+    job::write_manifest(&ctx.s3, &ctx.invocation, &summary.bucket, &key, doc).await?;
+    Ok(key)
+}

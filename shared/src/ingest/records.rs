@@ -1,0 +1,224 @@
+//! The record producer: fetches every page of one source, extracts its records with a bounded
+//! decoder and writes them as NDJSON batches into the output.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, BytesMut};
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::io::StreamReader;
+
+use super::pages::PageWriter;
+use crate::auth::ResolvedAuth;
+use crate::codec::Decoding;
+use crate::codec::json_records::{
+    Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
+};
+use crate::error::{Error, Result};
+use crate::paginate::{PageOutcome, Paginator};
+use crate::sink::ObjectWriter;
+use crate::source::guard::NetworkPolicy;
+use crate::source::http::{self, Fetcher, HttpBody, HttpSourceSpec, SourceFailure};
+use crate::source::rate::RateLimiter;
+use crate::spec::InputFormat;
+use crate::state::WatermarkTracker;
+
+/// Buffer between the decoder and the framer.
+const CODEC_BUFFER: usize = 64 * 1024;
+/// NDJSON is written in batches of about this size.
+const BATCH: usize = 64 * 1024;
+
+/// Figures of the pages read so far.
+#[derive(Debug, Default, Clone)]
+pub(super) struct PageStats {
+    pub pages: u32,
+    pub records: u64,
+    pub bytes_in: u64,
+    pub last_cursor: Option<String>,
+    pub truncated: bool,
+    pub first_url: Option<String>,
+}
+
+/// Where the producer writes: one object, or one per page.
+pub(super) enum Output<'w, 'a> {
+    /// Every page into one object.
+    Single(&'w mut ObjectWriter),
+    /// Each page into its own object.
+    PerPage(&'w mut PageWriter<'a>),
+}
+
+impl Output<'_, '_> {
+    async fn write(&mut self, page: u32, batch: bytes::Bytes) -> Result<()> {
+        match self {
+            Output::Single(w) => w.write(batch).await,
+            Output::PerPage(p) => p.write(page, batch).await,
+        }
+    }
+
+    async fn end_page(&mut self, page: u32, records: u64, bytes_in: u64) -> Result<()> {
+        match self {
+            Output::Single(_) => Ok(()),
+            Output::PerPage(p) => p.end_page(page, records, bytes_in).await,
+        }
+    }
+}
+
+/// Fetches every page of one source and writes its records.
+pub(super) struct Producer<'a> {
+    pub http: &'a reqwest::Client,
+    pub spec: &'a HttpSourceSpec,
+    pub policy: &'a NetworkPolicy,
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub deadline: Option<Instant>,
+    pub records: Option<JsonPath>,
+    pub input: InputFormat,
+    pub max_record: usize,
+    pub tracker: Option<Arc<WatermarkTracker>>,
+    pub auth: Option<&'a ResolvedAuth>,
+}
+
+impl Producer<'_> {
+    /// Fetches and writes every page, keeping `stats` current. Returns at the end of the data;
+    /// the caller finishes (or, on error, aborts) the output.
+    pub async fn pages(&self, out: &mut Output<'_, '_>, stats: &mut PageStats) -> Result<()> {
+        let fetcher = Fetcher {
+            client: self.http,
+            spec: self.spec,
+            policy: self.policy,
+            limiter: self.limiter.as_deref(),
+            deadline: self.deadline,
+            auth: self.auth,
+        };
+        let mut paginator = Paginator::new(
+            self.spec.paginate.as_ref(),
+            http::single_page(self.spec)?.url,
+        )?;
+        let paths = paginator.capture_paths();
+        let mut request = paginator.first();
+        loop {
+            crate::fault::point("ingest.page");
+            let body = fetcher.open(&request).await?;
+            let url = body.url.clone();
+            let link = body.link.clone();
+            let received = body.received();
+            let number = paginator.pages();
+            let (count, captures) = match self.input {
+                InputFormat::Json => {
+                    let records = self
+                        .records
+                        .clone()
+                        .unwrap_or_else(|| JsonPath::parse("$[*]", true).expect("valid"));
+                    let decoder = JsonRecordsDecoder::new(records, paths.clone(), self.max_record);
+                    let captures = decoder.captures();
+                    let count = self.forward(body, decoder, out, number).await?;
+                    (count, captures)
+                }
+                InputFormat::Ndjson => {
+                    let decoder = NdjsonDecoder::new(self.max_record);
+                    let count = self.forward(body, decoder, out, number).await?;
+                    (count, Captures::default())
+                }
+            };
+            let next = paginator.next(&PageOutcome {
+                records: count,
+                captures: &captures,
+                link: link.as_deref(),
+            })?;
+            let page_bytes = received.load(Ordering::Relaxed);
+            stats.pages = paginator.pages();
+            stats.records += count;
+            stats.bytes_in += page_bytes;
+            stats.last_cursor = paginator.last_cursor().map(str::to_owned);
+            stats.truncated = paginator.truncated();
+            stats.first_url.get_or_insert(url.clone());
+            out.end_page(number, count, page_bytes).await?;
+            tracing::debug!(page = request.page, records = count, %url, "page done");
+            match next {
+                Some(r) => request = r,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Writes one page's records as NDJSON batches; returns how many.
+    async fn forward<D>(
+        &self,
+        body: HttpBody,
+        decoder: D,
+        out: &mut Output<'_, '_>,
+        page: u32,
+    ) -> Result<u64>
+    where
+        D: Decoder<Item = bytes::Bytes, Error = io::Error>,
+    {
+        let url = body.url.clone();
+        let received = body.received();
+        let decoding = body.decoding;
+        let reader = decoding.decoder(StreamReader::new(body.stream));
+        let mut frames = FramedRead::with_capacity(reader, decoder, CODEC_BUFFER);
+        let mut batch = BytesMut::with_capacity(BATCH + 1024);
+        let mut count = 0u64;
+        while let Some(item) = frames.next().await {
+            let record = item.map_err(|e| {
+                classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding)
+            })?;
+            if let Some(t) = &self.tracker {
+                t.observe(&record);
+            }
+            batch.extend_from_slice(&record);
+            batch.put_u8(b'\n');
+            count += 1;
+            if batch.len() >= BATCH {
+                out.write(page, batch.split().freeze()).await?;
+                batch.reserve(BATCH + 1024);
+            }
+        }
+        if !batch.is_empty() {
+            out.write(page, batch.freeze()).await?;
+        }
+        Ok(count)
+    }
+}
+
+/// Tells a transport failure from bad records from corrupt compressed data.
+pub(super) fn classify_read_error(
+    e: io::Error,
+    url: &str,
+    offset: u64,
+    decoding: Decoding,
+) -> Error {
+    if let Some(failure) = e.get_ref().and_then(|i| i.downcast_ref::<SourceFailure>()) {
+        return Error::SourceRead {
+            url: url.to_owned(),
+            offset,
+            class: failure.class,
+            message: failure.message.clone(),
+        };
+    }
+    if let Some(r) = RecordsError::find(&e) {
+        return Error::Records {
+            url: url.to_owned(),
+            class: r.class,
+            offset: r.offset,
+            record: r.record,
+            message: r.message.clone(),
+        };
+    }
+    match decoding.name() {
+        Some(codec) => Error::Decode {
+            input: url.to_owned(),
+            codec,
+            offset,
+            source: e,
+        },
+        None => Error::SourceRead {
+            url: url.to_owned(),
+            offset,
+            class: "read failed",
+            message: e.to_string(),
+        },
+    }
+}

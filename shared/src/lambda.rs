@@ -1,0 +1,210 @@
+//! The Lambda face of every function (feature `lambda`): one error type that becomes the
+//! runtime's `Diagnostic`, the [`Invocation`] read from the runtime's context, and
+//! [`answer`], which runs a job so that a panic is an `Internal` error and no upload is left
+//! open when the function answers.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use lambda_runtime::{Context, Diagnostic};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind};
+use crate::job::{Invocation, panic_message};
+
+/// A failed invocation, reported with an error type callers can branch on: `InvalidInput`,
+/// `Upstream`, `Retryable`, `Timeout` or `Internal` ([`ErrorKind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionError {
+    /// The class of the failure (the Lambda `errorType`).
+    pub kind: ErrorKind,
+    /// What failed, naming the input, the position and the class.
+    pub message: String,
+}
+
+impl FunctionError {
+    /// An error of `kind` with `message`: for failures that are not one core [`Error`], such
+    /// as a batch where some sources failed.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        FunctionError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FunctionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl From<Error> for FunctionError {
+    fn from(err: Error) -> Self {
+        FunctionError {
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<FunctionError> for Diagnostic {
+    fn from(err: FunctionError) -> Self {
+        Diagnostic {
+            error_type: err.kind.as_str().to_owned(),
+            error_message: err.message,
+        }
+    }
+}
+
+/// The invocation described by the runtime's context: the request id as the run id (Lambda's
+/// own retries reuse it), now as the start, and the deadline from
+/// `Lambda-Runtime-Deadline-Ms`.
+pub fn invocation(context: &Context) -> Invocation {
+    Invocation::new(context.request_id.clone(), Some(context.deadline()))
+}
+
+/// Runs one invocation's `job` and turns its outcome into the function's answer: the summary
+/// as JSON, or a [`FunctionError`]. A panic anywhere in the job becomes an `Internal` error;
+/// before answering, every upload that a failed or panicking job left open is aborted
+/// ([`settle_aborts`](crate::sink::settle_aborts)), so Lambda never freezes the process with
+/// one in progress.
+pub async fn answer<T, F>(function: &str, job: F) -> Result<Value, FunctionError>
+where
+    T: Serialize,
+    F: Future<Output = Result<T, FunctionError>>,
+{
+    let result = match AssertUnwindSafe(job).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(FunctionError::from(Error::Internal {
+            message: format!("{function} panicked: {}", panic_message(payload.as_ref())),
+        })),
+    };
+    crate::sink::settle_aborts().await;
+    let result = result.and_then(|summary| {
+        serde_json::to_value(summary).map_err(|e| {
+            FunctionError::new(
+                ErrorKind::Internal,
+                format!("the answer of {function}: {e}"),
+            )
+        })
+    });
+    if let Err(err) = &result {
+        tracing::error!(function, error_type = err.kind.as_str(), error = %err.message, "invocation failed");
+    }
+    result
+}
+
+/// Posts an init error to the Runtime API (`/runtime/init/error`), so that Lambda reports a
+/// bad configuration rather than a bare exit. Best effort: a failure is logged.
+pub async fn report_init_error(err: &Error) {
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body =
+        serde_json::json!({"errorType": err.kind().as_str(), "errorMessage": err.to_string()});
+    let sent = reqwest::Client::new()
+        .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    if let Err(e) = sent {
+        tracing::error!(error = %e, "could not report the init error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_panic_is_answered_as_internal() {
+        let err = answer("f", async {
+            if std::hint::black_box(true) {
+                panic!("bug");
+            }
+            Ok::<_, FunctionError>(json!({}))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal);
+        assert!(err.message.contains("f panicked: bug"), "{}", err.message);
+        let d = Diagnostic::from(err);
+        assert_eq!(d.error_type, "Internal");
+    }
+
+    /// Every sample in `events/` parses with the parser of the function its name starts with,
+    /// so the samples never rot.
+    #[test]
+    fn every_sample_event_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
+        let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed = if name.starts_with("transform-s3") && name.contains(".pipeline") {
+                crate::transform::Pipeline::from_json_str(&text).map(|_| "transform-s3 pipeline")
+            } else {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if name.starts_with("ingest-http") {
+                    if crate::batch::is_batch(&value) {
+                        crate::batch::expand(value).map(|_| "ingest-http")
+                    } else {
+                        crate::JobSpec::from_json(value).map(|_| "ingest-http")
+                    }
+                } else if name.starts_with("export-postgres") {
+                    crate::export::ExportSpec::from_json(value).map(|_| "export-postgres")
+                } else if name.starts_with("sweep-uploads") {
+                    crate::sweep::SweepConfig::from_event(value, None).map(|_| "sweep-uploads")
+                } else if name.starts_with("transform-s3") {
+                    crate::transform::event::objects(value).and_then(|(objects, _)| {
+                        if name.contains("s3-put") && !objects[0].key.contains(' ') {
+                            return Err(Error::spec("the S3 key was not URL-decoded"));
+                        }
+                        Ok(if objects.is_empty() {
+                            "none"
+                        } else {
+                            "transform-s3"
+                        })
+                    })
+                } else {
+                    panic!("{name}: no function has this prefix")
+                }
+            };
+            let function = parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+            *seen.entry(function).or_default() += 1;
+        }
+        for (function, at_least) in [
+            ("ingest-http", 2),
+            ("export-postgres", 2),
+            ("sweep-uploads", 1),
+            ("transform-s3", 3),
+            ("transform-s3 pipeline", 1),
+        ] {
+            let n = seen.get(function).copied().unwrap_or(0);
+            assert!(n >= at_least, "{function}: {n} samples in {dir}: {seen:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_keep_their_type() {
+        let err = answer("f", async {
+            Err::<Value, _>(FunctionError::from(Error::Deadline { bytes_in: 5 }))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(Diagnostic::from(err).error_type, "Timeout");
+        let ok = answer("f", async {
+            Ok::<_, FunctionError>(json!({"status": "written"}))
+        })
+        .await
+        .unwrap();
+        assert_eq!(ok["status"], "written");
+    }
+}

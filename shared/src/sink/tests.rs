@@ -1,0 +1,487 @@
+//! Fakes that record and fakes that fail, to prove that only `finish` completes an object.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+
+use super::*;
+use crate::budget::{MIN_PART_SIZE, MemoryBudget};
+use crate::checksum::{ChecksumAlgorithm, Crc};
+use crate::codec::{Codec, Compression};
+use crate::error::S3Operation;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Put(usize),
+    Create,
+    Part(i32, usize),
+    Complete(Vec<i32>),
+    Abort,
+}
+
+/// Records every call; fails the calls it is told to.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<Call>>,
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    parts: Mutex<BTreeMap<i32, Bytes>>,
+    fail_part: Option<i32>,
+    part_delay_ms: u64,
+    open_uploads: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight_seen: AtomicUsize,
+    corrupt_checksum: bool,
+}
+
+impl Fake {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn record(&self, c: Call) {
+        self.calls.lock().unwrap().push(c);
+    }
+}
+
+struct Shared(Arc<Fake>);
+
+impl ObjectTarget for Shared {
+    fn describe(&self) -> (String, String) {
+        ("bucket".into(), "key".into())
+    }
+    fn put(&self, body: Bytes, checksum: Crc, _: bool) -> BoxFuture<'static, Result<PutOutcome>> {
+        let f = self.0.clone();
+        async move {
+            f.record(Call::Put(body.len()));
+            f.objects
+                .lock()
+                .unwrap()
+                .insert("key".into(), body.to_vec());
+            Ok(PutOutcome::Written {
+                e_tag: "e".into(),
+                checksum: Some(checksum.to_base64()),
+            })
+        }
+        .boxed()
+    }
+    fn create_multipart(&self, _: ChecksumAlgorithm) -> BoxFuture<'static, Result<String>> {
+        let f = self.0.clone();
+        async move {
+            f.record(Call::Create);
+            f.open_uploads.fetch_add(1, Ordering::SeqCst);
+            Ok("upload-1".into())
+        }
+        .boxed()
+    }
+    fn upload_part(
+        &self,
+        _: &str,
+        n: i32,
+        body: Bytes,
+        checksum: Crc,
+    ) -> BoxFuture<'static, Result<PartReceipt>> {
+        let f = self.0.clone();
+        async move {
+            let now = f.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            f.max_in_flight_seen.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(f.part_delay_ms)).await;
+            f.in_flight.fetch_sub(1, Ordering::SeqCst);
+            f.record(Call::Part(n, body.len()));
+            if f.fail_part == Some(n) {
+                return Err(Error::S3 {
+                    operation: S3Operation::UploadPart,
+                    bucket: "bucket".into(),
+                    key: "key".into(),
+                    part_number: Some(n),
+                    message: "injected".into(),
+                    retryable: true,
+                });
+            }
+            f.parts.lock().unwrap().insert(n, body);
+            Ok(PartReceipt {
+                part_number: n,
+                e_tag: format!("e{n}"),
+                checksum,
+            })
+        }
+        .boxed()
+    }
+    fn complete_multipart(
+        &self,
+        _: &str,
+        parts: Vec<PartReceipt>,
+        checksum: Crc,
+        _: bool,
+    ) -> BoxFuture<'static, Result<PutOutcome>> {
+        let f = self.0.clone();
+        async move {
+            f.record(Call::Complete(
+                parts.iter().map(|p| p.part_number).collect(),
+            ));
+            let stored = f.parts.lock().unwrap();
+            let whole: Vec<u8> = parts
+                .iter()
+                .flat_map(|p| stored[&p.part_number].to_vec())
+                .collect();
+            f.objects.lock().unwrap().insert("key".into(), whole);
+            f.open_uploads.fetch_sub(1, Ordering::SeqCst);
+            let reported = if f.corrupt_checksum {
+                "AAAAAAAAAAE=".to_string()
+            } else {
+                checksum.to_base64()
+            };
+            Ok(PutOutcome::Written {
+                e_tag: "e".into(),
+                checksum: Some(reported),
+            })
+        }
+        .boxed()
+    }
+    fn abort_multipart(&self, _: &str) -> BoxFuture<'static, Result<()>> {
+        let f = self.0.clone();
+        async move {
+            f.record(Call::Abort);
+            if f.open_uploads.load(Ordering::SeqCst) > 0 {
+                f.open_uploads.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+    fn upload_exists(&self, _: &str) -> BoxFuture<'static, Result<bool>> {
+        let f = self.0.clone();
+        async move { Ok(f.open_uploads.load(Ordering::SeqCst) > 0) }.boxed()
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn opts() -> UploadOptions {
+    UploadOptions::new(
+        MemoryBudget::for_memory_mib(256)
+            .with_part_size(MIN_PART_SIZE)
+            .schedule(),
+    )
+}
+
+fn io_err(e: io::Error) -> Error {
+    Error::SourceRead {
+        url: "test".into(),
+        offset: 0,
+        class: "read failed",
+        message: e.to_string(),
+    }
+}
+
+async fn run(fake: &Arc<Fake>, input: &[u8]) -> Result<Uploaded> {
+    upload(Arc::new(Shared(fake.clone())), input, &opts(), io_err).await
+}
+
+const P: usize = MIN_PART_SIZE as usize;
+
+#[tokio::test]
+async fn small_stream_is_one_put() {
+    let fake = Arc::new(Fake::default());
+    let out = run(&fake, &data(1000)).await.unwrap();
+    assert_eq!(fake.calls(), vec![Call::Put(1000)]);
+    assert_eq!((out.parts, out.bytes), (1, 1000));
+}
+
+#[tokio::test]
+async fn empty_stream_is_a_zero_byte_put() {
+    let fake = Arc::new(Fake::default());
+    let out = run(&fake, &[]).await.unwrap();
+    assert_eq!(fake.calls(), vec![Call::Put(0)]);
+    assert_eq!(out.checksum.to_base64(), "AAAAAAAAAAA=");
+}
+
+#[tokio::test]
+async fn parts_are_contiguous_and_full_sized_but_the_last() {
+    for len in [P, P + 1, 3 * P, 3 * P + 12_345] {
+        let fake = Arc::new(Fake::default());
+        let input = data(len);
+        let out = run(&fake, &input).await.unwrap();
+        let calls = fake.calls();
+        let parts: BTreeMap<i32, usize> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Part(n, l) => Some((*n, *l)),
+                _ => None,
+            })
+            .collect();
+        let expected_parts = len.div_ceil(P) as i32;
+        assert_eq!(
+            parts.keys().copied().collect::<Vec<_>>(),
+            (1..=expected_parts).collect::<Vec<_>>()
+        );
+        for (n, l) in &parts {
+            if *n < expected_parts {
+                assert_eq!(*l, P, "non-final part {n} of {len}");
+            }
+        }
+        assert_eq!(
+            calls.last(),
+            Some(&Call::Complete((1..=expected_parts).collect()))
+        );
+        assert_eq!(fake.objects.lock().unwrap()["key"], input);
+        assert_eq!(out.checksum, ChecksumAlgorithm::Crc64nvme.checksum(&input));
+        assert_eq!(out.bytes, len as u64);
+    }
+}
+
+#[tokio::test]
+async fn in_flight_parts_are_bounded() {
+    let fake = Arc::new(Fake {
+        part_delay_ms: 20,
+        ..Fake::default()
+    });
+    run(&fake, &data(20 * P)).await.unwrap();
+    let limit = opts().schedule.max_in_flight(MIN_PART_SIZE);
+    let seen = fake.max_in_flight_seen.load(Ordering::SeqCst);
+    assert!(seen <= limit && seen > 1, "seen {seen}, limit {limit}");
+}
+
+#[tokio::test]
+async fn failed_part_aborts_and_never_completes() {
+    let fake = Arc::new(Fake {
+        fail_part: Some(2),
+        ..Fake::default()
+    });
+    let err = run(&fake, &data(4 * P)).await.unwrap_err();
+    assert!(err.to_string().contains("UploadPart (part 2)"), "{err}");
+    let calls = fake.calls();
+    assert!(calls.contains(&Call::Abort));
+    assert!(!calls.iter().any(|c| matches!(c, Call::Complete(_))));
+    assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 0);
+}
+
+/// A reader that yields `good` bytes and then fails.
+struct Failing {
+    left: Vec<u8>,
+}
+
+impl AsyncRead for Failing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.left.is_empty() {
+            return std::task::Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "reset",
+            )));
+        }
+        let n = buf.remaining().min(self.left.len());
+        let rest = self.left.split_off(n);
+        buf.put_slice(&self.left);
+        self.left = rest;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn source_error_after_every_byte_is_out_is_never_completed() {
+    // Exactly two parts of data went out before the reader failed.
+    let fake = Arc::new(Fake::default());
+    let reader = Failing { left: data(2 * P) };
+    let err = upload(Arc::new(Shared(fake.clone())), reader, &opts(), io_err)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SourceRead { .. }), "{err}");
+    let calls = fake.calls();
+    assert!(calls.contains(&Call::Abort));
+    assert!(!calls.iter().any(|c| matches!(c, Call::Complete(_))));
+    // And a failure before the first part fills never creates an upload.
+    let fake = Arc::new(Fake::default());
+    let reader = Failing { left: data(100) };
+    upload(Arc::new(Shared(fake.clone())), reader, &opts(), io_err)
+        .await
+        .unwrap_err();
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn checksum_mismatch_is_an_error() {
+    let fake = Arc::new(Fake {
+        corrupt_checksum: true,
+        ..Fake::default()
+    });
+    let err = run(&fake, &data(2 * P)).await.unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn deadline_aborts() {
+    let fake = Arc::new(Fake {
+        part_delay_ms: 10_000,
+        ..Fake::default()
+    });
+    let mut o = opts();
+    o.deadline = Some(Instant::now() + Duration::from_millis(200));
+    let err = upload(Arc::new(Shared(fake.clone())), &data(3 * P)[..], &o, io_err)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Deadline { .. }), "{err}");
+    assert!(fake.calls().contains(&Call::Abort));
+    assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn dropped_copy_is_aborted() {
+    let fake = Arc::new(Fake {
+        part_delay_ms: 10_000,
+        ..Fake::default()
+    });
+    let target: Arc<dyn ObjectTarget> = Arc::new(Shared(fake.clone()));
+    let input = data(3 * P);
+    let o = opts();
+    let fut = upload(target, &input[..], &o, io_err);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), fut)
+            .await
+            .is_err()
+    );
+    for _ in 0..50 {
+        if fake.calls().contains(&Call::Abort) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fake.calls().contains(&Call::Abort));
+}
+
+/// Random bytes: they do not compress, so a compressed stream still spans parts.
+fn noise(len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+fn writer(fake: &Arc<Fake>, compression: Option<Compression>) -> ObjectWriter {
+    let mut o = opts();
+    o.compression = compression;
+    ObjectWriter::new(Arc::new(Shared(fake.clone())), &o).unwrap()
+}
+
+fn assert_aborted_never_completed(fake: &Fake) {
+    let calls = fake.calls();
+    assert!(calls.contains(&Call::Create), "{calls:?}");
+    assert!(calls.contains(&Call::Abort), "{calls:?}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Complete(_) | Call::Put(_))),
+        "{calls:?}"
+    );
+    assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn pushed_bytes_round_trip_through_every_compression() {
+    let input = noise(2 * P + 777);
+    for compression in [
+        None,
+        Some(Compression::new(Codec::Gzip)),
+        Some(Compression::new(Codec::Zstd)),
+    ] {
+        let fake = Arc::new(Fake::default());
+        let mut w = writer(&fake, compression);
+        for piece in input.chunks(100_003) {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        let out = w.finish().await.unwrap();
+        let stored = fake.objects.lock().unwrap()["key"].clone();
+        assert_eq!(out.bytes, stored.len() as u64);
+        let mut plain = Vec::new();
+        let mut decoder =
+            crate::codec::Decoding::sniff(&stored).decoder(std::io::Cursor::new(stored));
+        tokio::io::AsyncReadExt::read_to_end(&mut decoder, &mut plain)
+            .await
+            .unwrap();
+        assert!(plain == input, "{compression:?}");
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_sent_until_a_part_fills_or_finish() {
+    let fake = Arc::new(Fake::default());
+    let mut w = writer(&fake, None);
+    w.write(Bytes::from(data(P - 1))).await.unwrap();
+    assert!(fake.calls().is_empty());
+    w.write(Bytes::from(data(1))).await.unwrap();
+    assert_eq!(fake.calls()[0], Call::Create);
+}
+
+#[tokio::test]
+async fn dropped_writer_is_aborted_before_settle_returns() {
+    for compression in [None, Some(Compression::new(Codec::Gzip))] {
+        let fake = Arc::new(Fake::default());
+        let mut w = writer(&fake, compression);
+        w.write(Bytes::from(noise(2 * P))).await.unwrap();
+        drop(w);
+        settle_aborts().await;
+        assert_aborted_never_completed(&fake);
+    }
+}
+
+/// Regression: a producer that panicked used to look like the end of the input, and the
+/// object was completed with what had arrived.
+#[tokio::test]
+async fn producer_panic_aborts_and_never_completes() {
+    for compression in [None, Some(Compression::new(Codec::Zstd))] {
+        let fake = Arc::new(Fake::default());
+        let mut w = writer(&fake, compression);
+        let producer = tokio::spawn(async move {
+            w.write(Bytes::from(noise(2 * P))).await.unwrap();
+            if std::hint::black_box(true) {
+                panic!("producer bug");
+            }
+            w.finish().await
+        });
+        let joined = producer.await;
+        assert!(joined.unwrap_err().is_panic());
+        settle_aborts().await;
+        assert_aborted_never_completed(&fake);
+    }
+}
+
+#[tokio::test]
+async fn explicit_abort_leaves_nothing() {
+    let fake = Arc::new(Fake::default());
+    let mut w = writer(&fake, Some(Compression::new(Codec::Gzip)));
+    w.write(Bytes::from(noise(3 * P))).await.unwrap();
+    w.abort().await;
+    assert_aborted_never_completed(&fake);
+}
+
+#[tokio::test]
+async fn failed_part_in_a_compressing_writer_fails_the_writes_or_finish() {
+    let fake = Arc::new(Fake {
+        fail_part: Some(1),
+        ..Fake::default()
+    });
+    let mut w = writer(&fake, Some(Compression::new(Codec::Gzip)));
+    let mut failed = None;
+    for piece in noise(4 * P).chunks(P / 2) {
+        if let Err(e) = w.write(Bytes::copy_from_slice(piece)).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = match failed {
+        Some(e) => e,
+        None => w.finish().await.unwrap_err(),
+    };
+    assert!(err.to_string().contains("UploadPart (part 1)"), "{err}");
+    assert_aborted_never_completed(&fake);
+}

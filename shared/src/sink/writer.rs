@@ -1,0 +1,325 @@
+//! [`ObjectWriter`]: the one way sluice writes an object.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::parts::{Parts, pending_aborts};
+use super::target::{ObjectTarget, PutOutcome};
+use crate::budget::PartSchedule;
+use crate::checksum::{ChecksumAlgorithm, Crc};
+use crate::codec::{Compression, Encoder};
+use crate::error::{Error, Result};
+use crate::job::within;
+
+/// Chunks read from a source by [`ObjectWriter::copy`] when the writer compresses.
+const COPY_CHUNK: usize = 64 * 1024;
+/// Chunks queued between a compressing writer and its encoder task.
+const ENCODER_QUEUE: usize = 4;
+
+/// How an [`ObjectWriter`] writes.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Part sizes and parts in flight ([`MemoryBudget::schedule`](crate::MemoryBudget::schedule)).
+    pub schedule: PartSchedule,
+    /// The full-object checksum to compute, send and verify. Default CRC64NVME.
+    pub checksum: ChecksumAlgorithm,
+    /// Write only if no object exists at the key (`If-None-Match: *`). Default false.
+    pub if_none_match: bool,
+    /// When to give up: the upload is aborted and [`Error::Deadline`] returned. Default none.
+    pub deadline: Option<Instant>,
+    /// Compress what is written (a layer the writer owns). Default none.
+    pub compression: Option<Compression>,
+}
+
+impl UploadOptions {
+    /// Options with the given schedule and the defaults above.
+    pub fn new(schedule: PartSchedule) -> Self {
+        UploadOptions {
+            schedule,
+            checksum: ChecksumAlgorithm::default(),
+            if_none_match: false,
+            deadline: None,
+            compression: None,
+        }
+    }
+}
+
+/// What a finished [`ObjectWriter`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Whether the object was written or already existed (no-overwrite).
+    pub outcome: PutOutcome,
+    /// Bytes written (the object's size).
+    pub bytes: u64,
+    /// Parts: 1 for a single `PutObject`, else the multipart part count.
+    pub parts: u32,
+    /// The full-object checksum computed while streaming, verified against S3's answer.
+    pub checksum: Crc,
+}
+
+/// Writes one S3 object from bytes pushed into it.
+///
+/// - [`write`](Self::write) appends bytes (compressed first when
+///   [`UploadOptions::compression`] is set). It waits while the parts in flight are at the
+///   schedule's limit, so a producer can never run ahead of S3 by more than
+///   `(in flight + 1) × part size`.
+/// - [`finish`](Self::finish) is the **only** call that completes an object: a stream shorter
+///   than one part becomes one `PutObject`, a longer one a multipart upload with a full-object
+///   checksum, verified against S3's answer.
+/// - [`abort`](Self::abort), any error, the deadline, or dropping the writer unfinished (a
+///   producer that panicked, a cancelled task) aborts the upload and checks with `ListParts`
+///   that no late part survived. Drop cannot wait, so it spawns the abort on a tracker that
+///   [`settle_aborts`](super::settle_aborts) waits for.
+///
+/// The end of the input is always something the producer says by calling `finish`; the writer
+/// never infers it.
+///
+/// With compression, the encoder runs on its own task (fed through a small bounded queue), so
+/// compressing overlaps with the producer's own work. That task, too, completes only on an
+/// explicit finish message and aborts when the writer goes away without one.
+#[derive(Debug)]
+pub struct ObjectWriter {
+    state: State,
+    deadline: Option<Instant>,
+    /// `(bucket, key)`, for messages.
+    object: (String, String),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Parts filled on the caller's task.
+    Direct(Box<PartsSlot>),
+    /// An encoder task owns the parts.
+    Encoded {
+        tx: mpsc::Sender<Message>,
+        task: tokio::task::JoinHandle<Result<Uploaded>>,
+    },
+    /// A call failed; the upload was aborted.
+    Failed,
+}
+
+/// [`Parts`] behind a box (it is large), with a `Debug` that says only what it writes.
+struct PartsSlot(Parts);
+
+impl std::fmt::Debug for PartsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("object", &self.0.describe())
+            .field("bytes", &self.0.bytes())
+            .finish()
+    }
+}
+
+/// What a compressing writer sends its encoder task.
+#[derive(Debug)]
+enum Message {
+    Data(Bytes),
+    /// The producer's explicit end of input.
+    Finish,
+}
+
+impl ObjectWriter {
+    /// A writer for `target`. Nothing is sent to S3 until the first part fills or `finish`.
+    pub fn new(target: Arc<dyn ObjectTarget>, options: &UploadOptions) -> Result<Self> {
+        let object = target.describe();
+        let parts = Parts::new(
+            target,
+            options.schedule,
+            options.checksum,
+            options.if_none_match,
+        );
+        let state = match options.compression {
+            None => State::Direct(Box::new(PartsSlot(parts))),
+            Some(compression) => {
+                let encoder = compression.encoder().map_err(|source| Error::Encode {
+                    codec: compression.codec.name(),
+                    offset: 0,
+                    source,
+                })?;
+                let (tx, rx) = mpsc::channel(ENCODER_QUEUE);
+                let task = pending_aborts().spawn(encode(parts, encoder, rx, options.deadline));
+                State::Encoded { tx, task }
+            }
+        };
+        Ok(ObjectWriter {
+            state,
+            deadline: options.deadline,
+            object,
+        })
+    }
+
+    /// `(bucket, key)` of the object.
+    pub fn object(&self) -> &(String, String) {
+        &self.object
+    }
+
+    /// Appends `data`. On error the upload has been aborted and the writer is spent.
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        let deadline = self.deadline;
+        match &mut self.state {
+            State::Direct(parts) => {
+                let result = within(deadline, parts.0.write(&data)).await;
+                self.fail_on_error(result).await
+            }
+            State::Encoded { tx, .. } => {
+                if tx.send(Message::Data(data)).await.is_ok() {
+                    return Ok(());
+                }
+                // The task stopped early: its result says why.
+                Err(self.task_error().await)
+            }
+            State::Failed => Err(self.spent()),
+        }
+    }
+
+    /// Reads `reader` to its end into the object and finishes it. A read error (mapped with
+    /// `read_error`) aborts the upload: a source that failed is never completed.
+    pub async fn copy<R, F>(mut self, mut reader: R, read_error: F) -> Result<Uploaded>
+    where
+        R: AsyncRead + Unpin + Send,
+        F: Fn(io::Error) -> Error,
+    {
+        let deadline = self.deadline;
+        if let State::Direct(parts) = &mut self.state {
+            let result = within(deadline, parts.0.fill_from(&mut reader, &read_error)).await;
+            self.fail_on_error(result).await?;
+            return self.finish().await;
+        }
+        loop {
+            let mut chunk = BytesMut::with_capacity(COPY_CHUNK);
+            while chunk.len() < COPY_CHUNK {
+                let read = within(deadline, async {
+                    reader.read_buf(&mut chunk).await.map_err(&read_error)
+                });
+                match read.await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.abort().await;
+                        return Err(e);
+                    }
+                }
+            }
+            if chunk.is_empty() {
+                return self.finish().await;
+            }
+            self.write(chunk.freeze()).await?;
+        }
+    }
+
+    /// Completes the object. The only call that does.
+    pub async fn finish(mut self) -> Result<Uploaded> {
+        let deadline = self.deadline;
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Direct(mut parts) => match within(deadline, parts.0.finish()).await {
+                Ok(done) => Ok(done),
+                Err(e) => {
+                    parts.0.abort().await;
+                    Err(e)
+                }
+            },
+            State::Encoded { tx, task } => {
+                // A failed send means the task already ended; its result says why.
+                let _ = tx.send(Message::Finish).await;
+                joined(task, &self.object).await
+            }
+            State::Failed => Err(self.spent()),
+        }
+    }
+
+    /// Aborts the upload (if one was started) and waits until it is gone.
+    pub async fn abort(mut self) {
+        self.abort_in_place().await;
+    }
+
+    async fn abort_in_place(&mut self) {
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Direct(mut parts) => parts.0.abort().await,
+            State::Encoded { tx, task } => {
+                // Closing the queue without a finish message makes the task abort.
+                drop(tx);
+                let _ = task.await;
+            }
+            State::Failed => {}
+        }
+    }
+
+    async fn fail_on_error(&mut self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            self.abort_in_place().await;
+        }
+        result
+    }
+
+    /// The error of an encoder task that stopped before its finish message.
+    async fn task_error(&mut self) -> Error {
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Encoded { task, .. } => match joined(task, &self.object).await {
+                Err(e) => e,
+                Ok(_) => internal(&self.object, "the encoder task completed without a finish"),
+            },
+            _ => self.spent(),
+        }
+    }
+
+    fn spent(&self) -> Error {
+        internal(&self.object, "write after the writer failed or finished")
+    }
+}
+
+fn internal(object: &(String, String), what: &str) -> Error {
+    Error::Internal {
+        message: format!("s3://{}/{}: {what}", object.0, object.1),
+    }
+}
+
+async fn joined(
+    task: tokio::task::JoinHandle<Result<Uploaded>>,
+    object: &(String, String),
+) -> Result<Uploaded> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(internal(object, &format!("the encoder task failed: {e}"))),
+    }
+}
+
+/// The encoder task of a compressing writer: compresses each chunk into the parts, completes
+/// the object on the finish message, and aborts on anything else (an error, the deadline, the
+/// writer dropped without finishing).
+async fn encode(
+    mut parts: Parts,
+    mut encoder: Encoder,
+    mut rx: mpsc::Receiver<Message>,
+    deadline: Option<Instant>,
+) -> Result<Uploaded> {
+    let run = within(deadline, async {
+        while let Some(message) = rx.recv().await {
+            match message {
+                Message::Data(data) => {
+                    let out = encoder.encode(&data)?;
+                    parts.write(&out).await?;
+                }
+                Message::Finish => {
+                    let out = encoder.finish()?;
+                    parts.write(&out).await?;
+                    return parts.finish().await;
+                }
+            }
+        }
+        let (bucket, key) = parts.describe();
+        tracing::warn!(%bucket, %key, "writer dropped before finish; aborting the upload");
+        Err(Error::Internal {
+            message: format!("s3://{bucket}/{key}: the writer was dropped before finish"),
+        })
+    });
+    let result = run.await;
+    if result.is_err() {
+        parts.abort().await;
+    }
+    result
+}

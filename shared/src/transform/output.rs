@@ -1,0 +1,276 @@
+//! Where typed rows go: steps, the enrich step's batches, rendering into the output's
+//! [`ObjectWriter`], and bad rows into the quarantine.
+
+use bytes::Bytes;
+
+use super::quarantine::Quarantine;
+use super::reader::Position;
+use super::steps::{self, Outcome, Program};
+use super::value::Value;
+use super::writer::{self, RowWriter};
+use super::{Counts, Pipeline, config, enrich};
+use crate::error::{Error, Result};
+use crate::sink::ObjectWriter;
+
+/// Rendered output is written in chunks of about this size.
+const OUT_CHUNK: usize = 128 * 1024;
+
+/// A row waiting for its enrichment answer: the row, where it was read, its raw text (capped).
+type Held = (Vec<Value>, Position, Vec<u8>);
+type Batch =
+    tokio::task::JoinHandle<Result<(Vec<Held>, Vec<serde_json::Map<String, serde_json::Value>>)>>;
+
+/// Batches of rows for the enrich step, and the batches in flight (in order).
+struct Enricher {
+    plan: enrich::EnrichPlan,
+    client: enrich::Client,
+    rows: Vec<Held>,
+    body: Vec<u8>,
+    in_flight: std::collections::VecDeque<Batch>,
+    raw_cap: usize,
+    scratch: String,
+}
+
+impl Enricher {
+    fn push(&mut self, row: Vec<Value>, pos: Position, raw: &[u8]) {
+        self.body.push(b'{');
+        for (n, (name, i)) in self.plan.send.iter().enumerate() {
+            if n > 0 {
+                self.body.push(b',');
+            }
+            writer::json_string(name, &mut self.body);
+            self.body.push(b':');
+            writer::json_value(&row[*i], &mut self.scratch, &mut self.body);
+        }
+        self.body.extend_from_slice(b"}\n");
+        let raw = raw[..raw.len().min(self.raw_cap)].to_vec();
+        self.rows.push((row, pos, raw));
+    }
+
+    fn full(&self) -> bool {
+        self.rows.len() >= self.plan.step.batch_size
+            || self.body.len() >= self.plan.step.max_batch_bytes
+    }
+
+    fn dispatch(&mut self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let body = Bytes::from(std::mem::take(&mut self.body));
+        let client = self.client.clone();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let answers = client.post(body, rows.len()).await?;
+            Ok((rows, answers))
+        }));
+    }
+}
+
+/// Output state shared by both input formats: steps, rendering, enrichment and the
+/// quarantine limits, writing into the output's [`ObjectWriter`].
+pub(super) struct RowSink<'a> {
+    pub program: Program,
+    pub writer: RowWriter,
+    pub buf: Vec<u8>,
+    out: &'a mut ObjectWriter,
+    limits: &'a config::QuarantineSpec,
+    source: &'a str,
+    enricher: Option<Enricher>,
+}
+
+impl<'a> RowSink<'a> {
+    pub fn new(
+        program: Program,
+        pipeline: &'a Pipeline,
+        out: &'a mut ObjectWriter,
+        source: &'a str,
+        http: &reqwest::Client,
+    ) -> Self {
+        let enricher = program.enrich().map(|plan| Enricher {
+            client: enrich::Client::new(&plan.step, http.clone()),
+            plan: plan.clone(),
+            rows: Vec::new(),
+            body: Vec::new(),
+            in_flight: Default::default(),
+            raw_cap: pipeline.quarantine.max_raw_bytes,
+            scratch: String::new(),
+        });
+        RowSink {
+            writer: RowWriter::new(pipeline.output.format, program.output()),
+            program,
+            buf: Vec::with_capacity(OUT_CHUNK + 4096),
+            out,
+            limits: &pipeline.quarantine,
+            source,
+            enricher,
+        }
+    }
+
+    async fn send(&mut self) -> Result<()> {
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(OUT_CHUNK + 4096),
+        ));
+        self.out.write(chunk).await
+    }
+
+    /// Steps and output for a typed row, or the quarantine.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn row(
+        &mut self,
+        row: &mut Vec<Value>,
+        typed: std::result::Result<(), steps::RowError>,
+        pos: Position,
+        raw: &[u8],
+        counts: &mut Counts,
+        quarantine: &mut Quarantine,
+    ) -> Result<()> {
+        counts.records_in += 1;
+        let outcome = match typed {
+            Ok(()) => self.program.apply(row),
+            Err(e) => Outcome::Bad(e),
+        };
+        match outcome {
+            Outcome::Keep => match &mut self.enricher {
+                None => self.keep(row, counts).await?,
+                Some(en) => {
+                    en.push(std::mem::take(row), pos, raw);
+                    if en.full() {
+                        en.dispatch();
+                        if en.in_flight.len() >= en.plan.step.concurrency {
+                            self.drain_one(counts, quarantine).await?;
+                        }
+                    }
+                }
+            },
+            Outcome::Filtered => counts.filtered += 1,
+            Outcome::Bad(e) => self.bad(pos, e, raw, quarantine).await?,
+        }
+        Ok(())
+    }
+
+    /// Appends rows rendered elsewhere.
+    pub async fn emit(&mut self, rendered: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(rendered);
+        if self.buf.len() >= OUT_CHUNK {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn keep(&mut self, row: &[Value], counts: &mut Counts) -> Result<()> {
+        counts.records_out += 1;
+        self.writer.row(row, &mut self.buf);
+        if self.buf.len() >= OUT_CHUNK {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest enrichment batch and finishes its rows, in order.
+    pub async fn drain_one(
+        &mut self,
+        counts: &mut Counts,
+        quarantine: &mut Quarantine,
+    ) -> Result<()> {
+        let Some(batch) = self.enricher.as_mut().and_then(|e| e.in_flight.pop_front()) else {
+            return Ok(());
+        };
+        let (rows, answers) = batch
+            .await
+            .map_err(|e| crate::job::join_error("an enrichment request task", e))??;
+        for ((mut row, pos, raw), answer) in rows.into_iter().zip(answers) {
+            let plan = &self.enricher.as_ref().expect("enricher present").plan;
+            let outcome = match plan.merge(&answer, &mut row) {
+                Ok(()) => self.program.apply_after_enrich(&mut row),
+                Err((column, reason)) => Outcome::Bad(steps::RowError {
+                    column: Some(column),
+                    reason,
+                }),
+            };
+            match outcome {
+                Outcome::Keep => self.keep(&row, counts).await?,
+                Outcome::Filtered => counts.filtered += 1,
+                Outcome::Bad(e) => self.bad(pos, e, &raw, quarantine).await?,
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn bad(
+        &mut self,
+        pos: Position,
+        e: steps::RowError,
+        raw: &[u8],
+        quarantine: &mut Quarantine,
+    ) -> Result<()> {
+        quarantine
+            .add(pos, e.column.as_deref(), &e.reason, raw)
+            .await?;
+        if let Some(max) = self.limits.max_bad_rows
+            && quarantine.count() > max
+        {
+            return Err(Error::Records {
+                url: self.source.to_owned(),
+                class: "too many bad rows",
+                offset: pos.offset,
+                record: Some(pos.record),
+                message: format!(
+                    "line {}: {} rows quarantined, more than quarantine.max_bad_rows {max}; \
+                     the last: {}{}; see the quarantine {}",
+                    pos.line,
+                    quarantine.count(),
+                    e.column
+                        .map(|c| format!("column {c:?}: "))
+                        .unwrap_or_default(),
+                    e.reason,
+                    quarantine.key()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn end(
+        &mut self,
+        counts: &mut Counts,
+        quarantine: &mut Quarantine,
+        at: u64,
+    ) -> Result<()> {
+        if let Some(en) = &mut self.enricher {
+            en.dispatch();
+        }
+        while self
+            .enricher
+            .as_ref()
+            .is_some_and(|e| !e.in_flight.is_empty())
+        {
+            self.drain_one(counts, quarantine).await?;
+        }
+        if let Some(max) = self.limits.max_bad_ratio
+            && counts.records_in > 0
+        {
+            let ratio = quarantine.count() as f64 / counts.records_in as f64;
+            if ratio > max {
+                return Err(Error::Records {
+                    url: self.source.to_owned(),
+                    class: "too many bad rows",
+                    offset: at,
+                    record: None,
+                    message: format!(
+                        "{} of {} rows quarantined ({:.4}), more than quarantine.max_bad_ratio \
+                         {max}; see the quarantine {}",
+                        quarantine.count(),
+                        counts.records_in,
+                        ratio,
+                        quarantine.key()
+                    ),
+                });
+            }
+        }
+        if !self.buf.is_empty() {
+            self.send().await?;
+        }
+        Ok(())
+    }
+}
