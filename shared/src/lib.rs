@@ -1,19 +1,59 @@
 //! # sluice — the streaming core
 //!
 //! Bytes flow from a source, through decoders and encoders, into an S3 object, with
-//! backpressure end to end, so memory stays flat whatever the size of the data.
+//! backpressure end to end, so memory stays flat whatever the size of the data. Four jobs are
+//! built from the same pieces, one per Lambda function:
 //!
+//! | job | source | output |
+//! |---|---|---|
+//! | [`ingest`] (`ingest-http`) | an HTTP API, paginated or not | the body as is, or its records as NDJSON |
+//! | [`transform`] (`transform-s3`) | an S3 object (CSV or NDJSON, gzip/zstd) | typed, filtered rows; bad rows in a quarantine |
+//! | [`export`] (`export-postgres`) | a Postgres query (`COPY ... TO STDOUT`) | CSV or NDJSON |
+//! | [`sweep`] (`sweep-uploads`) | `ListMultipartUploads` | stale uploads aborted, a report |
+//!
+//! The pieces:
+//!
+//! - [`sink::ObjectWriter`] is the one way an object is written: bytes pushed in become one
+//!   `PutObject` or a multipart upload with a full-object checksum, with bounded parts in
+//!   flight and optional compression. Only [`ObjectWriter::finish`](sink::ObjectWriter::finish)
+//!   completes an object; an error, the deadline or a writer dropped by a panicking producer
+//!   aborts the upload.
 //! - [`MemoryBudget`] turns the function's memory into a part size and upload concurrency,
 //!   and [`PartSchedule`](budget::PartSchedule) grows parts so 1 TiB fits in 10,000.
-//! - [`source::http`] opens a streaming HTTP body, checking its status before anything is written.
-//! - [`codec`] decodes `Content-Encoding` (multi-member gzip, zstd) and compresses the output.
-//! - [`sink::upload`] writes the stream as one `PutObject` or a multipart upload with a
-//!   full-object checksum, aborting on every failure path.
-//! - [`ingest::run`] ties them together for a [`JobSpec`] and returns a [`Summary`](ingest::Summary).
+//! - [`source`] opens HTTP bodies (retries, rate limits, network policy), S3 objects (pinned to
+//!   a version, resumed after a reset) and Postgres `COPY` streams; [`codec`] decodes gzip and
+//!   zstd with caps and frames records (JSON paths, NDJSON) with a maximum size.
+//! - [`job`] holds what every job does the same way: the [`Invocation`](job::Invocation) and
+//!   its deadline, destination and tuning checks, the [`Status`](job::Status) it ends with, its
+//!   manifest, and [`catch_panic`](job::catch_panic), which turns a panic into
+//!   [`Error::Internal`]. Every failure is one [`Error`] whose [`ErrorKind`] a function reports
+//!   as its Lambda error type ([`lambda`], feature `lambda`).
+//!
+//! Writing an object by hand:
+//!
+//! ```no_run
+//! # async fn example(s3: aws_sdk_s3::Client) -> sluice::Result<()> {
+//! use std::sync::Arc;
+//! use sluice::codec::{Codec, Compression};
+//! use sluice::sink::{ObjectWriter, S3Target, UploadOptions};
+//!
+//! let mut options = UploadOptions::new(sluice::MemoryBudget::from_env().schedule());
+//! options.compression = Some(Compression::new(Codec::Zstd));
+//! let target = S3Target::new(s3, "lake", "raw/events.ndjson.zst");
+//! let mut writer = ObjectWriter::new(Arc::new(target), &options)?;
+//! for line in ["{\"a\":1}\n", "{\"a\":2}\n"] {
+//!     writer.write(bytes::Bytes::from(line)).await?; // waits while parts are in flight
+//! }
+//! let uploaded = writer.finish().await?; // the only call that completes the object
+//! println!("{} bytes in {} parts", uploaded.bytes, uploaded.parts);
+//! # Ok(()) }
+//! ```
+//!
+//! Running an ingest job (what `ingest-http` does with its event):
 //!
 //! ```no_run
 //! # async fn example() -> sluice::Result<()> {
-//! use sluice::{JobSpec, MemoryBudget, ingest};
+//! use sluice::{JobSpec, MemoryBudget, ingest, job::Invocation};
 //!
 //! let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
 //! let policy = sluice::source::guard::NetworkPolicy::from_env();
@@ -25,9 +65,7 @@
 //!     secrets: std::sync::Arc::new(sluice::secret::SecretResolver::new(&conf)),
 //!     budget: MemoryBudget::from_env(),
 //!     limiter: None,
-//!     run_id: "run-1".into(),
-//!     started: chrono::Utc::now(),
-//!     deadline: None,
+//!     invocation: Invocation::new("run-1", None),
 //! };
 //! let spec = JobSpec::from_json(serde_json::json!({
 //!     "source": {"http": {"url": "https://example.com/big.json"}},
