@@ -68,6 +68,16 @@ impl ExportFormat {
     }
 }
 
+/// The COPY rendering of each format: CSV with its header, NDJSON by `row_to_json`.
+impl From<ExportFormat> for postgres::CopyFormat {
+    fn from(format: ExportFormat) -> Self {
+        match format {
+            ExportFormat::Csv => postgres::CopyFormat::Csv,
+            ExportFormat::Ndjson => postgres::CopyFormat::Ndjson,
+        }
+    }
+}
+
 /// The source of an export, named by its kind: `{"postgres": {...}}`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -270,7 +280,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         session,
         &pg.query,
         &pg.params,
-        spec.format,
+        postgres::CopyFormat::from(spec.format),
         &export_settings,
     );
     let mut stream = match deadline {

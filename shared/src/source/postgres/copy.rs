@@ -1,0 +1,542 @@
+//! The export: the query planned into `COPY (query) TO STDOUT`, run in a read-only
+//! transaction, and streamed as CSV or NDJSON chunks.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::Stream;
+use tokio_postgres::types::ToSql;
+
+use super::error::{pg_error, sqlstate_kind};
+use super::params::{TextParam, find_placeholders, quote_ident};
+use super::session::{CancelOnDrop, Canceller, ConnectionTask, Session};
+use super::spec::param_text;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Bytes gathered from COPY messages before they are handed on (one COPY message is one row).
+const CHUNK: usize = 64 * 1024;
+/// How often the stream logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Signature of binary COPY data.
+const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// What the server renders the rows as. Its own type, so that this module does not depend on
+/// the export job's format (`crate::export::ExportFormat` converts into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// CSV with a header row, rendered by the server with `COPY (query) TO STDOUT (FORMAT
+    /// csv, HEADER)`.
+    Csv,
+    /// One JSON object per line, rendered by the server with `row_to_json` and framed in
+    /// binary COPY (`COPY (SELECT row_to_json(r.*) FROM (query) r) TO STDOUT (FORMAT
+    /// binary)`), so no text-COPY escaping touches it.
+    Ndjson,
+}
+
+impl CopyFormat {
+    /// `csv` or `ndjson`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyFormat::Csv => "csv",
+            CopyFormat::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// Session settings of one export.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    /// `statement_timeout`; `None` leaves the server's setting.
+    pub statement_timeout: Option<Duration>,
+    /// `TimeZone`. Default `UTC`.
+    pub timezone: String,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        ExportSettings {
+            statement_timeout: None,
+            timezone: "UTC".to_owned(),
+        }
+    }
+}
+
+/// Rows and bytes produced so far by an [`ExportStream`].
+#[derive(Debug, Default)]
+pub struct Progress {
+    rows: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    /// Rows rendered.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Bytes rendered (CSV or NDJSON, before compression).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A failed export stream's error, carried inside an [`io::Error`] through the codecs to the
+/// sink's read-error mapping.
+#[derive(Debug)]
+pub struct StreamFailure(pub Box<Error>);
+
+impl fmt::Display for StreamFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StreamFailure {}
+
+impl StreamFailure {
+    /// The sluice error inside `e`, if `e` carries one.
+    pub fn take(e: io::Error) -> std::result::Result<Error, io::Error> {
+        if e.get_ref().is_some_and(|i| i.is::<StreamFailure>()) {
+            let inner = e.into_inner().expect("checked above");
+            let failure = inner.downcast::<StreamFailure>().expect("checked above");
+            Ok(*failure.0)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// Prepares the SQL of an export: the query trimmed, parameters turned into bound settings,
+/// wrapped in `COPY`. Returns the COPY statement, the settings to bind, and the byte offset of
+/// the query inside the statement (`None` when placeholders were rewritten).
+async fn plan(
+    session: &Session,
+    query: &str,
+    params: &[serde_json::Value],
+    format: CopyFormat,
+) -> Result<(String, Vec<(String, Option<String>)>, Option<usize>)> {
+    let query = query
+        .trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    let mut body = query.to_owned();
+    let mut bound = Vec::new();
+    let mut exact = true;
+    if !params.is_empty() {
+        let stmt = session
+            .client
+            .prepare(query)
+            .await
+            .map_err(|e| pg_error(&session.database, "query", &e, Some(0)))?;
+        if stmt.params().len() != params.len() {
+            return Err(Error::spec(format!(
+                "source.postgres.params has {} values but the query uses {} parameters",
+                params.len(),
+                stmt.params().len()
+            )));
+        }
+        let found = find_placeholders(query);
+        for n in 1..=params.len() {
+            if !found.iter().any(|p| p.number == n) {
+                return Err(Error::spec(format!(
+                    "source.postgres.query: parameter ${n} not found outside strings and comments"
+                )));
+            }
+        }
+        if let Some(p) = found.iter().find(|p| p.number > params.len()) {
+            return Err(Error::spec(format!(
+                "source.postgres.query: ${} has no value in params",
+                p.number
+            )));
+        }
+        let mut rewritten = String::with_capacity(query.len() + 64 * found.len());
+        let mut last = 0;
+        for p in &found {
+            let ty = &stmt.params()[p.number - 1];
+            rewritten.push_str(&query[last..p.start]);
+            // Fixed text only: the setting name and the type the server inferred.
+            match param_text(&params[p.number - 1]) {
+                Some(_) => rewritten.push_str(&format!(
+                    "(pg_catalog.current_setting('sluice.p{}')::{}.{})",
+                    p.number,
+                    quote_ident(ty.schema()),
+                    quote_ident(ty.name())
+                )),
+                None => rewritten.push_str(&format!(
+                    "(NULL::{}.{})",
+                    quote_ident(ty.schema()),
+                    quote_ident(ty.name())
+                )),
+            }
+            last = p.end;
+        }
+        rewritten.push_str(&query[last..]);
+        body = rewritten;
+        exact = false;
+        for (i, value) in params.iter().enumerate() {
+            if let Some(text) = param_text(value) {
+                bound.push((format!("sluice.p{}", i + 1), Some(text)));
+            }
+        }
+    }
+    let (prefix, suffix) = match format {
+        CopyFormat::Csv => ("COPY (\n", "\n) TO STDOUT (FORMAT csv, HEADER)"),
+        CopyFormat::Ndjson => (
+            "COPY (SELECT pg_catalog.row_to_json(sluice_row.*) FROM (\n",
+            "\n) AS sluice_row) TO STDOUT (FORMAT binary)",
+        ),
+    };
+    let offset = exact.then(|| prefix.chars().count());
+    Ok((format!("{prefix}{body}{suffix}"), bound, offset))
+}
+
+/// Starts an export on `session`: a read-only transaction with `settings`, then `COPY`.
+/// Errors before the first byte (a bad query, a missing table, a bad parameter) are returned
+/// here, before anything is uploaded. `format` is a [`CopyFormat`] or anything that converts
+/// into one (the export job's `ExportFormat` does).
+pub async fn export(
+    session: Session,
+    query: &str,
+    params: &[serde_json::Value],
+    format: impl Into<CopyFormat>,
+    settings: &ExportSettings,
+) -> Result<ExportStream> {
+    let format = format.into();
+    let database = session.database.clone();
+    let client = session.client.clone();
+    // From here until COMMIT, giving up (an error, the caller dropping this future) cancels
+    // the statement on the server.
+    let guard = CancelOnDrop(session.canceller.clone());
+    client
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .map_err(|e| pg_error(&database, "begin", &e, None))?;
+
+    let (copy_sql, bound, offset) = plan(&session, query, params, format).await?;
+
+    let timeout = settings
+        .statement_timeout
+        .map(|t| format!("{}ms", t.as_millis().max(1)))
+        .unwrap_or_else(|| "0".to_owned());
+    let mut values: Vec<(String, Option<String>)> = vec![
+        ("TimeZone".into(), Some(settings.timezone.clone())),
+        ("DateStyle".into(), Some("ISO, MDY".into())),
+        ("IntervalStyle".into(), Some("postgres".into())),
+        ("extra_float_digits".into(), Some("1".into())),
+    ];
+    if settings.statement_timeout.is_some() {
+        values.push(("statement_timeout".into(), Some(timeout)));
+    }
+    values.extend(bound);
+    let sql = format!(
+        "SELECT {}",
+        (0..values.len())
+            .map(|i| format!(
+                "pg_catalog.set_config(${}, ${}, true)",
+                2 * i + 1,
+                2 * i + 2
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let args: Vec<TextParam> = values
+        .into_iter()
+        .flat_map(|(name, value)| [TextParam(Some(name)), TextParam(value)])
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    client
+        .query(&sql, &refs)
+        .await
+        .map_err(|e| pg_error(&database, "settings", &e, None))?;
+
+    let copy = client
+        .copy_out(&copy_sql)
+        .await
+        .map_err(|e| pg_error(&database, "query", &e, offset))?;
+    tracing::info!(%database, format = format.name(), "postgres COPY started");
+
+    let progress = Arc::new(Progress::default());
+    Ok(ExportStream {
+        copy: Box::pin(copy),
+        format,
+        buf: BytesMut::with_capacity(CHUNK),
+        state: State::Streaming,
+        header_seen: false,
+        trailer_seen: false,
+        progress,
+        database,
+        client: Some(client),
+        task: Some(session.task),
+        cancel: guard,
+        started: std::time::Instant::now(),
+        last_log: std::time::Instant::now(),
+    })
+}
+
+enum State {
+    Streaming,
+    Closing(Pin<Box<dyn Future<Output = Result<()>> + Send>>),
+    Done,
+}
+
+/// The rendered rows of an export, as CSV or NDJSON chunks of about 64 KiB.
+///
+/// The stream ends (`None`) only after the server's `CopyDone` and a successful `COMMIT`; every
+/// failure before that is an `Err` whose [`io::Error`] carries a [`StreamFailure`] with the
+/// SQLSTATE. Dropping the stream closes the connection.
+pub struct ExportStream {
+    copy: Pin<Box<tokio_postgres::CopyOutStream>>,
+    format: CopyFormat,
+    buf: BytesMut,
+    state: State,
+    header_seen: bool,
+    trailer_seen: bool,
+    progress: Arc<Progress>,
+    database: String,
+    client: Option<Arc<tokio_postgres::Client>>,
+    task: Option<ConnectionTask>,
+    cancel: CancelOnDrop,
+    started: std::time::Instant,
+    last_log: std::time::Instant,
+}
+
+impl fmt::Debug for ExportStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportStream")
+            .field("database", &self.database)
+            .field("format", &self.format)
+            .field("rows", &self.progress.rows())
+            .finish()
+    }
+}
+
+impl ExportStream {
+    /// Rows and bytes so far; shared, so it can be read after the stream is consumed.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// Cancels the statement on the server if the export gives up (await it before
+    /// answering: a spawned cancel might not run before Lambda freezes the process).
+    pub fn canceller(&self) -> Canceller {
+        self.cancel.0.clone()
+    }
+
+    fn failure(&self, stage: String, message: String, sqlstate: Option<String>) -> io::Error {
+        let kind = sqlstate
+            .as_deref()
+            .map(sqlstate_kind)
+            .unwrap_or(ErrorKind::Retryable);
+        io::Error::other(StreamFailure(Box::new(Error::Postgres {
+            database: self.database.clone(),
+            stage,
+            sqlstate,
+            message,
+            kind,
+        })))
+    }
+
+    fn stage(&self) -> String {
+        format!(
+            "stream after {} rows ({} bytes)",
+            self.progress.rows(),
+            self.progress.bytes()
+        )
+    }
+
+    /// Appends one COPY message (one row; the header row for CSV) to the buffer.
+    fn absorb(&mut self, msg: Bytes) -> io::Result<()> {
+        let before = self.buf.len();
+        match self.format {
+            CopyFormat::Csv => {
+                self.buf.extend_from_slice(&msg);
+                if self.header_seen {
+                    self.progress.rows.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.header_seen = true;
+                }
+            }
+            CopyFormat::Ndjson => {
+                let rows = self.absorb_binary(msg).map_err(|what| {
+                    self.failure(
+                        self.stage(),
+                        format!("malformed binary COPY data: {what}"),
+                        None,
+                    )
+                })?;
+                self.progress.rows.fetch_add(rows, Ordering::Relaxed);
+            }
+        }
+        self.progress
+            .bytes
+            .fetch_add((self.buf.len() - before) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Binary COPY of one `json` column: `int16 fields, int32 length, bytes` per row, after a
+    /// file header; `int16 -1` ends the data. Each row becomes one line; a raw CR or LF (only
+    /// possible as insignificant whitespace inside a `json` value) becomes a space.
+    fn absorb_binary(&mut self, mut msg: Bytes) -> std::result::Result<u64, &'static str> {
+        if !self.header_seen {
+            if msg.len() < BINARY_SIGNATURE.len() + 8 || !msg.starts_with(BINARY_SIGNATURE) {
+                return Err("bad signature");
+            }
+            msg.advance(BINARY_SIGNATURE.len() + 4);
+            let ext = msg.get_u32() as usize;
+            if msg.len() < ext {
+                return Err("truncated header extension");
+            }
+            msg.advance(ext);
+            self.header_seen = true;
+        }
+        let mut rows = 0;
+        while msg.has_remaining() {
+            if self.trailer_seen {
+                return Err("data after the trailer");
+            }
+            if msg.len() < 2 {
+                return Err("truncated tuple");
+            }
+            match msg.get_i16() {
+                -1 => self.trailer_seen = true,
+                1 => {
+                    if msg.len() < 4 {
+                        return Err("truncated field length");
+                    }
+                    let len = msg.get_i32();
+                    if len < 0 || msg.len() < len as usize {
+                        return Err("bad field length");
+                    }
+                    let json = msg.split_to(len as usize);
+                    if memchr::memchr2(b'\n', b'\r', &json).is_some() {
+                        self.buf.extend(
+                            json.iter()
+                                .map(|&c| if c == b'\n' || c == b'\r' { b' ' } else { c }),
+                        );
+                    } else {
+                        self.buf.extend_from_slice(&json);
+                    }
+                    self.buf.extend_from_slice(b"\n");
+                    rows += 1;
+                }
+                _ => return Err("unexpected field count"),
+            }
+        }
+        Ok(rows)
+    }
+
+    fn log_progress(&mut self, done: bool) {
+        let now = std::time::Instant::now();
+        if done || now.duration_since(self.last_log) >= PROGRESS_EVERY {
+            self.last_log = now;
+            let secs = now.duration_since(self.started).as_secs_f64().max(1e-9);
+            tracing::info!(
+                rows = self.progress.rows(),
+                bytes = self.progress.bytes(),
+                rows_per_s = (self.progress.rows() as f64 / secs) as u64,
+                done,
+                "export progress"
+            );
+        }
+    }
+
+    fn take_chunk(&mut self) -> Poll<Option<io::Result<Bytes>>> {
+        Poll::Ready(Some(Ok(self.buf.split().freeze())))
+    }
+}
+
+impl Stream for ExportStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Streaming => match this.copy.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(msg))) => {
+                        if let Err(e) = this.absorb(msg) {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        if this.buf.len() >= CHUNK {
+                            this.log_progress(false);
+                            return this.take_chunk();
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        this.state = State::Done;
+                        let err = pg_error(&this.database, this.stage(), &e, None);
+                        tracing::error!(error = %err, "postgres stream failed");
+                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(Box::new(
+                            err,
+                        ))))));
+                    }
+                    Poll::Ready(None) => {
+                        if this.format == CopyFormat::Ndjson && !this.trailer_seen {
+                            this.state = State::Done;
+                            let e = this.failure(
+                                this.stage(),
+                                "COPY ended without its trailer".into(),
+                                None,
+                            );
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        // CopyDone: all rows were sent. COMMIT confirms the server finished
+                        // the statement and the connection is sound before the stream may end.
+                        let client = this.client.take();
+                        let task = this.task.take();
+                        let database = this.database.clone();
+                        let canceller = this.cancel.0.clone();
+                        this.state = State::Closing(Box::pin(async move {
+                            let Some(client) = client else {
+                                return Ok(());
+                            };
+                            client
+                                .batch_execute("COMMIT")
+                                .await
+                                .map_err(|e| pg_error(&database, "commit", &e, None))?;
+                            canceller.settle();
+                            drop(client);
+                            // The client is gone, so the connection says Terminate and ends.
+                            if let Some(mut task) = task {
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(2), &mut task.0).await;
+                            }
+                            Ok(())
+                        }));
+                        if !this.buf.is_empty() {
+                            return this.take_chunk();
+                        }
+                    }
+                    Poll::Pending => {
+                        if !this.buf.is_empty() {
+                            return this.take_chunk();
+                        }
+                        return Poll::Pending;
+                    }
+                },
+                State::Closing(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        this.state = State::Done;
+                        this.log_progress(true);
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(Box::new(
+                            e,
+                        ))))));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
