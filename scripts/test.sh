@@ -12,15 +12,19 @@ cd "$ROOT"
 
 bash scripts/setup.sh
 
+# One feature set for lint, build and test, so the workspace compiles once: the test-only
+# fault hook (`sluice::fault`, SLUICE_FAULT) is compiled in here and never in `make build`.
+FEATURES=(--features sluice/fault-injection)
+
 echo "== lint"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --release -- -D warnings
+cargo clippy --workspace --all-targets --release "${FEATURES[@]}" -- -D warnings
 
 echo "== validate (SAM template, offline)"
 bash scripts/validate.sh
 
 echo "== build"
-cargo build --release --workspace --bins
+cargo build --release --workspace --bins "${FEATURES[@]}"
 
 echo "== stack"
 bash scripts/stack.sh up
@@ -29,7 +33,7 @@ if [[ "${KEEP_STACK:-0}" != 1 ]]; then
 fi
 
 echo "== test"
-cargo test --release --workspace -- ${TEST_ARGS:-}
+cargo test --release --workspace "${FEATURES[@]}" -- ${TEST_ARGS:-}
 
 echo "== bench smoke (every tool of make bench once per box, 8 MiB)"
 BENCH_SMOKE=1 BENCH_SKIP_SETUP=1 BENCH_SKIP_BUILD=1 bash bench/run.sh

@@ -24,56 +24,20 @@ use serde::{Deserialize, Serialize};
 use crate::budget::MemoryBudget;
 use crate::codec::Compression;
 use crate::error::{Error, Result};
+use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::{self, KeyVars};
 use crate::secret::SecretResolver;
 use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
-use crate::source::postgres::{
-    self, ConnectionSettings, ExportSettings, PostgresSourceSpec, StreamFailure,
-};
+use crate::source::postgres::{self, ConnectionSettings, ExportSettings, PostgresSourceSpec};
 use crate::spec::{Destination, Tuning};
 use crate::telemetry;
 
-/// Output format of an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExportFormat {
-    /// RFC 4180 CSV with a header row, exactly as `COPY ... (FORMAT csv, HEADER)` writes it:
-    /// NULL is an empty field, an empty string is `""`, values render with the server's
-    /// output functions (`numeric` digits exact, `timestamptz` ISO in the session time zone,
-    /// arrays as `{1,2}`, `jsonb` as its text).
-    #[default]
-    Csv,
-    /// One JSON object per line, as `row_to_json` renders the row (`numeric` as a JSON number
-    /// with all its digits, `timestamptz` as ISO 8601 strings, arrays as JSON arrays, `jsonb`
-    /// nested, NULL as `null`).
-    Ndjson,
-}
-
-impl ExportFormat {
-    /// `csv` or `ndjson`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ExportFormat::Csv => "csv",
-            ExportFormat::Ndjson => "ndjson",
-        }
-    }
-
-    /// The MIME type of an uncompressed file in this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            ExportFormat::Csv => "text/csv; charset=utf-8",
-            ExportFormat::Ndjson => "application/x-ndjson",
-        }
-    }
-}
-
-/// The COPY rendering of each format: CSV with its header, NDJSON by `row_to_json`.
-impl From<ExportFormat> for postgres::CopyFormat {
-    fn from(format: ExportFormat) -> Self {
+impl From<Format> for postgres::CopyFormat {
+    fn from(format: Format) -> Self {
         match format {
-            ExportFormat::Csv => postgres::CopyFormat::Csv,
-            ExportFormat::Ndjson => postgres::CopyFormat::Ndjson,
+            Format::Csv => postgres::CopyFormat::Csv,
+            Format::Ndjson => postgres::CopyFormat::Ndjson,
         }
     }
 }
@@ -92,9 +56,11 @@ pub enum ExportSource {
 pub struct ExportSpec {
     /// The query and where the database is.
     pub source: ExportSource,
-    /// `"csv"` (default) or `"ndjson"`.
-    #[serde(default)]
-    pub format: ExportFormat,
+    /// `"csv"` (default) or `"ndjson"`: CSV as `COPY ... (FORMAT csv, HEADER)` writes it (NULL
+    /// an empty field, an empty string `""`, values by the server's output functions); NDJSON
+    /// as `row_to_json` renders each row (`numeric` with all its digits, `jsonb` nested).
+    #[serde(default = "Format::csv")]
+    pub format: Format,
     /// Output compression. Default none.
     #[serde(default)]
     pub compression: Option<Compression>,
@@ -169,7 +135,7 @@ pub struct ExportSummary {
     /// The database, `postgres://user@host:port/dbname` (no password).
     pub source: String,
     /// `csv` or `ndjson`.
-    pub format: ExportFormat,
+    pub format: Format,
     /// Rows exported (the CSV header not counted).
     pub rows: u64,
     /// Bytes of CSV or NDJSON rendered (before compression).
@@ -212,40 +178,14 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     let bucket = spec.destination.bucket.clone();
     let budget = spec.tuning.budget(ctx.budget);
     let deadline = inv.give_up_at(spec.tuning.deadline_margin());
-    let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
 
     let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
-    let source = format!("postgres://{}", settings.database);
     tracing::info!(
         %bucket, %key, database = %settings.database, format = spec.format.name(),
         part_size = budget.part_size(), max_in_flight = budget.max_in_flight(),
         "export started"
     );
-
-    let summary = |status, rows, bytes_in, bytes_out, parts, checksum, e_tag| {
-        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
-        ExportSummary {
-            status,
-            bucket: bucket.clone(),
-            key: key.clone(),
-            source: source.clone(),
-            format: spec.format,
-            rows,
-            bytes_in,
-            bytes_out,
-            parts,
-            checksum_algorithm: spec.destination.checksum.s3_name(),
-            checksum,
-            e_tag,
-            compression: spec.compression,
-            duration_ms: (elapsed * 1000.0) as u64,
-            rows_per_s: (rows as f64 / elapsed).round(),
-            throughput_mib_s: ((bytes_in as f64 / (1024.0 * 1024.0) / elapsed) * 10.0).round()
-                / 10.0,
-            peak_rss_bytes: telemetry::peak_rss_bytes(),
-        }
-    };
-
+    let mut summary = ExportSummary::new(spec, &key, format!("postgres://{}", settings.database));
     let content_type = spec.destination.content_type.clone().unwrap_or_else(|| {
         match spec.compression {
             Some(c) => c.codec.content_type(),
@@ -258,66 +198,18 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     });
     if !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
-        return Ok(summary(Status::Exists, 0, 0, 0, 0, None, None));
+        return Ok(summary.ended(clock, Status::Exists));
     }
 
-    let export_settings = ExportSettings {
-        // The server stops the statement at the same moment the upload gives up.
-        statement_timeout: left.map(|l| l.max(Duration::from_secs(1))),
-        timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
-    };
-    let connecting = postgres::connect(&settings);
-    let session = match deadline {
-        Some(d) => tokio::time::timeout_at(d, connecting)
-            .await
-            .map_err(|_| Error::Deadline { bytes_in: 0 })??,
-        None => connecting.await?,
-    };
-    let canceller = session.canceller();
-    // The server sends nothing of a COPY until its first rows fill a buffer, so a slow query
-    // can reach the deadline here; the statement is then cancelled before answering.
-    let starting = postgres::export(
-        session,
-        &pg.query,
-        &pg.params,
-        postgres::CopyFormat::from(spec.format),
-        &export_settings,
-    );
-    let mut stream = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, starting).await {
-            Ok(started) => started?,
-            Err(_) => {
-                canceller.cancel().await;
-                return Err(Error::Deadline { bytes_in: 0 });
-            }
-        },
-        None => starting.await?,
-    };
+    let (stream, canceller) = start_copy(pg, &settings, spec.format, deadline).await?;
     let progress = stream.progress();
-
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = deadline;
     options.compression = spec.compression;
     let mut writer = ObjectWriter::new(Arc::new(target), &options)?;
-    let copied = job::catch_panic("the export", async {
-        while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
-            crate::fault::point("export.chunk");
-            let chunk = chunk.map_err(|e| {
-                StreamFailure::take(e).unwrap_or_else(|e| Error::Postgres {
-                    database: settings.database.clone(),
-                    stage: format!("stream after {} rows", progress.rows()),
-                    sqlstate: None,
-                    message: e.to_string(),
-                    kind: crate::ErrorKind::Retryable,
-                })
-            })?;
-            writer.write(chunk).await?;
-        }
-        Ok(())
-    })
-    .await;
+    let copied = job::catch_panic("the export", copy_rows(stream, &mut writer, deadline)).await;
     let uploaded = match copied {
         Ok(()) => writer.finish().await,
         Err(e) => {
@@ -338,20 +230,16 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
             });
         }
     };
-
-    let e_tag = match uploaded.outcome {
-        PutOutcome::Written { e_tag, .. } => e_tag,
-        PutOutcome::AlreadyExists => return Ok(summary(Status::Exists, 0, 0, 0, 0, None, None)),
+    let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
+        return Ok(summary.ended(clock, Status::Exists));
     };
-    let done = summary(
-        Status::Written,
-        progress.rows(),
-        progress.bytes(),
-        uploaded.bytes,
-        uploaded.parts,
-        Some(uploaded.checksum.to_base64()),
-        Some(e_tag),
-    );
+    summary.rows = progress.rows();
+    summary.bytes_in = progress.bytes();
+    summary.bytes_out = uploaded.bytes;
+    summary.parts = uploaded.parts;
+    summary.checksum = Some(uploaded.checksum.to_base64());
+    summary.e_tag = Some(e_tag);
+    let done = summary.ended(clock, Status::Written);
     tracing::info!(
         rows = done.rows,
         bytes_in = done.bytes_in,
@@ -363,6 +251,92 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         "export finished"
     );
     Ok(done)
+}
+
+/// Connects and starts the `COPY`, both within the deadline. The server sends nothing of a
+/// COPY until its first rows fill a buffer, so a slow query can reach the deadline while
+/// starting; the statement is then cancelled before answering.
+async fn start_copy(
+    pg: &PostgresSourceSpec,
+    settings: &ConnectionSettings,
+    format: Format,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(postgres::ExportStream, postgres::Canceller)> {
+    let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+    let export_settings = ExportSettings {
+        // The server stops the statement at the same moment the upload gives up.
+        statement_timeout: left.map(|l| l.max(Duration::from_secs(1))),
+        timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
+    };
+    let session = job::within(deadline, postgres::connect(settings)).await?;
+    let canceller = session.canceller();
+    let starting = postgres::export(
+        session,
+        &pg.query,
+        &pg.params,
+        postgres::CopyFormat::from(format),
+        &export_settings,
+    );
+    match job::within(deadline, starting).await {
+        Ok(stream) => Ok((stream, canceller)),
+        Err(e) => {
+            if matches!(e, Error::Deadline { .. }) {
+                canceller.cancel().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes every chunk of the COPY stream into `writer`; the stream's end (after `COMMIT`) is
+/// the end of the rows. Waiting for a chunk is bounded by the deadline.
+async fn copy_rows(
+    mut stream: postgres::ExportStream,
+    writer: &mut ObjectWriter,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<()> {
+    while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
+        crate::fault::point("export.chunk");
+        writer.write(chunk?).await?;
+    }
+    Ok(())
+}
+
+impl ExportSummary {
+    /// A summary of nothing written yet.
+    fn new(spec: &ExportSpec, key: &str, source: String) -> Self {
+        ExportSummary {
+            status: Status::Exists,
+            bucket: spec.destination.bucket.clone(),
+            key: key.to_owned(),
+            source,
+            format: spec.format,
+            rows: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            parts: 0,
+            checksum_algorithm: spec.destination.checksum.s3_name(),
+            checksum: None,
+            e_tag: None,
+            compression: spec.compression,
+            duration_ms: 0,
+            rows_per_s: 0.0,
+            throughput_mib_s: 0.0,
+            peak_rss_bytes: None,
+        }
+    }
+
+    /// The summary with its status and the run's rates.
+    fn ended(mut self, clock: std::time::Instant, status: Status) -> Self {
+        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+        self.status = status;
+        self.duration_ms = (elapsed * 1000.0) as u64;
+        self.rows_per_s = (self.rows as f64 / elapsed).round();
+        self.throughput_mib_s =
+            ((self.bytes_in as f64 / (1024.0 * 1024.0) / elapsed) * 10.0).round() / 10.0;
+        self.peak_rss_bytes = telemetry::peak_rss_bytes();
+        self
+    }
 }
 
 #[cfg(test)]
@@ -377,7 +351,7 @@ mod tests {
             "destination": {"bucket": "lake", "key": "k.csv"}
         }))
         .unwrap();
-        assert_eq!(spec.format, ExportFormat::Csv);
+        assert_eq!(spec.format, Format::Csv);
         let ExportSource::Postgres(pg) = &spec.source;
         assert!(pg.secret.is_none() && pg.params.is_empty());
         let spec = ExportSpec::from_json(json!({
@@ -386,7 +360,7 @@ mod tests {
             "destination": {"bucket": "lake", "key": "k.ndjson.zst"}
         }))
         .unwrap();
-        assert_eq!(spec.format, ExportFormat::Ndjson);
+        assert_eq!(spec.format, Format::Ndjson);
         let ExportSource::Postgres(pg) = &spec.source;
         assert_eq!(
             pg.secret.as_ref().unwrap().to_string(),

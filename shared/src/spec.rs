@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::codec::Compression;
 use crate::codec::json_records::JsonPath;
 use crate::error::{Error, Result};
+use crate::format::Format;
 use crate::source::http::HttpSourceSpec;
 
 pub use crate::job::{Destination, Tuning};
@@ -39,7 +40,7 @@ pub struct JobSpec {
     pub input_format: InputFormat,
     /// Output format when records are extracted: `ndjson` (the default and only one so far).
     #[serde(default)]
-    pub format: Option<OutputFormat>,
+    pub format: Option<Format>,
     /// Where the object goes.
     pub destination: Destination,
     /// Overrides of the memory plan. Default: derived from the function's memory.
@@ -111,15 +112,6 @@ pub enum InputFormat {
     Ndjson,
 }
 
-/// Output format of extracted records.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// One JSON value per line.
-    #[default]
-    Ndjson,
-}
-
 /// The source, named by its kind: `{"http": {...}}`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -150,6 +142,12 @@ impl JobSpec {
             }
         }
         let extracting = self.extracts_records();
+        if let Some(f @ Format::Csv) = self.format {
+            return Err(Error::spec(format!(
+                "format: {} is not available for records; use ndjson",
+                f.name()
+            )));
+        }
         if self.format.is_some() && !extracting {
             return Err(Error::spec(
                 "format: needs records (or input_format ndjson)",

@@ -944,10 +944,7 @@ async fn measure_ndjson_strategies() {
         if round % 2 == 1 {
             measure_portal(&settings, round, rows).await;
         }
-        for format in [
-            sluice::export::ExportFormat::Csv,
-            sluice::export::ExportFormat::Ndjson,
-        ] {
+        for format in [sluice::Format::Csv, sluice::Format::Ndjson] {
             let t = Instant::now();
             let session = pg::connect(&settings).await.unwrap();
             let mut stream = pg::export(
@@ -1016,4 +1013,35 @@ async fn measure_portal(settings: &ConnectionSettings, round: usize, rows: u64) 
         bytes as f64 / MIB as f64 / secs
     );
     assert_eq!(n, rows);
+}
+
+/// Regression: a panic while the rows streamed reached the runtime as a bare panic, and the
+/// upload it dropped was aborted from a spawned task that nobody waited for before the answer
+/// (Lambda may freeze the process first). Now such a panic (here from the test-only fault hook
+/// `SLUICE_FAULT`, at the 150th 64 KiB chunk, after a 5 MiB part went out) fails the invocation
+/// with `Internal`, the upload is aborted before the answer, and no object is left.
+#[tokio::test]
+async fn producer_panic_mid_stream_leaves_nothing() {
+    let pg = PgServer::start().unwrap();
+    let h = Harness::start(
+        "export-panic",
+        &[
+            ("DATABASE_URL", pg.admin_url()),
+            ("SLUICE_FAULT", "export.chunk:150".to_owned()),
+        ],
+        None,
+    )
+    .await;
+    let mut job = h.job(
+        "SELECT i, repeat('x', 100) AS pad FROM generate_series(1, 200000) AS i",
+        "csv",
+        "panic/rows.csv",
+    );
+    job["tuning"] = json!({"part_size_mib": 5});
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "Internal", "{message}");
+    assert!(message.contains("export.chunk"), "{message}");
+    h.assert_nothing_written("panic/rows.csv").await;
+    h.assert_nothing_written("panic/rows.csv.manifest.json")
+        .await;
 }

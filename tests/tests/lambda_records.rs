@@ -567,3 +567,43 @@ async fn api_key_header_is_never_carried_to_another_host() {
     );
     assert_eq!(s["bytes_out"], 10);
 }
+
+/// Regression: a record producer that panicked mid-stream used to look like the end of the
+/// input, so the object was completed holding the pages read so far and reported "written".
+/// Now the invocation fails with `Internal`, the multipart upload is aborted, and nothing (no
+/// object, no manifest, no page object of the run) is left. The panic comes from the test-only
+/// fault hook (`SLUICE_FAULT`, compiled in by `make test`) at the start of page 3, after two
+/// pages of about 6.7 MB each went out in 5 MiB parts.
+#[tokio::test]
+async fn producer_panic_mid_stream_leaves_nothing_in_records_and_page_modes() {
+    let paginate = json!({"page_number": {"param": "page", "start": 1}});
+    for (label, key) in [
+        ("panic-single", "panic/all.ndjson"),
+        ("panic-pages", "panic/p-{page}.ndjson"),
+    ] {
+        let h = Harness::start_with(
+            "ingest-http",
+            label,
+            None,
+            &[
+                ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
+                ("SLUICE_FAULT", "ingest.page:3"),
+            ],
+        )
+        .await;
+        let mut job = records_job(&h, "/api/pages?n=210000&per=70000", key, paginate.clone());
+        job["tuning"] = json!({"part_size_mib": 5});
+        let (kind, message) = error(h.invoke(job, T).await);
+        assert_eq!(kind, "Internal", "{message}");
+        assert!(
+            message.contains("panicked") && message.contains("ingest.page"),
+            "{message}"
+        );
+        for page in ["00001", "00002", "00003"] {
+            let key = key.replace("{page}", page);
+            h.assert_nothing_written(&key).await;
+            h.assert_nothing_written(&format!("{key}.manifest.json"))
+                .await;
+        }
+    }
+}

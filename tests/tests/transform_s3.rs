@@ -924,3 +924,53 @@ async fn ndjson_input_typed_by_the_schema() {
     assert_eq!(bad[1]["column"], "price");
     assert_eq!(bad[1]["reason"], "\"cheap\" is not a float");
 }
+
+/// A pipeline that keeps every row (typed by two columns) in 5 MiB parts, so a long input
+/// spans several parts of the output.
+const PASS_THROUGH: &str = r#"{
+  "input": {"format": "csv", "prefix": "incoming/", "schema": [
+    {"name": "Summons Number", "type": "int", "required": true},
+    {"name": "Issue Date", "type": "date", "format": "%m/%d/%Y"}
+  ]},
+  "output": {"format": "csv", "key": "clean/{source_stem}.csv"},
+  "quarantine": {"key": "quarantine/{source_stem}.ndjson"},
+  "tuning": {"part_size_mib": 5}
+}"#;
+
+/// Regression: the transform completed its output before it looked at its producer, so a
+/// producer that panicked left a truncated object reported "written" (with its manifest), and
+/// with several workers a dead worker's rows were dropped silently. Now a panic in the row
+/// loop (1 worker), in a worker thread (3 workers) or in the quarantine fails the invocation
+/// with `Internal`, and neither the output, nor its manifest, nor the quarantine exists, with
+/// no upload left in progress. The panics come from the test-only fault hook (`SLUICE_FAULT`).
+#[tokio::test]
+async fn producer_panic_mid_stream_leaves_nothing() {
+    let source = parking(41, 24 * MIB);
+    for (label, fault, workers) in [
+        ("panic-rows", "transform.row:60000", 1),
+        ("panic-workers", "transform.worker:30", 3),
+        ("panic-quarantine", "transform.quarantine:40", 1),
+    ] {
+        let mut pipeline: Value = serde_json::from_str(PASS_THROUGH).unwrap();
+        pipeline["workers"] = json!(workers);
+        let h = Harness::start_with(
+            "transform-s3",
+            label,
+            None,
+            &[("PIPELINE", &pipeline.to_string()), ("SLUICE_FAULT", fault)],
+        )
+        .await;
+        put(&h, "incoming/panic.csv", source.clone()).await;
+        let (kind, message) = error(h.invoke(direct(&h, "incoming/panic.csv"), INVOKE).await);
+        assert_eq!(kind, "Internal", "{label}: {message}");
+        let site = fault.split(':').next().unwrap();
+        assert!(message.contains(site), "{label}: {message}");
+        for key in [
+            "clean/panic.csv",
+            "clean/panic.csv.manifest.json",
+            "quarantine/panic.ndjson",
+        ] {
+            h.assert_nothing_written(key).await;
+        }
+    }
+}

@@ -183,6 +183,51 @@ fn missing(operation: S3Operation, bucket: &str, key: &str, what: &str) -> Error
     }
 }
 
+/// Request builders that carry a full-object or part checksum, in either algorithm.
+trait WithChecksum: Sized {
+    fn crc64nvme(self, base64: String) -> Self;
+    fn crc32c(self, base64: String) -> Self;
+
+    fn with_checksum(self, checksum: &Crc) -> Self {
+        match checksum.algorithm() {
+            ChecksumAlgorithm::Crc64nvme => self.crc64nvme(checksum.to_base64()),
+            ChecksumAlgorithm::Crc32c => self.crc32c(checksum.to_base64()),
+        }
+    }
+}
+
+macro_rules! with_checksum {
+    ($($builder:ty),* $(,)?) => {$(
+        impl WithChecksum for $builder {
+            fn crc64nvme(self, base64: String) -> Self {
+                self.checksum_crc64_nvme(base64)
+            }
+            fn crc32c(self, base64: String) -> Self {
+                self.checksum_crc32_c(base64)
+            }
+        }
+    )*};
+}
+
+with_checksum!(
+    aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder,
+    aws_sdk_s3::operation::complete_multipart_upload::builders::CompleteMultipartUploadFluentBuilder,
+    aws_sdk_s3::types::builders::CompletedPartBuilder,
+);
+
+/// The checksum S3 reports for `algorithm`, from a response's two checksum fields.
+fn reported(
+    algorithm: ChecksumAlgorithm,
+    crc64nvme: Option<String>,
+    crc32c: Option<String>,
+) -> Option<String> {
+    match algorithm {
+        ChecksumAlgorithm::Crc64nvme => crc64nvme,
+        ChecksumAlgorithm::Crc32c => crc32c,
+    }
+}
+
 impl ObjectTarget for S3Target {
     fn describe(&self) -> (String, String) {
         (self.bucket.clone(), self.key.clone())
@@ -205,10 +250,7 @@ impl ObjectTarget for S3Target {
                 .content_length(len)
                 .set_content_type(this.meta.content_type.clone())
                 .body(ByteStream::from(body));
-            req = match checksum.algorithm() {
-                ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
-                ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
-            };
+            req = req.with_checksum(&checksum);
             if if_none_match {
                 req = req.if_none_match("*");
             }
@@ -221,10 +263,11 @@ impl ObjectTarget for S3Target {
                     let e_tag = out.e_tag.ok_or_else(|| {
                         missing(S3Operation::PutObject, &this.bucket, &this.key, "ETag")
                     })?;
-                    let checksum = match checksum.algorithm() {
-                        ChecksumAlgorithm::Crc64nvme => out.checksum_crc64_nvme,
-                        ChecksumAlgorithm::Crc32c => out.checksum_crc32_c,
-                    };
+                    let checksum = reported(
+                        checksum.algorithm(),
+                        out.checksum_crc64_nvme,
+                        out.checksum_crc32_c,
+                    );
                     Ok(PutOutcome::Written { e_tag, checksum })
                 }
                 Err(e) if if_none_match && is_precondition_failed(&e) => {
@@ -295,10 +338,7 @@ impl ObjectTarget for S3Target {
                 .part_number(part_number)
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body));
-            req = match checksum.algorithm() {
-                ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
-                ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
-            };
+            req = req.with_checksum(&checksum);
             let mut req = req.customize();
             if this.unsigned_payload {
                 req = req.disable_payload_signing();
@@ -337,16 +377,11 @@ impl ObjectTarget for S3Target {
             let parts = parts
                 .into_iter()
                 .map(|p| {
-                    let b = CompletedPart::builder()
+                    CompletedPart::builder()
                         .part_number(p.part_number)
-                        .e_tag(p.e_tag);
-                    match p.checksum.algorithm() {
-                        ChecksumAlgorithm::Crc64nvme => {
-                            b.checksum_crc64_nvme(p.checksum.to_base64())
-                        }
-                        ChecksumAlgorithm::Crc32c => b.checksum_crc32_c(p.checksum.to_base64()),
-                    }
-                    .build()
+                        .e_tag(p.e_tag)
+                        .with_checksum(&p.checksum)
+                        .build()
                 })
                 .collect();
             let mut req = this
@@ -361,10 +396,7 @@ impl ObjectTarget for S3Target {
                         .build(),
                 )
                 .checksum_type(ChecksumType::FullObject);
-            req = match checksum.algorithm() {
-                ChecksumAlgorithm::Crc64nvme => req.checksum_crc64_nvme(checksum.to_base64()),
-                ChecksumAlgorithm::Crc32c => req.checksum_crc32_c(checksum.to_base64()),
-            };
+            req = req.with_checksum(&checksum);
             if if_none_match {
                 req = req.if_none_match("*");
             }
@@ -378,10 +410,11 @@ impl ObjectTarget for S3Target {
                             "ETag",
                         )
                     })?;
-                    let checksum = match checksum.algorithm() {
-                        ChecksumAlgorithm::Crc64nvme => out.checksum_crc64_nvme,
-                        ChecksumAlgorithm::Crc32c => out.checksum_crc32_c,
-                    };
+                    let checksum = reported(
+                        checksum.algorithm(),
+                        out.checksum_crc64_nvme,
+                        out.checksum_crc32_c,
+                    );
                     Ok(PutOutcome::Written { e_tag, checksum })
                 }
                 Err(e) if if_none_match && is_precondition_failed(&e) => {

@@ -9,6 +9,7 @@ use crate::checksum::ChecksumAlgorithm;
 use crate::codec::Compression;
 use crate::error::{Error, Result};
 use crate::key::{self, KeyVars};
+use crate::format::Format;
 use crate::spec::Tuning;
 
 /// The whole pipeline.
@@ -108,34 +109,13 @@ impl ColumnSpec {
     }
 }
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// CSV with a header row; null is an empty field.
-    #[default]
-    Csv,
-    /// One JSON object per line, keys in column order; dates and timestamps as strings.
-    Ndjson,
-}
-
-impl OutputFormat {
-    /// MIME type of the uncompressed format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            OutputFormat::Csv => "text/csv; charset=utf-8",
-            OutputFormat::Ndjson => "application/x-ndjson",
-        }
-    }
-}
-
 /// `output`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     /// `csv` (default) or `ndjson`.
-    #[serde(default)]
-    pub format: OutputFormat,
+    #[serde(default = "Format::csv")]
+    pub format: Format,
     /// `"gzip"`, `"zstd"` or `{"codec", "level"}`; default none.
     #[serde(default)]
     pub compression: Option<Compression>,

@@ -20,7 +20,8 @@ use super::reader::{CsvReader, Position};
 use super::rows::{ColPlan, type_csv};
 use super::steps::{Outcome, Program, RowError};
 use super::writer::RowWriter;
-use super::{Counts, OutputFormat, Quarantine};
+use super::{Counts, Quarantine};
+use crate::format::Format;
 use crate::error::{Error, Result};
 use crate::job::panic_message;
 
@@ -54,7 +55,7 @@ struct Done {
 pub(super) struct Shared {
     pub plans: Vec<ColPlan>,
     pub program: Program,
-    pub format: OutputFormat,
+    pub format: Format,
     pub raw_cap: usize,
 }
 

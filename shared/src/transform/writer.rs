@@ -1,20 +1,20 @@
 //! Rows rendered as CSV or NDJSON into a byte buffer.
 
-use super::config::OutputFormat;
+use crate::format::Format;
 use super::steps::Layout;
 use super::value::Value;
 
 /// Renders rows in one output format.
 #[derive(Debug)]
 pub struct RowWriter {
-    format: OutputFormat,
+    format: Format,
     names: Vec<String>,
     scratch: String,
 }
 
 impl RowWriter {
     /// A writer of rows laid out as `layout`.
-    pub fn new(format: OutputFormat, layout: &Layout) -> Self {
+    pub fn new(format: Format, layout: &Layout) -> Self {
         RowWriter {
             format,
             names: layout.iter().map(|(n, _)| n.clone()).collect(),
@@ -24,7 +24,7 @@ impl RowWriter {
 
     /// The CSV header line (nothing for NDJSON).
     pub fn header(&mut self, out: &mut Vec<u8>) {
-        if self.format == OutputFormat::Csv {
+        if self.format == Format::Csv {
             for (i, name) in self.names.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -38,7 +38,7 @@ impl RowWriter {
     /// Appends one row.
     pub fn row(&mut self, row: &[Value], out: &mut Vec<u8>) {
         match self.format {
-            OutputFormat::Csv => {
+            Format::Csv => {
                 for (i, v) in row.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
@@ -55,7 +55,7 @@ impl RowWriter {
                 }
                 out.push(b'\n');
             }
-            OutputFormat::Ndjson => {
+            Format::Ndjson => {
                 out.push(b'{');
                 for (i, (name, v)) in self.names.iter().zip(row).enumerate() {
                     if i > 0 {
@@ -138,7 +138,7 @@ mod tests {
             Value::Date(chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap()),
         ];
         let mut out = Vec::new();
-        let mut w = RowWriter::new(OutputFormat::Csv, &layout);
+        let mut w = RowWriter::new(Format::Csv, &layout);
         w.header(&mut out);
         w.row(&row, &mut out);
         w.row(&[Value::Null, Value::Null, Value::Null], &mut out);
@@ -147,7 +147,7 @@ mod tests {
             "a b,n,d\n\"x, \"\"y\"\"\nz\",-3,2024-01-02\n,,\n"
         );
         let mut out = Vec::new();
-        let mut w = RowWriter::new(OutputFormat::Ndjson, &layout);
+        let mut w = RowWriter::new(Format::Ndjson, &layout);
         w.header(&mut out);
         w.row(&row, &mut out);
         assert_eq!(

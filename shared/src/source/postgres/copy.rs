@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +27,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 /// What the server renders the rows as. Its own type, so that this module does not depend on
-/// the export job's format (`crate::export::ExportFormat` converts into it).
+/// the export job's format (`crate::Format` converts into it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyFormat {
     /// CSV with a header row, rendered by the server with `COPY (query) TO STDOUT (FORMAT
@@ -84,32 +83,6 @@ impl Progress {
     /// Bytes rendered (CSV or NDJSON, before compression).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
-    }
-}
-
-/// A failed export stream's error, carried inside an [`io::Error`] through the codecs to the
-/// sink's read-error mapping.
-#[derive(Debug)]
-pub struct StreamFailure(pub Box<Error>);
-
-impl fmt::Display for StreamFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for StreamFailure {}
-
-impl StreamFailure {
-    /// The sluice error inside `e`, if `e` carries one.
-    pub fn take(e: io::Error) -> std::result::Result<Error, io::Error> {
-        if e.get_ref().is_some_and(|i| i.is::<StreamFailure>()) {
-            let inner = e.into_inner().expect("checked above");
-            let failure = inner.downcast::<StreamFailure>().expect("checked above");
-            Ok(*failure.0)
-        } else {
-            Err(e)
-        }
     }
 }
 
@@ -199,7 +172,7 @@ async fn plan(
 /// Starts an export on `session`: a read-only transaction with `settings`, then `COPY`.
 /// Errors before the first byte (a bad query, a missing table, a bad parameter) are returned
 /// here, before anything is uploaded. `format` is a [`CopyFormat`] or anything that converts
-/// into one (the export job's `ExportFormat` does).
+/// into one (`crate::Format` does).
 pub async fn export(
     session: Session,
     query: &str,
@@ -288,7 +261,7 @@ enum State {
 /// The rendered rows of an export, as CSV or NDJSON chunks of about 64 KiB.
 ///
 /// The stream ends (`None`) only after the server's `CopyDone` and a successful `COMMIT`; every
-/// failure before that is an `Err` whose [`io::Error`] carries a [`StreamFailure`] with the
+/// failure before that is an `Err` with the
 /// SQLSTATE. Dropping the stream closes the connection.
 pub struct ExportStream {
     copy: Pin<Box<tokio_postgres::CopyOutStream>>,
@@ -328,18 +301,18 @@ impl ExportStream {
         self.cancel.0.clone()
     }
 
-    fn failure(&self, stage: String, message: String, sqlstate: Option<String>) -> io::Error {
+    fn failure(&self, stage: String, message: String, sqlstate: Option<String>) -> Error {
         let kind = sqlstate
             .as_deref()
             .map(sqlstate_kind)
             .unwrap_or(ErrorKind::Retryable);
-        io::Error::other(StreamFailure(Box::new(Error::Postgres {
+        Error::Postgres {
             database: self.database.clone(),
             stage,
             sqlstate,
             message,
             kind,
-        })))
+        }
     }
 
     fn stage(&self) -> String {
@@ -351,7 +324,7 @@ impl ExportStream {
     }
 
     /// Appends one COPY message (one row; the header row for CSV) to the buffer.
-    fn absorb(&mut self, msg: Bytes) -> io::Result<()> {
+    fn absorb(&mut self, msg: Bytes) -> Result<()> {
         let before = self.buf.len();
         match self.format {
             CopyFormat::Csv => {
@@ -446,13 +419,13 @@ impl ExportStream {
         }
     }
 
-    fn take_chunk(&mut self) -> Poll<Option<io::Result<Bytes>>> {
+    fn take_chunk(&mut self) -> Poll<Option<Result<Bytes>>> {
         Poll::Ready(Some(Ok(self.buf.split().freeze())))
     }
 }
 
 impl Stream for ExportStream {
-    type Item = io::Result<Bytes>;
+    type Item = Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -473,9 +446,7 @@ impl Stream for ExportStream {
                         this.state = State::Done;
                         let err = pg_error(&this.database, this.stage(), &e, None);
                         tracing::error!(error = %err, "postgres stream failed");
-                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(Box::new(
-                            err,
-                        ))))));
+                        return Poll::Ready(Some(Err(err)));
                     }
                     Poll::Ready(None) => {
                         if this.format == CopyFormat::Ndjson && !this.trailer_seen {
@@ -529,9 +500,7 @@ impl Stream for ExportStream {
                     }
                     Poll::Ready(Err(e)) => {
                         this.state = State::Done;
-                        return Poll::Ready(Some(Err(io::Error::other(StreamFailure(Box::new(
-                            e,
-                        ))))));
+                        return Poll::Ready(Some(Err(e)));
                     }
                     Poll::Pending => return Poll::Pending,
                 },

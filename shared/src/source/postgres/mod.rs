@@ -33,7 +33,7 @@ mod settings;
 mod spec;
 mod tls;
 
-pub use copy::{CopyFormat, ExportSettings, ExportStream, Progress, StreamFailure, export};
+pub use copy::{CopyFormat, ExportSettings, ExportStream, Progress, export};
 pub use error::sqlstate_kind;
 pub use params::{Placeholder, find_placeholders};
 pub use session::{Canceller, Session, connect};
