@@ -73,6 +73,10 @@ pub(super) struct RowSink<'a> {
     pub writer: RowWriter,
     pub buf: Vec<u8>,
     out: &'a mut ObjectWriter,
+    /// Where bad rows go.
+    pub quarantine: &'a mut Quarantine,
+    /// The object's row counts, kept current.
+    pub counts: &'a mut Counts,
     limits: &'a config::QuarantineSpec,
     source: &'a str,
     enricher: Option<Enricher>,
@@ -83,6 +87,8 @@ impl<'a> RowSink<'a> {
         program: Program,
         pipeline: &'a Pipeline,
         out: &'a mut ObjectWriter,
+        quarantine: &'a mut Quarantine,
+        counts: &'a mut Counts,
         source: &'a str,
         http: &reqwest::Client,
     ) -> Self {
@@ -100,6 +106,8 @@ impl<'a> RowSink<'a> {
             program,
             buf: Vec::with_capacity(OUT_CHUNK + 4096),
             out,
+            quarantine,
+            counts,
             limits: &pipeline.quarantine,
             source,
             enricher,
@@ -115,36 +123,33 @@ impl<'a> RowSink<'a> {
     }
 
     /// Steps and output for a typed row, or the quarantine.
-    #[allow(clippy::too_many_arguments)]
     pub async fn row(
         &mut self,
         row: &mut Vec<Value>,
         typed: std::result::Result<(), steps::RowError>,
         pos: Position,
         raw: &[u8],
-        counts: &mut Counts,
-        quarantine: &mut Quarantine,
     ) -> Result<()> {
-        counts.records_in += 1;
+        self.counts.records_in += 1;
         let outcome = match typed {
             Ok(()) => self.program.apply(row),
             Err(e) => Outcome::Bad(e),
         };
         match outcome {
             Outcome::Keep => match &mut self.enricher {
-                None => self.keep(row, counts).await?,
+                None => self.keep(row).await?,
                 Some(en) => {
                     en.push(std::mem::take(row), pos, raw);
                     if en.full() {
                         en.dispatch();
                         if en.in_flight.len() >= en.plan.step.concurrency {
-                            self.drain_one(counts, quarantine).await?;
+                            self.drain_one().await?;
                         }
                     }
                 }
             },
-            Outcome::Filtered => counts.filtered += 1,
-            Outcome::Bad(e) => self.bad(pos, e, raw, quarantine).await?,
+            Outcome::Filtered => self.counts.filtered += 1,
+            Outcome::Bad(e) => self.bad(pos, e, raw).await?,
         }
         Ok(())
     }
@@ -158,8 +163,9 @@ impl<'a> RowSink<'a> {
         Ok(())
     }
 
-    pub async fn keep(&mut self, row: &[Value], counts: &mut Counts) -> Result<()> {
-        counts.records_out += 1;
+    /// Renders a kept row into the output.
+    pub async fn keep(&mut self, row: &[Value]) -> Result<()> {
+        self.counts.records_out += 1;
         self.writer.row(row, &mut self.buf);
         if self.buf.len() >= OUT_CHUNK {
             self.send().await?;
@@ -168,11 +174,7 @@ impl<'a> RowSink<'a> {
     }
 
     /// Waits for the oldest enrichment batch and finishes its rows, in order.
-    pub async fn drain_one(
-        &mut self,
-        counts: &mut Counts,
-        quarantine: &mut Quarantine,
-    ) -> Result<()> {
+    pub async fn drain_one(&mut self) -> Result<()> {
         let Some(batch) = self.enricher.as_mut().and_then(|e| e.in_flight.pop_front()) else {
             return Ok(());
         };
@@ -189,26 +191,21 @@ impl<'a> RowSink<'a> {
                 }),
             };
             match outcome {
-                Outcome::Keep => self.keep(&row, counts).await?,
-                Outcome::Filtered => counts.filtered += 1,
-                Outcome::Bad(e) => self.bad(pos, e, &raw, quarantine).await?,
+                Outcome::Keep => self.keep(&row).await?,
+                Outcome::Filtered => self.counts.filtered += 1,
+                Outcome::Bad(e) => self.bad(pos, e, &raw).await?,
             }
         }
         Ok(())
     }
 
-    pub async fn bad(
-        &mut self,
-        pos: Position,
-        e: steps::RowError,
-        raw: &[u8],
-        quarantine: &mut Quarantine,
-    ) -> Result<()> {
-        quarantine
+    /// Quarantines a bad row; past `quarantine.max_bad_rows`, fails the run.
+    pub async fn bad(&mut self, pos: Position, e: steps::RowError, raw: &[u8]) -> Result<()> {
+        self.quarantine
             .add(pos, e.column.as_deref(), &e.reason, raw)
             .await?;
         if let Some(max) = self.limits.max_bad_rows
-            && quarantine.count() > max
+            && self.quarantine.count() > max
         {
             return Err(Error::Records {
                 url: self.source.to_owned(),
@@ -219,24 +216,21 @@ impl<'a> RowSink<'a> {
                     "line {}: {} rows quarantined, more than quarantine.max_bad_rows {max}; \
                      the last: {}{}; see the quarantine {}",
                     pos.line,
-                    quarantine.count(),
+                    self.quarantine.count(),
                     e.column
                         .map(|c| format!("column {c:?}: "))
                         .unwrap_or_default(),
                     e.reason,
-                    quarantine.key()
+                    self.quarantine.key()
                 ),
             });
         }
         Ok(())
     }
 
-    pub async fn end(
-        &mut self,
-        counts: &mut Counts,
-        quarantine: &mut Quarantine,
-        at: u64,
-    ) -> Result<()> {
+    /// After the last row: the enrichment batches still in flight, the bad-row ratio, the
+    /// last output chunk. `at` is the input's decoded length, for the message.
+    pub async fn end(&mut self, at: u64) -> Result<()> {
         if let Some(en) = &mut self.enricher {
             en.dispatch();
         }
@@ -245,12 +239,12 @@ impl<'a> RowSink<'a> {
             .as_ref()
             .is_some_and(|e| !e.in_flight.is_empty())
         {
-            self.drain_one(counts, quarantine).await?;
+            self.drain_one().await?;
         }
         if let Some(max) = self.limits.max_bad_ratio
-            && counts.records_in > 0
+            && self.counts.records_in > 0
         {
-            let ratio = quarantine.count() as f64 / counts.records_in as f64;
+            let ratio = self.quarantine.count() as f64 / self.counts.records_in as f64;
             if ratio > max {
                 return Err(Error::Records {
                     url: self.source.to_owned(),
@@ -260,10 +254,10 @@ impl<'a> RowSink<'a> {
                     message: format!(
                         "{} of {} rows quarantined ({:.4}), more than quarantine.max_bad_ratio \
                          {max}; see the quarantine {}",
-                        quarantine.count(),
-                        counts.records_in,
+                        self.quarantine.count(),
+                        self.counts.records_in,
                         ratio,
-                        quarantine.key()
+                        self.quarantine.key()
                     ),
                 });
             }

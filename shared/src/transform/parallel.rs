@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
+use super::Counts;
 use super::output::RowSink;
 use super::reader::{CsvReader, Position};
 use super::rows::{ColPlan, type_csv};
 use super::steps::{Outcome, Program, RowError};
 use super::writer::RowWriter;
-use super::{Counts, Quarantine};
-use crate::format::Format;
 use crate::error::{Error, Result};
+use crate::format::Format;
 use crate::job::panic_message;
 
 /// Records per chunk (a chunk also closes at [`CHUNK_BYTES`]).
@@ -176,8 +176,6 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
     shared: Arc<Shared>,
     workers: usize,
     sink: &mut RowSink<'_>,
-    counts: &mut Counts,
-    quarantine: &mut Quarantine,
 ) -> Result<()> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(workers);
     let (done_tx, mut done_rx) = mpsc::channel::<Worked>(workers);
@@ -228,11 +226,11 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
                 waiting.insert(done.seq, done);
                 while let Some(done) = waiting.remove(&next) {
                     next += 1;
-                    counts.records_in += done.counts.records_in;
-                    counts.records_out += done.counts.records_out;
-                    counts.filtered += done.counts.filtered;
+                    sink.counts.records_in += done.counts.records_in;
+                    sink.counts.records_out += done.counts.records_out;
+                    sink.counts.filtered += done.counts.filtered;
                     for (pos, e, raw) in done.bad {
-                        sink.bad(pos, e, &raw, quarantine).await?;
+                        sink.bad(pos, e, &raw).await?;
                     }
                     sink.emit(&done.out).await?;
                 }

@@ -196,7 +196,9 @@ impl RowJob<'_> {
             for (p, needed) in plans.iter_mut().zip(program.needed()) {
                 p.read |= *needed;
             }
-            let mut sink = RowSink::new(program, pipeline, output, source, self.http);
+            let mut sink = RowSink::new(
+                program, pipeline, output, quarantine, counts, source, self.http,
+            );
             sink.writer.header(&mut sink.buf);
             let workers = pipeline.workers.unwrap_or(1);
             if workers > 1 && sink.program.enrich().is_none() {
@@ -206,9 +208,9 @@ impl RowJob<'_> {
                     format: pipeline.output.format,
                     raw_cap: pipeline.quarantine.max_raw_bytes,
                 });
-                parallel::run(&mut reader, shared, workers, &mut sink, counts, quarantine).await?;
+                parallel::run(&mut reader, shared, workers, &mut sink).await?;
                 *decoded_bytes = reader.offset();
-                return sink.end(counts, quarantine, reader.offset()).await;
+                return sink.end(reader.offset()).await;
             }
             let ncols = plans.len();
             while let Some(rec) = reader.next().await? {
@@ -223,11 +225,10 @@ impl RowJob<'_> {
                     type_csv(&plans, |i| rec.field(i), &mut row)
                 };
                 let (pos, raw) = (rec.pos, rec.raw);
-                sink.row(&mut row, typed, pos, raw, counts, quarantine)
-                    .await?;
+                sink.row(&mut row, typed, pos, raw).await?;
             }
             *decoded_bytes = reader.offset();
-            sink.end(counts, quarantine, reader.offset()).await
+            sink.end(reader.offset()).await
         }
     }
 
@@ -255,17 +256,18 @@ impl RowJob<'_> {
                 .collect();
             let plans = plans(pipeline, &names);
             let program = steps::compile(&pipeline.steps, &pipeline.schema_layout(), false)?;
-            let mut sink = RowSink::new(program, pipeline, output, source, self.http);
+            let mut sink = RowSink::new(
+                program, pipeline, output, quarantine, counts, source, self.http,
+            );
             sink.writer.header(&mut sink.buf);
             while let Some(line) = reader.next().await? {
                 crate::fault::point("transform.row");
                 row.clear();
                 let typed = type_json(&plans, line.raw, &mut row);
-                sink.row(&mut row, typed, line.pos, line.raw, counts, quarantine)
-                    .await?;
+                sink.row(&mut row, typed, line.pos, line.raw).await?;
             }
             *decoded_bytes = reader.offset();
-            sink.end(counts, quarantine, reader.offset()).await
+            sink.end(reader.offset()).await
         }
     }
 }
