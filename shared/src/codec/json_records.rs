@@ -21,6 +21,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use tokio_util::codec::Decoder;
 
+pub use super::ndjson::NdjsonDecoder;
+
 /// A JSON path of object keys: `$.a.b` (or `$` for the root). Bracket form `$['a b']` is
 /// accepted for keys with other characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -426,36 +428,275 @@ fn describe(b: u8) -> String {
     }
 }
 
+/// What a parser-state handler tells the [`Decoder::decode`] loop.
+enum Step {
+    /// The token was consumed (or a skip begun): look at what follows.
+    Next,
+    /// End this call: a record, or `None` when more input is needed.
+    Yield(Option<Bytes>),
+}
+
+/// A byte that can start a JSON value.
+fn starts_value(b: u8) -> bool {
+    matches!(
+        b,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    )
+}
+
+impl JsonRecordsDecoder {
+    /// Continues skipping a subtree; it is consumed as far as it has arrived.
+    fn continue_skip(&mut self, src: &mut BytesMut, mut skip: Scan) -> Step {
+        let end = scan_container(src, &mut skip, src.len());
+        let n = skip.pos;
+        self.consume(src, n);
+        match end {
+            Some(_) => {
+                self.value_done();
+                Step::Next
+            }
+            None => {
+                // `src` now starts after what was scanned, so the next call resumes at 0.
+                skip.pos = 0;
+                self.skip = Some(skip);
+                Step::Yield(None)
+            }
+        }
+    }
+
+    /// Whitespace between tokens is consumed at once, unless a token is half-scanned (its
+    /// scan position counts from `src[0]`).
+    fn skip_whitespace(&mut self, src: &mut BytesMut) {
+        if self.scan.pos == 0 {
+            let ws = src
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(src.len());
+            if ws > 0 {
+                self.consume(src, ws);
+            }
+        }
+    }
+
+    /// [`Expect::Value`]: the records array, an object on the way to a path of interest, a
+    /// subtree to skip, or a scalar (captured if it is on a capture path).
+    fn on_value(&mut self, src: &mut BytesMut, b: u8) -> io::Result<Step> {
+        let path = self.value_path();
+        if path
+            .iter()
+            .copied()
+            .eq(self.records.keys().iter().map(String::as_str))
+        {
+            return self.on_records_value(src, b);
+        }
+        let on_way = |p: &JsonPath| {
+            p.keys().len() > path.len() && p.keys().iter().zip(&path).all(|(a, b)| a == b)
+        };
+        if b == b'{' && (on_way(&self.records) || self.captures.iter().any(on_way)) {
+            self.consume(src, 1);
+            self.stack.push(Frame::Object { key: None });
+            self.expect = Expect::KeyOrEnd;
+            return Ok(Step::Next);
+        }
+        if self.stack.is_empty() && b != b'{' {
+            return Err(self.err(
+                "records not found",
+                0,
+                false,
+                format!(
+                    "expected a JSON object holding {}, found {}",
+                    self.records,
+                    describe(b)
+                ),
+            ));
+        }
+        if !starts_value(b) {
+            return Err(self.err(
+                "invalid JSON",
+                0,
+                false,
+                format!("expected a value, found {}", describe(b)),
+            ));
+        }
+        if matches!(b, b'{' | b'[') {
+            self.skip = Some(Scan::default());
+            return Ok(Step::Next);
+        }
+        let capture = self
+            .captures
+            .iter()
+            .position(|c| c.keys().iter().map(String::as_str).eq(path.iter().copied()));
+        let Some(len) = self.scan_value(src, false)? else {
+            return Ok(Step::Yield(None));
+        };
+        let value: serde_json::Value = serde_json::from_slice(&src[..len])
+            .map_err(|e| self.err("invalid JSON", 0, false, e.to_string()))?;
+        if let Some(i) = capture {
+            self.captured.set(i, value);
+        }
+        self.consume(src, len);
+        self.value_done();
+        Ok(Step::Next)
+    }
+
+    /// The value at the records path: the array, or `null`.
+    fn on_records_value(&mut self, src: &mut BytesMut, b: u8) -> io::Result<Step> {
+        match b {
+            b'[' => {
+                self.consume(src, 1);
+                self.stack.push(Frame::Records);
+                self.expect = Expect::RecordOrEnd;
+                self.found = true;
+                Ok(Step::Next)
+            }
+            // An API's way of saying "no records on this page".
+            b'n' => {
+                let Some(len) = self.scan_value(src, false)? else {
+                    return Ok(Step::Yield(None));
+                };
+                if &src[..len] == b"null" {
+                    self.found = true;
+                    self.consume(src, len);
+                    self.value_done();
+                    return Ok(Step::Next);
+                }
+                Err(self.err(
+                    "invalid JSON",
+                    0,
+                    false,
+                    format!("expected an array at {}", self.records),
+                ))
+            }
+            other => Err(self.err(
+                "records not found",
+                0,
+                false,
+                format!(
+                    "expected an array at {}, found {}",
+                    self.records,
+                    describe(other)
+                ),
+            )),
+        }
+    }
+
+    /// [`Expect::KeyOrEnd`] / [`Expect::Key`]: an object key (or `}` right after `{`).
+    fn on_key(&mut self, src: &mut BytesMut, b: u8) -> io::Result<Step> {
+        if b == b'}' && self.expect == Expect::KeyOrEnd {
+            self.consume(src, 1);
+            self.stack.pop();
+            self.value_done();
+            return Ok(Step::Next);
+        }
+        if b != b'"' {
+            return Err(self.err(
+                "invalid JSON",
+                0,
+                false,
+                format!("expected an object key, found {}", describe(b)),
+            ));
+        }
+        let Some(len) = self.scan_value(src, false)? else {
+            return Ok(Step::Yield(None));
+        };
+        let key: String = serde_json::from_slice(&src[..len])
+            .map_err(|e| self.err("invalid JSON", 0, false, e.to_string()))?;
+        if let Some(Frame::Object { key: slot }) = self.stack.last_mut() {
+            *slot = Some(key);
+        }
+        self.consume(src, len);
+        self.expect = Expect::Colon;
+        Ok(Step::Next)
+    }
+
+    /// [`Expect::Colon`].
+    fn on_colon(&mut self, src: &mut BytesMut, b: u8) -> io::Result<Step> {
+        if b != b':' {
+            return Err(self.err(
+                "invalid JSON",
+                0,
+                false,
+                format!("expected ':', found {}", describe(b)),
+            ));
+        }
+        self.consume(src, 1);
+        self.expect = Expect::Value;
+        Ok(Step::Next)
+    }
+
+    /// [`Expect::RecordOrEnd`] / [`Expect::Record`]: a record, yielded once complete, or the
+    /// `]` that closes the records array.
+    fn on_record(&mut self, src: &mut BytesMut, b: u8) -> io::Result<Step> {
+        if b == b']' {
+            if self.expect == Expect::Record {
+                return Err(self.err("invalid JSON", 0, false, "trailing comma before ']'".into()));
+            }
+            self.consume(src, 1);
+            self.stack.pop();
+            self.value_done();
+            return Ok(Step::Next);
+        }
+        if !starts_value(b) {
+            return Err(self.err(
+                "invalid JSON",
+                0,
+                true,
+                format!("expected a record, found {}", describe(b)),
+            ));
+        }
+        let Some(len) = self.scan_value(src, true)? else {
+            return Ok(Step::Yield(None));
+        };
+        self.emit_record(src, len).map(|r| Step::Yield(Some(r)))
+    }
+
+    /// [`Expect::CommaOrEnd`]: after a member of an object or an element of the records array.
+    fn on_comma_or_end(&mut self, src: &mut BytesMut, b: u8) -> io::Result<Step> {
+        let in_records = matches!(self.stack.last(), Some(Frame::Records));
+        match (b, in_records) {
+            (b',', true) => {
+                self.consume(src, 1);
+                self.expect = Expect::Record;
+            }
+            (b',', false) => {
+                self.consume(src, 1);
+                self.expect = Expect::Key;
+            }
+            (b']', true) | (b'}', false) => {
+                self.consume(src, 1);
+                self.stack.pop();
+                self.value_done();
+            }
+            _ => {
+                return Err(self.err(
+                    "invalid JSON",
+                    0,
+                    in_records,
+                    format!(
+                        "expected ',' or '{}', found {}",
+                        if in_records { ']' } else { '}' },
+                        describe(b)
+                    ),
+                ));
+            }
+        }
+        Ok(Step::Next)
+    }
+}
+
 impl Decoder for JsonRecordsDecoder {
     type Item = Bytes;
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
         loop {
-            if let Some(mut skip) = self.skip.take() {
-                let end = scan_container(src, &mut skip, src.len());
-                let n = skip.pos;
-                self.consume(src, n);
-                match end {
-                    Some(_) => self.value_done(),
-                    None => {
-                        skip.pos = 0;
-                        self.skip = Some(skip);
-                        return Ok(None);
-                    }
-                }
-                continue;
-            }
-            // Whitespace between tokens is consumed at once (unless a token is half-scanned).
-            if self.scan.pos == 0 {
-                let ws = src
-                    .iter()
-                    .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-                    .unwrap_or(src.len());
-                if ws > 0 {
-                    self.consume(src, ws);
+            if let Some(skip) = self.skip.take() {
+                match self.continue_skip(src, skip) {
+                    Step::Next => continue,
+                    Step::Yield(out) => return Ok(out),
                 }
             }
+            self.skip_whitespace(src);
             if src.is_empty() {
                 return Ok(None);
             }
@@ -468,203 +709,15 @@ impl Decoder for JsonRecordsDecoder {
                 ));
             }
             let b = src[0];
-            match self.expect {
-                Expect::Value => {
-                    let path = self.value_path();
-                    let records: Vec<&str> =
-                        self.records.keys().iter().map(String::as_str).collect();
-                    if path == records {
-                        match b {
-                            b'[' => {
-                                self.consume(src, 1);
-                                self.stack.push(Frame::Records);
-                                self.expect = Expect::RecordOrEnd;
-                                self.found = true;
-                                continue;
-                            }
-                            // An API's way of saying "no records on this page".
-                            b'n' => {
-                                let Some(len) = self.scan_value(src, false)? else {
-                                    return Ok(None);
-                                };
-                                if &src[..len] == b"null" {
-                                    self.found = true;
-                                    self.consume(src, len);
-                                    self.value_done();
-                                    continue;
-                                }
-                                return Err(self.err(
-                                    "invalid JSON",
-                                    0,
-                                    false,
-                                    format!("expected an array at {}", self.records),
-                                ));
-                            }
-                            other => {
-                                return Err(self.err(
-                                    "records not found",
-                                    0,
-                                    false,
-                                    format!(
-                                        "expected an array at {}, found {}",
-                                        self.records,
-                                        describe(other)
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    let on_way = |p: &JsonPath| {
-                        p.keys().len() > path.len()
-                            && p.keys().iter().zip(&path).all(|(a, b)| a == b)
-                    };
-                    if b == b'{' && (on_way(&self.records) || self.captures.iter().any(on_way)) {
-                        self.consume(src, 1);
-                        self.stack.push(Frame::Object { key: None });
-                        self.expect = Expect::KeyOrEnd;
-                        continue;
-                    }
-                    if self.stack.is_empty() && b != b'{' {
-                        return Err(self.err(
-                            "records not found",
-                            0,
-                            false,
-                            format!(
-                                "expected a JSON object holding {}, found {}",
-                                self.records,
-                                describe(b)
-                            ),
-                        ));
-                    }
-                    if !matches!(
-                        b,
-                        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
-                    ) {
-                        return Err(self.err(
-                            "invalid JSON",
-                            0,
-                            false,
-                            format!("expected a value, found {}", describe(b)),
-                        ));
-                    }
-                    if matches!(b, b'{' | b'[') {
-                        self.skip = Some(Scan::default());
-                        continue;
-                    }
-                    let capture = self
-                        .captures
-                        .iter()
-                        .position(|c| c.keys().iter().map(String::as_str).eq(path.iter().copied()));
-                    let Some(len) = self.scan_value(src, false)? else {
-                        return Ok(None);
-                    };
-                    let value: serde_json::Value = serde_json::from_slice(&src[..len])
-                        .map_err(|e| self.err("invalid JSON", 0, false, e.to_string()))?;
-                    if let Some(i) = capture {
-                        self.captured.set(i, value);
-                    }
-                    self.consume(src, len);
-                    self.value_done();
-                }
-                Expect::KeyOrEnd | Expect::Key => {
-                    if b == b'}' && self.expect == Expect::KeyOrEnd {
-                        self.consume(src, 1);
-                        self.stack.pop();
-                        self.value_done();
-                        continue;
-                    }
-                    if b != b'"' {
-                        return Err(self.err(
-                            "invalid JSON",
-                            0,
-                            false,
-                            format!("expected an object key, found {}", describe(b)),
-                        ));
-                    }
-                    let Some(len) = self.scan_value(src, false)? else {
-                        return Ok(None);
-                    };
-                    let key: String = serde_json::from_slice(&src[..len])
-                        .map_err(|e| self.err("invalid JSON", 0, false, e.to_string()))?;
-                    if let Some(Frame::Object { key: slot }) = self.stack.last_mut() {
-                        *slot = Some(key);
-                    }
-                    self.consume(src, len);
-                    self.expect = Expect::Colon;
-                }
-                Expect::Colon => {
-                    if b != b':' {
-                        return Err(self.err(
-                            "invalid JSON",
-                            0,
-                            false,
-                            format!("expected ':', found {}", describe(b)),
-                        ));
-                    }
-                    self.consume(src, 1);
-                    self.expect = Expect::Value;
-                }
-                Expect::RecordOrEnd | Expect::Record => {
-                    if b == b']' {
-                        if self.expect == Expect::Record {
-                            return Err(self.err(
-                                "invalid JSON",
-                                0,
-                                false,
-                                "trailing comma before ']'".into(),
-                            ));
-                        }
-                        self.consume(src, 1);
-                        self.stack.pop();
-                        self.value_done();
-                        continue;
-                    }
-                    if !matches!(
-                        b,
-                        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
-                    ) {
-                        return Err(self.err(
-                            "invalid JSON",
-                            0,
-                            true,
-                            format!("expected a record, found {}", describe(b)),
-                        ));
-                    }
-                    let Some(len) = self.scan_value(src, true)? else {
-                        return Ok(None);
-                    };
-                    return self.emit_record(src, len).map(Some);
-                }
-                Expect::CommaOrEnd => {
-                    let in_records = matches!(self.stack.last(), Some(Frame::Records));
-                    match (b, in_records) {
-                        (b',', true) => {
-                            self.consume(src, 1);
-                            self.expect = Expect::Record;
-                        }
-                        (b',', false) => {
-                            self.consume(src, 1);
-                            self.expect = Expect::Key;
-                        }
-                        (b']', true) | (b'}', false) => {
-                            self.consume(src, 1);
-                            self.stack.pop();
-                            self.value_done();
-                        }
-                        _ => {
-                            return Err(self.err(
-                                "invalid JSON",
-                                0,
-                                in_records,
-                                format!(
-                                    "expected ',' or '{}', found {}",
-                                    if in_records { ']' } else { '}' },
-                                    describe(b)
-                                ),
-                            ));
-                        }
-                    }
-                }
+            let step = match self.expect {
+                Expect::Value => self.on_value(src, b)?,
+                Expect::KeyOrEnd | Expect::Key => self.on_key(src, b)?,
+                Expect::Colon => self.on_colon(src, b)?,
+                Expect::RecordOrEnd | Expect::Record => self.on_record(src, b)?,
+                Expect::CommaOrEnd => self.on_comma_or_end(src, b)?,
+            };
+            if let Step::Yield(out) = step {
+                return Ok(out);
             }
         }
     }
@@ -698,139 +751,9 @@ impl Decoder for JsonRecordsDecoder {
     }
 }
 
-/// Records of newline-delimited JSON: every non-blank line, checked to be one JSON value,
-/// yielded without its line ending. A line longer than the cap is an error, not a buffer.
-#[derive(Debug)]
-pub struct NdjsonDecoder {
-    max_len: usize,
-    scanned: usize,
-    offset: u64,
-    count: u64,
-}
-
-impl NdjsonDecoder {
-    /// Lines up to `max_len` bytes.
-    pub fn new(max_len: usize) -> Self {
-        NdjsonDecoder {
-            max_len,
-            scanned: 0,
-            offset: 0,
-            count: 0,
-        }
-    }
-
-    fn line(&mut self, src: &mut BytesMut, len: usize, skip: usize) -> io::Result<Option<Bytes>> {
-        let mut line = src.split_to(len);
-        src.advance(skip);
-        let start = self.offset;
-        self.offset += (len + skip) as u64;
-        self.scanned = 0;
-        if line.last() == Some(&b'\r') {
-            line.truncate(line.len() - 1);
-        }
-        if line.iter().all(|b| matches!(b, b' ' | b'\t')) {
-            return Ok(None);
-        }
-        self.count += 1;
-        serde_json::from_slice::<IgnoredAny>(&line).map_err(|e| {
-            io::Error::from(RecordsError {
-                class: "invalid JSON",
-                offset: start,
-                record: Some(self.count),
-                message: format!("{e} within the line"),
-            })
-        })?;
-        Ok(Some(line.freeze()))
-    }
-}
-
-impl Decoder for NdjsonDecoder {
-    type Item = Bytes;
-    type Error = io::Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
-        loop {
-            let limit = src.len().min(self.max_len + 1);
-            match memchr::memchr(b'\n', &src[self.scanned..limit]) {
-                Some(i) => {
-                    let len = self.scanned + i;
-                    if let Some(line) = self.line(src, len, 1)? {
-                        return Ok(Some(line));
-                    }
-                }
-                None if src.len() > self.max_len => {
-                    return Err(RecordsError {
-                        class: "record too large",
-                        offset: self.offset,
-                        record: Some(self.count + 1),
-                        message: format!("line longer than the limit of {} bytes", self.max_len),
-                    }
-                    .into());
-                }
-                None => {
-                    self.scanned = src.len();
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
-        if let Some(line) = self.decode(src)? {
-            return Ok(Some(line));
-        }
-        if src.is_empty() {
-            return Ok(None);
-        }
-        let len = src.len();
-        self.line(src, len, 0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ndjson_lines() {
-        for chunk in 1..40 {
-            let doc = b"{\"a\":1}\r\n\n  \n[2]\n\"x\"";
-            let mut d = NdjsonDecoder::new(64);
-            let mut buf = BytesMut::new();
-            let mut out = vec![];
-            for piece in doc.chunks(chunk) {
-                buf.extend_from_slice(piece);
-                while let Some(l) = d.decode(&mut buf).unwrap() {
-                    out.push(l);
-                }
-            }
-            while let Some(l) = d.decode_eof(&mut buf).unwrap() {
-                out.push(l);
-            }
-            assert_eq!(
-                out,
-                [
-                    Bytes::from("{\"a\":1}"),
-                    Bytes::from("[2]"),
-                    Bytes::from("\"x\"")
-                ],
-                "chunk {chunk}"
-            );
-        }
-        let mut d = NdjsonDecoder::new(64);
-        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"a\":\n"[..]);
-        assert!(d.decode(&mut buf).unwrap().is_some());
-        let e = d.decode(&mut buf).unwrap_err().to_string();
-        assert!(e.starts_with("invalid JSON at byte 8 (record 2)"), "{e}");
-        let mut d = NdjsonDecoder::new(8);
-        let mut buf = BytesMut::from(&b"{\"aaaaaaaaaa\":1}"[..]);
-        assert!(
-            d.decode(&mut buf)
-                .unwrap_err()
-                .to_string()
-                .contains("record too large")
-        );
-    }
 
     fn decoder(records: &str, captures: &[&str]) -> JsonRecordsDecoder {
         JsonRecordsDecoder::new(

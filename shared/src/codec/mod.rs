@@ -4,6 +4,7 @@
 mod compress;
 mod decompress;
 pub mod json_records;
+pub mod ndjson;
 
 pub use compress::{Codec, Compression, Encoder};
 pub use decompress::Decoding;

@@ -466,6 +466,160 @@ impl Compiler {
     }
 }
 
+/// One helper per step kind: each gets the step's config path (`steps[n]`), checks the step
+/// against the columns at that point, and updates them as the step will at run time.
+impl Compiler {
+    /// What is sent to the service and where its fields land.
+    fn enrich_plan(&mut self, at: &str, e: &EnrichStep) -> Result<EnrichPlan> {
+        let send = match &e.columns {
+            Some(cols) => cols
+                .iter()
+                .map(|col| Ok((col.clone(), self.find(at, col)?)))
+                .collect::<Result<Vec<_>>>()?,
+            None => {
+                // Everything at this point is sent, so every column is used.
+                if self.tracking {
+                    for o in self.origin.iter().flatten() {
+                        self.needed[*o] = true;
+                    }
+                }
+                self.layout
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| (name.clone(), i))
+                    .collect()
+            }
+        };
+        let fields = e
+            .fields
+            .iter()
+            .map(|f| {
+                let parser = Parser::new(f.ty, f.format.clone());
+                (f.name.clone(), parser, self.target(&f.name, f.ty))
+            })
+            .collect();
+        Ok(EnrichPlan {
+            step: e.clone(),
+            send,
+            fields,
+        })
+    }
+
+    fn replace(&mut self, at: &str, r: &ReplaceStep) -> Result<Op> {
+        let at = format!("{at}.replace");
+        let idx = self.find(&at, &r.column)?;
+        let (name, ty) = &self.layout[idx];
+        if *ty != ColType::String {
+            return Err(Error::spec(format!(
+                "{at}: column {name:?} is {}; replace works on strings (cast it first)",
+                ty.name()
+            )));
+        }
+        Ok(Op::Replace {
+            idx,
+            map: r.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
+    }
+
+    fn concat(&mut self, at: &str, s: &ConcatStep) -> Result<Op> {
+        let at = format!("{at}.concat");
+        if s.columns.is_empty() {
+            return Err(Error::spec(format!("{at}: columns is empty")));
+        }
+        let idxs = s
+            .columns
+            .iter()
+            .map(|col| self.find(&at, col))
+            .collect::<Result<Vec<_>>>()?;
+        let into = self.target(&s.into, ColType::String);
+        Ok(Op::Concat {
+            idxs,
+            sep: s.sep.clone(),
+            into,
+        })
+    }
+
+    fn select(&mut self, at: &str, cols: &[String]) -> Result<Op> {
+        let at = format!("{at}.select");
+        if cols.is_empty() {
+            return Err(Error::spec(format!("{at}: no columns")));
+        }
+        let mut idxs = Vec::with_capacity(cols.len());
+        for (i, col) in cols.iter().enumerate() {
+            if cols[..i].contains(col) {
+                return Err(Error::spec(format!("{at}: column {col:?} selected twice")));
+            }
+            idxs.push(self.find(&at, col)?);
+        }
+        self.layout = idxs.iter().map(|i| self.layout[*i].clone()).collect();
+        self.origin = idxs.iter().map(|i| self.origin[*i]).collect();
+        // Nothing outside the selection can be used any more.
+        self.tracking = false;
+        Ok(Op::Select(idxs))
+    }
+
+    /// Renaming only changes the layout: rows are addressed by index, so it needs no op.
+    fn rename(&mut self, at: &str, map: &BTreeMap<String, String>) -> Result<()> {
+        let at = format!("{at}.rename");
+        let mut renamed = self.layout.clone();
+        for (from, to) in map {
+            let idx = self.find(&at, from)?;
+            renamed[idx].0 = to.clone();
+        }
+        for (i, (name, _)) in renamed.iter().enumerate() {
+            if renamed[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::spec(format!(
+                    "{at}: two columns would be named {name:?}"
+                )));
+            }
+        }
+        self.layout = renamed;
+        Ok(())
+    }
+
+    fn cast(&mut self, at: &str, s: &CastStep) -> Result<Op> {
+        let at = format!("{at}.cast");
+        let idx = self.find(&at, &s.column)?;
+        let parser = Parser::new(s.ty, s.format.clone());
+        parser
+            .check_format()
+            .map_err(|e| Error::spec(format!("{at}: {e}")))?;
+        self.layout[idx].1 = s.ty;
+        Ok(Op::Cast {
+            idx,
+            name: s.column.clone(),
+            parser,
+        })
+    }
+
+    fn days_between(&mut self, at: &str, s: &DaysBetweenStep) -> Result<Op> {
+        let at = format!("{at}.days_between");
+        let from = self.find(&at, &s.from)?;
+        let to = self.find(&at, &s.to)?;
+        for i in [from, to] {
+            let (name, ty) = &self.layout[i];
+            if !matches!(ty, ColType::Date | ColType::Timestamp | ColType::String) {
+                return Err(Error::spec(format!(
+                    "{at}: column {name:?} is {}, not a date, timestamp or string",
+                    ty.name()
+                )));
+            }
+        }
+        let format = s.format.clone().unwrap_or_else(|| "%Y-%m-%d".to_owned());
+        Parser::new(ColType::Date, Some(format.clone()))
+            .check_format()
+            .map_err(|e| Error::spec(format!("{at}: {e}")))?;
+        let into = self.target(&s.into, ColType::Int);
+        Ok(Op::DaysBetween {
+            from,
+            to,
+            format,
+            otherwise: s.otherwise.map_or(Value::Null, Value::Int),
+            into,
+        })
+    }
+}
+
 /// Compiles `steps` against the input `layout`. With `lenient`, a column the layout does not
 /// have is taken to be a string column of the file (CSV columns outside the schema), so the
 /// config can be checked before any header is seen; without it, it is an error naming the
@@ -491,153 +645,16 @@ pub fn compile(steps: &[Step], layout: &Layout, lenient: bool) -> Result<Program
                         "{at}: a pipeline has at most one enrich step"
                     )));
                 }
-                let send = match &e.columns {
-                    Some(cols) => cols
-                        .iter()
-                        .map(|col| Ok((col.clone(), c.find(&at, col)?)))
-                        .collect::<Result<Vec<_>>>()?,
-                    None => {
-                        // Everything at this point is sent, so every column is used.
-                        if c.tracking {
-                            for o in c.origin.iter().flatten() {
-                                c.needed[*o] = true;
-                            }
-                        }
-                        c.layout
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (name, _))| (name.clone(), i))
-                            .collect()
-                    }
-                };
-                let fields = e
-                    .fields
-                    .iter()
-                    .map(|f| {
-                        let parser = Parser::new(f.ty, f.format.clone());
-                        (f.name.clone(), parser, c.target(&f.name, f.ty))
-                    })
-                    .collect();
-                enrich = Some((
-                    ops.len(),
-                    EnrichPlan {
-                        step: e.clone(),
-                        send,
-                        fields,
-                    },
-                ));
+                enrich = Some((ops.len(), c.enrich_plan(&at, e)?));
                 ops.push(Op::Enrich);
             }
-            Step::Filter(cond) => {
-                let cc = c.cond(&format!("{at}.filter"), cond)?;
-                ops.push(Op::Filter(cc));
-            }
-            Step::Replace(r) => {
-                let at = format!("{at}.replace");
-                let idx = c.find(&at, &r.column)?;
-                let (name, ty) = &c.layout[idx];
-                if *ty != ColType::String {
-                    return Err(Error::spec(format!(
-                        "{at}: column {name:?} is {}; replace works on strings (cast it first)",
-                        ty.name()
-                    )));
-                }
-                ops.push(Op::Replace {
-                    idx,
-                    map: r.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                });
-            }
-            Step::Concat(s) => {
-                let at = format!("{at}.concat");
-                if s.columns.is_empty() {
-                    return Err(Error::spec(format!("{at}: columns is empty")));
-                }
-                let idxs = s
-                    .columns
-                    .iter()
-                    .map(|col| c.find(&at, col))
-                    .collect::<Result<Vec<_>>>()?;
-                let into = c.target(&s.into, ColType::String);
-                ops.push(Op::Concat {
-                    idxs,
-                    sep: s.sep.clone(),
-                    into,
-                });
-            }
-            Step::Select(cols) => {
-                let at = format!("{at}.select");
-                if cols.is_empty() {
-                    return Err(Error::spec(format!("{at}: no columns")));
-                }
-                let mut idxs = Vec::with_capacity(cols.len());
-                for (i, col) in cols.iter().enumerate() {
-                    if cols[..i].contains(col) {
-                        return Err(Error::spec(format!("{at}: column {col:?} selected twice")));
-                    }
-                    idxs.push(c.find(&at, col)?);
-                }
-                c.layout = idxs.iter().map(|i| c.layout[*i].clone()).collect();
-                c.origin = idxs.iter().map(|i| c.origin[*i]).collect();
-                // Nothing outside the selection can be used any more.
-                c.tracking = false;
-                ops.push(Op::Select(idxs));
-            }
-            Step::Rename(map) => {
-                let at = format!("{at}.rename");
-                let mut renamed = c.layout.clone();
-                for (from, to) in map {
-                    let idx = c.find(&at, from)?;
-                    renamed[idx].0 = to.clone();
-                }
-                for (i, (name, _)) in renamed.iter().enumerate() {
-                    if renamed[..i].iter().any(|(n, _)| n == name) {
-                        return Err(Error::spec(format!(
-                            "{at}: two columns would be named {name:?}"
-                        )));
-                    }
-                }
-                c.layout = renamed;
-            }
-            Step::Cast(s) => {
-                let at = format!("{at}.cast");
-                let idx = c.find(&at, &s.column)?;
-                let parser = Parser::new(s.ty, s.format.clone());
-                parser
-                    .check_format()
-                    .map_err(|e| Error::spec(format!("{at}: {e}")))?;
-                c.layout[idx].1 = s.ty;
-                ops.push(Op::Cast {
-                    idx,
-                    name: s.column.clone(),
-                    parser,
-                });
-            }
-            Step::DaysBetween(s) => {
-                let at = format!("{at}.days_between");
-                let from = c.find(&at, &s.from)?;
-                let to = c.find(&at, &s.to)?;
-                for i in [from, to] {
-                    let (name, ty) = &c.layout[i];
-                    if !matches!(ty, ColType::Date | ColType::Timestamp | ColType::String) {
-                        return Err(Error::spec(format!(
-                            "{at}: column {name:?} is {}, not a date, timestamp or string",
-                            ty.name()
-                        )));
-                    }
-                }
-                let format = s.format.clone().unwrap_or_else(|| "%Y-%m-%d".to_owned());
-                Parser::new(ColType::Date, Some(format.clone()))
-                    .check_format()
-                    .map_err(|e| Error::spec(format!("{at}: {e}")))?;
-                let into = c.target(&s.into, ColType::Int);
-                ops.push(Op::DaysBetween {
-                    from,
-                    to,
-                    format,
-                    otherwise: s.otherwise.map_or(Value::Null, Value::Int),
-                    into,
-                });
-            }
+            Step::Filter(cond) => ops.push(Op::Filter(c.cond(&format!("{at}.filter"), cond)?)),
+            Step::Replace(r) => ops.push(c.replace(&at, r)?),
+            Step::Concat(s) => ops.push(c.concat(&at, s)?),
+            Step::Select(cols) => ops.push(c.select(&at, cols)?),
+            Step::Rename(map) => c.rename(&at, map)?,
+            Step::Cast(s) => ops.push(c.cast(&at, s)?),
+            Step::DaysBetween(s) => ops.push(c.days_between(&at, s)?),
         }
     }
     let mut needed = c.needed;

@@ -1,0 +1,147 @@
+//! Records of newline-delimited JSON, one per line.
+//!
+//! Errors are [`RecordsError`]s like those of the JSON document decoder, so a reader of either
+//! format reports a bad record the same way.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::de::IgnoredAny;
+use tokio_util::codec::Decoder;
+
+use super::json_records::RecordsError;
+
+/// Records of newline-delimited JSON: every non-blank line, checked to be one JSON value,
+/// yielded without its line ending. A line longer than the cap is an error, not a buffer.
+#[derive(Debug)]
+pub struct NdjsonDecoder {
+    max_len: usize,
+    scanned: usize,
+    offset: u64,
+    count: u64,
+}
+
+impl NdjsonDecoder {
+    /// Lines up to `max_len` bytes.
+    pub fn new(max_len: usize) -> Self {
+        NdjsonDecoder {
+            max_len,
+            scanned: 0,
+            offset: 0,
+            count: 0,
+        }
+    }
+
+    fn line(&mut self, src: &mut BytesMut, len: usize, skip: usize) -> io::Result<Option<Bytes>> {
+        let mut line = src.split_to(len);
+        src.advance(skip);
+        let start = self.offset;
+        self.offset += (len + skip) as u64;
+        self.scanned = 0;
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        if line.iter().all(|b| matches!(b, b' ' | b'\t')) {
+            return Ok(None);
+        }
+        self.count += 1;
+        serde_json::from_slice::<IgnoredAny>(&line).map_err(|e| {
+            io::Error::from(RecordsError {
+                class: "invalid JSON",
+                offset: start,
+                record: Some(self.count),
+                message: format!("{e} within the line"),
+            })
+        })?;
+        Ok(Some(line.freeze()))
+    }
+}
+
+impl Decoder for NdjsonDecoder {
+    type Item = Bytes;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        loop {
+            let limit = src.len().min(self.max_len + 1);
+            match memchr::memchr(b'\n', &src[self.scanned..limit]) {
+                Some(i) => {
+                    let len = self.scanned + i;
+                    if let Some(line) = self.line(src, len, 1)? {
+                        return Ok(Some(line));
+                    }
+                }
+                None if src.len() > self.max_len => {
+                    return Err(RecordsError {
+                        class: "record too large",
+                        offset: self.offset,
+                        record: Some(self.count + 1),
+                        message: format!("line longer than the limit of {} bytes", self.max_len),
+                    }
+                    .into());
+                }
+                None => {
+                    self.scanned = src.len();
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        if let Some(line) = self.decode(src)? {
+            return Ok(Some(line));
+        }
+        if src.is_empty() {
+            return Ok(None);
+        }
+        let len = src.len();
+        self.line(src, len, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_lines() {
+        for chunk in 1..40 {
+            let doc = b"{\"a\":1}\r\n\n  \n[2]\n\"x\"";
+            let mut d = NdjsonDecoder::new(64);
+            let mut buf = BytesMut::new();
+            let mut out = vec![];
+            for piece in doc.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(l) = d.decode(&mut buf).unwrap() {
+                    out.push(l);
+                }
+            }
+            while let Some(l) = d.decode_eof(&mut buf).unwrap() {
+                out.push(l);
+            }
+            assert_eq!(
+                out,
+                [
+                    Bytes::from("{\"a\":1}"),
+                    Bytes::from("[2]"),
+                    Bytes::from("\"x\"")
+                ],
+                "chunk {chunk}"
+            );
+        }
+        let mut d = NdjsonDecoder::new(64);
+        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"a\":\n"[..]);
+        assert!(d.decode(&mut buf).unwrap().is_some());
+        let e = d.decode(&mut buf).unwrap_err().to_string();
+        assert!(e.starts_with("invalid JSON at byte 8 (record 2)"), "{e}");
+        let mut d = NdjsonDecoder::new(8);
+        let mut buf = BytesMut::from(&b"{\"aaaaaaaaaa\":1}"[..]);
+        assert!(
+            d.decode(&mut buf)
+                .unwrap_err()
+                .to_string()
+                .contains("record too large")
+        );
+    }
+}
