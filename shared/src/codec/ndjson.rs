@@ -13,12 +13,31 @@ use super::json_records::RecordsError;
 
 /// Records of newline-delimited JSON: every non-blank line, checked to be one JSON value,
 /// yielded without its line ending. A line longer than the cap is an error, not a buffer.
+///
+/// The one NDJSON framer of sluice: `ingest-http` reads NDJSON sources with it, and
+/// `transform-s3` reads NDJSON objects with it ([`unchecked`](Self::unchecked), so that a line
+/// that is not JSON is quarantined rather than fatal), using [`last`](Self::last) for the
+/// position of each row.
 #[derive(Debug)]
 pub struct NdjsonDecoder {
     max_len: usize,
     scanned: usize,
     offset: u64,
     count: u64,
+    lines: u64,
+    validate: bool,
+    last: LinePosition,
+}
+
+/// Where a line starts in the input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinePosition {
+    /// 1-based line number (blank lines counted).
+    pub line: u64,
+    /// Byte offset of the line's start.
+    pub offset: u64,
+    /// 1-based record number (blank lines not counted).
+    pub record: u64,
 }
 
 impl NdjsonDecoder {
@@ -29,7 +48,27 @@ impl NdjsonDecoder {
             scanned: 0,
             offset: 0,
             count: 0,
+            lines: 0,
+            validate: true,
+            last: LinePosition::default(),
         }
+    }
+
+    /// Yields every non-blank line without checking that it is JSON: for readers that parse
+    /// each line themselves and deal with a bad one (a transform quarantines it).
+    pub fn unchecked(mut self) -> Self {
+        self.validate = false;
+        self
+    }
+
+    /// Where the last line yielded starts.
+    pub fn last(&self) -> LinePosition {
+        self.last
+    }
+
+    /// Bytes consumed so far (through the end of the last line).
+    pub fn consumed(&self) -> u64 {
+        self.offset
     }
 
     fn line(&mut self, src: &mut BytesMut, len: usize, skip: usize) -> io::Result<Option<Bytes>> {
@@ -38,6 +77,7 @@ impl NdjsonDecoder {
         let start = self.offset;
         self.offset += (len + skip) as u64;
         self.scanned = 0;
+        self.lines += 1;
         if line.last() == Some(&b'\r') {
             line.truncate(line.len() - 1);
         }
@@ -45,6 +85,14 @@ impl NdjsonDecoder {
             return Ok(None);
         }
         self.count += 1;
+        self.last = LinePosition {
+            line: self.lines,
+            offset: start,
+            record: self.count,
+        };
+        if !self.validate {
+            return Ok(Some(line.freeze()));
+        }
         serde_json::from_slice::<IgnoredAny>(&line).map_err(|e| {
             io::Error::from(RecordsError {
                 class: "invalid JSON",
@@ -76,7 +124,11 @@ impl Decoder for NdjsonDecoder {
                         class: "record too large",
                         offset: self.offset,
                         record: Some(self.count + 1),
-                        message: format!("line longer than the limit of {} bytes", self.max_len),
+                        message: format!(
+                            "line {} longer than the limit of {} bytes",
+                            self.lines + 1,
+                            self.max_len
+                        ),
                     }
                     .into());
                 }
@@ -143,5 +195,40 @@ mod tests {
                 .to_string()
                 .contains("record too large")
         );
+    }
+
+    /// Positions count blank lines as lines but not as records, whatever the chunking; an
+    /// unchecked decoder yields a line that is not JSON for its reader to judge.
+    #[test]
+    fn positions_and_unchecked_lines() {
+        let doc = b"{\"a\":1}\r\n\n  \nnot json\n{\"a\":2}";
+        for chunk in 1..doc.len() {
+            let mut d = NdjsonDecoder::new(64).unchecked();
+            let mut buf = BytesMut::new();
+            let mut out = vec![];
+            for piece in doc.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(l) = d.decode(&mut buf).unwrap() {
+                    out.push((l, d.last()));
+                }
+            }
+            while let Some(l) = d.decode_eof(&mut buf).unwrap() {
+                out.push((l, d.last()));
+            }
+            let got: Vec<(&[u8], u64, u64, u64)> = out
+                .iter()
+                .map(|(l, p)| (&l[..], p.line, p.offset, p.record))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (&b"{\"a\":1}"[..], 1, 0, 1),
+                    (&b"not json"[..], 4, 13, 2),
+                    (&b"{\"a\":2}"[..], 5, 22, 3),
+                ],
+                "chunk {chunk}"
+            );
+            assert_eq!(d.consumed(), doc.len() as u64);
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Records from a decoded byte stream: CSV (RFC 4180, via `csv-core`) and NDJSON lines, each
-//! with its raw bytes, its line and its byte offset, in bounded memory.
+//! CSV records from a decoded byte stream (RFC 4180, via `csv-core`), each with its raw bytes,
+//! its line and its byte offset, in bounded memory. (NDJSON lines come from
+//! [`NdjsonDecoder`](crate::codec::ndjson::NdjsonDecoder), shared with `ingest-http`.)
 //!
 //! The CSV reader drives `csv-core` directly rather than going through `csv-async`: it needs
 //! the raw bytes of every record (a bad row is kept verbatim in the quarantine), and it must
@@ -305,100 +306,6 @@ fn ends_in_quote(raw: &[u8], delimiter: u8, quote: u8) -> bool {
     quoted
 }
 
-/// An NDJSON line (line ending removed) and its position.
-#[derive(Debug)]
-pub struct Line<'a> {
-    /// The line's bytes.
-    pub raw: &'a [u8],
-    /// Where it starts.
-    pub pos: Position,
-}
-
-/// Reads non-blank lines one at a time.
-pub struct LineReader<R> {
-    input: Input<R>,
-    line: Vec<u8>,
-    records: u64,
-    cap: usize,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    /// A reader of `src`; lines longer than `cap` are an error.
-    pub fn new(src: R, name: String, map_io: IoErrorMap, cap: usize) -> Self {
-        LineReader {
-            input: Input::new(src, name, map_io),
-            line: Vec::with_capacity(4096),
-            records: 0,
-            cap: cap.max(1024),
-        }
-    }
-
-    /// Decoded bytes read so far.
-    pub fn offset(&self) -> u64 {
-        self.input.offset
-    }
-
-    /// The next non-blank line, or `None` at the end.
-    pub async fn next(&mut self) -> Result<Option<Line<'_>>> {
-        loop {
-            self.line.clear();
-            let start = Position {
-                line: self.input.lines + 1,
-                offset: self.input.offset,
-                record: self.records + 1,
-            };
-            loop {
-                if !self.input.fill().await? {
-                    if self.line.is_empty() {
-                        return Ok(None);
-                    }
-                    break;
-                }
-                let avail = &self.input.buf[self.input.pos..self.input.len];
-                match memchr::memchr(b'\n', avail) {
-                    Some(i) => {
-                        self.line.extend_from_slice(&avail[..i]);
-                        self.input.consume(i + 1);
-                        if self.line.len() > self.cap {
-                            return Err(self.too_large(start));
-                        }
-                        break;
-                    }
-                    None => {
-                        self.line.extend_from_slice(avail);
-                        let n = avail.len();
-                        self.input.consume(n);
-                        if self.line.len() > self.cap {
-                            return Err(self.too_large(start));
-                        }
-                    }
-                }
-            }
-            if self.line.last() == Some(&b'\r') {
-                self.line.pop();
-            }
-            if self.line.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            self.records += 1;
-            return Ok(Some(Line {
-                raw: &self.line,
-                pos: start,
-            }));
-        }
-    }
-
-    fn too_large(&self, start: Position) -> Error {
-        Error::Records {
-            url: self.input.name.clone(),
-            class: "row too large",
-            offset: start.offset,
-            record: Some(start.record),
-            message: format!("line {}: a line over {} bytes", start.line, self.cap),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,19 +366,5 @@ mod tests {
         data.extend(b",3\n");
         let e = records(&data, 1024).await.unwrap_err().to_string();
         assert!(e.contains("row too large") && e.contains("record 3"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn lines() {
-        let data: &[u8] = b"{\"a\":1}\r\n\n  \n{\"a\":2}";
-        let mut r = LineReader::new(data, "t".into(), map(), 1 << 20);
-        let l = r.next().await.unwrap().unwrap();
-        assert_eq!((l.raw, l.pos.line), (&b"{\"a\":1}"[..], 1));
-        let l = r.next().await.unwrap().unwrap();
-        assert_eq!(
-            (l.raw, l.pos.line, l.pos.offset),
-            (&b"{\"a\":2}"[..], 4, 13)
-        );
-        assert!(r.next().await.unwrap().is_none());
     }
 }

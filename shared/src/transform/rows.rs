@@ -4,17 +4,24 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tokio::io::AsyncRead;
+use tokio_util::codec::FramedRead;
 
 use super::output::RowSink;
 use super::parallel;
 use super::quarantine::Quarantine;
-use super::reader::{CsvReader, IoErrorMap, LineReader};
+use super::reader::{CsvReader, IoErrorMap, Position};
 use super::steps::{self, Layout};
 use super::value::{ColType, Parser, Value};
 use super::{Counts, InputFormat, Pipeline};
+use crate::codec::json_records::RecordsError;
+use crate::codec::ndjson::NdjsonDecoder;
 use crate::error::{Error, Result};
 use crate::sink::ObjectWriter;
+
+/// Bytes read from the decoded input at a time.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// How a column of the input becomes a value.
 pub(super) struct ColPlan {
@@ -238,37 +245,56 @@ impl RowJob<'_> {
         map_io: IoErrorMap,
         out: RowOut<'_>,
     ) -> Result<()> {
-        let (pipeline, source, cap) = (self.pipeline, self.source, self.cap);
+        let (pipeline, source) = (self.pipeline, self.source);
+        let names: Vec<String> = pipeline
+            .input
+            .schema
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let plans = plans(pipeline, &names);
+        let program = steps::compile(&pipeline.steps, &pipeline.schema_layout(), false)?;
         let RowOut {
             output,
             quarantine,
             counts,
             decoded: decoded_bytes,
         } = out;
+        let mut sink = RowSink::new(
+            program, pipeline, output, quarantine, counts, source, self.http,
+        );
+        sink.writer.header(&mut sink.buf);
+        // A line that is not a JSON object is a bad row (quarantined), so the framer does not
+        // check the JSON itself.
+        let decoder = NdjsonDecoder::new(self.cap).unchecked();
+        let mut lines = FramedRead::with_capacity(decoded, decoder, READ_CHUNK);
         let mut row: Vec<Value> = Vec::new();
-        {
-            let mut reader = LineReader::new(decoded, source.to_owned(), map_io, cap);
-            let names: Vec<String> = pipeline
-                .input
-                .schema
-                .iter()
-                .map(|c| c.name.clone())
-                .collect();
-            let plans = plans(pipeline, &names);
-            let program = steps::compile(&pipeline.steps, &pipeline.schema_layout(), false)?;
-            let mut sink = RowSink::new(
-                program, pipeline, output, quarantine, counts, source, self.http,
-            );
-            sink.writer.header(&mut sink.buf);
-            while let Some(line) = reader.next().await? {
-                crate::fault::point("transform.row");
-                row.clear();
-                let typed = type_json(&plans, line.raw, &mut row);
-                sink.row(&mut row, typed, line.pos, line.raw).await?;
-            }
-            *decoded_bytes = reader.offset();
-            sink.end(reader.offset()).await
+        while let Some(line) = lines.next().await {
+            let at = lines.decoder().consumed();
+            let line = line.map_err(|e| match RecordsError::find(&e) {
+                Some(r) => Error::Records {
+                    url: source.to_owned(),
+                    class: r.class,
+                    offset: r.offset,
+                    record: r.record,
+                    message: r.message.clone(),
+                },
+                None => map_io(e, at),
+            })?;
+            crate::fault::point("transform.row");
+            let last = lines.decoder().last();
+            let pos = Position {
+                line: last.line,
+                offset: last.offset,
+                record: last.record,
+            };
+            row.clear();
+            let typed = type_json(&plans, &line, &mut row);
+            sink.row(&mut row, typed, pos, &line).await?;
         }
+        let end = lines.decoder().consumed();
+        *decoded_bytes = end;
+        sink.end(end).await
     }
 }
 
