@@ -29,8 +29,6 @@ use crate::error::{Error, Result, S3Operation};
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Stale uploads measured and aborted at once.
 const CONCURRENCY: usize = 8;
-/// Stop this long before the Lambda deadline.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
 /// Uploads listed by name per target in the summary (all are counted).
 const LISTED_PER_TARGET: usize = 100;
 
@@ -226,8 +224,9 @@ impl SweepConfig {
 pub struct SweepContext {
     /// S3 client.
     pub s3: aws_sdk_s3::Client,
-    /// The invocation's deadline: the sweep stops a margin before it and reports `partial`.
-    pub deadline: Option<SystemTime>,
+    /// The invocation: the sweep stops [`DEADLINE_MARGIN`](crate::job::DEADLINE_MARGIN) before
+    /// its deadline and reports `partial`.
+    pub invocation: crate::job::Invocation,
 }
 
 /// One stale upload and what became of it.
@@ -343,12 +342,7 @@ fn is_no_such_upload<E: ProvideErrorMetadata>(
 /// Sweeps every target in turn. Never panics on S3 errors: they end up in the outcome.
 pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
     let clock = std::time::Instant::now();
-    let deadline = ctx.deadline.map(|d| {
-        Instant::now()
-            + d.duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(DEADLINE_MARGIN)
-    });
+    let deadline = ctx.invocation.give_up_at(crate::job::DEADLINE_MARGIN);
     let mut failure = None;
     let mut complete = true;
     let mut targets = Vec::new();

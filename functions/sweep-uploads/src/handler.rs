@@ -24,7 +24,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         let config = SweepConfig::from_event(payload, clients.env_config.as_deref())?;
         let ctx = SweepContext {
             s3: clients.s3.clone(),
-            deadline: Some(context.deadline()),
+            invocation: lambda::invocation(&context),
         };
         let outcome = sweep::run(&config, &ctx).await;
         let mut out = std::io::stdout().lock();

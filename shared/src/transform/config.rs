@@ -8,8 +8,8 @@ use super::value::{ColType, Parser};
 use crate::checksum::ChecksumAlgorithm;
 use crate::codec::Compression;
 use crate::error::{Error, Result};
-use crate::key::{self, KeyVars};
 use crate::format::Format;
+use crate::key::{self, KeyVars};
 use crate::spec::Tuning;
 
 /// The whole pipeline.
@@ -339,15 +339,9 @@ impl Pipeline {
                 "quarantine.max_raw_bytes must be at most 1048576",
             ));
         }
-        if let Some(mib) = self.tuning.part_size_mib
-            && !(5..=5120).contains(&mib)
-        {
-            return Err(Error::spec(format!(
-                "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
-            )));
-        }
-        if self.tuning.max_in_flight == Some(0) || self.tuning.max_in_flight > Some(64) {
-            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
+        self.tuning.validate()?;
+        if let Some(bucket) = &self.output.bucket {
+            crate::job::validate_bucket("output.bucket", bucket)?;
         }
         if let Some(w) = self.workers
             && !(1..=16).contains(&w)
