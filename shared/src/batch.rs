@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::budget::MIN_PART_SIZE;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::{self, JobContext, Summary};
-use crate::source::rate::{RateLimitSpec, RateLimiter};
+use crate::source::http::rate::{RateLimitSpec, RateLimiter};
 use crate::spec::JobSpec;
 
 /// The outcome of one source of a batch.

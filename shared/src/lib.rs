@@ -56,7 +56,7 @@
 //! use sluice::{JobSpec, MemoryBudget, ingest, job::Invocation};
 //!
 //! let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-//! let policy = sluice::source::guard::NetworkPolicy::from_env();
+//! let policy = sluice::source::http::guard::NetworkPolicy::from_env();
 //! let ctx = ingest::JobContext {
 //!     s3: aws_sdk_s3::Client::new(&conf),
 //!     http: sluice::source::http::client(&policy),
@@ -78,7 +78,6 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod auth;
 pub mod batch;
 pub mod budget;
 pub mod checksum;
@@ -91,13 +90,11 @@ pub mod job;
 pub mod key;
 #[cfg(feature = "lambda")]
 pub mod lambda;
-pub mod paginate;
 pub mod s3;
 pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod spec;
-pub mod state;
 pub mod sweep;
 pub mod telemetry;
 pub mod transform;

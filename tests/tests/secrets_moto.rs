@@ -7,8 +7,8 @@ use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_s3::primitives::Blob;
 use serde_json::json;
 use sluice::ErrorKind;
-use sluice::auth::AuthSpec;
 use sluice::secret::{SecretRef, SecretResolver};
+use sluice::source::http::auth::AuthSpec;
 use sluice_tests::S3Server;
 
 const PLAIN: &str = "plain-CANARY-7f3a9c";

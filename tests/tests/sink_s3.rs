@@ -248,34 +248,34 @@ async fn moto_state_write_refuses_a_lost_update() {
     let bucket = server.fresh_bucket("state").await.unwrap();
     let client = server.client().await;
     let key = "state/job.json";
-    let empty = sluice::state::read(&client, &bucket, key, "0")
+    let empty = sluice::source::http::state::read(&client, &bucket, key, "0")
         .await
         .unwrap();
     assert_eq!(
         (empty.watermark.as_str(), empty.e_tag.as_deref()),
         ("0", None)
     );
-    sluice::state::write(&client, &bucket, key, &empty, "5", "run-a")
+    sluice::source::http::state::write(&client, &bucket, key, &empty, "5", "run-a")
         .await
         .unwrap();
     // A second writer that also saw "no state" is refused.
-    let err = sluice::state::write(&client, &bucket, key, &empty, "7", "run-b")
+    let err = sluice::source::http::state::write(&client, &bucket, key, &empty, "7", "run-b")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("changed by another run"), "{err}");
-    let a = sluice::state::read(&client, &bucket, key, "0")
+    let a = sluice::source::http::state::read(&client, &bucket, key, "0")
         .await
         .unwrap();
     let b = a.clone();
-    sluice::state::write(&client, &bucket, key, &a, "9", "run-a")
+    sluice::source::http::state::write(&client, &bucket, key, &a, "9", "run-a")
         .await
         .unwrap();
-    let err = sluice::state::write(&client, &bucket, key, &b, "8", "run-b")
+    let err = sluice::source::http::state::write(&client, &bucket, key, &b, "8", "run-b")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("changed by another run"), "{err}");
     assert_eq!(
-        sluice::state::read(&client, &bucket, key, "0")
+        sluice::source::http::state::read(&client, &bucket, key, "0")
             .await
             .unwrap()
             .watermark,

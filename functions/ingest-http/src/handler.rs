@@ -5,7 +5,7 @@ use serde_json::Value;
 use sluice::ingest::{self, JobContext};
 use sluice::lambda::{self, FunctionError};
 use sluice::secret::SecretResolver;
-use sluice::source::guard::NetworkPolicy;
+use sluice::source::http::guard::NetworkPolicy;
 use sluice::{JobSpec, MemoryBudget};
 
 /// Clients built once per function instance and reused by every invocation.

@@ -11,7 +11,7 @@ use serde_json::Value;
 async fn main() -> Result<(), lambda_runtime::Error> {
     sluice::telemetry::init();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let policy = sluice::source::guard::NetworkPolicy::from_env();
+    let policy = sluice::source::http::guard::NetworkPolicy::from_env();
     let clients = handler::Clients {
         s3: sluice::s3::client(&conf),
         http: sluice::source::http::client(&policy),

@@ -9,7 +9,7 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     /// For the enrich step: the network policy applies to every address it reaches.
     pub http: reqwest::Client,
-    pub policy: sluice::source::guard::NetworkPolicy,
+    pub policy: sluice::source::http::guard::NetworkPolicy,
     pub pipeline: Pipeline,
     pub budget: MemoryBudget,
 }

@@ -25,7 +25,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             return Err(err.into());
         }
     };
-    let policy = sluice::source::guard::NetworkPolicy::from_env();
+    let policy = sluice::source::http::guard::NetworkPolicy::from_env();
     let clients = handler::Clients {
         s3,
         http: sluice::source::http::client(&policy),

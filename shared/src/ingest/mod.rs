@@ -5,11 +5,12 @@
 //! an [`ObjectWriter`], which compresses it when asked.
 //!
 //! Records mode (`records` or `input_format: ndjson`): [`records`] walks the pages
-//! ([`Paginator`]), extracts each page's records with a bounded decoder and writes NDJSON in
-//! 64 KiB batches into the writer (one object, or one per page with `{page}` in the key, see
-//! [`pages`]). The object is completed only after the last page was read without error: a
-//! page that cannot be fetched after its retries, invalid JSON, a record over the cap, a
-//! pagination loop or a panic aborts the upload, and a run writes all its pages or nothing.
+//! ([`Paginator`](http::paginate::Paginator)), extracts each page's records with a bounded
+//! decoder and writes NDJSON in 64 KiB batches into the writer (one object, or one per page
+//! with `{page}` in the key, see [`pages`]). The object is completed only after the last page
+//! was read without error: a page that cannot be fetched after its retries, invalid JSON, a
+//! record over the cap, a pagination loop or a panic aborts the upload, and a run writes all
+//! its pages or nothing.
 //!
 //! Retries and records: a page whose request fails (connection, timeout, 408/429/5xx) is
 //! retried before any of its records are written. Once its body streams into the output, a
@@ -26,7 +27,6 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use tokio_util::io::StreamReader;
 
-use crate::auth::{ResolvedAuth, redact_url};
 use crate::budget::MemoryBudget;
 use crate::codec::Compression;
 use crate::error::{Error, Result};
@@ -34,11 +34,12 @@ use crate::job::{self, Invocation, Status};
 use crate::key::{self, KeyVars};
 use crate::secret::SecretResolver;
 use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions, Uploaded};
-use crate::source::guard::NetworkPolicy;
+use crate::source::http::auth::{ResolvedAuth, redact_url};
+use crate::source::http::guard::NetworkPolicy;
+use crate::source::http::rate::RateLimiter;
+use crate::source::http::state::{self, WatermarkTracker};
 use crate::source::http::{self, Fetcher, HttpSourceSpec};
-use crate::source::rate::RateLimiter;
 use crate::spec::{JobSpec, SourceSpec};
-use crate::state::{self, WatermarkTracker};
 use crate::telemetry;
 
 pub use pages::PageObject;
@@ -294,7 +295,7 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
                 .replace("{watermark}", &percent_encode(&state.watermark));
             if let Some(param) = &inc.param {
                 let mut url = http::single_page(&http_spec)?.url;
-                crate::paginate::set_param(&mut url, param, &state.watermark);
+                http::paginate::set_param(&mut url, param, &state.watermark);
                 http_spec.url = url.to_string();
             }
             let tracker = Arc::new(WatermarkTracker::new(inc.field(spec.records.as_deref())?));

@@ -12,19 +12,19 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::io::StreamReader;
 
 use super::pages::PageWriter;
-use crate::auth::ResolvedAuth;
 use crate::codec::Decoding;
 use crate::codec::json_records::{
     Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
 };
 use crate::error::{Error, Result};
-use crate::paginate::{PageOutcome, Paginator};
 use crate::sink::ObjectWriter;
-use crate::source::guard::NetworkPolicy;
+use crate::source::http::auth::ResolvedAuth;
+use crate::source::http::guard::NetworkPolicy;
+use crate::source::http::paginate::{PageOutcome, Paginator};
+use crate::source::http::rate::RateLimiter;
+use crate::source::http::state::WatermarkTracker;
 use crate::source::http::{self, Fetcher, HttpBody, HttpSourceSpec, SourceFailure};
-use crate::source::rate::RateLimiter;
 use crate::spec::InputFormat;
-use crate::state::WatermarkTracker;
 
 /// Buffer between the decoder and the framer.
 const CODEC_BUFFER: usize = 64 * 1024;

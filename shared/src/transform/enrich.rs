@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::value::{ColType, Parser, Value};
 use crate::error::{Error, Result};
-use crate::source::rate::{RateLimitSpec, RateLimiter};
-use crate::source::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
+use crate::source::http::rate::{RateLimitSpec, RateLimiter};
+use crate::source::http::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
 
 /// `{"enrich": {...}}`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

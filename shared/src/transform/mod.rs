@@ -77,7 +77,7 @@ pub struct TransformContext {
     /// policy).
     pub http: reqwest::Client,
     /// The network policy, checked against the enrich step's URL.
-    pub policy: crate::source::guard::NetworkPolicy,
+    pub policy: crate::source::http::guard::NetworkPolicy,
 }
 
 /// The object to transform.

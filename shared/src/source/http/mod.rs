@@ -1,30 +1,38 @@
 //! Streaming HTTP source: one request, its status checked before anything is written, and its
 //! body as a stream of chunks that never sits in memory whole.
+//!
+//! Everything only the HTTP source needs lives under it: [`auth`] (credentials and URL
+//! redaction), [`paginate`] (the next request after a page), [`state`] (the incremental
+//! watermark), [`guard`] (which hosts and addresses may be reached), [`rate`] (the shared
+//! token bucket) and [`retry`] (attempts and backoff).
+
+pub mod auth;
+mod body;
+pub mod guard;
+pub mod paginate;
+pub mod rate;
+pub mod retry;
+pub mod state;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use reqwest::Url;
 use tokio::time::Instant;
 
-use super::guard::{GuardedResolver, NetworkPolicy, find_blocked};
-use super::rate::{RateLimitSpec, RateLimiter};
-use super::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
-use crate::auth::{AuthSpec, ResolvedAuth, redact_error, redact_url};
+pub use body::{HttpBody, SourceFailure};
+
 use crate::codec::Decoding;
 use crate::error::{Error, Result};
-use crate::paginate::{PageRequest, PaginateSpec};
-
-/// Bytes of an error response body kept for the error message.
-const ERROR_BODY_CAP: usize = 512;
+use auth::{AuthSpec, ResolvedAuth, redact_error, redact_url};
+use body::capped_body;
+use guard::{GuardedResolver, NetworkPolicy, find_blocked};
+use paginate::{PageRequest, PaginateSpec};
+use rate::{RateLimitSpec, RateLimiter};
+use retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
 
 /// `source.http` in a job spec.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -46,7 +54,7 @@ pub struct HttpSourceSpec {
     /// before the source counts as stalled. Default 30. (Connecting has its own 10 s limit.)
     #[serde(default)]
     pub read_timeout_secs: Option<f64>,
-    /// Pagination ([`crate::paginate`]). Default: one request.
+    /// Pagination ([`paginate`]). Default: one request.
     #[serde(default)]
     pub paginate: Option<PaginateSpec>,
     /// Retries of failed requests ([`RetrySpec`]). Default 5 attempts.
@@ -116,7 +124,7 @@ impl HttpSourceSpec {
                 .paginate
                 .as_ref()
                 .and_then(|p| p.cursor.as_ref())
-                .is_some_and(|c| c.location == crate::paginate::ParamIn::Body)
+                .is_some_and(|c| c.location == paginate::ParamIn::Body)
         {
             return Err(Error::spec(
                 "source.http.paginate.cursor.in = body needs a JSON object body",
@@ -166,7 +174,7 @@ fn build_client(policy: &NetworkPolicy, same_host_only: bool) -> reqwest::Client
                     .map(str::to_owned);
                 let to = attempt.url().host_str().map(str::to_owned);
                 if from != to {
-                    return attempt.error(super::guard::Blocked(format!(
+                    return attempt.error(guard::Blocked(format!(
                         "redirect to another host ({}) while an API key header is set",
                         to.as_deref().unwrap_or("?")
                     )));
@@ -185,40 +193,6 @@ fn build_client(policy: &NetworkPolicy, same_host_only: bool) -> reqwest::Client
 #[error("more than 5 redirects")]
 struct TooManyRedirects;
 
-/// An open response whose status was a success.
-pub struct HttpBody {
-    /// The final URL (after redirects).
-    pub url: String,
-    /// `Content-Length`, when the server sent one.
-    pub content_length: Option<u64>,
-    /// `Content-Type`, when the server sent one.
-    pub content_type: Option<String>,
-    /// How the body is encoded (from `Content-Encoding`).
-    pub decoding: Decoding,
-    /// The `Link` header, for pagination.
-    pub link: Option<String>,
-    /// The body. Errors carry a [`SourceFailure`] so callers can tell them from decoder errors.
-    pub stream: BoxStream<'static, io::Result<Bytes>>,
-    received: Arc<AtomicU64>,
-}
-
-impl HttpBody {
-    /// Body bytes received so far (before decoding).
-    pub fn received(&self) -> Arc<AtomicU64> {
-        self.received.clone()
-    }
-}
-
-/// A transport failure while reading the body, carried inside an [`io::Error`].
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SourceFailure {
-    /// `connection failed`, `read timed out`, ...
-    pub class: &'static str,
-    /// The error with its causes.
-    pub message: String,
-}
-
 /// Sends the requests of one source: retries, rate limit, deadline and network policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Fetcher<'a> {
@@ -236,10 +210,31 @@ pub struct Fetcher<'a> {
     pub auth: Option<&'a ResolvedAuth>,
 }
 
+/// Why one attempt failed, and whether another may follow.
 struct Failure {
     error: Error,
     retryable: bool,
     retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure another attempt could fix (no `Retry-After`).
+    fn retryable(error: Error) -> Failure {
+        Failure {
+            error,
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    /// A failure no other attempt would fix.
+    fn fatal(error: Error) -> Failure {
+        Failure {
+            error,
+            retryable: false,
+            retry_after: None,
+        }
+    }
 }
 
 impl Fetcher<'_> {
@@ -286,24 +281,27 @@ impl Fetcher<'_> {
         }
     }
 
+    /// One attempt: the request sent, its status and headers checked, its body opened.
     async fn send_once(
         &self,
         page: &PageRequest,
         attempt: u32,
     ) -> std::result::Result<HttpBody, Failure> {
-        let spec = self.spec;
         let url = redact_url(page.url.as_str(), self.auth);
-        let fail = |error: Error, retryable: bool| Failure {
-            error,
-            retryable,
-            retry_after: None,
-        };
+        let spec = self.spec;
         let method = reqwest::Method::from_bytes(spec.method.as_bytes()).map_err(|_| {
-            fail(
-                Error::spec(format!("source.http.method {:?}", spec.method)),
-                false,
-            )
+            Failure::fatal(Error::spec(format!("source.http.method {:?}", spec.method)))
         })?;
+        let req = self.request(method, page);
+        let read_timeout = spec.read_timeout();
+        let resp = self.send(req, &url, attempt, read_timeout).await?;
+        let resp = check_status(resp, &url, attempt).await?;
+        self.checked_body(resp, url, read_timeout).await
+    }
+
+    /// The request for `page`: method, headers, credentials and body.
+    fn request(&self, method: reqwest::Method, page: &PageRequest) -> reqwest::RequestBuilder {
+        let spec = self.spec;
         let mut req = self.client.request(method, page.url.clone());
         for (name, value) in &spec.headers {
             req = req.header(name, value);
@@ -311,19 +309,7 @@ impl Fetcher<'_> {
         if let Some(auth) = self.auth {
             req = auth.apply(req);
         }
-        let body = match (&spec.body, &page.body_field) {
-            (None, None) => None,
-            (Some(b), None) => Some(b.clone()),
-            (b, Some((field, value))) => {
-                let mut obj = match b {
-                    Some(serde_json::Value::Object(o)) => o.clone(),
-                    _ => serde_json::Map::new(),
-                };
-                obj.insert(field.clone(), value.clone());
-                Some(serde_json::Value::Object(obj))
-            }
-        };
-        if let Some(body) = body {
+        if let Some(body) = request_body(spec, page) {
             req = match body {
                 serde_json::Value::String(s) => req.body(s),
                 other => req
@@ -331,77 +317,69 @@ impl Fetcher<'_> {
                     .body(other.to_string()),
             };
         }
-        let read_timeout = spec.read_timeout();
-        let resp = match tokio::time::timeout(read_timeout, req.send()).await {
-            Ok(Ok(resp)) => resp,
+        req
+    }
+
+    /// Sends `req` and waits at most `read_timeout` for the response headers. `url` is the
+    /// redacted URL named in errors.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+        attempt: u32,
+        read_timeout: Duration,
+    ) -> std::result::Result<reqwest::Response, Failure> {
+        match tokio::time::timeout(read_timeout, req.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let e = redact_error(e, self.auth);
                 if let Some(reason) = find_blocked(&e) {
-                    return Err(fail(Error::Blocked { url, reason }, false));
+                    let url = url.to_owned();
+                    return Err(Failure::fatal(Error::Blocked { url, reason }));
                 }
-                let error = Error::SourceRequest {
-                    url,
+                Err(Failure::retryable(Error::SourceRequest {
+                    url: url.to_owned(),
                     attempts: attempt,
                     message: error_chain(&e),
                     timeout: e.is_timeout(),
-                };
-                return Err(fail(error, true));
+                }))
             }
-            Err(_) => {
-                let error = Error::SourceRequest {
-                    url,
-                    attempts: attempt,
-                    message: format!("no response headers within {read_timeout:?}"),
-                    timeout: true,
-                };
-                return Err(fail(error, true));
-            }
-        };
-
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-            let body = capped_body(resp).await;
-            return Err(Failure {
-                error: Error::SourceStatus {
-                    url,
-                    attempts: attempt,
-                    status: status.as_u16(),
-                    body,
-                },
-                retryable: retryable_status(status.as_u16()),
-                retry_after,
-            });
+            Err(_) => Err(Failure::retryable(Error::SourceRequest {
+                url: url.to_owned(),
+                attempts: attempt,
+                message: format!("no response headers within {read_timeout:?}"),
+                timeout: true,
+            })),
         }
+    }
 
+    /// The body of a successful `resp`, once its `Content-Type` (when the spec expects one)
+    /// and `Content-Encoding` are checked.
+    async fn checked_body(
+        &self,
+        resp: reqwest::Response,
+        url: String,
+        read_timeout: Duration,
+    ) -> std::result::Result<HttpBody, Failure> {
         let headers = resp.headers();
         let content_type = headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if let Some(expected) = &spec.expect_content_type {
+        if let Some(expected) = &self.spec.expect_content_type {
             let actual = content_type.clone().unwrap_or_default();
             if !actual
                 .to_ascii_lowercase()
                 .starts_with(&expected.to_ascii_lowercase())
             {
                 let body = capped_body(resp).await;
-                return Err(fail(
-                    Error::Records {
-                        url,
-                        class: "unexpected Content-Type",
-                        offset: 0,
-                        record: None,
-                        message: format!(
-                            "expected {expected}, got {actual:?}; body starts: {body:?}"
-                        ),
-                    },
-                    false,
-                ));
+                return Err(Failure::fatal(Error::Records {
+                    url,
+                    class: "unexpected Content-Type",
+                    offset: 0,
+                    record: None,
+                    message: format!("expected {expected}, got {actual:?}; body starts: {body:?}"),
+                }));
             }
         }
         let content_encoding = headers
@@ -409,39 +387,71 @@ impl Fetcher<'_> {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let decoding =
             Decoding::from_content_encoding(content_encoding.as_deref()).map_err(|encoding| {
-                fail(
-                    Error::UnsupportedEncoding {
-                        url: url.clone(),
-                        encoding,
-                    },
-                    false,
-                )
+                Failure::fatal(Error::UnsupportedEncoding {
+                    url: url.clone(),
+                    encoding,
+                })
             })?;
         let link = headers
             .get(reqwest::header::LINK)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let content_length = resp.content_length();
         let final_url = redact_url(resp.url().as_str(), self.auth);
-
-        let received = Arc::new(AtomicU64::new(0));
-        let counter = received.clone();
-        let stream = body_stream(resp.bytes_stream(), read_timeout)
-            .inspect_ok(move |chunk| {
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            })
-            .boxed();
-
-        Ok(HttpBody {
-            url: final_url,
-            content_length,
+        Ok(HttpBody::new(
+            resp,
+            final_url,
             content_type,
             decoding,
             link,
-            stream,
-            received,
-        })
+            read_timeout,
+        ))
     }
+}
+
+/// The body of the request for `page`: the spec's body, with the page's body field (body
+/// pagination) set in it as an object.
+fn request_body(spec: &HttpSourceSpec, page: &PageRequest) -> Option<serde_json::Value> {
+    match (&spec.body, &page.body_field) {
+        (None, None) => None,
+        (Some(b), None) => Some(b.clone()),
+        (b, Some((field, value))) => {
+            let mut obj = match b {
+                Some(serde_json::Value::Object(o)) => o.clone(),
+                _ => serde_json::Map::new(),
+            };
+            obj.insert(field.clone(), value.clone());
+            Some(serde_json::Value::Object(obj))
+        }
+    }
+}
+
+/// `resp` when its status is a success; otherwise an error with the status and the first
+/// bytes of the body, retryable for 408, 429 and 5xx, and the `Retry-After` it asked for.
+async fn check_status(
+    resp: reqwest::Response,
+    url: &str,
+    attempt: u32,
+) -> std::result::Result<reqwest::Response, Failure> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    let body = capped_body(resp).await;
+    Err(Failure {
+        error: Error::SourceStatus {
+            url: url.to_owned(),
+            attempts: attempt,
+            status: status.as_u16(),
+            body,
+        },
+        retryable: retryable_status(status.as_u16()),
+        retry_after,
+    })
 }
 
 /// The first request of `spec` (its URL), for sources without pagination.
@@ -453,52 +463,6 @@ pub fn single_page(spec: &HttpSourceSpec) -> Result<PageRequest> {
         url,
         body_field: None,
     })
-}
-
-/// The body as `io::Result` chunks: transport errors become [`SourceFailure`]s, and a gap of
-/// more than `limit` between chunks fails the stream (a stalled source) and ends it.
-fn body_stream<S>(
-    inner: S,
-    limit: Duration,
-) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static
-where
-    S: futures::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
-{
-    futures::stream::unfold(Some(inner), move |state| async move {
-        let mut inner = state?;
-        let failure = |class, message| io::Error::other(SourceFailure { class, message });
-        match tokio::time::timeout(limit, inner.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(inner))),
-            Ok(Some(Err(e))) => {
-                // The URL (with any credential in it) is named by the caller, redacted.
-                let e = e.without_url();
-                let class = if e.is_timeout() {
-                    "read timed out"
-                } else {
-                    "connection failed"
-                };
-                Some((Err(failure(class, error_chain(&e))), None))
-            }
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(failure("read timed out", format!("no data for {limit:?}"))),
-                None,
-            )),
-        }
-    })
-}
-
-async fn capped_body(resp: reqwest::Response) -> String {
-    let mut kept = Vec::with_capacity(ERROR_BODY_CAP);
-    let mut stream = resp.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        let room = ERROR_BODY_CAP - kept.len();
-        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if kept.len() >= ERROR_BODY_CAP {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// An error and its sources, joined: reqwest's top-level message alone rarely says what broke.

@@ -1,0 +1,128 @@
+//! The body of an open response: a stream of chunks with a stall timeout, its transport errors
+//! told apart from decoder errors, a count of the bytes received, and the capped start of an
+//! error response kept for messages.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use super::error_chain;
+use crate::codec::Decoding;
+
+/// Bytes of an error response body kept for the error message.
+const ERROR_BODY_CAP: usize = 512;
+
+/// An open response whose status was a success.
+pub struct HttpBody {
+    /// The final URL (after redirects).
+    pub url: String,
+    /// `Content-Length`, when the server sent one.
+    pub content_length: Option<u64>,
+    /// `Content-Type`, when the server sent one.
+    pub content_type: Option<String>,
+    /// How the body is encoded (from `Content-Encoding`).
+    pub decoding: Decoding,
+    /// The `Link` header, for pagination.
+    pub link: Option<String>,
+    /// The body. Errors carry a [`SourceFailure`] so callers can tell them from decoder errors.
+    pub stream: BoxStream<'static, io::Result<Bytes>>,
+    received: Arc<AtomicU64>,
+}
+
+impl HttpBody {
+    /// Body bytes received so far (before decoding).
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
+    }
+
+    /// The body of `resp`, whose status and headers were checked: `url` is its final URL
+    /// (redacted), and a gap of more than `read_timeout` between chunks fails the stream.
+    pub(super) fn new(
+        resp: reqwest::Response,
+        url: String,
+        content_type: Option<String>,
+        decoding: Decoding,
+        link: Option<String>,
+        read_timeout: Duration,
+    ) -> HttpBody {
+        let content_length = resp.content_length();
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let stream = body_stream(resp.bytes_stream(), read_timeout)
+            .inspect_ok(move |chunk| {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            })
+            .boxed();
+        HttpBody {
+            url,
+            content_length,
+            content_type,
+            decoding,
+            link,
+            stream,
+            received,
+        }
+    }
+}
+
+/// A transport failure while reading the body, carried inside an [`io::Error`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceFailure {
+    /// `connection failed`, `read timed out`, ...
+    pub class: &'static str,
+    /// The error with its causes.
+    pub message: String,
+}
+
+/// The body as `io::Result` chunks: transport errors become [`SourceFailure`]s, and a gap of
+/// more than `limit` between chunks fails the stream (a stalled source) and ends it.
+fn body_stream<S>(
+    inner: S,
+    limit: Duration,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static
+where
+    S: futures::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(Some(inner), move |state| async move {
+        let mut inner = state?;
+        let failure = |class, message| io::Error::other(SourceFailure { class, message });
+        match tokio::time::timeout(limit, inner.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(inner))),
+            Ok(Some(Err(e))) => {
+                // The URL (with any credential in it) is named by the caller, redacted.
+                let e = e.without_url();
+                let class = if e.is_timeout() {
+                    "read timed out"
+                } else {
+                    "connection failed"
+                };
+                Some((Err(failure(class, error_chain(&e))), None))
+            }
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(failure("read timed out", format!("no data for {limit:?}"))),
+                None,
+            )),
+        }
+    })
+}
+
+/// The first [`ERROR_BODY_CAP`] bytes of the body of `resp` (an error answer), as text.
+pub(super) async fn capped_body(resp: reqwest::Response) -> String {
+    let mut kept = Vec::with_capacity(ERROR_BODY_CAP);
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = ERROR_BODY_CAP - kept.len();
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if kept.len() >= ERROR_BODY_CAP {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
