@@ -85,6 +85,7 @@ pub mod codec;
 pub mod error;
 pub mod export;
 pub mod fault;
+pub mod format;
 pub mod ingest;
 pub mod job;
 pub mod key;
@@ -101,4 +102,5 @@ pub mod transform;
 
 pub use budget::MemoryBudget;
 pub use error::{Error, ErrorKind, Result};
+pub use format::Format;
 pub use spec::JobSpec;

@@ -56,7 +56,7 @@ use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions,
 use crate::source::s3::{self as s3src, ObjectVersion, Opened};
 use crate::telemetry;
 
-pub use config::{InputFormat, OutputFormat, Pipeline, SourceVars};
+pub use config::{InputFormat, Pipeline, SourceVars};
 use quarantine::Quarantine;
 use reader::IoErrorMap;
 use rows::{RowJob, RowOut};
