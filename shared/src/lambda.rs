@@ -153,8 +153,8 @@ mod tests {
             } else {
                 let value: Value = serde_json::from_str(&text).unwrap();
                 if name.starts_with("ingest-http") {
-                    if crate::batch::is_batch(&value) {
-                        crate::batch::expand(value).map(|_| "ingest-http")
+                    if crate::ingest::batch::is_batch(&value) {
+                        crate::ingest::batch::expand(value).map(|_| "ingest-http")
                     } else {
                         crate::JobSpec::from_json(value).map(|_| "ingest-http")
                     }

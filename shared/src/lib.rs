@@ -78,7 +78,6 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod batch;
 pub mod budget;
 pub mod checksum;
 pub mod codec;

@@ -32,7 +32,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         limiter: None,
         invocation: lambda::invocation(&context),
     };
-    if sluice::batch::is_batch(&payload) {
+    if sluice::ingest::batch::is_batch(&payload) {
         return lambda::answer("ingest-http", run_batch(payload, &ctx)).await;
     }
     lambda::answer("ingest-http", async {
@@ -46,7 +46,7 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
 /// failure's type and a message holding the whole list, so the outputs that were written are
 /// named either way.
 async fn run_batch(payload: Value, ctx: &JobContext) -> Result<Value, FunctionError> {
-    let summary = sluice::batch::run(payload, ctx).await?;
+    let summary = sluice::ingest::batch::run(payload, ctx).await?;
     let answer = serde_json::to_value(&summary).map_err(|e| {
         FunctionError::new(sluice::ErrorKind::Internal, format!("batch summary: {e}"))
     })?;

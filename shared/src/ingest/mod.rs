@@ -17,6 +17,7 @@
 //! failure ends the run (error type `Retryable`, upload aborted) rather than re-reading the
 //! page, which could duplicate or lose records on an API whose pages shift.
 
+pub mod batch;
 mod pages;
 mod records;
 

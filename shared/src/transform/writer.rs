@@ -1,8 +1,8 @@
 //! Rows rendered as CSV or NDJSON into a byte buffer.
 
-use crate::format::Format;
 use super::steps::Layout;
 use super::value::Value;
+use crate::format::Format;
 
 /// Renders rows in one output format.
 #[derive(Debug)]
