@@ -2,7 +2,6 @@ use std::fmt;
 
 use std::io::{self, Write};
 
-use bytes::Bytes;
 use flate2::write::GzEncoder;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -124,34 +123,46 @@ enum Inner {
 }
 
 impl Encoder {
-    /// Compresses `data`; returns the compressed bytes ready so far (often none).
-    pub fn encode(&mut self, data: &[u8]) -> Result<Bytes, crate::Error> {
+    /// Compresses `data`; returns the compressed bytes ready so far (often none). The slice
+    /// lives in the encoder's own output buffer, which the next call reuses: no allocation per
+    /// call.
+    pub fn encode(&mut self, data: &[u8]) -> Result<&[u8], crate::Error> {
         let written = match &mut self.inner {
-            Inner::Gzip(e) => e.write_all(data),
-            Inner::Zstd(e) => e.write_all(data),
+            Inner::Gzip(e) => {
+                e.get_mut().clear();
+                e.write_all(data)
+            }
+            Inner::Zstd(e) => {
+                e.get_mut().clear();
+                e.write_all(data)
+            }
         };
         written.map_err(|e| self.error(e))?;
         self.consumed += data.len() as u64;
-        let out = match &mut self.inner {
-            Inner::Gzip(e) => std::mem::take(e.get_mut()),
-            Inner::Zstd(e) => std::mem::take(e.get_mut()),
-        };
-        Ok(Bytes::from(out))
+        Ok(match &mut self.inner {
+            Inner::Gzip(e) => e.get_ref().as_slice(),
+            Inner::Zstd(e) => e.get_ref().as_slice(),
+        })
     }
 
     /// Ends the stream (trailer, checksum); returns the last compressed bytes.
-    pub fn finish(self) -> Result<Bytes, crate::Error> {
+    pub fn finish(self) -> Result<Vec<u8>, crate::Error> {
         let (codec, offset) = (self.codec, self.consumed);
         let done = match self.inner {
-            Inner::Gzip(e) => e.finish(),
-            Inner::Zstd(e) => e.finish(),
+            Inner::Gzip(mut e) => {
+                e.get_mut().clear();
+                e.finish()
+            }
+            Inner::Zstd(mut e) => {
+                e.get_mut().clear();
+                e.finish()
+            }
         };
-        done.map(Bytes::from)
-            .map_err(|source| crate::Error::Encode {
-                codec: codec.name(),
-                offset,
-                source,
-            })
+        done.map_err(|source| crate::Error::Encode {
+            codec: codec.name(),
+            offset,
+            source,
+        })
     }
 
     fn error(&self, source: io::Error) -> crate::Error {
@@ -274,7 +285,7 @@ mod tests {
             let mut encoder = Compression::new(codec).encoder().unwrap();
             // Uneven pieces: the stream must not depend on how the input was cut.
             for piece in data.chunks(7_919) {
-                compressed.extend_from_slice(&encoder.encode(piece).unwrap());
+                compressed.extend_from_slice(encoder.encode(piece).unwrap());
             }
             compressed.extend_from_slice(&encoder.finish().unwrap());
             assert!(

@@ -387,9 +387,9 @@ async fn write_records(
 ) -> Result<(Written, PageStats)> {
     let spec = p.spec;
     let producer = Producer {
-        http: p.client(),
-        spec: &p.http_spec,
-        policy: &p.ctx.policy,
+        http: p.client().clone(),
+        spec: p.http_spec.clone(),
+        policy: p.ctx.policy.clone(),
         limiter: p.limiter(),
         deadline: p.options.deadline,
         records: spec
@@ -401,7 +401,7 @@ async fn write_records(
         input: spec.input_format,
         max_record: spec.tuning.record_cap(&p.budget),
         tracker: p.incremental.as_ref().map(|(_, t)| t.clone()),
-        auth: p.auth.as_deref(),
+        auth: p.auth.clone(),
     };
     let content_type = spec.destination.content_type.clone().or_else(|| {
         Some(match spec.compression {
@@ -410,47 +410,44 @@ async fn write_records(
         })
     });
     let meta = ObjectMeta { content_type };
-    let mut stats = PageStats::default();
-    if spec.object_per_page() {
-        let mut out = pages::PageWriter {
-            ctx: p.ctx,
-            spec,
-            vars: &p.vars,
+    let written = pages::Written::default();
+    let out = if spec.object_per_page() {
+        Output::PerPage(Box::new(pages::PageWriter {
+            ctx: p.ctx.clone(),
+            destination: spec.destination.clone(),
+            vars: p.vars.clone(),
             meta,
-            options: &p.options,
-            summary,
+            options: p.options.clone(),
+            summary: summary.clone(),
             current: None,
-            written: Vec::new(),
-        };
-        let produced = job::catch_panic(
-            "record producer",
-            producer.pages(&mut Output::PerPage(&mut out), &mut stats),
-        )
-        .await;
-        let objects = out.close(produced).await;
-        Ok((
-            Written::Pages(deadline_bytes(objects, stats.bytes_in)?),
-            stats,
-        ))
+            written: written.clone(),
+        }))
     } else {
-        let mut writer = ObjectWriter::new(Arc::new(target.with_meta(meta)), &p.options)?;
-        let produced = job::catch_panic(
-            "record producer",
-            producer.pages(&mut Output::Single(&mut writer), &mut stats),
-        )
-        .await;
-        let uploaded = match produced {
-            Ok(()) => writer.finish().await,
+        Output::Single(ObjectWriter::new(
+            Arc::new(target.with_meta(meta)),
+            &p.options,
+        )?)
+    };
+    let (produced, out, stats) = match producer.spawn(out).await {
+        Ok(done) => done,
+        Err(panicked) => {
+            // The output went down with the task (its upload is aborted); the pages it
+            // finished are deleted here.
+            pages::roll_back(p.ctx, &spec.destination.bucket, &written).await;
+            return Err(panicked);
+        }
+    };
+    let result = match out {
+        Output::Single(writer) => match produced {
+            Ok(()) => writer.finish().await.map(Written::Single),
             Err(e) => {
                 writer.abort().await;
                 Err(e)
             }
-        };
-        Ok((
-            Written::Single(deadline_bytes(uploaded, stats.bytes_in)?),
-            stats,
-        ))
-    }
+        },
+        Output::PerPage(pages) => pages.close(produced).await.map(Written::Pages),
+    };
+    Ok((deadline_bytes(result, stats.bytes_in)?, stats))
 }
 
 /// After the output: the manifest, then the incremental state.

@@ -1,7 +1,7 @@
 //! `{page}` in the key: every page with records becomes its own object, with its own manifest,
 //! and a run leaves all its pages or none.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::job::Status;
 use crate::key::{self, KeyVars};
 use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
-use crate::spec::JobSpec;
+use crate::spec::Destination;
 
 /// One object of a run that writes every page to its own object (`{page}` in the key).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,33 +36,37 @@ pub struct PageObject {
     pub manifest: Option<String>,
 }
 
+/// The objects a run has finished so far, in page order. Shared with the caller, so that a
+/// run whose producer panicked can still delete them.
+pub(super) type Written = Arc<Mutex<Vec<PageObject>>>;
+
 /// Writes each page to its own object: opened at the page's first record, finished at the
-/// page's end.
-pub(super) struct PageWriter<'a> {
-    pub ctx: &'a JobContext,
-    pub spec: &'a JobSpec,
-    pub vars: &'a KeyVars,
+/// page's end. Owns what it needs, so that the producer can run on its own task.
+pub(super) struct PageWriter {
+    pub ctx: JobContext,
+    pub destination: Destination,
+    pub vars: KeyVars,
     pub meta: ObjectMeta,
-    pub options: &'a UploadOptions,
+    pub options: UploadOptions,
     /// The run's summary, the base of each page's manifest.
-    pub summary: &'a Summary,
+    pub summary: Summary,
     /// The page being written: its number, key and writer.
     pub current: Option<(u32, String, ObjectWriter)>,
-    /// The objects finished so far, in page order.
-    pub written: Vec<PageObject>,
+    /// The objects finished so far.
+    pub written: Written,
 }
 
-impl PageWriter<'_> {
+impl PageWriter {
     /// Appends a batch of page `page`'s records, opening its object on the first one.
     pub async fn write(&mut self, page: u32, batch: Bytes) -> Result<()> {
         if self.current.as_ref().is_none_or(|(n, ..)| *n != page) {
             let key = key::render(
-                &self.spec.destination.key,
+                &self.destination.key,
                 &self.vars.clone().with("page", format!("{page:05}")),
             )?;
-            let target = S3Target::new(self.ctx.s3.clone(), &self.spec.destination.bucket, &key)
+            let target = S3Target::new(self.ctx.s3.clone(), &self.destination.bucket, &key)
                 .with_meta(self.meta.clone());
-            let writer = ObjectWriter::new(Arc::new(target), self.options)?;
+            let writer = ObjectWriter::new(Arc::new(target), &self.options)?;
             // A page's object is finished in `end_page` before the next one opens.
             debug_assert!(self.current.is_none());
             self.current = Some((page, key, writer));
@@ -92,7 +96,7 @@ impl PageWriter<'_> {
             manifest: None,
         };
         let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
-            self.written.push(object);
+            lock(&self.written).push(object);
             return Ok(());
         };
         object.status = Status::Written;
@@ -100,9 +104,9 @@ impl PageWriter<'_> {
         object.parts = uploaded.parts;
         object.checksum = Some(uploaded.checksum.to_base64());
         object.e_tag = Some(e_tag.clone());
-        // Pushed before its manifest, so a failed manifest is rolled back with the object.
-        self.written.push(object.clone());
-        if self.spec.destination.manifest {
+        // Recorded before its manifest, so a failed manifest is rolled back with the object.
+        lock(&self.written).push(object.clone());
+        if self.destination.manifest {
             let page_summary = Summary {
                 status: Status::Written,
                 key,
@@ -117,54 +121,54 @@ impl PageWriter<'_> {
                 objects: None,
                 ..self.summary.clone()
             };
-            let manifest = write_manifest(self.ctx, &page_summary, Some(page)).await?;
-            self.written.last_mut().expect("pushed above").manifest = Some(manifest.clone());
+            let manifest = write_manifest(&self.ctx, &page_summary, Some(page)).await?;
+            if let Some(last) = lock(&self.written).last_mut() {
+                last.manifest = Some(manifest.clone());
+            }
             object.manifest = Some(manifest);
         }
         tracing::info!(page, key = %object.key, records, bytes = object.bytes_out, "page object written");
         Ok(())
     }
 
-    /// Ends the run: the objects written when `produced` is Ok; otherwise aborts the page
-    /// being written and deletes the objects (and manifests) this run wrote, so a run leaves
-    /// all its pages or none.
+    /// Ends the run after the producer returned: the objects written when `produced` is Ok;
+    /// otherwise aborts the page being written and deletes the objects (and manifests) this
+    /// run wrote, so a run leaves all its pages or none.
     pub async fn close(mut self, produced: Result<()>) -> Result<Vec<PageObject>> {
         match produced {
             Ok(()) => {
                 // The producer ends every page it starts.
                 debug_assert!(self.current.is_none());
-                Ok(self.written)
+                Ok(std::mem::take(&mut *lock(&self.written)))
             }
             Err(e) => {
                 if let Some((.., writer)) = self.current.take() {
                     writer.abort().await;
                 }
-                self.roll_back().await;
+                roll_back(&self.ctx, &self.destination.bucket, &self.written).await;
                 Err(e)
             }
         }
     }
+}
 
-    /// Deletes the objects (and manifests) of a failed run, best effort.
-    async fn roll_back(&self) {
-        let bucket = &self.spec.destination.bucket;
-        for object in self.written.iter().filter(|o| o.status == Status::Written) {
-            for key in std::iter::once(&object.key).chain(object.manifest.as_ref()) {
-                match self
-                    .ctx
-                    .s3
-                    .delete_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                {
-                    Ok(_) => tracing::info!(%bucket, %key, "deleted an object of the failed run"),
-                    Err(e) => tracing::error!(
-                        %bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e),
-                        "could not delete an object of the failed run; it stays"
-                    ),
-                }
+fn lock(written: &Written) -> std::sync::MutexGuard<'_, Vec<PageObject>> {
+    // A panic while the list was held cannot leave it half-updated: pushes are whole.
+    written.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Deletes the objects (and manifests) of a failed run, best effort. Also used when the
+/// producer panicked, with the list it shared.
+pub(super) async fn roll_back(ctx: &JobContext, bucket: &str, written: &Written) {
+    let objects = std::mem::take(&mut *lock(written));
+    for object in objects.iter().filter(|o| o.status == Status::Written) {
+        for key in std::iter::once(&object.key).chain(object.manifest.as_ref()) {
+            match ctx.s3.delete_object().bucket(bucket).key(key).send().await {
+                Ok(_) => tracing::info!(%bucket, %key, "deleted an object of the failed run"),
+                Err(e) => tracing::error!(
+                    %bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e),
+                    "could not delete an object of the failed run; it stays"
+                ),
             }
         }
     }

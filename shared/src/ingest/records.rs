@@ -43,14 +43,14 @@ pub(super) struct PageStats {
 }
 
 /// Where the producer writes: one object, or one per page.
-pub(super) enum Output<'w, 'a> {
+pub(super) enum Output {
     /// Every page into one object.
-    Single(&'w mut ObjectWriter),
+    Single(ObjectWriter),
     /// Each page into its own object.
-    PerPage(&'w mut PageWriter<'a>),
+    PerPage(Box<PageWriter>),
 }
 
-impl Output<'_, '_> {
+impl Output {
     async fn write(&mut self, page: u32, batch: bytes::Bytes) -> Result<()> {
         match self {
             Output::Single(w) => w.write(batch).await,
@@ -66,35 +66,50 @@ impl Output<'_, '_> {
     }
 }
 
-/// Fetches every page of one source and writes its records.
-pub(super) struct Producer<'a> {
-    pub http: &'a reqwest::Client,
-    pub spec: &'a HttpSourceSpec,
-    pub policy: &'a NetworkPolicy,
+/// Fetches every page of one source and writes its records. Owns what it needs, so that it
+/// runs on its own task.
+pub(super) struct Producer {
+    pub http: reqwest::Client,
+    pub spec: HttpSourceSpec,
+    pub policy: NetworkPolicy,
     pub limiter: Option<Arc<RateLimiter>>,
     pub deadline: Option<Instant>,
     pub records: Option<JsonPath>,
     pub input: InputFormat,
     pub max_record: usize,
     pub tracker: Option<Arc<WatermarkTracker>>,
-    pub auth: Option<&'a ResolvedAuth>,
+    pub auth: Option<Arc<ResolvedAuth>>,
 }
 
-impl Producer<'_> {
+impl Producer {
+    /// Runs [`pages`](Self::pages) on its own task (so that reading and extracting overlap
+    /// with compression and uploads), and hands back the output, to be finished or aborted,
+    /// with the figures. A panic on the task becomes [`Error::Internal`]; the output it owned
+    /// was dropped with it, which aborts its upload.
+    pub async fn spawn(self, mut out: Output) -> Result<(Result<()>, Output, PageStats)> {
+        let task = tokio::spawn(async move {
+            let mut stats = PageStats::default();
+            let result = self.pages(&mut out, &mut stats).await;
+            (result, out, stats)
+        });
+        task.await
+            .map_err(|e| crate::job::join_error("the record producer", e))
+    }
+
     /// Fetches and writes every page, keeping `stats` current. Returns at the end of the data;
     /// the caller finishes (or, on error, aborts) the output.
-    pub async fn pages(&self, out: &mut Output<'_, '_>, stats: &mut PageStats) -> Result<()> {
+    pub async fn pages(&self, out: &mut Output, stats: &mut PageStats) -> Result<()> {
         let fetcher = Fetcher {
-            client: self.http,
-            spec: self.spec,
-            policy: self.policy,
+            client: &self.http,
+            spec: &self.spec,
+            policy: &self.policy,
             limiter: self.limiter.as_deref(),
             deadline: self.deadline,
-            auth: self.auth,
+            auth: self.auth.as_deref(),
         };
         let mut paginator = Paginator::new(
             self.spec.paginate.as_ref(),
-            http::single_page(self.spec)?.url,
+            http::single_page(&self.spec)?.url,
         )?;
         let paths = paginator.capture_paths();
         let mut request = paginator.first();
@@ -148,7 +163,7 @@ impl Producer<'_> {
         &self,
         body: HttpBody,
         decoder: D,
-        out: &mut Output<'_, '_>,
+        out: &mut Output,
         page: u32,
     ) -> Result<u64>
     where

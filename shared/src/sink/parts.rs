@@ -205,6 +205,7 @@ impl Parts {
         while let Some(finished) = self.in_flight.try_join_next() {
             self.done.push(joined(finished, &self.target)?);
         }
+        tracing::debug!(part_number, in_flight = self.in_flight.len(), "part sent");
         Ok(())
     }
 

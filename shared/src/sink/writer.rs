@@ -190,8 +190,10 @@ impl ObjectWriter {
             self.fail_on_error(result).await?;
             return self.finish().await;
         }
+        // One read buffer, reclaimed by `reserve` once the encoder has dropped the last chunk.
+        let mut chunk = BytesMut::with_capacity(COPY_CHUNK);
         loop {
-            let mut chunk = BytesMut::with_capacity(COPY_CHUNK);
+            chunk.reserve(COPY_CHUNK);
             while chunk.len() < COPY_CHUNK {
                 let read = within(deadline, async {
                     reader.read_buf(&mut chunk).await.map_err(&read_error)
@@ -208,7 +210,7 @@ impl ObjectWriter {
             if chunk.is_empty() {
                 return self.finish().await;
             }
-            self.write(chunk.freeze()).await?;
+            self.write(chunk.split().freeze()).await?;
         }
     }
 
@@ -302,7 +304,7 @@ async fn encode(
             match message {
                 Message::Data(data) => {
                     let out = encoder.encode(&data)?;
-                    parts.write(&out).await?;
+                    parts.write(out).await?;
                 }
                 Message::Finish => {
                     let out = encoder.finish()?;

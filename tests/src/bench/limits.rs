@@ -150,7 +150,7 @@ pub async fn compress(args: &[String]) -> anyhow::Result<()> {
     let mut encoder = compression.encoder()?;
     let mut output = Vec::with_capacity(input.len() / 3);
     for chunk in input.chunks(64 * 1024) {
-        output.extend_from_slice(&encoder.encode(chunk)?);
+        output.extend_from_slice(encoder.encode(chunk)?);
     }
     output.extend_from_slice(&encoder.finish()?);
     let secs = start.elapsed().as_secs_f64();
