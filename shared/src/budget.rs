@@ -22,24 +22,6 @@
 //! fits (past 55 GiB at 256 MB, well beyond what one 15-minute invocation moves at that size),
 //! memory grows to two parts.
 
-/// Makes the allocator give part buffers back to the operating system when they are freed.
-///
-/// glibc serves allocations over its mmap threshold (128 KiB at start) with `mmap`, and frees
-/// them with `munmap`. But the first such free raises the threshold to the freed size, so from
-/// then on 8 MiB part buffers come from per-thread heaps and stay resident after they are
-/// freed: peak RSS then measures how the buffers landed in the heaps, not how many are alive.
-/// Fixing the threshold at 1 MiB keeps part buffers mmapped (measured on the 2 GiB gzip
-/// contract: VmHWM 62 MiB with glibc's default, 42 MiB with this). Functions call it first
-/// thing in `main`; elsewhere (musl, macOS) it does nothing.
-pub fn release_freed_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only changes allocator parameters, under glibc's own lock, so it may be
-    // called while other threads allocate; the parameter and the value are documented ones.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 /// The smallest part S3 accepts (all parts but the last).
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
 /// The largest part S3 accepts.

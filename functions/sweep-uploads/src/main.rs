@@ -12,7 +12,6 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    sluice::budget::release_freed_buffers();
     sluice::telemetry::init();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let clients = handler::Clients {
