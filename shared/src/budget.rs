@@ -9,6 +9,16 @@
 //! - **part size** `P = max(8 MiB, B / 17)` rounded down to a whole MiB;
 //! - **parts in flight** `F = clamp(B / P - 1, 1, 16)`: `F` parts uploading while one more fills.
 //! - **record cap** `R = B / 4`: the largest JSON record or NDJSON line a decoder holds.
+//! - **zstd window** at most `B / 4` rounded down to a power of two, between 8 MiB (what every
+//!   standard level 1–19 writes) and 128 MiB (zstd's own default limit): 16 MiB at 256 MB.
+//!
+//! # Limits of the job's `tuning`
+//!
+//! Overrides are refused (naming the field and the limit) when they would not fit `B`:
+//! - `(max_in_flight + 1) × part_size ≤ B`: the parts uploading plus the one filling; with only
+//!   `part_size` given, `2 × part_size ≤ B` (32 MiB at 256 MB);
+//! - `max_record ≤ B / 2` (32 MiB at 256 MB): a record buffer can briefly double while it
+//!   grows, so a record at the cap costs at most `B` besides the parts.
 //!
 //! Peak memory is then about `baseline + (F + 1) × P + codec state`, which stays within `B`
 //! plus a baseline of roughly 20–30 MiB. At 256 MB: `B` = 64 MiB, `P` = 8 MiB, `F` = 7.
@@ -83,7 +93,11 @@ impl MemoryBudget {
         self.max_in_flight = max_in_flight.max(1);
         self.buffer_bytes = self
             .buffer_bytes
-            .max((self.max_in_flight as u64 + 1) * self.part_size);
+            .max(
+                (self.max_in_flight as u64)
+                    .saturating_add(1)
+                    .saturating_mul(self.part_size),
+            );
         self
     }
 
@@ -130,6 +144,32 @@ impl MemoryBudget {
         (self.buffer_bytes / 4).max(MIB)
     }
 
+    /// The largest `tuning.part_size_mib` this budget allows, in bytes: two parts (one
+    /// uploading, one filling) must fit the buffer budget, so `B / 2` rounded down to a MiB.
+    pub fn max_part_size(&self) -> u64 {
+        (self.buffer_bytes / 2 / MIB * MIB).min(MAX_PART_SIZE)
+    }
+
+    /// The most parts in flight this budget allows with parts of `part_size` bytes:
+    /// `(F + 1) × part_size ≤ B`, so `B / part_size − 1` (0 when not even two fit).
+    pub fn max_in_flight_for(&self, part_size: u64) -> u64 {
+        (self.buffer_bytes / part_size.max(1)).saturating_sub(1)
+    }
+
+    /// The largest `tuning.max_record_mib` this budget allows, in bytes: half the buffer
+    /// budget (a record buffer may briefly double while it grows), at least 1 MiB.
+    pub fn max_record_cap(&self) -> u64 {
+        (self.buffer_bytes / 2 / MIB * MIB).max(MIB)
+    }
+
+    /// The largest zstd window a decoder accepts, as a log2 (`window_log_max`): the buffer
+    /// budget's quarter rounded down to a power of two, between 23 (8 MiB, what every level
+    /// 1–19 writes) and 27 (128 MiB, zstd's default limit). 24 (16 MiB) at 256 MB.
+    pub fn zstd_window_log_max(&self) -> u32 {
+        let quarter = (self.buffer_bytes / 4).max(1);
+        (63 - quarter.leading_zeros()).clamp(23, 27)
+    }
+
     /// The part schedule this budget implies.
     pub fn schedule(&self) -> PartSchedule {
         PartSchedule {
@@ -141,8 +181,8 @@ impl MemoryBudget {
 }
 
 fn in_flight_for(buffer_bytes: u64, part_size: u64, cap: usize) -> usize {
-    let slots = (buffer_bytes / part_size).saturating_sub(1);
-    (slots as usize).clamp(1, cap)
+    let slots = (buffer_bytes / part_size.max(1)).saturating_sub(1);
+    usize::try_from(slots).unwrap_or(usize::MAX).clamp(1, cap)
 }
 
 /// Part sizes and concurrency by part number, for streams whose length is unknown.
@@ -250,6 +290,19 @@ mod tests {
                 "n = {n}: {s:?}"
             );
         }
+    }
+
+    #[test]
+    fn tuning_limits_follow_the_buffer_budget() {
+        let b = MemoryBudget::for_memory_mib(256);
+        assert_eq!(b.max_part_size(), 32 * MIB);
+        assert_eq!(b.max_in_flight_for(8 * MIB), 7);
+        assert_eq!(b.max_in_flight_for(16 * MIB), 3);
+        assert_eq!(b.max_in_flight_for(64 * MIB), 0);
+        assert_eq!(b.max_record_cap(), 32 * MIB);
+        assert_eq!(b.zstd_window_log_max(), 24);
+        assert_eq!(MemoryBudget::for_memory_mib(128).zstd_window_log_max(), 23);
+        assert_eq!(MemoryBudget::for_memory_mib(10240).zstd_window_log_max(), 27);
     }
 
     #[test]

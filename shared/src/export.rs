@@ -176,7 +176,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     };
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();
-    let budget = spec.tuning.budget(ctx.budget);
+    let budget = spec.tuning.budget(ctx.budget)?;
     let deadline = inv.give_up_at(spec.tuning.deadline_margin());
 
     let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
@@ -201,7 +201,9 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         return Ok(summary.ended(clock, Status::Exists));
     }
 
-    let (stream, canceller) = start_copy(pg, &settings, spec.format, deadline).await?;
+    let max_row_bytes = spec.tuning.record_cap(&budget);
+    let (stream, canceller) =
+        start_copy(pg, &settings, spec.format, deadline, max_row_bytes).await?;
     let progress = stream.progress();
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = spec.destination.checksum;
@@ -261,12 +263,14 @@ async fn start_copy(
     settings: &ConnectionSettings,
     format: Format,
     deadline: Option<tokio::time::Instant>,
+    max_row_bytes: usize,
 ) -> Result<(postgres::ExportStream, postgres::Canceller)> {
     let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
     let export_settings = ExportSettings {
         // The server stops the statement at the same moment the upload gives up.
         statement_timeout: left.map(|l| l.max(Duration::from_secs(1))),
         timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
+        max_row_bytes,
     };
     let session = job::within(deadline, postgres::connect(settings)).await?;
     let canceller = session.canceller();

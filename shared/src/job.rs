@@ -21,6 +21,12 @@ use crate::error::{Error, Result, S3Operation};
 /// How long before the Lambda deadline a job gives up, aborts and answers, unless
 /// `tuning.deadline_margin_ms` says otherwise: time to abort the upload and send the error.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(3000);
+/// The smallest `tuning.deadline_margin_ms`: 2,500 ms, the clean-up budget after the deadline
+/// ([`CLEANUP_GRACE`](crate::sink::CLEANUP_GRACE), 2 s) plus 0.5 s to answer.
+pub const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(2500);
+/// The largest `tuning.deadline_margin_ms`: 900,000 ms, Lambda's longest timeout; a larger
+/// margin would give up before starting.
+pub const MAX_DEADLINE_MARGIN: Duration = Duration::from_secs(900);
 
 /// One invocation of a function: the facts every job runs with.
 #[derive(Debug, Clone)]
@@ -46,13 +52,15 @@ impl Invocation {
     /// When the job must have given up: the Lambda deadline minus `margin`, as an [`Instant`].
     /// A deadline already closer than the margin gives an instant in the past: the job fails
     /// with [`Error::Deadline`] at its first wait.
+    /// A deadline too far away to represent (an absurd `Lambda-Runtime-Deadline-Ms`) counts as
+    /// none rather than overflowing.
     pub fn give_up_at(&self, margin: Duration) -> Option<Instant> {
-        self.deadline.map(|d| {
+        self.deadline.and_then(|d| {
             let left = d
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
                 .saturating_sub(margin);
-            Instant::now() + left
+            Instant::now().checked_add(left)
         })
     }
 }
@@ -167,27 +175,91 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// Checks every override against its range.
+    /// Checks every override against its range and against the function's memory budget
+    /// ([`MemoryBudget::from_env`]); see [`validate_for`](Self::validate_for).
     pub fn validate(&self) -> Result<()> {
+        self.validate_for(&MemoryBudget::from_env())
+    }
+
+    /// Checks every override against its range and against `budget`, naming the field and
+    /// the limit:
+    /// - `part_size_mib`: S3's 5–5120 MiB, and two parts within the buffer budget `B`
+    ///   ([`MemoryBudget::max_part_size`]: 32 MiB at 256 MB);
+    /// - `max_in_flight`: 1–64, and `(max_in_flight + 1) × part size ≤ B`
+    ///   ([`MemoryBudget::max_in_flight_for`]: 7 with 8 MiB parts at 256 MB);
+    /// - `max_record_mib`: at least 1, at most `B / 2` ([`MemoryBudget::max_record_cap`]:
+    ///   32 MiB at 256 MB);
+    /// - `deadline_margin_ms`: [`MIN_DEADLINE_MARGIN`]–[`MAX_DEADLINE_MARGIN`] (2,500–900,000).
+    pub fn validate_for(&self, budget: &MemoryBudget) -> Result<()> {
+        const MIB: u64 = 1024 * 1024;
+        let buffer_mib = budget.buffer_bytes() / MIB;
+        let memory_mib = budget.memory_bytes() / MIB;
+        let share = || {
+            format!("the part buffers get {buffer_mib} MiB (a quarter of the function's {memory_mib} MiB, shared between the sources running at once)")
+        };
         if let Some(mib) = self.part_size_mib {
-            let bytes = mib.saturating_mul(1024 * 1024);
+            let bytes = mib.saturating_mul(MIB);
             if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
                 return Err(Error::spec(format!(
                     "tuning.part_size_mib {mib} is outside S3's 5..=5120 MiB"
                 )));
             }
+            if bytes > budget.max_part_size() {
+                return Err(Error::spec(format!(
+                    "tuning.part_size_mib {mib} is over the limit of {} MiB: two parts (one uploading, one filling) must fit, and {}",
+                    budget.max_part_size() / MIB,
+                    share()
+                )));
+            }
         }
-        if self.max_in_flight == Some(0) || self.max_in_flight > Some(64) {
-            return Err(Error::spec("tuning.max_in_flight must be 1..=64"));
+        if let Some(n) = self.max_in_flight {
+            if !(1..=64).contains(&n) {
+                return Err(Error::spec(format!(
+                    "tuning.max_in_flight {n} must be 1..=64"
+                )));
+            }
+            let part = self
+                .part_size_mib
+                .map_or(budget.part_size(), |m| m.saturating_mul(MIB));
+            let limit = budget.max_in_flight_for(part);
+            if n as u64 > limit {
+                return Err(Error::spec(format!(
+                    "tuning.max_in_flight {n} is over the limit of {limit} with {} MiB parts: (max_in_flight + 1) × part size must fit, and {}",
+                    part / MIB,
+                    share()
+                )));
+            }
         }
-        if self.max_record_mib == Some(0) {
-            return Err(Error::spec("tuning.max_record_mib must be at least 1"));
+        if let Some(mib) = self.max_record_mib {
+            let limit = budget.max_record_cap() / MIB;
+            if mib == 0 {
+                return Err(Error::spec("tuning.max_record_mib must be at least 1"));
+            }
+            if mib > limit {
+                return Err(Error::spec(format!(
+                    "tuning.max_record_mib {mib} is over the limit of {limit} MiB: half the part buffers, since a record buffer can briefly double while it grows; {}",
+                    share()
+                )));
+            }
+        }
+        if let Some(ms) = self.deadline_margin_ms {
+            let range = MIN_DEADLINE_MARGIN.as_millis()..=MAX_DEADLINE_MARGIN.as_millis();
+            if !range.contains(&u128::from(ms)) {
+                return Err(Error::spec(format!(
+                    "tuning.deadline_margin_ms {ms} is outside {}..={}: the margin must leave 2 s to abort the upload and 0.5 s to answer, and cannot exceed Lambda's 15-minute timeout",
+                    range.start(),
+                    range.end()
+                )));
+            }
         }
         Ok(())
     }
 
-    /// The memory plan: the function's budget with these overrides.
-    pub fn budget(&self, base: MemoryBudget) -> MemoryBudget {
+    /// The memory plan: `base` with these overrides, once they are checked against it
+    /// ([`validate_for`](Self::validate_for)) — `base` may be a share of the function's
+    /// budget (several sources at once), smaller than what [`validate`](Self::validate) saw.
+    pub fn budget(&self, base: MemoryBudget) -> Result<MemoryBudget> {
+        self.validate_for(&base)?;
         let mut b = base;
         if let Some(mib) = self.part_size_mib {
             b = b.with_part_size(mib.saturating_mul(1024 * 1024));
@@ -195,7 +267,7 @@ impl Tuning {
         if let Some(n) = self.max_in_flight {
             b = b.with_max_in_flight(n);
         }
-        b
+        Ok(b)
     }
 
     /// The margin before the Lambda deadline.
@@ -341,7 +413,7 @@ mod tests {
         for (tuning, needle) in [
             (r#"{"part_size_mib": 1}"#, "part_size_mib 1"),
             (r#"{"part_size_mib": 18446744073709551615}"#, "outside S3's"),
-            (r#"{"max_in_flight": 0}"#, "max_in_flight must be 1..=64"),
+            (r#"{"max_in_flight": 0}"#, "max_in_flight 0 must be 1..=64"),
             (
                 r#"{"max_record_mib": 0}"#,
                 "max_record_mib must be at least 1",
@@ -353,6 +425,72 @@ mod tests {
         }
         assert!(validate_bucket("b", "Bad_Bucket").is_err());
         assert!(validate_bucket("b", "lake-01.raw").is_ok());
+    }
+
+    /// Regression: `part_size_mib` up to 5120 and `max_in_flight` up to 64 could ask for
+    /// 325 GiB of part buffers, and `max_record_mib` had no upper bound at all. Each is now
+    /// checked against the memory budget, and the error names the field and the limit.
+    #[test]
+    fn tuning_over_the_memory_budget_is_refused_naming_the_limit() {
+        let b256 = MemoryBudget::for_memory_mib(256);
+        for (tuning, needle) in [
+            (
+                r#"{"part_size_mib": 5120, "max_in_flight": 64}"#,
+                "tuning.part_size_mib 5120 is over the limit of 32 MiB",
+            ),
+            (
+                r#"{"part_size_mib": 33}"#,
+                "tuning.part_size_mib 33 is over the limit of 32 MiB",
+            ),
+            (
+                r#"{"max_in_flight": 64}"#,
+                "tuning.max_in_flight 64 is over the limit of 7 with 8 MiB parts",
+            ),
+            (
+                r#"{"part_size_mib": 16, "max_in_flight": 4}"#,
+                "tuning.max_in_flight 4 is over the limit of 3 with 16 MiB parts",
+            ),
+            (
+                r#"{"max_record_mib": 18446744073709551615}"#,
+                "tuning.max_record_mib 18446744073709551615 is over the limit of 32 MiB",
+            ),
+            (r#"{"max_record_mib": 33}"#, "over the limit of 32 MiB"),
+            (
+                r#"{"deadline_margin_ms": 0}"#,
+                "tuning.deadline_margin_ms 0 is outside 2500..=900000",
+            ),
+            (
+                r#"{"deadline_margin_ms": 18446744073709551615}"#,
+                "is outside 2500..=900000",
+            ),
+        ] {
+            let t: Tuning = serde_json::from_str(tuning).unwrap();
+            let e = t.validate_for(&b256).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+            let e = e.to_string();
+            assert!(e.contains(needle), "{tuning}: {e}");
+            assert!(t.budget(b256).is_err(), "{tuning}");
+        }
+        // What fits is accepted, and the plan keeps (F + 1) × P within the buffer budget.
+        for tuning in [
+            r#"{"part_size_mib": 16, "max_in_flight": 3}"#,
+            r#"{"part_size_mib": 32}"#,
+            r#"{"max_in_flight": 7, "max_record_mib": 32, "deadline_margin_ms": 2500}"#,
+        ] {
+            let t: Tuning = serde_json::from_str(tuning).unwrap();
+            let b = t.budget(b256).unwrap();
+            assert!(
+                (b.max_in_flight() as u64 + 1) * b.part_size() <= b256.buffer_bytes(),
+                "{tuning}: {b:?}"
+            );
+        }
+        // A bigger function allows more.
+        let t: Tuning =
+            serde_json::from_str(r#"{"part_size_mib": 64, "max_in_flight": 15}"#).unwrap();
+        assert!(t.validate_for(&MemoryBudget::for_memory_mib(4096)).is_ok());
+        // A share of the budget (several sources at once) is checked as such.
+        let t: Tuning = serde_json::from_str(r#"{"part_size_mib": 16}"#).unwrap();
+        assert!(t.budget(b256.split(4)).is_err());
     }
 
     #[test]

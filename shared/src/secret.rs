@@ -14,6 +14,15 @@
 //! with an error that does not repeat it. Tests that need a fixed secret put it in an
 //! environment variable of the function and use `{"env": ...}`.
 //!
+//! **Which environment variables an event may name** is function configuration, not job
+//! input: `SLUICE_SECRET_ENV` lists them, comma-separated, an entry ending in `*` being a
+//! prefix (`SLUICE_SECRET_ENV=ORDERS_API_KEY,PARTNER_*`; `*` allows every name). Unset or
+//! empty, **none** may be named. Names starting with `AWS_` (any case) are refused whatever
+//! the list says: they hold the function's own credentials (`AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`), which an event could otherwise send to a host of its choosing as a
+//! bearer token. Variables the function reads by its own configuration (`DATABASE_URL`) are
+//! not event input and need no entry ([`SecretResolver::resolve_configured`]).
+//!
 //! [`SecretResolver`] turns a reference into a [`Secret`], whose `Debug` and `Display` print
 //! `[redacted]`; the value is reached only through [`Secret::expose`] or
 //! [`Secret::header_value`] (which marks the header sensitive).
@@ -138,7 +147,7 @@ impl SecretRef {
             ));
         }
         let Some((source, inner)) = map.into_iter().next() else {
-            unreachable!("the map has one entry")
+            return Err(format!("{EXPECTED_SHAPE}: got an empty object"));
         };
         match source.as_str() {
             "env" => match inner {
@@ -256,6 +265,50 @@ impl fmt::Display for SecretRef {
     }
 }
 
+/// The function's environment variable that lists the variables an event may name as
+/// `{"env": ...}` secrets (see the module docs).
+pub const SECRET_ENV_ALLOW: &str = "SLUICE_SECRET_ENV";
+
+/// Which environment variables an event may name ([`SECRET_ENV_ALLOW`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvAllowList {
+    names: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl EnvAllowList {
+    /// From the text of `SLUICE_SECRET_ENV`: comma-separated names, `PREFIX_*` for a prefix,
+    /// `*` for every name; blanks ignored.
+    pub fn parse(text: &str) -> Self {
+        let mut list = EnvAllowList::default();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.strip_suffix('*') {
+                Some(prefix) => list.prefixes.push(prefix.to_owned()),
+                None => list.names.push(entry.to_owned()),
+            }
+        }
+        list
+    }
+
+    /// From this process's `SLUICE_SECRET_ENV` (unset: none allowed).
+    pub fn from_env() -> Self {
+        Self::parse(&std::env::var(SECRET_ENV_ALLOW).unwrap_or_default())
+    }
+
+    /// Whether an event may name `name`. `AWS_*` never.
+    pub fn allows(&self, name: &str) -> bool {
+        !is_aws(name)
+            && (self.names.iter().any(|n| n == name)
+                || self.prefixes.iter().any(|p| name.starts_with(p.as_str())))
+    }
+}
+
+/// `AWS_*`, in any case: the function's own credentials and configuration.
+fn is_aws(name: &str) -> bool {
+    name.get(..4)
+        .is_some_and(|head| head.eq_ignore_ascii_case("AWS_"))
+}
+
 /// Default time a fetched secret is reused: 5 minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
@@ -327,6 +380,7 @@ pub struct SecretResolver {
     secrets_manager: aws_sdk_secretsmanager::Client,
     ssm: aws_sdk_ssm::Client,
     cache: Cache,
+    env_allowed: EnvAllowList,
 }
 
 impl fmt::Debug for SecretResolver {
@@ -362,7 +416,15 @@ impl SecretResolver {
             secrets_manager: aws_sdk_secretsmanager::Client::from_conf(sm),
             ssm: aws_sdk_ssm::Client::from_conf(ssm),
             cache: Cache::new(DEFAULT_TTL),
+            env_allowed: EnvAllowList::from_env(),
         }
+    }
+
+    /// Which environment variables events may name. Default: from `SLUICE_SECRET_ENV` when
+    /// the resolver was built ([`EnvAllowList::from_env`]).
+    pub fn with_env_allowed(mut self, allowed: EnvAllowList) -> Self {
+        self.env_allowed = allowed;
+        self
     }
 
     /// How long a fetched value is reused. Default [`DEFAULT_TTL`] (5 minutes); zero turns
@@ -422,7 +484,36 @@ impl SecretResolver {
     /// are `InvalidInput`; `access denied`, `decryption failed` and other refusals are
     /// `Upstream`; throttling, 5xx and network failures (after the SDK's retries) are
     /// `Retryable`.
+    ///
+    /// `r` comes from an event: an `{"env": NAME}` reference must be allowed by
+    /// `SLUICE_SECRET_ENV`, and is never an `AWS_*` variable (class `not allowed`,
+    /// `InvalidInput`, checked before the variable is read).
     pub async fn resolve(&self, r: &SecretRef) -> Result<Secret> {
+        if let SecretRef::Env(name) = r {
+            if is_aws(name) {
+                return Err(r.error(
+                    "not allowed",
+                    "AWS_* variables hold the function's own credentials and configuration and are never given out as secrets, whatever SLUICE_SECRET_ENV says; put the value in Secrets Manager or Parameter Store, or in a variable of another name",
+                    ErrorKind::InvalidInput,
+                ));
+            }
+            if !self.env_allowed.allows(name) {
+                return Err(r.error(
+                    "not allowed",
+                    format!(
+                        "an event may name only the environment variables the function's configuration allows; add {name} (or a prefix such as {}*) to the function's SLUICE_SECRET_ENV (comma-separated)",
+                        name.split_inclusive('_').next().unwrap_or(name)
+                    ),
+                    ErrorKind::InvalidInput,
+                ));
+            }
+        }
+        self.resolve_configured(r).await
+    }
+
+    /// The secret `r` points at, where `r` was chosen by the function's own configuration
+    /// (the `DATABASE_URL` default of an export), not by an event: no allow-list check.
+    pub async fn resolve_configured(&self, r: &SecretRef) -> Result<Secret> {
         let raw = match r {
             SecretRef::Env(name) => match std::env::var(name) {
                 Ok(v) => Secret::new(v),
@@ -692,7 +783,8 @@ mod tests {
 
     #[tokio::test]
     async fn env_secrets_and_their_errors() {
-        let resolver = resolver_nowhere(DEFAULT_TTL);
+        let resolver = resolver_nowhere(DEFAULT_TTL)
+            .with_env_allowed(EnvAllowList::parse("PATH, SLUICE_TEST_SECRET_*"));
         // PATH is set in every test process; setting a variable here would race other tests.
         let path = std::env::var("PATH").unwrap();
         let s = resolver
@@ -710,6 +802,70 @@ mod tests {
                 .starts_with(r#"secret env "SLUICE_TEST_SECRET_MISSING": not set"#),
             "{e}"
         );
+    }
+
+    /// Regression: `{"env": NAME}` could name any variable of the function, so an event could
+    /// send the function's own `AWS_SECRET_ACCESS_KEY` or `AWS_SESSION_TOKEN` as a bearer
+    /// token to a host of its choosing.
+    #[tokio::test]
+    async fn events_may_name_only_allowed_variables_and_never_aws_ones() {
+        // PATH and HOME are set in every test process; the value must never show.
+        let path = std::env::var("PATH").unwrap();
+        let refused = |e: Error, name: &str| {
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("secret env {name:?}: not allowed: ")),
+                "{text}"
+            );
+            assert!(!text.contains(&path), "{text}");
+            text
+        };
+        // Default (no SLUICE_SECRET_ENV): nothing may be named.
+        let closed = resolver_nowhere(DEFAULT_TTL).with_env_allowed(EnvAllowList::default());
+        let e = closed.resolve(&SecretRef::Env("PATH".into())).await.unwrap_err();
+        let text = refused(e, "PATH");
+        assert!(text.contains("add PATH") && text.contains("SLUICE_SECRET_ENV"), "{text}");
+        // Allowed by name and by prefix; others still refused.
+        let open = resolver_nowhere(DEFAULT_TTL)
+            .with_env_allowed(EnvAllowList::parse("PATH,SLUICE_TEST_*,*AWS"));
+        assert_eq!(
+            open.resolve(&SecretRef::Env("PATH".into())).await.unwrap().expose(),
+            path
+        );
+        let e = open.resolve(&SecretRef::Env("HOME".into())).await.unwrap_err();
+        refused(e, "HOME");
+        // AWS_* never, even when the list allows every name or names it.
+        let all = resolver_nowhere(DEFAULT_TTL)
+            .with_env_allowed(EnvAllowList::parse("*,AWS_SECRET_ACCESS_KEY,AWS_*"));
+        for name in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_ACCESS_KEY_ID",
+            "aws_secret_access_key",
+        ] {
+            let e = all.resolve(&SecretRef::Env(name.into())).await.unwrap_err();
+            let text = refused(e, name);
+            assert!(text.contains("never given out"), "{text}");
+        }
+        assert!(all.resolve(&SecretRef::Env("PATH".into())).await.is_ok());
+        // A variable chosen by the function's configuration needs no entry.
+        assert!(
+            closed
+                .resolve_configured(&SecretRef::Env("PATH".into()))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn allow_list_syntax() {
+        let l = EnvAllowList::parse(" API_TOKEN , PARTNER_*,, ");
+        assert!(l.allows("API_TOKEN") && l.allows("PARTNER_X") && l.allows("PARTNER_"));
+        assert!(!l.allows("API_TOKEN_2") && !l.allows("PARTNE") && !l.allows("api_token"));
+        assert!(!EnvAllowList::parse("").allows("X"));
+        assert!(EnvAllowList::parse("*").allows("ANYTHING"));
+        assert!(!EnvAllowList::parse("*").allows("AWS_REGION"));
     }
 
     #[tokio::test]

@@ -27,6 +27,10 @@ use crate::error::{Error, Result, S3Operation};
 
 /// Default `max_age`: 24 hours.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The largest `max_age`: 3650 days (about 10 years). S3 keeps no upload that long, so a
+/// larger value could only be a mistake; it is refused rather than turned into a `Duration`
+/// that overflows (`1e300` seconds).
+pub const MAX_MAX_AGE: Duration = Duration::from_secs(3650 * 86400);
 /// Stale uploads measured and aborted at once.
 const CONCURRENCY: usize = 8;
 /// Uploads listed by name per target in the summary (all are counted).
@@ -72,6 +76,36 @@ impl Default for MaxAge {
 }
 
 impl MaxAge {
+    /// `secs` seconds, if finite, not negative and at most [`MAX_MAX_AGE`]; the error names
+    /// the value and the limit.
+    pub fn from_secs_f64(secs: f64) -> std::result::Result<MaxAge, String> {
+        // `1e300`, not its 301 digits.
+        let shown = if secs.abs() >= 1e15 {
+            format!("{secs:e}")
+        } else {
+            secs.to_string()
+        };
+        if secs.is_nan() || secs.is_infinite() {
+            return Err(format!("max_age {shown} is not a number of seconds"));
+        }
+        if secs < 0.0 {
+            return Err(format!("max_age {shown} must not be negative"));
+        }
+        if secs > MAX_MAX_AGE.as_secs_f64() {
+            return Err(too_long(&shown));
+        }
+        // Finite and within 0..=MAX_MAX_AGE: the conversion cannot panic.
+        Ok(MaxAge(Duration::from_secs_f64(secs)))
+    }
+
+    /// `secs` whole seconds, at most [`MAX_MAX_AGE`].
+    pub fn from_secs(secs: u64) -> std::result::Result<MaxAge, String> {
+        if secs > MAX_MAX_AGE.as_secs() {
+            return Err(too_long(&secs.to_string()));
+        }
+        Ok(MaxAge(Duration::from_secs(secs)))
+    }
+
     /// Parses `"24h"`, `"90m"`, `"2d"`, `"30s"`, `"1h30m"` or plain seconds `"3600"`.
     pub fn parse(text: &str) -> std::result::Result<MaxAge, String> {
         let text = text.trim();
@@ -81,7 +115,7 @@ impl MaxAge {
             )
         };
         if let Ok(secs) = text.parse::<u64>() {
-            return Ok(MaxAge(Duration::from_secs(secs)));
+            return MaxAge::from_secs(secs);
         }
         let mut total = 0u64;
         let mut number = String::new();
@@ -104,8 +138,16 @@ impl MaxAge {
         if !number.is_empty() || text.is_empty() {
             return Err(bad());
         }
-        Ok(MaxAge(Duration::from_secs(total)))
+        // `total` saturates at u64::MAX, which the limit refuses.
+        MaxAge::from_secs(total).map_err(|_| too_long(&format!("{text:?}")))
     }
+}
+
+fn too_long(value: &str) -> String {
+    format!(
+        "max_age {value} is over the limit of 3650 days ({} seconds)",
+        MAX_MAX_AGE.as_secs()
+    )
 }
 
 impl<'de> Deserialize<'de> for MaxAge {
@@ -117,21 +159,15 @@ impl<'de> Deserialize<'de> for MaxAge {
                 f.write_str("seconds, or a duration such as \"24h\"")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<MaxAge, E> {
-                Ok(MaxAge(Duration::from_secs(v)))
+                MaxAge::from_secs(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<MaxAge, E> {
-                u64::try_from(v)
-                    .map(|v| MaxAge(Duration::from_secs(v)))
-                    .map_err(|_| E::custom("max_age must not be negative"))
+                let v = u64::try_from(v)
+                    .map_err(|_| E::custom(format!("max_age {v} must not be negative")))?;
+                MaxAge::from_secs(v).map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<MaxAge, E> {
-                if v.is_finite() && v >= 0.0 {
-                    Ok(MaxAge(Duration::from_secs_f64(v)))
-                } else {
-                    Err(E::custom(
-                        "max_age must be a non-negative number of seconds",
-                    ))
-                }
+                MaxAge::from_secs_f64(v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<MaxAge, E> {
                 MaxAge::parse(v).map_err(E::custom)
@@ -529,7 +565,9 @@ async fn handle_stale(
             Ok(page) => {
                 for part in page.parts() {
                     upload.parts += 1;
-                    upload.bytes += part.size().unwrap_or(0).max(0) as u64;
+                    // S3 never reports a negative size; a listing cannot sum past u64.
+                    let size = u64::try_from(part.size().unwrap_or(0)).unwrap_or(0);
+                    upload.bytes = upload.bytes.saturating_add(size);
                 }
                 let next = page.next_part_number_marker().map(str::to_owned);
                 if page.is_truncated() != Some(true) || next.is_none() || next == marker {
@@ -681,6 +719,42 @@ mod tests {
         assert!(parse(json!("h")).is_err());
         assert!(parse(json!("5h3")).is_err());
         assert!(parse(json!(-1)).is_err());
+        assert_eq!(parse(json!(1.5)).map(|_| ()), Ok(()));
+    }
+
+    /// Regression: `max_age: 1e300` panicked in `Duration::from_secs_f64`; NaN, infinities,
+    /// negatives and values past the limit are now errors naming the value and the limit.
+    #[test]
+    fn absurd_max_ages_are_refused_not_a_panic() {
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<MaxAge>(v)
+                .map(|m| m.0)
+                .map_err(|e| e.to_string())
+        };
+        for (value, needle) in [
+            (json!(1e300), "max_age 1e300 is over the limit of 3650 days"),
+            (json!(1e20), "is over the limit of 3650 days (315360000 seconds)"),
+            (json!(-0.5), "max_age -0.5 must not be negative"),
+            (json!(-3), "max_age -3 must not be negative"),
+            (json!(u64::MAX), "is over the limit of 3650 days"),
+            (json!("99999999999999999999d"), "max_age \"99999999999999999999d\""),
+            (json!("3651d"), "is over the limit of 3650 days"),
+        ] {
+            let e = parse(value.clone()).unwrap_err();
+            assert!(e.contains(needle), "{value}: {e}");
+        }
+        assert_eq!(parse(json!("3650d")), Ok(MAX_MAX_AGE));
+        // NaN and infinities cannot be written in JSON; the constructor refuses them.
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = MaxAge::from_secs_f64(v).unwrap_err();
+            assert!(e.contains("is not a number of seconds"), "{v}: {e}");
+        }
+        let e = SweepConfig::from_json(
+            json!({"targets": [{"bucket": "lake", "prefix": ""}], "max_age": 1e300}),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("max_age 1e300"), "{e}");
     }
 
     #[test]

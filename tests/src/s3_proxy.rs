@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`S3Proxy::fail_times`] / [`S3Proxy::fail_always`] | answer with an S3 XML `<Error>` and the given status, without forwarding |
 //! | [`S3Proxy::complete_200_error`] | answer `CompleteMultipartUpload` with `200` and an `<Error><Code>InternalError</Code>` body, without forwarding |
+//! | [`S3Proxy::complete_200_without_etag`] | answer `CompleteMultipartUpload` with `200` and a `<CompleteMultipartUploadResult>` that has no `<ETag>`, without forwarding |
 //! | [`S3Proxy::corrupt_part`] | forward that `UploadPart` with one body byte flipped (its signed payload digest and checksum header no longer match) |
 //!
 //! A request whose fault answers without forwarding has its body read and discarded first, so
@@ -107,6 +108,7 @@ fn part_number(query: Option<&str>) -> Option<i32> {
 enum Action {
     Fail { status: StatusCode, code: String },
     Complete200Error,
+    Complete200NoETag,
     CorruptPart(i32),
 }
 
@@ -241,6 +243,17 @@ impl S3Proxy {
         );
     }
 
+    /// Every `CompleteMultipartUpload` is answered with `200 OK` and a well-formed
+    /// `<CompleteMultipartUploadResult>` (location, bucket, key) that lacks the `<ETag>` every
+    /// success carries; the upstream never sees the request, so the upload stays open.
+    pub fn complete_200_without_etag(&self) {
+        self.add(
+            S3Op::CompleteMultipartUpload,
+            Action::Complete200NoETag,
+            None,
+        );
+    }
+
     /// Every `UploadPart` of part `part_number` is forwarded with the first byte of its body
     /// flipped; the length is unchanged, so only a checksum can tell.
     pub fn corrupt_part(&self, part_number: i32) {
@@ -318,6 +331,17 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
         .collect()
 }
 
+/// Reads a request body to its end. An injected answer is sent only after it: answering in the
+/// middle of an upload would make the client see a broken connection instead of the answer.
+async fn drain(body: Body) {
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = body.next().await {
+        if chunk.is_err() {
+            break;
+        }
+    }
+}
+
 async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
@@ -350,15 +374,30 @@ async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         )),
         _ => None,
     };
+    if matches!(action, Some(Action::Complete200NoETag)) {
+        drain(body).await;
+        shared.answered(op, StatusCode::OK);
+        let (bucket, key) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", ""));
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUploadResult>\
+             <Location>{path}</Location><Bucket>{bucket}</Bucket><Key>{key}</Key>\
+             </CompleteMultipartUploadResult>"
+        );
+        return (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/xml"),
+            )],
+            xml,
+        )
+            .into_response();
+    }
     if let Some((status, code, message)) = injected {
-        // Read the body first: answering in the middle of an upload would make the client see
-        // a broken connection instead of this answer.
-        let mut body = body.into_data_stream();
-        while let Some(chunk) = body.next().await {
-            if chunk.is_err() {
-                break;
-            }
-        }
+        drain(body).await;
         shared.answered(op, status);
         let xml = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\

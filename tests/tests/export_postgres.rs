@@ -381,6 +381,7 @@ async fn failures_carry_sqlstate_and_write_nothing() {
                 "CLOSED_PORT_URL",
                 format!("postgres://postgres:x@127.0.0.1:{closed_port}/postgres?sslmode=disable&connect_timeout=3"),
             ),
+            ("SLUICE_SECRET_ENV", "WRONG_PASSWORD_URL,CLOSED_PORT_URL".to_owned()),
         ],
         None,
     )
@@ -1044,4 +1045,43 @@ async fn producer_panic_mid_stream_leaves_nothing() {
     h.assert_nothing_written("panic/rows.csv").await;
     h.assert_nothing_written("panic/rows.csv.manifest.json")
         .await;
+}
+
+/// Regression: each row arrived as one COPY message and was copied whole into the chunk
+/// buffer whatever its size. A row over the record cap (`tuning.max_record_mib`, default a
+/// quarter of the part buffers: 16 MiB at 256 MB) now ends the export with an error naming
+/// the row, after parts already went out: the upload is aborted, nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_over_the_record_cap_is_refused_and_nothing_is_written() {
+    let pg = PgServer::start().unwrap();
+    let h = Harness::start("export-wide-row", &[("DATABASE_URL", pg.admin_url())], None).await;
+    // 30,000 rows of about 210 bytes (6 MiB: a 5 MiB part is out), then one of 3 MiB.
+    let query = "SELECT i, CASE WHEN i = 30000 THEN repeat('x', 3145728) ELSE repeat('y', 200) END AS pad \
+                 FROM generate_series(1, 40000) AS i";
+    for format in ["csv", "ndjson"] {
+        let key = format!("wide/rows.{format}");
+        let mut job = h.job(query, format, &key);
+        job["tuning"] = json!({"part_size_mib": 5, "max_record_mib": 2});
+        let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+        assert_eq!(kind, "Upstream", "{format}: {message}");
+        assert!(
+            message.contains("row too large at byte")
+                && message.contains("(record 30000)")
+                && message.contains("row 30000 is 31457")
+                && message.contains("over the limit of 2097152 bytes"),
+            "{format}: {message}"
+        );
+        h.assert_nothing_written(&key).await;
+    }
+    // Without tuning, the cap is the budget's: 16 MiB at 256 MB.
+    let mut job = h.job("SELECT repeat('z', 17 * 1048576) AS big", "csv", "wide/default.csv");
+    job["tuning"] = json!({"part_size_mib": 5});
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(
+        message.contains("row 1 is 17825")
+            && message.contains("over the limit of 16777216 bytes"),
+        "{message}"
+    );
+    h.assert_nothing_written("wide/default.csv").await;
 }

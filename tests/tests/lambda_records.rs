@@ -416,6 +416,7 @@ async fn secret_canary_never_appears_in_logs_errors_or_outputs() {
             ("RUST_LOG", "trace"),
             ("CANARY_TOKEN", token),
             ("CANARY_KEY", api_key),
+            ("SLUICE_SECRET_ENV", "CANARY_*"),
         ],
     )
     .await;
@@ -548,6 +549,7 @@ async fn api_key_header_is_never_carried_to_another_host() {
         &[
             ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
             ("XHOST_KEY", "xhost-secret-1"),
+            ("SLUICE_SECRET_ENV", "XHOST_KEY"),
         ],
     )
     .await;

@@ -1,6 +1,6 @@
 //! S3 faults, injected by [`S3Proxy`] in front of Garage: throttling that passes, throttling
-//! that does not, `CompleteMultipartUpload` answering 200 with an error body, a corrupted
-//! part, and an abort that fails (RELIABILITY.md, "Cases to run locally").
+//! that does not, `CompleteMultipartUpload` answering 200 with an error body or without an
+//! ETag, a corrupted part, and an abort that fails (RELIABILITY.md, "Cases to run locally").
 //!
 //! Uploads go through the proxy with the production client settings (`sluice::s3::client`:
 //! standard retries, 5 attempts); results are read back directly from Garage. The binary case
@@ -227,6 +227,31 @@ async fn complete_answering_200_with_an_error_is_a_failure() {
     assert_eq!(s.proxy.count(S3Op::CompleteMultipartUpload), 5);
     assert!(s.proxy.count(S3Op::AbortMultipartUpload) >= 1);
     s.assert_nothing_written("never").await;
+}
+
+/// A 200 answer to `CompleteMultipartUpload` without the ETag every success carries is not a
+/// success: the error names the call, nothing is written, and the upload is aborted.
+#[tokio::test]
+async fn complete_answering_200_without_an_etag_is_a_failure() {
+    let s = Setup::start("fault-complete-no-etag").await;
+    s.proxy.complete_200_without_etag();
+    let err = s.upload("no-etag", SIZE).await.unwrap_err();
+    let message = err.to_string();
+    assert_eq!(
+        s3_failure(&err),
+        (S3Operation::CompleteMultipartUpload, None),
+        "{message}"
+    );
+    assert!(
+        message.contains("response had no ETag; treating it as a failed request"),
+        "{message}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Retryable, "{message}");
+    // Parsed as a success by the SDK, so not retried; the sink refuses it and aborts.
+    assert_eq!(s.proxy.count(S3Op::CompleteMultipartUpload), 1);
+    assert_eq!(s.proxy.answers(S3Op::CompleteMultipartUpload), vec![200]);
+    assert!(s.proxy.count(S3Op::AbortMultipartUpload) >= 1);
+    s.assert_nothing_written("no-etag").await;
 }
 
 #[tokio::test]

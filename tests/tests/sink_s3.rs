@@ -9,7 +9,9 @@ use futures::future::BoxFuture;
 use sluice::MemoryBudget;
 use sluice::checksum::{ChecksumAlgorithm, Crc};
 use sluice::error::{Error, S3Operation};
-use sluice::sink::{self, ObjectTarget, PartReceipt, PutOutcome, S3Target, UploadOptions};
+use sluice::sink::{
+    self, ObjectHead, ObjectTarget, PartReceipt, PutOutcome, S3Target, UploadOptions,
+};
 use sluice_tests::{S3Server, body_stream, expected_crc64nvme, read_object, uploads_in_progress};
 use tokio_util::io::StreamReader;
 
@@ -194,6 +196,9 @@ impl ObjectTarget for FailingPart {
     }
     fn upload_exists(&self, id: &str) -> BoxFuture<'static, sluice::Result<bool>> {
         self.inner.upload_exists(id)
+    }
+    fn head(&self) -> BoxFuture<'static, sluice::Result<Option<ObjectHead>>> {
+        self.inner.head()
     }
 }
 

@@ -97,7 +97,13 @@ impl Compression {
                 Vec::new(),
                 flate2::Compression::new(self.level.unsigned_abs()),
             )),
-            Codec::Zstd => Inner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), self.level)?),
+            Codec::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), self.level)?;
+                // A content checksum (4 bytes per frame) lets every reader detect corruption,
+                // as gzip's CRC32 does.
+                e.include_checksum(true)?;
+                Inner::Zstd(e)
+            }
         };
         Ok(Encoder {
             inner,

@@ -1,5 +1,12 @@
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
-use tokio::io::{AsyncBufRead, AsyncRead};
+use async_compression::zstd::DParameter;
+use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+
+use crate::budget::MemoryBudget;
 
 /// How an input stream is encoded, and so how to decode it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +51,26 @@ impl Decoding {
         }
     }
 
-    /// Wraps `input` in the decoder. A truncated stream fails with `UnexpectedEof`, corrupt
-    /// data with `InvalidData` — never a silent short read.
+    /// Wraps `input` in the decoder, with zstd windows limited by the function's memory
+    /// budget ([`MemoryBudget::zstd_window_log_max`] of [`MemoryBudget::from_env`]: 16 MiB at
+    /// 256 MB). See [`decoder_with_window`](Self::decoder_with_window).
     pub fn decoder<R>(self, input: R) -> Box<dyn AsyncRead + Send + Unpin>
+    where
+        R: AsyncBufRead + Send + Unpin + 'static,
+    {
+        self.decoder_with_window(input, MemoryBudget::from_env().zstd_window_log_max())
+    }
+
+    /// Wraps `input` in the decoder. A truncated stream fails with `UnexpectedEof`, corrupt
+    /// data with `InvalidData` — never a silent short read. A zstd frame that needs a window
+    /// larger than `2^window_log_max` bytes (made with `--long` or `--ultra`, or a bomb that
+    /// declares a huge window) is refused at its header with `InvalidData`, naming the limit,
+    /// before the decoder allocates the window. gzip's window is fixed at 32 KiB.
+    pub fn decoder_with_window<R>(
+        self,
+        input: R,
+        window_log_max: u32,
+    ) -> Box<dyn AsyncRead + Send + Unpin>
     where
         R: AsyncBufRead + Send + Unpin + 'static,
     {
@@ -58,12 +82,61 @@ impl Decoding {
                 Box::new(d)
             }
             Decoding::Zstd => {
-                let mut d = ZstdDecoder::new(input);
+                // zstd accepts 10..=31 on 64-bit targets; keep the value inside that range
+                // so setting it cannot fail.
+                let window_log_max = window_log_max.clamp(10, 31);
+                let mut d =
+                    ZstdDecoder::with_params(input, &[DParameter::window_log_max(window_log_max)]);
                 d.multiple_members(true);
-                Box::new(d)
+                Box::new(ZstdErrors {
+                    inner: d,
+                    window_log_max,
+                })
             }
         }
     }
+}
+
+/// A zstd decoder whose errors say their class: zstd reports every failure as
+/// `ErrorKind::Other` with its own error name; corrupt data becomes `InvalidData` (a window
+/// over the limit with the limit named), and `UnexpectedEof` stays as it is.
+struct ZstdErrors<R> {
+    inner: R,
+    window_log_max: u32,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ZstdErrors<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let window_log_max = self.window_log_max;
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(zstd_error(e, window_log_max))),
+            other => other,
+        }
+    }
+}
+
+fn zstd_error(e: io::Error, window_log_max: u32) -> io::Error {
+    if e.kind() != io::ErrorKind::Other {
+        return e;
+    }
+    let name = e.to_string();
+    if name.contains("too much memory") {
+        let mib = (1u64 << window_log_max) >> 20;
+        return io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "zstd frame needs a window larger than the limit of {mib} MiB (window_log_max {window_log_max}, from the function's memory budget); recompress without --long/--ultra, or give the function more memory"
+            ),
+        );
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt zstd data: {name}"),
+    )
 }
 
 #[cfg(test)]
@@ -143,6 +216,106 @@ mod tests {
         let mut c = compress(Codec::Gzip, &data).await;
         let n = c.len();
         c[n - 6] ^= 0xff; // inside the CRC32 trailer
-        assert!(decode(Decoding::Gzip, c).await.is_err());
+        let err = decode(Decoding::Gzip, c).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("CRC"), "{err}");
+    }
+
+    /// Regression: corrupt zstd data came out as `ErrorKind::Other` (zstd's raw error name),
+    /// unlike gzip's `InvalidData`, so it could not be told apart from an I/O failure.
+    #[tokio::test]
+    async fn corrupt_zstd_is_invalid_data() {
+        let data: Vec<u8> = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let clean = compress(Codec::Zstd, &data).await;
+        // The content checksum (written by sluice's encoder) catches a flipped trailer byte;
+        // a flipped byte in the block header is caught by the block decoder.
+        for at in [clean.len() - 2, 6] {
+            let mut c = clean.clone();
+            c[at] ^= 0xff;
+            let err = decode(Decoding::Zstd, c).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "byte {at}: {err}");
+            assert!(err.to_string().starts_with("corrupt zstd data: "), "{err}");
+        }
+        let mut c = clean.clone();
+        let n = c.len();
+        c[n - 2] ^= 0xff;
+        let err = decode(Decoding::Zstd, c).await.unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_gzip_and_zstd_are_unexpected_eof_at_every_cut() {
+        let data: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let c = compress(codec, &data).await;
+            for cut in [1, 4, 8, c.len() / 2] {
+                let mut t = c.clone();
+                t.truncate(c.len() - cut);
+                let err = decode(Decoding::sniff(&t), t).await.unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    std::io::ErrorKind::UnexpectedEof,
+                    "{codec:?} cut {cut}: {err}"
+                );
+            }
+        }
+    }
+
+    /// A frame made with a 128 MiB window (`--long=27`): a bomb for a 256 MB function.
+    fn long_window_frame(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        e.window_log(27).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Regression: the zstd decoder's window was not limited (zstd's default allows 128 MiB,
+    /// half of a 256 MB function), whatever the memory budget.
+    #[tokio::test]
+    async fn zstd_frame_with_a_window_over_the_budget_is_refused() {
+        let data = vec![b'x'; 100_000];
+        let frame = long_window_frame(&data);
+        let budget = crate::MemoryBudget::for_memory_mib(256);
+        let mut out = Vec::new();
+        let err = Decoding::Zstd
+            .decoder_with_window(std::io::Cursor::new(frame.clone()), budget.zstd_window_log_max())
+            .read_to_end(&mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("window larger than the limit of 16 MiB")
+                && message.contains("window_log_max 24"),
+            "{message}"
+        );
+        assert!(out.is_empty());
+        // The default decoder uses the function's budget (256 MB in tests): refused too.
+        assert!(decode(Decoding::Zstd, frame.clone()).await.is_err());
+        // With a budget that allows the window, the same frame decodes.
+        let big = crate::MemoryBudget::for_memory_mib(10240).zstd_window_log_max();
+        let mut out = Vec::new();
+        Decoding::Zstd
+            .decoder_with_window(std::io::Cursor::new(frame), big)
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[tokio::test]
+    async fn zstd_at_every_standard_level_fits_the_smallest_window() {
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 977).to_le_bytes()).collect();
+        let frame = compress(Codec::Zstd, &data).await;
+        let smallest = crate::MemoryBudget::for_memory_mib(128).zstd_window_log_max();
+        let mut out = Vec::new();
+        Decoding::Zstd
+            .decoder_with_window(std::io::Cursor::new(frame), smallest)
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, data);
     }
 }

@@ -309,7 +309,7 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
         Some(a) => Some(Arc::new(a.resolve(&ctx.secrets).await?)),
         None => None,
     };
-    let budget = spec.tuning.budget(ctx.budget);
+    let budget = spec.tuning.budget(ctx.budget)?;
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;

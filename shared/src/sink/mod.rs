@@ -14,8 +14,8 @@ mod writer;
 
 use std::sync::Arc;
 
-pub use parts::settle_aborts;
-pub use target::{ObjectMeta, ObjectTarget, PartReceipt, PutOutcome, S3Target};
+pub use parts::{CLEANUP_GRACE, CLEANUP_MAX, settle_aborts};
+pub use target::{ObjectHead, ObjectMeta, ObjectTarget, PartReceipt, PutOutcome, S3Target};
 pub use writer::{ObjectWriter, UploadOptions, Uploaded};
 
 use crate::error::{Error, Result};

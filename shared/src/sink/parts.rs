@@ -13,13 +13,25 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::target::{ObjectTarget, PartReceipt, PutOutcome};
 use super::writer::Uploaded;
 use crate::budget::{MAX_PARTS, PartSchedule};
 use crate::checksum::{ChecksumAlgorithm, Crc};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, S3Operation};
+
+/// How long the clean-up after a failure (abort, `ListParts` checks, and the `HeadObject` check
+/// after a dropped `CompleteMultipartUpload` or `PutObject`) may run past the writer's
+/// deadline: 2 s. The default deadline margin is 3 s ([`crate::job::DEADLINE_MARGIN`]), so the
+/// function still has 1 s to answer before Lambda stops it; `tuning.deadline_margin_ms` may not
+/// be set below [`crate::job::MIN_DEADLINE_MARGIN`] for that reason.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(2);
+/// The longest a clean-up may take when there is no deadline, or the deadline is far: 30 s.
+/// Each SDK call can take up to 5 attempts of 120 s ([`crate::s3::client`]), so without a cap
+/// one unanswered abort could hold an invocation for many minutes.
+pub const CLEANUP_MAX: Duration = Duration::from_secs(30);
 
 /// Aborts spawned for uploads that were dropped unfinished (a producer that panicked, a
 /// cancelled job), and the tasks of compressing writers.
@@ -58,6 +70,19 @@ pub(crate) struct Parts {
     done: Vec<PartReceipt>,
     /// Bytes accepted so far (the object's size once finished).
     bytes: u64,
+    /// When the writer gives up; bounds the clean-up ([`CLEANUP_GRACE`]).
+    deadline: Option<Instant>,
+    /// Set while a `CompleteMultipartUpload` or `PutObject` is awaited: if that request is
+    /// dropped (the deadline), the object may exist anyway, and [`Parts::fail`] checks.
+    committing: Option<Commit>,
+}
+
+/// What a completing request would create, to recognise the object if it landed.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    checksum: Crc,
+    bytes: u64,
+    parts: u32,
 }
 
 impl Parts {
@@ -66,6 +91,7 @@ impl Parts {
         schedule: PartSchedule,
         algorithm: ChecksumAlgorithm,
         if_none_match: bool,
+        deadline: Option<Instant>,
     ) -> Self {
         Parts {
             target,
@@ -79,6 +105,8 @@ impl Parts {
             in_flight: JoinSet::new(),
             done: Vec::new(),
             bytes: 0,
+            deadline,
+            committing: None,
         }
     }
 
@@ -98,7 +126,9 @@ impl Parts {
         while !data.is_empty() {
             let size = usize::try_from(self.size_of_next()).unwrap_or(usize::MAX);
             let buf = self.part_buffer().await?;
-            let room = size - buf.len();
+            // A buffer never holds more than its part size (it is sent once full).
+            let room = size.saturating_sub(buf.len());
+            // `n` is at most `data.len()`, so both slices are in bounds.
             let n = room.min(data.len());
             buf.extend_from_slice(&data[..n]);
             data = &data[n..];
@@ -157,11 +187,11 @@ impl Parts {
                 }
             }
             self.size = size;
-            self.buf = Some(BytesMut::with_capacity(
-                usize::try_from(size).unwrap_or(usize::MAX),
-            ));
         }
-        Ok(self.buf.as_mut().expect("allocated above"))
+        let capacity = usize::try_from(self.size).unwrap_or(usize::MAX);
+        Ok(self
+            .buf
+            .get_or_insert_with(|| BytesMut::with_capacity(capacity)))
     }
 
     async fn send_if_full(&mut self) -> Result<()> {
@@ -192,7 +222,8 @@ impl Parts {
         };
         let target = self.target.clone();
         let algorithm = self.algorithm;
-        let part_number = self.part_number as i32;
+        // `part_buffer` refuses part numbers past MAX_PARTS (10,000), so this fits an i32.
+        let part_number = i32::try_from(self.part_number).unwrap_or(i32::MAX);
         let body = body.freeze();
         self.in_flight.spawn(async move {
             // Checksums are computed on the part's task so they run beside the writer.
@@ -225,7 +256,7 @@ impl Parts {
         if done
             .iter()
             .enumerate()
-            .any(|(i, p)| p.part_number != i as i32 + 1)
+            .any(|(i, p)| i32::try_from(i + 1) != Ok(p.part_number))
         {
             let (bucket, key) = self.target.describe();
             return Err(Error::Internal {
@@ -235,12 +266,23 @@ impl Parts {
         let checksum = done
             .iter()
             .fold(self.algorithm.empty(), |acc, p| acc.append(p.checksum));
-        let parts = done.len() as u32;
-        let upload_id = self.upload_id.clone().expect("checked above");
+        // At most MAX_PARTS (10,000) receipts: part numbers are checked before each part.
+        let parts = u32::try_from(done.len()).unwrap_or(u32::MAX);
+        let Some(upload_id) = self.upload_id.clone() else {
+            return Err(self.internal("no upload id at CompleteMultipartUpload"));
+        };
+        self.committing = Some(Commit {
+            checksum,
+            bytes: self.bytes,
+            parts,
+        });
         let outcome = self
             .target
             .complete_multipart(&upload_id, done, checksum, self.if_none_match)
-            .await?;
+            .await;
+        // Reached only when the request was not dropped: its answer is the truth.
+        self.committing = None;
+        let outcome = outcome?;
         match &outcome {
             PutOutcome::Written { .. } => {
                 self.upload_id = None;
@@ -260,7 +302,14 @@ impl Parts {
     async fn put(&mut self, body: Bytes) -> Result<Uploaded> {
         let checksum = self.algorithm.checksum(&body);
         let bytes = body.len() as u64;
-        let outcome = self.target.put(body, checksum, self.if_none_match).await?;
+        self.committing = Some(Commit {
+            checksum,
+            bytes,
+            parts: 1,
+        });
+        let outcome = self.target.put(body, checksum, self.if_none_match).await;
+        self.committing = None;
+        let outcome = outcome?;
         verify(self.target.as_ref(), &outcome, &checksum)?;
         Ok(Uploaded {
             outcome,
@@ -270,13 +319,102 @@ impl Parts {
         })
     }
 
-    /// Cancels the parts in flight and aborts the upload, if one was started.
+    fn internal(&self, what: &str) -> Error {
+        let (bucket, key) = self.target.describe();
+        Error::Internal {
+            message: format!("s3://{bucket}/{key}: {what}"),
+        }
+    }
+
+    /// Cancels the parts in flight and aborts the upload, if one was started. Bounded in time
+    /// ([`CLEANUP_GRACE`] past the deadline, at most [`CLEANUP_MAX`]).
     pub(crate) async fn abort(&mut self) {
         self.buf = None;
         self.in_flight.shutdown().await;
         if let Some(upload_id) = self.upload_id.take() {
-            abort_and_verify(self.target.as_ref(), &upload_id).await;
+            let budget = cleanup_budget(self.deadline);
+            abort_within(self.target.as_ref(), &upload_id, budget).await;
         }
+    }
+
+    /// The way out after `err`: aborts (as [`abort`](Self::abort)), and when `err` dropped a
+    /// `CompleteMultipartUpload` or `PutObject` in flight (the deadline), checks with
+    /// `HeadObject` whether the object landed anyway, and reports what is true:
+    /// - it exists with this writer's checksum and size: written (`Ok`), since it is ours;
+    /// - it does not, or holds other bytes: `err` (nothing written by this writer);
+    /// - the check failed or cannot tell: an error that says the object may exist.
+    ///
+    /// The abort and the check share one time budget ([`CLEANUP_GRACE`] past the deadline).
+    pub(crate) async fn fail(&mut self, err: Error) -> Result<Uploaded> {
+        let Some(commit) = self.committing.take() else {
+            self.abort().await;
+            return Err(err);
+        };
+        let budget = cleanup_budget(self.deadline);
+        let started = Instant::now();
+        self.buf = None;
+        self.in_flight.shutdown().await;
+        if let Some(upload_id) = self.upload_id.take() {
+            abort_within(self.target.as_ref(), &upload_id, budget).await;
+        }
+        let left = budget.saturating_sub(started.elapsed());
+        let (bucket, key) = self.target.describe();
+        let head = tokio::time::timeout(left, self.target.head()).await;
+        let unknown = |why: String| Error::S3 {
+            operation: S3Operation::HeadObject,
+            bucket: bucket.clone(),
+            key: key.clone(),
+            part_number: None,
+            message: format!(
+                "{err}; the request that completes the object was in flight when it was \
+                 dropped, and {why}: the object may exist"
+            ),
+            retryable: true,
+        };
+        match head {
+            Err(_) => Err(unknown(format!(
+                "checking it did not finish within {} ms",
+                left.as_millis()
+            ))),
+            Ok(Err(e)) => Err(unknown(format!("checking it failed: {e}"))),
+            Ok(Ok(None)) => Err(err),
+            Ok(Ok(Some(found))) => {
+                let ours = found.size == commit.bytes
+                    && found.checksum(commit.checksum.algorithm())
+                        == Some(commit.checksum.to_base64().as_str());
+                if ours {
+                    tracing::warn!(%bucket, %key, "the completing request was dropped, but the object landed with this writer's checksum: written");
+                    return Ok(Uploaded {
+                        outcome: PutOutcome::Written {
+                            e_tag: found.e_tag.unwrap_or_default(),
+                            checksum: Some(commit.checksum.to_base64()),
+                        },
+                        bytes: commit.bytes,
+                        parts: commit.parts,
+                        checksum: commit.checksum,
+                    });
+                }
+                match found.checksum(commit.checksum.algorithm()) {
+                    // Someone else's bytes are there: nothing of ours was written.
+                    Some(_) => Err(err),
+                    None if found.size != commit.bytes => Err(err),
+                    None => Err(unknown(format!(
+                        "an object of the same size ({} bytes) exists, but S3 reports no {} checksum to tell whether it is this writer's",
+                        found.size,
+                        commit.checksum.algorithm().s3_name()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// The time a clean-up may take: until [`CLEANUP_GRACE`] past `deadline`, at most
+/// [`CLEANUP_MAX`].
+fn cleanup_budget(deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => (d.saturating_duration_since(Instant::now()) + CLEANUP_GRACE).min(CLEANUP_MAX),
+        None => CLEANUP_MAX,
     }
 }
 
@@ -290,13 +428,30 @@ impl Drop for Parts {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 tracing::warn!(%upload_id, "upload dropped unfinished; aborting it");
-                let abort = async move { abort_and_verify(target.as_ref(), &upload_id).await };
+                let budget = cleanup_budget(self.deadline);
+                let abort = async move { abort_within(target.as_ref(), &upload_id, budget).await };
                 handle.spawn(PENDING.track_future(abort));
             }
             Err(_) => {
                 tracing::error!(%upload_id, "upload dropped outside a runtime; it stays open")
             }
         }
+    }
+}
+
+/// [`abort_and_verify`] within `budget`; past it, logs an error saying the upload may remain
+/// (the bucket's lifecycle rule `AbortIncompleteMultipartUpload` and `sweep-uploads` are the
+/// backstop).
+async fn abort_within(target: &dyn ObjectTarget, upload_id: &str, budget: Duration) {
+    if tokio::time::timeout(budget, abort_and_verify(target, upload_id))
+        .await
+        .is_err()
+    {
+        let (bucket, key) = target.describe();
+        tracing::error!(
+            %bucket, %key, %upload_id, budget_ms = budget.as_millis() as u64,
+            "ABORT NOT CONFIRMED: AbortMultipartUpload/ListParts did not finish within the clean-up budget; the upload may remain until the bucket's lifecycle rule (AbortIncompleteMultipartUpload) or sweep-uploads removes it"
+        );
     }
 }
 

@@ -40,6 +40,29 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// What `HeadObject` says about an object that exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectHead {
+    /// Size in bytes.
+    pub size: u64,
+    /// The object's ETag.
+    pub e_tag: Option<String>,
+    /// Its full-object CRC64NVME (base64), when S3 reports one.
+    pub crc64nvme: Option<String>,
+    /// Its full-object CRC32C (base64), when S3 reports one.
+    pub crc32c: Option<String>,
+}
+
+impl ObjectHead {
+    /// The checksum S3 reports in `algorithm`, if any.
+    pub fn checksum(&self, algorithm: ChecksumAlgorithm) -> Option<&str> {
+        match algorithm {
+            ChecksumAlgorithm::Crc64nvme => self.crc64nvme.as_deref(),
+            ChecksumAlgorithm::Crc32c => self.crc32c.as_deref(),
+        }
+    }
+}
+
 /// One destination object and the calls that write it.
 ///
 /// Implemented for S3 by [`S3Target`]; tests use fakes that record calls or fail on demand.
@@ -76,6 +99,9 @@ pub trait ObjectTarget: Send + Sync + 'static {
     fn abort_multipart(&self, upload_id: &str) -> BoxFuture<'static, Result<()>>;
     /// Whether the upload still exists (parts may have landed after an abort).
     fn upload_exists(&self, upload_id: &str) -> BoxFuture<'static, Result<bool>>;
+    /// The object as it is now (`HeadObject`, with its checksums), or `None` when there is
+    /// none: used after a completing request was dropped, to learn whether it landed.
+    fn head(&self) -> BoxFuture<'static, Result<Option<ObjectHead>>>;
 }
 
 /// An S3 object written through the AWS SDK.
@@ -241,7 +267,8 @@ impl ObjectTarget for S3Target {
     ) -> BoxFuture<'static, Result<PutOutcome>> {
         let this = self.clone();
         async move {
-            let len = body.len() as i64;
+            // A body is at most one part (5 GiB), far below i64::MAX.
+            let len = i64::try_from(body.len()).unwrap_or(i64::MAX);
             let mut req = this
                 .client
                 .put_object()
@@ -336,7 +363,7 @@ impl ObjectTarget for S3Target {
                 .key(&this.key)
                 .upload_id(upload_id)
                 .part_number(part_number)
-                .content_length(body.len() as i64)
+                .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
                 .body(ByteStream::from(body));
             req = req.with_checksum(&checksum);
             let mut req = req.customize();
@@ -449,6 +476,41 @@ impl ObjectTarget for S3Target {
                 Err(e) if status_of(&e) == Some(404) => Ok(()),
                 Err(e) => Err(s3_error(
                     S3Operation::AbortMultipartUpload,
+                    &this.bucket,
+                    &this.key,
+                    None,
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn head(&self) -> BoxFuture<'static, Result<Option<ObjectHead>>> {
+        let this = self.clone();
+        async move {
+            match this
+                .client
+                .head_object()
+                .bucket(&this.bucket)
+                .key(&this.key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+            {
+                Ok(out) => Ok(Some(ObjectHead {
+                    // S3 never reports a negative length; treat one as unknown (0).
+                    size: out
+                        .content_length
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0),
+                    e_tag: out.e_tag,
+                    crc64nvme: out.checksum_crc64_nvme,
+                    crc32c: out.checksum_crc32_c,
+                })),
+                Err(e) if status_of(&e) == Some(404) => Ok(None),
+                Err(e) => Err(s3_error(
+                    S3Operation::HeadObject,
                     &this.bucket,
                     &this.key,
                     None,

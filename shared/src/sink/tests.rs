@@ -40,6 +40,15 @@ struct Fake {
     in_flight: AtomicUsize,
     max_in_flight_seen: AtomicUsize,
     corrupt_checksum: bool,
+    /// `PutObject` / `CompleteMultipartUpload` store the object at once but answer this late,
+    /// as a server that did the work and then was slow to say so.
+    commit_answer_delay_ms: u64,
+    /// `PutObject` / `CompleteMultipartUpload` never land and never answer.
+    commit_hangs: bool,
+    /// `AbortMultipartUpload` and `ListParts` never answer.
+    abort_hangs: bool,
+    /// Full-object checksums of stored objects, as `HeadObject` reports them.
+    checksums: Mutex<BTreeMap<String, String>>,
 }
 
 impl Fake {
@@ -61,10 +70,18 @@ impl ObjectTarget for Shared {
         let f = self.0.clone();
         async move {
             f.record(Call::Put(body.len()));
+            if f.commit_hangs {
+                std::future::pending::<()>().await;
+            }
             f.objects
                 .lock()
                 .unwrap()
                 .insert("key".into(), body.to_vec());
+            f.checksums
+                .lock()
+                .unwrap()
+                .insert("key".into(), checksum.to_base64());
+            tokio::time::sleep(Duration::from_millis(f.commit_answer_delay_ms)).await;
             Ok(PutOutcome::Written {
                 e_tag: "e".into(),
                 checksum: Some(checksum.to_base64()),
@@ -126,13 +143,23 @@ impl ObjectTarget for Shared {
             f.record(Call::Complete(
                 parts.iter().map(|p| p.part_number).collect(),
             ));
-            let stored = f.parts.lock().unwrap();
-            let whole: Vec<u8> = parts
-                .iter()
-                .flat_map(|p| stored[&p.part_number].to_vec())
-                .collect();
+            if f.commit_hangs {
+                std::future::pending::<()>().await;
+            }
+            let whole: Vec<u8> = {
+                let stored = f.parts.lock().unwrap();
+                parts
+                    .iter()
+                    .flat_map(|p| stored[&p.part_number].to_vec())
+                    .collect()
+            };
             f.objects.lock().unwrap().insert("key".into(), whole);
+            f.checksums
+                .lock()
+                .unwrap()
+                .insert("key".into(), checksum.to_base64());
             f.open_uploads.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(f.commit_answer_delay_ms)).await;
             let reported = if f.corrupt_checksum {
                 "AAAAAAAAAAE=".to_string()
             } else {
@@ -149,6 +176,9 @@ impl ObjectTarget for Shared {
         let f = self.0.clone();
         async move {
             f.record(Call::Abort);
+            if f.abort_hangs {
+                std::future::pending::<()>().await;
+            }
             if f.open_uploads.load(Ordering::SeqCst) > 0 {
                 f.open_uploads.fetch_sub(1, Ordering::SeqCst);
             }
@@ -158,7 +188,26 @@ impl ObjectTarget for Shared {
     }
     fn upload_exists(&self, _: &str) -> BoxFuture<'static, Result<bool>> {
         let f = self.0.clone();
-        async move { Ok(f.open_uploads.load(Ordering::SeqCst) > 0) }.boxed()
+        async move {
+            if f.abort_hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok(f.open_uploads.load(Ordering::SeqCst) > 0)
+        }
+        .boxed()
+    }
+    fn head(&self) -> BoxFuture<'static, Result<Option<ObjectHead>>> {
+        let f = self.0.clone();
+        async move {
+            let size = f.objects.lock().unwrap().get("key").map(Vec::len);
+            Ok(size.map(|size| ObjectHead {
+                size: size as u64,
+                e_tag: Some("e".into()),
+                crc64nvme: f.checksums.lock().unwrap().get("key").cloned(),
+                crc32c: None,
+            }))
+        }
+        .boxed()
     }
 }
 
@@ -484,4 +533,106 @@ async fn failed_part_in_a_compressing_writer_fails_the_writes_or_finish() {
     };
     assert!(err.to_string().contains("UploadPart (part 1)"), "{err}");
     assert_aborted_never_completed(&fake);
+}
+
+/// Regression: after the deadline, the abort and its `ListParts` checks had no time limit of
+/// their own (5 SDK attempts of 120 s each, 4 rounds), so a function could be killed by Lambda
+/// before it answered. They now stop `CLEANUP_GRACE` past the deadline.
+#[tokio::test(start_paused = true)]
+async fn abort_that_never_answers_stops_within_the_cleanup_grace() {
+    let fake = Arc::new(Fake {
+        part_delay_ms: 600_000,
+        abort_hangs: true,
+        ..Fake::default()
+    });
+    let mut o = opts();
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(200);
+    o.deadline = Some(deadline);
+    let err = upload(Arc::new(Shared(fake.clone())), &data(3 * P)[..], &o, io_err)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Deadline { .. }), "{err}");
+    assert!(fake.calls().contains(&Call::Abort));
+    // Virtual time: exact, not a timing guess.
+    let took = Instant::now() - started;
+    assert!(
+        took <= Duration::from_millis(200) + CLEANUP_GRACE + Duration::from_millis(10),
+        "took {took:?}"
+    );
+}
+
+/// Regression: a deadline that fired while `CompleteMultipartUpload` or `PutObject` was in
+/// flight was reported as "nothing written", though the server had already written the object.
+/// Now `HeadObject` decides: the object is there with this writer's checksum, so it is written.
+#[tokio::test(start_paused = true)]
+async fn deadline_during_a_completing_request_that_lands_reports_written() {
+    for (len, compression) in [
+        (3 * P, None),
+        (1000, None),
+        (3 * P, Some(Compression::new(Codec::Gzip))),
+    ] {
+        let fake = Arc::new(Fake {
+            commit_answer_delay_ms: 600_000,
+            ..Fake::default()
+        });
+        let mut o = opts();
+        o.deadline = Some(Instant::now() + Duration::from_millis(200));
+        o.compression = compression;
+        let mut w = ObjectWriter::new(Arc::new(Shared(fake.clone())), &o).unwrap();
+        let input = noise(len);
+        w.write(Bytes::from(input.clone())).await.unwrap();
+        let out = w.finish().await.unwrap();
+        let stored = fake.objects.lock().unwrap()["key"].clone();
+        assert!(matches!(out.outcome, PutOutcome::Written { .. }), "{out:?}");
+        assert_eq!(out.bytes, stored.len() as u64);
+        assert_eq!(out.checksum, ChecksumAlgorithm::Crc64nvme.checksum(&stored));
+        if compression.is_none() {
+            assert!(stored == input, "{len}");
+        }
+        assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// The other side: the completing request never landed, so nothing was written, and the
+/// upload is aborted.
+#[tokio::test(start_paused = true)]
+async fn deadline_during_a_completing_request_that_never_lands_is_nothing_written() {
+    for len in [3 * P, 1000] {
+        let fake = Arc::new(Fake {
+            commit_hangs: true,
+            ..Fake::default()
+        });
+        let mut o = opts();
+        o.deadline = Some(Instant::now() + Duration::from_millis(200));
+        let err = upload(Arc::new(Shared(fake.clone())), &data(len)[..], &o, io_err)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Deadline { .. }), "{len}: {err}");
+        assert!(fake.objects.lock().unwrap().is_empty());
+        assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// An object with other bytes at the key (another writer's) is not ours: nothing written.
+#[tokio::test(start_paused = true)]
+async fn deadline_during_a_put_with_someone_elses_object_is_nothing_written() {
+    let fake = Arc::new(Fake {
+        commit_hangs: true,
+        ..Fake::default()
+    });
+    fake.objects
+        .lock()
+        .unwrap()
+        .insert("key".into(), vec![1; 1000]);
+    fake.checksums
+        .lock()
+        .unwrap()
+        .insert("key".into(), "AAAAAAAAAAE=".into());
+    let mut o = opts();
+    o.deadline = Some(Instant::now() + Duration::from_millis(200));
+    let err = upload(Arc::new(Shared(fake.clone())), &data(1000)[..], &o, io_err)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Deadline { .. }), "{err}");
 }

@@ -31,6 +31,11 @@ pub struct UploadOptions {
     /// Write only if no object exists at the key (`If-None-Match: *`). Default false.
     pub if_none_match: bool,
     /// When to give up: the upload is aborted and [`Error::Deadline`] returned. Default none.
+    ///
+    /// The clean-up after it (abort, checks) may take [`CLEANUP_GRACE`](super::CLEANUP_GRACE)
+    /// (2 s) more. If the deadline cut a `CompleteMultipartUpload` or `PutObject` short, the
+    /// object may still have been created: `HeadObject` decides, and an object with this
+    /// writer's size and checksum is reported as written.
     pub deadline: Option<Instant>,
     /// Compress what is written (a layer the writer owns). Default none.
     pub compression: Option<Compression>,
@@ -132,6 +137,7 @@ impl ObjectWriter {
             options.schedule,
             options.checksum,
             options.if_none_match,
+            options.deadline,
         );
         let state = match options.compression {
             None => State::Direct(Box::new(PartsSlot(parts))),
@@ -220,10 +226,9 @@ impl ObjectWriter {
         match std::mem::replace(&mut self.state, State::Failed) {
             State::Direct(mut parts) => match within(deadline, parts.0.finish()).await {
                 Ok(done) => Ok(done),
-                Err(e) => {
-                    parts.0.abort().await;
-                    Err(e)
-                }
+                // Aborts; after a completing request dropped at the deadline, reports
+                // whether the object landed.
+                Err(e) => parts.0.fail(e).await,
             },
             State::Encoded { tx, task } => {
                 // A failed send means the task already ended; its result says why.
@@ -319,9 +324,8 @@ async fn encode(
             message: format!("s3://{bucket}/{key}: the writer was dropped before finish"),
         })
     });
-    let result = run.await;
-    if result.is_err() {
-        parts.abort().await;
+    match run.await {
+        Ok(done) => Ok(done),
+        Err(e) => parts.fail(e).await,
     }
-    result
 }

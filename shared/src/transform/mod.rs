@@ -431,7 +431,7 @@ async fn write(
     map_io: IoErrorMap,
     summary: &mut ObjectSummary,
 ) -> Result<Uploaded> {
-    let budget = pipeline.tuning.budget(ctx.budget);
+    let budget = pipeline.tuning.budget(ctx.budget)?;
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = pipeline.output.checksum;
     options.if_none_match = !w.output_exists;

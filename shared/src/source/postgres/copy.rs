@@ -17,6 +17,7 @@ use super::error::{pg_error, sqlstate_kind};
 use super::params::{TextParam, find_placeholders, quote_ident};
 use super::session::{CancelOnDrop, Canceller, ConnectionTask, Session};
 use super::spec::param_text;
+use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Bytes gathered from COPY messages before they are handed on (one COPY message is one row).
@@ -56,6 +57,11 @@ pub struct ExportSettings {
     pub statement_timeout: Option<Duration>,
     /// `TimeZone`. Default `UTC`.
     pub timezone: String,
+    /// The largest row accepted, in bytes (one COPY message: the CSV line, or the row's JSON):
+    /// a larger one ends the export with [`Error::Records`] naming the row. Default the
+    /// record cap of the function's memory budget ([`MemoryBudget::record_cap`]: 16 MiB at
+    /// 256 MB); the export job passes `tuning.max_record_mib` when set.
+    pub max_row_bytes: usize,
 }
 
 impl Default for ExportSettings {
@@ -63,6 +69,8 @@ impl Default for ExportSettings {
         ExportSettings {
             statement_timeout: None,
             timezone: "UTC".to_owned(),
+            max_row_bytes: usize::try_from(MemoryBudget::from_env().record_cap())
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -131,10 +139,23 @@ async fn plan(
         let mut rewritten = String::with_capacity(query.len() + 64 * found.len());
         let mut last = 0;
         for p in &found {
-            let ty = &stmt.params()[p.number - 1];
+            // `$0` never prepares, and every number was checked against `params` (whose
+            // length is the statement's parameter count) above; an error all the same.
+            let index = p.number.checked_sub(1);
+            let (Some(ty), Some(value)) = (
+                index.and_then(|i| stmt.params().get(i)),
+                index.and_then(|i| params.get(i)),
+            ) else {
+                return Err(Error::spec(format!(
+                    "source.postgres.query: ${} has no value in params",
+                    p.number
+                )));
+            };
+            // Placeholders start and end at ASCII bytes (`$`, digits), in order, so these
+            // are character boundaries of `query`.
             rewritten.push_str(&query[last..p.start]);
             // Fixed text only: the setting name and the type the server inferred.
-            match param_text(&params[p.number - 1]) {
+            match param_text(value) {
                 Some(_) => rewritten.push_str(&format!(
                     "(pg_catalog.current_setting('sluice.p{}')::{}.{})",
                     p.number,
@@ -242,6 +263,7 @@ pub async fn export(
         state: State::Streaming,
         header_seen: false,
         trailer_seen: false,
+        max_row_bytes: settings.max_row_bytes,
         progress,
         database,
         client: Some(client),
@@ -270,6 +292,7 @@ pub struct ExportStream {
     state: State,
     header_seen: bool,
     trailer_seen: bool,
+    max_row_bytes: usize,
     progress: Arc<Progress>,
     database: String,
     client: Option<Arc<tokio_postgres::Client>>,
@@ -315,6 +338,27 @@ impl ExportStream {
         }
     }
 
+    /// The error for a row of `len` bytes over the cap: the row number (1-based, after the
+    /// CSV header) and the byte offset where it starts in the rendered output.
+    fn row_too_large(&self, len: usize) -> Error {
+        let row = self.progress.rows().saturating_add(1);
+        let what = if self.format == CopyFormat::Csv && !self.header_seen {
+            "the CSV header row".to_owned()
+        } else {
+            format!("row {row}")
+        };
+        Error::Records {
+            url: format!("postgres://{}", self.database),
+            class: "row too large",
+            offset: self.progress.bytes(),
+            record: Some(row),
+            message: format!(
+                "{what} is {len} bytes, over the limit of {} bytes (tuning.max_record_mib; default a quarter of the memory budget's part buffers)",
+                self.max_row_bytes
+            ),
+        }
+    }
+
     fn stage(&self) -> String {
         format!(
             "stream after {} rows ({} bytes)",
@@ -323,8 +367,14 @@ impl ExportStream {
         )
     }
 
-    /// Appends one COPY message (one row; the header row for CSV) to the buffer.
+    /// Appends one COPY message (one row; the header row for CSV) to the buffer. A message
+    /// over [`ExportSettings::max_row_bytes`] is refused before it is copied: the server
+    /// sends one message per row (binary COPY puts its file header in the first), so its
+    /// length is the row's.
     fn absorb(&mut self, msg: Bytes) -> Result<()> {
+        if msg.len() > self.max_row_bytes.saturating_add(BINARY_SIGNATURE.len() + 8) {
+            return Err(self.row_too_large(msg.len()));
+        }
         let before = self.buf.len();
         match self.format {
             CopyFormat::Csv => {
@@ -348,7 +398,11 @@ impl ExportStream {
         }
         self.progress
             .bytes
-            .fetch_add((self.buf.len() - before) as u64, Ordering::Relaxed);
+            // `absorb` only appends, so the buffer is at least as long as before.
+            .fetch_add(
+                self.buf.len().saturating_sub(before) as u64,
+                Ordering::Relaxed,
+            );
         Ok(())
     }
 
@@ -361,7 +415,8 @@ impl ExportStream {
                 return Err("bad signature");
             }
             msg.advance(BINARY_SIGNATURE.len() + 4);
-            let ext = msg.get_u32() as usize;
+            // The length was checked above: 11 signature + 4 flags + 4 extension length.
+            let ext = usize::try_from(msg.get_u32()).unwrap_or(usize::MAX);
             if msg.len() < ext {
                 return Err("truncated header extension");
             }
@@ -382,11 +437,13 @@ impl ExportStream {
                     if msg.len() < 4 {
                         return Err("truncated field length");
                     }
-                    let len = msg.get_i32();
-                    if len < 0 || msg.len() < len as usize {
+                    let Ok(len) = usize::try_from(msg.get_i32()) else {
+                        return Err("bad field length");
+                    };
+                    if msg.len() < len {
                         return Err("bad field length");
                     }
-                    let json = msg.split_to(len as usize);
+                    let json = msg.split_to(len);
                     if memchr::memchr2(b'\n', b'\r', &json).is_some() {
                         self.buf.extend(
                             json.iter()

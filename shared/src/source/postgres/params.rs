@@ -19,6 +19,9 @@ pub struct Placeholder {
 /// nested `/* */`). An identifier may contain `$` (`a$1` is one identifier), so a `$` right
 /// after an identifier character is not a placeholder.
 pub fn find_placeholders(sql: &str) -> Vec<Placeholder> {
+    // Indexing: every `b[i]` is behind `i < b.len()` (or `i > 0` / `i < 2 ||` for the bytes
+    // before it), and every slice of `sql` starts and ends at an ASCII byte (`$`, a digit), so
+    // at a character boundary.
     let b = sql.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let mut out = Vec::new();

@@ -221,10 +221,18 @@ impl ConnectionSettings {
         secret: Option<&SecretRef>,
         resolver: &SecretResolver,
     ) -> Result<ConnectionSettings> {
-        let default = SecretRef::Env("DATABASE_URL".to_owned());
-        let r = secret.unwrap_or(&default);
-        let value = resolver.resolve(r).await?;
-        Self::from_secret(&value, r)
+        match secret {
+            Some(r) => {
+                let value = resolver.resolve(r).await?;
+                Self::from_secret(&value, r)
+            }
+            // The function's own configuration, not event input: no allow-list entry needed.
+            None => {
+                let r = SecretRef::Env("DATABASE_URL".to_owned());
+                let value = resolver.resolve_configured(&r).await?;
+                Self::from_secret(&value, &r)
+            }
+        }
     }
 
     fn finish(
