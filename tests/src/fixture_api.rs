@@ -23,9 +23,12 @@
 //! | `GET /api/loop` | `{"data":[{"id":1}],"next_cursor":"same"}` whatever the query |
 //! | `GET /api/error200` | 200 `{"error":{"code":"rate_limited","message":"slow down"}}` |
 //! | `GET /api/html` | 200 `text/html` page |
+//! | `GET /api/pages?..&stall_page=K` | page K sends its first two records, then nothing until the server drops |
 //! | `GET /api/cut_record` | `{"data":[{"id":1},{"id":` as a complete chunked response (clean end, truncated JSON) |
+//! | `GET /api/bad_utf8` | `{"data":[{"id":1},{"name":"ab\xff\xfe"}]}`: bytes 0xff 0xfe (never UTF-8) inside the second record's string, at byte offset 29 |
 //! | `GET /api/invalid` | `{"data":[{"id":1},{"id":tru}]}` |
 //! | `GET /api/big_record?size=N` | `{"data":[{"id":1},{"blob":"xx..."}]}`, the second record exactly N bytes (N >= 11), streamed in 64 KiB chunks |
+//! | `GET /api/big_line?size=N` | NDJSON: `{"id":1}` then one line `{"blob":"xx..."}` of exactly N bytes (N >= 11), streamed in 64 KiB chunks |
 //! | `GET /api/empty` | `{"data":[]}` |
 //! | `GET /api/retry_after?mode=seconds\|date&times=K&key=X[&n=&per=][&cursor=C]` | the first K requests with that key: 429, `Retry-After: 1` or an HTTP-date 2 s ahead; then `/api/cursor` pages (`per` defaults to `n`: one page) |
 //! | `GET /api/storm?times=K&key=X[&status=503][&n=&per=][&cursor=C]` | the first K requests with that key: that status (no `Retry-After`); then `/api/cursor` pages |
@@ -354,6 +357,8 @@ struct ApiQuery {
     to: Option<String>,
     /// `/api/pages`: this page's document is cut short after its first records.
     cut_page: Option<u64>,
+    /// `/api/pages`: this page stalls after its first records.
+    stall_page: Option<u64>,
 }
 
 impl ApiQuery {
@@ -389,6 +394,8 @@ pub(crate) fn router() -> Router {
         .route("/api/error200", get(error200_route))
         .route("/api/html", get(html_route))
         .route("/api/cut_record", get(cut_record_route))
+        .route("/api/bad_utf8", get(bad_utf8_route))
+        .route("/api/big_line", get(big_line_route))
         .route("/api/invalid", get(invalid_route))
         .route("/api/big_record", get(big_record_route))
         .route("/api/empty", get(empty_route))
@@ -586,6 +593,18 @@ async fn pages_route(Query(q): Query<ApiQuery>) -> Response {
             Body::from(format!(r#"{{"data":[{head}{{"id":"#)),
         );
     }
+    if q.stall_page == Some(k) {
+        let head: String = ids
+            .clone()
+            .take(2)
+            .map(|i| api_record_json(i) + ",")
+            .collect();
+        let first = stream::once(async move { Ok(Bytes::from(format!(r#"{{"data":[{head}"#))) });
+        return json_response(
+            StatusCode::OK,
+            Body::from_stream(first.chain(stream::pending::<io::Result<Bytes>>())),
+        );
+    }
     page(r#"{"data":["#.to_owned(), ids, "]}".to_owned())
 }
 
@@ -664,6 +683,42 @@ async fn cut_record_route() -> Response {
         Ok(Bytes::from_static(br#"{"id":"#)),
     ]);
     json_response(StatusCode::OK, Body::from_stream(chunks))
+}
+
+async fn bad_utf8_route() -> Response {
+    json_response(
+        StatusCode::OK,
+        Body::from(&b"{\"data\":[{\"id\":1},{\"name\":\"ab\xff\xfe\"}]}"[..]),
+    )
+}
+
+/// `size - 11` bytes of `x`, in 64 KiB chunks: the inside of a `{"blob":"..."}` of `size` bytes.
+fn blob_stream(size: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    const SHELL: u64 = r#"{"blob":""}"#.len() as u64;
+    let xs = Bytes::from(vec![b'x'; CHUNK]);
+    stream::unfold(size - SHELL, move |remaining| {
+        let xs = xs.clone();
+        async move {
+            (remaining > 0).then(|| {
+                let n = remaining.min(CHUNK as u64);
+                (Ok::<_, io::Error>(xs.slice(..n as usize)), remaining - n)
+            })
+        }
+    })
+}
+
+async fn big_line_route(Query(q): Query<ApiQuery>) -> Response {
+    let Some(size) = q.size.filter(|&s| s >= 11) else {
+        return bad_request("big_line needs size >= 11");
+    };
+    let body = stream::once(async { Ok(Bytes::from_static(b"{\"id\":1}\n{\"blob\":\"")) })
+        .chain(blob_stream(size))
+        .chain(stream::once(async { Ok(Bytes::from_static(b"\"}\n")) }));
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 async fn invalid_route() -> Response {

@@ -224,3 +224,25 @@ async fn no_overwrite_makes_a_repeat_a_no_op() {
         "the repeat fetched the source again"
     );
 }
+
+/// A source that stalls mid-body with the deadline far away: the read timeout (2 s here via
+/// `read_timeout_secs`; 30 s by default) fails the read, the upload (three parts already up)
+/// is aborted, nothing is written.
+#[tokio::test]
+async fn source_stalling_mid_body_hits_the_read_timeout() {
+    let h = Harness::start("ingest-http", "stall", None).await;
+    let mut job = h.job(
+        &format!("/stall?size={}&at={}&seed=4", 100 * MIB, 30 * MIB),
+        "stalled",
+    );
+    job["source"]["http"]["read_timeout_secs"] = json!(2);
+    let started = Instant::now();
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "Retryable", "{message}");
+    assert!(
+        message.contains("read timed out after") && message.contains("/stall"),
+        "{message}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    h.assert_nothing_written("stalled").await;
+}

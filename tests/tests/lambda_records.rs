@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_tests::fixture_api::{api_record_json, big_doc_record_count};
 use sluice_tests::harness::{Decode, Harness, error, response};
-use sluice_tests::{MemoryCgroup, read_object};
+use sluice_tests::{FixtureServer, MemoryCgroup, read_object};
 
 const MIB: u64 = 1024 * 1024;
 const T: Duration = Duration::from_secs(120);
@@ -562,6 +562,17 @@ async fn api_key_header_is_never_carried_to_another_host() {
     assert_eq!(kind, "InvalidInput", "{message}");
     assert!(message.contains("redirect to another host"), "{message}");
     assert_eq!(h.fixture.hits("/bytes"), 0, "the other host was contacted");
+    // The same host on another port is another origin too.
+    let elsewhere = FixtureServer::start().await;
+    let other_port = elsewhere.url("/bytes?size=10");
+    let mut job = h.job(&format!("/redirect?to={other_port}"), "xport");
+    job["source"]["http"]["auth"] =
+        json!({"api_key": {"header": "X-Api-Key", "value": {"env": "XHOST_KEY"}}});
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(message.contains("redirect to another port"), "{message}");
+    assert_eq!(elsewhere.total_hits(), 0, "the other port was contacted");
+    h.assert_nothing_written("xport").await;
     // Without a key header the same redirect is followed.
     let s = response(
         h.invoke(h.job(&format!("/redirect?to={other}"), "plain"), T)
@@ -607,5 +618,145 @@ async fn producer_panic_mid_stream_leaves_nothing_in_records_and_page_modes() {
             h.assert_nothing_written(&format!("{key}.manifest.json"))
                 .await;
         }
+    }
+}
+
+/// A redirect to a host outside `SLUICE_ALLOWED_HOSTS`, followed by the function's real
+/// redirect policy: refused, and the other host never contacted.
+#[tokio::test]
+async fn redirect_outside_the_allowed_hosts_is_refused_and_never_contacted() {
+    let h = Harness::start_with(
+        "ingest-http",
+        "allowlist",
+        None,
+        &[
+            ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("SLUICE_ALLOWED_HOSTS", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let elsewhere = FixtureServer::start().await;
+    let to = format!(
+        "http://localhost:{}/bytes?size=10",
+        elsewhere.addr.port()
+    );
+    let job = records_job(&h, &format!("/redirect?to={to}"), "allow", Value::Null);
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("blocked") && message.contains("host localhost is not in SLUICE_ALLOWED_HOSTS"),
+        "{message}"
+    );
+    assert_eq!(h.fixture.hits("/redirect"), 1);
+    assert_eq!(elsewhere.total_hits(), 0, "the unlisted host was contacted");
+    assert_eq!(h.fixture.hits("/bytes"), 0);
+    h.assert_nothing_written("allow").await;
+}
+
+/// Invalid UTF-8 inside a string of a JSON document is an error naming the page, the byte
+/// and the record; nothing is written.
+#[tokio::test]
+async fn invalid_utf8_in_a_json_document_is_an_error_with_its_position() {
+    let h = Harness::start("ingest-http", "utf8", None).await;
+    let job = records_job(&h, "/api/bad_utf8", "utf8", Value::Null);
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(
+        message.contains("/api/bad_utf8")
+            && message.contains("invalid UTF-8 at byte 29 (record 2)")
+            && message.contains("0xff"),
+        "{message}"
+    );
+    h.assert_nothing_written("utf8").await;
+}
+
+/// The per-page records mode bounds every wait by the invocation's deadline: page 2 stalls
+/// after its first records (long before the 30 s read timeout), the run ends as a `Timeout`
+/// before the Lambda deadline, page 1's object and manifest are deleted, no upload is left.
+/// The same for one object.
+#[tokio::test]
+async fn a_stalled_page_ends_at_the_deadline_and_rolls_back() {
+    let h = Harness::start("ingest-http", "pagedeadline", None).await;
+    let paginate = json!({"page_number": {"param": "page", "start": 1}});
+    for key in ["late/p-{page}.ndjson", "late/all.ndjson"] {
+        let job = records_job(&h, "/api/pages?n=30&per=10&stall_page=2", key, paginate.clone());
+        let started = std::time::Instant::now();
+        let (kind, message) = error(h.invoke(job, Duration::from_secs(8)).await);
+        let took = started.elapsed();
+        assert_eq!(kind, "Timeout", "{key}: {message}");
+        assert!(message.contains("deadline"), "{message}");
+        assert!(took < Duration::from_secs(8), "{key}: answered after {took:?}");
+        for page in ["00001", "00002"] {
+            let k = key.replace("{page}", page);
+            h.assert_nothing_written(&k).await;
+            h.assert_nothing_written(&format!("{k}.manifest.json")).await;
+        }
+    }
+    assert_eq!(h.fixture.requests("/api/pages").len(), 4);
+}
+
+/// A batch's `rate_limit` is one token bucket for every request of every source: six
+/// one-page sources at 2 requests per second (burst 1) take at least 2.5 s, measured where
+/// the requests arrive and as the invocation's duration.
+#[tokio::test]
+async fn batch_rate_limit_is_shared_by_every_source() {
+    let h = Harness::start("ingest-http", "batchrate", None).await;
+    let sources: Vec<Value> = (0..6)
+        .map(|i| json!({"name": format!("s{i}"), "http": {"url": h.fixture.url(&format!("/api/top?n={}", i + 1))}}))
+        .collect();
+    let batch = json!({
+        "sources": sources,
+        "concurrency": 3,
+        "rate_limit": {"per_second": 2},
+        "records": "$[*]",
+        "destination": {"bucket": h.bucket, "key": "rate/{source}.ndjson"}
+    });
+    let started = std::time::Instant::now();
+    let s = response(h.invoke(batch, T).await);
+    let took = started.elapsed();
+    assert_eq!(s["succeeded"], 6, "{s}");
+    let arrivals: Vec<_> = h.fixture.requests("/api/top").iter().map(|r| r.at).collect();
+    assert_eq!(arrivals.len(), 6);
+    let span = *arrivals.iter().max().unwrap() - *arrivals.iter().min().unwrap();
+    assert!(span >= Duration::from_millis(2400), "requests spread over {span:?}");
+    assert!(took >= Duration::from_millis(2500), "the batch took {took:?}");
+    assert_eq!(object_text(&h, "rate/s5.ndjson").await, expected(6));
+}
+
+/// A single 300 MB record (JSON document) or line (NDJSON input), generated on the fly by the
+/// fixture, in a 256 MB memory cgroup: a "record too large" error naming the record, a peak of
+/// at most 128 MiB, nothing written.
+#[tokio::test]
+async fn a_300_mb_record_or_line_is_too_large_under_256_mb() {
+    let size = 300 * 1000 * 1000;
+    let cgroup = MemoryCgroup::create("sluice-bigrecord", 256 * MIB);
+    let h = Harness::start("ingest-http", "bigrecord", cgroup.as_ref()).await;
+    let mut doc = records_job(&h, &format!("/api/big_record?size={size}"), "doc", Value::Null);
+    doc["compression"] = json!("gzip");
+    let mut lines = h.job(&format!("/api/big_line?size={size}"), "lines");
+    lines["input_format"] = json!("ndjson");
+    for (key, job) in [("doc", doc), ("lines", lines)] {
+        if let Some(cg) = &cgroup {
+            cg.reset_peak();
+        }
+        let (kind, message) = error(h.invoke(job, T).await);
+        assert_eq!(kind, "Upstream", "{key}: {message}");
+        assert!(
+            message.contains("too large") && message.contains("record 2"),
+            "{key}: {message}"
+        );
+        h.assert_nothing_written(key).await;
+        let peak = match &cgroup {
+            Some(cg) => {
+                assert!(!cg.oom_killed(), "the function hit the cgroup limit");
+                cg.peak_bytes()
+            }
+            None => {
+                eprintln!("WARNING: no memory cgroup; the peak is not measured");
+                0
+            }
+        };
+        eprintln!("300 MB {key}: cgroup peak {:.1} MiB", peak as f64 / MIB as f64);
+        assert!(peak <= 128 * MIB, "{key}: cgroup peak {peak} bytes is over 128 MiB");
     }
 }

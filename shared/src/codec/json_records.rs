@@ -323,6 +323,15 @@ impl JsonRecordsDecoder {
     }
 
     fn check_json(&self, bytes: &[u8], record: bool) -> io::Result<()> {
+        // serde_json skips strings without checking their UTF-8; a record is copied out as is.
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(self.err(
+                "invalid UTF-8",
+                e.valid_up_to(),
+                record,
+                format!("byte 0x{:02x} is not UTF-8", bytes[e.valid_up_to()]),
+            ));
+        }
         serde_json::from_slice::<IgnoredAny>(bytes)
             .map(|_| ())
             .map_err(|e| {

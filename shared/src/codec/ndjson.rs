@@ -93,6 +93,16 @@ impl NdjsonDecoder {
         if !self.validate {
             return Ok(Some(line.freeze()));
         }
+        // serde_json skips strings without checking their UTF-8; a line is copied out as is.
+        if let Err(e) = std::str::from_utf8(&line) {
+            return Err(RecordsError {
+                class: "invalid UTF-8",
+                offset: start + e.valid_up_to() as u64,
+                record: Some(self.count),
+                message: format!("byte 0x{:02x} is not UTF-8", line[e.valid_up_to()]),
+            }
+            .into());
+        }
         serde_json::from_slice::<IgnoredAny>(&line).map_err(|e| {
             io::Error::from(RecordsError {
                 class: "invalid JSON",

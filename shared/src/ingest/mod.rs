@@ -62,7 +62,8 @@ pub struct JobContext {
     pub secrets: Arc<SecretResolver>,
     /// The function's memory plan ([`MemoryBudget::from_env`]).
     pub budget: MemoryBudget,
-    /// A rate limiter shared with other jobs of the same batch; overrides the spec's own.
+    /// A rate limiter shared with other jobs of the same batch: every request of the job takes
+    /// a token of it as well as of the source's own `rate_limit`.
     pub limiter: Option<Arc<RateLimiter>>,
     /// The invocation: run id, start, Lambda deadline.
     pub invocation: Invocation,
@@ -153,11 +154,14 @@ impl Prepared<'_> {
         }
     }
 
+    /// The source's own rate limit inside the batch's shared one (either may be absent).
     fn limiter(&self) -> Option<Arc<RateLimiter>> {
-        self.http_spec
-            .rate_limit
-            .as_ref()
-            .map(|r| Arc::new(RateLimiter::new(r)))
+        let shared = self.ctx.limiter.clone();
+        match (&self.http_spec.rate_limit, shared) {
+            (Some(own), Some(shared)) => Some(Arc::new(RateLimiter::new(own).with_parent(shared))),
+            (Some(own), None) => Some(Arc::new(RateLimiter::new(own))),
+            (None, shared) => shared,
+        }
     }
 }
 

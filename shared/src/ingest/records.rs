@@ -85,11 +85,14 @@ impl Producer {
     /// Runs [`pages`](Self::pages) on its own task (so that reading and extracting overlap
     /// with compression and uploads), and hands back the output, to be finished or aborted,
     /// with the figures. A panic on the task becomes [`Error::Internal`]; the output it owned
-    /// was dropped with it, which aborts its upload.
+    /// was dropped with it, which aborts its upload. Every wait of the producer (the rate
+    /// limiter, a request, a stalled body, a write) ends at the deadline: the result is then
+    /// [`Error::Deadline`] and the output comes back to be aborted.
     pub async fn spawn(self, mut out: Output) -> Result<(Result<()>, Output, PageStats)> {
         let task = tokio::spawn(async move {
             let mut stats = PageStats::default();
-            let result = self.pages(&mut out, &mut stats).await;
+            let result =
+                crate::job::within(self.deadline, self.pages(&mut out, &mut stats)).await;
             (result, out, stats)
         });
         task.await
@@ -110,7 +113,8 @@ impl Producer {
         let mut paginator = Paginator::new(
             self.spec.paginate.as_ref(),
             http::single_page(&self.spec)?.url,
-        )?;
+        )?
+        .with_auth(self.auth.clone());
         let paths = paginator.capture_paths();
         let mut request = paginator.first();
         loop {

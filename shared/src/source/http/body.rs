@@ -113,11 +113,15 @@ where
     })
 }
 
-/// The first [`ERROR_BODY_CAP`] bytes of the body of `resp` (an error answer), as text.
-pub(super) async fn capped_body(resp: reqwest::Response) -> String {
+/// The first [`ERROR_BODY_CAP`] bytes of the body of `resp` (an error answer), as text: what
+/// arrived within `limit`, so a server that sends an error status and then stalls cannot hold
+/// the request.
+pub(super) async fn capped_body(resp: reqwest::Response, limit: Duration) -> String {
     let mut kept = Vec::with_capacity(ERROR_BODY_CAP);
-    let mut stream = resp.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
+    let stream = resp.bytes_stream();
+    let until = tokio::time::Instant::now() + limit;
+    let mut stream = std::pin::pin!(stream);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(until, stream.next()).await {
         let room = ERROR_BODY_CAP - kept.len();
         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if kept.len() >= ERROR_BODY_CAP {

@@ -99,8 +99,26 @@ impl NetworkPolicy {
         }
     }
 
-    /// Checks one address.
+    /// Checks one address. An IPv6 address that carries an IPv4 address (IPv4-mapped
+    /// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4
+    /// `2002:AABB:CCDD::`) is checked as that IPv4 address too, so a private or link-local
+    /// target cannot hide in IPv6 form. The local-use NAT64 prefix `64:ff9b:1::/48` is private
+    /// whatever it embeds.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Blocked> {
+        let mut private = false;
+        if let IpAddr::V6(v6) = ip {
+            let s = v6.segments();
+            private |= s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1;
+            for v4 in embedded_ipv4(v6) {
+                self.check_class(IpAddr::V4(v4), ip, false)?;
+            }
+        }
+        self.check_class(ip, ip, private)
+    }
+
+    /// Refuses `ip` when it is link-local, or private (or `private` is set) without the switch;
+    /// `shown` is the address as requested, named in the error.
+    fn check_class(&self, ip: IpAddr, shown: IpAddr, private: bool) -> Result<(), Blocked> {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
@@ -108,27 +126,60 @@ impl NetworkPolicy {
         let (link_local, private) = match ip {
             IpAddr::V4(v4) => (
                 v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
-                v4.is_loopback()
+                private
+                    || v4.is_loopback()
                     || v4.is_private()
                     || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64),
             ),
             IpAddr::V6(v6) => (
                 (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_unspecified(),
-                v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+                private || v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
             ),
+        };
+        let named = if ip == shown {
+            format!("address {ip}")
+        } else {
+            format!("address {shown} (IPv4 {ip})")
         };
         if link_local {
             return Err(Blocked(format!(
-                "address {ip} is link-local or unspecified (e.g. the metadata service)"
+                "{named} is link-local or unspecified (e.g. the metadata service)"
             )));
         }
         if private && !self.allow_private {
             return Err(Blocked(format!(
-                "address {ip} is loopback or private (set SLUICE_ALLOW_PRIVATE_NETWORKS=true to allow)"
+                "{named} is loopback or private (set SLUICE_ALLOW_PRIVATE_NETWORKS=true to allow)"
             )));
         }
         Ok(())
     }
+}
+
+/// The IPv4 addresses an IPv6 address carries: IPv4-compatible `::a.b.c.d` (not `::` or
+/// `::1`), NAT64 `64:ff9b::/96` and the `/96` form of `64:ff9b:1::/48` (last 32 bits), the
+/// `/48` form of `64:ff9b:1::/48` (bits 48–63 and 72–87, RFC 6052), and 6to4 `2002::/16`
+/// (bits 16–47). IPv4-mapped `::ffff:a.b.c.d` is unwrapped by the caller.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let s = v6.segments();
+    let o = v6.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    let mut out = Vec::new();
+    if s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1) {
+        out.push(last);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        out.push(last);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // Either form may be in use; the other then holds zeros, which mean nothing.
+        let at_48 = Ipv4Addr::new(o[6], o[7], o[9], o[10]);
+        out.extend([at_48, last].into_iter().filter(|a| !a.is_unspecified()));
+    }
+    if s[0] == 0x2002 {
+        out.push(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    out
 }
 
 /// DNS resolution that drops refused addresses (and fails when none is left).
@@ -215,8 +266,49 @@ mod tests {
         assert!(strict.check_url(&url("file:///etc/passwd")).is_err());
         let local = NetworkPolicy::default().with_private_networks(true);
         assert!(local.check_url(&url("http://127.0.0.1:80/")).is_ok());
+        assert!(local.check_url(&url("http://[::1]/")).is_ok());
         // Link-local stays refused even when private networks are allowed.
         assert!(local.check_url(&url("http://169.254.169.254/")).is_err());
+    }
+
+    #[test]
+    fn ipv4_inside_ipv6_is_checked_as_ipv4() {
+        let strict = NetworkPolicy::default();
+        let local = NetworkPolicy::default().with_private_networks(true);
+        let refused = |p: &NetworkPolicy, a: &str| p.check_ip(a.parse().unwrap()).err().map(|b| b.0);
+        // The metadata service and loopback in every IPv6 form that embeds an IPv4 address.
+        for metadata in [
+            "64:ff9b::a9fe:a9fe",     // NAT64 /96
+            "64:ff9b:1::a9fe:a9fe",   // local-use NAT64, /96 form
+            "64:ff9b:1:a9fe:a9:fe00::", // local-use NAT64, /48 form
+            "2002:a9fe:a9fe::1",      // 6to4
+            "::a9fe:a9fe",            // IPv4-compatible
+            "::ffff:a9fe:a9fe",       // IPv4-mapped
+        ] {
+            for p in [&strict, &local] {
+                let why = refused(p, metadata).unwrap_or_else(|| panic!("{metadata} allowed"));
+                assert!(
+                    why.contains("169.254.169.254") && why.contains("link-local"),
+                    "{metadata}: {why}"
+                );
+            }
+        }
+        for private in ["64:ff9b::7f00:1", "64:ff9b::a00:1", "2002:c0a8:0101::", "::7f00:1", "2002:6440:1::"] {
+            let why = refused(&strict, private).unwrap_or_else(|| panic!("{private} allowed"));
+            assert!(why.contains("SLUICE_ALLOW_PRIVATE_NETWORKS"), "{private}: {why}");
+            assert!(refused(&local, private).is_none(), "{private}");
+        }
+        // The local-use NAT64 prefix is private whatever it embeds.
+        assert!(refused(&strict, "64:ff9b:1::808:808").is_some());
+        // Public IPv4 addresses behind NAT64 or 6to4 stay reachable.
+        for public in ["64:ff9b::808:808", "2002:808:808::1", "2606:4700::1111"] {
+            assert_eq!(refused(&strict, public), None, "{public}");
+        }
+        assert!(
+            strict
+                .check_url(&url("http://[64:ff9b::a9fe:a9fe]/latest/"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -149,36 +149,35 @@ pub fn client(policy: &NetworkPolicy) -> reqwest::Client {
     build_client(policy, false)
 }
 
-/// Like [`client`], but refusing redirects to another host. Used for requests that carry an
-/// API key in a custom header: reqwest drops `Authorization` on a cross-host redirect, but
-/// not other headers, so following one would hand the key to the other host.
+/// Like [`client`], but refusing redirects to another origin (scheme, host or port). Used for
+/// requests that carry an API key in a custom header: reqwest drops `Authorization` on a
+/// cross-host redirect, but not other headers, so following one would hand the key to the
+/// other host — or, from `https` to `http` on the same host, send it in clear text.
 pub fn same_host_client(policy: &NetworkPolicy) -> reqwest::Client {
     build_client(policy, true)
 }
 
+/// Proxies from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`) are ignored: a
+/// proxy resolves the target itself, which would bypass the [`GuardedResolver`] check of every
+/// address.
 fn build_client(policy: &NetworkPolicy, same_host_only: bool) -> reqwest::Client {
     let redirects = policy.clone();
     reqwest::Client::builder()
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
+        .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 5 {
                 return attempt.error(TooManyRedirects);
             }
-            if same_host_only {
-                let from = attempt
+            if same_host_only
+                && let Some(refused) = attempt
                     .previous()
                     .last()
-                    .and_then(|u| u.host_str())
-                    .map(str::to_owned);
-                let to = attempt.url().host_str().map(str::to_owned);
-                if from != to {
-                    return attempt.error(guard::Blocked(format!(
-                        "redirect to another host ({}) while an API key header is set",
-                        to.as_deref().unwrap_or("?")
-                    )));
-                }
+                    .and_then(|from| cross_origin(from, attempt.url()))
+            {
+                return attempt.error(refused);
             }
             match redirects.check_url(attempt.url()) {
                 Ok(()) => attempt.follow(),
@@ -187,6 +186,24 @@ fn build_client(policy: &NetworkPolicy, same_host_only: bool) -> reqwest::Client
         }))
         .build()
         .expect("a TLS backend is compiled in")
+}
+
+/// Why a redirect from `from` to `to` leaves the origin (scheme, host and port, the port
+/// defaulting by scheme), or `None` when it stays.
+fn cross_origin(from: &Url, to: &Url) -> Option<guard::Blocked> {
+    let why = if from.scheme() != to.scheme() {
+        format!("from {} to {}", from.scheme(), to.scheme())
+    } else if from.host_str() != to.host_str() {
+        format!("to another host ({})", to.host_str().unwrap_or("?"))
+    } else if from.port_or_known_default() != to.port_or_known_default() {
+        let port = to.port_or_known_default();
+        format!("to another port ({})", port.map_or("?".into(), |p| p.to_string()))
+    } else {
+        return None;
+    };
+    Some(guard::Blocked(format!(
+        "redirect {why} while an API key header is set"
+    )))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,7 +279,7 @@ impl Fetcher<'_> {
                 Ok(body) => return Ok(body),
                 Err(f) if f.retryable && attempt < policy.max_attempts => {
                     let wait = policy.backoff(attempt, f.retry_after);
-                    if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                    if retry::wait_passes_deadline(self.deadline, wait) {
                         return Err(Error::RetryPastDeadline {
                             url: shown.clone(),
                             failure: f.error.to_string(),
@@ -295,7 +312,7 @@ impl Fetcher<'_> {
         let req = self.request(method, page);
         let read_timeout = spec.read_timeout();
         let resp = self.send(req, &url, attempt, read_timeout).await?;
-        let resp = check_status(resp, &url, attempt).await?;
+        let resp = check_status(resp, &url, attempt, read_timeout).await?;
         self.checked_body(resp, url, read_timeout).await
     }
 
@@ -372,7 +389,7 @@ impl Fetcher<'_> {
                 .to_ascii_lowercase()
                 .starts_with(&expected.to_ascii_lowercase())
             {
-                let body = capped_body(resp).await;
+                let body = capped_body(resp, read_timeout).await;
                 return Err(Failure::fatal(Error::Records {
                     url,
                     class: "unexpected Content-Type",
@@ -426,11 +443,13 @@ fn request_body(spec: &HttpSourceSpec, page: &PageRequest) -> Option<serde_json:
 }
 
 /// `resp` when its status is a success; otherwise an error with the status and the first
-/// bytes of the body, retryable for 408, 429 and 5xx, and the `Retry-After` it asked for.
+/// bytes of the body (read for at most `read_timeout`), retryable for 408, 429 and 5xx, and the
+/// `Retry-After` it asked for.
 async fn check_status(
     resp: reqwest::Response,
     url: &str,
     attempt: u32,
+    read_timeout: Duration,
 ) -> std::result::Result<reqwest::Response, Failure> {
     let status = resp.status();
     if status.is_success() {
@@ -441,7 +460,7 @@ async fn check_status(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-    let body = capped_body(resp).await;
+    let body = capped_body(resp, read_timeout).await;
     Err(Failure {
         error: Error::SourceStatus {
             url: url.to_owned(),
@@ -481,8 +500,159 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A raw HTTP/1.1 server on 127.0.0.1 that answers the n-th connection with `answers[n]`
+    /// (the last one again after that) and closes it. Returns its address and a count of the
+    /// connections it accepted.
+    pub(crate) async fn canned_server(
+        answers: Vec<Vec<u8>>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let answer = answers[n.min(answers.len() - 1)].clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(&answer).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    fn answer(head: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn local() -> NetworkPolicy {
+        NetworkPolicy::default().with_private_networks(true)
+    }
+
+    #[tokio::test]
+    async fn retry_after_of_u64_max_ends_in_a_timeout_not_a_panic() {
+        let (addr, hits) = canned_server(vec![answer(
+            "429 Too Many Requests\r\nRetry-After: 18446744073709551615",
+            "slow down",
+        )])
+        .await;
+        let spec = spec(serde_json::json!({"url": format!("http://{addr}/x")})).unwrap();
+        let policy = local();
+        let client = client(&policy);
+        let fetcher = Fetcher {
+            client: &client,
+            spec: &spec,
+            policy: &policy,
+            limiter: None,
+            deadline: Some(Instant::now() + Duration::from_secs(60)),
+            auth: None,
+        };
+        let err = match fetcher.open(&single_page(&spec).unwrap()).await {
+            Ok(_) => panic!("a 429 succeeded"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, Error::RetryPastDeadline { .. }), "{err}");
+        assert_eq!(err.kind(), crate::ErrorKind::Timeout);
+        assert!(err.to_string().contains("HTTP 429"), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn https_to_http_on_the_same_host_is_another_origin() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let why = |a: &str, b: &str| cross_origin(&u(a), &u(b)).map(|e| e.0);
+        let down = why("https://api.example.com/a", "http://api.example.com/b").unwrap();
+        assert!(down.contains("from https to http"), "{down}");
+        let port = why("http://h:8080/a", "http://h:9090/b").unwrap();
+        assert!(port.contains("another port (9090)"), "{port}");
+        let host = why("http://h/a", "http://g/b").unwrap();
+        assert!(host.contains("another host (g)"), "{host}");
+        assert_eq!(why("https://h/a", "https://h:443/b?x=1"), None);
+        assert_eq!(why("http://h:80/a", "http://h/b"), None);
+    }
+
+    #[tokio::test]
+    async fn api_key_client_refuses_a_redirect_to_another_port() {
+        let (target, target_hits) = canned_server(vec![answer("200 OK", "key goes here")]).await;
+        let (addr, _) = canned_server(vec![answer(
+            &format!("302 Found\r\nLocation: http://{target}/steal"),
+            "",
+        )])
+        .await;
+        let policy = local();
+        let err = same_host_client(&policy)
+            .get(format!("http://{addr}/start"))
+            .header("X-Api-Key", "k")
+            .send()
+            .await
+            .unwrap_err();
+        let reason = guard::find_blocked(&err).expect("refused by the policy");
+        assert!(reason.contains("another port"), "{reason}");
+        assert_eq!(target_hits.load(Ordering::SeqCst), 0, "the other port was contacted");
+    }
+
+    /// Runs [`env_proxy_probe`] in a child process whose environment names a proxy: a proxy
+    /// set in the environment must not be used (it would resolve the target itself, past the
+    /// address check).
+    #[tokio::test]
+    async fn proxies_from_the_environment_are_ignored() {
+        let (proxy, proxy_hits) = canned_server(vec![answer("200 OK", "via the proxy")]).await;
+        let exe = std::env::current_exe().unwrap();
+        let proxy_url = format!("http://{proxy}");
+        let out = tokio::process::Command::new(exe)
+            .args(["--ignored", "--exact", "source::http::tests::env_proxy_probe"])
+            .env("SLUICE_PROXY_PROBE", "1")
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 passed"), "{text}");
+        assert_eq!(proxy_hits.load(Ordering::SeqCst), 0, "the proxy was used");
+    }
+
+    /// See [`proxies_from_the_environment_are_ignored`]; does nothing unless run by it.
+    #[tokio::test]
+    #[ignore = "run by proxies_from_the_environment_are_ignored"]
+    async fn env_proxy_probe() {
+        if std::env::var_os("SLUICE_PROXY_PROBE").is_none() {
+            return;
+        }
+        // `localhost` resolves to loopback, refused by the strict policy's resolver; through a
+        // proxy it would never be resolved here.
+        let err = client(&NetworkPolicy::default())
+            .get("http://localhost:9/x")
+            .send()
+            .await
+            .unwrap_err();
+        let reason = guard::find_blocked(&err).unwrap_or_else(|| panic!("not refused: {err:?}"));
+        assert!(reason.contains("refused address"), "{reason}");
+    }
 
     fn spec(json: serde_json::Value) -> std::result::Result<HttpSourceSpec, String> {
         serde_json::from_value(json).map_err(|e| e.to_string())

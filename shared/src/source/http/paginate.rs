@@ -14,16 +14,78 @@
 //! at `has_more` being `false`; the records (or offset) reaching the value at `total`;
 //! `max_pages` pages (default 10,000). A cursor or URL seen before is an error (the API is
 //! looping), never an endless run.
+//!
+//! Loop detection keeps constant memory whatever `max_pages` is: a 64-bit keyed hash of each
+//! cursor or URL, the last [`SEEN_WINDOW`] of them in a set (any loop of up to that many pages
+//! is caught the first time a cursor comes back), plus Brent's cycle check on the same hashes
+//! (a longer loop is caught within about twice its length). URLs named in errors are redacted
+//! ([`redact_url`]).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use reqwest::Url;
 use serde::Deserialize;
 
+use super::auth::{ResolvedAuth, redact_url};
 use crate::codec::json_records::{Captures, JsonPath};
 use crate::error::{Error, Result};
 
 const DEFAULT_MAX_PAGES: u32 = 10_000;
+/// Cursors or URLs remembered exactly, as 8-byte hashes (about 200 KiB with the set's overhead).
+pub const SEEN_WINDOW: usize = 10_000;
+
+/// The cursors or URLs of the pages fetched so far, in bounded memory (see the module docs).
+#[derive(Debug)]
+struct Seen {
+    hasher: RandomState,
+    recent: HashSet<u64>,
+    order: VecDeque<u64>,
+    /// Brent: the hash of a past page, the pages since it, and when to move it.
+    checkpoint: Option<u64>,
+    since: u64,
+    power: u64,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Seen {
+            hasher: RandomState::new(),
+            recent: HashSet::new(),
+            order: VecDeque::new(),
+            checkpoint: None,
+            since: 0,
+            power: 1,
+        }
+    }
+
+    /// Records `key`; false when it was seen before (a loop).
+    fn insert(&mut self, key: &str) -> bool {
+        let h = self.hasher.hash_one(key);
+        if self.checkpoint == Some(h) || !self.recent.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > SEEN_WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.recent.remove(&old);
+        }
+        self.since += 1;
+        if self.checkpoint.is_none() || self.since == self.power {
+            self.checkpoint = Some(h);
+            self.power = self.power.saturating_mul(2);
+            self.since = 0;
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.recent.len() + self.order.len()
+    }
+}
 
 /// `source.http.paginate`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -164,9 +226,10 @@ pub struct Paginator {
     current: Url,
     page: u32,
     records: u64,
-    seen: HashSet<String>,
+    seen: Seen,
     last_cursor: Option<String>,
     truncated: bool,
+    auth: Option<Arc<ResolvedAuth>>,
 }
 
 fn path(text: &str, field: &str) -> Result<JsonPath> {
@@ -245,10 +308,23 @@ impl Paginator {
             current: url,
             page: 0,
             records: 0,
-            seen: HashSet::new(),
+            seen: Seen::new(),
             last_cursor: None,
             truncated: false,
+            auth: None,
         })
+    }
+
+    /// Redacts URLs in errors with `auth` too (its API-key query parameter), besides the
+    /// well-known credential parameters always redacted.
+    pub fn with_auth(mut self, auth: Option<Arc<ResolvedAuth>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// `url` as errors show it.
+    fn shown(&self, url: &str) -> String {
+        redact_url(url, self.auth.as_deref())
     }
 
     /// Scalar paths the records decoder must capture for this style.
@@ -270,7 +346,7 @@ impl Paginator {
             }
             _ => {}
         }
-        self.seen.insert(url.to_string());
+        self.seen.insert(url.as_str());
         self.current = url.clone();
         PageRequest {
             page: 1,
@@ -309,7 +385,7 @@ impl Paginator {
                     return Ok(None);
                 };
                 if self.last_cursor.as_deref() == Some(cursor.as_str())
-                    || !self.seen.insert(format!("cursor:{cursor}"))
+                    || !self.seen.insert(&format!("cursor:{cursor}"))
                 {
                     return Err(self.looping(format!("cursor {cursor:?} came back")));
                 }
@@ -326,8 +402,8 @@ impl Paginator {
                     return Ok(None);
                 };
                 url = self.current.join(&next).map_err(|e| Error::Pagination {
-                    url: self.current.to_string(),
-                    message: format!("next URL {next:?} is not a URL: {e}"),
+                    url: self.shown(self.current.as_str()),
+                    message: format!("next URL {:?} is not a URL: {e}", self.shown(&next)),
                 })?;
             }
             Style::Link => {
@@ -335,8 +411,11 @@ impl Paginator {
                     return Ok(None);
                 };
                 url = self.current.join(&next).map_err(|e| Error::Pagination {
-                    url: self.current.to_string(),
-                    message: format!("Link rel=\"next\" {next:?} is not a URL: {e}"),
+                    url: self.shown(self.current.as_str()),
+                    message: format!(
+                        "Link rel=\"next\" {:?} is not a URL: {e}",
+                        self.shown(&next)
+                    ),
                 })?;
             }
             Style::PageNumber(p) => {
@@ -351,9 +430,9 @@ impl Paginator {
                 set_param(&mut url, &o.param, &next.to_string());
             }
         }
-        if matches!(self.style, Style::NextUrl | Style::Link) && !self.seen.insert(url.to_string())
-        {
-            return Err(self.looping(format!("next page {url} was already fetched")));
+        if matches!(self.style, Style::NextUrl | Style::Link) && !self.seen.insert(url.as_str()) {
+            let shown = self.shown(url.as_str());
+            return Err(self.looping(format!("next page {shown} was already fetched")));
         }
         self.page += 1;
         self.current = url.clone();
@@ -366,7 +445,7 @@ impl Paginator {
 
     fn looping(&self, what: String) -> Error {
         Error::Pagination {
-            url: self.current.to_string(),
+            url: self.shown(self.current.as_str()),
             message: format!("pagination loop after page {}: {what}", self.page),
         }
     }
@@ -582,6 +661,71 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn pagination_errors_redact_tokens_in_urls() {
+        let spec: PaginateSpec =
+            serde_json::from_value(serde_json::json!({"link_header": {}})).unwrap();
+        let start = "http://h/api?access_token=tok-SECRET-1&page=1";
+        let mut p = Paginator::new(Some(&spec), Url::parse(start).unwrap()).unwrap();
+        p.first();
+        let none = Captures::default();
+        let page = |link: &'static str| PageOutcome {
+            records: 1,
+            captures: &none,
+            link: Some(link),
+        };
+        let looping = r#"<http://h/api?access_token=tok-SECRET-1&page=1>; rel="next""#;
+        let err = p.next(&page(looping)).unwrap_err().to_string();
+        assert!(err.contains("pagination loop"), "{err}");
+        assert!(!err.contains("tok-SECRET-1"), "{err}");
+        assert!(err.contains("access_token=[redacted]"), "{err}");
+        let bad = r#"<http://[bad?sig=SIG-SECRET-2>; rel="next""#;
+        let mut p = Paginator::new(Some(&spec), Url::parse(start).unwrap()).unwrap();
+        p.first();
+        let err = p.next(&page(bad)).unwrap_err().to_string();
+        assert!(err.contains("is not a URL"), "{err}");
+        assert!(!err.contains("SIG-SECRET-2") && !err.contains("tok-SECRET-1"), "{err}");
+    }
+
+    #[test]
+    fn loop_detection_memory_is_bounded_and_still_catches_long_loops() {
+        let spec: PaginateSpec = serde_json::from_value(serde_json::json!({
+            "cursor": {"param": "c", "path": "$.next"}, "max_pages": 4_000_000_000u32
+        }))
+        .unwrap();
+        let outcome = |c: &Captures| {
+            let c = c.clone();
+            move |p: &mut Paginator| {
+                p.next(&PageOutcome {
+                    records: 1,
+                    captures: &c,
+                    link: None,
+                })
+            }
+        };
+        let mut p = Paginator::new(Some(&spec), Url::parse("http://h/a").unwrap()).unwrap();
+        p.first();
+        // 50,000 distinct pages: memory stays at the window.
+        let c = Captures::default();
+        let step = outcome(&c);
+        for i in 0..50_000u64 {
+            c.set(0, format!("c{i}").into());
+            step(&mut p).unwrap().unwrap();
+        }
+        assert!(p.seen.remembered() <= 2 * SEEN_WINDOW, "{}", p.seen.remembered());
+        // A loop of 25,000 pages, longer than the window, is still caught.
+        let mut p = Paginator::new(Some(&spec), Url::parse("http://h/a").unwrap()).unwrap();
+        p.first();
+        let period = 25_000u64;
+        let caught = (0..10 * period).find_map(|i| {
+            c.set(0, format!("c{}", i % period).into());
+            step(&mut p).err().map(|e| (i, e))
+        });
+        let (at, err) = caught.expect("a long loop must be caught");
+        assert!(err.to_string().contains("came back"), "{err}");
+        assert!(at < 4 * period, "caught only after {at} pages");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::error::{Error, Result, S3Operation};
@@ -60,22 +61,35 @@ pub async fn read(
         }
     };
     let e_tag = out.e_tag.clone();
-    let too_big = out.content_length.unwrap_or(0) as usize > STATE_CAP;
-    if too_big {
-        return Err(s3_error(
+    let too_big = || {
+        s3_error(
             S3Operation::GetObject,
             bucket,
             key,
             format!("state object is over {STATE_CAP} bytes"),
             false,
-        ));
+        )
+    };
+    if out
+        .content_length
+        .is_some_and(|n| u64::try_from(n).unwrap_or(u64::MAX) > STATE_CAP as u64)
+    {
+        return Err(too_big());
     }
-    let body = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| s3_error(S3Operation::GetObject, bucket, key, e.to_string(), true))?
-        .into_bytes();
+    // Read with the cap whatever Content-Length said (it may be missing or wrong).
+    let body = match read_capped(out.body, STATE_CAP).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Err(too_big()),
+        Err(e) => {
+            return Err(s3_error(
+                S3Operation::GetObject,
+                bucket,
+                key,
+                e.to_string(),
+                true,
+            ));
+        }
+    };
     let doc: Value = serde_json::from_slice(&body).map_err(|e| {
         s3_error(
             S3Operation::GetObject,
@@ -101,6 +115,21 @@ pub async fn read(
         watermark: watermark.to_owned(),
         e_tag,
     })
+}
+
+/// The whole of `body` if it is at most `cap` bytes, `None` as soon as it is longer.
+async fn read_capped(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    cap: usize,
+) -> std::result::Result<Option<Vec<u8>>, aws_sdk_s3::primitives::ByteStreamError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.try_next().await? {
+        if out.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
 }
 
 /// Writes the new watermark if the state is still the one read (`If-Match`), or still absent
@@ -158,30 +187,118 @@ impl WatermarkTracker {
         }
     }
 
-    /// Looks at one record (raw JSON); records without the field are ignored.
+    /// Looks at one record (raw JSON); records without the field, or where it is `null`, an
+    /// object or an array, are ignored. Only the path to the field is followed: every other
+    /// value is skipped as it is parsed, never built, so a record of millions of small values
+    /// costs no memory here.
     pub fn observe(&self, record: &[u8]) {
-        let Ok(doc) = serde_json::from_slice::<Value>(record) else {
+        let mut de = serde_json::Deserializer::from_slice(record);
+        let Ok(Some(v)) = serde::de::DeserializeSeed::deserialize(FieldAt(&self.field), &mut de)
+        else {
             return;
         };
-        let mut v = &doc;
-        for k in &self.field {
-            match v.get(k) {
-                Some(next) => v = next,
-                None => return,
-            }
-        }
-        if v.is_null() {
+        if de.end().is_err() {
             return;
         }
         let mut max = self.max.lock().expect("not poisoned");
-        if max.as_ref().is_none_or(|m| greater(v, m)) {
-            *max = Some(v.clone());
+        if max.as_ref().is_none_or(|m| greater(&v, m)) {
+            *max = Some(v);
         }
     }
 
     /// The largest value seen, as the text sent next time.
     pub fn max(&self) -> Option<String> {
         self.max.lock().expect("not poisoned").as_ref().map(as_text)
+    }
+}
+
+/// The scalar at `.0` (keys from the value's root), if there is one; a seed for the value being
+/// deserialized. Objects off the path and every array are skipped with [`IgnoredAny`]. Of
+/// duplicate keys the last wins, as in a `serde_json::Value`.
+struct FieldAt<'a>(&'a [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldAt<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldAt<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let Some((first, rest)) = self.0.split_first() else {
+            // The field is an object: not a watermark.
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(None);
+        };
+        let mut found = None;
+        while let Some(matches) = map.next_key_seed(KeyIs(first))? {
+            if matches {
+                found = map.next_value_seed(FieldAt(rest))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| Value::String(v.to_owned())))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then_some(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| Value::from(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Whether an object key is `.0`, compared without keeping the key.
+struct KeyIs<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
     }
 }
 
@@ -230,5 +347,177 @@ mod tests {
         }
         assert_eq!(n.max().as_deref(), Some("10"));
         assert!(advances("10", "9") && !advances("2026-01-01", "2026-01-02"));
+    }
+
+    fn s3_client(addr: std::net::SocketAddr) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// A chunked GetObject answer (no Content-Length) holding `body`.
+    fn chunked_object(body: &[u8]) -> Vec<u8> {
+        let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: \"e1\"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for chunk in body.chunks(16 * 1024) {
+            out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    #[tokio::test]
+    async fn state_without_content_length_is_read_with_the_cap() {
+        // Valid JSON, a megabyte long, with no Content-Length to refuse it by.
+        let big = format!(r#"{{"watermark":"w","pad":"{}"}}"#, "x".repeat(1 << 20));
+        let (addr, _) = crate::source::http::tests::canned_server(vec![chunked_object(big.as_bytes())]).await;
+        let err = read(&s3_client(addr), "lake", "state/big.json", "init")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("state/big.json") && err.contains("over 65536 bytes"),
+            "{err}"
+        );
+        // A small state is read as before.
+        let (addr, _) =
+            crate::source::http::tests::canned_server(vec![chunked_object(br#"{"watermark":"2026-01-02"}"#)])
+                .await;
+        let state = read(&s3_client(addr), "lake", "state/ok.json", "init")
+            .await
+            .unwrap();
+        assert_eq!(state.watermark, "2026-01-02");
+        assert_eq!(state.e_tag.as_deref(), Some("\"e1\""));
+    }
+
+    /// The tracker as it was: the whole record parsed into a `Value`.
+    fn old_observe(field: &[String], record: &[u8], max: &mut Option<Value>) {
+        let Ok(doc) = serde_json::from_slice::<Value>(record) else {
+            return;
+        };
+        let mut v = &doc;
+        for k in field {
+            match v.get(k) {
+                Some(next) => v = next,
+                None => return,
+            }
+        }
+        if v.is_null() {
+            return;
+        }
+        if max.as_ref().is_none_or(|m| greater(v, m)) {
+            *max = Some(v.clone());
+        }
+    }
+
+    #[test]
+    fn watermark_matches_a_full_parse_for_ordinary_records() {
+        let records = [
+            r#"{"id":3,"meta":{"at":"2026-01-02T00:00:00Z","n":1.5}}"#,
+            r#"{"id":-7,"meta":{"at":"2026-01-03T00:00:00Z","n":18446744073709551615}}"#,
+            r#"{"meta":{"at":null,"n":2e3},"id":12}"#,
+            r#"{"meta":"flat","id":true}"#,
+            r#"{"m\u0065ta":{"at":"2026-02-01T00:00:00Z"},"id":"x"}"#,
+            r#"{"meta":{"at":"2025-01-01T00:00:00Z"},"meta":{"at":"2026-03-01T00:00:00Z"}}"#,
+            r#"[1,2,3]"#,
+            r#""just a string""#,
+            r#"{"id":5,"xs":[{"id":99}],"meta":{"at":"2026-01-01T00:00:00Z"}}"#,
+            r#"{"id":4} trailing"#,
+            r#"{"id":"#,
+        ];
+        for field in [vec!["id"], vec!["meta", "at"], vec!["meta", "n"], vec!["nope"]] {
+            let field: Vec<String> = field.into_iter().map(String::from).collect();
+            let t = WatermarkTracker::new(field.clone());
+            let mut old = None;
+            for (i, r) in records.iter().enumerate() {
+                t.observe(r.as_bytes());
+                old_observe(&field, r.as_bytes(), &mut old);
+                assert_eq!(t.max(), old.as_ref().map(as_text), "{field:?} after record {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn watermark_of_a_record_of_millions_of_numbers_builds_no_tree() {
+        // 4 million small numbers (about 8 MB of JSON), the watermark field after them. As a
+        // `Value` this is over 128 MB; followed and skipped, nothing of it is kept.
+        let mut record = Vec::with_capacity(8_000_100);
+        record.extend_from_slice(br#"{"xs":["#);
+        for i in 0..4_000_000u32 {
+            if i > 0 {
+                record.push(b',');
+            }
+            record.push(b'0' + (i % 10) as u8);
+        }
+        record.extend_from_slice(br#"],"nested":{"ys":[[1],[2],{"a":3}]},"at":"2026-05-01"}"#);
+        let t = WatermarkTracker::new(vec!["at".into()]);
+        let peak = alloc_meter::peak_during(|| t.observe(&record));
+        assert_eq!(t.max().as_deref(), Some("2026-05-01"));
+        assert!(peak < 64 * 1024, "observing allocated up to {peak} bytes at once");
+    }
+}
+
+/// Counts the bytes allocated by the current thread while a closure runs (tests only).
+#[cfg(test)]
+pub(crate) mod alloc_meter {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Meter;
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn count(delta: isize) {
+        // `try_with`: the thread-locals may be gone while a thread exits.
+        let _ = ON.try_with(|on| {
+            if on.get() {
+                let live = LIVE.with(|l| {
+                    l.set(l.get() + delta);
+                    l.get()
+                });
+                PEAK.with(|p| p.set(p.get().max(live)));
+            }
+        });
+    }
+
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(layout.size() as isize);
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            count(-(layout.size() as isize));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count(new_size as isize - layout.size() as isize);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static METER: Meter = Meter;
+
+    /// The most bytes `f` had allocated at once on this thread (net of what it freed).
+    pub(crate) fn peak_during(f: impl FnOnce()) -> usize {
+        LIVE.with(|l| l.set(0));
+        PEAK.with(|p| p.set(0));
+        ON.with(|on| on.set(true));
+        f();
+        ON.with(|on| on.set(false));
+        PEAK.with(|p| p.get()).max(0) as usize
     }
 }
