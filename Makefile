@@ -5,12 +5,13 @@ FUNCTION ?= ingest-http
 EVENT ?= events/ingest-http.json
 ARCH ?= x86_64
 
-.PHONY: help setup stack stack-down lint validate build-local test demo bench build deploy watch invoke clean
+.PHONY: help setup stack stack-down lint validate build-local test fuzz demo bench build deploy watch invoke clean
 
 help:
 	@echo "make demo        stream a generated 1 GiB JSON document into local S3 through ingest-http"
 	@echo "make test        lint, build, start local servers, run every test"
 	@echo "make lint        rustfmt + clippy (warnings denied)"
+	@echo "make fuzz        every cargo-fuzz target for FUZZ_SECONDS (default 60) each; needs nightly"
 	@echo "make stack       start local Garage + moto (make stack-down stops them)"
 	@echo "make validate    offline checks of the SAM template (cfn-lint, sam validate --lint, policy check)"
 	@echo "make bench       sluice against boto3, smart_open, aws cli and rclone in a 256 MB / 14.5% CPU box"
@@ -40,6 +41,11 @@ build-local:
 
 test:
 	bash scripts/test.sh
+
+# Not part of `make test` or CI: each target of fuzz/ for FUZZ_SECONDS (default 60), on nightly.
+# The committed corpus is replayed on stable by `make test` (shared/tests/fuzz_corpus.rs).
+fuzz:
+	bash scripts/fuzz.sh
 
 demo:
 	bash scripts/demo.sh
