@@ -114,7 +114,7 @@ where
 }
 
 /// The first [`ERROR_BODY_CAP`] bytes of the body of `resp` (an error answer), as text.
-pub(super) async fn capped_body(resp: reqwest::Response) -> String {
+pub(crate) async fn capped_body(resp: reqwest::Response) -> String {
     let mut kept = Vec::with_capacity(ERROR_BODY_CAP);
     let mut stream = resp.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {
