@@ -457,7 +457,10 @@ mod tests {
             .expect("the error body is read up to its cap, not to its end")
             .unwrap_err();
         let Error::SourceStatus {
-            status, body, attempts, ..
+            status,
+            body,
+            attempts,
+            ..
         } = &e
         else {
             panic!("{e}")

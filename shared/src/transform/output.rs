@@ -5,10 +5,10 @@ use bytes::Bytes;
 
 use super::quarantine::Quarantine;
 use super::reader::Position;
+use super::rows::RowJob;
 use super::steps::{self, Outcome, Program};
 use super::value::Value;
 use super::writer::{self, RowWriter};
-use super::rows::RowJob;
 use super::{Counts, config, enrich};
 use crate::error::{Error, Result};
 use crate::sink::ObjectWriter;

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
@@ -144,7 +144,10 @@ impl<'de, 'p> Visitor<'de> for Wanted<'p> {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
         let mut found = vec![None; self.plans.len()];
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match self.plans.iter().position(|p| p.name == *key.0) {
@@ -474,12 +477,10 @@ fn type_json(
         .and_then(|f| de.end().map(|()| f))
         .map_err(not_object)?;
     for (plan, field) in plans.iter().zip(fields) {
-        let v = plan
-            .json(field)
-            .map_err(|reason| steps::RowError {
-                column: Some(plan.name.clone()),
-                reason,
-            })?;
+        let v = plan.json(field).map_err(|reason| steps::RowError {
+            column: Some(plan.name.clone()),
+            reason,
+        })?;
         row.push(v);
     }
     Ok(())
@@ -556,16 +557,20 @@ mod tests {
     #[test]
     fn a_huge_ndjson_line_is_typed_without_building_it() {
         let numbers = "1,".repeat(4 << 20);
-        let line = format!(
-            r#"{{"big": [{numbers}0], "id": 3, "arr": [ {numbers} 0 ]}}"#
-        );
-        let plans = [plan("id", ColType::Int, false), plan("arr", ColType::String, false)];
+        let line = format!(r#"{{"big": [{numbers}0], "id": 3, "arr": [ {numbers} 0 ]}}"#);
+        let plans = [
+            plan("id", ColType::Int, false),
+            plan("arr", ColType::String, false),
+        ];
         let row = typed(&plans, &line).unwrap();
         assert_eq!(row[0], Value::Int(3));
         let Value::Str(arr) = &row[1] else { panic!() };
         assert_eq!(arr.len(), numbers.len() + 3);
         assert!(arr.starts_with("[1,1,") && arr.ends_with("1,0]"));
-        assert_eq!(compact_json(r#"{ "a b" : "c\" d" , "e":[ 1 ] }"#), r#"{"a b":"c\" d","e":[1]}"#);
+        assert_eq!(
+            compact_json(r#"{ "a b" : "c\" d" , "e":[ 1 ] }"#),
+            r#"{"a b":"c\" d","e":[1]}"#
+        );
     }
 
     /// A last line without a line ending whose JSON is cut short fails the run as truncated

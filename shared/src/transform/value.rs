@@ -161,7 +161,10 @@ impl Parser {
         let rendered = match from {
             ColType::Date => render_with(&sample.format(f), f, "date"),
             ColType::Timestamp => {
-                let t = sample.and_hms_opt(23, 59, 58).expect("a valid time").and_utc();
+                let t = sample
+                    .and_hms_opt(23, 59, 58)
+                    .expect("a valid time")
+                    .and_utc();
                 render_with(&t.format(f), f, "timestamp")
             }
             _ => Ok(String::new()),
