@@ -1183,6 +1183,10 @@ async fn concurrent_deliveries_of_one_event_write_one_output() {
         .iter()
         .filter(|s| s["status"] == "duplicate")
         .count();
+    eprintln!(
+        "concurrent deliveries: {} written, {} duplicate",
+        written, duplicate
+    );
     assert!(written >= 1 && written + duplicate == 2, "{statuses:?}");
     let manifest: Value =
         serde_json::from_str(&text(&h, "clean/race.csv.manifest.json").await).unwrap();
