@@ -150,7 +150,8 @@ pub struct QuarantineSpec {
     /// Default `quarantine/{source_key}.ndjson`.
     #[serde(default = "default_quarantine_key")]
     pub key: String,
-    /// The object fails (output aborted, quarantine kept) once more rows than this are bad.
+    /// The object fails once more rows than this are bad: the output and the quarantine are
+    /// aborted (a failed run completes nothing; the error names the first and last bad row).
     #[serde(default)]
     pub max_bad_rows: Option<u64>,
     /// The object fails when bad rows / rows read exceeds this (0..=1), checked at the end.

@@ -13,9 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
+use tokio::time::Instant;
 
 use super::value::{ColType, Parser, Value};
 use crate::error::{Error, Result};
+use crate::job;
+use crate::source::http::capped_body;
+use crate::source::http::error_chain;
+use crate::source::http::guard::find_blocked;
 use crate::source::http::rate::{RateLimitSpec, RateLimiter};
 use crate::source::http::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
 
@@ -163,11 +168,23 @@ pub struct Client {
     limiter: Option<Arc<RateLimiter>>,
     timeout: Duration,
     max_answer: usize,
+    deadline: Option<Instant>,
+}
+
+/// How one attempt ended.
+enum Sent {
+    /// A success: the answer to read.
+    Answer(reqwest::Response),
+    /// A failure worth a retry, with the `Retry-After` the server asked for.
+    Retry(Error, Option<Duration>),
+    /// A failure a retry would not mend.
+    Failed(Error),
 }
 
 impl Client {
-    /// A client for `step`, using `http` (built with the network policy).
-    pub fn new(step: &EnrichStep, http: reqwest::Client) -> Self {
+    /// A client for `step`, using `http` (built with the network policy), giving up at
+    /// `deadline`.
+    pub fn new(step: &EnrichStep, http: reqwest::Client, deadline: Option<Instant>) -> Self {
         Client {
             http,
             url: step.url.clone(),
@@ -179,11 +196,25 @@ impl Client {
                 .map(|r| Arc::new(RateLimiter::new(r))),
             timeout: Duration::from_secs(step.timeout_secs.unwrap_or(60)),
             max_answer: (step.max_batch_bytes * 4).max(16 << 20),
+            deadline,
         }
     }
 
     /// Posts one batch (NDJSON, `rows` lines) and returns one object per row, in order.
+    /// Failures are retried as the HTTP source retries them (connection failures, timeouts
+    /// and [`retryable_status`], never a blocked address), waiting [`RetryPolicy::backoff`]
+    /// (at least `Retry-After`). Everything is bounded by the job's deadline: a request still
+    /// running then is [`Error::Deadline`], and a wait that would pass it is
+    /// [`Error::RetryPastDeadline`] (both `Timeout`).
     pub async fn post(
+        &self,
+        body: bytes::Bytes,
+        rows: usize,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        job::within(self.deadline, self.post_until_done(body, rows)).await
+    }
+
+    async fn post_until_done(
         &self,
         body: bytes::Bytes,
         rows: usize,
@@ -194,56 +225,74 @@ impl Client {
             if let Some(l) = &self.limiter {
                 l.acquire().await;
             }
-            let mut req = self
-                .http
-                .post(&self.url)
-                .timeout(self.timeout)
-                .header("content-type", "application/x-ndjson")
-                .header("accept", "application/x-ndjson")
-                .body(body.clone());
-            for (k, v) in &self.headers {
-                req = req.header(k, v);
-            }
-            let failure = match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    return self.answer(resp, rows, attempt).await;
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    let text = resp.text().await.unwrap_or_default();
-                    let mut text: String = text.chars().take(200).collect();
-                    text = text.replace('\n', " ");
-                    if !retryable_status(status) || attempt >= self.retry.max_attempts {
-                        return Err(Error::SourceStatus {
-                            url: self.url.clone(),
-                            attempts: attempt,
-                            status,
-                            body: text,
-                        });
-                    }
-                    (format!("HTTP {status}"), retry_after)
-                }
-                Err(e) => {
-                    if attempt >= self.retry.max_attempts {
-                        return Err(Error::SourceRequest {
-                            url: self.url.clone(),
-                            attempts: attempt,
-                            message: error_chain(&e),
-                            timeout: e.is_timeout(),
-                        });
-                    }
-                    (error_chain(&e), None)
-                }
+            let (failure, retry_after) = match self.send(&body, attempt).await {
+                Sent::Answer(resp) => return self.answer(resp, rows, attempt).await,
+                Sent::Failed(e) => return Err(e),
+                Sent::Retry(e, _) if attempt >= self.retry.max_attempts => return Err(e),
+                Sent::Retry(e, retry_after) => (e, retry_after),
             };
-            let wait = self.retry.backoff(attempt, failure.1);
-            tracing::warn!(url = %self.url, attempt, failure = %failure.0,
+            let wait = self.retry.backoff(attempt, retry_after);
+            if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                return Err(Error::RetryPastDeadline {
+                    url: self.url.clone(),
+                    failure: failure.to_string(),
+                    wait_ms: wait.as_millis() as u64,
+                });
+            }
+            tracing::warn!(url = %self.url, attempt, failure = %failure,
                 wait_ms = wait.as_millis() as u64, "enrichment batch failed; retrying");
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt: the answer of a success, or the error and whether it is worth a retry.
+    async fn send(&self, body: &bytes::Bytes, attempt: u32) -> Sent {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header("content-type", "application/x-ndjson")
+            .header("accept", "application/x-ndjson")
+            .body(body.clone());
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => Sent::Answer(resp),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let e = Error::SourceStatus {
+                    url: self.url.clone(),
+                    attempts: attempt,
+                    status,
+                    body: capped_body(resp, self.timeout).await.replace('\n', " "),
+                };
+                if retryable_status(status) {
+                    Sent::Retry(e, retry_after)
+                } else {
+                    Sent::Failed(e)
+                }
+            }
+            Err(e) => {
+                if let Some(reason) = find_blocked(&e) {
+                    let url = self.url.clone();
+                    return Sent::Failed(Error::Blocked { url, reason });
+                }
+                Sent::Retry(
+                    Error::SourceRequest {
+                        url: self.url.clone(),
+                        attempts: attempt,
+                        message: error_chain(&e),
+                        timeout: e.is_timeout(),
+                    },
+                    None,
+                )
+            }
         }
     }
 
@@ -307,13 +356,117 @@ impl Client {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+#[cfg(test)]
+mod tests {
+    use std::time::Instant as StdInstant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// A server that reads each request and answers with `answer` (raw HTTP), then holds the
+    /// connection open: a body longer than it sends never ends.
+    async fn server(answer: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(answer).await;
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                });
+            }
+        });
+        format!("http://{addr}/score")
     }
-    s
+
+    fn client(url: String, deadline: Duration) -> Client {
+        let step: EnrichStep = serde_json::from_value(serde_json::json!({
+            "url": url, "fields": [{"name": "risk"}], "timeout_secs": 300,
+            "retry": {"max_attempts": 5, "base_delay_ms": 10}
+        }))
+        .unwrap();
+        Client::new(
+            &step,
+            reqwest::Client::new(),
+            Some(Instant::now() + deadline),
+        )
+    }
+
+    /// A `Retry-After` past the deadline ends the batch at once as a `Timeout`, instead of
+    /// sleeping through the deadline.
+    #[tokio::test]
+    async fn enrich_retry_after_past_the_deadline_is_a_timeout() {
+        let url =
+            server(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 120\r\ncontent-length: 4\r\n\r\nbusy")
+                .await;
+        let started = StdInstant::now();
+        let e = client(url, Duration::from_secs(3))
+            .post(bytes::Bytes::from_static(b"{}\n"), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        let m = e.to_string();
+        assert!(m.contains("HTTP 503") || m.contains("503"), "{m}");
+        assert!(m.contains("would pass the deadline"), "{m}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
+    /// A request that gets no answer ends at the deadline as a `Timeout`, not at the step's
+    /// timeout of each attempt.
+    #[tokio::test]
+    async fn enrich_request_without_answer_ends_at_the_deadline() {
+        let url = server(b"").await;
+        let started = StdInstant::now();
+        let e = client(url, Duration::from_secs(1))
+            .post(bytes::Bytes::from_static(b"{}\n"), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(matches!(e, Error::Deadline { .. }), "{e}");
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+
+    /// An error answer whose body never ends is read only up to the source's cap: the error
+    /// comes at once, with the start of the body.
+    #[tokio::test]
+    async fn enrich_error_body_is_read_capped() {
+        const ANSWER: &[u8] = concat!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 1073741824\r\n\r\n",
+            "bad batch: row 1 has no id. ",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+            "................................................................",
+        )
+        .as_bytes();
+        let url = server(ANSWER).await;
+        let c = client(url, Duration::from_secs(120));
+        let post = c.post(bytes::Bytes::from_static(b"{}\n"), 1);
+        let e = tokio::time::timeout(Duration::from_secs(30), post)
+            .await
+            .expect("the error body is read up to its cap, not to its end")
+            .unwrap_err();
+        let Error::SourceStatus {
+            status,
+            body,
+            attempts,
+            ..
+        } = &e
+        else {
+            panic!("{e}")
+        };
+        assert_eq!((*status, *attempts), (400, 1));
+        assert!(body.starts_with("bad batch: row 1 has no id."), "{e}");
+        assert!(body.len() <= 512, "{}", body.len());
+    }
 }

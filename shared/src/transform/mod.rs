@@ -177,9 +177,9 @@ struct Writing {
 }
 
 /// Transforms one object with `pipeline`. Nothing is written when the object is not an input
-/// of the pipeline, or was already transformed (see the module docs). On failure no output
-/// object is completed and no upload stays open; rows quarantined so far are kept (but not
-/// after a panic, which leaves nothing).
+/// of the pipeline, or was already transformed (see the module docs). On failure (a bad
+/// input, too many bad rows, the deadline, a panic) neither the output nor the quarantine is
+/// completed and no upload stays open.
 pub async fn run(
     pipeline: &Pipeline,
     src: &SourceObject,
@@ -265,7 +265,12 @@ pub async fn run(
     let written = write(pipeline, ctx, &source, &w, decoded, map_io, &mut summary).await;
     summary.bytes_in = progress.bytes();
     summary.source_resumes = progress.resumes();
-    let uploaded = written?;
+    let uploaded = written.map_err(|e| match e {
+        Error::Deadline { .. } => Error::Deadline {
+            bytes_in: summary.bytes_in,
+        },
+        e => e,
+    })?;
     let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
         let reason = format!(
             "s3://{out_bucket}/{} was written meanwhile (If-None-Match)",
@@ -420,8 +425,8 @@ async fn plan(
 }
 
 /// Streams the rows into the output and the quarantine, and finishes both — or, on any
-/// failure, aborts the output (keeping the quarantine of a failed input, so its bad rows can
-/// be read; a panic keeps nothing).
+/// failure (the deadline included), aborts both: a failed run completes no object, so the
+/// output and the quarantine of the last good run stay as they were.
 async fn write(
     pipeline: &Pipeline,
     ctx: &TransformContext,
@@ -435,7 +440,8 @@ async fn write(
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = pipeline.output.checksum;
     options.if_none_match = !w.output_exists;
-    options.deadline = ctx.invocation.give_up_at(pipeline.tuning.deadline_margin());
+    let deadline = ctx.invocation.give_up_at(pipeline.tuning.deadline_margin());
+    options.deadline = deadline;
     options.compression = pipeline.output.compression;
     let mut output = ObjectWriter::new(Arc::new(w.target.clone()), &options)?;
     let mut quarantine = Quarantine::new(
@@ -445,12 +451,14 @@ async fn write(
         source.to_owned(),
         pipeline.quarantine.max_raw_bytes,
         budget,
-    );
+    )
+    .with_deadline(deadline);
     let job = RowJob {
         pipeline,
         source,
         cap: pipeline.tuning.record_cap(&budget),
         http: &ctx.http,
+        deadline,
     };
     let out = RowOut {
         output: &mut output,
@@ -458,22 +466,22 @@ async fn write(
         counts: &mut summary.counts,
         decoded: &mut summary.bytes_decoded,
     };
-    let result = job::catch_panic("the transform", job.run(decoded, map_io, out)).await;
+    // The rows, and so the source's reads, end by the deadline like the uploads do.
+    let rows = job::within(deadline, job.run(decoded, map_io, out));
+    let result = job::catch_panic("the transform", rows).await;
     summary.counts.quarantined = quarantine.count();
     if let Err(e) = result {
+        // A failed run completes nothing: its quarantine would replace the one of the last
+        // good run at the same key (the error names the first and last bad rows instead).
         output.abort().await;
-        if matches!(e, Error::Internal { .. }) {
-            quarantine.abort().await;
-        } else {
-            tracing::error!(%source, error = %e, "transform failed; output aborted");
-            // Logged there; the input's error is the one reported.
-            let _ = keep_quarantine(&mut quarantine, summary).await;
-        }
+        quarantine.abort().await;
+        tracing::error!(%source, error = %e, "transform failed; output and quarantine aborted");
         return Err(e);
     }
     // The quarantine first: without it, rows would be lost.
-    if let Err(e) = keep_quarantine(&mut quarantine, summary).await {
+    if let Err(e) = job::within(deadline, keep_quarantine(&mut quarantine, summary)).await {
         output.abort().await;
+        quarantine.abort().await;
         return Err(e);
     }
     output.finish().await

@@ -5,10 +5,11 @@ use bytes::Bytes;
 
 use super::quarantine::Quarantine;
 use super::reader::Position;
+use super::rows::RowJob;
 use super::steps::{self, Outcome, Program};
 use super::value::Value;
 use super::writer::{self, RowWriter};
-use super::{Counts, Pipeline, config, enrich};
+use super::{Counts, config, enrich};
 use crate::error::{Error, Result};
 use crate::sink::ObjectWriter;
 
@@ -80,20 +81,42 @@ pub(super) struct RowSink<'a> {
     limits: &'a config::QuarantineSpec,
     source: &'a str,
     enricher: Option<Enricher>,
+    /// The first bad row (line, column, reason), for the error of a failed run.
+    first_bad: Option<String>,
+}
+
+/// `line N, column "c": reason`, for messages.
+fn describe_bad(pos: Position, e: &steps::RowError) -> String {
+    let mut text = format!("line {}", pos.line);
+    if let Some(c) = &e.column {
+        text.push_str(&format!(", column {c:?}"));
+    }
+    text.push_str(": ");
+    text.push_str(&e.reason);
+    text
+}
+
+/// Enrichment batches still in flight when the rows stop (an error, the deadline) are
+/// cancelled rather than left posting.
+impl Drop for Enricher {
+    fn drop(&mut self) {
+        for batch in &self.in_flight {
+            batch.abort();
+        }
+    }
 }
 
 impl<'a> RowSink<'a> {
     pub fn new(
         program: Program,
-        pipeline: &'a Pipeline,
+        job: &RowJob<'a>,
         out: &'a mut ObjectWriter,
         quarantine: &'a mut Quarantine,
         counts: &'a mut Counts,
-        source: &'a str,
-        http: &reqwest::Client,
     ) -> Self {
+        let (pipeline, source) = (job.pipeline, job.source);
         let enricher = program.enrich().map(|plan| Enricher {
-            client: enrich::Client::new(&plan.step, http.clone()),
+            client: enrich::Client::new(&plan.step, job.http.clone(), job.deadline),
             plan: plan.clone(),
             rows: Vec::new(),
             body: Vec::new(),
@@ -111,6 +134,7 @@ impl<'a> RowSink<'a> {
             limits: &pipeline.quarantine,
             source,
             enricher,
+            first_bad: None,
         }
     }
 
@@ -204,6 +228,9 @@ impl<'a> RowSink<'a> {
         self.quarantine
             .add(pos, e.column.as_deref(), &e.reason, raw)
             .await?;
+        if self.first_bad.is_none() {
+            self.first_bad = Some(describe_bad(pos, &e));
+        }
         if let Some(max) = self.limits.max_bad_rows
             && self.quarantine.count() > max
         {
@@ -214,14 +241,15 @@ impl<'a> RowSink<'a> {
                 record: Some(pos.record),
                 message: format!(
                     "line {}: {} rows quarantined, more than quarantine.max_bad_rows {max}; \
-                     the last: {}{}; see the quarantine {}",
+                     the first: {}; the last: {}{} (the quarantine is not written for a \
+                     failed run)",
                     pos.line,
                     self.quarantine.count(),
+                    self.first_bad.as_deref().unwrap_or_default(),
                     e.column
                         .map(|c| format!("column {c:?}: "))
                         .unwrap_or_default(),
                     e.reason,
-                    self.quarantine.key()
                 ),
             });
         }
@@ -253,11 +281,11 @@ impl<'a> RowSink<'a> {
                     record: None,
                     message: format!(
                         "{} of {} rows quarantined ({:.4}), more than quarantine.max_bad_ratio \
-                         {max}; see the quarantine {}",
+                         {max}; the first: {} (the quarantine is not written for a failed run)",
                         self.quarantine.count(),
                         self.counts.records_in,
                         ratio,
-                        self.quarantine.key()
+                        self.first_bad.as_deref().unwrap_or_default(),
                     ),
                 });
             }

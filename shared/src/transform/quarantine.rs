@@ -74,6 +74,12 @@ impl Quarantine {
         }
     }
 
+    /// Gives up (aborting the object) at `deadline`, as the output does.
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.options.deadline = deadline;
+        self
+    }
+
     /// Rows quarantined so far.
     pub fn count(&self) -> u64 {
         self.count

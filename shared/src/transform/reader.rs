@@ -15,6 +15,14 @@ use crate::error::{Error, Result};
 
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Bytes of the record cap allowed per field: a record has at most `cap / 64` fields (16,384
+/// at a 1 MiB cap, 262,144 at 16 MiB), at least [`MIN_FIELDS`]. Each field costs 8 bytes of
+/// field ends here, and a typed value and a column plan downstream, so the ends stay within
+/// 1/8 of the record cap however many delimiters a line holds.
+pub const BYTES_PER_FIELD: usize = 64;
+/// The fewest fields per record accepted, whatever the cap.
+pub const MIN_FIELDS: usize = 256;
+
 /// Maps a read error of the underlying stream, given the decoded bytes read so far.
 pub type IoErrorMap = Box<dyn Fn(io::Error, u64) -> Error + Send + Sync>;
 
@@ -130,6 +138,7 @@ pub struct CsvReader<R> {
     start: Position,
     records: u64,
     cap: usize,
+    max_fields: usize,
     delimiter: u8,
     quote: u8,
     reset: bool,
@@ -138,7 +147,7 @@ pub struct CsvReader<R> {
 
 impl<R: AsyncRead + Unpin> CsvReader<R> {
     /// A reader of `src` (decoded bytes). `name` names the input in errors; records larger than
-    /// `cap` bytes are an error.
+    /// `cap` bytes, or with more than `cap /` [`BYTES_PER_FIELD`] fields, are an error.
     pub fn new(
         src: R,
         name: String,
@@ -165,6 +174,7 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
             },
             records: 0,
             cap: cap.max(1024),
+            max_fields: (cap / BYTES_PER_FIELD).max(MIN_FIELDS),
             delimiter,
             quote,
             reset: true,
@@ -237,7 +247,14 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
                     self.out.resize(n, 0);
                 }
                 R::OutputEndsFull => {
-                    let n = self.ends.len() * 2;
+                    if self.ends.len() >= self.max_fields {
+                        self.start.record = self.records + 1;
+                        return Err(self.error(
+                            "row has too many fields",
+                            format!("a CSV record with over {} fields", self.max_fields),
+                        ));
+                    }
+                    let n = (self.ends.len() * 2).min(self.max_fields);
                     self.ends.resize(n, 0);
                 }
                 R::Record => break,
@@ -357,6 +374,31 @@ mod tests {
         // A quote inside an unquoted field is data, not an opening quote.
         let r = records(b"a,b\n1,2\"x\n", 1 << 20).await.unwrap();
         assert_eq!(r[1].0, ["1", "2\"x"]);
+    }
+
+    /// A line of delimiters stops at the field cap instead of doubling the field ends
+    /// without bound: the error names the record, its line and its offset.
+    #[tokio::test]
+    async fn a_row_of_too_many_fields_is_an_error_naming_the_row() {
+        let mut data = b"a,b\n1,2\n".to_vec();
+        data.extend(std::iter::repeat_n(b',', 1 << 20));
+        data.push(b'\n');
+        let cap = 64 << 20;
+        let mut r = CsvReader::new(&data[..], "test".into(), map(), b',', b'"', cap);
+        r.next().await.unwrap();
+        r.next().await.unwrap();
+        let e = r.next().await.unwrap_err().to_string();
+        assert!(
+            e.contains("row has too many fields at byte 8 (record 3): line 3")
+                && e.contains("over 1048576 fields"),
+            "{e}"
+        );
+        assert!(r.ends.len() <= cap / BYTES_PER_FIELD);
+        // The same line under the field cap reads.
+        let mut data = b"a\n".to_vec();
+        data.extend(std::iter::repeat_n(b',', 999));
+        let all = records(&data, 64 * 1024).await.unwrap();
+        assert_eq!(all[1].0.len(), 1000);
     }
 
     #[tokio::test]

@@ -2,9 +2,13 @@
 //! schema, then handed to the [`RowSink`] (steps, output, quarantine), on one thread or
 //! several ([`parallel`](super::parallel)).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
@@ -13,7 +17,7 @@ use super::parallel;
 use super::quarantine::Quarantine;
 use super::reader::{CsvReader, IoErrorMap, Position};
 use super::steps::{self, Layout};
-use super::value::{ColType, Parser, Value};
+use super::value::{ColType, Parser, Value, cap_string};
 use super::{Counts, InputFormat, Pipeline};
 use crate::codec::json_records::RecordsError;
 use crate::codec::ndjson::NdjsonDecoder;
@@ -58,12 +62,124 @@ impl ColPlan {
         self.parser.parse(text)
     }
 
-    fn json(&self, v: Option<&serde_json::Value>) -> std::result::Result<Value, String> {
-        match v {
-            None | Some(serde_json::Value::Null) => self.empty(),
-            Some(serde_json::Value::String(s)) => self.text(s),
-            Some(v) => self.parser.from_json(v),
+    /// The value of one field of an NDJSON row, from its JSON text: only scalars and small
+    /// objects or arrays are parsed, so a huge nested value costs no more than its text.
+    fn json(&self, v: Option<&RawValue>) -> std::result::Result<Value, String> {
+        let Some(raw) = v else {
+            return self.empty();
+        };
+        let text = raw.get();
+        let bad = |e: serde_json::Error| format!("invalid JSON value: {e}");
+        match text.as_bytes().first() {
+            None | Some(b'n') => self.empty(),
+            Some(b'"') => self.text(&serde_json::from_str::<String>(text).map_err(bad)?),
+            Some(b'{' | b'[') if text.len() > NESTED_PARSED => {
+                let mut compact = compact_json(text);
+                if self.parser.ty() == ColType::String {
+                    return Ok(Value::Str(compact));
+                }
+                cap_string(&mut compact, 64);
+                let ty = self.parser.ty();
+                Err(format!(
+                    "{compact} is not a{} {}",
+                    if ty == ColType::Int { "n" } else { "" },
+                    ty.name()
+                ))
+            }
+            Some(_) => {
+                let v: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
+                self.parser.from_json(&v)
+            }
         }
+    }
+}
+
+/// Objects and arrays in an NDJSON field up to this size are parsed and rendered back as
+/// compact JSON (keys sorted); larger ones are kept as read, whitespace removed, without
+/// building them in memory.
+const NESTED_PARSED: usize = 64 * 1024;
+
+/// `json` (valid JSON) without its insignificant whitespace.
+fn compact_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The fields of one NDJSON object that the schema names, as JSON text borrowed from the
+/// line; every other field is skipped without being built (`IgnoredAny`). A name given twice
+/// keeps its last value, as a parsed map would.
+struct Wanted<'p> {
+    plans: &'p [ColPlan],
+}
+
+impl<'de, 'p> DeserializeSeed<'de> for Wanted<'p> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, 'p> Visitor<'de> for Wanted<'p> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut found = vec![None; self.plans.len()];
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match self.plans.iter().position(|p| p.name == *key.0) {
+                Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A key of an NDJSON object: borrowed from the line unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -102,6 +218,9 @@ pub(super) struct RowJob<'a> {
     pub cap: usize,
     /// The enrich step's HTTP client.
     pub http: &'a reqwest::Client,
+    /// When the job gives up (the Lambda deadline minus the margin): bounds the enrich
+    /// step's requests and retry waits.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// Where one object's rows go.
@@ -203,9 +322,7 @@ impl RowJob<'_> {
             for (p, needed) in plans.iter_mut().zip(program.needed()) {
                 p.read |= *needed;
             }
-            let mut sink = RowSink::new(
-                program, pipeline, output, quarantine, counts, source, self.http,
-            );
+            let mut sink = RowSink::new(program, self, output, quarantine, counts);
             sink.writer.header(&mut sink.buf);
             let workers = pipeline.workers.unwrap_or(1);
             if workers > 1 && sink.program.enrich().is_none() {
@@ -260,9 +377,7 @@ impl RowJob<'_> {
             counts,
             decoded: decoded_bytes,
         } = out;
-        let mut sink = RowSink::new(
-            program, pipeline, output, quarantine, counts, source, self.http,
-        );
+        let mut sink = RowSink::new(program, self, output, quarantine, counts);
         sink.writer.header(&mut sink.buf);
         // A line that is not a JSON object is a bad row (quarantined), so the framer does not
         // check the JSON itself.
@@ -288,6 +403,10 @@ impl RowJob<'_> {
                 offset: last.offset,
                 record: last.record,
             };
+            if lines.decoder().consumed() - last.offset == line.len() as u64 {
+                // The last line, with no line ending: cut short if its JSON is.
+                cut_short(source, pos, &line)?;
+            }
             row.clear();
             let typed = type_json(&plans, &line, &mut row);
             sink.row(&mut row, typed, pos, &line).await?;
@@ -295,6 +414,27 @@ impl RowJob<'_> {
         let end = lines.decoder().consumed();
         *decoded_bytes = end;
         sink.end(end).await
+    }
+}
+
+/// Fails when `line`, the last of the input and without a line ending, ends inside a JSON
+/// value: the input was truncated, and the run must not complete as if it were whole. A
+/// last line that is complete but not an object (or not JSON at all) is a bad row like any
+/// other.
+fn cut_short(source: &str, pos: Position, line: &[u8]) -> Result<()> {
+    match serde_json::from_slice::<IgnoredAny>(line) {
+        Err(e) if e.classify() == serde_json::error::Category::Eof => Err(Error::Records {
+            url: source.to_owned(),
+            class: "truncated input",
+            offset: pos.offset,
+            record: Some(pos.record),
+            message: format!(
+                "line {}: the last line has no line ending and its JSON is cut short ({e}): \
+                 the input was truncated",
+                pos.line
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -327,19 +467,130 @@ fn type_json(
     raw: &[u8],
     row: &mut Vec<Value>,
 ) -> std::result::Result<(), steps::RowError> {
-    let obj: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(raw).map_err(|e| steps::RowError {
-            column: None,
-            reason: format!("not a JSON object: {e}"),
+    let not_object = |e: serde_json::Error| steps::RowError {
+        column: None,
+        reason: format!("not a JSON object: {e}"),
+    };
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let fields = Wanted { plans }
+        .deserialize(&mut de)
+        .and_then(|f| de.end().map(|()| f))
+        .map_err(not_object)?;
+    for (plan, field) in plans.iter().zip(fields) {
+        let v = plan.json(field).map_err(|reason| steps::RowError {
+            column: Some(plan.name.clone()),
+            reason,
         })?;
-    for plan in plans {
-        let v = plan
-            .json(obj.get(&plan.name))
-            .map_err(|reason| steps::RowError {
-                column: Some(plan.name.clone()),
-                reason,
-            })?;
         row.push(v);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(name: &str, ty: ColType, nullable: bool) -> ColPlan {
+        ColPlan {
+            name: name.into(),
+            parser: Parser::new(ty, None),
+            nullable,
+            required: false,
+            null_values: vec!["NA".into()],
+            read: true,
+        }
+    }
+
+    fn typed(plans: &[ColPlan], line: &str) -> std::result::Result<Vec<Value>, steps::RowError> {
+        let mut row = Vec::new();
+        type_json(plans, line.as_bytes(), &mut row).map(|()| row)
+    }
+
+    /// The schema's fields are read as a parsed object would give them: strings parsed
+    /// (escapes, null values), numbers and booleans taken, a nested value as compact JSON
+    /// text with sorted keys, the last of a repeated key, the rest skipped.
+    #[test]
+    fn ndjson_fields_are_typed_as_from_a_parsed_object() {
+        let plans = [
+            plan("id", ColType::Int, false),
+            plan("price", ColType::Float, true),
+            plan("tag", ColType::String, true),
+            plan("meta", ColType::String, true),
+            plan("ok", ColType::Bool, true),
+        ];
+        let row = typed(
+            &plans,
+            r#"{"skip": {"deep": [1, {"x": "}"}]}, "id": "7", "price": 2.5, "tag": "a\"\u00e9",
+                "meta": {"b": [1, 2.50], "a": "x y"}, "ok": true, "ok": false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            row,
+            [
+                Value::Int(7),
+                Value::Float(2.5),
+                Value::Str("a\"é".into()),
+                Value::Str(r#"{"a":"x y","b":[1,2.5]}"#.into()),
+                Value::Bool(false),
+            ]
+        );
+        let row = typed(&plans, r#"{"id": 1, "price": null, "tag": "NA"}"#).unwrap();
+        assert_eq!(row[1..4], [Value::Null, Value::Null, Value::Null]);
+        let e = typed(&plans, r#"{"id": 1.5}"#).unwrap_err();
+        assert_eq!(
+            (e.column.as_deref(), e.reason.as_str()),
+            (Some("id"), "1.5 is not an int")
+        );
+        let e = typed(&plans, r#"{"id": [1, 2]}"#).unwrap_err();
+        assert_eq!(e.reason, "[1,2] is not an int");
+        for bad in ["[1, 2]", r#"{"id": 1} x"#, r#"{"id": 1"#, "7"] {
+            let e = typed(&plans, bad).unwrap_err();
+            assert!(
+                e.column.is_none() && e.reason.starts_with("not a JSON object"),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    /// A line of millions of small numbers: those outside the schema are skipped, and a
+    /// large nested value in a string column is its text, without a tree of it in memory.
+    #[test]
+    fn a_huge_ndjson_line_is_typed_without_building_it() {
+        let numbers = "1,".repeat(4 << 20);
+        let line = format!(r#"{{"big": [{numbers}0], "id": 3, "arr": [ {numbers} 0 ]}}"#);
+        let plans = [
+            plan("id", ColType::Int, false),
+            plan("arr", ColType::String, false),
+        ];
+        let row = typed(&plans, &line).unwrap();
+        assert_eq!(row[0], Value::Int(3));
+        let Value::Str(arr) = &row[1] else { panic!() };
+        assert_eq!(arr.len(), numbers.len() + 3);
+        assert!(arr.starts_with("[1,1,") && arr.ends_with("1,0]"));
+        assert_eq!(
+            compact_json(r#"{ "a b" : "c\" d" , "e":[ 1 ] }"#),
+            r#"{"a b":"c\" d","e":[1]}"#
+        );
+    }
+
+    /// A last line without a line ending whose JSON is cut short fails the run as truncated
+    /// input, naming the line; a complete last line, object or not, does not.
+    #[test]
+    fn a_cut_off_last_ndjson_line_is_truncated_input() {
+        let pos = Position {
+            line: 3,
+            offset: 20,
+            record: 2,
+        };
+        let e = cut_short("s3://b/k", pos, br#"{"id": 1, "tag": "ab"#).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Upstream);
+        let m = e.to_string();
+        assert!(
+            m.contains("s3://b/k: truncated input at byte 20 (record 2): line 3"),
+            "{m}"
+        );
+        assert!(cut_short("s3://b/k", pos, br#"{"id": 1}"#).is_ok());
+        assert!(cut_short("s3://b/k", pos, b"[1, 2]").is_ok());
+        assert!(cut_short("s3://b/k", pos, b"not json").is_ok());
+    }
 }

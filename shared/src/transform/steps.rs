@@ -583,6 +583,7 @@ impl Compiler {
         let parser = Parser::new(s.ty, s.format.clone());
         parser
             .check_format()
+            .and_then(|()| parser.check_render(self.layout[idx].1))
             .map_err(|e| Error::spec(format!("{at}: {e}")))?;
         self.layout[idx].1 = s.ty;
         Ok(Op::Cast {
@@ -851,6 +852,12 @@ mod tests {
         assert!(m.contains("two columns would be named \"state\""), "{m}");
         let m = e(json!([{"filter": {"eq": {"column": "state", "value": null}}}]));
         assert!(m.contains("is_null"), "{m}");
+        // A date rendered with a time specifier cannot be; a timestamp can.
+        let m = e(json!([{"cast": {"column": "issued", "type": "string", "format": "%H"}}]));
+        assert!(
+            m.contains("steps[0].cast") && m.contains("cannot render a date"),
+            "{m}"
+        );
         // Lenient compilation takes unknown names for pass-through CSV columns.
         assert!(compile(&steps(json!([{"select": ["Plate ID"]}])), &layout(), true).is_ok());
     }

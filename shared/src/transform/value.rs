@@ -148,6 +148,30 @@ impl Parser {
         Ok(())
     }
 
+    /// Checks, once, that this parser's format can render a value of type `from` (the
+    /// `cast` of a date or timestamp to a string): chrono accepts `%H` in a format and only
+    /// fails when it renders a date with it, so a sample value is rendered here and a
+    /// failure is a config error. Other conversions use no rendering format.
+    pub fn check_render(&self, from: ColType) -> Result<(), String> {
+        let (ColType::String, Some(f)) = (self.ty, self.format.as_deref()) else {
+            return Ok(());
+        };
+        self.check_format()?;
+        let sample = NaiveDate::from_ymd_opt(2024, 2, 29).expect("a valid date");
+        let rendered = match from {
+            ColType::Date => render_with(&sample.format(f), f, "date"),
+            ColType::Timestamp => {
+                let t = sample
+                    .and_hms_opt(23, 59, 58)
+                    .expect("a valid time")
+                    .and_utc();
+                render_with(&t.format(f), f, "timestamp")
+            }
+            _ => Ok(String::new()),
+        };
+        rendered.map(|_| ())
+    }
+
     /// Parses non-empty text. Leading and trailing spaces are ignored for every type but
     /// string. The error says what was expected.
     pub fn parse(&self, text: &str) -> Result<Value, String> {
@@ -205,17 +229,13 @@ impl Parser {
     pub fn convert(&self, value: Value) -> Result<Value, String> {
         Ok(match (self.ty, value) {
             (_, Value::Null) => Value::Null,
-            (ColType::String, v) => match v {
-                Value::Str(s) => Value::Str(s),
-                Value::Date(d) if self.format.is_some() => Value::Str(
-                    d.format(self.format.as_deref().unwrap_or_default())
-                        .to_string(),
-                ),
-                Value::Timestamp(t) if self.format.is_some() => Value::Str(
-                    t.format(self.format.as_deref().unwrap_or_default())
-                        .to_string(),
-                ),
-                v => Value::Str(v.to_text()),
+            (ColType::String, v) => match (v, self.format.as_deref()) {
+                (Value::Str(s), _) => Value::Str(s),
+                (Value::Date(d), Some(f)) => Value::Str(render_with(&d.format(f), f, "date")?),
+                (Value::Timestamp(t), Some(f)) => {
+                    Value::Str(render_with(&t.format(f), f, "timestamp")?)
+                }
+                (v, _) => Value::Str(v.to_text()),
             },
             (_, Value::Str(s)) => {
                 if s.trim().is_empty() {
@@ -282,6 +302,17 @@ impl Parser {
             }
         })
     }
+}
+
+/// `value` rendered with the chrono format `format`: chrono reports a specifier the value
+/// cannot fill (a time in a date) as `fmt::Error`, which `to_string()` turns into a panic;
+/// here it is an error naming the format.
+fn render_with(value: &dyn std::fmt::Display, format: &str, what: &str) -> Result<String, String> {
+    let mut out = String::new();
+    write!(out, "{value}").map_err(|_| {
+        format!("format {format:?} cannot render a {what} (a time specifier in a date format?)")
+    })?;
+    Ok(out)
 }
 
 /// `"text"` cut to 64 bytes, for messages.
@@ -357,6 +388,33 @@ mod tests {
         assert!(p(ColType::Float, None).parse("NaN").is_err());
         assert!(p(ColType::Date, Some("%Q")).check_format().is_err());
         assert!(p(ColType::Date, Some("%m/%d/%Y")).check_format().is_ok());
+    }
+
+    /// A time specifier in the format of a date cast to a string is a config error when the
+    /// pipeline is compiled, and a row error (never a panic) if it gets to a row.
+    #[test]
+    fn a_time_format_on_a_date_is_an_error_not_a_panic() {
+        let to_str = p(ColType::String, Some("%Y %H"));
+        let e = to_str.check_render(ColType::Date).unwrap_err();
+        assert!(e.contains("cannot render a date"), "{e}");
+        assert!(to_str.check_render(ColType::Timestamp).is_ok());
+        assert!(
+            p(ColType::String, Some("%d.%m.%Y"))
+                .check_render(ColType::Date)
+                .is_ok()
+        );
+        let day = Value::Date(NaiveDate::from_ymd_opt(2024, 2, 1).unwrap());
+        let e = to_str.convert(day).unwrap_err();
+        assert!(e.contains("\"%Y %H\" cannot render a date"), "{e}");
+        let t = NaiveDate::from_ymd_opt(2024, 2, 1)
+            .unwrap()
+            .and_hms_opt(7, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(
+            to_str.convert(Value::Timestamp(t)),
+            Ok(Value::Str("2024 07".into()))
+        );
     }
 
     #[test]

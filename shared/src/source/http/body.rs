@@ -116,7 +116,7 @@ where
 /// The first [`ERROR_BODY_CAP`] bytes of the body of `resp` (an error answer), as text: what
 /// arrived within `limit`, so a server that sends an error status and then stalls cannot hold
 /// the request.
-pub(super) async fn capped_body(resp: reqwest::Response, limit: Duration) -> String {
+pub(crate) async fn capped_body(resp: reqwest::Response, limit: Duration) -> String {
     let mut kept = Vec::with_capacity(ERROR_BODY_CAP);
     let stream = resp.bytes_stream();
     let until = tokio::time::Instant::now() + limit;

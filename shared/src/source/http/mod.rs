@@ -28,7 +28,7 @@ pub use body::{HttpBody, SourceFailure};
 use crate::codec::Decoding;
 use crate::error::{Error, Result};
 use auth::{AuthSpec, ResolvedAuth, redact_error, redact_url};
-use body::capped_body;
+pub(crate) use body::capped_body;
 use guard::{GuardedResolver, NetworkPolicy, find_blocked};
 use paginate::{PageRequest, PaginateSpec};
 use rate::{RateLimitSpec, RateLimiter};
