@@ -233,7 +233,11 @@ mod tests {
             let mut c = clean.clone();
             c[at] ^= 0xff;
             let err = decode(Decoding::Zstd, c).await.unwrap_err();
-            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "byte {at}: {err}");
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::InvalidData,
+                "byte {at}: {err}"
+            );
             assert!(err.to_string().starts_with("corrupt zstd data: "), "{err}");
         }
         let mut c = clean.clone();
@@ -280,7 +284,10 @@ mod tests {
         let budget = crate::MemoryBudget::for_memory_mib(256);
         let mut out = Vec::new();
         let err = Decoding::Zstd
-            .decoder_with_window(std::io::Cursor::new(frame.clone()), budget.zstd_window_log_max())
+            .decoder_with_window(
+                std::io::Cursor::new(frame.clone()),
+                budget.zstd_window_log_max(),
+            )
             .read_to_end(&mut out)
             .await
             .unwrap_err();
@@ -307,7 +314,9 @@ mod tests {
 
     #[tokio::test]
     async fn zstd_at_every_standard_level_fits_the_smallest_window() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 977).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 977).to_le_bytes())
+            .collect();
         let frame = compress(Codec::Zstd, &data).await;
         let smallest = crate::MemoryBudget::for_memory_mib(128).zstd_window_log_max();
         let mut out = Vec::new();
