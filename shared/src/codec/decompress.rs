@@ -317,14 +317,22 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32)
             .flat_map(|i| (i % 977).to_le_bytes())
             .collect();
-        let frame = compress(Codec::Zstd, &data).await;
         let smallest = crate::MemoryBudget::for_memory_mib(128).zstd_window_log_max();
-        let mut out = Vec::new();
-        Decoding::Zstd
-            .decoder_with_window(std::io::Cursor::new(frame), smallest)
-            .read_to_end(&mut out)
-            .await
-            .unwrap();
-        assert_eq!(out, data);
+        for level in [1, 3, 9, 19] {
+            let mut encoder = Compression::new(Codec::Zstd)
+                .with_level(level)
+                .unwrap()
+                .encoder()
+                .unwrap();
+            let mut frame = encoder.encode(&data).unwrap().to_vec();
+            frame.extend_from_slice(&encoder.finish().unwrap());
+            let mut out = Vec::new();
+            Decoding::Zstd
+                .decoder_with_window(std::io::Cursor::new(frame), smallest)
+                .read_to_end(&mut out)
+                .await
+                .unwrap();
+            assert!(out == data, "level {level}");
+        }
     }
 }
