@@ -91,13 +91,11 @@ impl MemoryBudget {
     /// buffer budget; it is the caller's choice.
     pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
         self.max_in_flight = max_in_flight.max(1);
-        self.buffer_bytes = self
-            .buffer_bytes
-            .max(
-                (self.max_in_flight as u64)
-                    .saturating_add(1)
-                    .saturating_mul(self.part_size),
-            );
+        self.buffer_bytes = self.buffer_bytes.max(
+            (self.max_in_flight as u64)
+                .saturating_add(1)
+                .saturating_mul(self.part_size),
+        );
         self
     }
 
@@ -302,7 +300,10 @@ mod tests {
         assert_eq!(b.max_record_cap(), 32 * MIB);
         assert_eq!(b.zstd_window_log_max(), 24);
         assert_eq!(MemoryBudget::for_memory_mib(128).zstd_window_log_max(), 23);
-        assert_eq!(MemoryBudget::for_memory_mib(10240).zstd_window_log_max(), 27);
+        assert_eq!(
+            MemoryBudget::for_memory_mib(10240).zstd_window_log_max(),
+            27
+        );
     }
 
     #[test]

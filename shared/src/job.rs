@@ -195,7 +195,9 @@ impl Tuning {
         let buffer_mib = budget.buffer_bytes() / MIB;
         let memory_mib = budget.memory_bytes() / MIB;
         let share = || {
-            format!("the part buffers get {buffer_mib} MiB (a quarter of the function's {memory_mib} MiB, shared between the sources running at once)")
+            format!(
+                "the part buffers get {buffer_mib} MiB (a quarter of the function's {memory_mib} MiB, shared between the sources running at once)"
+            )
         };
         if let Some(mib) = self.part_size_mib {
             let bytes = mib.saturating_mul(MIB);

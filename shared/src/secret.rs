@@ -823,17 +823,29 @@ mod tests {
         };
         // Default (no SLUICE_SECRET_ENV): nothing may be named.
         let closed = resolver_nowhere(DEFAULT_TTL).with_env_allowed(EnvAllowList::default());
-        let e = closed.resolve(&SecretRef::Env("PATH".into())).await.unwrap_err();
+        let e = closed
+            .resolve(&SecretRef::Env("PATH".into()))
+            .await
+            .unwrap_err();
         let text = refused(e, "PATH");
-        assert!(text.contains("add PATH") && text.contains("SLUICE_SECRET_ENV"), "{text}");
+        assert!(
+            text.contains("add PATH") && text.contains("SLUICE_SECRET_ENV"),
+            "{text}"
+        );
         // Allowed by name and by prefix; others still refused.
         let open = resolver_nowhere(DEFAULT_TTL)
             .with_env_allowed(EnvAllowList::parse("PATH,SLUICE_TEST_*,*AWS"));
         assert_eq!(
-            open.resolve(&SecretRef::Env("PATH".into())).await.unwrap().expose(),
+            open.resolve(&SecretRef::Env("PATH".into()))
+                .await
+                .unwrap()
+                .expose(),
             path
         );
-        let e = open.resolve(&SecretRef::Env("HOME".into())).await.unwrap_err();
+        let e = open
+            .resolve(&SecretRef::Env("HOME".into()))
+            .await
+            .unwrap_err();
         refused(e, "HOME");
         // AWS_* never, even when the list allows every name or names it.
         let all = resolver_nowhere(DEFAULT_TTL)

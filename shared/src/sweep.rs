@@ -733,11 +733,17 @@ mod tests {
         };
         for (value, needle) in [
             (json!(1e300), "max_age 1e300 is over the limit of 3650 days"),
-            (json!(1e20), "is over the limit of 3650 days (315360000 seconds)"),
+            (
+                json!(1e20),
+                "is over the limit of 3650 days (315360000 seconds)",
+            ),
             (json!(-0.5), "max_age -0.5 must not be negative"),
             (json!(-3), "max_age -3 must not be negative"),
             (json!(u64::MAX), "is over the limit of 3650 days"),
-            (json!("99999999999999999999d"), "max_age \"99999999999999999999d\""),
+            (
+                json!("99999999999999999999d"),
+                "max_age \"99999999999999999999d\"",
+            ),
             (json!("3651d"), "is over the limit of 3650 days"),
         ] {
             let e = parse(value.clone()).unwrap_err();

@@ -1074,13 +1074,16 @@ async fn row_over_the_record_cap_is_refused_and_nothing_is_written() {
         h.assert_nothing_written(&key).await;
     }
     // Without tuning, the cap is the budget's: 16 MiB at 256 MB.
-    let mut job = h.job("SELECT repeat('z', 17 * 1048576) AS big", "csv", "wide/default.csv");
+    let mut job = h.job(
+        "SELECT repeat('z', 17 * 1048576) AS big",
+        "csv",
+        "wide/default.csv",
+    );
     job["tuning"] = json!({"part_size_mib": 5});
     let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
     assert_eq!(kind, "Upstream", "{message}");
     assert!(
-        message.contains("row 1 is 17825")
-            && message.contains("over the limit of 16777216 bytes"),
+        message.contains("row 1 is 17825") && message.contains("over the limit of 16777216 bytes"),
         "{message}"
     );
     h.assert_nothing_written("wide/default.csv").await;

@@ -636,15 +636,13 @@ async fn redirect_outside_the_allowed_hosts_is_refused_and_never_contacted() {
     )
     .await;
     let elsewhere = FixtureServer::start().await;
-    let to = format!(
-        "http://localhost:{}/bytes?size=10",
-        elsewhere.addr.port()
-    );
+    let to = format!("http://localhost:{}/bytes?size=10", elsewhere.addr.port());
     let job = records_job(&h, &format!("/redirect?to={to}"), "allow", Value::Null);
     let (kind, message) = error(h.invoke(job, T).await);
     assert_eq!(kind, "InvalidInput", "{message}");
     assert!(
-        message.contains("blocked") && message.contains("host localhost is not in SLUICE_ALLOWED_HOSTS"),
+        message.contains("blocked")
+            && message.contains("host localhost is not in SLUICE_ALLOWED_HOSTS"),
         "{message}"
     );
     assert_eq!(h.fixture.hits("/redirect"), 1);
@@ -679,17 +677,26 @@ async fn a_stalled_page_ends_at_the_deadline_and_rolls_back() {
     let h = Harness::start("ingest-http", "pagedeadline", None).await;
     let paginate = json!({"page_number": {"param": "page", "start": 1}});
     for key in ["late/p-{page}.ndjson", "late/all.ndjson"] {
-        let job = records_job(&h, "/api/pages?n=30&per=10&stall_page=2", key, paginate.clone());
+        let job = records_job(
+            &h,
+            "/api/pages?n=30&per=10&stall_page=2",
+            key,
+            paginate.clone(),
+        );
         let started = std::time::Instant::now();
         let (kind, message) = error(h.invoke(job, Duration::from_secs(8)).await);
         let took = started.elapsed();
         assert_eq!(kind, "Timeout", "{key}: {message}");
         assert!(message.contains("deadline"), "{message}");
-        assert!(took < Duration::from_secs(8), "{key}: answered after {took:?}");
+        assert!(
+            took < Duration::from_secs(8),
+            "{key}: answered after {took:?}"
+        );
         for page in ["00001", "00002"] {
             let k = key.replace("{page}", page);
             h.assert_nothing_written(&k).await;
-            h.assert_nothing_written(&format!("{k}.manifest.json")).await;
+            h.assert_nothing_written(&format!("{k}.manifest.json"))
+                .await;
         }
     }
     assert_eq!(h.fixture.requests("/api/pages").len(), 4);
@@ -715,11 +722,22 @@ async fn batch_rate_limit_is_shared_by_every_source() {
     let s = response(h.invoke(batch, T).await);
     let took = started.elapsed();
     assert_eq!(s["succeeded"], 6, "{s}");
-    let arrivals: Vec<_> = h.fixture.requests("/api/top").iter().map(|r| r.at).collect();
+    let arrivals: Vec<_> = h
+        .fixture
+        .requests("/api/top")
+        .iter()
+        .map(|r| r.at)
+        .collect();
     assert_eq!(arrivals.len(), 6);
     let span = *arrivals.iter().max().unwrap() - *arrivals.iter().min().unwrap();
-    assert!(span >= Duration::from_millis(2400), "requests spread over {span:?}");
-    assert!(took >= Duration::from_millis(2500), "the batch took {took:?}");
+    assert!(
+        span >= Duration::from_millis(2400),
+        "requests spread over {span:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(2500),
+        "the batch took {took:?}"
+    );
     assert_eq!(object_text(&h, "rate/s5.ndjson").await, expected(6));
 }
 
@@ -731,7 +749,12 @@ async fn a_300_mb_record_or_line_is_too_large_under_256_mb() {
     let size = 300 * 1000 * 1000;
     let cgroup = MemoryCgroup::create("sluice-bigrecord", 256 * MIB);
     let h = Harness::start("ingest-http", "bigrecord", cgroup.as_ref()).await;
-    let mut doc = records_job(&h, &format!("/api/big_record?size={size}"), "doc", Value::Null);
+    let mut doc = records_job(
+        &h,
+        &format!("/api/big_record?size={size}"),
+        "doc",
+        Value::Null,
+    );
     doc["compression"] = json!("gzip");
     let mut lines = h.job(&format!("/api/big_line?size={size}"), "lines");
     lines["input_format"] = json!("ndjson");
@@ -756,7 +779,13 @@ async fn a_300_mb_record_or_line_is_too_large_under_256_mb() {
                 0
             }
         };
-        eprintln!("300 MB {key}: cgroup peak {:.1} MiB", peak as f64 / MIB as f64);
-        assert!(peak <= 128 * MIB, "{key}: cgroup peak {peak} bytes is over 128 MiB");
+        eprintln!(
+            "300 MB {key}: cgroup peak {:.1} MiB",
+            peak as f64 / MIB as f64
+        );
+        assert!(
+            peak <= 128 * MIB,
+            "{key}: cgroup peak {peak} bytes is over 128 MiB"
+        );
     }
 }

@@ -7,7 +7,7 @@ use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_s3::primitives::Blob;
 use serde_json::json;
 use sluice::ErrorKind;
-use sluice::secret::{SecretRef, SecretResolver};
+use sluice::secret::{EnvAllowList, SecretRef, SecretResolver};
 use sluice::source::http::auth::AuthSpec;
 use sluice_tests::S3Server;
 
@@ -258,4 +258,32 @@ async fn cached_values_are_reused_until_forgotten() -> anyhow::Result<()> {
     resolver.forget(&r);
     assert_eq!(resolver.resolve(&r).await?.expose(), "second");
     Ok(())
+}
+
+/// Regression: an event could name the function's own credentials as an `env` secret and have
+/// them sent as a bearer token. `AWS_*` is refused whatever `SLUICE_SECRET_ENV` allows, before
+/// any request, and other names need an entry; the error says how, never the value.
+#[tokio::test]
+async fn events_cannot_name_the_functions_own_credentials() {
+    let everything = SecretResolver::new(&moto_config()).with_env_allowed(EnvAllowList::parse("*"));
+    for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        let auth: AuthSpec =
+            serde_json::from_value(json!({"bearer": {"token": {"env": name}}})).unwrap();
+        let e = auth.resolve(&everything).await.unwrap_err();
+        assert_secret_error(
+            &e,
+            &format!("env {name:?}"),
+            "not allowed",
+            ErrorKind::InvalidInput,
+        );
+        assert!(e.to_string().contains("never given out"), "{e}");
+    }
+    // Nothing allowed (the default): a name is refused with the way to allow it.
+    let none = SecretResolver::new(&moto_config()).with_env_allowed(EnvAllowList::default());
+    let e = none
+        .resolve(&secret_ref(json!({"env": "PATH"})))
+        .await
+        .unwrap_err();
+    assert_secret_error(&e, "env \"PATH\"", "not allowed", ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("SLUICE_SECRET_ENV"), "{e}");
 }

@@ -287,3 +287,34 @@ async fn moto_state_write_refuses_a_lost_update() {
         "9"
     );
 }
+
+/// `HeadObject` reports the object's size and full-object checksum (what the sink compares
+/// after a deadline dropped a completing request), for a multipart and a single-put object;
+/// a missing key is `None`.
+#[tokio::test]
+async fn garage_head_reports_size_and_full_object_checksum() {
+    let server = S3Server::garage();
+    let bucket = server.fresh_bucket("sink-head").await.unwrap();
+    let client = server.client().await;
+    for (key, size) in [("multi", 12 * MIB + 5), ("single", 1000)] {
+        let out = put_generated(&server, &bucket, key, size, &options(5 * MIB))
+            .await
+            .unwrap();
+        let head = S3Target::new(client.clone(), &bucket, key)
+            .head()
+            .await
+            .unwrap()
+            .expect("the object exists");
+        assert_eq!(head.size, size, "{key}");
+        assert_eq!(
+            head.checksum(ChecksumAlgorithm::Crc64nvme),
+            Some(out.checksum.to_base64().as_str()),
+            "{key}: {head:?}"
+        );
+    }
+    let missing = S3Target::new(client, &bucket, "missing")
+        .head()
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+}

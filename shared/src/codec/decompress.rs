@@ -233,7 +233,11 @@ mod tests {
             let mut c = clean.clone();
             c[at] ^= 0xff;
             let err = decode(Decoding::Zstd, c).await.unwrap_err();
-            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "byte {at}: {err}");
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::InvalidData,
+                "byte {at}: {err}"
+            );
             assert!(err.to_string().starts_with("corrupt zstd data: "), "{err}");
         }
         let mut c = clean.clone();
@@ -280,7 +284,10 @@ mod tests {
         let budget = crate::MemoryBudget::for_memory_mib(256);
         let mut out = Vec::new();
         let err = Decoding::Zstd
-            .decoder_with_window(std::io::Cursor::new(frame.clone()), budget.zstd_window_log_max())
+            .decoder_with_window(
+                std::io::Cursor::new(frame.clone()),
+                budget.zstd_window_log_max(),
+            )
             .read_to_end(&mut out)
             .await
             .unwrap_err();
@@ -307,15 +314,25 @@ mod tests {
 
     #[tokio::test]
     async fn zstd_at_every_standard_level_fits_the_smallest_window() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 977).to_le_bytes()).collect();
-        let frame = compress(Codec::Zstd, &data).await;
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 977).to_le_bytes())
+            .collect();
         let smallest = crate::MemoryBudget::for_memory_mib(128).zstd_window_log_max();
-        let mut out = Vec::new();
-        Decoding::Zstd
-            .decoder_with_window(std::io::Cursor::new(frame), smallest)
-            .read_to_end(&mut out)
-            .await
-            .unwrap();
-        assert_eq!(out, data);
+        for level in [1, 3, 9, 19] {
+            let mut encoder = Compression::new(Codec::Zstd)
+                .with_level(level)
+                .unwrap()
+                .encoder()
+                .unwrap();
+            let mut frame = encoder.encode(&data).unwrap().to_vec();
+            frame.extend_from_slice(&encoder.finish().unwrap());
+            let mut out = Vec::new();
+            Decoding::Zstd
+                .decoder_with_window(std::io::Cursor::new(frame), smallest)
+                .read_to_end(&mut out)
+                .await
+                .unwrap();
+            assert!(out == data, "level {level}");
+        }
     }
 }

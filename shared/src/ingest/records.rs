@@ -91,8 +91,7 @@ impl Producer {
     pub async fn spawn(self, mut out: Output) -> Result<(Result<()>, Output, PageStats)> {
         let task = tokio::spawn(async move {
             let mut stats = PageStats::default();
-            let result =
-                crate::job::within(self.deadline, self.pages(&mut out, &mut stats)).await;
+            let result = crate::job::within(self.deadline, self.pages(&mut out, &mut stats)).await;
             (result, out, stats)
         });
         task.await

@@ -275,15 +275,16 @@ mod tests {
     fn ipv4_inside_ipv6_is_checked_as_ipv4() {
         let strict = NetworkPolicy::default();
         let local = NetworkPolicy::default().with_private_networks(true);
-        let refused = |p: &NetworkPolicy, a: &str| p.check_ip(a.parse().unwrap()).err().map(|b| b.0);
+        let refused =
+            |p: &NetworkPolicy, a: &str| p.check_ip(a.parse().unwrap()).err().map(|b| b.0);
         // The metadata service and loopback in every IPv6 form that embeds an IPv4 address.
         for metadata in [
-            "64:ff9b::a9fe:a9fe",     // NAT64 /96
-            "64:ff9b:1::a9fe:a9fe",   // local-use NAT64, /96 form
+            "64:ff9b::a9fe:a9fe",       // NAT64 /96
+            "64:ff9b:1::a9fe:a9fe",     // local-use NAT64, /96 form
             "64:ff9b:1:a9fe:a9:fe00::", // local-use NAT64, /48 form
-            "2002:a9fe:a9fe::1",      // 6to4
-            "::a9fe:a9fe",            // IPv4-compatible
-            "::ffff:a9fe:a9fe",       // IPv4-mapped
+            "2002:a9fe:a9fe::1",        // 6to4
+            "::a9fe:a9fe",              // IPv4-compatible
+            "::ffff:a9fe:a9fe",         // IPv4-mapped
         ] {
             for p in [&strict, &local] {
                 let why = refused(p, metadata).unwrap_or_else(|| panic!("{metadata} allowed"));
@@ -293,9 +294,18 @@ mod tests {
                 );
             }
         }
-        for private in ["64:ff9b::7f00:1", "64:ff9b::a00:1", "2002:c0a8:0101::", "::7f00:1", "2002:6440:1::"] {
+        for private in [
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "2002:c0a8:0101::",
+            "::7f00:1",
+            "2002:6440:1::",
+        ] {
             let why = refused(&strict, private).unwrap_or_else(|| panic!("{private} allowed"));
-            assert!(why.contains("SLUICE_ALLOW_PRIVATE_NETWORKS"), "{private}: {why}");
+            assert!(
+                why.contains("SLUICE_ALLOW_PRIVATE_NETWORKS"),
+                "{private}: {why}"
+            );
             assert!(refused(&local, private).is_none(), "{private}");
         }
         // The local-use NAT64 prefix is private whatever it embeds.

@@ -197,7 +197,10 @@ fn cross_origin(from: &Url, to: &Url) -> Option<guard::Blocked> {
         format!("to another host ({})", to.host_str().unwrap_or("?"))
     } else if from.port_or_known_default() != to.port_or_known_default() {
         let port = to.port_or_known_default();
-        format!("to another port ({})", port.map_or("?".into(), |p| p.to_string()))
+        format!(
+            "to another port ({})",
+            port.map_or("?".into(), |p| p.to_string())
+        )
     } else {
         return None;
     };
@@ -607,7 +610,11 @@ pub(crate) mod tests {
             .unwrap_err();
         let reason = guard::find_blocked(&err).expect("refused by the policy");
         assert!(reason.contains("another port"), "{reason}");
-        assert_eq!(target_hits.load(Ordering::SeqCst), 0, "the other port was contacted");
+        assert_eq!(
+            target_hits.load(Ordering::SeqCst),
+            0,
+            "the other port was contacted"
+        );
     }
 
     /// Runs [`env_proxy_probe`] in a child process whose environment names a proxy: a proxy
@@ -619,7 +626,11 @@ pub(crate) mod tests {
         let exe = std::env::current_exe().unwrap();
         let proxy_url = format!("http://{proxy}");
         let out = tokio::process::Command::new(exe)
-            .args(["--ignored", "--exact", "source::http::tests::env_proxy_probe"])
+            .args([
+                "--ignored",
+                "--exact",
+                "source::http::tests::env_proxy_probe",
+            ])
             .env("SLUICE_PROXY_PROBE", "1")
             .env("HTTP_PROXY", &proxy_url)
             .env("http_proxy", &proxy_url)
@@ -631,7 +642,11 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("1 passed"), "{text}");
         assert_eq!(proxy_hits.load(Ordering::SeqCst), 0, "the proxy was used");
     }

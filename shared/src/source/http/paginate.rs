@@ -686,7 +686,10 @@ mod tests {
         p.first();
         let err = p.next(&page(bad)).unwrap_err().to_string();
         assert!(err.contains("is not a URL"), "{err}");
-        assert!(!err.contains("SIG-SECRET-2") && !err.contains("tok-SECRET-1"), "{err}");
+        assert!(
+            !err.contains("SIG-SECRET-2") && !err.contains("tok-SECRET-1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -714,7 +717,11 @@ mod tests {
             c.set(0, format!("c{i}").into());
             step(&mut p).unwrap().unwrap();
         }
-        assert!(p.seen.remembered() <= 2 * SEEN_WINDOW, "{}", p.seen.remembered());
+        assert!(
+            p.seen.remembered() <= 2 * SEEN_WINDOW,
+            "{}",
+            p.seen.remembered()
+        );
         // A loop of 25,000 pages, longer than the window, is still caught.
         let mut p = Paginator::new(Some(&spec), Url::parse("http://h/a").unwrap()).unwrap();
         p.first();

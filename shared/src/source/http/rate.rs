@@ -155,15 +155,26 @@ mod tests {
     #[test]
     fn rate_limit_of_1e_minus_19_is_refused_when_parsed() {
         for (json, needle) in [
-            (r#"{"per_second": 1e-19}"#, "rate_limit.per_second must be between 0.001 and 1000000, got 1e-19"),
+            (
+                r#"{"per_second": 1e-19}"#,
+                "rate_limit.per_second must be between 0.001 and 1000000, got 1e-19",
+            ),
             (r#"{"per_second": 0}"#, "rate_limit.per_second"),
             (r#"{"per_second": -3}"#, "rate_limit.per_second"),
             (r#"{"per_second": 1e300}"#, "rate_limit.per_second"),
             (r#"{"per_second": 1e400}"#, "number out of range"),
-            (r#"{"per_second": 2, "burst": 0}"#, "rate_limit.burst must be between 1 and 10000, got 0"),
-            (r#"{"per_second": 2, "burst": 4294967295}"#, "rate_limit.burst"),
+            (
+                r#"{"per_second": 2, "burst": 0}"#,
+                "rate_limit.burst must be between 1 and 10000, got 0",
+            ),
+            (
+                r#"{"per_second": 2, "burst": 4294967295}"#,
+                "rate_limit.burst",
+            ),
         ] {
-            let e = serde_json::from_str::<RateLimitSpec>(json).unwrap_err().to_string();
+            let e = serde_json::from_str::<RateLimitSpec>(json)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{json}: {e}");
         }
         let ok: RateLimitSpec = serde_json::from_str(r#"{"per_second": 0.5, "burst": 3}"#).unwrap();
@@ -173,7 +184,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn absurd_rates_built_in_code_never_panic() {
-        for per_second in [1e-19, f64::NAN, f64::INFINITY, -1.0, f64::MAX, f64::MIN_POSITIVE] {
+        for per_second in [
+            1e-19,
+            f64::NAN,
+            f64::INFINITY,
+            -1.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ] {
             let l = RateLimiter::new(&RateLimitSpec {
                 per_second,
                 burst: Some(0),
@@ -204,6 +222,10 @@ mod tests {
             b.acquire().await;
         }
         // Six requests through one bucket of 2/s: the first at once, five more 0.5 s apart.
-        assert!(start.elapsed() >= Duration::from_millis(2490), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(2490),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

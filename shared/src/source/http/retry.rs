@@ -88,7 +88,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
     let at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))?;
-    Some(at.duration_since(now).unwrap_or_default().min(MAX_RETRY_WAIT))
+    Some(
+        at.duration_since(now)
+            .unwrap_or_default()
+            .min(MAX_RETRY_WAIT),
+    )
 }
 
 /// Whether a status is worth retrying.

@@ -377,7 +377,8 @@ mod tests {
     async fn state_without_content_length_is_read_with_the_cap() {
         // Valid JSON, a megabyte long, with no Content-Length to refuse it by.
         let big = format!(r#"{{"watermark":"w","pad":"{}"}}"#, "x".repeat(1 << 20));
-        let (addr, _) = crate::source::http::tests::canned_server(vec![chunked_object(big.as_bytes())]).await;
+        let (addr, _) =
+            crate::source::http::tests::canned_server(vec![chunked_object(big.as_bytes())]).await;
         let err = read(&s3_client(addr), "lake", "state/big.json", "init")
             .await
             .unwrap_err()
@@ -387,9 +388,10 @@ mod tests {
             "{err}"
         );
         // A small state is read as before.
-        let (addr, _) =
-            crate::source::http::tests::canned_server(vec![chunked_object(br#"{"watermark":"2026-01-02"}"#)])
-                .await;
+        let (addr, _) = crate::source::http::tests::canned_server(vec![chunked_object(
+            br#"{"watermark":"2026-01-02"}"#,
+        )])
+        .await;
         let state = read(&s3_client(addr), "lake", "state/ok.json", "init")
             .await
             .unwrap();
@@ -432,14 +434,23 @@ mod tests {
             r#"{"id":4} trailing"#,
             r#"{"id":"#,
         ];
-        for field in [vec!["id"], vec!["meta", "at"], vec!["meta", "n"], vec!["nope"]] {
+        for field in [
+            vec!["id"],
+            vec!["meta", "at"],
+            vec!["meta", "n"],
+            vec!["nope"],
+        ] {
             let field: Vec<String> = field.into_iter().map(String::from).collect();
             let t = WatermarkTracker::new(field.clone());
             let mut old = None;
             for (i, r) in records.iter().enumerate() {
                 t.observe(r.as_bytes());
                 old_observe(&field, r.as_bytes(), &mut old);
-                assert_eq!(t.max(), old.as_ref().map(as_text), "{field:?} after record {i}");
+                assert_eq!(
+                    t.max(),
+                    old.as_ref().map(as_text),
+                    "{field:?} after record {i}"
+                );
             }
         }
     }
@@ -460,7 +471,10 @@ mod tests {
         let t = WatermarkTracker::new(vec!["at".into()]);
         let peak = alloc_meter::peak_during(|| t.observe(&record));
         assert_eq!(t.max().as_deref(), Some("2026-05-01"));
-        assert!(peak < 64 * 1024, "observing allocated up to {peak} bytes at once");
+        assert!(
+            peak < 64 * 1024,
+            "observing allocated up to {peak} bytes at once"
+        );
     }
 }
 

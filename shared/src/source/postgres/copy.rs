@@ -372,7 +372,11 @@ impl ExportStream {
     /// sends one message per row (binary COPY puts its file header in the first), so its
     /// length is the row's.
     fn absorb(&mut self, msg: Bytes) -> Result<()> {
-        if msg.len() > self.max_row_bytes.saturating_add(BINARY_SIGNATURE.len() + 8) {
+        if msg.len()
+            > self
+                .max_row_bytes
+                .saturating_add(BINARY_SIGNATURE.len() + 8)
+        {
             return Err(self.row_too_large(msg.len()));
         }
         let before = self.buf.len();
