@@ -79,7 +79,10 @@ impl Decoding {
             Decoding::Gzip => {
                 let mut d = GzipDecoder::new(input);
                 d.multiple_members(true);
-                Box::new(d)
+                Box::new(Classified {
+                    inner: d,
+                    classify: gzip_error,
+                })
             }
             Decoding::Zstd => {
                 // zstd accepts 10..=31 on 64-bit targets; keep the value inside that range
@@ -88,35 +91,48 @@ impl Decoding {
                 let mut d =
                     ZstdDecoder::with_params(input, &[DParameter::window_log_max(window_log_max)]);
                 d.multiple_members(true);
-                Box::new(ZstdErrors {
+                Box::new(Classified {
                     inner: d,
-                    window_log_max,
+                    classify: move |e| zstd_error(e, window_log_max),
                 })
             }
         }
     }
 }
 
-/// A zstd decoder whose errors say their class: zstd reports every failure as
-/// `ErrorKind::Other` with its own error name; corrupt data becomes `InvalidData` (a window
-/// over the limit with the limit named), and `UnexpectedEof` stays as it is.
-struct ZstdErrors<R> {
+/// A decoder whose errors say their class: zstd reports every failure, and gzip a bad
+/// trailer, as `ErrorKind::Other`; corrupt data becomes `InvalidData` (a zstd window over the
+/// limit with the limit named), and `UnexpectedEof` stays as it is.
+struct Classified<R, F> {
     inner: R,
-    window_log_max: u32,
+    classify: F,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for ZstdErrors<R> {
+impl<R, F> AsyncRead for Classified<R, F>
+where
+    R: AsyncRead + Unpin,
+    F: Fn(io::Error) -> io::Error + Unpin,
+{
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let window_log_max = self.window_log_max;
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(zstd_error(e, window_log_max))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err((self.classify)(e))),
             other => other,
         }
     }
+}
+
+fn gzip_error(e: io::Error) -> io::Error {
+    if e.kind() != io::ErrorKind::Other {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt gzip data: {e}"),
+    )
 }
 
 fn zstd_error(e: io::Error, window_log_max: u32) -> io::Error {
@@ -219,6 +235,17 @@ mod tests {
         let err = decode(Decoding::Gzip, c).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("CRC"), "{err}");
+    }
+
+    /// Found by the `decompress` fuzz target: a gzip trailer whose length field does not
+    /// match came out as `ErrorKind::Other`, unlike a bad CRC.
+    #[tokio::test]
+    async fn a_gzip_length_mismatch_is_invalid_data() {
+        let mut c = compress(Codec::Gzip, &[0u8; 1000]).await;
+        let n = c.len();
+        c[n - 1] ^= 0x01; // the last byte of ISIZE
+        let err = decode(Decoding::Gzip, c).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     }
 
     /// Regression: corrupt zstd data came out as `ErrorKind::Other` (zstd's raw error name),

@@ -86,6 +86,18 @@ impl<R: AsyncRead + Unpin> Input<R> {
             return Ok(false);
         }
         self.len = n;
+        // csv-core strips a UTF-8 byte order mark only when its first input holds all three
+        // bytes and takes an input that is empty after the mark for the end: the first read
+        // is topped up to four bytes, so the header never depends on how the stream was cut.
+        while self.offset == 0 && self.len < 4 && !self.eof {
+            let n = self
+                .src
+                .read(&mut self.buf[self.len..])
+                .await
+                .map_err(|e| (self.map_io)(e, self.offset))?;
+            self.eof = n == 0;
+            self.len += n;
+        }
         Ok(true)
     }
 
@@ -223,7 +235,9 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
             self.nout += nout;
             self.nend += nend;
             if self.raw.len() > self.cap || self.nout > self.cap {
-                let hint = if self.raw.contains(&self.quote) {
+                // Only the first `cap + 1` bytes are looked at (`raw` holds at least that
+                // many here), so the message does not depend on the sizes of the reads.
+                let hint = if self.raw[..=self.cap].contains(&self.quote) {
                     " (an unterminated quote?)"
                 } else {
                     ""
@@ -346,6 +360,69 @@ mod tests {
             ));
         }
         Ok(all)
+    }
+
+    /// An input that hands out at most `step` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn first_error(data: &[u8], step: usize, cap: usize) -> (Vec<Vec<u8>>, Option<String>) {
+        let input = Trickle { data, step };
+        let mut r = CsvReader::new(input, "test".into(), map(), b',', b'"', cap);
+        let mut fields = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(Some(rec)) => fields.extend((0..rec.len()).map(|i| rec.field(i).to_vec())),
+                Ok(None) => return (fields, None),
+                Err(e) => return (fields, Some(e.to_string())),
+            }
+        }
+    }
+
+    /// Found by the `csv` fuzz target: a byte order mark cut over the first reads stayed in
+    /// the first header name.
+    #[tokio::test]
+    async fn a_byte_order_mark_is_stripped_however_the_input_is_cut() {
+        let data = b"\xEF\xBB\xBFa,b\n1,2\n";
+        for step in [1, 2, 3, 64] {
+            let (fields, err) = first_error(data, step, 1 << 20).await;
+            assert_eq!(err, None);
+            assert_eq!(fields[0], b"a", "reads of {step} bytes");
+        }
+    }
+
+    /// Found by the `csv` fuzz target: the "unterminated quote?" hint of an oversized row
+    /// depended on how much the read that crossed the cap held.
+    #[tokio::test]
+    async fn the_row_too_large_message_does_not_depend_on_the_reads() {
+        // The reader's smallest cap is 1 KiB; the quote sits past it.
+        let mut data = vec![b'x'; 1100];
+        data.push(b'"');
+        data.extend_from_slice(b"rest\n");
+        let mut messages = Vec::new();
+        for step in [1, 7, 4096] {
+            messages.push(first_error(&data, step, 1024).await.1);
+        }
+        assert!(
+            messages[0].as_deref().unwrap().contains("row too large"),
+            "{messages:?}"
+        );
+        assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
     }
 
     #[tokio::test]

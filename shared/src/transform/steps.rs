@@ -561,9 +561,14 @@ impl Compiler {
     /// Renaming only changes the layout: rows are addressed by index, so it needs no op.
     fn rename(&mut self, at: &str, map: &BTreeMap<String, String>) -> Result<()> {
         let at = format!("{at}.rename");
+        // Every source column is resolved before the layout is copied: with CSV input `find`
+        // appends a column the schema does not declare, which the copy must include.
+        let idxs = map
+            .iter()
+            .map(|(from, to)| Ok((self.find(&at, from)?, to)))
+            .collect::<Result<Vec<_>>>()?;
         let mut renamed = self.layout.clone();
-        for (from, to) in map {
-            let idx = self.find(&at, from)?;
+        for (idx, to) in idxs {
             renamed[idx].0 = to.clone();
         }
         for (i, (name, _)) in renamed.iter().enumerate() {
@@ -860,5 +865,17 @@ mod tests {
         );
         // Lenient compilation takes unknown names for pass-through CSV columns.
         assert!(compile(&steps(json!([{"select": ["Plate ID"]}])), &layout(), true).is_ok());
+    }
+
+    /// Found by the `pipeline` fuzz target: renaming a CSV column the schema does not declare
+    /// indexed past the end of the layout copied before the column was added.
+    #[test]
+    fn renaming_an_undeclared_csv_column_is_not_a_panic() {
+        let ops = compile(
+            &steps(json!([{"rename": {"Plate ID": "plate"}}, {"select": ["plate", "make"]}])),
+            &layout(),
+            true,
+        );
+        assert!(ops.is_ok(), "{:?}", ops.err());
     }
 }
