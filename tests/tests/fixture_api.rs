@@ -339,6 +339,35 @@ async fn faults_have_the_documented_bodies() {
             .starts_with("text/html")
     );
     assert!(body.starts_with(b"<html>"));
+    let (_, _, body) = get("/api/bad_utf8").await;
+    assert_eq!(&body[29..31], b"\xff\xfe");
+    assert!(std::str::from_utf8(&body).is_err());
+    let (_, headers, body) = get("/api/big_line?size=300000").await;
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+    assert_eq!(
+        (lines[0], lines[1].len(), lines[2]),
+        (&br#"{"id":1}"#[..], 300_000, &b""[..])
+    );
+    serde_json::from_slice::<Value>(lines[1]).unwrap();
+    // stall_page: the page's first records, then nothing.
+    let stalled = client()
+        .get(fixture.url("/api/pages?n=30&per=10&stall_page=2&page=2"))
+        .send()
+        .await
+        .unwrap();
+    let mut stalled = stalled.bytes_stream();
+    let first = futures::StreamExt::next(&mut stalled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with(br#"{"data":[{"id":11,"#), "{first:?}");
+    let more = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures::StreamExt::next(&mut stalled),
+    )
+    .await;
+    assert!(more.is_err(), "the stalled page went on");
     let (_, _, body) = get("/api/empty").await;
     assert_eq!(&body[..], br#"{"data":[]}"#);
 

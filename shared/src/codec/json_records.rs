@@ -775,6 +775,18 @@ mod tests {
         )
     }
 
+    #[test]
+    fn invalid_utf8_in_a_record_is_an_error_with_its_position() {
+        for chunk in 1..40 {
+            let doc = b"{\"data\":[{\"id\":1},{\"name\":\"ab\xff\xfe\"}]}";
+            let e = run("$.data[*]", &[], doc, chunk).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid UTF-8 at byte 29 (record 2)"),
+                "{chunk}: {e}"
+            );
+        }
+    }
+
     /// Feeds `doc` in pieces of `chunk` bytes; returns the records and the captures.
     fn run(
         records: &str,

@@ -167,6 +167,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn invalid_utf8_in_a_line_is_an_error_with_its_position() {
+        let mut d = NdjsonDecoder::new(64);
+        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"a\":\"x\xff\"}\n"[..]);
+        assert!(d.decode(&mut buf).unwrap().is_some());
+        let e = d.decode(&mut buf).unwrap_err().to_string();
+        assert!(e.starts_with("invalid UTF-8 at byte 15 (record 2)"), "{e}");
+    }
+
+    #[test]
     fn ndjson_lines() {
         for chunk in 1..40 {
             let doc = b"{\"a\":1}\r\n\n  \n[2]\n\"x\"";
