@@ -419,11 +419,13 @@ impl Paginator {
                 })?;
             }
             Style::PageNumber(p) => {
-                let n = p.start + u64::from(self.page);
+                let n = p.start.checked_add(u64::from(self.page));
+                let n = n.ok_or_else(|| self.overflow("page number"))?;
                 set_param(&mut url, &p.param, &n.to_string());
             }
             Style::Offset(o) => {
-                let next = u64::from(self.page) * o.limit;
+                let next = u64::from(self.page).checked_mul(o.limit);
+                let next = next.ok_or_else(|| self.overflow("offset"))?;
                 if total.is_some_and(|t| next >= t) {
                     return Ok(None);
                 }
@@ -447,6 +449,14 @@ impl Paginator {
         Error::Pagination {
             url: self.shown(self.current.as_str()),
             message: format!("pagination loop after page {}: {what}", self.page),
+        }
+    }
+
+    /// A `start` or `limit` so large that the next page's number leaves `u64`.
+    fn overflow(&self, what: &str) -> Error {
+        Error::Pagination {
+            url: self.shown(self.current.as_str()),
+            message: format!("the {what} after page {} is past 2^64", self.page),
         }
     }
 
@@ -581,6 +591,35 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    /// A page number or offset past `u64` wrapped around silently (and panicked in a debug
+    /// build): it is a pagination error naming the page.
+    #[test]
+    fn page_numbers_and_offsets_past_u64_are_an_error_not_a_wrap() {
+        let none = Captures::default();
+        let page = PageOutcome {
+            records: 1,
+            captures: &none,
+            link: None,
+        };
+        for style in [
+            serde_json::json!({"page_number": {"param": "page", "start": u64::MAX}}),
+            serde_json::json!({"offset": {"param": "offset", "limit": u64::MAX}}),
+        ] {
+            let spec: PaginateSpec = serde_json::from_value(style).unwrap();
+            let mut p = Paginator::new(Some(&spec), Url::parse("http://h/p").unwrap()).unwrap();
+            p.first();
+            let mut last = Ok(None);
+            for _ in 0..3 {
+                last = p.next(&page);
+                if last.is_err() {
+                    break;
+                }
+            }
+            let e = last.unwrap_err().to_string();
+            assert!(e.contains("past 2^64"), "{e}");
+        }
     }
 
     #[test]
