@@ -77,7 +77,11 @@ fn chunks(data: &[u8], split: Split) -> Vec<&[u8]> {
             while !rest.is_empty() {
                 let r = next_random(&mut state);
                 // Mostly small reads, sometimes a large one.
-                let n = if r % 8 == 0 { r >> 8 } else { (r >> 8) % 17 + 1 } as usize;
+                let n = if r % 8 == 0 {
+                    r >> 8
+                } else {
+                    (r >> 8) % 17 + 1
+                } as usize;
                 let n = n.clamp(1, rest.len());
                 out.push(&rest[..n]);
                 rest = &rest[n..];
@@ -99,7 +103,10 @@ struct ChunkedReader {
 impl ChunkedReader {
     fn new(data: &[u8], split: Split) -> Self {
         ChunkedReader {
-            chunks: chunks(data, split).into_iter().map(<[u8]>::to_vec).collect(),
+            chunks: chunks(data, split)
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect(),
             next: 0,
             within: 0,
             polls: 0,
@@ -195,7 +202,10 @@ const JSON_CAPTURES: [&str; 2] = ["$.next", "$.meta.cursor"];
 /// and when the whole input is valid JSON (per serde_json) with an array at the path, the
 /// records are its elements (or the error is an oversized value).
 pub fn json_records(data: &[u8]) {
-    for (path, captures, cap) in [("$.data[*]", &JSON_CAPTURES[..], 256), ("$[*]", &[][..], 32)] {
+    for (path, captures, cap) in [
+        ("$.data[*]", &JSON_CAPTURES[..], 256),
+        ("$[*]", &[][..], 32),
+    ] {
         let make = || {
             JsonRecordsDecoder::new(
                 JsonPath::parse(path, true).expect("valid path"),
@@ -233,11 +243,69 @@ pub fn json_records(data: &[u8]) {
     }
 }
 
-/// The decoder against serde_json's reading of the whole document.
+/// A JSON value whose objects have no key twice (deserializing fails on a repeated key).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("a key repeated"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+/// The decoder against serde_json's reading of the whole document. Skipped for a document
+/// with a key twice in an object: serde_json keeps the last value, the decoder reads both.
 fn json_records_against_serde(data: &[u8], path: &str, framed: &Framed<u64>) {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
+    if serde_json::from_slice::<UniqueKeys>(data).is_err() {
+        return;
+    }
     let keys = JsonPath::parse(path, true).expect("valid path");
     let mut at = Some(&doc);
     for k in keys.keys() {
@@ -332,10 +400,9 @@ type CsvRow = (Vec<Vec<u8>>, Vec<u8>, (u64, u64, u64));
 
 fn csv_read(data: &[u8], split: Split, cap: usize) -> (Vec<CsvRow>, Option<String>) {
     futures::executor::block_on(async {
-        let map: sluice::transform::reader::IoErrorMap =
-            Box::new(|e, at| Error::InvalidSpec {
-                message: format!("read failed at {at}: {e}"),
-            });
+        let map: sluice::transform::reader::IoErrorMap = Box::new(|e, at| Error::InvalidSpec {
+            message: format!("read failed at {at}: {e}"),
+        });
         let src = ChunkedReader::new(data, split);
         let mut reader = CsvReader::new(src, "fuzz.csv".into(), map, b',', b'"', cap);
         let mut rows = Vec::new();
@@ -383,6 +450,9 @@ pub fn csv(data: &[u8]) {
         }
         match &first {
             None => first = Some((rows, error)),
+            // A UTF-8 BOM is stripped only when the first read holds all of it (csv-core):
+            // a known finding (fuzz/findings/csv/), not checked here so fuzzing goes on.
+            Some(_) if data.starts_with(b"\xef\xbb\xbf") => {}
             Some(f) => assert_eq!(f, &(rows, error), "{split:?} differs from one read"),
         }
     }
@@ -426,11 +496,15 @@ pub fn decompress(data: &[u8]) {
             assert_eq!((&out[..], error), (data, None));
         }
         if let Some(kind) = error {
+            // zstd reports a frame it refuses (a window over its limit, a bad header) as
+            // `Other`: a known finding (fuzz/findings/decompress/), so allowed for zstd.
+            let zstd_other = decoding == Decoding::Zstd && kind == io::ErrorKind::Other;
             assert!(
-                matches!(
-                    kind,
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
-                ),
+                zstd_other
+                    || matches!(
+                        kind,
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                    ),
                 "{kind:?}"
             );
         }
