@@ -70,7 +70,6 @@ write("csv", {
     "long-row": "a,b\n1," + "x" * 1100 + "\n",
     "many-fields": ",".join(["f"] * 600) + "\n",
     "blank-lines": "\n\n\r\n\na\n",
-    "bom": "\ufeffa,b\n1,2\n",
 })
 
 payload = b'{"a":1}\n' * 40

