@@ -236,8 +236,8 @@ impl Pipeline {
     /// Parses and validates a pipeline from JSON text. Errors name the field's path:
     /// `steps[2].concat: unknown field "seps", expected one of ...`.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let pipeline: Pipeline = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let pipeline: Pipeline = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if path == "." || path.is_empty() {
@@ -246,6 +246,10 @@ impl Pipeline {
                 Error::spec(format!("pipeline {path}: {inner}"))
             }
         })?;
+        // Text after the pipeline (a second object pasted in, a cut-off edit) is refused
+        // rather than ignored.
+        de.end()
+            .map_err(|e| Error::spec(format!("pipeline: data after the pipeline: {e}")))?;
         pipeline.validate()?;
         Ok(pipeline)
     }
@@ -470,6 +474,14 @@ mod tests {
 
     fn err(text: &str) -> String {
         Pipeline::from_json_str(text).unwrap_err().to_string()
+    }
+
+    /// Found by the `pipeline` fuzz target: text after the pipeline object was ignored.
+    #[test]
+    fn data_after_the_pipeline_is_refused() {
+        let e = err(&format!("{SEED} trailing garbage"));
+        assert!(e.contains("data after the pipeline"), "{e}");
+        assert!(Pipeline::from_json_str(&format!("{SEED}\n  ")).is_ok());
     }
 
     fn seed_with(f: impl FnOnce(&mut serde_json::Value)) -> String {
