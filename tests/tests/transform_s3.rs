@@ -1117,7 +1117,7 @@ async fn transform_and_enrichment_end_at_the_deadline() {
                                   "timeout_secs": 600}}],
             "output": {"format": "ndjson", "key": "out/{source_stem}.ndjson"},
             "quarantine": {"key": "bad/{source_stem}.ndjson"},
-            "tuning": {"deadline_margin_ms": 2000}
+            "tuning": {"deadline_margin_ms": 2500}
         })
         .to_string();
         let h = Harness::start_with(
