@@ -334,8 +334,8 @@ fn json_records_against_serde(data: &[u8], path: &str, framed: &Framed<u64>) {
 }
 
 /// What the NDJSON framer must yield: every line of at most `cap` bytes, without its line
-/// ending, blank lines skipped, the first longer line or (when `validate`) non-JSON line an
-/// error. A plain loop over the input, to compare the decoder with.
+/// ending, blank lines skipped, the first longer line or (when `validate`) non-UTF-8 or
+/// non-JSON line an error. A plain loop over the input, to compare the decoder with.
 fn ndjson_model(data: &[u8], cap: usize, validate: bool) -> Framed<LinePosition> {
     let mut frames = Vec::new();
     let (mut offset, mut line_no, mut record) = (0u64, 0u64, 0u64);
@@ -356,6 +356,13 @@ fn ndjson_model(data: &[u8], cap: usize, validate: bool) -> Framed<LinePosition>
         }
         if !line.iter().all(|b| matches!(b, b' ' | b'\t')) {
             record += 1;
+            // UTF-8 first (serde_json does not check it inside strings), at the bad byte.
+            if let Err(e) = std::str::from_utf8(line).map_err(|e| e.valid_up_to())
+                && validate
+            {
+                let error = Some(("invalid UTF-8", offset + e as u64, Some(record)));
+                return Framed { frames, error };
+            }
             if validate && serde_json::from_slice::<IgnoredAny>(line).is_err() {
                 let error = Some(("invalid JSON", offset, Some(record)));
                 return Framed { frames, error };
