@@ -19,7 +19,7 @@ GARAGE_LOG="$CACHE/garage-build.log"
 VENV="$ROOT/.venv"
 # cfn-lint and aws-sam-cli validate infra/template.yaml offline (scripts/validate.sh); one resolver
 # run keeps boto3 within what aws-sam-cli accepts.
-PY_REQUIREMENTS=("moto[server]" "cargo-lambda" "ziglang" "boto3" "cfn-lint==1.58.0" "aws-sam-cli==1.170.0")
+PY_REQUIREMENTS=("moto[server]" "cargo-lambda" "ziglang" "boto3" "cfn-lint==1.58.0" "aws-sam-cli==1.170.0" "pyarrow==26.0.1" "duckdb==2.0.1")
 
 report() { printf '%-14s %s\n' "$1:" "$2"; }
 
@@ -75,7 +75,7 @@ else
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
-    "$VENV/bin/python" -c 'import boto3, moto, ziglang' # fail here rather than in a test
+    "$VENV/bin/python" -c 'import boto3, moto, ziglang, pyarrow, duckdb' # fail here rather than in a test
     printf '%s' "$wanted" >"$stamp"
     report "python venv" "installed $wanted into $VENV"
 fi

@@ -9,6 +9,8 @@
 //! - **part size** `P = max(8 MiB, B / 17)` rounded down to a whole MiB;
 //! - **parts in flight** `F = clamp(B / P - 1, 1, 16)`: `F` parts uploading while one more fills.
 //! - **record cap** `R = B / 4`: the largest JSON record or NDJSON line a decoder holds.
+//! - **row group cap** `G = B / 8`: a Parquet output flushes a row group into the upload
+//!   when it holds this much (8 MiB at 256 MB); it adds about `2 G + G / 4` to the peak.
 //! - **zstd window** at most `B / 4` rounded down to a power of two, between 8 MiB (what every
 //!   standard level 1–19 writes) and 128 MiB (zstd's own default limit): 16 MiB at 256 MB.
 //!
@@ -140,6 +142,20 @@ impl MemoryBudget {
     /// buffer can briefly double while growing, so this stays within the memory plan.
     pub fn record_cap(&self) -> u64 {
         (self.buffer_bytes / 4).max(MIB)
+    }
+
+    /// The size at which a Parquet row group is flushed into the upload: an eighth of the
+    /// buffer budget (8 MiB at 256 MB, 4 MiB at 128 MB), at least 1 MiB. While a row group
+    /// is flushed its bytes exist twice (encoded, then on their way into the parts), so a
+    /// Parquet output adds about `2 × G` to the memory plan, plus one batch of rows (`G / 4`).
+    pub fn row_group_cap(&self) -> u64 {
+        (self.buffer_bytes / 8).max(MIB)
+    }
+
+    /// The largest `tuning.row_group_mib` this budget allows, in bytes: half the buffer
+    /// budget (32 MiB at 256 MB), at least 1 MiB.
+    pub fn max_row_group_cap(&self) -> u64 {
+        (self.buffer_bytes / 2 / MIB * MIB).max(MIB)
     }
 
     /// The largest `tuning.part_size_mib` this budget allows, in bytes: two parts (one

@@ -1,5 +1,5 @@
-//! One export end to end: a Postgres query → CSV or NDJSON → optional compression → S3, with
-//! the summary `export-postgres` answers. Mirrors [`crate::ingest`].
+//! One export end to end: a Postgres query → CSV or NDJSON (optionally compressed) or Parquet
+//! → S3, with the summary `export-postgres` answers. Mirrors [`crate::ingest`].
 //!
 //! ```json
 //! {
@@ -10,6 +10,11 @@
 //!   "destination": { "bucket": "lake", "key": "raw/orders/dt={date}/{run_id}.csv.zst" }
 //! }
 //! ```
+//!
+//! With `"format": "parquet"` the query's result columns become typed Parquet columns (the
+//! mapping is [`postgres::TupleDecoder`]'s; a column of another type is refused before
+//! anything is written) and `compression` names the page codec: `zstd` (default), `snappy`,
+//! `gzip` or `none`.
 //!
 //! Unknown fields are rejected. An object appears only when the whole query result was read
 //! and committed; any failure after the first part aborts the multipart upload.
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::MemoryBudget;
 use crate::codec::Compression;
+use crate::columnar::{self, ParquetSummary, RecordOutput};
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{self, Invocation, Status};
@@ -38,6 +44,7 @@ impl From<Format> for postgres::CopyFormat {
         match format {
             Format::Csv => postgres::CopyFormat::Csv,
             Format::Ndjson => postgres::CopyFormat::Ndjson,
+            Format::Parquet => postgres::CopyFormat::Binary,
         }
     }
 }
@@ -56,12 +63,15 @@ pub enum ExportSource {
 pub struct ExportSpec {
     /// The query and where the database is.
     pub source: ExportSource,
-    /// `"csv"` (default) or `"ndjson"`: CSV as `COPY ... (FORMAT csv, HEADER)` writes it (NULL
-    /// an empty field, an empty string `""`, values by the server's output functions); NDJSON
-    /// as `row_to_json` renders each row (`numeric` with all its digits, `jsonb` nested).
+    /// `"csv"` (default), `"ndjson"` or `"parquet"`: CSV as `COPY ... (FORMAT csv, HEADER)`
+    /// writes it (NULL an empty field, an empty string `""`, values by the server's output
+    /// functions); NDJSON as `row_to_json` renders each row (`numeric` with all its digits,
+    /// `jsonb` nested); Parquet with a typed column per result column, decoded from binary
+    /// COPY ([`postgres::TupleDecoder`] lists the types it takes).
     #[serde(default = "Format::csv")]
     pub format: Format,
-    /// Output compression. Default none.
+    /// Output compression: `gzip` or `zstd` around CSV and NDJSON (default none). For Parquet
+    /// the page codec: `zstd` (default, level 3), `snappy`, `gzip` or `none`.
     #[serde(default)]
     pub compression: Option<Compression>,
     /// Where the object goes (as in every sluice job).
@@ -101,6 +111,8 @@ impl ExportSpec {
     pub fn validate(&self) -> Result<()> {
         let ExportSource::Postgres(pg) = &self.source;
         pg.validate()?;
+        self.format
+            .check_compression("compression", self.compression)?;
         self.scheduled_time()?;
         self.tuning.validate()?;
         self.destination.validate()
@@ -134,11 +146,12 @@ pub struct ExportSummary {
     pub key: String,
     /// The database, `postgres://user@host:port/dbname` (no password).
     pub source: String,
-    /// `csv` or `ndjson`.
+    /// `csv`, `ndjson` or `parquet`.
     pub format: Format,
     /// Rows exported (the CSV header not counted).
     pub rows: u64,
-    /// Bytes of CSV or NDJSON rendered (before compression).
+    /// Bytes of CSV or NDJSON rendered (before compression); for Parquet, bytes of binary
+    /// COPY data received.
     pub bytes_in: u64,
     /// Bytes written to S3 (the object's size).
     pub bytes_out: u64,
@@ -160,6 +173,9 @@ pub struct ExportSummary {
     pub throughput_mib_s: f64,
     /// Peak resident memory of the process so far (`VmHWM`).
     pub peak_rss_bytes: Option<u64>,
+    /// For Parquet: rows, row groups, the largest row group, the page codec and the columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSummary>,
 }
 
 /// Runs one export. On failure nothing is left at the destination key by this run and no
@@ -186,13 +202,11 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         "export started"
     );
     let mut summary = ExportSummary::new(spec, &key, format!("postgres://{}", settings.database));
-    let content_type = spec.destination.content_type.clone().unwrap_or_else(|| {
-        match spec.compression {
-            Some(c) => c.codec.content_type(),
-            None => spec.format.content_type(),
-        }
-        .to_owned()
-    });
+    let content_type = spec
+        .destination
+        .content_type
+        .clone()
+        .unwrap_or_else(|| spec.format.object_content_type(spec.compression).to_owned());
     let target = S3Target::new(ctx.s3.clone(), &bucket, &key).with_meta(ObjectMeta {
         content_type: Some(content_type),
     });
@@ -209,18 +223,11 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = deadline;
-    options.compression = spec.compression;
-    let mut writer = ObjectWriter::new(Arc::new(target), &options)?;
-    let copied = job::catch_panic("the export", copy_rows(stream, &mut writer, deadline)).await;
-    let uploaded = match copied {
-        Ok(()) => writer.finish().await,
-        Err(e) => {
-            writer.abort().await;
-            Err(e)
-        }
-    };
-    let uploaded = match uploaded {
-        Ok(uploaded) => uploaded,
+    options.compression = spec.format.stream_compression(spec.compression);
+    let parquet = columnar::options_for(spec.compression, &spec.tuning, &budget);
+    let written = write_object(stream, target, &options, parquet, deadline).await;
+    let (uploaded, parquet) = match written {
+        Ok(written) => (written.uploaded, written.parquet),
         Err(e) => {
             // The server may still be computing rows nobody will read.
             canceller.cancel().await;
@@ -241,6 +248,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     summary.parts = uploaded.parts;
     summary.checksum = Some(uploaded.checksum.to_base64());
     summary.e_tag = Some(e_tag);
+    summary.parquet = parquet;
     let done = summary.ended(clock, Status::Written);
     tracing::info!(
         rows = done.rows,
@@ -292,16 +300,64 @@ async fn start_copy(
     }
 }
 
-/// Writes every chunk of the COPY stream into `writer`; the stream's end (after `COMMIT`) is
-/// the end of the rows. Waiting for a chunk is bounded by the deadline.
+/// Streams the rows into the object at `target`: the rendered text, or Parquet built from
+/// the binary tuples with the columns the stream describes. Only a stream that ended after
+/// `COMMIT` completes the object; any failure (a panic included) aborts the upload first.
+async fn write_object(
+    stream: postgres::ExportStream,
+    target: S3Target,
+    options: &UploadOptions,
+    parquet: columnar::ParquetOptions,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<columnar::RecordsWritten> {
+    let writer = ObjectWriter::new(Arc::new(target), options)?;
+    let decoder = stream.tuple_decoder().cloned();
+    let mut output = match &decoder {
+        Some(decoder) => RecordOutput::parquet(decoder.schema(), parquet, writer)?,
+        None => RecordOutput::Text(writer),
+    };
+    let copied = job::catch_panic(
+        "the export",
+        copy_rows(stream, decoder.as_ref(), &mut output, deadline),
+    )
+    .await;
+    match copied {
+        Ok(()) => output.finish().await,
+        Err(e) => {
+            output.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Writes every chunk of the COPY stream into `output` (for Parquet, each tuple decoded into
+/// a row by `decoder`); the stream's end (after `COMMIT`) is the end of the rows. Waiting for
+/// a chunk is bounded by the deadline.
 async fn copy_rows(
     mut stream: postgres::ExportStream,
-    writer: &mut ObjectWriter,
+    decoder: Option<&postgres::TupleDecoder>,
+    output: &mut RecordOutput,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<()> {
+    let mut row = 0u64;
     while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
         crate::fault::point("export.chunk");
-        writer.write(chunk?).await?;
+        let chunk = chunk?;
+        let Some(decoder) = decoder else {
+            output.write(chunk).await?;
+            continue;
+        };
+        let mut tuples: &[u8] = &chunk;
+        while !tuples.is_empty() {
+            row += 1;
+            let Some(columns) = output.columns() else {
+                return Err(Error::Internal {
+                    message: "export: binary tuples for an output without columns".into(),
+                });
+            };
+            let bytes = decoder.decode_row(&mut tuples, columns, row)?;
+            output.end_row(bytes).await?;
+        }
     }
     Ok(())
 }
@@ -327,6 +383,7 @@ impl ExportSummary {
             rows_per_s: 0.0,
             throughput_mib_s: 0.0,
             peak_rss_bytes: None,
+            parquet: None,
         }
     }
 
@@ -370,6 +427,25 @@ mod tests {
             pg.secret.as_ref().unwrap().to_string(),
             r#"secrets_manager "prod/db""#
         );
+        // Parquet: `compression` names the page codec, which never wraps the stream.
+        for codec in ["zstd", "snappy", "gzip", "none"] {
+            let spec = ExportSpec::from_json(json!({
+                "source": {"postgres": {"query": "select 1"}},
+                "format": "parquet", "compression": codec,
+                "destination": {"bucket": "lake", "key": "k.parquet"}
+            }))
+            .unwrap();
+            assert_eq!(spec.format, Format::Parquet);
+            assert_eq!(spec.format.stream_compression(spec.compression), None);
+            assert_eq!(
+                spec.format.object_content_type(spec.compression),
+                "application/vnd.apache.parquet"
+            );
+            assert_eq!(
+                postgres::CopyFormat::from(spec.format),
+                postgres::CopyFormat::Binary
+            );
+        }
     }
 
     #[test]
@@ -377,9 +453,16 @@ mod tests {
         let base = json!({"source": {"postgres": {"query": "select 1"}},
                           "destination": {"bucket": "lake", "key": "k"}});
         let mut v = base.clone();
-        v["format"] = json!("parquet");
+        v["format"] = json!("xml");
         let e = ExportSpec::from_json(v).unwrap_err().to_string();
-        assert!(e.contains("unknown variant `parquet`"), "{e}");
+        assert!(e.contains("unknown variant `xml`"), "{e}");
+        let mut v = base.clone();
+        v["compression"] = json!("snappy");
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("compression: snappy is a Parquet page codec"),
+            "{e}"
+        );
         let mut v = base.clone();
         v["source"]["postgres"]["qurey"] = json!("x");
         let e = ExportSpec::from_json(v).unwrap_err().to_string();

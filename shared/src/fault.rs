@@ -8,7 +8,8 @@
 //!
 //! Sites: `ingest.page` (a page starts), `transform.row` (a row is read, one worker),
 //! `transform.worker` (a worker thread takes a chunk), `transform.quarantine` (a row is
-//! quarantined), `export.chunk` (a chunk of COPY data arrives).
+//! quarantined), `export.chunk` (a chunk of COPY data arrives), `parquet.batch` (a batch of rows
+//! is encoded into a Parquet row group).
 
 /// Panics when `SLUICE_FAULT` names this site and this is the hit it names.
 #[cfg(feature = "fault-injection")]

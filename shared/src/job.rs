@@ -172,6 +172,11 @@ pub struct Tuning {
     /// budget (16 at 256 MB).
     #[serde(default)]
     pub max_record_mib: Option<u64>,
+    /// Parquet output: flush a row group into the upload when it holds this many MiB
+    /// (1 to half the part buffers, 32 at 256 MB). Default from the memory budget (8 at
+    /// 256 MB, [`MemoryBudget::row_group_cap`]).
+    #[serde(default)]
+    pub row_group_mib: Option<u64>,
 }
 
 impl Tuning {
@@ -244,6 +249,15 @@ impl Tuning {
                 )));
             }
         }
+        if let Some(mib) = self.row_group_mib {
+            let limit = budget.max_row_group_cap() / MIB;
+            if mib == 0 || mib > limit {
+                return Err(Error::spec(format!(
+                    "tuning.row_group_mib {mib} is outside 1..={limit}: a row group is held in memory while it fills and again while it is flushed; {}",
+                    share()
+                )));
+            }
+        }
         if let Some(ms) = self.deadline_margin_ms {
             let range = MIN_DEADLINE_MARGIN.as_millis()..=MAX_DEADLINE_MARGIN.as_millis();
             if !range.contains(&u128::from(ms)) {
@@ -277,6 +291,15 @@ impl Tuning {
         self.deadline_margin_ms
             .map(Duration::from_millis)
             .unwrap_or(DEADLINE_MARGIN)
+    }
+
+    /// The Parquet row group cap in bytes (`row_group_mib`, else the budget's).
+    pub fn row_group_cap(&self, budget: &MemoryBudget) -> usize {
+        let bytes = match self.row_group_mib {
+            Some(mib) => mib.saturating_mul(1024 * 1024),
+            None => budget.row_group_cap(),
+        };
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
     /// The largest record accepted, in bytes.

@@ -81,6 +81,7 @@
 pub mod budget;
 pub mod checksum;
 pub mod codec;
+pub mod columnar;
 pub mod error;
 pub mod export;
 pub mod fault;

@@ -54,6 +54,76 @@ pub struct JobSpec {
     /// Incremental pulls: a watermark kept in S3 between runs ([`Incremental`]).
     #[serde(default)]
     pub incremental: Option<Incremental>,
+    /// The columns of a Parquet output (`format: parquet`): a list in the transform's
+    /// vocabulary (`name`, `type`, `format`, `nullable`, `required`, `null_values`), or
+    /// `"infer"`: names and types from the first records ([`RecordSchema`]).
+    #[serde(default)]
+    pub schema: Option<RecordSchema>,
+    /// Where records that do not fit the schema go, and how many may ([`RecordsQuarantine`]).
+    #[serde(default)]
+    pub quarantine: Option<RecordsQuarantine>,
+}
+
+/// The columns of records written as Parquet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordSchema {
+    /// Declared columns, each read from the record's top-level key of that name.
+    Declared(Vec<crate::transform::config::ColumnSpec>),
+    /// Inferred from the first records (at most [`INFER_RECORDS`] records and the record cap
+    /// of bytes), then held: a later record with a key outside it, or a value that does not
+    /// fit, is quarantined.
+    Infer,
+}
+
+/// Records a `"schema": "infer"` samples before it fixes the columns.
+pub const INFER_RECORDS: usize = 1000;
+
+impl<'de> Deserialize<'de> for RecordSchema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "infer" => Ok(RecordSchema::Infer),
+            v @ serde_json::Value::Array(_) => serde_path_to_error::deserialize(v)
+                .map(RecordSchema::Declared)
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    let at = if path == "." { "" } else { path.as_str() };
+                    D::Error::custom(format!("schema{at}: {}", e.inner()))
+                }),
+            serde_json::Value::String(s) => Err(D::Error::custom(format!(
+                "schema: expected \"infer\" or a list of columns, got the string {:?}",
+                s.chars().take(64).collect::<String>()
+            ))),
+            _ => Err(D::Error::custom(
+                "schema: expected \"infer\" or a list of columns",
+            )),
+        }
+    }
+}
+
+/// `quarantine` of records mode: records that do not fit a Parquet output's schema, as NDJSON
+/// lines (`source`, `line` (the record's number), `offset`, `record`, `column`, `reason`,
+/// `raw`) in their own object, completed only when the run succeeds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsQuarantine {
+    /// Key template (the destination's placeholders). Default: the destination key with
+    /// `.quarantine.ndjson` appended.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The run fails once more records than this are bad (nothing is written). Default none.
+    #[serde(default)]
+    pub max_bad_rows: Option<u64>,
+    /// The run fails when bad / read records exceeds this (0..=1), checked at the end.
+    #[serde(default)]
+    pub max_bad_ratio: Option<f64>,
+    /// Bytes of a bad record kept in its quarantine line. Default 4096.
+    #[serde(default = "default_raw_cap")]
+    pub max_raw_bytes: usize,
+}
+
+fn default_raw_cap() -> usize {
+    4096
 }
 
 /// `incremental` in a job spec: remember the largest value of a record field, and send it on
@@ -142,6 +212,7 @@ impl JobSpec {
             }
         }
         let extracting = self.extracts_records();
+        self.validate_parquet(extracting)?;
         if let Some(f @ Format::Csv) = self.format {
             return Err(Error::spec(format!(
                 "format: {} is not available for records; use ndjson",
@@ -188,6 +259,58 @@ impl JobSpec {
         }
         self.tuning.validate()?;
         self.destination.validate()
+    }
+
+    /// `format: parquet` needs records and a schema; a schema and a quarantine need Parquet.
+    fn validate_parquet(&self, extracting: bool) -> Result<()> {
+        let parquet = self.format == Some(Format::Parquet);
+        self.format
+            .unwrap_or(Format::Ndjson)
+            .check_compression("compression", self.compression)?;
+        if !parquet {
+            if self.schema.is_some() {
+                return Err(Error::spec("schema: used only with format parquet"));
+            }
+            if self.quarantine.is_some() {
+                return Err(Error::spec(
+                    "quarantine: used only with format parquet (records that do not fit its schema)",
+                ));
+            }
+            return Ok(());
+        }
+        if !extracting {
+            return Err(Error::spec(
+                "format: parquet needs records (or input_format ndjson)",
+            ));
+        }
+        match &self.schema {
+            None => {
+                return Err(Error::spec(
+                    "format: parquet needs a schema: a list of columns, or \"infer\"",
+                ));
+            }
+            Some(RecordSchema::Declared(columns)) => {
+                if columns.is_empty() {
+                    return Err(Error::spec("schema: the list of columns is empty"));
+                }
+                crate::transform::config::validate_columns("schema", columns)?;
+            }
+            Some(RecordSchema::Infer) => {}
+        }
+        if self.object_per_page() {
+            return Err(Error::spec(
+                "destination.key: {page} is not available with format parquet (one file per run)",
+            ));
+        }
+        if let Some(q) = &self.quarantine
+            && let Some(r) = q.max_bad_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(Error::spec(format!(
+                "quarantine.max_bad_ratio {r} must be 0..=1"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether every page is written to its own object (`{page}` in the key).

@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod fixture;
 pub mod fixture_api;
 pub mod harness;
+pub mod lake;
 pub mod lambda;
 pub mod parking;
 pub mod postgres;

@@ -789,3 +789,211 @@ async fn a_300_mb_record_or_line_is_too_large_under_256_mb() {
         );
     }
 }
+
+fn parquet_job(h: &Harness, path: &str, key: &str, schema: Value) -> Value {
+    let mut job = records_job(
+        h,
+        path,
+        key,
+        json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+    );
+    job["format"] = json!("parquet");
+    job["schema"] = schema;
+    job
+}
+
+async fn download_to(h: &Harness, key: &str, label: &str) -> std::path::PathBuf {
+    let client = h.server.client().await;
+    let path = std::env::temp_dir().join(format!("sluice-{label}-{}.parquet", std::process::id()));
+    std::fs::write(&path, read_object(&client, &h.bucket, key).await).unwrap();
+    path
+}
+
+/// Records to Parquet with a declared and an inferred schema, read back by DuckDB and pyarrow:
+/// the same rows, names, types and sums as the records themselves.
+#[tokio::test]
+async fn records_to_parquet_with_a_declared_and_an_inferred_schema() {
+    use sluice_tests::fixture_api::api_record;
+    use sluice_tests::lake;
+    let h = Harness::start("ingest-http", "rec-parquet", None).await;
+    let declared = json!([
+        {"name": "id", "type": "int", "required": true},
+        {"name": "name", "type": "string"},
+        {"name": "updated_at", "type": "timestamp"},
+        {"name": "value", "type": "float"}
+    ]);
+    let want_sum: f64 = (1..=95)
+        .map(|i| api_record(i)["value"].as_f64().unwrap())
+        .sum();
+    for (label, schema) in [("declared", declared), ("infer", json!("infer"))] {
+        let key = format!("pq/{label}.parquet");
+        let s = response(
+            h.invoke(parquet_job(&h, "/api/cursor?n=95&per=10", &key, schema), T)
+                .await,
+        );
+        assert_eq!(s["status"], "written", "{s}");
+        assert_eq!(s["records"], 95, "{s}");
+        assert_eq!(s["quarantined"], 0, "{s}");
+        assert_eq!(s["parquet"]["rows"], 95, "{s}");
+        assert_eq!(s["parquet"]["codec"], "zstd", "{s}");
+        let path = download_to(&h, &key, label).await;
+        let r = lake::parquet_report(&path, &["id", "value"]);
+        assert_eq!(r["duckdb"]["rows"], 95, "{r}");
+        assert_eq!(r["pyarrow"]["rows"], 95, "{r}");
+        assert_eq!(
+            r["duckdb"]["columns"],
+            json!([
+                ["id", "BIGINT"],
+                ["name", "VARCHAR"],
+                ["updated_at", "TIMESTAMP WITH TIME ZONE"],
+                ["value", "DOUBLE"]
+            ]),
+            "{label}: {r}"
+        );
+        assert_eq!(r["duckdb"]["sums"]["id"], "4560", "{r}");
+        let sum: f64 = r["pyarrow"]["sums"]["value"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - want_sum).abs() < 1e-6, "{sum} vs {want_sum}");
+        let first = lake::duckdb_query(
+            &path,
+            "SELECT id, name, strftime(updated_at AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%SZ') AS at FROM t ORDER BY id LIMIT 1",
+        );
+        assert_eq!(first[0]["id"], 1);
+        assert_eq!(first[0]["name"], api_record(1)["name"]);
+        assert_eq!(first[0]["at"], api_record(1)["updated_at"], "{first}");
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Records that do not fit the schema go to the quarantine with their position and reason;
+/// past `max_bad_ratio` the run fails and writes nothing at all.
+#[tokio::test]
+async fn records_that_do_not_fit_the_parquet_schema_are_quarantined() {
+    use sluice_tests::lake;
+    let h = Harness::start("ingest-http", "rec-pq-bad", None).await;
+    // `{"data":[{"id":1},{"blob":"xx..."}]}`: the second record has no id.
+    let schema = json!([{"name": "id", "type": "int", "required": true}, {"name": "blob"}]);
+    let mut job = parquet_job(&h, "/api/big_record?size=64", "pq/bad.parquet", schema.clone());
+    job["source"]["http"]["paginate"] = Value::Null;
+    job["quarantine"] = json!({"key": "pq/bad-{date}.ndjson"});
+    let s = response(h.invoke(job.clone(), T).await);
+    assert_eq!(s["status"], "written", "{s}");
+    assert_eq!(s["records"], 2, "{s}");
+    assert_eq!(s["quarantined"], 1, "{s}");
+    assert_eq!(s["parquet"]["rows"], 1, "{s}");
+    let qkey = s["quarantine_key"].as_str().expect("a quarantine").to_owned();
+    assert!(qkey.starts_with("pq/bad-"), "{qkey}");
+    let lines: Vec<Value> = object_text(&h, &qkey)
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["record"], 2, "{}", lines[0]);
+    assert_eq!(lines[0]["column"], "id");
+    assert!(lines[0]["reason"].as_str().unwrap().contains("required"), "{}", lines[0]);
+    assert!(lines[0]["raw"].as_str().unwrap().starts_with("{\"blob\":\"xx"), "{}", lines[0]);
+    let path = download_to(&h, "pq/bad.parquet", "pq-bad").await;
+    assert_eq!(lake::duckdb_query(&path, "SELECT id, blob FROM t"), json!([{"id": 1, "blob": ""}]));
+    let _ = std::fs::remove_file(path);
+
+    job["destination"]["key"] = json!("pq/failed.parquet");
+    job["quarantine"] = json!({"key": "pq/failed.ndjson", "max_bad_ratio": 0.1});
+    let (kind, message) = error(h.invoke(job, T).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(message.contains("too many bad records"), "{message}");
+    assert!(message.contains("max_bad_ratio"), "{message}");
+    assert!(message.contains("record 2, column \"id\""), "{message}");
+    h.assert_nothing_written("pq/failed.parquet").await;
+    h.assert_nothing_written("pq/failed.ndjson").await;
+}
+
+/// The contract: a 2 GiB document's records typed into Parquet (a declared and an inferred
+/// schema) in a 256 MB function, peak <= 128 MiB, every record read back by DuckDB; and the
+/// same at 128 MB. `SLUICE_CONTRACT_GIB` changes the size.
+#[tokio::test]
+async fn contract_records_to_parquet_under_256_and_128_mb() {
+    use sluice_tests::lake;
+    let gib: u64 = std::env::var("SLUICE_CONTRACT_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let size = gib * 1024 * MIB;
+    let expected = tokio::task::spawn_blocking(move || big_doc_record_count(5, size))
+        .await
+        .unwrap();
+    let declared = json!([
+        {"name": "id", "type": "int"}, {"name": "name", "type": "string"},
+        {"name": "kind", "type": "string"}, {"name": "ref", "type": "string"},
+        {"name": "value", "type": "float"}, {"name": "ts", "type": "timestamp"},
+        {"name": "tags", "type": "string"}, {"name": "active", "type": "bool"}
+    ]);
+    for (memory, schema) in [
+        (256, declared.clone()),
+        (256, json!("infer")),
+        (128, declared),
+    ] {
+        let cgroup = MemoryCgroup::create("sluice-records-pq", memory * MIB);
+        let mem = memory.to_string();
+        let h = Harness::start_with(
+            "ingest-http",
+            "bigdoc-pq",
+            cgroup.as_ref(),
+            &[
+                ("SLUICE_ALLOW_PRIVATE_NETWORKS", "true"),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", &mem),
+            ],
+        )
+        .await;
+        let mut job = records_job(
+            &h,
+            &format!("/api/big_doc?size={size}&seed=5"),
+            "big/{run_id}.parquet",
+            Value::Null,
+        );
+        job["format"] = json!("parquet");
+        job["schema"] = schema.clone();
+        let started = std::time::Instant::now();
+        let s = response(h.invoke(job, Duration::from_secs(900)).await);
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(s["records"], expected, "{s}");
+        assert_eq!(s["quarantined"], 0, "{s}");
+        assert_eq!(s["parquet"]["rows"], expected, "{s}");
+        let rss = s["peak_rss_bytes"].as_u64().unwrap();
+        let peak = cgroup.as_ref().map_or(rss, |c| c.peak_bytes());
+        let key = s["key"].as_str().unwrap().to_owned();
+        let path = download_to(&h, &key, "bigdoc-pq").await;
+        let r = lake::parquet_report(&path, &["id"]);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(r["duckdb"]["rows"], expected, "{r}");
+        assert_eq!(
+            r["duckdb"]["sums"]["id"],
+            (expected * (expected - 1) / 2).to_string()
+        );
+        let cap = s["parquet"]["max_row_group_bytes"].as_u64().unwrap();
+        eprintln!(
+            "RECORDS PARQUET CONTRACT ({memory} MB, schema {}): {gib} GiB document, {expected} records in {secs:.1} s = {:.1} MiB/s; \
+             Parquet {} bytes in {} row groups (largest {:.1} MiB); cgroup peak {:.1} MiB; VmHWM {:.1} MiB",
+            if schema.is_string() {
+                "inferred"
+            } else {
+                "declared"
+            },
+            size as f64 / MIB as f64 / secs,
+            s["bytes_out"],
+            s["parquet"]["row_groups"],
+            cap as f64 / MIB as f64,
+            peak as f64 / MIB as f64,
+            rss as f64 / MIB as f64
+        );
+        if memory == 256 {
+            assert!(
+                peak <= 128 * MIB && rss <= 128 * MIB,
+                "peak {peak} / rss {rss}"
+            );
+        }
+    }
+}

@@ -1330,3 +1330,286 @@ async fn a_300_mb_line_under_256_mb_is_a_clear_error() {
         "peak {peak} / rss {rss}"
     );
 }
+
+/// The seed input with its types kept, for Parquet (every row, no filter): ints, a date, a
+/// cast to float, `days_between`, and the concatenated address.
+fn typed_pipeline(format: &str, key: &str, compression: Value) -> String {
+    let mut p: Value = serde_json::from_str(SEED_PIPELINE).unwrap();
+    p["steps"] = json!([
+        {"concat": {"into": "address", "columns": ["House Number", "Street Name"], "sep": " "}},
+        {"cast": {"column": "Violation Code", "type": "float"}},
+        {"days_between": {"into": "age_days", "from": "Issue Date", "to": "Vehicle Expiration Date",
+                          "format": "%Y%m%d", "otherwise": null}},
+        {"select": ["Summons Number", "Issue Date", "Violation Code", "Vehicle Year", "Vehicle Make",
+                    "address", "age_days"]},
+        {"rename": {"Summons Number": "summons", "Issue Date": "issue_date",
+                    "Violation Code": "violation", "Vehicle Year": "year", "Vehicle Make": "make"}}
+    ]);
+    p["output"] = json!({"format": format, "key": key});
+    if !compression.is_null() {
+        p["output"]["compression"] = compression;
+    }
+    p.to_string()
+}
+
+async fn download(h: &Harness, key: &str, path: &std::path::Path) {
+    let client = h.server.client().await;
+    std::fs::write(path, read_object(&client, &h.bucket, key).await).unwrap();
+}
+
+/// Parquet through the real binary, read back by DuckDB and pyarrow: the same rows as the
+/// same pipeline's CSV, the types of the schema after the steps (a cast to float, an int from
+/// `days_between`, a date), the codec named by `compression`, statistics on, and several
+/// row groups within `tuning.row_group_mib`.
+#[tokio::test]
+async fn parquet_output_reads_back_in_duckdb_and_pyarrow_like_the_csv() {
+    use sluice_tests::lake;
+    let data = parking(21, 40_000_000);
+    let dir = tempfile_dir("tr-parquet");
+    let csv_path = dir.join("out.csv");
+    {
+        let h = start(
+            "tr-pq-csv",
+            &typed_pipeline("csv", "clean/{source_stem}.csv", Value::Null),
+            None,
+        )
+        .await;
+        put(&h, "incoming/p.csv", data.clone()).await;
+        let s = one(response(
+            h.invoke(direct(&h, "incoming/p.csv"), INVOKE).await,
+        ));
+        assert_eq!(s["status"], "written", "{s}");
+        download(&h, "clean/p.csv", &csv_path).await;
+    }
+    for (codec, want) in [
+        (json!("snappy"), "SNAPPY"),
+        (Value::Null, "ZSTD"),
+        (json!("none"), "UNCOMPRESSED"),
+    ] {
+        let mut pipeline: Value = serde_json::from_str(&typed_pipeline(
+            "parquet",
+            "clean/{source_stem}.parquet",
+            codec.clone(),
+        ))
+        .unwrap();
+        pipeline["tuning"] = json!({"row_group_mib": 1});
+        let h = start("tr-pq", &pipeline.to_string(), None).await;
+        put(&h, "incoming/p.csv", data.clone()).await;
+        let s = one(response(
+            h.invoke(direct(&h, "incoming/p.csv"), INVOKE).await,
+        ));
+        assert_eq!(s["status"], "written", "{s}");
+        assert_eq!(s["key"], "clean/p.parquet");
+        let path = dir.join(format!("out-{want}.parquet"));
+        download(&h, "clean/p.parquet", &path).await;
+        let r = lake::parquet_report(&path, &["summons", "violation", "year", "age_days"]);
+        let rows = s["records_out"].as_u64().unwrap();
+        assert!(rows > 1000, "{s}");
+        assert_eq!(r["duckdb"]["rows"], rows, "{r}");
+        assert_eq!(r["pyarrow"]["rows"], rows, "{r}");
+        assert_eq!(s["parquet"]["rows"], rows, "{s}");
+        assert_eq!(
+            r["duckdb"]["columns"],
+            json!([
+                ["summons", "BIGINT"],
+                ["issue_date", "DATE"],
+                ["violation", "DOUBLE"],
+                ["year", "BIGINT"],
+                ["make", "VARCHAR"],
+                ["address", "VARCHAR"],
+                ["age_days", "BIGINT"]
+            ]),
+            "{r}"
+        );
+        assert_eq!(r["pyarrow"]["codecs"], json!([want]), "{r}");
+        assert_eq!(r["pyarrow"]["statistics"], true, "{r}");
+        let groups = r["pyarrow"]["row_groups"].as_u64().unwrap();
+        assert!(groups > 1, "several row groups at 1 MiB: {r}");
+        assert_eq!(s["parquet"]["row_groups"], groups, "{s}");
+        for b in r["pyarrow"]["compressed_bytes"].as_array().unwrap() {
+            assert!(
+                b.as_u64().unwrap() <= 2 * MIB,
+                "row group of {b} bytes over the 1 MiB cap: {r}"
+            );
+        }
+        assert_eq!(r["duckdb"]["sums"], r["pyarrow"]["sums"], "{r}");
+        // The same rows as the CSV, value for value (the CSV's text read as the types).
+        let csv = format!(
+            "SELECT summons::BIGINT, issue_date::DATE, violation::DOUBLE, year::BIGINT, make, \
+             address, age_days::BIGINT FROM read_csv('{}', all_varchar = true)",
+            csv_path.display()
+        );
+        let diff = lake::duckdb_query(
+            &path,
+            &format!(
+                "SELECT count(*) AS n FROM ((SELECT * FROM t EXCEPT ALL {csv}) \
+                 UNION ALL ({csv} EXCEPT ALL SELECT * FROM t))"
+            ),
+        );
+        assert_eq!(
+            diff,
+            json!([{"n": 0}]),
+            "Parquet and CSV rows differ ({want})"
+        );
+        let dated = lake::duckdb_query(
+            &path,
+            "SELECT count(*) AS n FROM t WHERE issue_date >= DATE '1990-01-01'",
+        );
+        assert!(dated[0]["n"].as_u64().unwrap() > 0, "{dated}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A panic while a Parquet batch is encoded aborts the output: no object, no upload — mid
+/// stream (the third batch of a large input) and in `finish` (the only batch of a small one).
+#[tokio::test]
+async fn a_panic_in_the_parquet_encoder_leaves_nothing() {
+    let pipeline = typed_pipeline("parquet", "clean/{source_stem}.parquet", Value::Null);
+    for (bytes, fault) in [(8_000_000, "parquet.batch:3"), (200_000, "parquet.batch:1")] {
+        let h = Harness::start_with(
+            "transform-s3",
+            "tr-pq-panic",
+            None,
+            &[("PIPELINE", &pipeline), ("SLUICE_FAULT", fault)],
+        )
+        .await;
+        put(&h, "incoming/p.csv", parking(22, bytes)).await;
+        let (kind, message) = error(h.invoke(direct(&h, "incoming/p.csv"), INVOKE).await);
+        assert_eq!(kind, "Internal", "{fault}: {message}");
+        assert!(message.contains("panicked"), "{message}");
+        let client = h.server.client().await;
+        assert!(!object_exists(&client, &h.bucket, "clean/p.parquet").await);
+        assert!(!object_exists(&client, &h.bucket, "quarantine/p.ndjson").await);
+        assert!(uploads_in_progress(&client, &h.bucket).await.is_empty());
+    }
+}
+
+fn tempfile_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The contract for Parquet: the >= 2 GiB gzip CSV through the seed pipeline with
+/// `output.format: parquet`, in a 256 MB function (peak <= 128 MiB) and in a 128 MB one; the
+/// rows DuckDB reads back are the rows the independent computation expects.
+#[tokio::test]
+async fn two_gib_gzip_csv_to_parquet_under_256_and_128_mb() {
+    use sluice_tests::lake;
+    let gib: u64 = std::env::var("SLUICE_TRANSFORM_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let size = gib * 1024 * MIB;
+    let seed = 2027;
+    let want = tokio::task::spawn_blocking(move || {
+        expected_seed_output(seed, rows_in_first_bytes(seed, size))
+    });
+    let mut pipeline: Value = serde_json::from_str(SEED_PIPELINE).unwrap();
+    pipeline["output"] = json!({"format": "parquet", "key": "clean/{source_stem}.parquet"});
+    let key = "incoming/parking-2gib.csv.gz";
+    let mut want = Some(want);
+    let mut source: Option<String> = None;
+    for memory in [256u64, 128] {
+        let cgroup = MemoryCgroup::create("sluice-transform-pq", memory * MIB);
+        let mem = memory.to_string();
+        let h = Harness::start_with(
+            "transform-s3",
+            "tr-big-pq",
+            cgroup.as_ref(),
+            &[
+                ("PIPELINE", &pipeline.to_string()),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", &mem),
+            ],
+        )
+        .await;
+        let client = h.server.client().await;
+        // The gzip source is made once (streaming, into the first bucket), then copied.
+        match &source {
+            None => {
+                let gz = GzipEncoder::with_quality(
+                    BufReader::with_capacity(1 << 20, ParkingCsv::new(seed, size)),
+                    async_compression::Level::Fastest,
+                );
+                let target = S3Target::new(client.clone(), &h.bucket, key);
+                let options =
+                    UploadOptions::new(sluice::MemoryBudget::for_memory_mib(1024).schedule());
+                sink::upload(Arc::new(target), gz, &options, |e| sluice::Error::Encode {
+                    codec: "gzip",
+                    offset: 0,
+                    source: e,
+                })
+                .await
+                .unwrap();
+                source = Some(h.bucket.clone());
+            }
+            Some(bucket) => {
+                client
+                    .copy_object()
+                    .copy_source(format!("{bucket}/{key}"))
+                    .bucket(&h.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        let want = match want.take() {
+            Some(w) => w.await.unwrap(),
+            None => tokio::task::spawn_blocking(move || {
+                expected_seed_output(seed, rows_in_first_bytes(seed, size))
+            })
+            .await
+            .unwrap(),
+        };
+        if let Some(c) = &cgroup {
+            c.reset_peak();
+        }
+        let started = std::time::Instant::now();
+        let s = one(response(
+            h.invoke(direct(&h, key), Duration::from_secs(900)).await,
+        ));
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(s["status"], "written", "{s}");
+        assert_eq!(s["records_in"], want.rows_in, "{s}");
+        assert_eq!(s["records_out"], want.rows_out, "{s}");
+        assert_eq!(s["quarantined"], want.quarantined, "{s}");
+        let path =
+            std::env::temp_dir().join(format!("sluice-tr-big-{}.parquet", std::process::id()));
+        std::fs::write(
+            &path,
+            read_object(&client, &h.bucket, "clean/parking-2gib.parquet").await,
+        )
+        .unwrap();
+        let r = lake::parquet_report(&path, &[]);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(r["duckdb"]["rows"], want.rows_out, "{r}");
+        assert_eq!(
+            r["duckdb"]["columns"],
+            json!([
+                ["vehicle_make", "VARCHAR"],
+                ["issuing_agency", "VARCHAR"],
+                ["address", "VARCHAR"]
+            ])
+        );
+        let rss = s["peak_rss_bytes"].as_u64().unwrap();
+        let peak = cgroup.as_ref().map_or(rss, |c| c.peak_bytes());
+        let decoded = s["bytes_decoded"].as_u64().unwrap();
+        eprintln!(
+            "TRANSFORM PARQUET CONTRACT ({memory} MB): {gib} GiB gzip CSV ({decoded} bytes, {} rows) in {secs:.1} s = \
+             {:.1} MiB/s; {} rows out in {} bytes of Parquet; cgroup peak {:.1} MiB; VmHWM {:.1} MiB",
+            want.rows_in,
+            decoded as f64 / MIB as f64 / secs,
+            want.rows_out,
+            s["bytes_out"],
+            peak as f64 / MIB as f64,
+            rss as f64 / MIB as f64
+        );
+        if memory == 256 {
+            assert!(
+                peak <= 128 * MIB && rss <= 128 * MIB,
+                "peak {peak} / rss {rss}"
+            );
+        }
+    }
+}

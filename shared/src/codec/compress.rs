@@ -14,6 +14,11 @@ pub enum Codec {
     Gzip,
     /// Zstandard.
     Zstd,
+    /// Snappy: a Parquet page codec only (`format: parquet`).
+    Snappy,
+    /// No compression: with `format: parquet`, uncompressed pages; elsewhere the same as no
+    /// `compression` at all.
+    None,
 }
 
 impl Codec {
@@ -27,6 +32,7 @@ impl Codec {
         match self {
             Codec::Gzip => 1,
             Codec::Zstd => 3,
+            Codec::Snappy | Codec::None => 0,
         }
     }
 
@@ -34,15 +40,24 @@ impl Codec {
         match self {
             Codec::Gzip => 1..=9,
             Codec::Zstd => 1..=19,
+            Codec::Snappy | Codec::None => 0..=0,
         }
     }
 
-    /// Lowercase name: `gzip`, `zstd`.
+    /// Lowercase name: `gzip`, `zstd`, `snappy`, `none`.
     pub fn name(self) -> &'static str {
         match self {
             Codec::Gzip => "gzip",
             Codec::Zstd => "zstd",
+            Codec::Snappy => "snappy",
+            Codec::None => "none",
         }
+    }
+
+    /// Whether this codec compresses a byte stream (gzip, zstd); `snappy` and `none` only
+    /// name Parquet page codecs.
+    pub fn wraps_stream(self) -> bool {
+        matches!(self, Codec::Gzip | Codec::Zstd)
     }
 
     /// The MIME type of a file in this format.
@@ -50,6 +65,7 @@ impl Codec {
         match self {
             Codec::Gzip => "application/gzip",
             Codec::Zstd => "application/zstd",
+            Codec::Snappy | Codec::None => "application/octet-stream",
         }
     }
 }
@@ -90,9 +106,19 @@ impl Compression {
         Ok(self)
     }
 
-    /// A new encoder at this codec and level.
+    /// A new encoder at this codec and level. `snappy` and `none` have none (they name
+    /// Parquet page codecs): an `Unsupported` error.
     pub fn encoder(self) -> io::Result<Encoder> {
         let inner = match self.codec {
+            Codec::Snappy | Codec::None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "{} is a Parquet page codec, not a stream codec",
+                        self.codec.name()
+                    ),
+                ));
+            }
             Codec::Gzip => Inner::Gzip(GzEncoder::new(
                 Vec::new(),
                 flate2::Compression::new(self.level.unsigned_abs()),
@@ -197,7 +223,9 @@ impl<'de> Deserialize<'de> for Compression {
             type Value = Compression;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#""gzip", "zstd" or {"codec": "gzip"|"zstd", "level": N}"#)
+                f.write_str(
+                    r#""gzip", "zstd", "snappy", "none" or {"codec": "gzip"|"zstd", "level": N}"#,
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Compression, E> {
@@ -234,8 +262,10 @@ fn parse_codec(name: &str) -> Result<Codec, String> {
     match name {
         "gzip" => Ok(Codec::Gzip),
         "zstd" => Ok(Codec::Zstd),
+        "snappy" => Ok(Codec::Snappy),
+        "none" => Ok(Codec::None),
         other => Err(format!(
-            "unknown compression {other:?}; expected \"gzip\" or \"zstd\""
+            "unknown compression {other:?}; expected \"gzip\", \"zstd\" (or, for Parquet, \"snappy\" or \"none\")"
         )),
     }
 }

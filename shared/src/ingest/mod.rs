@@ -19,6 +19,7 @@
 
 pub mod batch;
 mod pages;
+mod parquet;
 mod records;
 
 use std::io;
@@ -30,7 +31,9 @@ use tokio_util::io::StreamReader;
 
 use crate::budget::MemoryBudget;
 use crate::codec::Compression;
+use crate::columnar::{self, ParquetSummary, RecordOutput};
 use crate::error::{Error, Result};
+use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::{self, KeyVars};
 use crate::secret::SecretResolver;
@@ -40,8 +43,9 @@ use crate::source::http::guard::NetworkPolicy;
 use crate::source::http::rate::RateLimiter;
 use crate::source::http::state::{self, WatermarkTracker};
 use crate::source::http::{self, Fetcher, HttpSourceSpec};
-use crate::spec::{JobSpec, SourceSpec};
+use crate::spec::{JobSpec, RecordsQuarantine, SourceSpec};
 use crate::telemetry;
+use crate::transform::quarantine::Quarantine;
 
 pub use pages::PageObject;
 use records::{Output, PageStats, Producer};
@@ -116,6 +120,15 @@ pub struct Summary {
     /// template with `{page}` left in, and `checksum`, `e_tag`, `manifest` are per object).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<Vec<PageObject>>,
+    /// For a Parquet output: rows, row groups, the largest row group, codec and columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSummary>,
+    /// For a Parquet output: records that did not fit the schema (in the quarantine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<u64>,
+    /// The quarantine object, when a record went there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_key: Option<String>,
 }
 
 /// How a run was written.
@@ -124,6 +137,8 @@ enum Written {
     Single(Uploaded),
     /// One object per non-empty page.
     Pages(Vec<PageObject>),
+    /// One Parquet file, and its quarantine.
+    Parquet(parquet::ParquetDone),
 }
 
 /// What one job resolved before writing: the facts the byte copy and the record producer
@@ -212,6 +227,9 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         throughput_mib_s: 0.0,
         peak_rss_bytes: None,
         objects: None,
+        parquet: None,
+        quarantined: None,
+        quarantine_key: None,
     };
     let target = S3Target::new(ctx.s3.clone(), &bucket, &key);
     if !per_page && !spec.destination.overwrite && target.exists().await? {
@@ -240,26 +258,8 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     summary.peak_rss_bytes = telemetry::peak_rss_bytes();
     summary.throughput_mib_s =
         stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
-    match written {
-        Written::Single(uploaded) => {
-            let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
-                return Ok(summary);
-            };
-            summary.status = Status::Written;
-            summary.e_tag = Some(e_tag);
-            summary.bytes_out = uploaded.bytes;
-            summary.parts = uploaded.parts;
-            summary.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
-            summary.checksum = Some(uploaded.checksum.to_base64());
-        }
-        Written::Pages(objects) => {
-            if objects.is_empty() || objects.iter().any(|o| o.status == Status::Written) {
-                summary.status = Status::Written;
-            }
-            summary.bytes_out = objects.iter().map(|o| o.bytes_out).sum();
-            summary.parts = objects.iter().map(|o| o.parts).sum();
-            summary.objects = Some(objects);
-        }
+    if !summary.record(written) {
+        return Ok(summary);
     }
     finish(&prepared, &mut summary, per_page).await?;
     tracing::info!(
@@ -273,6 +273,41 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         "job finished"
     );
     Ok(summary)
+}
+
+impl Summary {
+    /// Records how the run was written; `false` when the object was already there
+    /// (no-overwrite), with nothing more to do.
+    fn record(&mut self, written: Written) -> bool {
+        let uploaded = match written {
+            Written::Single(uploaded) => uploaded,
+            Written::Parquet(done) => {
+                self.parquet = done.written.parquet;
+                self.quarantined = Some(done.quarantined);
+                self.quarantine_key = done.quarantine_key;
+                done.written.uploaded
+            }
+            Written::Pages(objects) => {
+                if objects.is_empty() || objects.iter().any(|o| o.status == Status::Written) {
+                    self.status = Status::Written;
+                }
+                self.bytes_out = objects.iter().map(|o| o.bytes_out).sum();
+                self.parts = objects.iter().map(|o| o.parts).sum();
+                self.objects = Some(objects);
+                return true;
+            }
+        };
+        let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
+            return false;
+        };
+        self.status = Status::Written;
+        self.e_tag = Some(e_tag);
+        self.bytes_out = uploaded.bytes;
+        self.parts = uploaded.parts;
+        self.checksum_algorithm = uploaded.checksum.algorithm().s3_name();
+        self.checksum = Some(uploaded.checksum.to_base64());
+        true
+    }
 }
 
 /// Resolves what the job needs before it writes: key variables, the incremental state and the
@@ -318,7 +353,10 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = inv.give_up_at(spec.tuning.deadline_margin());
-    options.compression = spec.compression;
+    options.compression = spec
+        .format
+        .unwrap_or(Format::Ndjson)
+        .stream_compression(spec.compression);
     Ok(Prepared {
         spec,
         ctx,
@@ -407,15 +445,23 @@ async fn write_records(
         tracker: p.incremental.as_ref().map(|(_, t)| t.clone()),
         auth: p.auth.clone(),
     };
-    let content_type = spec.destination.content_type.clone().or_else(|| {
-        Some(match spec.compression {
-            Some(c) => c.codec.content_type().to_owned(),
-            None => "application/x-ndjson".to_owned(),
-        })
-    });
-    let meta = ObjectMeta { content_type };
+    let format = spec.format.unwrap_or(Format::Ndjson);
+    let content_type = spec
+        .destination
+        .content_type
+        .clone()
+        .unwrap_or_else(|| format.object_content_type(spec.compression).to_owned());
+    let meta = ObjectMeta {
+        content_type: Some(content_type),
+    };
     let written = pages::Written::default();
-    let out = if spec.object_per_page() {
+    let out = if format == Format::Parquet {
+        Output::Parquet(Box::new(parquet_output(
+            p,
+            target.with_meta(meta),
+            summary,
+        )?))
+    } else if spec.object_per_page() {
         Output::PerPage(Box::new(pages::PageWriter {
             ctx: p.ctx.clone(),
             destination: spec.destination.clone(),
@@ -450,8 +496,56 @@ async fn write_records(
             }
         },
         Output::PerPage(pages) => pages.close(produced).await.map(Written::Pages),
+        Output::Parquet(out) => match produced {
+            Ok(()) => out.finish().await.map(Written::Parquet),
+            Err(e) => {
+                out.abort().await;
+                Err(e)
+            }
+        },
     };
     Ok((deadline_bytes(result, stats.bytes_in)?, stats))
+}
+
+/// The Parquet output of a records run: its schema, row group cap and quarantine.
+fn parquet_output(
+    p: &Prepared<'_>,
+    target: S3Target,
+    summary: &Summary,
+) -> Result<parquet::ParquetRecords> {
+    let spec = p.spec;
+    let writer = ObjectWriter::new(Arc::new(target), &p.options)?;
+    let options = columnar::options_for(spec.compression, &spec.tuning, &p.budget);
+    let limits = spec.quarantine.clone().unwrap_or(RecordsQuarantine {
+        key: None,
+        max_bad_rows: None,
+        max_bad_ratio: None,
+        max_raw_bytes: 4096,
+    });
+    let key = match &limits.key {
+        Some(template) => key::render(template, &p.vars)?,
+        None => format!("{}.quarantine.ndjson", summary.key),
+    };
+    let mut quarantine = Quarantine::new(
+        p.ctx.s3.clone(),
+        spec.destination.bucket.clone(),
+        key,
+        summary.source.clone(),
+        limits.max_raw_bytes,
+        p.budget,
+    );
+    quarantine = quarantine.with_deadline(p.options.deadline);
+    let schema = spec
+        .schema
+        .as_ref()
+        .ok_or_else(|| Error::spec("format: parquet needs a schema"))?;
+    parquet::ParquetRecords::new(
+        RecordOutput::ParquetPending(writer, options),
+        schema,
+        quarantine,
+        limits,
+        spec.tuning.record_cap(&p.budget),
+    )
 }
 
 /// After the output: the manifest, then the incremental state.

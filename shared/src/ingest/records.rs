@@ -1,5 +1,5 @@
 //! The record producer: fetches every page of one source, extracts its records with a bounded
-//! decoder and writes them as NDJSON batches into the output.
+//! decoder and writes them as NDJSON batches (or typed Parquet rows) into the output.
 
 use std::io;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::io::StreamReader;
 
 use super::pages::PageWriter;
+use super::parquet::ParquetRecords;
 use crate::codec::Decoding;
 use crate::codec::json_records::{
     Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
@@ -42,12 +43,14 @@ pub(super) struct PageStats {
     pub first_url: Option<String>,
 }
 
-/// Where the producer writes: one object, or one per page.
+/// Where the producer writes: one object, one per page, or one Parquet file.
 pub(super) enum Output {
     /// Every page into one object.
     Single(ObjectWriter),
     /// Each page into its own object.
     PerPage(Box<PageWriter>),
+    /// Every record, typed, into one Parquet file (bad ones into the quarantine).
+    Parquet(Box<ParquetRecords>),
 }
 
 impl Output {
@@ -55,12 +58,15 @@ impl Output {
         match self {
             Output::Single(w) => w.write(batch).await,
             Output::PerPage(p) => p.write(page, batch).await,
+            Output::Parquet(_) => Err(Error::Internal {
+                message: "NDJSON written to a Parquet output".into(),
+            }),
         }
     }
 
     async fn end_page(&mut self, page: u32, records: u64, bytes_in: u64) -> Result<()> {
         match self {
-            Output::Single(_) => Ok(()),
+            Output::Single(_) | Output::Parquet(_) => Ok(()),
             Output::PerPage(p) => p.end_page(page, records, bytes_in).await,
         }
     }
@@ -186,9 +192,13 @@ impl Producer {
             if let Some(t) = &self.tracker {
                 t.observe(&record);
             }
+            count += 1;
+            if let Output::Parquet(p) = out {
+                p.record(&record, received.load(Ordering::Relaxed)).await?;
+                continue;
+            }
             batch.extend_from_slice(&record);
             batch.put_u8(b'\n');
-            count += 1;
             if batch.len() >= BATCH {
                 out.write(page, batch.split().freeze()).await?;
                 batch.reserve(BATCH + 1024);

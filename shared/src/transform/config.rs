@@ -98,6 +98,37 @@ pub struct ColumnSpec {
     pub null_values: Vec<String>,
 }
 
+/// Checks declared columns, naming `field` (`input.schema`, `schema`): no name twice, a
+/// `format` only for dates and timestamps and one chrono accepts, not both nullable and
+/// required.
+pub fn validate_columns(field: &str, columns: &[ColumnSpec]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in columns.iter().enumerate() {
+        if !seen.insert(c.name.as_str()) {
+            return Err(Error::spec(format!(
+                "{field}[{i}]: column {:?} declared twice",
+                c.name
+            )));
+        }
+        if c.format.is_some() && !matches!(c.ty, ColType::Date | ColType::Timestamp) {
+            return Err(Error::spec(format!(
+                "{field}[{i}] ({:?}): format applies only to date and timestamp",
+                c.name
+            )));
+        }
+        c.parser()
+            .check_format()
+            .map_err(|e| Error::spec(format!("{field}[{i}] ({:?}): {e}", c.name)))?;
+        if c.nullable && c.required {
+            return Err(Error::spec(format!(
+                "{field}[{i}] ({:?}): a column cannot be both nullable and required",
+                c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn string_type() -> ColType {
     ColType::String
 }
@@ -113,10 +144,11 @@ impl ColumnSpec {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// `csv` (default) or `ndjson`.
+    /// `csv` (default), `ndjson` or `parquet` (columns typed by the schema after the steps).
     #[serde(default = "Format::csv")]
     pub format: Format,
-    /// `"gzip"`, `"zstd"` or `{"codec", "level"}`; default none.
+    /// `"gzip"`, `"zstd"` or `{"codec", "level"}`; default none. With `parquet`, the page
+    /// codec: `zstd` (default), `snappy`, `gzip` or `none`.
     #[serde(default)]
     pub compression: Option<Compression>,
     /// Bucket of the output and the quarantine. Default: the source object's bucket.
@@ -258,30 +290,10 @@ impl Pipeline {
     /// (against the schema, other names being taken for pass-through CSV columns), key
     /// templates, prefixes, limits.
     pub fn validate(&self) -> Result<()> {
-        let mut seen = std::collections::HashSet::new();
-        for (i, c) in self.input.schema.iter().enumerate() {
-            if !seen.insert(c.name.as_str()) {
-                return Err(Error::spec(format!(
-                    "input.schema[{i}]: column {:?} declared twice",
-                    c.name
-                )));
-            }
-            if c.format.is_some() && !matches!(c.ty, ColType::Date | ColType::Timestamp) {
-                return Err(Error::spec(format!(
-                    "input.schema[{i}] ({:?}): format applies only to date and timestamp",
-                    c.name
-                )));
-            }
-            c.parser()
-                .check_format()
-                .map_err(|e| Error::spec(format!("input.schema[{i}] ({:?}): {e}", c.name)))?;
-            if c.nullable && c.required {
-                return Err(Error::spec(format!(
-                    "input.schema[{i}] ({:?}): a column cannot be both nullable and required",
-                    c.name
-                )));
-            }
-        }
+        validate_columns("input.schema", &self.input.schema)?;
+        self.output
+            .format
+            .check_compression("output.compression", self.output.compression)?;
         if self.input.format == InputFormat::Ndjson && self.input.schema.is_empty() {
             return Err(Error::spec(
                 "input.schema: NDJSON input needs a schema (the columns to read)",
@@ -427,6 +439,7 @@ pub fn render_key(field: &str, template: &str, source: &SourceVars) -> Result<St
 
 const EXTENSIONS: &[&str] = &[
     ".gz", ".gzip", ".zst", ".zstd", ".csv", ".tsv", ".txt", ".ndjson", ".jsonl", ".json",
+    ".parquet",
 ];
 
 /// The file name of `key` without its directory and its data and compression extensions:

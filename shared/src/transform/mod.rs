@@ -49,16 +49,19 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::budget::MemoryBudget;
 use crate::codec::{Compression, Decoding};
+use crate::columnar::{self, ParquetSummary, RecordOutput, RecordsWritten};
 use crate::error::{Error, Result};
+use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::KeyVars;
-use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions, Uploaded};
+use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
 use crate::source::s3::{self as s3src, ObjectVersion, Opened};
 use crate::telemetry;
 
 pub use config::{InputFormat, Pipeline, SourceVars};
 use quarantine::Quarantine;
 use reader::IoErrorMap;
+pub use rows::RecordTyper;
 use rows::{RowJob, RowOut};
 
 const SOURCE_BUFFER: usize = 256 * 1024;
@@ -143,8 +146,11 @@ pub struct ObjectSummary {
     pub bytes_quarantined: u64,
     /// Output parts (1 for a single `PutObject`).
     pub parts: u32,
-    /// Output compression.
+    /// Output compression (for Parquet, the page codec).
     pub compression: Option<Compression>,
+    /// For a Parquet output: rows, row groups, the largest row group, codec and columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSummary>,
     /// The output object's ETag.
     pub e_tag: Option<String>,
     /// Wall time.
@@ -210,6 +216,7 @@ pub async fn run(
         bytes_quarantined: 0,
         parts: 0,
         compression: pipeline.output.compression,
+        parquet: None,
         e_tag: None,
         duration_ms: 0,
         rows_per_s: 0.0,
@@ -265,12 +272,13 @@ pub async fn run(
     let written = write(pipeline, ctx, &source, &w, decoded, map_io, &mut summary).await;
     summary.bytes_in = progress.bytes();
     summary.source_resumes = progress.resumes();
-    let uploaded = written.map_err(|e| match e {
+    let RecordsWritten { uploaded, parquet } = written.map_err(|e| match e {
         Error::Deadline { .. } => Error::Deadline {
             bytes_in: summary.bytes_in,
         },
         e => e,
     })?;
+    summary.parquet = parquet;
     let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
         let reason = format!(
             "s3://{out_bucket}/{} was written meanwhile (If-None-Match)",
@@ -402,10 +410,13 @@ async fn plan(
         }
     }
     let target = S3Target::new(ctx.s3.clone(), &out_bucket, &key).with_meta(ObjectMeta {
-        content_type: Some(match pipeline.output.compression {
-            Some(c) => c.codec.content_type().to_owned(),
-            None => pipeline.output.format.content_type().to_owned(),
-        }),
+        content_type: Some(
+            pipeline
+                .output
+                .format
+                .object_content_type(pipeline.output.compression)
+                .to_owned(),
+        ),
     });
     let output_exists = target.exists().await?;
     if output_exists && !pipeline.output.overwrite {
@@ -435,15 +446,24 @@ async fn write(
     decoded: Box<dyn AsyncRead + Send + Unpin>,
     map_io: IoErrorMap,
     summary: &mut ObjectSummary,
-) -> Result<Uploaded> {
+) -> Result<RecordsWritten> {
     let budget = pipeline.tuning.budget(ctx.budget)?;
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = pipeline.output.checksum;
     options.if_none_match = !w.output_exists;
     let deadline = ctx.invocation.give_up_at(pipeline.tuning.deadline_margin());
     options.deadline = deadline;
-    options.compression = pipeline.output.compression;
-    let mut output = ObjectWriter::new(Arc::new(w.target.clone()), &options)?;
+    let format = pipeline.output.format;
+    options.compression = format.stream_compression(pipeline.output.compression);
+    let writer = ObjectWriter::new(Arc::new(w.target.clone()), &options)?;
+    let mut output = match format {
+        // Its columns are the layout after the steps, known once the header is read.
+        Format::Parquet => RecordOutput::ParquetPending(
+            writer,
+            columnar::options_for(pipeline.output.compression, &pipeline.tuning, &budget),
+        ),
+        Format::Csv | Format::Ndjson => RecordOutput::Text(writer),
+    };
     let mut quarantine = Quarantine::new(
         ctx.s3.clone(),
         summary.bucket.clone(),
@@ -478,7 +498,13 @@ async fn write(
         tracing::error!(%source, error = %e, "transform failed; output and quarantine aborted");
         return Err(e);
     }
-    // The quarantine first: without it, rows would be lost.
+    // The output's last bytes (a Parquet footer) before the quarantine, then the quarantine
+    // (without it, rows would be lost), then the output is completed.
+    if let Err(e) = job::within(deadline, output.seal()).await {
+        output.abort().await;
+        quarantine.abort().await;
+        return Err(e);
+    }
     if let Err(e) = job::within(deadline, keep_quarantine(&mut quarantine, summary)).await {
         output.abort().await;
         quarantine.abort().await;

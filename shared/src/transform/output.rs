@@ -10,8 +10,8 @@ use super::steps::{self, Outcome, Program};
 use super::value::Value;
 use super::writer::{self, RowWriter};
 use super::{Counts, config, enrich};
+use crate::columnar::RecordOutput;
 use crate::error::{Error, Result};
-use crate::sink::ObjectWriter;
 
 /// Rendered output is written in chunks of about this size.
 const OUT_CHUNK: usize = 128 * 1024;
@@ -68,12 +68,12 @@ impl Enricher {
 }
 
 /// Output state shared by both input formats: steps, rendering, enrichment and the
-/// quarantine limits, writing into the output's [`ObjectWriter`].
+/// quarantine limits, writing into the output (rendered text, or Parquet rows).
 pub(super) struct RowSink<'a> {
     pub program: Program,
     pub writer: RowWriter,
     pub buf: Vec<u8>,
-    out: &'a mut ObjectWriter,
+    out: &'a mut RecordOutput,
     /// Where bad rows go.
     pub quarantine: &'a mut Quarantine,
     /// The object's row counts, kept current.
@@ -110,7 +110,7 @@ impl<'a> RowSink<'a> {
     pub fn new(
         program: Program,
         job: &RowJob<'a>,
-        out: &'a mut ObjectWriter,
+        out: &'a mut RecordOutput,
         quarantine: &'a mut Quarantine,
         counts: &'a mut Counts,
     ) -> Self {
@@ -144,6 +144,17 @@ impl<'a> RowSink<'a> {
             Vec::with_capacity(OUT_CHUNK + 4096),
         ));
         self.out.write(chunk).await
+    }
+
+    /// Whether rows go to a Parquet output.
+    pub fn is_parquet(&self) -> bool {
+        self.out.is_parquet()
+    }
+
+    /// Gives a Parquet output its columns: the layout after the steps.
+    pub fn start(&mut self) -> Result<()> {
+        let schema = crate::columnar::TableSchema::from_layout(self.program.output());
+        self.out.set_schema(&schema)
     }
 
     /// Steps and output for a typed row, or the quarantine.
@@ -190,6 +201,9 @@ impl<'a> RowSink<'a> {
     /// Renders a kept row into the output.
     pub async fn keep(&mut self, row: &[Value]) -> Result<()> {
         self.counts.records_out += 1;
+        if self.out.row(row).await? {
+            return Ok(());
+        }
         self.writer.row(row, &mut self.buf);
         if self.buf.len() >= OUT_CHUNK {
             self.send().await?;

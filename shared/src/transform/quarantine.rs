@@ -85,7 +85,12 @@ impl Quarantine {
         self.count
     }
 
-    /// The object's key.
+    /// The source the rows come from, as their records name it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The quarantine object's key.
     pub fn key(&self) -> &str {
         &self.key
     }

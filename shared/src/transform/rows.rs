@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
+use super::config::ColumnSpec;
 use super::output::RowSink;
 use super::parallel;
 use super::quarantine::Quarantine;
@@ -21,8 +22,8 @@ use super::value::{ColType, Parser, Value, cap_string};
 use super::{Counts, InputFormat, Pipeline};
 use crate::codec::json_records::RecordsError;
 use crate::codec::ndjson::NdjsonDecoder;
+use crate::columnar::RecordOutput;
 use crate::error::{Error, Result};
-use crate::sink::ObjectWriter;
 
 /// Bytes read from the decoded input at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -127,10 +128,16 @@ fn compact_json(json: &str) -> String {
 /// keeps its last value, as a parsed map would.
 struct Wanted<'p> {
     plans: &'p [ColPlan],
+    /// Report the first key the schema does not name (an inferred schema, where such a key
+    /// would otherwise be lost).
+    strict: bool,
 }
 
+/// The fields an object holds for each plan, and the first key no plan names (when strict).
+type Found<'de> = (Vec<Option<&'de RawValue>>, Option<String>);
+
 impl<'de, 'p> DeserializeSeed<'de> for Wanted<'p> {
-    type Value = Vec<Option<&'de RawValue>>;
+    type Value = Found<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -138,7 +145,7 @@ impl<'de, 'p> DeserializeSeed<'de> for Wanted<'p> {
 }
 
 impl<'de, 'p> Visitor<'de> for Wanted<'p> {
-    type Value = Vec<Option<&'de RawValue>>;
+    type Value = Found<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -149,15 +156,23 @@ impl<'de, 'p> Visitor<'de> for Wanted<'p> {
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let mut found = vec![None; self.plans.len()];
+        let mut unknown = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match self.plans.iter().position(|p| p.name == *key.0) {
                 Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?),
+                None if self.strict && unknown.is_none() => {
+                    // A key whose value is null carries nothing a column would lose.
+                    let value = map.next_value::<&'de RawValue>()?;
+                    if value.get() != "null" {
+                        unknown = Some(key.0.into_owned());
+                    }
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(found)
+        Ok((found, unknown))
     }
 }
 
@@ -183,19 +198,78 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Types JSON records (objects) against declared columns, as the transform types NDJSON
+/// input: `ingest-http` uses it for Parquet output. Keys the columns do not name are skipped
+/// without being built, or, [`strict`](Self::strict), make the record bad.
+#[derive(Debug)]
+pub struct RecordTyper {
+    plans: Vec<ColPlan>,
+    strict: bool,
+}
+
+impl std::fmt::Debug for ColPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColPlan")
+            .field("name", &self.name)
+            .field("type", &self.parser.ty())
+            .finish()
+    }
+}
+
+impl RecordTyper {
+    /// A typer of `columns` (each read whether or not a step uses it).
+    pub fn new(columns: &[ColumnSpec]) -> Self {
+        RecordTyper {
+            plans: columns.iter().map(|c| ColPlan::of(c, &c.name)).collect(),
+            strict: false,
+        }
+    }
+
+    /// Makes a key that no column names an error: the record is bad rather than partly
+    /// lost.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// Types one record into `row` (cleared first): one value per column, in order.
+    pub fn type_record(
+        &self,
+        json: &[u8],
+        row: &mut Vec<Value>,
+    ) -> std::result::Result<(), steps::RowError> {
+        row.clear();
+        type_object(&self.plans, self.strict, json, row)
+    }
+
+    /// Names and types of the columns.
+    pub fn layout(&self) -> Layout {
+        self.plans
+            .iter()
+            .map(|p| (p.name.clone(), p.parser.ty()))
+            .collect()
+    }
+}
+
+impl ColPlan {
+    fn of(c: &ColumnSpec, name: &str) -> Self {
+        ColPlan {
+            name: name.to_owned(),
+            parser: c.parser(),
+            nullable: c.nullable,
+            required: c.required,
+            null_values: c.null_values.clone(),
+            read: true,
+        }
+    }
+}
+
 fn plans(pipeline: &Pipeline, names: &[String]) -> Vec<ColPlan> {
     names
         .iter()
         .map(
             |name| match pipeline.input.schema.iter().find(|c| &c.name == name) {
-                Some(c) => ColPlan {
-                    name: name.clone(),
-                    parser: c.parser(),
-                    nullable: c.nullable,
-                    required: c.required,
-                    null_values: c.null_values.clone(),
-                    read: true,
-                },
+                Some(c) => ColPlan::of(c, name),
                 None => ColPlan {
                     name: name.clone(),
                     parser: Parser::new(ColType::String, None),
@@ -225,7 +299,7 @@ pub(super) struct RowJob<'a> {
 
 /// Where one object's rows go.
 pub(super) struct RowOut<'a> {
-    pub output: &'a mut ObjectWriter,
+    pub output: &'a mut RecordOutput,
     pub quarantine: &'a mut Quarantine,
     pub counts: &'a mut Counts,
     /// Decoded source bytes read.
@@ -323,9 +397,13 @@ impl RowJob<'_> {
                 p.read |= *needed;
             }
             let mut sink = RowSink::new(program, self, output, quarantine, counts);
+            sink.start()?;
+            sink.start()?;
             sink.writer.header(&mut sink.buf);
             let workers = pipeline.workers.unwrap_or(1);
-            if workers > 1 && sink.program.enrich().is_none() {
+            // Parquet rows are built into column builders on this task: the workers render
+            // text.
+            if workers > 1 && sink.program.enrich().is_none() && !sink.is_parquet() {
                 let shared = Arc::new(parallel::Shared {
                     plans,
                     program: sink.program.clone(),
@@ -378,6 +456,7 @@ impl RowJob<'_> {
             decoded: decoded_bytes,
         } = out;
         let mut sink = RowSink::new(program, self, output, quarantine, counts);
+        sink.start()?;
         sink.writer.header(&mut sink.buf);
         // A line that is not a JSON object is a bad row (quarantined), so the framer does not
         // check the JSON itself.
@@ -467,15 +546,32 @@ fn type_json(
     raw: &[u8],
     row: &mut Vec<Value>,
 ) -> std::result::Result<(), steps::RowError> {
+    type_object(plans, false, raw, row)
+}
+
+fn type_object(
+    plans: &[ColPlan],
+    strict: bool,
+    raw: &[u8],
+    row: &mut Vec<Value>,
+) -> std::result::Result<(), steps::RowError> {
     let not_object = |e: serde_json::Error| steps::RowError {
         column: None,
         reason: format!("not a JSON object: {e}"),
     };
     let mut de = serde_json::Deserializer::from_slice(raw);
-    let fields = Wanted { plans }
+    let (fields, unknown) = Wanted { plans, strict }
         .deserialize(&mut de)
         .and_then(|f| de.end().map(|()| f))
         .map_err(not_object)?;
+    if let Some(key) = unknown {
+        let mut key = key;
+        cap_string(&mut key, 64);
+        return Err(steps::RowError {
+            column: Some(key),
+            reason: "the key is not in the inferred schema (its value would be lost)".into(),
+        });
+    }
     for (plan, field) in plans.iter().zip(fields) {
         let v = plan.json(field).map_err(|reason| steps::RowError {
             column: Some(plan.name.clone()),

@@ -55,7 +55,9 @@ impl RowWriter {
                 }
                 out.push(b'\n');
             }
-            Format::Ndjson => {
+            // Parquet rows go to the column builders (`RecordOutput::row`), never here; were
+            // one to arrive, it would render as NDJSON rather than vanish.
+            Format::Ndjson | Format::Parquet => {
                 out.push(b'{');
                 for (i, (name, v)) in self.names.iter().zip(row).enumerate() {
                     if i > 0 {

@@ -158,6 +158,8 @@ pub async fn compress(args: &[String]) -> anyhow::Result<()> {
     let mut decoder: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match compression.codec {
         Codec::Gzip => Box::new(GzipDecoder::new(&output[..])),
         Codec::Zstd => Box::new(ZstdDecoder::new(&output[..])),
+        // `encoder()` above refuses the Parquet page codecs.
+        Codec::Snappy | Codec::None => bail!("{mode}: not a stream codec"),
     };
     let mut chunk = vec![0u8; 1 << 20];
     let mut at = 0usize;

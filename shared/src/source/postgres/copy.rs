@@ -1,5 +1,5 @@
 //! The export: the query planned into `COPY (query) TO STDOUT`, run in a read-only
-//! transaction, and streamed as CSV or NDJSON chunks.
+//! transaction, and streamed as CSV or NDJSON chunks, or as binary tuples for Parquet.
 
 use std::fmt;
 use std::future::Future;
@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
 use tokio_postgres::types::ToSql;
 
+use super::binary::{ResultColumn, TupleDecoder, tuple_length};
 use super::error::{pg_error, sqlstate_kind};
 use super::params::{TextParam, find_placeholders, quote_ident};
 use super::session::{CancelOnDrop, Canceller, ConnectionTask, Session};
@@ -38,14 +39,20 @@ pub enum CopyFormat {
     /// binary COPY (`COPY (SELECT row_to_json(r.*) FROM (query) r) TO STDOUT (FORMAT
     /// binary)`), so no text-COPY escaping touches it.
     Ndjson,
+    /// The query's own columns in binary COPY (`COPY (query) TO STDOUT (FORMAT binary)`), for
+    /// Parquet: the stream yields whole tuples (`int16 fields`, then per field `int32
+    /// length`, `-1` for NULL, and the value's bytes), without the file header and trailer;
+    /// [`ExportStream::tuple_decoder`] decodes them.
+    Binary,
 }
 
 impl CopyFormat {
-    /// `csv` or `ndjson`.
+    /// `csv`, `ndjson` or `binary`.
     pub fn name(self) -> &'static str {
         match self {
             CopyFormat::Csv => "csv",
             CopyFormat::Ndjson => "ndjson",
+            CopyFormat::Binary => "binary",
         }
     }
 }
@@ -57,10 +64,10 @@ pub struct ExportSettings {
     pub statement_timeout: Option<Duration>,
     /// `TimeZone`. Default `UTC`.
     pub timezone: String,
-    /// The largest row accepted, in bytes (one COPY message: the CSV line, or the row's JSON):
-    /// a larger one ends the export with [`Error::Records`] naming the row. Default the
-    /// record cap of the function's memory budget ([`MemoryBudget::record_cap`]: 16 MiB at
-    /// 256 MB); the export job passes `tuning.max_record_mib` when set.
+    /// The largest row accepted, in bytes (one COPY message: the CSV line, the row's JSON, or
+    /// the binary tuple): a larger one ends the export with [`Error::Records`] naming the row.
+    /// Default the record cap of the function's memory budget ([`MemoryBudget::record_cap`]:
+    /// 16 MiB at 256 MB); the export job passes `tuning.max_record_mib` when set.
     pub max_row_bytes: usize,
 }
 
@@ -88,21 +95,35 @@ impl Progress {
         self.rows.load(Ordering::Relaxed)
     }
 
-    /// Bytes rendered (CSV or NDJSON, before compression).
+    /// Bytes rendered (CSV or NDJSON, before compression); for binary tuples, the bytes of
+    /// COPY data received.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 }
 
+/// The SQL of an export.
+struct Plan {
+    /// The `COPY` statement.
+    copy: String,
+    /// The query inside it (placeholders rewritten), which a binary export prepares for its
+    /// result columns.
+    body: String,
+    /// The settings to bind before it runs.
+    bound: Vec<(String, Option<String>)>,
+    /// The byte offset of the query inside the statement (`None` when placeholders were
+    /// rewritten, so positions in it are not the user's).
+    offset: Option<usize>,
+}
+
 /// Prepares the SQL of an export: the query trimmed, parameters turned into bound settings,
-/// wrapped in `COPY`. Returns the COPY statement, the settings to bind, and the byte offset of
-/// the query inside the statement (`None` when placeholders were rewritten).
+/// wrapped in `COPY`.
 async fn plan(
     session: &Session,
     query: &str,
     params: &[serde_json::Value],
     format: CopyFormat,
-) -> Result<(String, Vec<(String, Option<String>)>, Option<usize>)> {
+) -> Result<Plan> {
     let query = query
         .trim()
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
@@ -185,14 +206,34 @@ async fn plan(
             "COPY (SELECT pg_catalog.row_to_json(sluice_row.*) FROM (\n",
             "\n) AS sluice_row) TO STDOUT (FORMAT binary)",
         ),
+        CopyFormat::Binary => ("COPY (\n", "\n) TO STDOUT (FORMAT binary)"),
     };
     let offset = exact.then(|| prefix.chars().count());
-    Ok((format!("{prefix}{body}{suffix}"), bound, offset))
+    Ok(Plan {
+        copy: format!("{prefix}{body}{suffix}"),
+        body,
+        bound,
+        offset,
+    })
+}
+
+/// The result columns of the query a binary export runs, mapped to its Parquet schema:
+/// the query is prepared (not run) in the export's transaction, so an unsupported type is
+/// refused before COPY starts.
+async fn describe(session: &Session, plan: &Plan) -> Result<TupleDecoder> {
+    let statement = session
+        .client
+        .prepare(&plan.body)
+        .await
+        .map_err(|e| pg_error(&session.database, "query", &e, plan.offset.map(|_| 0)))?;
+    let columns: Vec<ResultColumn> = statement.columns().iter().map(ResultColumn::from).collect();
+    TupleDecoder::new(&session.database, &columns)
 }
 
 /// Starts an export on `session`: a read-only transaction with `settings`, then `COPY`.
-/// Errors before the first byte (a bad query, a missing table, a bad parameter) are returned
-/// here, before anything is uploaded. `format` is a [`CopyFormat`] or anything that converts
+/// Errors before the first byte (a bad query, a missing table, a bad parameter, for
+/// [`CopyFormat::Binary`] a column type Parquet output does not support) are returned here,
+/// before anything is uploaded. `format` is a [`CopyFormat`] or anything that converts
 /// into one (`crate::Format` does).
 pub async fn export(
     session: Session,
@@ -212,7 +253,7 @@ pub async fn export(
         .await
         .map_err(|e| pg_error(&database, "begin", &e, None))?;
 
-    let (copy_sql, bound, offset) = plan(&session, query, params, format).await?;
+    let plan = plan(&session, query, params, format).await?;
 
     let timeout = settings
         .statement_timeout
@@ -227,7 +268,7 @@ pub async fn export(
     if settings.statement_timeout.is_some() {
         values.push(("statement_timeout".into(), Some(timeout)));
     }
-    values.extend(bound);
+    values.extend(plan.bound.iter().cloned());
     let sql = format!(
         "SELECT {}",
         (0..values.len())
@@ -249,16 +290,22 @@ pub async fn export(
         .await
         .map_err(|e| pg_error(&database, "settings", &e, None))?;
 
+    let decoder = match format {
+        CopyFormat::Binary => Some(describe(&session, &plan).await?),
+        CopyFormat::Csv | CopyFormat::Ndjson => None,
+    };
     let copy = client
-        .copy_out(&copy_sql)
+        .copy_out(&plan.copy)
         .await
-        .map_err(|e| pg_error(&database, "query", &e, offset))?;
+        .map_err(|e| pg_error(&database, "query", &e, plan.offset))?;
     tracing::info!(%database, format = format.name(), "postgres COPY started");
 
     let progress = Arc::new(Progress::default());
     Ok(ExportStream {
         copy: Box::pin(copy),
         format,
+        fields: decoder.as_ref().map_or(1, TupleDecoder::fields),
+        decoder,
         buf: BytesMut::with_capacity(CHUNK),
         state: State::Streaming,
         header_seen: false,
@@ -280,7 +327,8 @@ enum State {
     Done,
 }
 
-/// The rendered rows of an export, as CSV or NDJSON chunks of about 64 KiB.
+/// The rows of an export, as CSV or NDJSON chunks of about 64 KiB, or for
+/// [`CopyFormat::Binary`] chunks of whole binary tuples.
 ///
 /// The stream ends (`None`) only after the server's `CopyDone` and a successful `COMMIT`; every
 /// failure before that is an `Err` with the
@@ -288,6 +336,9 @@ enum State {
 pub struct ExportStream {
     copy: Pin<Box<tokio_postgres::CopyOutStream>>,
     format: CopyFormat,
+    /// Fields per binary tuple: 1 (the JSON) for NDJSON, the result's columns for binary.
+    fields: usize,
+    decoder: Option<TupleDecoder>,
     buf: BytesMut,
     state: State,
     header_seen: bool,
@@ -316,6 +367,12 @@ impl ExportStream {
     /// Rows and bytes so far; shared, so it can be read after the stream is consumed.
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// For [`CopyFormat::Binary`], the decoder of the tuples this stream yields (its schema is
+    /// the query's result columns); `None` for CSV and NDJSON.
+    pub fn tuple_decoder(&self) -> Option<&TupleDecoder> {
+        self.decoder.as_ref()
     }
 
     /// Cancels the statement on the server if the export gives up (await it before
@@ -372,6 +429,7 @@ impl ExportStream {
     /// sends one message per row (binary COPY puts its file header in the first), so its
     /// length is the row's.
     fn absorb(&mut self, msg: Bytes) -> Result<()> {
+        let received = msg.len() as u64;
         if msg.len()
             > self
                 .max_row_bytes
@@ -389,7 +447,7 @@ impl ExportStream {
                     self.header_seen = true;
                 }
             }
-            CopyFormat::Ndjson => {
+            CopyFormat::Ndjson | CopyFormat::Binary => {
                 let rows = self.absorb_binary(msg).map_err(|what| {
                     self.failure(
                         self.stage(),
@@ -400,19 +458,22 @@ impl ExportStream {
                 self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             }
         }
-        self.progress
-            .bytes
+        let bytes = match self.format {
+            CopyFormat::Binary => received,
             // `absorb` only appends, so the buffer is at least as long as before.
-            .fetch_add(
-                self.buf.len().saturating_sub(before) as u64,
-                Ordering::Relaxed,
-            );
+            CopyFormat::Csv | CopyFormat::Ndjson => self.buf.len().saturating_sub(before) as u64,
+        };
+        self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Binary COPY of one `json` column: `int16 fields, int32 length, bytes` per row, after a
-    /// file header; `int16 -1` ends the data. Each row becomes one line; a raw CR or LF (only
-    /// possible as insignificant whitespace inside a `json` value) becomes a space.
+    /// Binary COPY: `int16 fields`, then `int32 length, bytes` per field, per row, after a
+    /// file header; `int16 -1` ends the data. Every tuple must have `self.fields` fields
+    /// whose lengths stay inside the message.
+    ///
+    /// NDJSON (one `json` field): each row becomes one line; a raw CR or LF (only possible as
+    /// insignificant whitespace inside a `json` value) becomes a space. Binary: each tuple is
+    /// copied as it is.
     fn absorb_binary(&mut self, mut msg: Bytes) -> std::result::Result<u64, &'static str> {
         if !self.header_seen {
             if msg.len() < BINARY_SIGNATURE.len() + 8 || !msg.starts_with(BINARY_SIGNATURE) {
@@ -432,35 +493,31 @@ impl ExportStream {
             if self.trailer_seen {
                 return Err("data after the trailer");
             }
-            if msg.len() < 2 {
-                return Err("truncated tuple");
-            }
-            match msg.get_i16() {
-                -1 => self.trailer_seen = true,
-                1 => {
-                    if msg.len() < 4 {
-                        return Err("truncated field length");
-                    }
-                    let Ok(len) = usize::try_from(msg.get_i32()) else {
-                        return Err("bad field length");
-                    };
-                    if msg.len() < len {
-                        return Err("bad field length");
-                    }
-                    let json = msg.split_to(len);
-                    if memchr::memchr2(b'\n', b'\r', &json).is_some() {
-                        self.buf.extend(
-                            json.iter()
-                                .map(|&c| if c == b'\n' || c == b'\r' { b' ' } else { c }),
-                        );
-                    } else {
-                        self.buf.extend_from_slice(&json);
-                    }
-                    self.buf.extend_from_slice(b"\n");
-                    rows += 1;
+            let Some(len) = tuple_length(&msg, self.fields)? else {
+                msg.advance(2);
+                self.trailer_seen = true;
+                continue;
+            };
+            let tuple = msg.split_to(len);
+            if self.format == CopyFormat::Binary {
+                self.buf.extend_from_slice(&tuple);
+            } else {
+                // One field: `int16 1`, `int32 length` (-1 for NULL), then the JSON.
+                let json = match tuple.get(2..6) {
+                    Some(len) if len != [0xff; 4] => &tuple[6..],
+                    _ => return Err("a NULL row"),
+                };
+                if memchr::memchr2(b'\n', b'\r', json).is_some() {
+                    self.buf.extend(
+                        json.iter()
+                            .map(|&c| if c == b'\n' || c == b'\r' { b' ' } else { c }),
+                    );
+                } else {
+                    self.buf.extend_from_slice(json);
                 }
-                _ => return Err("unexpected field count"),
+                self.buf.extend_from_slice(b"\n");
             }
+            rows += 1;
         }
         Ok(rows)
     }
@@ -510,7 +567,7 @@ impl Stream for ExportStream {
                         return Poll::Ready(Some(Err(err)));
                     }
                     Poll::Ready(None) => {
-                        if this.format == CopyFormat::Ndjson && !this.trailer_seen {
+                        if this.format != CopyFormat::Csv && !this.trailer_seen {
                             this.state = State::Done;
                             let e = this.failure(
                                 this.stage(),

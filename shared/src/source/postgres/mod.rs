@@ -14,6 +14,10 @@
 //!   binary)`: JSON rendered by the server, framed in binary COPY so no text-COPY escaping
 //!   touches it. tokio-postgres stops reading the socket while the consumer is busy, so the
 //!   server waits on TCP backpressure: memory is a few socket buffers whatever the row count.
+//!   Parquet is `COPY (query) TO STDOUT (FORMAT binary)` of the query's own columns: their
+//!   types (from preparing the query in the same transaction) give the Parquet schema before
+//!   COPY starts, and each binary tuple is decoded into the column builders
+//!   ([`TupleDecoder`], which documents the type mapping).
 //! - **Parameters**: `COPY` takes no bind parameters. The query is prepared once so the server
 //!   infers each `$n`'s type; the values are then *bound* into transaction-local settings
 //!   (`set_config('sluice.pN', $1, true)`), and each `$n` token is replaced by
@@ -25,6 +29,7 @@
 //!   mid-stream, a dropped connection, a query error) surfaces as a read error carrying the
 //!   SQLSTATE, which makes the sink abort the upload.
 
+mod binary;
 mod copy;
 mod error;
 mod params;
@@ -33,6 +38,7 @@ mod settings;
 mod spec;
 mod tls;
 
+pub use binary::{ResultColumn, TupleDecoder};
 pub use copy::{CopyFormat, ExportSettings, ExportStream, Progress, export};
 pub use error::sqlstate_kind;
 pub use params::{Placeholder, find_placeholders};

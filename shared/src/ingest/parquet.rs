@@ -1,0 +1,388 @@
+//! Records written as Parquet: each record typed against the job's schema (declared, or
+//! inferred from the first records), the ones that do not fit kept in a quarantine object.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{Deserializer, MapAccess, Visitor};
+
+use crate::columnar::{RecordOutput, RecordsWritten, TableSchema};
+use crate::error::{Error, Result};
+use crate::spec::{INFER_RECORDS, RecordSchema, RecordsQuarantine};
+use crate::transform::RecordTyper;
+use crate::transform::config::ColumnSpec;
+use crate::transform::quarantine::Quarantine;
+use crate::transform::reader::Position;
+use crate::transform::steps::RowError;
+use crate::transform::value::{ColType, Value};
+
+/// The Parquet output of a records run, with its quarantine.
+pub(super) struct ParquetRecords {
+    out: RecordOutput,
+    /// `None` while the first records are sampled for `"schema": "infer"`.
+    typer: Option<RecordTyper>,
+    sample: Vec<(Bytes, Position)>,
+    sample_bytes: usize,
+    sample_cap: usize,
+    quarantine: Quarantine,
+    limits: RecordsQuarantine,
+    row: Vec<Value>,
+    records: u64,
+    first_bad: Option<String>,
+}
+
+/// What a finished Parquet records run wrote.
+pub(super) struct ParquetDone {
+    pub written: RecordsWritten,
+    /// Records quarantined, and the quarantine object when there was one.
+    pub quarantined: u64,
+    pub quarantine_key: Option<String>,
+}
+
+impl ParquetRecords {
+    /// `out` is a [`RecordOutput::ParquetPending`]; with a declared schema it starts at once.
+    pub fn new(
+        mut out: RecordOutput,
+        schema: &RecordSchema,
+        quarantine: Quarantine,
+        limits: RecordsQuarantine,
+        sample_cap: usize,
+    ) -> Result<Self> {
+        let typer = match schema {
+            RecordSchema::Declared(columns) => {
+                let typer = RecordTyper::new(columns);
+                out.set_schema(&TableSchema::from_layout(&typer.layout()))?;
+                Some(typer)
+            }
+            RecordSchema::Infer => None,
+        };
+        Ok(ParquetRecords {
+            out,
+            typer,
+            sample: Vec::new(),
+            sample_bytes: 0,
+            sample_cap,
+            quarantine,
+            limits,
+            row: Vec::new(),
+            records: 0,
+            first_bad: None,
+        })
+    }
+
+    /// Takes one record (`offset`: bytes of its page received when it was read).
+    pub async fn record(&mut self, record: &[u8], offset: u64) -> Result<()> {
+        self.records += 1;
+        let pos = Position {
+            line: self.records,
+            offset,
+            record: self.records,
+        };
+        if self.typer.is_some() {
+            return self.write(record, pos).await;
+        }
+        // A copy: a record sliced from the reader's buffer would pin the whole buffer.
+        self.sample_bytes += record.len();
+        self.sample.push((Bytes::copy_from_slice(record), pos));
+        if self.sample.len() >= INFER_RECORDS || self.sample_bytes >= self.sample_cap {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, record: &[u8], pos: Position) -> Result<()> {
+        let Some(typer) = &self.typer else {
+            return Err(Error::Internal {
+                message: "a record was typed before the schema was known".into(),
+            });
+        };
+        match typer.type_record(record, &mut self.row) {
+            Ok(()) => {
+                self.out.row(&self.row).await?;
+                Ok(())
+            }
+            Err(e) => self.bad(pos, e, record).await,
+        }
+    }
+
+    /// Infers the schema from the sample, starts the output and writes the sample.
+    async fn settle(&mut self) -> Result<()> {
+        let columns = infer(self.sample.iter().map(|(r, _)| r.as_ref()));
+        tracing::info!(
+            records = self.sample.len(),
+            bytes = self.sample_bytes,
+            columns = ?columns.iter().map(|c| (c.name.as_str(), c.ty.name())).collect::<Vec<_>>(),
+            "schema inferred"
+        );
+        let typer = RecordTyper::new(&columns).strict();
+        self.out
+            .set_schema(&TableSchema::from_layout(&typer.layout()))?;
+        self.typer = Some(typer);
+        for (record, pos) in std::mem::take(&mut self.sample) {
+            self.write(&record, pos).await?;
+        }
+        self.sample_bytes = 0;
+        Ok(())
+    }
+
+    async fn bad(&mut self, pos: Position, e: RowError, raw: &[u8]) -> Result<()> {
+        self.quarantine
+            .add(pos, e.column.as_deref(), &e.reason, raw)
+            .await?;
+        let described = describe(pos, &e);
+        let first = self.first_bad.get_or_insert(described.clone()).clone();
+        if let Some(max) = self.limits.max_bad_rows
+            && self.quarantine.count() > max
+        {
+            return Err(Error::Records {
+                url: self.quarantine_source(),
+                class: "too many bad records",
+                offset: pos.offset,
+                record: Some(pos.record),
+                message: format!(
+                    "{} records quarantined, more than quarantine.max_bad_rows {max}; the first: {first}; the last: {described} (nothing is written for a failed run)",
+                    self.quarantine.count()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn quarantine_source(&self) -> String {
+        self.quarantine.source().to_owned()
+    }
+
+    /// After the last record: the schema (if still sampling), the bad-record ratio, then the
+    /// quarantine and the output, completed in that order. On error both are aborted.
+    pub async fn finish(mut self) -> Result<ParquetDone> {
+        if let Err(e) = self.end().await {
+            self.abort().await;
+            return Err(e);
+        }
+        // The file's last bytes before the quarantine lands: a failure here leaves neither.
+        if let Err(e) = self.out.seal().await {
+            self.abort().await;
+            return Err(e);
+        }
+        let quarantined = self.quarantine.count();
+        let quarantine_key = match self.quarantine.finish().await {
+            Ok(q) => q.map(|_| self.quarantine.key().to_owned()),
+            Err(e) => {
+                self.out.abort().await;
+                return Err(e);
+            }
+        };
+        Ok(ParquetDone {
+            written: self.out.finish().await?,
+            quarantined,
+            quarantine_key,
+        })
+    }
+
+    async fn end(&mut self) -> Result<()> {
+        if self.typer.is_none() {
+            self.settle().await?;
+        }
+        if let Some(max) = self.limits.max_bad_ratio
+            && self.records > 0
+        {
+            let ratio = self.quarantine.count() as f64 / self.records as f64;
+            if ratio > max {
+                return Err(Error::Records {
+                    url: self.quarantine_source(),
+                    class: "too many bad records",
+                    offset: 0,
+                    record: None,
+                    message: format!(
+                        "{} of {} records quarantined ({ratio:.4}), more than quarantine.max_bad_ratio {max}; the first: {} (nothing is written for a failed run)",
+                        self.quarantine.count(),
+                        self.records,
+                        self.first_bad.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Aborts the output and the quarantine.
+    pub async fn abort(mut self) {
+        self.quarantine.abort().await;
+        self.out.abort().await;
+    }
+}
+
+fn describe(pos: Position, e: &RowError) -> String {
+    match &e.column {
+        Some(c) => format!("record {}, column {c:?}: {}", pos.record, e.reason),
+        None => format!("record {}: {}", pos.record, e.reason),
+    }
+}
+
+/// What the sampled values of one key were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Null,
+    Bool,
+    Int,
+    Float,
+    Date,
+    Timestamp,
+    Text,
+}
+
+impl Seen {
+    fn of(v: &serde_json::Value) -> Seen {
+        use serde_json::Value as J;
+        match v {
+            J::Null => Seen::Null,
+            J::Bool(_) => Seen::Bool,
+            J::Number(n) if n.is_i64() => Seen::Int,
+            // A u64 past i64 would not fit an int column, and a float would round it.
+            J::Number(n) if n.is_u64() => Seen::Text,
+            J::Number(_) => Seen::Float,
+            J::String(s) => {
+                if s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+                    Seen::Date
+                } else if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+                    Seen::Timestamp
+                } else {
+                    Seen::Text
+                }
+            }
+            // Objects and arrays: compact JSON text in a string column.
+            J::Array(_) | J::Object(_) => Seen::Text,
+        }
+    }
+
+    fn merge(self, other: Seen) -> Seen {
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Seen::Null, b) => b,
+            (a, Seen::Null) => a,
+            (Seen::Int, Seen::Float) | (Seen::Float, Seen::Int) => Seen::Float,
+            _ => Seen::Text,
+        }
+    }
+
+    fn col_type(self) -> ColType {
+        match self {
+            Seen::Bool => ColType::Bool,
+            Seen::Int => ColType::Int,
+            Seen::Float => ColType::Float,
+            Seen::Date => ColType::Date,
+            Seen::Timestamp => ColType::Timestamp,
+            Seen::Null | Seen::Text => ColType::String,
+        }
+    }
+}
+
+/// Columns from sampled records: every top-level key in the order first seen, typed by what
+/// all its sampled values fit (ints and floats make a float; anything mixed, nested or only
+/// null is a string), all nullable. Records that are not objects are left to the typer.
+pub(super) fn infer<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<ColumnSpec> {
+    let mut columns: Vec<(String, Seen)> = Vec::new();
+    for record in records {
+        let mut de = serde_json::Deserializer::from_slice(record);
+        let Ok(fields) = de.deserialize_map(Fields) else {
+            continue;
+        };
+        for (key, seen) in fields {
+            match columns.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, s)) => *s = s.merge(seen),
+                None => columns.push((key, seen)),
+            }
+        }
+    }
+    columns
+        .into_iter()
+        .map(|(name, seen)| ColumnSpec {
+            name,
+            ty: seen.col_type(),
+            format: None,
+            nullable: true,
+            required: false,
+            null_values: Vec::new(),
+        })
+        .collect()
+}
+
+/// A record's top-level keys in order, with what each value is.
+struct Fields;
+
+impl<'de> Visitor<'de> for Fields {
+    type Value = Vec<(String, Seen)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+            let seen = Seen::of(&value);
+            match out
+                .iter_mut()
+                .find(|(k, _): &&mut (String, Seen)| *k == key)
+            {
+                Some((_, s)) => *s = seen,
+                None => out.push((key, seen)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(records: &[&str]) -> Vec<(String, &'static str)> {
+        infer(records.iter().map(|r| r.as_bytes()))
+            .into_iter()
+            .map(|c| (c.name, c.ty.name()))
+            .collect()
+    }
+
+    #[test]
+    fn types_are_inferred_in_key_order_and_widened() {
+        let got = types(&[
+            r#"{"id": 1, "price": 2, "ok": true, "day": "2026-01-02", "at": "2026-01-02T03:04:05Z", "tags": [1], "note": null}"#,
+            r#"{"id": 2, "price": 2.5, "ok": false, "day": "2026-01-03", "at": "2026-01-02T03:04:05+01:00", "tags": {"a": 1}, "extra": "x"}"#,
+            "[1, 2]",
+            "not json",
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("id".into(), "int"),
+                ("price".into(), "float"),
+                ("ok".into(), "bool"),
+                ("day".into(), "date"),
+                ("at".into(), "timestamp"),
+                ("tags".into(), "string"),
+                ("note".into(), "string"),
+                ("extra".into(), "string"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mixed_values_and_huge_integers_become_strings() {
+        let got = types(&[
+            r#"{"a": 1, "b": "2026-01-01", "c": 18446744073709551615}"#,
+            r#"{"a": "x", "b": "2026-01-01T00:00:00Z"}"#,
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), "string"),
+                ("b".into(), "string"),
+                ("c".into(), "string")
+            ]
+        );
+    }
+}
