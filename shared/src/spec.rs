@@ -363,4 +363,96 @@ mod tests {
         let e = JobSpec::from_json(v).unwrap_err().to_string();
         assert!(e.contains("part_size_mib 1"), "{e}");
     }
+
+    #[test]
+    fn parquet_needs_records_and_a_schema_and_names_what_is_wrong() {
+        let base = json!({"source": {"http": {"url": "http://h/"}}, "records": "$.data[*]",
+                          "format": "parquet",
+                          "destination": {"bucket": "lake", "key": "k.parquet"}});
+        let e = JobSpec::from_json(base.clone()).unwrap_err().to_string();
+        assert!(e.contains("format: parquet needs a schema"), "{e}");
+        let mut v = base.clone();
+        v["schema"] = json!("infer");
+        v["compression"] = json!("snappy");
+        JobSpec::from_json(v).unwrap();
+        let mut v = base.clone();
+        v["schema"] = json!([{"name": "a", "type": "integer"}]);
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("schema[0].type") && e.contains("integer"), "{e}");
+        let mut v = base.clone();
+        v["schema"] = json!("guess");
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("expected \"infer\" or a list of columns"), "{e}");
+        let mut v = base.clone();
+        v["schema"] = json!([{"name": "a"}, {"name": "a"}]);
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("schema[1]: column \"a\" declared twice"), "{e}");
+        let mut v = base.clone();
+        v["schema"] = json!("infer");
+        v["destination"]["key"] = json!("p-{page}.parquet");
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("{page} is not available with format parquet"),
+            "{e}"
+        );
+        let mut v = base.clone();
+        v["schema"] = json!("infer");
+        v["quarantine"] = json!({"max_bad_ratio": 2.0});
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("quarantine.max_bad_ratio 2 must be 0..=1"),
+            "{e}"
+        );
+        let mut v = base.clone();
+        v.as_object_mut().unwrap().remove("records");
+        v["schema"] = json!("infer");
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("format: parquet needs records"), "{e}");
+    }
+
+    #[test]
+    fn parquet_options_are_refused_for_ndjson() {
+        let base = json!({"source": {"http": {"url": "http://h/"}}, "records": "$.data[*]",
+                          "destination": {"bucket": "lake", "key": "k"}});
+        let mut v = base.clone();
+        v["compression"] = json!("snappy");
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("snappy is a Parquet page codec"), "{e}");
+        let mut v = base.clone();
+        v["schema"] = json!("infer");
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(e.contains("schema: used only with format parquet"), "{e}");
+        let mut v = base;
+        v["quarantine"] = json!({});
+        let e = JobSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("quarantine: used only with format parquet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn row_group_mib_is_checked_against_the_budget() {
+        let budget = crate::MemoryBudget::for_memory_mib(256);
+        for (mib, ok) in [
+            (0, false),
+            (1, true),
+            (32, true),
+            (33, false),
+            (u64::MAX, false),
+        ] {
+            let t = Tuning {
+                row_group_mib: Some(mib),
+                ..Tuning::default()
+            };
+            let r = t.validate_for(&budget);
+            assert_eq!(r.is_ok(), ok, "{mib}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("tuning.row_group_mib"), "{e}");
+            }
+        }
+        assert_eq!(Tuning::default().row_group_cap(&budget), 8 << 20);
+        let small = crate::MemoryBudget::for_memory_mib(128);
+        assert_eq!(Tuning::default().row_group_cap(&small), 4 << 20);
+    }
 }

@@ -42,7 +42,16 @@ p["statistics"] = all(m.row_group(i).column(j).is_stats_set for i in range(m.num
 t = f.read()
 import pyarrow.compute as pc
 p["sums"] = {c: (None if (v := pc.sum(t.column(c)).as_py()) is None else str(v)) for c in sums}
-print(json.dumps(out))
+def finite(x):
+    # DuckDB's to_json and pyarrow hand back NaN and infinities, which JSON has no words for.
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return x
+print(json.dumps(finite(out)))
 "#;
 
 /// Reads the Parquet file at `path` with DuckDB and pyarrow; `sums` names columns to sum.

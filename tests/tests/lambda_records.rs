@@ -876,7 +876,12 @@ async fn records_that_do_not_fit_the_parquet_schema_are_quarantined() {
     let h = Harness::start("ingest-http", "rec-pq-bad", None).await;
     // `{"data":[{"id":1},{"blob":"xx..."}]}`: the second record has no id.
     let schema = json!([{"name": "id", "type": "int", "required": true}, {"name": "blob"}]);
-    let mut job = parquet_job(&h, "/api/big_record?size=64", "pq/bad.parquet", schema.clone());
+    let mut job = parquet_job(
+        &h,
+        "/api/big_record?size=64",
+        "pq/bad.parquet",
+        schema.clone(),
+    );
     job["source"]["http"]["paginate"] = Value::Null;
     job["quarantine"] = json!({"key": "pq/bad-{date}.ndjson"});
     let s = response(h.invoke(job.clone(), T).await);
@@ -884,7 +889,10 @@ async fn records_that_do_not_fit_the_parquet_schema_are_quarantined() {
     assert_eq!(s["records"], 2, "{s}");
     assert_eq!(s["quarantined"], 1, "{s}");
     assert_eq!(s["parquet"]["rows"], 1, "{s}");
-    let qkey = s["quarantine_key"].as_str().expect("a quarantine").to_owned();
+    let qkey = s["quarantine_key"]
+        .as_str()
+        .expect("a quarantine")
+        .to_owned();
     assert!(qkey.starts_with("pq/bad-"), "{qkey}");
     let lines: Vec<Value> = object_text(&h, &qkey)
         .await
@@ -894,10 +902,24 @@ async fn records_that_do_not_fit_the_parquet_schema_are_quarantined() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["record"], 2, "{}", lines[0]);
     assert_eq!(lines[0]["column"], "id");
-    assert!(lines[0]["reason"].as_str().unwrap().contains("required"), "{}", lines[0]);
-    assert!(lines[0]["raw"].as_str().unwrap().starts_with("{\"blob\":\"xx"), "{}", lines[0]);
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("required"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0]["raw"]
+            .as_str()
+            .unwrap()
+            .starts_with("{\"blob\":\"xx"),
+        "{}",
+        lines[0]
+    );
     let path = download_to(&h, "pq/bad.parquet", "pq-bad").await;
-    assert_eq!(lake::duckdb_query(&path, "SELECT id, blob FROM t"), json!([{"id": 1, "blob": ""}]));
+    assert_eq!(
+        lake::duckdb_query(&path, "SELECT id, blob FROM t"),
+        json!([{"id": 1, "blob": ""}])
+    );
     let _ = std::fs::remove_file(path);
 
     job["destination"]["key"] = json!("pq/failed.parquet");

@@ -44,7 +44,8 @@ impl std::io::Write for Chunks {
             self.filling.extend_from_slice(now);
             rest = later;
             if self.filling.len() == OUT_CHUNK {
-                self.full.push(Bytes::from(std::mem::take(&mut self.filling)));
+                self.full
+                    .push(Bytes::from(std::mem::take(&mut self.filling)));
             }
         }
         Ok(buf.len())
@@ -59,7 +60,8 @@ impl Chunks {
     /// Everything written so far, in order.
     fn take(&mut self) -> Vec<Bytes> {
         if !self.filling.is_empty() {
-            self.full.push(Bytes::from(std::mem::take(&mut self.filling)));
+            self.full
+                .push(Bytes::from(std::mem::take(&mut self.filling)));
         }
         std::mem::take(&mut self.full)
     }

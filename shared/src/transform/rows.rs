@@ -689,4 +689,40 @@ mod tests {
         assert!(cut_short("s3://b/k", pos, b"[1, 2]").is_ok());
         assert!(cut_short("s3://b/k", pos, b"not json").is_ok());
     }
+
+    #[test]
+    fn a_strict_typer_refuses_a_key_outside_the_schema_unless_it_is_null() {
+        let columns: Vec<ColumnSpec> = serde_json::from_str(
+            r#"[{"name": "id", "type": "int"}, {"name": "at", "type": "timestamp", "nullable": true}]"#,
+        )
+        .unwrap();
+        let lax = RecordTyper::new(&columns);
+        let strict = RecordTyper::new(&columns).strict();
+        let mut row = Vec::new();
+        lax.type_record(br#"{"id": 1, "extra": [1, 2]}"#, &mut row)
+            .unwrap();
+        assert_eq!(row, vec![Value::Int(1), Value::Null]);
+        strict
+            .type_record(br#"{"id": 2, "extra": null}"#, &mut row)
+            .unwrap();
+        assert_eq!(row, vec![Value::Int(2), Value::Null]);
+        let e = strict
+            .type_record(br#"{"id": 3, "extra": {"a": 1}}"#, &mut row)
+            .unwrap_err();
+        assert_eq!(e.column.as_deref(), Some("extra"));
+        assert!(
+            e.reason.contains("not in the inferred schema"),
+            "{}",
+            e.reason
+        );
+        let e = strict.type_record(b"[1]", &mut row).unwrap_err();
+        assert!(e.reason.contains("not a JSON object"), "{}", e.reason);
+        assert_eq!(
+            lax.layout(),
+            vec![
+                ("id".to_owned(), ColType::Int),
+                ("at".to_owned(), ColType::Timestamp)
+            ]
+        );
+    }
 }
