@@ -2,7 +2,7 @@
 through pyarrow.fs.S3FileSystem, decompressed by pa.CompressedInputStream, read batch by batch
 by pyarrow.csv.open_csv (every column as text; a ragged row is caught by invalid_row_handler
 and skipped), the seed pipeline per batch with pyarrow.compute (int columns matched against a
-regex, the date parsed with strptime, the filter, replace, concat, select and rename), the
+regex, the date parsed with strptime and formatted back, the filter, replace, concat, select and rename), the
 output batches gathered into row groups of BATCH_ROWS (a few rows per 1 MiB block pass the
 filter; a row group per block would be mostly overhead), written by a pq.ParquetWriter (zstd)
 opened straight on S3 (pyarrow's own multipart upload). Bad rows (the pipeline's schema) go to a
@@ -35,13 +35,22 @@ SCHEMA = pa.schema([("vehicle_make", pa.string()), ("issuing_agency", pa.string(
                     ("address", pa.string())])
 
 
+def all_of(masks):
+    out = masks[0]
+    for m in masks[1:]:
+        out = pc.and_(out, m)
+    return out
+
+
 def main():
     source_key, bucket, key, quarantine_key = sys.argv[1:5]
     fs = s3_filesystem()
-    bad = []
+    bad, ragged_rows = [], [0]
 
     def ragged(row):
-        bad.append(json.dumps({"line": row.number, "reason": "ragged row"}))
+        # The streaming reader does not know row numbers (row.number is None).
+        bad.append(json.dumps({"reason": "ragged row", "raw": row.text}))
+        ragged_rows[0] += 1
         return "skip"
 
     raw = fs.open_input_stream(f"{bucket}/{source_key}", compression=None)
@@ -60,18 +69,15 @@ def main():
     with pq.ParquetWriter(f"{bucket}/{key}", SCHEMA, filesystem=fs, compression=CODEC) as out:
         for batch in reader:
             rows_in += batch.num_rows
-            ok = pc.and_(
-                pc.and_(*[pc.match_substring_regex(batch[c], r"^[+-]?\d+$") for c in INTS[:2]]),
-                pc.match_substring_regex(batch[INTS[2]], r"^[+-]?\d+$"),
-            )
+            # strptime rolls an impossible day over (02/30 -> 03/02), so the parsed date is
+            # formatted back and compared with the text.
             date = pc.strptime(batch[DATE[0]], format=DATE[1], unit="s", error_is_null=True)
-            ok = pc.and_(ok, pc.is_valid(date))
-            for i in pc.indices_nonzero(pc.invert(ok)).to_pylist():
-                bad.append(json.dumps({"row": rows_in - batch.num_rows + i, "reason": "schema"}))
-            keep = ok
-            for column, value in FILTER.items():
-                keep = pc.and_(keep, pc.equal(batch[column], value))
-            kept = batch.filter(keep)
+            same = pc.equal(pc.strftime(date, format=DATE[1]), batch[DATE[0]])
+            ok = all_of([pc.match_substring_regex(batch[c], r"^[+-]?\d+$") for c in INTS]
+                        + [pc.fill_null(same, False)])
+            for summons in batch.filter(pc.invert(ok))[INTS[0]].to_pylist():
+                bad.append(json.dumps({INTS[0]: summons, "reason": "not an int or not a date"}))
+            kept = batch.filter(all_of([ok] + [pc.equal(batch[c], v) for c, v in FILTER.items()]))
             if kept.num_rows:
                 agency = kept["Issuing Agency"]
                 agency = pc.if_else(pc.equal(agency, "P"), "police", agency)
@@ -85,7 +91,7 @@ def main():
                 pending, pending_rows = [], 0
         if pending:
             out.write_table(pa.Table.from_batches(pending, schema=SCHEMA))
-    rows_in += sum(1 for b in bad if '"ragged row"' in b)
+    rows_in += ragged_rows[0]
     if bad:
         s3_client().put_object(Bucket=bucket, Key=quarantine_key,
                                Body="\n".join(bad).encode() + b"\n")

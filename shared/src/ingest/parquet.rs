@@ -303,6 +303,7 @@ pub(super) fn infer<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<ColumnSp
             nullable: true,
             required: false,
             null_values: Vec::new(),
+            path: None,
         })
         .collect()
 }

@@ -96,6 +96,11 @@ pub struct ColumnSpec {
     /// Texts read as empty, besides the empty string (e.g. `["NA", "-"]`).
     #[serde(default)]
     pub null_values: Vec<String>,
+    /// JSON records only (NDJSON input, ingest-http's Parquet schema): where the value is,
+    /// as a path of object keys from the record (`$.customer.id`, `$['a b'].c`); a missing
+    /// step is a missing value. Default: the top-level key `name`.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// Checks declared columns, naming `field` (`input.schema`, `schema`): no name twice, a
@@ -125,6 +130,8 @@ pub fn validate_columns(field: &str, columns: &[ColumnSpec]) -> Result<()> {
                 c.name
             )));
         }
+        c.keys()
+            .map_err(|e| Error::spec(format!("{field}[{i}] ({:?}).path: {e}", c.name)))?;
     }
     Ok(())
 }
@@ -134,6 +141,21 @@ fn string_type() -> ColType {
 }
 
 impl ColumnSpec {
+    /// The object keys that lead to this column's value in a JSON record: `path`'s, or the
+    /// name.
+    pub fn keys(&self) -> std::result::Result<Vec<String>, String> {
+        match &self.path {
+            None => Ok(vec![self.name.clone()]),
+            Some(p) => {
+                let path = crate::codec::json_records::JsonPath::parse(p, false)?;
+                if path.keys().is_empty() {
+                    return Err(format!("{p:?} names the whole record, not a field of it"));
+                }
+                Ok(path.keys().to_vec())
+            }
+        }
+    }
+
     /// The parser of this column's values.
     pub fn parser(&self) -> Parser {
         Parser::new(self.ty, self.format.clone())
@@ -291,6 +313,14 @@ impl Pipeline {
     /// templates, prefixes, limits.
     pub fn validate(&self) -> Result<()> {
         validate_columns("input.schema", &self.input.schema)?;
+        if self.input.format == InputFormat::Csv
+            && let Some(c) = self.input.schema.iter().find(|c| c.path.is_some())
+        {
+            return Err(Error::spec(format!(
+                "input.schema ({:?}): path applies to JSON records (NDJSON input), not CSV",
+                c.name
+            )));
+        }
         self.output
             .format
             .check_compression("output.compression", self.output.compression)?;

@@ -31,6 +31,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// How a column of the input becomes a value.
 pub(super) struct ColPlan {
     name: String,
+    /// JSON input: the object keys to the value (the name, or the column's `path`).
+    keys: Vec<String>,
     parser: Parser,
     nullable: bool,
     required: bool,
@@ -158,8 +160,17 @@ impl<'de, 'p> Visitor<'de> for Wanted<'p> {
         let mut found = vec![None; self.plans.len()];
         let mut unknown = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match self.plans.iter().position(|p| p.name == *key.0) {
-                Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?),
+            let first = self.plans.iter().position(|p| p.keys[0] == *key.0);
+            match first {
+                Some(i) => {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    // Several columns may read into the same top-level object.
+                    for (j, p) in self.plans.iter().enumerate().skip(i) {
+                        if p.keys[0] == *key.0 {
+                            found[j] = Some(value);
+                        }
+                    }
+                }
                 None if self.strict && unknown.is_none() => {
                     // A key whose value is null carries nothing a column would lose.
                     let value = map.next_value::<&'de RawValue>()?;
@@ -255,6 +266,8 @@ impl ColPlan {
     fn of(c: &ColumnSpec, name: &str) -> Self {
         ColPlan {
             name: name.to_owned(),
+            // Checked by `validate_columns`: a bad path never gets here.
+            keys: c.keys().unwrap_or_else(|_| vec![name.to_owned()]),
             parser: c.parser(),
             nullable: c.nullable,
             required: c.required,
@@ -272,6 +285,7 @@ fn plans(pipeline: &Pipeline, names: &[String]) -> Vec<ColPlan> {
                 Some(c) => ColPlan::of(c, name),
                 None => ColPlan {
                     name: name.clone(),
+                    keys: vec![name.clone()],
                     parser: Parser::new(ColType::String, None),
                     nullable: false,
                     required: false,
@@ -573,6 +587,10 @@ fn type_object(
         });
     }
     for (plan, field) in plans.iter().zip(fields) {
+        let field = match (field, plan.keys.len()) {
+            (Some(raw), n) if n > 1 => descend(raw, &plan.keys[1..]),
+            (field, _) => field,
+        };
         let v = plan.json(field).map_err(|reason| steps::RowError {
             column: Some(plan.name.clone()),
             reason,
@@ -582,6 +600,47 @@ fn type_object(
     Ok(())
 }
 
+/// The value at `keys` under `raw`, or `None` when a step is missing or not an object.
+fn descend<'a>(mut raw: &'a RawValue, keys: &[String]) -> Option<&'a RawValue> {
+    for key in keys {
+        if !raw.get().starts_with('{') {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        raw = de.deserialize_map(Member { key }).ok()??;
+    }
+    Some(raw)
+}
+
+/// One member of a JSON object, borrowed; the others skipped without being built.
+struct Member<'k> {
+    key: &'k str,
+}
+
+impl<'de> Visitor<'de> for Member<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if *key.0 == *self.key {
+                // The last of a repeated key wins, as for top-level keys.
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,6 +648,7 @@ mod tests {
     fn plan(name: &str, ty: ColType, nullable: bool) -> ColPlan {
         ColPlan {
             name: name.into(),
+            keys: vec![name.into()],
             parser: Parser::new(ty, None),
             nullable,
             required: false,
@@ -724,5 +784,40 @@ mod tests {
                 ("at".to_owned(), ColType::Timestamp)
             ]
         );
+    }
+
+    #[test]
+    fn paths_read_nested_fields_and_a_missing_step_is_a_missing_value() {
+        let columns: Vec<ColumnSpec> = serde_json::from_str(
+            r#"[{"name": "id", "type": "int"},
+                {"name": "city", "path": "$.customer.address.city", "nullable": true},
+                {"name": "vip", "type": "bool", "path": "$.customer.vip", "nullable": true},
+                {"name": "odd key", "type": "int", "path": "$['a b'].c", "nullable": true}]"#,
+        )
+        .unwrap();
+        crate::transform::config::validate_columns("schema", &columns).unwrap();
+        let typer = RecordTyper::new(&columns).strict();
+        let mut row = Vec::new();
+        typer
+            .type_record(
+                br#"{"id": 1, "customer": {"vip": true, "address": {"zip": "07030", "city": "Hoboken"}}, "a b": {"c": 7}}"#,
+                &mut row,
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            vec![Value::Int(1), Value::Str("Hoboken".into()), Value::Bool(true), Value::Int(7)]
+        );
+        typer
+            .type_record(br#"{"id": 2, "customer": "n/a"}"#, &mut row)
+            .unwrap();
+        assert_eq!(row, vec![Value::Int(2), Value::Null, Value::Null, Value::Null]);
+        let e = typer
+            .type_record(br#"{"id": 3, "customer": {"vip": "maybe"}}"#, &mut row)
+            .unwrap_err();
+        assert_eq!(e.column.as_deref(), Some("vip"));
+        let bad: Vec<ColumnSpec> = serde_json::from_str(r#"[{"name": "x", "path": "$"}]"#).unwrap();
+        let e = crate::transform::config::validate_columns("schema", &bad).unwrap_err();
+        assert!(e.to_string().contains("schema[0] (\"x\").path"), "{e}");
     }
 }
