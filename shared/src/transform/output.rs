@@ -146,11 +146,6 @@ impl<'a> RowSink<'a> {
         self.out.write(chunk).await
     }
 
-    /// Whether rows go to a Parquet output.
-    pub fn is_parquet(&self) -> bool {
-        self.out.is_parquet()
-    }
-
     /// Gives a Parquet output its columns: the layout after the steps.
     pub fn start(&mut self) -> Result<()> {
         let schema = crate::columnar::TableSchema::from_layout(self.program.output());
@@ -194,6 +189,14 @@ impl<'a> RowSink<'a> {
         self.buf.extend_from_slice(rendered);
         if self.buf.len() >= OUT_CHUNK {
             self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// Appends rows typed and kept elsewhere (already counted) to a Parquet output.
+    pub async fn emit_rows(&mut self, rows: &[Vec<Value>]) -> Result<()> {
+        for row in rows {
+            self.out.row(row).await?;
         }
         Ok(())
     }

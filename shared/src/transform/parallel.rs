@@ -1,6 +1,7 @@
 //! Typing and steps on several cores, order preserved: the reader cuts CSV records into
-//! numbered chunks, `N` worker threads type, transform and render them, and the writer puts
-//! the results back in sequence before they reach the output and the quarantine.
+//! numbered chunks, `N` worker threads type, transform and render them (for Parquet, hand
+//! back the typed rows, which the output encodes), and the writer puts the results back in
+//! sequence before they reach the output and the quarantine.
 //!
 //! ```text
 //! reader -> [chunks, bounded] -> worker x N -> [results, bounded] -> reorder -> output
@@ -20,6 +21,7 @@ use super::output::RowSink;
 use super::reader::{CsvReader, Position};
 use super::rows::{ColPlan, type_csv};
 use super::steps::{Outcome, Program, RowError};
+use super::value::Value;
 use super::writer::RowWriter;
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -47,6 +49,8 @@ struct Chunk {
 struct Done {
     seq: u64,
     out: Vec<u8>,
+    /// Kept rows as typed values, for a Parquet output (then `out` stays empty).
+    rows: Vec<Vec<Value>>,
     counts: Counts,
     bad: Vec<(Position, RowError, Vec<u8>)>,
 }
@@ -59,11 +63,19 @@ pub(super) struct Shared {
     pub raw_cap: usize,
 }
 
+impl Shared {
+    /// Whether kept rows go back typed (Parquet) rather than rendered.
+    fn typed(&self) -> bool {
+        self.format == Format::Parquet
+    }
+}
+
 fn work(shared: &Shared, chunk: Chunk) -> Done {
     let mut writer = RowWriter::new(shared.format, shared.program.output());
     let mut done = Done {
         seq: chunk.seq,
-        out: Vec::with_capacity(chunk.raw.len() / 4),
+        out: Vec::with_capacity(if shared.typed() { 0 } else { chunk.raw.len() / 4 }),
+        rows: Vec::new(),
         counts: Counts::default(),
         bad: Vec::new(),
     };
@@ -105,7 +117,11 @@ fn work(shared: &Shared, chunk: Chunk) -> Done {
         match outcome {
             Outcome::Keep => {
                 done.counts.records_out += 1;
-                writer.row(&row, &mut done.out);
+                if shared.typed() {
+                    done.rows.push(row.clone());
+                } else {
+                    writer.row(&row, &mut done.out);
+                }
             }
             Outcome::Filtered => done.counts.filtered += 1,
             Outcome::Bad(e) => {
@@ -233,6 +249,7 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
                         sink.bad(pos, e, &raw).await?;
                     }
                     sink.emit(&done.out).await?;
+                    sink.emit_rows(&done.rows).await?;
                 }
             }
             Ok::<u64, Error>(next)

@@ -415,9 +415,7 @@ impl RowJob<'_> {
             sink.start()?;
             sink.writer.header(&mut sink.buf);
             let workers = pipeline.workers.unwrap_or(1);
-            // Parquet rows are built into column builders on this task: the workers render
-            // text.
-            if workers > 1 && sink.program.enrich().is_none() && !sink.is_parquet() {
+            if workers > 1 && sink.program.enrich().is_none() {
                 let shared = Arc::new(parallel::Shared {
                     plans,
                     program: sink.program.clone(),
