@@ -24,7 +24,9 @@ mod writer;
 pub use builder::{ColumnBuilder, date_days};
 pub use output::{RecordOutput, RecordsWritten};
 pub use schema::{Column, ColumnType, TableSchema};
-pub use writer::{ParquetCodec, ParquetOptions, ParquetSummary, ParquetWriter, ParquetWritten};
+pub use writer::{
+    MAX_COLUMNS, ParquetCodec, ParquetOptions, ParquetSummary, ParquetWriter, ParquetWritten,
+};
 
 use crate::budget::MemoryBudget;
 use crate::codec::Compression;

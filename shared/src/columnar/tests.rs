@@ -263,3 +263,21 @@ fn codecs_from_the_spec() {
         ParquetCodec::Gzip(1)
     );
 }
+
+#[test]
+fn more_columns_than_the_cap_are_refused_naming_the_count() {
+    let memory = Arc::new(Memory::default());
+    let options = UploadOptions::new(crate::MemoryBudget::for_memory_mib(256).schedule());
+    let out = ObjectWriter::new(Arc::new(Target(memory)), &options).unwrap();
+    let wide = TableSchema::new(
+        (0..=MAX_COLUMNS)
+            .map(|i| Column::new(format!("c{i}"), ColumnType::Int64))
+            .collect(),
+    );
+    let e = ParquetWriter::new(&wide, ParquetOptions::new(1 << 20), out).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("at most 1000 columns; this one has 1001"),
+        "{e}"
+    );
+}

@@ -13,6 +13,11 @@ use crate::codec::{Codec, Compression};
 use crate::error::{Error, Result};
 use crate::sink::{ObjectWriter, Uploaded};
 
+/// The most columns a Parquet output may have: each costs a builder and an encoder (a few
+/// KiB to tens of KiB) whatever the rows, so a schema — declared, inferred from records with
+/// a million keys, or a query's — is held to a number that fits the smallest budget.
+pub const MAX_COLUMNS: usize = 1000;
+
 /// Rows gathered in the column builders before they are encoded as one Arrow batch.
 const BATCH_ROWS: usize = 8192;
 /// Page size limits: Parquet's usual 1 MiB, lowered for wide tables so that one page
@@ -222,6 +227,12 @@ impl std::fmt::Debug for ParquetWriter {
 impl ParquetWriter {
     /// A writer of `schema` into `out`. Nothing is uploaded before the first row group fills.
     pub fn new(schema: &TableSchema, options: ParquetOptions, out: ObjectWriter) -> Result<Self> {
+        if schema.columns.len() > MAX_COLUMNS {
+            return Err(Error::spec(format!(
+                "a Parquet output may have at most {MAX_COLUMNS} columns; this one has {} (select the columns it needs)",
+                schema.columns.len()
+            )));
+        }
         let arrow = schema.arrow();
         let props = options.properties(schema.columns.len())?;
         let encoder = ArrowWriter::try_new(Chunks::default(), arrow.clone(), Some(props))

@@ -4,9 +4,12 @@
 use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use std::collections::HashMap;
 
-use crate::columnar::{RecordOutput, RecordsWritten, TableSchema};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::columnar::{MAX_COLUMNS, RecordOutput, RecordsWritten, TableSchema};
 use crate::error::{Error, Result};
 use crate::spec::{INFER_RECORDS, RecordSchema, RecordsQuarantine};
 use crate::transform::RecordTyper;
@@ -107,7 +110,8 @@ impl ParquetRecords {
 
     /// Infers the schema from the sample, starts the output and writes the sample.
     async fn settle(&mut self) -> Result<()> {
-        let columns = infer(self.sample.iter().map(|(r, _)| r.as_ref()));
+        let columns = infer(self.sample.iter().map(|(r, _)| r.as_ref()))
+            .map_err(|e| Error::spec(format!("schema \"infer\": {e}")))?;
         tracing::info!(
             records = self.sample.len(),
             bytes = self.sample_bytes,
@@ -232,26 +236,31 @@ enum Seen {
 }
 
 impl Seen {
-    fn of(v: &serde_json::Value) -> Seen {
-        use serde_json::Value as J;
-        match v {
-            J::Null => Seen::Null,
-            J::Bool(_) => Seen::Bool,
-            J::Number(n) if n.is_i64() => Seen::Int,
-            // A u64 past i64 would not fit an int column, and a float would round it.
-            J::Number(n) if n.is_u64() => Seen::Text,
-            J::Number(_) => Seen::Float,
-            J::String(s) => {
-                if s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+    /// What a value is, from its JSON text: an object or an array is never built (a record
+    /// small in bytes can be huge as a parse tree), only a string or a number is parsed.
+    fn of(raw: &RawValue) -> Seen {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            None | Some(b'n') => Seen::Null,
+            Some(b't' | b'f') => Seen::Bool,
+            Some(b'{' | b'[') => Seen::Text,
+            Some(b'"') => match serde_json::from_str::<std::borrow::Cow<'_, str>>(text) {
+                Ok(s)
+                    if s.len() == 10
+                        && chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").is_ok() =>
+                {
                     Seen::Date
-                } else if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
-                    Seen::Timestamp
-                } else {
-                    Seen::Text
                 }
-            }
-            // Objects and arrays: compact JSON text in a string column.
-            J::Array(_) | J::Object(_) => Seen::Text,
+                Ok(s) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => Seen::Timestamp,
+                _ => Seen::Text,
+            },
+            Some(_) => match serde_json::from_str::<serde_json::Number>(text) {
+                Ok(n) if n.is_i64() => Seen::Int,
+                // A u64 past i64 would not fit an int column, and a float would round it.
+                Ok(n) if n.is_u64() => Seen::Text,
+                Ok(_) => Seen::Float,
+                Err(_) => Seen::Text,
+            },
         }
     }
 
@@ -279,22 +288,34 @@ impl Seen {
 
 /// Columns from sampled records: every top-level key in the order first seen, typed by what
 /// all its sampled values fit (ints and floats make a float; anything mixed, nested or only
-/// null is a string), all nullable. Records that are not objects are left to the typer.
-pub(super) fn infer<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<ColumnSpec> {
+/// null is a string), all nullable. Records that are not objects are left to the typer. More
+/// than [`MAX_COLUMNS`] distinct keys is an error (the keys past it are not even kept).
+pub(super) fn infer<'a>(
+    records: impl Iterator<Item = &'a [u8]>,
+) -> std::result::Result<Vec<ColumnSpec>, String> {
     let mut columns: Vec<(String, Seen)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for record in records {
         let mut de = serde_json::Deserializer::from_slice(record);
         let Ok(fields) = de.deserialize_map(Fields) else {
             continue;
         };
         for (key, seen) in fields {
-            match columns.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, s)) => *s = s.merge(seen),
-                None => columns.push((key, seen)),
+            match index.get(&key) {
+                Some(&i) => columns[i].1 = columns[i].1.merge(seen),
+                None => {
+                    if columns.len() == MAX_COLUMNS {
+                        return Err(format!(
+                            "the sampled records have more than {MAX_COLUMNS} distinct keys, the most columns a Parquet output may have: declare a schema of the columns you need"
+                        ));
+                    }
+                    index.insert(key.clone(), columns.len());
+                    columns.push((key, seen));
+                }
             }
         }
     }
-    columns
+    Ok(columns
         .into_iter()
         .map(|(name, seen)| ColumnSpec {
             name,
@@ -305,10 +326,11 @@ pub(super) fn infer<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<ColumnSp
             null_values: Vec::new(),
             path: None,
         })
-        .collect()
+        .collect())
 }
 
-/// A record's top-level keys in order, with what each value is.
+/// A record's top-level keys in order, with what each value is; past [`MAX_COLUMNS`] + 1
+/// distinct keys the rest are skipped (inference fails on them anyway).
 struct Fields;
 
 impl<'de> Visitor<'de> for Fields {
@@ -322,15 +344,20 @@ impl<'de> Visitor<'de> for Fields {
         self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
-            let seen = Seen::of(&value);
-            match out
-                .iter_mut()
-                .find(|(k, _): &&mut (String, Seen)| *k == key)
-            {
-                Some((_, s)) => *s = seen,
-                None => out.push((key, seen)),
+        let mut out: Vec<(String, Seen)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.len() > MAX_COLUMNS && !index.contains_key(&key) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let seen = Seen::of(map.next_value::<&'de RawValue>()?);
+            match index.get(&key) {
+                Some(&i) => out[i].1 = seen,
+                None => {
+                    index.insert(key.clone(), out.len());
+                    out.push((key, seen));
+                }
             }
         }
         Ok(out)
@@ -343,6 +370,7 @@ mod tests {
 
     fn types(records: &[&str]) -> Vec<(String, &'static str)> {
         infer(records.iter().map(|r| r.as_bytes()))
+            .unwrap()
             .into_iter()
             .map(|c| (c.name, c.ty.name()))
             .collect()
@@ -385,5 +413,19 @@ mod tests {
                 ("c".into(), "string")
             ]
         );
+    }
+
+    #[test]
+    fn a_record_of_a_million_keys_is_an_error_not_a_million_columns() {
+        let mut record = String::from("{");
+        for i in 0..1_000_000 {
+            record.push_str(&format!("\"k{i}\":[{i}],"));
+        }
+        record.push_str("\"end\":1}");
+        let started = std::time::Instant::now();
+        let e = infer(std::iter::once(record.as_bytes())).unwrap_err();
+        assert!(e.contains("more than 1000 distinct keys"), "{e}");
+        // Linear in the keys, not quadratic (a generous bound for a debug build).
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 }

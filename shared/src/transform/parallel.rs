@@ -74,7 +74,11 @@ fn work(shared: &Shared, chunk: Chunk) -> Done {
     let mut writer = RowWriter::new(shared.format, shared.program.output());
     let mut done = Done {
         seq: chunk.seq,
-        out: Vec::with_capacity(if shared.typed() { 0 } else { chunk.raw.len() / 4 }),
+        out: Vec::with_capacity(if shared.typed() {
+            0
+        } else {
+            chunk.raw.len() / 4
+        }),
         rows: Vec::new(),
         counts: Counts::default(),
         bad: Vec::new(),

@@ -804,12 +804,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             row,
-            vec![Value::Int(1), Value::Str("Hoboken".into()), Value::Bool(true), Value::Int(7)]
+            vec![
+                Value::Int(1),
+                Value::Str("Hoboken".into()),
+                Value::Bool(true),
+                Value::Int(7)
+            ]
         );
         typer
             .type_record(br#"{"id": 2, "customer": "n/a"}"#, &mut row)
             .unwrap();
-        assert_eq!(row, vec![Value::Int(2), Value::Null, Value::Null, Value::Null]);
+        assert_eq!(
+            row,
+            vec![Value::Int(2), Value::Null, Value::Null, Value::Null]
+        );
         let e = typer
             .type_record(br#"{"id": 3, "customer": {"vip": "maybe"}}"#, &mut row)
             .unwrap_err();
