@@ -394,7 +394,7 @@ async fn copy_body(p: &Prepared<'_>, target: S3Target) -> Result<(Written, PageS
             .destination
             .content_type
             .clone()
-            .or_else(|| match p.spec.compression {
+            .or_else(|| match p.options.compression {
                 Some(c) => Some(c.codec.content_type().to_owned()),
                 None => body.content_type.clone(),
             });
