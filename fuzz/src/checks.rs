@@ -10,17 +10,24 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::Decimal128Type;
+use arrow_array::{Array, ArrayRef};
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use sluice::codec::json_records::{JsonPath, JsonRecordsDecoder, RecordsError};
 use sluice::codec::ndjson::{LinePosition, NdjsonDecoder};
 use sluice::codec::{Codec, Compression, Decoding};
+use sluice::columnar::{ColumnBuilder, ColumnType};
+use sluice::source::postgres::{ResultColumn, TupleDecoder};
 use sluice::transform::reader::CsvReader;
 use sluice::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio_postgres::types::{Kind, Type};
 use tokio_util::codec::Decoder;
 
 /// A target's check: panics when an invariant breaks.
@@ -39,6 +46,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("retry_after", retry_after),
     ("link_header", link_header),
     ("key_template", key_template),
+    ("postgres_tuple", postgres_tuple),
 ];
 
 /// How an input is cut into reads.
@@ -694,6 +702,380 @@ pub fn key_template(data: &[u8]) {
             Err(e) => {
                 assert_spec_error(&e);
                 assert!(e.to_string().contains("destination.key"), "{e}");
+            }
+        }
+    }
+}
+
+/// The column types a `postgres_tuple` input picks from, each scalar with its array type, by
+/// the input's type bytes (`scripts/fuzz_seeds.py` writes them by index). Append only; an
+/// appended type changes what type bytes past the old length pick, so replay the corpus.
+fn pg_types() -> &'static [(Type, Type)] {
+    static TYPES: LazyLock<Vec<(Type, Type)>> = LazyLock::new(|| {
+        let custom = |name: &str, oid, kind| Type::new(name.into(), oid, kind, "public".into());
+        let mood = custom("mood", 90_002, Kind::Enum(vec!["sad".into(), "ok".into()]));
+        let positive = custom("positive", 90_001, Kind::Domain(Type::INT8));
+        vec![
+            (Type::INT2, Type::INT2_ARRAY),
+            (Type::INT4, Type::INT4_ARRAY),
+            (Type::INT8, Type::INT8_ARRAY),
+            (Type::FLOAT4, Type::FLOAT4_ARRAY),
+            (Type::FLOAT8, Type::FLOAT8_ARRAY),
+            (Type::NUMERIC, Type::NUMERIC_ARRAY),
+            (Type::BOOL, Type::BOOL_ARRAY),
+            (Type::TEXT, Type::TEXT_ARRAY),
+            (Type::VARCHAR, Type::VARCHAR_ARRAY),
+            (Type::BPCHAR, Type::BPCHAR_ARRAY),
+            (Type::NAME, Type::NAME_ARRAY),
+            (Type::DATE, Type::DATE_ARRAY),
+            (Type::TIMESTAMP, Type::TIMESTAMP_ARRAY),
+            (Type::TIMESTAMPTZ, Type::TIMESTAMPTZ_ARRAY),
+            (Type::UUID, Type::UUID_ARRAY),
+            (Type::BYTEA, Type::BYTEA_ARRAY),
+            (Type::JSON, Type::JSON_ARRAY),
+            (Type::JSONB, Type::JSONB_ARRAY),
+            (mood.clone(), custom("_mood", 90_003, Kind::Array(mood))),
+            (
+                positive.clone(),
+                custom("_positive", 90_004, Kind::Array(positive)),
+            ),
+        ]
+    });
+    &TYPES
+}
+
+/// The columns at the front of a `postgres_tuple` input, moving `data` past them: a count byte
+/// (`% 8`, plus one), then per column a type byte (`& 0x7f` indexes [`pg_types`] modulo its
+/// length; `0x80` makes it the array type) and, for `numeric`, a precision byte and a signed
+/// scale byte (precision 0: no type modifier). `None` when the input ends first.
+fn pg_columns(data: &mut &[u8]) -> Option<Vec<ResultColumn>> {
+    let mut next = || {
+        let (b, rest) = data.split_first()?;
+        *data = rest;
+        Some(*b)
+    };
+    let n = usize::from(next()? % 8) + 1;
+    let types = pg_types();
+    let mut columns = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = next()?;
+        let (scalar, array) = &types[usize::from(t & 0x7f) % types.len()];
+        let mut type_modifier = -1;
+        if *scalar == Type::NUMERIC {
+            let precision = i32::from(next()?);
+            let scale = i32::from(next()? as i8);
+            if precision > 0 {
+                // `((precision << 16) | scale) + VARHDRSZ`, the scale in 11 bits.
+                type_modifier = ((precision << 16) | (scale & 0x7ff)) + 4;
+            }
+        }
+        let ty = if t & 0x80 == 0 { scalar } else { array };
+        columns.push(ResultColumn::new(
+            format!("c{i}"),
+            ty.clone(),
+            type_modifier,
+        ));
+    }
+    Some(columns)
+}
+
+/// A field of a binary COPY tuple: `None` for NULL.
+type PgField<'a> = Option<&'a [u8]>;
+
+/// The tuple at the front of `data` as the binary COPY format frames it (`int16` count, then
+/// per field `int32` length, -1 for NULL, and the bytes), independently of the decoder: its
+/// length and fields, or the field whose framing breaks (`None`: the count).
+fn pg_frame(data: &[u8], fields: usize) -> Result<(usize, Vec<PgField<'_>>), Option<usize>> {
+    let int = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let count = data.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]]));
+    if count.map(i32::from) != i32::try_from(fields).ok() {
+        return Err(None);
+    }
+    let mut at = 2;
+    let mut out = Vec::with_capacity(fields);
+    for i in 0..fields {
+        let len = int(at).ok_or(Some(i))?;
+        at += 4;
+        if len == -1 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| Some(i))?;
+        out.push(Some(data.get(at..at + len).ok_or(Some(i))?));
+        at += len;
+    }
+    Ok((at, out))
+}
+
+/// The elements of an array value the decoder accepted: one dimension (or none, empty), its
+/// elements framed like fields, nothing after them.
+fn pg_array_items(raw: &[u8]) -> Vec<PgField<'_>> {
+    let int = |at: usize| {
+        let b: [u8; 4] = raw[at..at + 4].try_into().expect("4 bytes");
+        i32::from_be_bytes(b)
+    };
+    let dims = int(0);
+    assert!(
+        matches!(dims, 0 | 1),
+        "an array of {dims} dimensions accepted"
+    );
+    let (len, mut at) = if dims == 0 { (0, 12) } else { (int(12), 20) };
+    let mut items = Vec::new();
+    for _ in 0..len {
+        let n = int(at);
+        at += 4;
+        if n == -1 {
+            items.push(None);
+        } else {
+            let n = usize::try_from(n).expect("an element length accepted");
+            items.push(Some(&raw[at..at + n]));
+            at += n;
+        }
+    }
+    assert_eq!(at, raw.len(), "bytes after an accepted array");
+    items
+}
+
+/// What decoding the tuples of an input gave.
+struct PgDecoded<'a> {
+    /// The fields of each row accepted, in order.
+    rows: Vec<Vec<PgField<'a>>>,
+    /// The error that ended the tuples, if one did.
+    error: Option<Error>,
+    /// The builders' values, finished.
+    arrays: Vec<ArrayRef>,
+}
+
+/// Decodes `data` into fresh builders one tuple after the other, as the export does, until the
+/// end or an error; checks every row against [`pg_frame`] and every error's message and class.
+fn pg_decode<'a>(decoder: &TupleDecoder, data: &'a [u8]) -> PgDecoded<'a> {
+    let mut builders: Vec<ColumnBuilder> = decoder
+        .schema()
+        .columns
+        .iter()
+        .map(|c| ColumnBuilder::new(&c.ty))
+        .collect();
+    let mut rest = data;
+    let mut rows = Vec::new();
+    let mut error = None;
+    while !rest.is_empty() {
+        let before = rest;
+        let row = rows.len() as u64 + 1;
+        let framed = pg_frame(before, decoder.fields());
+        match decoder.decode_row(&mut rest, &mut builders, row) {
+            Ok(_) => {
+                let (len, fields) = framed.unwrap_or_else(|at| {
+                    panic!("row {row} accepted, but its framing breaks at field {at:?}")
+                });
+                assert_eq!(before.len() - rest.len(), len, "row {row}: bytes consumed");
+                rows.push(fields);
+            }
+            Err(e) => {
+                pg_check_error(&e, row, framed.err());
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let arrays: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
+    for (c, a) in arrays.iter().enumerate() {
+        // A failed row may have appended to the columns before the one that failed.
+        let ok = rows.len();
+        assert!(
+            a.len() == ok || (error.is_some() && a.len() == ok + 1),
+            "column {c}: {} values after {ok} rows",
+            a.len()
+        );
+    }
+    PgDecoded {
+        rows,
+        error,
+        arrays,
+    }
+}
+
+/// A tuple decoder's error for `row`: it names the row; it names a column unless the field
+/// count was wrong, and none after the field whose framing broke (`framing`: `None` when
+/// the tuple frames, `Some(None)` for a bad count); malformed bytes are `Upstream`, values
+/// without a Parquet form `InvalidInput`, and nothing else.
+fn pg_check_error(e: &Error, row: u64, framing: Option<Option<usize>>) {
+    let message = e.to_string();
+    let prefix = format!("postgres fuzz: row {row}: ");
+    let Some(rest) = message.strip_prefix(&prefix) else {
+        panic!("{message:?} does not start with {prefix:?}");
+    };
+    match e.kind() {
+        ErrorKind::Upstream => assert!(rest.starts_with("malformed binary COPY data: "), "{e}"),
+        ErrorKind::InvalidInput => {}
+        other => panic!("a tuple error of class {other:?}: {e}"),
+    }
+    let rest = rest
+        .strip_prefix("malformed binary COPY data: ")
+        .unwrap_or(rest);
+    let column = rest
+        .strip_prefix("column \"c")
+        .and_then(|r| r.split_once('"'))
+        .map(|(n, _)| n.parse::<usize>().expect("a column name cN"));
+    match framing {
+        Some(None) => assert_eq!(column, None, "a bad field count names a column: {e}"),
+        Some(Some(at)) => assert!(
+            column.is_some_and(|c| c <= at),
+            "the framing breaks at field {at}: {e}"
+        ),
+        None => assert!(column.is_some(), "a value error names no column: {e}"),
+    }
+}
+
+/// A decimal as sign, integer digits and fraction digits without insignificant zeros (`-0` is
+/// `0`), to compare a `numeric`'s two decodings.
+fn canonical_decimal(negative: bool, whole: &str, fraction: &str) -> String {
+    let whole = whole.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    let sign = if negative && !(whole.is_empty() && fraction.is_empty()) {
+        "-"
+    } else {
+        ""
+    };
+    let whole = if whole.is_empty() { "0" } else { whole };
+    let point = if fraction.is_empty() { "" } else { "." };
+    format!("{sign}{whole}{point}{fraction}")
+}
+
+/// Checks a `numeric`'s text as `numeric_out` prints it: `NaN`, `Infinity`, `-Infinity`, or
+/// digits with exactly `dscale` after the point (`raw` is the value's binary form, whose
+/// header carries the display scale). Returns the finite value, canonical.
+fn pg_numeric_text(text: &str, raw: Option<&[u8]>) -> Option<String> {
+    if matches!(text, "NaN" | "Infinity" | "-Infinity") {
+        return None;
+    }
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    assert!(
+        !whole.is_empty() && is_digits(whole) && is_digits(fraction),
+        "numeric text {text:?}"
+    );
+    if let Some(raw) = raw {
+        let dscale = usize::from(u16::from_be_bytes([raw[6], raw[7]]));
+        assert_eq!(fraction.len(), dscale, "numeric text {text:?}");
+        assert_eq!(digits.contains('.'), dscale > 0, "numeric text {text:?}");
+    }
+    Some(canonical_decimal(negative, whole, fraction))
+}
+
+/// A decimal value of a `numeric(precision,scale)` column: within its precision, and the value
+/// the same bytes print as (`text`, decoded without the type modifier).
+fn pg_check_decimal(unscaled: i128, precision: u8, scale: i8, text: &str) {
+    assert!(
+        unscaled.unsigned_abs() < 10u128.pow(u32::from(precision)),
+        "{unscaled} does not fit decimal({precision},{scale})"
+    );
+    let scale = usize::try_from(scale).expect("a decimal scale is not negative");
+    let digits = format!("{:0>width$}", unscaled.unsigned_abs(), width = scale + 1);
+    let (whole, fraction) = digits.split_at(digits.len() - scale);
+    let decimal = canonical_decimal(unscaled < 0, whole, fraction);
+    let printed = pg_numeric_text(text, None).unwrap_or_else(|| text.to_owned());
+    assert_eq!(
+        decimal, printed,
+        "decimal({precision},{scale}) {unscaled} but the text is {text:?}"
+    );
+}
+
+/// Binary COPY tuples decoded by `TupleDecoder` for a column list read from the input (see
+/// [`pg_columns`]: up to 8 columns of every supported type, arrays of each, numerics with any
+/// type modifier, an enum and a domain), one after the other into fresh builders as the export
+/// decodes them, until the end or an error. A row accepted is exactly one tuple as the format
+/// frames it and appends one value to every column: NULL where the field is NULL, for an
+/// array a list of its elements; a decimal fits its precision and equals the text the same
+/// bytes decode to without the type modifier, and that text has exactly the value's display
+/// scale after the point. An error names its row, and its column unless the field count is
+/// wrong; malformed bytes are `Upstream`, values without a Parquet form `InvalidInput`;
+/// without the type modifiers, rows decode at least as far, and malformed ones stay malformed.
+pub fn postgres_tuple(data: &[u8]) {
+    let mut tuples = data;
+    let Some(columns) = pg_columns(&mut tuples) else {
+        return;
+    };
+    let typed = TupleDecoder::new("fuzz", &columns).expect("every fuzzed type is supported");
+    assert_eq!(typed.fields(), columns.len());
+    let untyped: Vec<ResultColumn> = columns
+        .iter()
+        .map(|c| ResultColumn::new(c.name.clone(), c.ty.clone(), -1))
+        .collect();
+    let untyped = TupleDecoder::new("fuzz", &untyped).expect("supported");
+    let with = pg_decode(&typed, tuples);
+    let without = pg_decode(&untyped, tuples);
+    assert!(without.rows.len() >= with.rows.len());
+    if let Some(e) = &with.error
+        && e.kind() == ErrorKind::Upstream
+    {
+        assert_eq!(without.rows.len(), with.rows.len(), "{e}");
+        let kind = without.error.as_ref().map(Error::kind);
+        assert_eq!(kind, Some(ErrorKind::Upstream), "{e}");
+    }
+    let is_numeric = |c: &ResultColumn| c.ty == Type::NUMERIC || c.ty == Type::NUMERIC_ARRAY;
+    for decoded in [&with, &without] {
+        for (r, fields) in decoded.rows.iter().enumerate() {
+            for (c, raw) in fields.iter().enumerate() {
+                let a = &decoded.arrays[c];
+                let at = format!("row {} column {c}", r + 1);
+                assert_eq!(a.is_null(r), raw.is_none(), "{at}: NULL");
+                let Some(raw) = raw else { continue };
+                let numeric = is_numeric(&columns[c]);
+                if let Some(list) = a.as_list_opt::<i32>() {
+                    let items = pg_array_items(raw);
+                    let list = list.value(r);
+                    assert_eq!(list.len(), items.len(), "{at}: elements");
+                    for (j, item) in items.iter().enumerate() {
+                        assert_eq!(list.is_null(j), item.is_none(), "{at}: element {j}");
+                        if let (true, Some(item), Some(s)) =
+                            (numeric, item, list.as_string_opt::<i32>())
+                        {
+                            pg_numeric_text(s.value(j), Some(item));
+                        }
+                    }
+                } else if let (true, Some(s)) = (numeric, a.as_string_opt::<i32>()) {
+                    pg_numeric_text(s.value(r), Some(raw));
+                }
+            }
+        }
+    }
+    // Each decimal against the text of the same bytes.
+    for (c, column) in typed.schema().columns.iter().enumerate() {
+        let (a, t) = (&with.arrays[c], &without.arrays[c]);
+        for r in 0..with.rows.len() {
+            if a.is_null(r) {
+                continue;
+            }
+            match &column.ty {
+                ColumnType::Decimal { precision, scale } => pg_check_decimal(
+                    a.as_primitive::<Decimal128Type>().value(r),
+                    *precision,
+                    *scale,
+                    t.as_string::<i32>().value(r),
+                ),
+                ColumnType::List(item) => {
+                    if let ColumnType::Decimal { precision, scale } = **item {
+                        let (values, texts) =
+                            (a.as_list::<i32>().value(r), t.as_list::<i32>().value(r));
+                        let (values, texts) = (
+                            values.as_primitive::<Decimal128Type>(),
+                            texts.as_string::<i32>(),
+                        );
+                        for j in 0..values.len() {
+                            if values.is_valid(j) {
+                                pg_check_decimal(values.value(j), precision, scale, texts.value(j));
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }

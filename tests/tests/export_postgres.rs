@@ -249,10 +249,103 @@ async fn parquet_totals(h: &Harness, key: &str) -> (u64, i128, i64) {
     )
 }
 
+/// What the database holds for `mixed`: rows, sum of `amount` (hundredths), sum of `qty`.
+#[derive(Debug, Clone, Copy)]
+struct MixedTotals {
+    rows: u64,
+    cents: i128,
+    qty: i64,
+}
+
+/// Exports `SELECT * FROM mixed` as `format` with `codec` to `key` through `h` (a function of
+/// `memory` MB in `cgroup`, when there is one); checks the rows and sums read back against
+/// `want` and that the function was not OOM-killed; prints the figures. Returns the cgroup peak
+/// (the process's VmHWM without a cgroup) and the VmHWM.
+async fn export_mixed(
+    h: &Harness,
+    cgroup: Option<&MemoryCgroup>,
+    memory: u64,
+    (format, codec, key): (&str, &str, &str),
+    want: MixedTotals,
+) -> (u64, u64) {
+    if let Some(cg) = cgroup {
+        cg.reset_peak();
+    }
+    let rows = want.rows;
+    let mut job = h.job("SELECT * FROM mixed", format, key);
+    job["compression"] = json!(codec);
+    let started = Instant::now();
+    let s = response(h.invoke(job, Duration::from_secs(900)).await);
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(s["status"], "written");
+    assert_eq!(s["rows"], rows, "{s}");
+    assert_eq!(s["format"], format);
+
+    let (got_rows, got_cents, got_qty) = match format {
+        "parquet" => parquet_totals(h, key).await,
+        "csv" => {
+            let reader = h.object_reader(key, Some(codec)).await;
+            let (r, c, q, headers) = csv_totals(reader).await;
+            assert_eq!(
+                headers,
+                [
+                    "id",
+                    "qty",
+                    "amount",
+                    "ratio",
+                    "label",
+                    "note",
+                    "happened_at",
+                    "day",
+                    "flag",
+                    "doc",
+                    "tags",
+                    "nums"
+                ]
+            );
+            (r, c, q)
+        }
+        _ => ndjson_totals(h.object_reader(key, Some(codec)).await).await,
+    };
+    assert_eq!(got_rows, rows, "{format} ({memory} MB): rows read back");
+    assert_eq!(got_cents, want.cents, "{format} ({memory} MB): sum(amount)");
+    assert_eq!(got_qty, want.qty, "{format} ({memory} MB): sum(qty)");
+
+    let rss = s["peak_rss_bytes"].as_u64().unwrap();
+    let peak = match cgroup {
+        Some(cg) => {
+            assert!(
+                !cg.oom_killed(),
+                "{format} ({memory} MB): the function hit the cgroup limit"
+            );
+            cg.peak_bytes()
+        }
+        None => {
+            eprintln!("WARNING: no memory cgroup; falling back to the process's VmHWM");
+            rss
+        }
+    };
+    let bytes_in = s["bytes_in"].as_u64().unwrap();
+    eprintln!(
+        "EXPORT {format}+{codec} ({memory} MB): {rows} rows, {:.1} MiB rendered, {:.1} MiB out, in {secs:.1} s \
+         = {:.0} rows/s, {:.1} MiB/s; cgroup peak {:.1} MiB; VmHWM {:.1} MiB; {} parts",
+        bytes_in as f64 / MIB as f64,
+        s["bytes_out"].as_u64().unwrap() as f64 / MIB as f64,
+        rows as f64 / secs,
+        bytes_in as f64 / MIB as f64 / secs,
+        peak as f64 / MIB as f64,
+        rss as f64 / MIB as f64,
+        s["parts"],
+    );
+    (peak, rss)
+}
+
 /// The contract: 2 million rows of mixed types (`SLUICE_PG_ROWS` to change) exported as CSV
 /// (gzip), NDJSON (zstd) and Parquet (zstd pages) by the real bootstrap in a 256 MB memory
-/// cgroup; row count and column sums read back from the objects (the Parquet file by DuckDB)
-/// equal the database's; cgroup peak ≤ 128 MiB.
+/// cgroup, then as Parquet again in a 128 MB function (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128`,
+/// a 128 MiB cgroup); row count and column sums read back from the objects (the Parquet file by
+/// DuckDB) equal the database's; at 256 MB the cgroup peak is ≤ 128 MiB, at 128 MB the
+/// export completes without being OOM-killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_exports_two_million_rows_as_csv_ndjson_and_parquet_under_256_mb() {
     let rows: u64 = std::env::var("SLUICE_PG_ROWS")
@@ -273,6 +366,11 @@ async fn contract_exports_two_million_rows_as_csv_ndjson_and_parquet_under_256_m
         .unwrap();
     let (db_rows, db_cents, db_qty): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(db_rows as u64, rows);
+    let want = MixedTotals {
+        rows,
+        cents: db_cents as i128,
+        qty: db_qty,
+    };
 
     let cgroup = MemoryCgroup::create("sluice-export", 256 * MIB);
     let h = Harness::start(
@@ -281,77 +379,13 @@ async fn contract_exports_two_million_rows_as_csv_ndjson_and_parquet_under_256_m
         cgroup.as_ref(),
     )
     .await;
-
-    for (format, codec, key) in [
+    for export in [
         ("csv", "gzip", "mixed/all.csv.gz"),
         ("ndjson", "zstd", "mixed/all.ndjson.zst"),
         ("parquet", "zstd", "mixed/all.parquet"),
     ] {
-        if let Some(cg) = &cgroup {
-            cg.reset_peak();
-        }
-        let mut job = h.job("SELECT * FROM mixed", format, key);
-        job["compression"] = json!(codec);
-        let started = Instant::now();
-        let s = response(h.invoke(job, Duration::from_secs(900)).await);
-        let secs = started.elapsed().as_secs_f64();
-        assert_eq!(s["status"], "written");
-        assert_eq!(s["rows"], rows, "{s}");
-        assert_eq!(s["format"], format);
-
-        let (got_rows, got_cents, got_qty) = match format {
-            "parquet" => parquet_totals(&h, key).await,
-            "csv" => {
-                let reader = h.object_reader(key, Some(codec)).await;
-                let (r, c, q, headers) = csv_totals(reader).await;
-                assert_eq!(
-                    headers,
-                    [
-                        "id",
-                        "qty",
-                        "amount",
-                        "ratio",
-                        "label",
-                        "note",
-                        "happened_at",
-                        "day",
-                        "flag",
-                        "doc",
-                        "tags",
-                        "nums"
-                    ]
-                );
-                (r, c, q)
-            }
-            _ => ndjson_totals(h.object_reader(key, Some(codec)).await).await,
-        };
-        assert_eq!(got_rows, rows, "{format}: rows read back");
-        assert_eq!(got_cents, db_cents as i128, "{format}: sum(amount)");
-        assert_eq!(got_qty, db_qty, "{format}: sum(qty)");
-
-        let rss = s["peak_rss_bytes"].as_u64().unwrap();
-        let peak = match &cgroup {
-            Some(cg) => {
-                assert!(!cg.oom_killed(), "the function hit the cgroup limit");
-                cg.peak_bytes()
-            }
-            None => {
-                eprintln!("WARNING: no memory cgroup; falling back to the process's VmHWM");
-                rss
-            }
-        };
-        let bytes_in = s["bytes_in"].as_u64().unwrap();
-        eprintln!(
-            "EXPORT {format}+{codec}: {rows} rows, {:.1} MiB rendered, {:.1} MiB out, in {secs:.1} s \
-             = {:.0} rows/s, {:.1} MiB/s; cgroup peak {:.1} MiB; VmHWM {:.1} MiB; {} parts",
-            bytes_in as f64 / MIB as f64,
-            s["bytes_out"].as_u64().unwrap() as f64 / MIB as f64,
-            rows as f64 / secs,
-            bytes_in as f64 / MIB as f64 / secs,
-            peak as f64 / MIB as f64,
-            rss as f64 / MIB as f64,
-            s["parts"],
-        );
+        let format = export.0;
+        let (peak, rss) = export_mixed(&h, cgroup.as_ref(), 256, export, want).await;
         assert!(
             peak <= 128 * MIB,
             "{format}: cgroup peak {peak} bytes is over 128 MiB"
@@ -361,6 +395,24 @@ async fn contract_exports_two_million_rows_as_csv_ndjson_and_parquet_under_256_m
             "{format}: VmHWM {rss} bytes is over 128 MiB"
         );
     }
+    // The 256 MB function exits before the 128 MB one starts.
+    drop(h);
+    drop(cgroup);
+
+    // Parquet holds a row group's columns in memory: the same export in a 128 MB function,
+    // whose budget (from AWS_LAMBDA_FUNCTION_MEMORY_SIZE) sizes the parts and row groups.
+    let cgroup = MemoryCgroup::create("sluice-export-128", 128 * MIB);
+    let h = Harness::start(
+        "export-contract-128",
+        &[
+            ("DATABASE_URL", pg.admin_url()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
+        ],
+        cgroup.as_ref(),
+    )
+    .await;
+    let export = ("parquet", "zstd", "mixed/all.parquet");
+    export_mixed(&h, cgroup.as_ref(), 128, export, want).await;
 }
 
 /// `pg_terminate_backend` while rows stream and parts upload: the function answers with the

@@ -451,15 +451,17 @@ impl<'a> Numeric<'a> {
     }
 
     /// The value times `10^scale`, exactly: an error when it has digits below that scale or
-    /// more than `precision` digits in all, or is NaN or infinite.
+    /// more than `precision` digits in all, or is NaN or infinite. Digits below the display
+    /// scale are not part of the value: `numeric_recv` truncates them away, and
+    /// [`to_text`](Self::to_text) does not print them.
     fn unscaled(self, precision: u8, scale: i8) -> Result<i128, Problem> {
-        let (negative, weight, digits) = match self {
+        let (negative, weight, dscale, digits) = match self {
             Numeric::Finite {
                 negative,
                 weight,
+                dscale,
                 digits,
-                ..
-            } => (negative, weight, digits),
+            } => (negative, weight, dscale, digits),
             special => {
                 return Err(Problem::Unrepresentable(format!(
                     "{} has no Parquet decimal value (filter it out, or map it with CASE, e.g. to NULL)",
@@ -476,12 +478,17 @@ impl<'a> Numeric<'a> {
         let mut magnitude: i128 = 0;
         for (i, d) in digits.chunks_exact(2).enumerate() {
             // Checked in `parse`: 0..=9999.
-            let d = i128::from(u16::from_be_bytes([d[0], d[1]]));
+            let mut d = i128::from(u16::from_be_bytes([d[0], d[1]]));
+            // The digit's units are worth 10^(4 * (weight - i)); the display scale hides its
+            // decimal digits below 10^-dscale.
+            let units = 4 * (i64::from(weight) - i as i64);
+            let hidden = (-i64::from(dscale) - units).clamp(0, 4);
+            d -= d % 10i128.pow(hidden as u32);
             if d == 0 {
                 continue;
             }
             // The digit is worth 10000^(weight - i); times 10^scale that is 10^exp.
-            let exp = 4 * (i64::from(weight) - i as i64) + i64::from(scale);
+            let exp = units + i64::from(scale);
             let part = if exp >= 0 {
                 let power = u32::try_from(exp)
                     .ok()
@@ -597,6 +604,8 @@ pub struct TupleDecoder {
     database: String,
     columns: Vec<ColumnDecoder>,
     schema: TableSchema,
+    /// The most bytes one row may decode to (see [`with_max_row_bytes`](Self::with_max_row_bytes)).
+    max_row_bytes: usize,
 }
 
 impl TupleDecoder {
@@ -662,7 +671,18 @@ impl TupleDecoder {
             database: database.to_owned(),
             columns: decoders,
             schema,
+            max_row_bytes: usize::MAX,
         })
+    }
+
+    /// Caps what one row may decode to: a tuple can be far smaller than its values (an
+    /// unconstrained `numeric` of 10 bytes prints as 131,072 digits, and an array holds
+    /// thousands of them), so the row cap on COPY messages alone does not bound the builders.
+    /// A row past it is an `InvalidInput` error naming the row and the column, raised before
+    /// more than one value past the cap is built. Default: no cap.
+    pub fn with_max_row_bytes(mut self, max_row_bytes: usize) -> Self {
+        self.max_row_bytes = max_row_bytes;
+        self
     }
 
     /// The Parquet schema: one column per result column, in order.
@@ -708,8 +728,9 @@ impl TupleDecoder {
         let mut bytes = 0;
         for (i, (column, builder)) in self.columns.iter().zip(builders.iter_mut()).enumerate() {
             let value = field(data).map_err(|m| self.error(row, Some(i), m))?;
+            let budget = self.max_row_bytes.saturating_sub(bytes);
             bytes += self
-                .push(column, value, builder)
+                .push(column, value, builder, budget)
                 .map_err(|p| self.error(row, Some(i), p))?;
         }
         Ok(bytes)
@@ -720,7 +741,14 @@ impl TupleDecoder {
         column: &ColumnDecoder,
         value: Option<&[u8]>,
         builder: &mut ColumnBuilder,
+        budget: usize,
     ) -> Result<usize, Problem> {
+        let over = |size: usize| {
+            Problem::Unrepresentable(format!(
+                "the row decodes to more than {} bytes (the record cap, tuning.max_record_mib), {size} in this column alone",
+                self.max_row_bytes
+            ))
+        };
         let Some(raw) = value else {
             builder.append_null();
             return Ok(4);
@@ -729,6 +757,9 @@ impl TupleDecoder {
         let Some(element) = column.array else {
             let value = column.scalar.decode(raw)?;
             let size = value.size();
+            if size > budget {
+                return Err(over(size));
+            }
             return if value.push_column(builder) {
                 Ok(size)
             } else {
@@ -771,6 +802,9 @@ impl TupleDecoder {
                 Some(raw) => column.scalar.decode(raw).map_err(|p| p.in_element(n))?,
             };
             size += value.size();
+            if size > budget {
+                return Err(over(size));
+            }
             if !value.push_item(&mut **items) {
                 return Err(misfit());
             }
@@ -1042,9 +1076,10 @@ mod tests {
         // Far beyond i128: an error, not a wrap or a panic.
         let raw = numeric(NUMERIC_POS, i16::MAX, 0, &[9999, 9999]);
         assert!(parsed(&raw).unscaled(38, 10).is_err());
-        let raw = numeric(NUMERIC_POS, i16::MIN, 0, &[9999]);
+        // 16,384 places after the point, within the largest display scale: too many.
+        let raw = numeric(NUMERIC_POS, -4096, NUMERIC_DSCALE_MAX, &[9999]);
         assert!(parsed(&raw).unscaled(38, 38).is_err());
-        assert_eq!(parsed(&raw).to_text(), "0");
+        assert!(parsed(&raw).to_text().ends_with("999"));
     }
 
     #[test]
@@ -1061,6 +1096,31 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// Found by the `postgres_tuple` fuzz target: a decimal column kept the digits a value's
+    /// display scale hides (`0.00001025` with display scale 0), so it held another value than
+    /// its text, and than Postgres (`numeric_recv` truncates them away).
+    #[test]
+    fn decimal_drops_digits_the_display_scale_hides() {
+        let raw = numeric(NUMERIC_POS, -2, 0, &[1025]);
+        assert_eq!(parsed(&raw).to_text(), "0");
+        assert_eq!(parsed(&raw).unscaled(38, 38), Ok(0));
+        // 3.5678 with display scale 1 is 3.5, and fits numeric(5,1).
+        let raw = numeric(NUMERIC_POS, 0, 1, &[3, 5678]);
+        assert_eq!(parsed(&raw).to_text(), "3.5");
+        assert_eq!(parsed(&raw).unscaled(5, 4), Ok(35_000));
+        assert_eq!(parsed(&raw).unscaled(2, 1), Ok(35));
+        // -12.345678 with display scale 6: nothing hidden; -12.3456789 with 5: 12.34567.
+        let raw = numeric(NUMERIC_NEG, 0, 6, &[12, 3456, 7800]);
+        assert_eq!(parsed(&raw).unscaled(8, 6), Ok(-12_345_678));
+        let raw = numeric(NUMERIC_NEG, 0, 5, &[12, 3456, 7890]);
+        assert_eq!(parsed(&raw).to_text(), "-12.34567");
+        assert_eq!(parsed(&raw).unscaled(7, 5), Ok(-1_234_567));
+        // A digit far below any display scale: zero, as its text says, not a wrap or a panic.
+        let raw = numeric(NUMERIC_POS, i16::MIN, 0, &[9999]);
+        assert_eq!(parsed(&raw).to_text(), "0");
+        assert_eq!(parsed(&raw).unscaled(38, 38), Ok(0));
     }
 
     #[test]
@@ -1617,5 +1677,48 @@ mod tests {
             uuid_text([0xff; 16]),
             "ffffffff-ffff-ffff-ffff-ffffffffffff"
         );
+    }
+
+    #[test]
+    fn a_row_that_decodes_past_the_cap_is_an_error_before_it_is_built() {
+        // numeric 1e131071: weight 32767 with one digit — 10 bytes on the wire, 131,072
+        // digits as text; an array of 1,000 of them would be 125 MiB of builder.
+        let mut element = Vec::new();
+        for v in [1i16, 32767, 0, 0, 1] {
+            element.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut array = Vec::new();
+        array.extend_from_slice(&1i32.to_be_bytes()); // dimensions
+        array.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
+        array.extend_from_slice(&Type::NUMERIC.oid().to_be_bytes());
+        array.extend_from_slice(&1000i32.to_be_bytes());
+        array.extend_from_slice(&1i32.to_be_bytes());
+        for _ in 0..1000 {
+            array.extend_from_slice(&(element.len() as i32).to_be_bytes());
+            array.extend_from_slice(&element);
+        }
+        let mut tuple = 1i16.to_be_bytes().to_vec();
+        tuple.extend_from_slice(&(array.len() as i32).to_be_bytes());
+        tuple.extend_from_slice(&array);
+        let d = TupleDecoder::new("db", &[ResultColumn::new("n", Type::NUMERIC_ARRAY, -1)])
+            .unwrap()
+            .with_max_row_bytes(1 << 20);
+        let mut builders: Vec<ColumnBuilder> = d
+            .schema()
+            .columns
+            .iter()
+            .map(|c| ColumnBuilder::new(&c.ty))
+            .collect();
+        let e = d
+            .decode_row(&mut tuple.as_slice(), &mut builders, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 7") && e.contains("column \"n\""), "{e}");
+        assert!(e.contains("more than 1048576 bytes"), "{e}");
+        // Unbounded, the same row decodes (and is as large as promised).
+        let d =
+            TupleDecoder::new("db", &[ResultColumn::new("n", Type::NUMERIC_ARRAY, -1)]).unwrap();
+        let grew = d.decode_row(&mut tuple.as_slice(), &mut builders[..], 1);
+        assert!(grew.is_ok_and(|b| b > 100 << 20));
     }
 }

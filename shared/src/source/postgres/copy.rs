@@ -291,7 +291,11 @@ pub async fn export(
         .map_err(|e| pg_error(&database, "settings", &e, None))?;
 
     let decoder = match format {
-        CopyFormat::Binary => Some(describe(&session, &plan).await?),
+        CopyFormat::Binary => Some(
+            describe(&session, &plan)
+                .await?
+                .with_max_row_bytes(settings.max_row_bytes),
+        ),
         CopyFormat::Csv | CopyFormat::Ndjson => None,
     };
     let copy = client
