@@ -55,7 +55,7 @@ def main():
                     v = m.get(field) if m else None
                     ok = m is not None and m["ok"] > 0
                     values.append((v or 0) * scale if ok or field == "peak_bytes" else 0)
-                    notes.append("" if ok else (m["outcome"].split()[0] if m else "n/a"))
+                    notes.append("" if ok else (m["outcome"].split(",")[0].rsplit(" ", 1)[0] if m else "n/a"))
                 xs = [t + (i - 0.5) * width for t in range(len(tools))]
                 bars = ax.bar(xs, values, width, label=label, color=color)
                 for bar, note in zip(bars, notes):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: sluice against the tools users pick instead (requests + boto3, smart_open,
 # curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 for records; the seed's csv
-# generator pipeline and polars for transform), in an unconstrained
+# generator pipeline and polars for transform; pyarrow, DuckDB and dlt for records to Parquet;
+# pyarrow, polars and DuckDB for the transform to Parquet), in an unconstrained
 # box and a Lambda 256 MB box (cgroup v1: 256 MiB, 14.5% of a core), same nginx source, same
 # Garage; every output read back and verified. See bench/README.md.
 #
@@ -10,7 +11,7 @@
 #                                      no README change (part of `make test`)
 #
 # Environment: BENCH_GIB (default 2), BENCH_RUNS (3), BENCH_ONLY (comma-separated substrings of
-# configuration ids, e.g. `ingest/none,limit`), BENCH_TIMEOUT_SECS (per run, 1800),
+# configuration ids, e.g. `ingest/none,limit`), BENCH_TIMEOUT_SECS (per run, 1800; smoke 180),
 # BENCH_GZIP_LEVEL (the equal gzip level, default 1), BENCH_NO_README=1 (full run, README left
 # alone), BENCH_OUT_DIR (full run: results elsewhere than bench/results), BENCH_SKIP_SETUP=1
 # (skip scripts/setup.sh) and BENCH_SKIP_BUILD=1 (use the release binaries as built): for
@@ -21,9 +22,14 @@ cd "$ROOT"
 STATE="$ROOT/.local/bench"
 VENV="$ROOT/.venv"
 SMOKE="${BENCH_SMOKE:-0}"
-# Versions tested; a change of this list reinstalls.
+# Versions tested; a change of this list reinstalls. pyarrow and duckdb come with the main venv
+# (scripts/setup.sh pins them).
 PY_BENCH=("smart_open[s3]==9.0.2" "awscli==1.46.3" "zstandard==0.25.0" "matplotlib==3.11.2"
     "requests==2.34.2" "polars==2.1.0")
+# dlt in a venv of its own: its s3 extra (s3fs -> aiobotocore) pins a botocore that awscli v1
+# refuses, so the two cannot share one. A failed install leaves dlt out, with the reason.
+DLT_VENV="$STATE/dlt-venv"
+PY_DLT=("dlt[s3,parquet]==1.31.0" "s3fs==2026.9.0" "pyarrow==26.0.1")
 started=$(date +%s)
 
 report() { printf '%-14s %s\n' "$1:" "$2"; }
@@ -56,6 +62,31 @@ else
     "$VENV/bin/python" -c 'import boto3, smart_open, zstandard, matplotlib, requests, polars'
     printf '%s' "$wanted" >"$stamp"
     report "bench venv" "installed $wanted"
+fi
+"$VENV/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null || {
+    echo "bench: pyarrow or duckdb missing from $VENV (scripts/setup.sh installs them)" >&2
+    exit 1
+}
+dlt_stamp="$DLT_VENV/.sluice-bench-requirements"
+BENCH_DLT_PYTHON=""
+BENCH_DLT_SKIPPED=""
+if [[ -f "$dlt_stamp" && "$(cat "$dlt_stamp")" == "${PY_DLT[*]}" && -x "$DLT_VENV/bin/python" ]]; then
+    BENCH_DLT_PYTHON="$DLT_VENV/bin/python"
+else
+    rm -rf "$DLT_VENV"
+    mkdir -p "$STATE"
+    if python3 -m venv "$DLT_VENV" >"$STATE/dlt-install.log" 2>&1 &&
+        "$DLT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_DLT[@]}" \
+            >>"$STATE/dlt-install.log" 2>&1 &&
+        "$DLT_VENV/bin/python" -c 'import dlt, s3fs, pyarrow; from dlt.sources.rest_api import rest_api_source' \
+            >>"$STATE/dlt-install.log" 2>&1; then
+        printf '%s' "${PY_DLT[*]}" >"$dlt_stamp"
+        BENCH_DLT_PYTHON="$DLT_VENV/bin/python"
+        report "bench dlt" "installed ${PY_DLT[*]} into $DLT_VENV"
+    else
+        BENCH_DLT_SKIPPED="installing ${PY_DLT[*]} into a venv failed ($(tail -1 "$STATE/dlt-install.log" | cut -c1-200))"
+        report "bench dlt" "left out: $BENCH_DLT_SKIPPED"
+    fi
 fi
 
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
@@ -144,9 +175,12 @@ fi
 mkdir -p "$OUT"
 versions="$("$VENV/bin/python" - <<'PY'
 import importlib.metadata as m
-print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard", "polars"]))
+print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard", "polars", "pyarrow", "duckdb"]))
 PY
 )"
+if [[ -n "$BENCH_DLT_PYTHON" ]]; then
+    versions+=", $("$BENCH_DLT_PYTHON" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)} (dlt venv)" for p in ["dlt", "s3fs"]))')"
+fi
 versions+=", $(rclone version 2>/dev/null | head -1), curl $(curl --version | head -1 | cut -d' ' -f2)"
 versions+=", gzip $(gzip --version | head -1 | awk '{print $2}'), zstd $(zstd --version | grep -o 'v[0-9.]*' | head -1)"
 versions+=", nginx $("$NGINX" -v 2>&1 | cut -d/ -f2), python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())')"
@@ -155,6 +189,7 @@ set +e
 BENCH_OUT="$OUT" BENCH_DATA="$STATE/data" BENCH_SOURCE_URL="http://127.0.0.1:$port" \
     BENCH_PYTHON="$VENV/bin/python" BENCH_PEERS="$ROOT/bench/peers" BENCH_AWS="$VENV/bin/aws" \
     BENCH_AWS_CONFIG="$STATE/aws-config" BENCH_COMMAND="$COMMAND" BENCH_VERSIONS="$versions" \
+    BENCH_DLT_PYTHON="$BENCH_DLT_PYTHON" BENCH_DLT_SKIPPED="$BENCH_DLT_SKIPPED" \
     PATH="$VENV/bin:$PATH" "$ROOT/target/release/sluice-bench"
 status=$?
 set -e

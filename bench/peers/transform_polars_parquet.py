@@ -1,11 +1,12 @@
 """Transform -> Parquet peer with polars, lazy and streaming: pl.scan_csv of the gzip object on
 S3 itself (polars reads s3:// URLs with storage_options and decompresses gzip as it scans), only
-the columns the pipeline needs, plus a second scan of the same object as raw lines to count
-fields (scan_csv pads a short, ragged row with nulls silently), joined by row position; the
-schema check, filter, replace, concat, select and rename as expressions; then two sinks run
-together on the streaming engine (pl.collect_all of lazy sinks): sink_parquet (zstd) straight
-to s3://BUCKET/KEY and sink_ndjson of the bad rows to a local file, put with boto3 when there
-are any.
+the columns the pipeline needs, plus pl.scan_lines of the same object to count each line's
+fields (scan_csv pads a short, ragged row with empty fields silently; a second scan_csv of the
+same object with other options fails to plan in polars 2.1, the two scans being taken for one),
+joined by row position; the schema check, filter, replace, concat, select and rename as
+expressions; then three lazy sinks run together on the streaming engine (pl.collect_all, the
+scans shared): sink_parquet (zstd) straight to s3://BUCKET/KEY, sink_ndjson of the bad rows to
+a local file (put with boto3 when there are any) and the row count.
 
     python transform_polars_parquet.py SOURCE_KEY BUCKET KEY QUARANTINE_KEY
 
@@ -43,9 +44,10 @@ def main():
     source_key, bucket, key, quarantine_key = sys.argv[1:5]
     source = f"s3://{bucket}/{source_key}"
     options = storage_options()
-    rows = pl.scan_csv(source, infer_schema=False, storage_options=options).select(NEEDED)
-    raw = pl.scan_csv(source, separator="\x1f", quote_char=None, infer_schema=False,
-                      new_columns=["raw"], storage_options=options)
+    rows = pl.scan_csv(source, infer_schema=False, empty_string_is_null=False,
+                       storage_options=options).select(NEEDED)
+    # Lines after the header: the generator writes no newline inside a quoted field.
+    raw = pl.scan_lines(source, name="raw", storage_options=options).slice(1)
     fields = raw.select(
         (pl.col("raw").str.replace_all('"[^"]*"', "").str.count_matches(",", literal=True) + 1)
         .alias("fields")
@@ -71,8 +73,7 @@ def main():
         .with_columns(
             pl.col("Issuing Agency").replace({"P": "police"}),
             pl.concat_str(
-                [pl.col("House Number").fill_null(""), pl.col("Street Name").fill_null(""),
-                 pl.col("Registration State")],
+                [pl.col("House Number"), pl.col("Street Name"), pl.col("Registration State")],
                 separator=", ",
             ).alias("address"),
         )

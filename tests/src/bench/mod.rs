@@ -4,8 +4,9 @@
 //!
 //! - [`cell`]: the two boxes (memory + cpu + cpuacct cgroups) and processes run inside them.
 //! - [`source`]: the generated JSON documents nginx serves, one per run, and their checksums.
-//! - [`table`]: the transform case's CSV source in S3, its expected output, the check.
-//! - [`plan`]: settings from the environment, the cases and tools, the run loop.
+//! - [`table`]: the transform cases' CSV source in S3, its expected output, the checks.
+//! - [`plan`]: settings from the environment, the cases and tools, the run loop, the output
+//!   checks (Parquet read back with pyarrow, `bench/peers/parquet_check.py`).
 //! - [`report`]: medians, ratios, the JSON, Markdown and README outputs.
 //! - [`limits`]: the runner's own sub-modes: the sink alone and the compressor alone.
 

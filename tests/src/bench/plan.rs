@@ -47,7 +47,8 @@ pub struct Settings {
     /// Only configurations whose id contains one of these (`BENCH_ONLY`, comma-separated).
     pub only: Vec<String>,
     /// A run still going after this long is killed and reported as timed out
-    /// (`BENCH_TIMEOUT_SECS`, default 1800; smoke: 90).
+    /// (`BENCH_TIMEOUT_SECS`, default 1800; smoke: 180, as dlt alone takes ~30 s of its 8 MiB
+    /// at 14.5% of a core).
     pub timeout_secs: u64,
     /// The gzip level every tool uses in the equal-level mode (`BENCH_GZIP_LEVEL`, default 1,
     /// sluice's default).
@@ -57,6 +58,11 @@ pub struct Settings {
     pub compress_sample: u64,
     /// The command line shown in the report (`BENCH_COMMAND`).
     pub command: String,
+    /// The python of dlt's own venv (`BENCH_DLT_PYTHON`; dlt's `s3` extra pins a botocore
+    /// that awscli v1 refuses, so dlt cannot share the peers' venv). Unset: dlt is not run.
+    pub dlt_python: Option<PathBuf>,
+    /// Why dlt is not run, when it is not (`BENCH_DLT_SKIPPED`, from `bench/run.sh`).
+    pub dlt_skipped: Option<String>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -115,11 +121,26 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
-            timeout_secs: env_or("BENCH_TIMEOUT_SECS", if smoke { 90 } else { 1800 })?,
+            timeout_secs: env_or("BENCH_TIMEOUT_SECS", if smoke { 180 } else { 1800 })?,
             gzip_level,
             compress_sample: size.min(64 * MIB),
             command: std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "bash bench/run.sh".into()),
+            dlt_python: std::env::var_os("BENCH_DLT_PYTHON")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            dlt_skipped: std::env::var("BENCH_DLT_SKIPPED")
+                .ok()
+                .filter(|r| !r.trim().is_empty()),
         })
+    }
+
+    /// Why dlt is left out of this run, or `None` when it runs.
+    pub fn dlt_reason(&self) -> Option<String> {
+        match (&self.dlt_python, &self.dlt_skipped) {
+            (Some(_), _) => None,
+            (None, Some(reason)) => Some(reason.clone()),
+            (None, None) => Some("BENCH_DLT_PYTHON is not set (run bench/run.sh)".into()),
+        }
     }
 }
 
@@ -146,8 +167,19 @@ pub enum Tool {
     /// generator -> `csv.writer` -> gzip -> `upload_fileobj`, streaming end to end.
     PythonCsv,
     /// Transform peer: polars `read_csv` of the whole gzip object in memory, expressions,
-    /// `write_csv`, gzip, boto3 upload.
+    /// `write_csv`, gzip, boto3 upload; to Parquet: `scan_csv` of the object on S3, expressions,
+    /// `sink_parquet` to S3 on the streaming engine.
     Polars,
+    /// Parquet peer: pyarrow (`json.loads` + `Table.from_pylist` batches for records, the
+    /// streaming `open_csv` reader + `pyarrow.compute` for the transform) writing with
+    /// `pq.ParquetWriter` on `pyarrow.fs.S3FileSystem`.
+    Pyarrow,
+    /// Parquet peer: DuckDB (`read_json` / `read_csv` of a downloaded copy, `COPY ... TO`
+    /// a local Parquet file, boto3 upload).
+    DuckDb,
+    /// Records to Parquet peer: dlt's `rest_api` source, `filesystem` destination on S3,
+    /// `loader_file_format="parquet"`.
+    Dlt,
     /// Limit: the source alone, `curl -o /dev/null`.
     SourceAlone,
     /// Limit: sluice's multipart sink alone, bytes generated in memory.
@@ -169,6 +201,9 @@ impl Tool {
             Tool::PythonRecords => "python-json",
             Tool::PythonCsv => "python-csv",
             Tool::Polars => "polars",
+            Tool::Pyarrow => "pyarrow",
+            Tool::DuckDb => "duckdb",
+            Tool::Dlt => "dlt",
             Tool::SourceAlone => "source-alone",
             Tool::SinkAlone => "sink-alone",
             Tool::CompressorAlone => "compressor-alone",
@@ -187,6 +222,9 @@ impl Tool {
             Tool::PythonRecords => "json.loads + json.dumps + boto3",
             Tool::PythonCsv => "boto3 stream + csv.DictReader generator + upload_fileobj",
             Tool::Polars => "polars read_csv (in memory) + write_csv + boto3",
+            Tool::Pyarrow => "pyarrow ParquetWriter on S3FileSystem",
+            Tool::DuckDb => "DuckDB COPY TO parquet + boto3",
+            Tool::Dlt => "dlt rest_api + filesystem (parquet)",
             Tool::SourceAlone => "curl -o /dev/null (source alone)",
             Tool::SinkAlone => "sluice sink, bytes from memory (sink alone)",
             Tool::CompressorAlone => "sluice codec in memory, 1 thread (compressor alone)",
@@ -204,6 +242,9 @@ impl Tool {
                 | Tool::PythonRecords
                 | Tool::PythonCsv
                 | Tool::Polars
+                | Tool::Pyarrow
+                | Tool::DuckDb
+                | Tool::Dlt
         )
     }
 }
@@ -221,6 +262,10 @@ pub enum Case {
     /// The seed pipeline (`events/transform-s3.pipeline.json`) on a gzip parking-violations
     /// CSV in S3, to a gzip CSV in S3.
     Transform,
+    /// `$.data[*]` of the document to Parquet (zstd), with the records' declared schema.
+    RecordsParquet,
+    /// The seed pipeline on the same gzip CSV, to Parquet (`output.format: parquet`, zstd).
+    TransformParquet,
 }
 
 impl Case {
@@ -231,7 +276,19 @@ impl Case {
             Case::Ingest => "ingest",
             Case::Records => "records",
             Case::Transform => "transform",
+            Case::RecordsParquet => "records-parquet",
+            Case::TransformParquet => "transform-parquet",
         }
+    }
+
+    /// Whether the case writes Parquet.
+    pub fn is_parquet(self) -> bool {
+        matches!(self, Case::RecordsParquet | Case::TransformParquet)
+    }
+
+    /// Whether the case runs the seed pipeline on a CSV in S3.
+    pub fn is_transform(self) -> bool {
+        matches!(self, Case::Transform | Case::TransformParquet)
     }
 }
 
@@ -259,10 +316,36 @@ impl Config {
     pub fn id(&self) -> String {
         format!("{}/{}/{}", self.case.id(), self.mode, self.tool.id())
     }
+
+    /// What the tool does in this case, for tables.
+    pub fn label(&self) -> &'static str {
+        match (self.case, self.tool) {
+            (Case::Transform | Case::TransformParquet, Tool::Sluice) => "sluice transform-s3",
+            (Case::RecordsParquet, Tool::Pyarrow) => {
+                "json.loads + pyarrow from_pylist batches + ParquetWriter on S3FileSystem"
+            }
+            (Case::TransformParquet, Tool::Pyarrow) => {
+                "pyarrow open_csv stream (S3FileSystem) + compute + ParquetWriter on S3FileSystem"
+            }
+            (Case::RecordsParquet, Tool::DuckDb) => {
+                "download + DuckDB read_json + COPY TO parquet + boto3"
+            }
+            (Case::TransformParquet, Tool::DuckDb) => {
+                "download + DuckDB read_csv + COPY TO parquet + boto3"
+            }
+            (Case::TransformParquet, Tool::Polars) => {
+                "polars scan_csv (S3) + sink_parquet (S3), streaming engine"
+            }
+            (Case::RecordsParquet, Tool::Dlt) => "dlt rest_api + filesystem on S3 (s3fs), parquet",
+            (_, tool) => tool.label(),
+        }
+    }
 }
 
 /// The zstd level every tool uses (each one's default).
 pub const ZSTD_LEVEL: i32 = 3;
+/// The mode of the Parquet cases: zstd pages at each writer's default level.
+pub const PARQUET_MODE: &str = "zstd";
 /// The gzip level the peers would use if left alone (gzip's and zlib's default).
 pub const USUAL_GZIP_LEVEL: i32 = 6;
 
@@ -312,6 +395,14 @@ pub fn configs(settings: &Settings) -> Vec<Config> {
     for tool in [Tool::Sluice, Tool::PythonCsv, Tool::Polars] {
         all.push(Config::new(Case::Transform, tool, &gzip));
     }
+    for tool in [Tool::Sluice, Tool::Pyarrow, Tool::DuckDb, Tool::Dlt] {
+        if tool != Tool::Dlt || settings.dlt_python.is_some() {
+            all.push(Config::new(Case::RecordsParquet, tool, PARQUET_MODE));
+        }
+    }
+    for tool in [Tool::Sluice, Tool::Pyarrow, Tool::Polars, Tool::DuckDb] {
+        all.push(Config::new(Case::TransformParquet, tool, PARQUET_MODE));
+    }
     if !settings.only.is_empty() {
         all.retain(|c| settings.only.iter().any(|o| c.id().contains(o.as_str())));
     }
@@ -326,6 +417,9 @@ pub enum Status {
     Ok,
     /// Killed by the OOM killer (memory limit).
     Killed,
+    /// A peer that gave up with its own out-of-memory error at the box's limit (DuckDB sizes
+    /// its `memory_limit` from the cgroup's and stops there; Python's `MemoryError`).
+    OutOfMemory,
     /// Still running at the timeout; killed.
     Timeout,
     /// Exited with an error, or its output was wrong.
@@ -372,7 +466,41 @@ pub struct RunRecord {
     pub seed: Option<u64>,
     /// Wall time of the whole step (generation, run, verification, clean-up), for the ETA.
     pub step_secs: f64,
+    /// What the Parquet output held, read back (Parquet cases, verified runs).
+    pub parquet: Option<ParquetFacts>,
 }
+
+/// A Parquet output as pyarrow reads it back (`bench/peers/parquet_check.py`).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ParquetFacts {
+    /// Rows, from the footers.
+    pub rows: u64,
+    /// Row groups.
+    pub row_groups: u64,
+    /// Files (dlt writes the table as one file per load job; everyone else one object).
+    #[serde(default)]
+    pub files: u64,
+    /// Page codecs of the column chunks, as pyarrow names them (`ZSTD`).
+    pub codecs: Vec<String>,
+    /// Column names and arrow types.
+    pub columns: Vec<(String, String)>,
+}
+
+/// The columns of the records case's Parquet: sluice's declared schema, what every peer
+/// writes (`tags`, a JSON array in the source, as its compact JSON text).
+const RECORD_COLUMNS: [(&str, &str, &str); 8] = [
+    ("id", "int", "int64"),
+    ("name", "string", "string"),
+    ("kind", "string", "string"),
+    ("ref", "string", "string"),
+    ("value", "float", "double"),
+    ("ts", "timestamp", "timestamp[us, tz=UTC]"),
+    ("tags", "string", "string"),
+    ("active", "bool", "bool"),
+];
+
+/// The columns of the seed pipeline's output.
+const TRANSFORM_COLUMNS: [&str; 3] = ["vehicle_make", "issuing_agency", "address"];
 
 /// The benchmark: settings, the S3 server and bucket, the current source file.
 pub struct Bench {
@@ -493,15 +621,17 @@ impl Bench {
     ) -> anyhow::Result<RunRecord> {
         let step = Instant::now();
         let source = match (config.case, config.tool) {
-            (Case::Ingest | Case::Records, _) => Some(self.fresh_source()?),
+            (Case::Ingest | Case::Records | Case::RecordsParquet, _) => Some(self.fresh_source()?),
             (Case::Limit, Tool::SourceAlone | Tool::CompressorAlone) => Some(self.any_source()?),
             _ => None,
         };
-        let table = match config.case {
-            Case::Transform => Some(self.fresh_table().await?),
-            _ => None,
+        let table = if config.case.is_transform() {
+            Some(self.fresh_table().await?)
+        } else {
+            None
         };
         let key = match &table {
+            Some(t) if config.case.is_parquet() => t.parquet_key.clone(),
             Some(t) => t.output_key.clone(),
             None => format!("{}/{}/{}", config.id(), kind.name(), round),
         };
@@ -520,7 +650,13 @@ impl Bench {
                 (None, Some(s)) => s.len,
                 (None, None) => self.settings.size,
             },
-            rows: table.as_ref().map(|t| t.rows),
+            rows: match (&table, &source) {
+                (Some(t), _) => Some(t.rows),
+                (None, Some(s)) if matches!(config.case, Case::Records | Case::RecordsParquet) => {
+                    Some(s.records)
+                }
+                _ => None,
+            },
             rows_per_s: None,
             out_bytes: None,
             peak_bytes: 0,
@@ -532,6 +668,7 @@ impl Bench {
                 .map(|t| t.seed)
                 .or(source.as_ref().map(|s| s.seed)),
             step_secs: 0.0,
+            parquet: None,
         };
         let outcome = if matches!(config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
             self.run_sluice(config, &cell, source.as_ref(), table.as_ref(), &key)
@@ -563,6 +700,14 @@ impl Bench {
                 } else {
                     message
                 });
+            }
+            Ended::OutOfMemory(message) => {
+                record.status = if usage.oom_killed {
+                    Status::Killed
+                } else {
+                    Status::OutOfMemory
+                };
+                record.error = Some(format!("out of memory at the box's limit ({message})"));
             }
             Ended::Done { stdout } => {
                 match self
@@ -604,14 +749,30 @@ impl Bench {
     ) -> anyhow::Result<Outcome> {
         let mut env = self.server.lambda_env();
         let (binary, job) = if let Some(table) = table {
-            // The seed pipeline, at the mode's gzip level and without the manifest (no peer
-            // writes one); a direct invoke on the source object.
+            // The seed pipeline, at the mode's gzip level (or to Parquet, whose page codec
+            // defaults to zstd) and without the manifest (no peer writes one); a direct invoke
+            // on the source object.
             let mut pipeline: Value = serde_json::from_str(table::SEED_PIPELINE)?;
-            let Some(("gzip", level)) = config.mode.split_once('-') else {
-                bail!("the transform writes gzip CSV, not {}", config.mode);
-            };
-            pipeline["output"]["compression"] =
-                json!({"codec": "gzip", "level": level.parse::<i32>()?});
+            if config.case == Case::TransformParquet {
+                if config.mode != PARQUET_MODE {
+                    bail!(
+                        "the Parquet transform writes zstd pages, not {}",
+                        config.mode
+                    );
+                }
+                let output = pipeline["output"]
+                    .as_object_mut()
+                    .context("the seed pipeline has no output")?;
+                output.remove("compression");
+                output.insert("format".into(), json!("parquet"));
+                output.insert("key".into(), json!("clean/{source_stem}.parquet"));
+            } else {
+                let Some(("gzip", level)) = config.mode.split_once('-') else {
+                    bail!("the transform writes gzip CSV, not {}", config.mode);
+                };
+                pipeline["output"]["compression"] =
+                    json!({"codec": "gzip", "level": level.parse::<i32>()?});
+            }
             pipeline["output"]["manifest"] = json!(false);
             env.push(("PIPELINE".into(), pipeline.to_string()));
             (
@@ -627,8 +788,16 @@ impl Bench {
             if let Some((codec, level)) = config.mode.split_once('-') {
                 job["compression"] = json!({"codec": codec, "level": level.parse::<i32>()?});
             }
-            if config.case == Case::Records {
+            if matches!(config.case, Case::Records | Case::RecordsParquet) {
                 job["records"] = json!("$.data[*]");
+            }
+            if config.case == Case::RecordsParquet {
+                // No `compression`: the page codec defaults to zstd.
+                job["format"] = json!("parquet");
+                job["schema"] = RECORD_COLUMNS
+                    .iter()
+                    .map(|(name, ty, _)| json!({"name": name, "type": ty}))
+                    .collect();
             }
             ("ingest-http", job)
         };
@@ -713,7 +882,21 @@ impl Bench {
             Tool::SmartOpen => python("smart_open_stream.py", &[&config.mode]),
             Tool::PythonRecords => python("records_boto3.py", &["data", &config.mode]),
             Tool::PythonCsv => python("transform_csv.py", &[&quarantine_key, &config.mode]),
+            Tool::Polars if config.case == Case::TransformParquet => {
+                python("transform_polars_parquet.py", &[&quarantine_key])
+            }
             Tool::Polars => python("transform_polars.py", &[&quarantine_key, &config.mode]),
+            Tool::Pyarrow if config.case == Case::RecordsParquet => {
+                python("records_pyarrow.py", &[])
+            }
+            Tool::Pyarrow => python("transform_pyarrow.py", &[&quarantine_key]),
+            Tool::DuckDb if config.case == Case::RecordsParquet => python("records_duckdb.py", &[]),
+            Tool::DuckDb => python("transform_duckdb.py", &[&quarantine_key]),
+            Tool::Dlt => {
+                let (_, args) = python("records_dlt.py", &[]);
+                let dlt = s.dlt_python.clone().context("dlt's venv is not set up")?;
+                (dlt, args)
+            }
             Tool::AwsCli => pipeline(
                 "\"$BENCH_AWS\" s3 cp - \"s3://$BENCH_BUCKET/$BENCH_KEY\" \
                  --endpoint-url \"$BENCH_S3_ENDPOINT\" --only-show-errors",
@@ -760,18 +943,35 @@ impl Bench {
             .env("BENCH_BUCKET", &self.bucket)
             .env("BENCH_KEY", key)
             .env("BENCH_AWS", &s.aws);
-        let finished: Finished = tokio::task::block_in_place(|| {
+        // A scratch directory per run (Python's tempfile follows TMPDIR), removed afterwards:
+        // a peer killed at the memory limit cannot clean up its downloads itself.
+        let scratch = std::env::temp_dir().join(format!(
+            "sluice-bench-tmp-{}-{}",
+            std::process::id(),
+            config.id().replace('/', "-")
+        ));
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        cmd.command.env("TMPDIR", &scratch);
+        let finished = tokio::task::block_in_place(|| {
             cmd.run(Duration::from_secs(self.settings.timeout_secs))
-        })?;
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        let finished: Finished = finished?;
         let secs = finished.elapsed.as_secs_f64();
         let result = if finished.status.is_none() {
             Ended::Timeout
         } else if !finished.success() {
-            Ended::Error(format!(
+            let message = format!(
                 "{}: {}",
                 finished.describe(),
                 tail(&finished.stderr_tail, 600)
-            ))
+            );
+            if config.tool.is_peer() && out_of_memory(&finished.stderr_tail) {
+                Ended::OutOfMemory(message)
+            } else {
+                Ended::Error(message)
+            }
         } else {
             Ended::Done {
                 stdout: finished.stdout,
@@ -808,6 +1008,11 @@ impl Bench {
                 return Ok(());
             }
             _ => {}
+        }
+        if config.case.is_parquet() {
+            return self
+                .verify_parquet(config, source, table, key, stdout, record)
+                .await;
         }
         let head = self
             .client
@@ -872,43 +1077,9 @@ impl Bench {
         stdout: &str,
     ) -> anyhow::Result<()> {
         let want = &table.expected;
-        let said: Value = serde_json::from_str(stdout.trim())
-            .with_context(|| format!("the tool's summary is not JSON: {}", tail(stdout, 300)))?;
-        let said = if config.tool == Tool::Sluice {
-            let objects = said["objects"]
-                .as_array()
-                .context("no `objects` in the summary")?;
-            if objects.len() != 1 {
-                bail!(
-                    "{} objects in the summary, expected 1: {said}",
-                    objects.len()
-                );
-            }
-            let o = objects[0].clone();
-            if o["status"] != "written" || o["key"] != key {
-                bail!("summary: {o}");
-            }
-            o
-        } else {
-            said
-        };
-        let counts = (
-            said["records_out"].as_u64().or(said["rows_out"].as_u64()),
-            said["quarantined"].as_u64(),
-        );
-        if counts != (Some(want.rows_out), Some(want.quarantined)) {
-            bail!(
-                "the tool reports {counts:?} rows out and quarantined; expected {} and {}",
-                want.rows_out,
-                want.quarantined
-            );
-        }
+        check_counts(config, table, key, stdout)?;
         let gz = read_object(&self.client, &self.bucket, key).await;
-        let quarantine = if object_exists(&self.client, &self.bucket, &table.quarantine_key).await {
-            Some(read_object(&self.client, &self.bucket, &table.quarantine_key).await)
-        } else {
-            None
-        };
+        let quarantine = self.quarantine(table).await;
         tokio::task::block_in_place(|| {
             table::check(
                 &gz,
@@ -918,6 +1089,206 @@ impl Bench {
             )
         })?;
         Ok(())
+    }
+
+    /// The quarantine object of a transform run, when one was written.
+    async fn quarantine(&self, table: &TableSource) -> Option<Vec<u8>> {
+        if object_exists(&self.client, &self.bucket, &table.quarantine_key).await {
+            Some(read_object(&self.client, &self.bucket, &table.quarantine_key).await)
+        } else {
+            None
+        }
+    }
+
+    /// The Parquet cases' checks: the tool's own counts, then the output read back with
+    /// pyarrow (`bench/peers/parquet_check.py`): rows from the footers, zstd pages, the
+    /// expected columns and types; for records, the sum of `id` (every record once); for the
+    /// transform, the rows themselves in order and the quarantine.
+    async fn verify_parquet(
+        &self,
+        config: &Config,
+        source: Option<&SourceFile>,
+        table: Option<&TableSource>,
+        key: &str,
+        stdout: &str,
+        record: &mut RunRecord,
+    ) -> anyhow::Result<()> {
+        let objects = if config.tool == Tool::Dlt {
+            // dlt lays a table out as `<dataset>/<table>/<load id>.<file id>.parquet`, beside
+            // its own `_dlt_*` tables, which are not the records.
+            let prefix = format!("{key}/bench/records/");
+            let found: Vec<(String, u64)> = self
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .filter(|(k, _)| k.ends_with(".parquet"))
+                .collect();
+            if found.is_empty() {
+                bail!("no Parquet file under {prefix}");
+            }
+            found
+        } else {
+            let head = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .with_context(|| format!("HeadObject {key}: no object"))?;
+            vec![(key.to_owned(), head.content_length().unwrap_or(0) as u64)]
+        };
+        record.out_bytes = Some(objects.iter().map(|(_, size)| size).sum());
+        let (want_rows, columns): (u64, Vec<(&str, &str)>) = match (config.case, source, table) {
+            (Case::RecordsParquet, Some(source), _) => {
+                check_record_counts(config, source, key, stdout)?;
+                (
+                    source.records,
+                    RECORD_COLUMNS.iter().map(|(n, _, t)| (*n, *t)).collect(),
+                )
+            }
+            (Case::TransformParquet, _, Some(table)) => {
+                check_counts(config, table, key, stdout)?;
+                (
+                    table.expected.rows_out,
+                    TRANSFORM_COLUMNS.iter().map(|n| (*n, "string")).collect(),
+                )
+            }
+            _ => bail!("{}: no source for a Parquet check", config.id()),
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-bench-parquet-{}-{}",
+            std::process::id(),
+            record.round
+        ));
+        let checked = self
+            .read_parquet(&dir, &objects, config.case == Case::TransformParquet)
+            .await;
+        let result = checked.and_then(|(check, rows_csv)| {
+            let mut facts = check.facts;
+            facts.files = objects.len() as u64;
+            if facts.rows != want_rows {
+                bail!(
+                    "the Parquet holds {} rows (pyarrow, footers); expected {want_rows}",
+                    facts.rows
+                );
+            }
+            if facts.codecs != ["ZSTD"] {
+                bail!("page codecs {:?}; expected ZSTD", facts.codecs);
+            }
+            // Arrow's large_string (polars) is the same Parquet column as string; dlt adds
+            // `_dlt_load_id` and `_dlt_id` to every table.
+            let got: Vec<(&str, &str)> = facts
+                .columns
+                .iter()
+                .filter(|(n, _)| !(config.tool == Tool::Dlt && n.starts_with("_dlt_")))
+                .map(|(n, t)| (n.as_str(), t.strip_prefix("large_").unwrap_or(t)))
+                .collect();
+            if got != columns {
+                bail!("columns {got:?}; expected {columns:?}");
+            }
+            if config.case == Case::RecordsParquet {
+                // The generator numbers the records from 0.
+                let n = want_rows as i128;
+                if check.sum != Some(n * (n - 1) / 2) {
+                    bail!(
+                        "sum of id {:?}; expected {} (every record once)",
+                        check.sum,
+                        n * (n - 1) / 2
+                    );
+                }
+            }
+            if let (Some(table), Some(csv)) = (table, rows_csv) {
+                table::check_rows(&csv, &table.expected)?;
+            }
+            Ok(facts)
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let facts = result?;
+        if let Some(table) = table {
+            let quarantine = self.quarantine(table).await;
+            table::check_quarantine(quarantine.as_deref(), &table.expected)?;
+        }
+        record.parquet = Some(facts);
+        Ok(())
+    }
+
+    /// Downloads `objects` into `dir` and reads them with `parquet_check.py` (with the `id`
+    /// sum for records, or every row as CSV for the transform).
+    async fn read_parquet(
+        &self,
+        dir: &Path,
+        objects: &[(String, u64)],
+        rows_as_csv: bool,
+    ) -> anyhow::Result<(ParquetCheck, Option<Vec<u8>>)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut files = Vec::new();
+        for (i, (key, _)) in objects.iter().enumerate() {
+            let path = dir.join(format!("{i}.parquet"));
+            let mut body = object_stream(&self.client, &self.bucket, key).await;
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .with_context(|| format!("creating {}", path.display()))?;
+            tokio::io::copy(&mut body, &mut file)
+                .await
+                .with_context(|| format!("downloading {key}"))?;
+            files.push(path);
+        }
+        let csv_path = dir.join("rows.csv");
+        let mut cmd = std::process::Command::new(&self.settings.python);
+        cmd.arg(self.settings.peers_dir.join("parquet_check.py"));
+        if rows_as_csv {
+            cmd.arg("--csv").arg(&csv_path);
+        } else {
+            cmd.args(["--sum", "id"]);
+        }
+        cmd.args(&files);
+        let out =
+            tokio::task::block_in_place(|| cmd.output()).context("running parquet_check.py")?;
+        if !out.status.success() {
+            bail!(
+                "pyarrow could not read the Parquet: {}",
+                tail(&String::from_utf8_lossy(&out.stderr), 600)
+            );
+        }
+        let check: ParquetCheck = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "parquet_check.py's answer: {}",
+                tail(&String::from_utf8_lossy(&out.stdout), 300)
+            )
+        })?;
+        let csv = if rows_as_csv {
+            Some(std::fs::read(&csv_path).context("reading the rows' CSV")?)
+        } else {
+            None
+        };
+        Ok((check, csv))
+    }
+
+    /// Keys and sizes of the objects under `prefix`.
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .context("ListObjectsV2")?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    out.push((key.to_owned(), object.size().unwrap_or(0) as u64));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Streams `key` back through the decoder of `mode`: CRC64NVME, length and newline count
@@ -1009,15 +1380,114 @@ impl Bench {
     }
 }
 
+/// `parquet_check.py`'s answer.
+#[derive(serde::Deserialize)]
+struct ParquetCheck {
+    #[serde(flatten)]
+    facts: ParquetFacts,
+    /// Sum of the `--sum` column.
+    sum: Option<i128>,
+}
+
+/// The records-to-Parquet tool's own report: sluice's summary (records read, none quarantined,
+/// the Parquet's rows and codec, the key), a peer's `{"rows"}`.
+fn check_record_counts(
+    config: &Config,
+    source: &SourceFile,
+    key: &str,
+    stdout: &str,
+) -> anyhow::Result<()> {
+    let said: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("the tool's summary is not JSON: {}", tail(stdout, 300)))?;
+    let want = source.records;
+    if config.tool == Tool::Sluice {
+        let parquet = &said["parquet"];
+        let got = (
+            said["records"].as_u64(),
+            said["quarantined"].as_u64(),
+            parquet["rows"].as_u64(),
+            parquet["codec"].as_str(),
+            said["key"].as_str(),
+        );
+        if got != (Some(want), Some(0), Some(want), Some("zstd"), Some(key)) {
+            bail!(
+                "summary: {said}; expected {want} records, none quarantined, {want} Parquet rows, \
+                 codec zstd, key {key}"
+            );
+        }
+    } else if said["rows"].as_u64() != Some(want) {
+        bail!("the tool reports {said}; expected {want} rows");
+    }
+    Ok(())
+}
+
+/// The transform tool's own counts (sluice's summary, the peers' JSON line) against the
+/// expected ones.
+fn check_counts(
+    config: &Config,
+    table: &TableSource,
+    key: &str,
+    stdout: &str,
+) -> anyhow::Result<()> {
+    let want = &table.expected;
+    let said: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("the tool's summary is not JSON: {}", tail(stdout, 300)))?;
+    let said = if config.tool == Tool::Sluice {
+        let objects = said["objects"]
+            .as_array()
+            .context("no `objects` in the summary")?;
+        if objects.len() != 1 {
+            bail!(
+                "{} objects in the summary, expected 1: {said}",
+                objects.len()
+            );
+        }
+        let o = objects[0].clone();
+        if o["status"] != "written" || o["key"] != key {
+            bail!("summary: {o}");
+        }
+        o
+    } else {
+        said
+    };
+    let counts = (
+        said["records_out"].as_u64().or(said["rows_out"].as_u64()),
+        said["quarantined"].as_u64(),
+    );
+    if counts != (Some(want.rows_out), Some(want.quarantined)) {
+        bail!(
+            "the tool reports {counts:?} rows out and quarantined; expected {} and {}",
+            want.rows_out,
+            want.quarantined
+        );
+    }
+    Ok(())
+}
+
 struct Outcome {
     secs: f64,
     result: Ended,
 }
 
 enum Ended {
-    Done { stdout: String },
+    Done {
+        stdout: String,
+    },
     Error(String),
+    /// A peer's own out-of-memory error.
+    OutOfMemory(String),
     Timeout,
+}
+
+/// Whether a peer's error output ends in an out-of-memory error of its own (DuckDB's
+/// `OutOfMemoryException`, Python's `MemoryError`), not a crash of another kind.
+fn out_of_memory(stderr: &str) -> bool {
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    stderr.contains("OutOfMemoryException: Out of Memory Error") || last.starts_with("MemoryError")
 }
 
 fn tail(text: &str, max: usize) -> String {
@@ -1040,4 +1510,60 @@ pub fn shown(path: &Path) -> String {
     path.strip_prefix(&root)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_own_out_of_memory_error_is_told_from_other_errors() {
+        let duckdb = "Traceback (most recent call last):\n  File \"records_duckdb.py\", line 50\n\
+                      _duckdb.OutOfMemoryException: Out of Memory Error: failed to allocate data \
+                      of size 512.0 MiB (0 bytes/204.7 MiB used)\n\nPossible solutions:\n\
+                      * Reducing the number of threads (SET threads=X)";
+        assert!(out_of_memory(duckdb));
+        assert!(out_of_memory(
+            "Traceback ...\n    x = json.loads(b)\nMemoryError\n"
+        ));
+        assert!(!out_of_memory(
+            "Traceback ...\nKeyError: 'data'\n(a MemoryError is mentioned, but not raised)"
+        ));
+        assert!(!out_of_memory("curl: (7) Failed to connect"));
+    }
+
+    fn source(records: u64) -> SourceFile {
+        SourceFile {
+            path: PathBuf::from("/nonexistent"),
+            name: "src-1.json".into(),
+            seed: 1,
+            len: 0,
+            crc: 0,
+            records,
+            ndjson: (0, 0),
+        }
+    }
+
+    #[test]
+    fn record_counts_need_sluices_summary_or_the_peers_rows_to_match() {
+        let sluice = Config::new(Case::RecordsParquet, Tool::Sluice, PARQUET_MODE);
+        let peer = Config::new(Case::RecordsParquet, Tool::Pyarrow, PARQUET_MODE);
+        let ok = r#"{"status":"written","key":"k","records":7,"quarantined":0,
+                     "parquet":{"rows":7,"row_groups":1,"codec":"zstd"}}"#;
+        check_record_counts(&sluice, &source(7), "k", ok).unwrap();
+        for bad in [
+            ok.replace(r#""quarantined":0"#, r#""quarantined":1"#),
+            ok.replace(r#""rows":7"#, r#""rows":6"#),
+            ok.replace("zstd", "snappy"),
+            ok.replace(r#""key":"k""#, r#""key":"other""#),
+        ] {
+            assert!(
+                check_record_counts(&sluice, &source(7), "k", &bad).is_err(),
+                "{bad}"
+            );
+        }
+        check_record_counts(&peer, &source(7), "k", r#"{"rows": 7}"#).unwrap();
+        assert!(check_record_counts(&peer, &source(7), "k", r#"{"rows": 8}"#).is_err());
+        assert!(check_record_counts(&peer, &source(7), "k", "not json").is_err());
+    }
 }

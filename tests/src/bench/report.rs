@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::cell::BoxKind;
-use super::plan::{Case, Config, RunRecord, Settings, Status, Tool, USUAL_GZIP_LEVEL};
+use super::plan::{
+    Case, Config, PARQUET_MODE, ParquetFacts, RunRecord, Settings, Status, Tool, USUAL_GZIP_LEVEL,
+};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -104,6 +106,8 @@ pub struct Median {
     pub cpu_s_per_gib: Option<f64>,
     /// Median output size, bytes.
     pub out_bytes: Option<u64>,
+    /// The Parquet output of the first verified run (Parquet cases).
+    pub parquet: Option<ParquetFacts>,
 }
 
 fn median_f(mut v: Vec<f64>) -> Option<f64> {
@@ -168,6 +172,7 @@ pub fn medians(configs: &[Config], runs: &[RunRecord]) -> Vec<Median> {
                         .collect(),
                 )
                 .map(|v| v as u64),
+                parquet: ok.iter().find_map(|r| r.parquet.clone()),
             });
         }
     }
@@ -178,6 +183,7 @@ fn status_name(s: Status) -> &'static str {
     match s {
         Status::Ok => "ok",
         Status::Killed => "killed",
+        Status::OutOfMemory => "out of memory",
         Status::Timeout => "timeout",
         Status::Failed => "FAILED",
     }
@@ -364,8 +370,8 @@ pub fn to_markdown(
     if let Some(chart) = chart {
         let _ = writeln!(md, "\n![throughput and peak memory]({chart})");
     }
-    // Rows/s only when a case counts rows (transform).
-    let with_rows = medians.iter().any(|m| m.config.case == Case::Transform);
+    // Rows/s only when a case counts rows (records, transform).
+    let with_rows = medians.iter().any(|m| m.rows_per_s.is_some());
     let (rows_head, rows_rule) = if with_rows {
         (" k rows/s |", "---:|")
     } else {
@@ -383,11 +389,7 @@ pub fn to_markdown(
         );
         for m in medians.iter().filter(|m| m.box_kind == kind) {
             // A `|` inside a cell would end it.
-            let label = match (m.config.case, m.config.tool) {
-                (Case::Transform, Tool::Sluice) => "sluice transform-s3",
-                (_, tool) => tool.label(),
-            }
-            .replace('|', "\\|");
+            let label = m.config.label().replace('|', "\\|");
             let tool = if matches!(m.config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
                 format!("**{label}**")
             } else {
@@ -410,6 +412,46 @@ pub fn to_markdown(
                 opt(m.out_bytes.map(|b| b as f64 / MIB), 1),
                 m.outcome
             );
+        }
+    }
+    let parquet: Vec<&Median> = medians
+        .iter()
+        .filter(|m| m.config.case.is_parquet())
+        .collect();
+    if !parquet.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Parquet outputs** (read back with pyarrow; median size of the verified runs)\n\n\
+             | case | tool | box | bytes | rows | row groups | files | codec |\n\
+             |---|---|---|---:|---:|---:|---:|---|"
+        );
+        for m in parquet {
+            let (rows, groups, files, codecs) = match &m.parquet {
+                Some(p) => (
+                    p.rows.to_string(),
+                    p.row_groups.to_string(),
+                    p.files.to_string(),
+                    p.codecs.join(", "),
+                ),
+                None => ("–".into(), "–".into(), "–".into(), m.outcome.clone()),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {rows} | {groups} | {files} | {codecs} |",
+                m.config.case.id(),
+                m.config.tool.id(),
+                m.box_kind.name(),
+                m.out_bytes
+                    .map_or_else(|| "–".to_owned(), |b| b.to_string()),
+            );
+        }
+    }
+    if let Some(reason) = settings.dlt_reason() {
+        if medians
+            .iter()
+            .any(|m| m.config.case == Case::RecordsParquet)
+        {
+            let _ = writeln!(md, "\ndlt (records-parquet) was not run: {reason}.");
         }
     }
     if !ratios.is_empty() {
@@ -444,10 +486,15 @@ pub fn to_markdown(
          pipeline (`events/transform-s3.pipeline.json`: schema check and quarantine, filter \
          NJ + FORD + P, replace, concat, select, rename) on a gzip parking-violations CSV in \
          S3 of the same uncompressed size, to a gzip-{g} CSV; MiB/s of uncompressed CSV. \
+         Records-parquet and transform-parquet: the same, to Parquet with {p} pages at each \
+         writer's default level (records with the declared schema id int, name, kind, ref \
+         string, value float, ts timestamp, tags string (its JSON text), active bool); every \
+         output's rows counted from its footers by pyarrow. \
          Limits: the compressor alone compresses {s} MiB of the document in memory on one \
          thread.",
         g = settings.gzip_level,
         u = USUAL_GZIP_LEVEL,
+        p = PARQUET_MODE,
         s = settings.compress_sample / (1 << 20)
     );
     md

@@ -1,8 +1,8 @@
-//! The transform case's source: a parking-violations CSV ([`crate::parking`]), gzip level 1,
-//! a new seed every run (Garage deduplicates blocks), streamed into Garage as the run's source
-//! object; what the seed pipeline (`events/transform-s3.pipeline.json`) must make of it,
-//! computed from the generator's rows, independently of the code under test; and the check of
-//! a tool's output against it.
+//! The transform cases' source (CSV and Parquet output alike): a parking-violations CSV
+//! ([`crate::parking`]), gzip level 1, a new seed every run (Garage deduplicates blocks),
+//! streamed into Garage as the run's source object; what the seed pipeline
+//! (`events/transform-s3.pipeline.json`) must make of it, computed from the generator's rows,
+//! independently of the code under test; and the checks of a tool's output against it.
 
 use std::io::Read as _;
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct TableSource {
     pub key: String,
     /// Where every tool writes the output: the pipeline's `clean/{source_stem}.csv.gz`.
     pub output_key: String,
+    /// Where every tool writes the Parquet output: `clean/{source_stem}.parquet`.
+    pub parquet_key: String,
     /// Where bad rows go: the pipeline's `quarantine/{source_stem}.ndjson`.
     pub quarantine_key: String,
     /// The seed it was generated from.
@@ -155,6 +157,7 @@ pub async fn upload(
     Ok(TableSource {
         key,
         output_key: format!("clean/{stem}.csv.gz"),
+        parquet_key: format!("clean/{stem}.parquet"),
         quarantine_key: format!("quarantine/{stem}.ndjson"),
         seed,
         len,
@@ -198,23 +201,37 @@ pub fn check(
                 want.crc
             );
         }
-        let mut rows = RowDigest::new();
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .from_reader(csv_bytes.as_slice());
-        for record in reader.byte_records() {
-            let record = record.context("parsing the output CSV")?;
-            rows.row(record.iter());
-        }
-        if rows.finalize() != want.rows_digest {
-            bail!("the output's rows differ from the expected ones (parsed-row digest)");
-        }
+        check_rows(&csv_bytes, want)?;
     }
+    check_quarantine(quarantine, want)?;
+    Ok(identical)
+}
+
+/// Checks that `csv_bytes`, parsed (header included, any quoting), holds the expected rows in
+/// the expected order.
+pub fn check_rows(csv_bytes: &[u8], want: &Expected) -> anyhow::Result<()> {
+    let mut rows = RowDigest::new();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(csv_bytes);
+    for record in reader.byte_records() {
+        let record = record.context("parsing the output CSV")?;
+        rows.row(record.iter());
+    }
+    if rows.finalize() != want.rows_digest {
+        bail!("the output's rows differ from the expected ones (parsed-row digest)");
+    }
+    Ok(())
+}
+
+/// Checks that the quarantine (NDJSON, `None` when no object was written) holds one line per
+/// bad row.
+pub fn check_quarantine(quarantine: Option<&[u8]>, want: &Expected) -> anyhow::Result<()> {
     let bad = quarantine.map_or(0, |q| q.iter().filter(|&&b| b == b'\n').count() as u64);
     if bad != want.quarantined {
         bail!("{bad} quarantined rows; expected {}", want.quarantined);
     }
-    Ok(identical)
+    Ok(())
 }
 
 #[cfg(test)]

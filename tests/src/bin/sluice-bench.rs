@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use sluice_tests::bench::cell::BoxKind;
-use sluice_tests::bench::plan::{Bench, RunRecord, Settings, Status, Tool, configs};
+use sluice_tests::bench::plan::{Bench, Case, RunRecord, Settings, Status, Tool, configs};
 use sluice_tests::bench::{limits, report};
 
 fn main() -> anyhow::Result<()> {
@@ -64,8 +64,9 @@ fn unexpected(r: &RunRecord, smoke: bool) -> bool {
     match r.status {
         Status::Ok => false,
         Status::Failed => true,
-        // A peer killed at a box's memory limit is a result; sluice killed is a failure.
-        Status::Killed => !r.config.tool.is_peer(),
+        // A peer killed at a box's memory limit, or stopping there with its own
+        // out-of-memory error, is a result; sluice killed is a failure.
+        Status::Killed | Status::OutOfMemory => !r.config.tool.is_peer(),
         Status::Timeout => smoke || !r.config.tool.is_peer(),
     }
 }
@@ -80,6 +81,11 @@ async fn run() -> anyhow::Result<usize> {
     );
     let configs = configs(&settings);
     anyhow::ensure!(!configs.is_empty(), "BENCH_ONLY matches no configuration");
+    if let Some(reason) = settings.dlt_reason()
+        && configs.iter().any(|c| c.case == Case::RecordsParquet)
+    {
+        eprintln!("sluice-bench: dlt is left out of records-parquet: {reason}");
+    }
     let boxes = [BoxKind::Unconstrained, BoxKind::Lambda256];
     let total = configs.len() * boxes.len() * settings.runs;
     eprintln!(
@@ -131,19 +137,27 @@ async fn run() -> anyhow::Result<usize> {
                 }
                 let figures = match record.status {
                     Status::Ok => format!(
-                        "{:.1} MiB/s, peak {:.0} MiB, {:.2} CPU s/GiB, out {}",
+                        "{:.1} MiB/s, peak {:.0} MiB, {:.2} CPU s/GiB, out {}{}",
                         record.mib_per_s.unwrap_or(0.0),
                         record.peak_bytes as f64 / 1048576.0,
                         record.cpu_s_per_gib,
                         record
                             .out_bytes
-                            .map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                            .map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+                        record.parquet.as_ref().map_or(String::new(), |p| format!(
+                            " (Parquet: {} bytes, {} rows, {} row groups, {} file(s))",
+                            record.out_bytes.unwrap_or(0),
+                            p.rows,
+                            p.row_groups,
+                            p.files
+                        ))
                     ),
                     _ => format!(
                         "{}{}: {}",
                         if bad { "UNEXPECTED " } else { "" },
                         match record.status {
                             Status::Killed => "killed",
+                            Status::OutOfMemory => "out of memory",
                             Status::Timeout => "timeout",
                             _ => "FAILED",
                         },
