@@ -32,12 +32,21 @@ DLT_VENV="$STATE/dlt-venv"
 PY_DLT=("dlt[s3,parquet]==1.31.0" "s3fs==2026.9.0" "pyarrow==26.0.1")
 started=$(date +%s)
 
+# One run at a time on a machine: runs share .local/bench (nginx's pid file, the served data,
+# the dlt venv), and a second one would stop the first one's nginx. A run waits for the other.
+mkdir -p "$STATE"
+exec 9>"$STATE/run.lock"
+if ! flock -n 9; then
+    echo "bench: another bench/run.sh is running on this machine; waiting for it to finish"
+    flock 9
+fi
+
 report() { printf '%-14s %s\n' "$1:" "$2"; }
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # --- what the bench needs ----------------------------------------------------------------------
 if [[ "${BENCH_SKIP_SETUP:-0}" != 1 ]]; then
-    bash scripts/setup.sh
+    bash scripts/setup.sh 9>&-
 fi
 apt_missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_missing+=(nginx)
@@ -103,7 +112,7 @@ for bin in ingest-http transform-s3 sluice-bench; do
 done
 
 echo "== bench: stack"
-bash scripts/stack.sh up
+bash scripts/stack.sh up 9>&- # daemons must not hold the lock
 
 # --- nginx on a loopback port, serving .local/bench/data ---------------------------------------
 mkdir -p "$STATE/data" "$STATE/tmp"
@@ -137,7 +146,7 @@ if [[ -f "$STATE/nginx.pid" ]] && kill -0 "$(cat "$STATE/nginx.pid")" 2>/dev/nul
     "$NGINX" -c "$STATE/nginx.conf" -p "$STATE" -s stop 2>/dev/null || kill "$(cat "$STATE/nginx.pid")" || true
     sleep 0.5
 fi
-"$NGINX" -c "$STATE/nginx.conf" -p "$STATE"
+"$NGINX" -c "$STATE/nginx.conf" -p "$STATE" 9>&-
 stop_nginx() {
     if [[ -f "$STATE/nginx.pid" ]]; then
         kill "$(cat "$STATE/nginx.pid")" 2>/dev/null || true
