@@ -17,7 +17,7 @@ help:
 	@echo "make bench       sluice against boto3, smart_open, aws cli and rclone in a 256 MB / 14.5% CPU box"
 	@echo "make build       cargo lambda build (ARCH=arm64 for Graviton)"
 	@echo "make deploy      sam build (cargo-lambda, arm64) + sam deploy --guided; needs AWS credentials"
-	@echo "make watch       cargo lambda watch against the local Garage"
+	@echo "make watch       cargo lambda watch against the local stack, with what events/ need"
 	@echo "make invoke      cargo lambda invoke FUNCTION=$(FUNCTION) EVENT=$(EVENT)"
 
 setup:
@@ -64,16 +64,13 @@ deploy: setup validate
 	PATH="$(VENV)/bin:$$PATH" sam build -t infra/template.yaml --beta-features
 	PATH="$(VENV)/bin:$$PATH" sam deploy --guided
 
-# Runs the functions under cargo-lambda's emulator, pointed at the local Garage.
-watch: stack
-	eval "$$(bash scripts/stack.sh env)" && \
-	AWS_ENDPOINT_URL="$$SLUICE_GARAGE_ENDPOINT" AWS_ACCESS_KEY_ID="$$SLUICE_S3_ACCESS_KEY_ID" \
-	AWS_SECRET_ACCESS_KEY="$$SLUICE_S3_SECRET_ACCESS_KEY" AWS_EC2_METADATA_DISABLED=true \
-	SLUICE_ALLOW_PRIVATE_NETWORKS=true \
-	PATH="$(VENV)/bin:$$PATH" cargo lambda watch
+# The functions under cargo-lambda's emulator against the local stack, with what the sample
+# events need (scripts/watch.sh); `make invoke` in another shell.
+watch:
+	bash scripts/watch.sh
 
 invoke: setup
-	PATH="$(VENV)/bin:$$PATH" cargo lambda invoke $(FUNCTION) --data-file $(EVENT)
+	PATH="$(VENV)/bin:$$PATH" cargo lambda invoke $(FUNCTION) --invoke-port $(or $(WATCH_PORT),9000) --data-file $(EVENT) --output-format json
 
 clean:
 	bash scripts/stack.sh down --wipe || true

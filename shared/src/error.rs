@@ -222,6 +222,18 @@ pub enum Error {
         bytes_in: u64,
     },
 
+    /// The invocation's whole time (its deadline minus its start) is not more than the deadline
+    /// margin, so no job could run: the function's timeout is too short for the margin.
+    #[error(
+        "the invocation has {budget_ms} ms from its start to its deadline, not more than the deadline margin of {margin_ms} ms (tuning.deadline_margin_ms, default 3000), so the job gave up before reading anything: raise the function's timeout (Lambda's default is 3 s) or lower the margin (at least 2500 ms); nothing was read or written"
+    )]
+    TimeBudget {
+        /// Milliseconds from the invocation's start to its deadline.
+        budget_ms: u64,
+        /// The deadline margin in milliseconds.
+        margin_ms: u64,
+    },
+
     /// Waiting to retry a source request would pass the deadline.
     #[error("source {url}: {failure}; waiting {wait_ms} ms to retry would pass the deadline")]
     RetryPastDeadline {
@@ -353,7 +365,7 @@ impl Error {
                 }
             }
             Error::ChecksumMismatch { .. } => ErrorKind::Retryable,
-            Error::TooManyParts { .. } => ErrorKind::InvalidInput,
+            Error::TooManyParts { .. } | Error::TimeBudget { .. } => ErrorKind::InvalidInput,
             Error::Deadline { .. } => ErrorKind::Timeout,
             Error::Secret { kind, .. } => *kind,
             Error::Postgres { kind, .. } => *kind,

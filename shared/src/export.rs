@@ -193,7 +193,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     let key = key::render(&spec.destination.key, &vars)?;
     let bucket = spec.destination.bucket.clone();
     let budget = spec.tuning.budget(ctx.budget)?;
-    let deadline = inv.give_up_at(spec.tuning.deadline_margin());
+    let deadline = inv.give_up_at(spec.tuning.deadline_margin())?;
 
     let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
     tracing::info!(

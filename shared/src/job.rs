@@ -50,18 +50,31 @@ impl Invocation {
     }
 
     /// When the job must have given up: the Lambda deadline minus `margin`, as an [`Instant`].
-    /// A deadline already closer than the margin gives an instant in the past: the job fails
-    /// with [`Error::Deadline`] at its first wait.
+    /// A deadline already closer than the margin (earlier work of this invocation used the
+    /// time) gives an instant in the past: the job fails with [`Error::Deadline`] at its first
+    /// wait. An invocation whose whole time, from its start to its deadline, is not more than
+    /// `margin` is [`Error::TimeBudget`]: no job could ever run in it, which is a configuration
+    /// to fix (the function's timeout), not a timeout to retry.
     /// A deadline too far away to represent (an absurd `Lambda-Runtime-Deadline-Ms`) counts as
     /// none rather than overflowing.
-    pub fn give_up_at(&self, margin: Duration) -> Option<Instant> {
-        self.deadline.and_then(|d| {
-            let left = d
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(margin);
-            Instant::now().checked_add(left)
-        })
+    pub fn give_up_at(&self, margin: Duration) -> Result<Option<Instant>> {
+        let Some(deadline) = self.deadline else {
+            return Ok(None);
+        };
+        let budget = deadline
+            .duration_since(SystemTime::from(self.started))
+            .unwrap_or_default();
+        if budget <= margin {
+            return Err(Error::TimeBudget {
+                budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                margin_ms: u64::try_from(margin.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(margin);
+        Ok(Instant::now().checked_add(left))
     }
 }
 
@@ -520,8 +533,11 @@ mod tests {
 
     #[test]
     fn a_deadline_inside_the_margin_is_already_past() {
-        let inv = Invocation::new("r", Some(SystemTime::now() + Duration::from_secs(1)));
-        let at = inv.give_up_at(DEADLINE_MARGIN).unwrap();
+        // The invocation started 10 s before a deadline that is now 1 s away: its time was
+        // used, so the job gives up at once (a timeout), not as a configuration error.
+        let mut inv = Invocation::new("r", Some(SystemTime::now() + Duration::from_secs(1)));
+        inv.started -= chrono::Duration::seconds(10);
+        let at = inv.give_up_at(DEADLINE_MARGIN).unwrap().unwrap();
         assert!(at <= Instant::now());
         assert!(
             Invocation::new("r", None)
@@ -530,3 +546,24 @@ mod tests {
         );
     }
 }
+                .unwrap()
+
+    #[test]
+    fn a_whole_invocation_shorter_than_the_margin_is_a_configuration_error() {
+        // Lambda's default timeout (3 s) against the default margin (3 s).
+        let inv = Invocation::new("r", Some(SystemTime::now() + Duration::from_secs(3)));
+        let err = inv.give_up_at(DEADLINE_MARGIN).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        let message = err.to_string();
+        assert!(message.contains("deadline margin of 3000 ms"), "{message}");
+        assert!(message.contains("raise the function's timeout"), "{message}");
+        // A deadline in the past at the start (a wrong clock, or an emulator's) is the same.
+        let inv = Invocation::new("r", Some(SystemTime::UNIX_EPOCH + Duration::from_secs(600)));
+        assert!(matches!(
+            inv.give_up_at(DEADLINE_MARGIN),
+            Err(Error::TimeBudget { budget_ms: 0, .. })
+        ));
+        // One with time to spare gives a future instant.
+        let inv = Invocation::new("r", Some(SystemTime::now() + Duration::from_secs(60)));
+        assert!(inv.give_up_at(DEADLINE_MARGIN).unwrap().unwrap() > Instant::now());
+    }

@@ -4,7 +4,9 @@
 //! open when the function answers.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use lambda_runtime::{Context, Diagnostic};
@@ -61,9 +63,35 @@ impl From<FunctionError> for Diagnostic {
 
 /// The invocation described by the runtime's context: the request id as the run id (Lambda's
 /// own retries reuse it), now as the start, and the deadline from
-/// `Lambda-Runtime-Deadline-Ms`.
+/// `Lambda-Runtime-Deadline-Ms` ([`deadline_from_header`]).
 pub fn invocation(context: &Context) -> Invocation {
-    Invocation::new(context.request_id.clone(), Some(context.deadline()))
+    let started = SystemTime::now();
+    let deadline = deadline_from_header(context.deadline, started);
+    if deadline.is_some_and(|d| context.deadline < EPOCH_MS_FLOOR && d > started) {
+        tracing::warn!(
+            deadline_ms = context.deadline,
+            "Lambda-Runtime-Deadline-Ms is not a time since the epoch; read as a duration from \
+             the start of the invocation, as local emulators such as cargo-lambda mean it"
+        );
+    }
+    Invocation::new(context.request_id.clone(), deadline)
+}
+
+/// `Lambda-Runtime-Deadline-Ms` values below this (2001-09-09 in milliseconds since the
+/// epoch) cannot be a deadline Lambda sends.
+const EPOCH_MS_FLOOR: u64 = 1_000_000_000_000;
+
+/// The deadline a `Lambda-Runtime-Deadline-Ms` value means for an invocation that `started`.
+/// Lambda sends milliseconds since the epoch. A value too small to be one
+/// (below [`EPOCH_MS_FLOOR`]) is read as a duration from the start: cargo-lambda's emulator
+/// sends `600000`, meaning ten minutes, and taken as a time it is 1970 — every job would give up
+/// before reading a byte. 0 (no header) is no deadline.
+pub fn deadline_from_header(deadline_ms: u64, started: SystemTime) -> Option<SystemTime> {
+    match deadline_ms {
+        0 => None,
+        ms if ms < EPOCH_MS_FLOOR => started.checked_add(Duration::from_millis(ms)),
+        ms => SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+    }
 }
 
 /// Runs one invocation's `job` and turns its outcome into the function's answer: the summary
@@ -190,6 +218,25 @@ mod tests {
             let n = seen.get(function).copied().unwrap_or(0);
             assert!(n >= at_least, "{function}: {n} samples in {dir}: {seen:?}");
         }
+    }
+
+    #[test]
+    fn a_deadline_header_is_a_time_or_an_emulators_duration() {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // Lambda: milliseconds since the epoch.
+        let lambda = 1_800_000_000_000 + 900_000;
+        assert_eq!(
+            deadline_from_header(lambda, started),
+            Some(started + Duration::from_secs(900))
+        );
+        // cargo-lambda's `600000`: ten minutes from the start, not 1970.
+        assert_eq!(
+            deadline_from_header(600_000, started),
+            Some(started + Duration::from_secs(600))
+        );
+        assert_eq!(deadline_from_header(0, started), None);
+        // Absurd values do not overflow.
+        assert!(deadline_from_header(u64::MAX, started).is_some());
     }
 
     #[tokio::test]

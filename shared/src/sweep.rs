@@ -378,11 +378,15 @@ fn is_no_such_upload<E: ProvideErrorMetadata>(
 /// Sweeps every target in turn. Never panics on S3 errors: they end up in the outcome.
 pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
     let clock = std::time::Instant::now();
-    let deadline = ctx.invocation.give_up_at(crate::job::DEADLINE_MARGIN);
-    let mut failure = None;
-    let mut complete = true;
+    let (deadline, mut failure) = match ctx.invocation.give_up_at(crate::job::DEADLINE_MARGIN) {
+        Ok(deadline) => (deadline, None),
+        Err(err) => (None, Some(err)),
+    };
+    // An invocation too short for the margin sweeps no target.
+    let todo = if failure.is_some() { &[][..] } else { &config.targets[..] };
+    let mut complete = failure.is_none();
     let mut targets = Vec::new();
-    for target in &config.targets {
+    for target in todo {
         let (summary, err, finished) = sweep_target(config, ctx, target, deadline).await;
         complete &= finished && err.is_none();
         if failure.is_none() {

@@ -17,6 +17,7 @@ pub mod harness;
 pub mod lake;
 pub mod lambda;
 pub mod parking;
+pub mod local;
 pub mod postgres;
 pub mod runtime_api;
 pub mod s3_proxy;

@@ -190,6 +190,24 @@ async fn deadline_aborts_with_timeout() {
     h.assert_nothing_written("late").await;
 }
 
+/// A function whose whole time is not more than the deadline margin (Lambda's default 3 s
+/// timeout against the default 3 s margin) says so, before contacting the source, instead of
+/// timing out at zero bytes.
+#[tokio::test]
+async fn a_timeout_shorter_than_the_margin_is_a_clear_configuration_error() {
+    let h = Harness::start("ingest-http", "budget", None).await;
+    let job = h.job(&format!("/bytes?size={}", MIB), "short");
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(3)).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("not more than the deadline margin of 3000 ms")
+            && message.contains("raise the function's timeout"),
+        "{message}"
+    );
+    assert_eq!(h.fixture.hits("/bytes"), 0, "the source was contacted");
+    h.assert_nothing_written("short").await;
+}
+
 #[tokio::test]
 async fn bad_job_spec_is_invalid_input() {
     let h = Harness::start("ingest-http", "spec", None).await;

@@ -352,7 +352,7 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = spec.destination.checksum;
     options.if_none_match = !spec.destination.overwrite;
-    options.deadline = inv.give_up_at(spec.tuning.deadline_margin());
+    options.deadline = inv.give_up_at(spec.tuning.deadline_margin())?;
     options.compression = spec
         .format
         .unwrap_or(Format::Ndjson)

@@ -5,11 +5,15 @@
 //! ```text
 //! sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]
 //! sluice-local transform [--size-mib N] [--memory-mb M]
+//! sluice-local watch [--size-mib N] -- COMMAND [ARGS...]
 //! ```
 //!
 //! `demo` streams a generated JSON document through `ingest-http`; `transform` uploads a
 //! generated parking-violations CSV (gzip) and hands its S3 event to `transform-s3` running the
-//! seed pipeline of `events/transform-s3.pipeline.json`.
+//! seed pipeline of `events/transform-s3.pipeline.json`. `watch` (what `make watch` runs)
+//! prepares what the sample events in `events/` read ([`sluice_tests::local`]), runs COMMAND
+//! (`cargo lambda watch ...`) with the environment the functions need, and stops the servers
+//! it started when COMMAND ends or on Ctrl-C.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +36,7 @@ const MIB: u64 = 1024 * 1024;
 enum Command {
     Demo,
     Transform,
+    Watch,
 }
 
 struct Args {
@@ -39,6 +44,8 @@ struct Args {
     size_mib: u64,
     compression: Option<String>,
     memory_mb: u32,
+    /// `watch`: the command to run, after `--`.
+    command_line: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -46,18 +53,29 @@ fn parse_args() -> anyhow::Result<Args> {
     let command = match args.next().as_deref() {
         Some("demo") => Command::Demo,
         Some("transform") => Command::Transform,
+        Some("watch") => Command::Watch,
         _ => bail!(
             "usage: sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]\n       \
-             sluice-local transform [--size-mib N] [--memory-mb M]"
+             sluice-local transform [--size-mib N] [--memory-mb M]\n       \
+             sluice-local watch [--size-mib N] -- COMMAND [ARGS...]"
         ),
     };
     let mut parsed = Args {
-        size_mib: if command == Command::Demo { 1024 } else { 512 },
+        size_mib: match command {
+            Command::Demo => 1024,
+            Command::Transform => 512,
+            Command::Watch => 64,
+        },
         command,
         compression: Some("gzip".into()),
         memory_mb: 256,
+        command_line: Vec::new(),
     };
     while let Some(flag) = args.next() {
+        if flag == "--" {
+            parsed.command_line = args.by_ref().collect();
+            break;
+        }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -78,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     match args.command {
         Command::Demo => demo(args).await,
+        Command::Watch => watch(args).await,
         Command::Transform => transform(args).await,
     }
 }
@@ -276,4 +295,54 @@ fn now_rfc3339() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     sluice_tests::fixture_api::rfc3339(secs)
+}
+
+/// `make watch`: the sample events' servers and data, then COMMAND with their environment.
+async fn watch(args: Args) -> anyhow::Result<()> {
+    let Some((program, rest)) = args.command_line.split_first() else {
+        bail!("watch: no command after `--`");
+    };
+    let server = S3Server::garage();
+    let bucket = std::env::var("SLUICE_DEMO_BUCKET").unwrap_or_else(|_| "sluice-demo".into());
+    let samples = sluice_tests::local::LocalSamples::prepare(&server, &bucket, args.size_mib).await?;
+    println!("watch: running {}", args.command_line.join(" "));
+    let mut child = tokio::process::Command::new(program)
+        .args(rest)
+        .envs(samples.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // Its own process group, so that stopping it stops the functions it started too.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let status = tokio::select! {
+        status = child.wait() => Some(status?),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = terminate.recv() => None,
+    };
+    if let Some(pid) = child.id() {
+        stop_group(pid, &mut child).await;
+    }
+    samples.stop().await;
+    match status {
+        Some(s) if !s.success() => bail!("{program} exited with {s}"),
+        _ => Ok(()),
+    }
+}
+
+/// SIGTERM to the process group `pid` leads, then SIGKILL if it is still there after 5 s.
+async fn stop_group(pid: u32, child: &mut tokio::process::Child) {
+    let group = format!("-{pid}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", "--", &group])
+        .status();
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+        let _ = child.wait().await;
+    }
 }
