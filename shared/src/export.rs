@@ -84,9 +84,23 @@ pub struct ExportSpec {
     /// retried run writes the same key. Default: none (the clock).
     #[serde(default)]
     pub scheduled_time: Option<String>,
+    /// The name of the job in its metrics (the `Job` dimension) and progress lines: 1 to 255
+    /// characters of printable ASCII (space to `~`), not starting with `:`. Default: the
+    /// destination bucket, `/`, and the key template up to its first `{`
+    /// (`lake/raw/orders/`).
+    #[serde(default)]
+    pub job_name: Option<String>,
 }
 
 impl ExportSpec {
+    /// `job_name`, or the default derived from the destination
+    /// ([`default_job_name`](crate::telemetry::default_job_name)).
+    pub fn job_name(&self) -> String {
+        self.job_name.clone().unwrap_or_else(|| {
+            crate::telemetry::default_job_name(&self.destination.bucket, &self.destination.key)
+        })
+    }
+
     /// The parsed `scheduled_time`.
     fn scheduled_time(&self) -> Result<Option<DateTime<Utc>>> {
         self.scheduled_time
@@ -113,6 +127,9 @@ impl ExportSpec {
         pg.validate()?;
         self.format
             .check_compression("compression", self.compression)?;
+        if let Some(name) = &self.job_name {
+            crate::telemetry::validate_job_name("job_name", name)?;
+        }
         self.scheduled_time()?;
         self.tuning.validate()?;
         self.destination.validate()
@@ -226,6 +243,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     options.compression = spec.format.stream_compression(spec.compression);
     let parquet = columnar::options_for(spec.compression, &spec.tuning, &budget);
     let written = write_object(stream, target, &options, parquet, deadline).await;
+    options.progress = Some(inv.progress.clone());
     let (uploaded, parquet) = match written {
         Ok(written) => (written.uploaded, written.parquet),
         Err(e) => {
@@ -313,12 +331,13 @@ async fn write_object(
     let writer = ObjectWriter::new(Arc::new(target), options)?;
     let decoder = stream.tuple_decoder().cloned();
     let mut output = match &decoder {
+    let counters = options.progress.clone();
         Some(decoder) => RecordOutput::parquet(decoder.schema(), parquet, writer)?,
         None => RecordOutput::Text(writer),
     };
     let copied = job::catch_panic(
         "the export",
-        copy_rows(stream, decoder.as_ref(), &mut output, deadline),
+        copy_rows(stream, decoder.as_ref(), &mut output, deadline, counters),
     )
     .await;
     match copied {
@@ -332,7 +351,8 @@ async fn write_object(
 
 /// Writes every chunk of the COPY stream into `output` (for Parquet, each tuple decoded into
 /// a row by `decoder`); the stream's end (after `COMMIT`) is the end of the rows. Waiting for
-/// a chunk is bounded by the deadline.
+/// a chunk is bounded by the deadline. The stream's rows and bytes reach `counters` (the
+/// invocation's) once per chunk, as records in and out and bytes in.
 async fn copy_rows(
     mut stream: postgres::ExportStream,
     decoder: Option<&postgres::TupleDecoder>,
@@ -340,10 +360,23 @@ async fn copy_rows(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<()> {
     let mut row = 0u64;
+    counters: Option<Arc<crate::telemetry::Progress>>,
     while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
         crate::fault::point("export.chunk");
+    let copied = stream.progress();
+    let mut reported = (0u64, 0u64);
+    let mut report = || {
+        if let Some(c) = &counters {
+            let (rows, bytes) = (copied.rows(), copied.bytes());
+            c.add_records_in(rows - reported.0);
+            c.add_records_out(rows - reported.0);
+            c.add_bytes_in(bytes - reported.1);
+            reported = (rows, bytes);
+        }
+    };
         let chunk = chunk?;
         let Some(decoder) = decoder else {
+        report();
             output.write(chunk).await?;
             continue;
         };
@@ -361,6 +394,7 @@ async fn copy_rows(
     }
     Ok(())
 }
+    report();
 
 impl ExportSummary {
     /// A summary of nothing written yet.

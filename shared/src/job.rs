@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use crate::budget::{MAX_PART_SIZE, MIN_PART_SIZE, MemoryBudget};
 use crate::checksum::ChecksumAlgorithm;
 use crate::error::{Error, Result, S3Operation};
+use crate::telemetry::Progress;
 
 /// How long before the Lambda deadline a job gives up, aborts and answers, unless
 /// `tuning.deadline_margin_ms` says otherwise: time to abort the upload and send the error.
@@ -28,6 +30,9 @@ pub const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(2500);
 /// margin would give up before starting.
 pub const MAX_DEADLINE_MARGIN: Duration = Duration::from_secs(900);
 
+/// The job name of an invocation whose spec could not be read.
+pub const UNNAMED_JOB: &str = "unknown";
+
 /// One invocation of a function: the facts every job runs with.
 #[derive(Debug, Clone)]
 pub struct Invocation {
@@ -37,6 +42,12 @@ pub struct Invocation {
     pub started: DateTime<Utc>,
     /// The Lambda deadline (`Lambda-Runtime-Deadline-Ms`); `None`: no deadline.
     pub deadline: Option<SystemTime>,
+    /// The live counters of this invocation (bytes, records, parts, retries), shared by its
+    /// clones: the progress lines and the end-of-invocation metrics read them.
+    pub progress: Arc<Progress>,
+    /// The job's name in the metrics and progress lines, set once the spec is read
+    /// ([`name_job`](Self::name_job)); shared by clones.
+    pub job_name: Arc<OnceLock<String>>,
 }
 
 impl Invocation {
@@ -46,7 +57,20 @@ impl Invocation {
             run_id: run_id.into(),
             started: Utc::now(),
             deadline,
+            progress: Arc::default(),
+            job_name: Arc::default(),
         }
+    }
+
+    /// Names the job (the first name given stays).
+    pub fn name_job(&self, name: impl Into<String>) {
+        let _ = self.job_name.set(name.into());
+    }
+
+    /// The job's name, or [`UNNAMED_JOB`] before the spec was read (an event that is not a
+    /// valid spec).
+    pub fn job(&self) -> &str {
+        self.job_name.get().map_or(UNNAMED_JOB, String::as_str)
     }
 
     /// When the job must have given up: the Lambda deadline minus `margin`, as an [`Instant`].

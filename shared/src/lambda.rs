@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind};
 use crate::job::{Invocation, panic_message};
+use crate::telemetry::{self, emf, progress};
 
 /// A failed invocation, reported with an error type callers can branch on: `InvalidInput`,
 /// `Upstream`, `Retryable`, `Timeout` or `Internal` ([`ErrorKind`]).
@@ -98,7 +99,7 @@ pub fn deadline_from_header(deadline_ms: u64, started: SystemTime) -> Option<Sys
 /// as JSON, or a [`FunctionError`]. A panic anywhere in the job becomes an `Internal` error;
 /// before answering, every upload that a failed or panicking job left open is aborted
 /// ([`settle_aborts`](crate::sink::settle_aborts)), so Lambda never freezes the process with
-/// one in progress.
+/// one in progress. Prints no metrics: the functions use [`answer_with_metrics`].
 pub async fn answer<T, F>(function: &str, job: F) -> Result<Value, FunctionError>
 where
     T: Serialize,
@@ -123,6 +124,76 @@ where
         tracing::error!(function, error_type = err.kind.as_str(), error = %err.message, "invocation failed");
     }
     result
+}
+
+/// [`answer`], with the invocation's telemetry: while the job runs, a `progress` line of
+/// `invocation.progress` every `SLUICE_PROGRESS_SECS` ([`progress::interval`]), which stops
+/// with the job; at the end, success or failure, one CloudWatch EMF line of the invocation on
+/// stdout ([`emf::invocation_line`]), named by `function` and the job name the job gave
+/// ([`Invocation::name_job`]). Every function answers through this.
+pub async fn answer_with_metrics<T, F>(
+    function: &str,
+    invocation: &Invocation,
+    job: F,
+) -> Result<Value, FunctionError>
+where
+    T: Serialize,
+    F: Future<Output = Result<T, FunctionError>>,
+{
+    let run = answer(function, job);
+    let result = match progress::interval() {
+        None => run.await,
+        Some(every) => {
+            let ticker = report_progress(function, invocation, every);
+            match futures::future::select(std::pin::pin!(run), std::pin::pin!(ticker)).await {
+                futures::future::Either::Left((result, _)) => result,
+                futures::future::Either::Right((never, _)) => match never {},
+            }
+        }
+    };
+    print_metrics(function, invocation, result.as_ref().err());
+    result
+}
+
+/// Logs a progress line every `every` (the first one `every` after the start) until dropped.
+async fn report_progress(
+    function: &str,
+    invocation: &Invocation,
+    every: Duration,
+) -> std::convert::Infallible {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        progress::log_line(function, invocation.job(), &invocation.progress.snapshot());
+    }
+}
+
+/// Prints the invocation's EMF line on stdout (where the Lambda runtime sends it to
+/// CloudWatch Logs, which extracts the metrics).
+fn print_metrics(function: &str, invocation: &Invocation, error: Option<&FunctionError>) {
+    let facts = emf::InvocationFacts {
+        function,
+        job: invocation.job(),
+        request_id: &invocation.run_id,
+        error_type: error.map(|e| e.kind.as_str()),
+        peak_rss_bytes: telemetry::peak_rss_bytes(),
+    };
+    let line = emf::invocation_line(
+        &metrics_namespace(),
+        &facts,
+        &invocation.progress.snapshot(),
+        SystemTime::now(),
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// `SLUICE_METRICS_NAMESPACE`, read once per process.
+pub fn metrics_namespace() -> String {
+    static NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAMESPACE.get_or_init(emf::namespace).clone()
 }
 
 /// Posts an init error to the Runtime API (`/runtime/init/error`), so that Lambda reports a
@@ -152,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_answered_as_internal() {
-        let err = answer("f", async {
+        let err = answer_with_metrics("f", &Invocation::new("r", None), async {
             if std::hint::black_box(true) {
                 panic!("bug");
             }

@@ -62,6 +62,12 @@ pub struct JobSpec {
     /// Where records that do not fit the schema go, and how many may ([`RecordsQuarantine`]).
     #[serde(default)]
     pub quarantine: Option<RecordsQuarantine>,
+    /// The name of the job in its metrics (the `Job` dimension) and progress lines: 1 to 255
+    /// characters of printable ASCII (space to `~`), not starting with `:`. Default: the
+    /// destination bucket, `/`, and the key template up to its first `{`
+    /// (`lake/raw/orders/`).
+    #[serde(default)]
+    pub job_name: Option<String>,
 }
 
 /// The columns of records written as Parquet.
@@ -191,6 +197,14 @@ pub enum SourceSpec {
 }
 
 impl JobSpec {
+    /// `job_name`, or the default derived from the destination
+    /// ([`default_job_name`](crate::telemetry::default_job_name)).
+    pub fn job_name(&self) -> String {
+        self.job_name.clone().unwrap_or_else(|| {
+            crate::telemetry::default_job_name(&self.destination.bucket, &self.destination.key)
+        })
+    }
+
     /// Parses and validates a job spec from JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
         let spec: JobSpec =
@@ -206,6 +220,9 @@ impl JobSpec {
         if let Some(r) = &self.records {
             JsonPath::parse(r, true).map_err(|e| Error::spec(format!("records: {e}")))?;
             if self.input_format == InputFormat::Ndjson {
+        if let Some(name) = &self.job_name {
+            crate::telemetry::validate_job_name("job_name", name)?;
+        }
                 return Err(Error::spec(
                     "records: not used with input_format ndjson (every line is a record)",
                 ));

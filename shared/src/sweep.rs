@@ -628,41 +628,27 @@ async fn handle_stale(
 /// `OldestUploadAgeSeconds` (Seconds). Printed to stdout in Lambda, CloudWatch turns them
 /// into metrics without any API call.
 pub fn emf_lines(summary: &SweepSummary, namespace: &str, timestamp: SystemTime) -> Vec<String> {
-    let ms = timestamp
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    use crate::telemetry::{Emf, Unit};
     summary
         .targets
         .iter()
         .map(|t| {
-            serde_json::json!({
-                "_aws": {
-                    "Timestamp": ms,
-                    "CloudWatchMetrics": [{
-                        "Namespace": namespace,
-                        "Dimensions": [["Bucket", "Prefix"]],
-                        "Metrics": [
-                            {"Name": "UploadsFound", "Unit": "Count"},
-                            {"Name": "StaleUploads", "Unit": "Count"},
-                            {"Name": "UploadsAborted", "Unit": "Count"},
-                            {"Name": "AbortFailures", "Unit": "Count"},
-                            {"Name": "StaleBytes", "Unit": "Bytes"},
-                            {"Name": "OldestUploadAgeSeconds", "Unit": "Seconds"}
-                        ]
-                    }]
-                },
-                "Bucket": t.bucket,
-                "Prefix": t.prefix,
-                "DryRun": summary.dry_run,
-                "UploadsFound": t.found,
-                "StaleUploads": t.stale,
-                "UploadsAborted": t.aborted,
-                "AbortFailures": t.failed,
-                "StaleBytes": t.bytes_stale,
-                "OldestUploadAgeSeconds": t.oldest_age_secs.unwrap_or(0.0)
-            })
-            .to_string()
+            Emf::new(namespace, timestamp)
+                .dimension_set(&["Bucket", "Prefix"])
+                .dimension("Bucket", t.bucket.as_str())
+                .dimension("Prefix", t.prefix.as_str())
+                .property("DryRun", summary.dry_run)
+                .metric("UploadsFound", Unit::Count, t.found)
+                .metric("StaleUploads", Unit::Count, t.stale)
+                .metric("UploadsAborted", Unit::Count, t.aborted)
+                .metric("AbortFailures", Unit::Count, t.failed)
+                .metric("StaleBytes", Unit::Bytes, t.bytes_stale)
+                .metric(
+                    "OldestUploadAgeSeconds",
+                    Unit::Seconds,
+                    t.oldest_age_secs.unwrap_or(0.0),
+                )
+                .to_line()
         })
         .collect()
 }

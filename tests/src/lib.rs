@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub mod bench;
 pub mod cgroup;
+pub mod emf;
 pub mod fixture;
 pub mod fixture_api;
 pub mod harness;

@@ -24,8 +24,9 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         budget: clients.budget,
         invocation: lambda::invocation(&context),
     };
-    lambda::answer("export-postgres", async {
+    lambda::answer_with_metrics("export-postgres", &ctx.invocation, async {
         let spec = ExportSpec::from_json(payload)?;
+        ctx.invocation.name_job(spec.job_name());
         Ok(export::run(&spec, &ctx).await?)
     })
     .await

@@ -32,14 +32,35 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         limiter: None,
         invocation: lambda::invocation(&context),
     };
+    let invocation = &ctx.invocation;
     if sluice::ingest::batch::is_batch(&payload) {
-        return lambda::answer("ingest-http", run_batch(payload, &ctx)).await;
+        invocation.name_job(batch_job_name(&payload));
+        return lambda::answer_with_metrics("ingest-http", invocation, run_batch(payload, &ctx))
+            .await;
     }
-    lambda::answer("ingest-http", async {
+    lambda::answer_with_metrics("ingest-http", invocation, async {
         let spec = JobSpec::from_json(payload)?;
+        invocation.name_job(spec.job_name());
         Ok(ingest::run(&spec, &ctx).await?)
     })
     .await
+}
+
+/// The job name of a batch: its shared `job_name` when valid, else the default of its shared
+/// destination (the key up to `{source}` or another placeholder).
+fn batch_job_name(payload: &Value) -> String {
+    let given = payload.get("job_name").and_then(Value::as_str);
+    if let Some(name) = given.filter(|n| sluice::telemetry::validate_job_name("", n).is_ok()) {
+        return name.to_owned();
+    }
+    let field = |f: &str| {
+        payload
+            .get("destination")
+            .and_then(|d| d.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    sluice::telemetry::default_job_name(field("bucket"), field("key"))
 }
 
 /// A batch answers with every source; if any failed, the invocation fails with the first

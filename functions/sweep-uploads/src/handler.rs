@@ -15,16 +15,21 @@ pub struct Clients {
     pub namespace: String,
 }
 
-/// Sweeps, prints the EMF lines to stdout, and answers with the summary — or, when listing
+/// Sweeps, prints its EMF lines (one per target) to stdout, and answers with the summary — or, when listing
 /// or an abort failed, with the first error (after the summary was logged and the metrics
 /// printed), so the invocation counts as failed and alarms can fire.
 pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
     let (payload, context) = event.into_parts();
-    lambda::answer("sweep-uploads", async {
+    let invocation = lambda::invocation(&context);
+    lambda::answer_with_metrics("sweep-uploads", &invocation, async {
         let config = SweepConfig::from_event(payload, clients.env_config.as_deref())?;
+        invocation.name_job(match config.targets.as_slice() {
+            [one] => sluice::telemetry::default_job_name(&one.bucket, &one.prefix),
+            _ => "sweep".to_owned(),
+        });
         let ctx = SweepContext {
             s3: clients.s3.clone(),
-            invocation: lambda::invocation(&context),
+            invocation: invocation.clone(),
         };
         let outcome = sweep::run(&config, &ctx).await;
         let mut out = std::io::stdout().lock();

@@ -17,10 +17,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let clients = handler::Clients {
         s3: sluice::s3::client(&conf),
         env_config: std::env::var("SWEEP_CONFIG").ok(),
-        namespace: std::env::var("SLUICE_METRICS_NAMESPACE")
-            .ok()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "sluice".to_owned()),
+        namespace: sluice::telemetry::emf::namespace(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         handler::handle(&clients, event)

@@ -26,7 +26,8 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         http: clients.http.clone(),
         policy: clients.policy.clone(),
     };
-    lambda::answer("transform-s3", async {
+    ctx.invocation.name_job(clients.pipeline.job_name());
+    lambda::answer_with_metrics("transform-s3", &ctx.invocation, async {
         let (objects, skipped_records) = event::objects(payload)?;
         for s in &skipped_records {
             tracing::info!(record = %s, "record skipped");

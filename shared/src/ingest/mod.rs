@@ -357,6 +357,7 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
         .format
         .unwrap_or(Format::Ndjson)
         .stream_compression(spec.compression);
+    options.progress = Some(inv.progress.clone());
     Ok(Prepared {
         spec,
         ctx,
@@ -380,6 +381,7 @@ async fn copy_body(p: &Prepared<'_>, target: S3Target) -> Result<(Written, PageS
         limiter: limiter.as_deref(),
         deadline,
         auth: p.auth.as_deref(),
+        progress: Some(&p.ctx.invocation.progress),
     };
     let first = http::single_page(&p.http_spec)?;
     let opened = fetcher.open(&first);
@@ -399,6 +401,13 @@ async fn copy_body(p: &Prepared<'_>, target: S3Target) -> Result<(Written, PageS
                 None => body.content_type.clone(),
             });
     let target = target.with_meta(ObjectMeta { content_type });
+    // One request: its Content-Length (of the bytes as sent, which bytes in counts) is what
+    // is left to read; the sources of a batch add theirs to what was read before.
+    let counters = &p.ctx.invocation.progress;
+    counters.set_total_bytes(
+        body.content_length
+            .map(|n| n + counters.snapshot().bytes_in),
+    );
     let received = body.received();
     let url = body.url.clone();
     let decoding = body.decoding;
@@ -444,6 +453,7 @@ async fn write_records(
         max_record: spec.tuning.record_cap(&p.budget),
         tracker: p.incremental.as_ref().map(|(_, t)| t.clone()),
         auth: p.auth.clone(),
+        progress: p.ctx.invocation.progress.clone(),
     };
     let format = spec.format.unwrap_or(Format::Ndjson);
     let content_type = spec
@@ -497,7 +507,12 @@ async fn write_records(
         },
         Output::PerPage(pages) => pages.close(produced).await.map(Written::Pages),
         Output::Parquet(out) => match produced {
-            Ok(()) => out.finish().await.map(Written::Parquet),
+            Ok(()) => out.finish().await.map(|done| {
+                let counters = &p.ctx.invocation.progress;
+                counters.add_quarantined(done.quarantined);
+                counters.add_records_out(stats.records.saturating_sub(done.quarantined));
+                Written::Parquet(done)
+            }),
             Err(e) => {
                 out.abort().await;
                 Err(e)

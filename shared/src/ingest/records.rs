@@ -85,7 +85,13 @@ pub(super) struct Producer {
     pub max_record: usize,
     pub tracker: Option<Arc<WatermarkTracker>>,
     pub auth: Option<Arc<ResolvedAuth>>,
+    /// The invocation's counters: bytes in and retries (through the fetcher), records in and
+    /// (for NDJSON) out, once per batch.
+    pub progress: Arc<crate::telemetry::Progress>,
 }
+
+/// Records of a Parquet output reach the counters every this many.
+const PROGRESS_RECORDS: u64 = 4096;
 
 impl Producer {
     /// Runs [`pages`](Self::pages) on its own task (so that reading and extracting overlap
@@ -114,6 +120,7 @@ impl Producer {
             limiter: self.limiter.as_deref(),
             deadline: self.deadline,
             auth: self.auth.as_deref(),
+            progress: Some(&self.progress),
         };
         let mut paginator = Paginator::new(
             self.spec.paginate.as_ref(),
@@ -185,6 +192,8 @@ impl Producer {
         let mut frames = FramedRead::with_capacity(reader, decoder, CODEC_BUFFER);
         let mut batch = BytesMut::with_capacity(BATCH + 1024);
         let mut count = 0u64;
+        // Records read since the counters were last told.
+        let mut unreported = 0u64;
         while let Some(item) = frames.next().await {
             let record = item.map_err(|e| {
                 classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding)
@@ -193,8 +202,13 @@ impl Producer {
                 t.observe(&record);
             }
             count += 1;
+            unreported += 1;
             if let Output::Parquet(p) = out {
                 p.record(&record, received.load(Ordering::Relaxed)).await?;
+                if unreported >= PROGRESS_RECORDS {
+                    // Written or quarantined is known at the end (`write_records`).
+                    self.progress.add_records_in(std::mem::take(&mut unreported));
+                }
                 continue;
             }
             batch.extend_from_slice(&record);
@@ -202,12 +216,24 @@ impl Producer {
             if batch.len() >= BATCH {
                 out.write(page, batch.split().freeze()).await?;
                 batch.reserve(BATCH + 1024);
+                self.report_written(std::mem::take(&mut unreported));
             }
         }
         if !batch.is_empty() {
             out.write(page, batch.freeze()).await?;
         }
+        if let Output::Parquet(_) = out {
+            self.progress.add_records_in(unreported);
+        } else {
+            self.report_written(unreported);
+        }
         Ok(count)
+    }
+
+    /// NDJSON: `n` records read and written.
+    fn report_written(&self, n: u64) {
+        self.progress.add_records_in(n);
+        self.progress.add_records_out(n);
     }
 }
 

@@ -21,6 +21,7 @@ use super::writer::Uploaded;
 use crate::budget::{MAX_PARTS, PartSchedule};
 use crate::checksum::{ChecksumAlgorithm, Crc};
 use crate::error::{Error, Result, S3Operation};
+use crate::telemetry::Progress;
 
 /// How long the clean-up after a failure (abort, `ListParts` checks, and the `HeadObject` check
 /// after a dropped `CompleteMultipartUpload` or `PutObject`) may run past the writer's
@@ -75,6 +76,8 @@ pub(crate) struct Parts {
     /// Set while a `CompleteMultipartUpload` or `PutObject` is awaited: if that request is
     /// dropped (the deadline), the object may exist anyway, and [`Parts::fail`] checks.
     committing: Option<Commit>,
+    /// Parts, acknowledged bytes and completed objects are counted here.
+    progress: Option<Arc<Progress>>,
 }
 
 /// What a completing request would create, to recognise the object if it landed.
@@ -92,6 +95,7 @@ impl Parts {
         algorithm: ChecksumAlgorithm,
         if_none_match: bool,
         deadline: Option<Instant>,
+        progress: Option<Arc<Progress>>,
     ) -> Self {
         Parts {
             target,
@@ -107,6 +111,7 @@ impl Parts {
             bytes: 0,
             deadline,
             committing: None,
+            progress,
         }
     }
 
@@ -225,12 +230,22 @@ impl Parts {
         // `part_buffer` refuses part numbers past MAX_PARTS (10,000), so this fits an i32.
         let part_number = i32::try_from(self.part_number).unwrap_or(i32::MAX);
         let body = body.freeze();
+        let progress = self.progress.clone();
+        if let Some(p) = &progress {
+            p.part_started();
+        }
         self.in_flight.spawn(async move {
             // Checksums are computed on the part's task so they run beside the writer.
             let checksum = algorithm.checksum(&body);
-            target
+            let len = body.len() as u64;
+            let receipt = target
                 .upload_part(&upload_id, part_number, body, checksum)
-                .await
+                .await;
+            if let (Some(p), Ok(_)) = (&progress, &receipt) {
+                p.add_bytes_out(len);
+                p.part_done();
+            }
+            receipt
         });
         self.part_number += 1;
         while let Some(finished) = self.in_flight.try_join_next() {
@@ -287,6 +302,9 @@ impl Parts {
             PutOutcome::Written { .. } => {
                 self.upload_id = None;
                 verify(self.target.as_ref(), &outcome, &checksum)?;
+                if let Some(p) = &self.progress {
+                    p.add_object();
+                }
             }
             // The object appeared meanwhile; our upload is still open and gets aborted.
             PutOutcome::AlreadyExists => self.abort().await,
@@ -307,10 +325,18 @@ impl Parts {
             bytes,
             parts: 1,
         });
+        if let Some(p) = &self.progress {
+            p.part_started();
+        }
         let outcome = self.target.put(body, checksum, self.if_none_match).await;
         self.committing = None;
         let outcome = outcome?;
         verify(self.target.as_ref(), &outcome, &checksum)?;
+        if let (Some(p), PutOutcome::Written { .. }) = (&self.progress, &outcome) {
+            p.add_bytes_out(bytes);
+            p.part_done();
+            p.add_object();
+        }
         Ok(Uploaded {
             outcome,
             bytes,

@@ -15,6 +15,7 @@ use crate::checksum::{ChecksumAlgorithm, Crc};
 use crate::codec::{Compression, Encoder};
 use crate::error::{Error, Result};
 use crate::job::within;
+use crate::telemetry::Progress;
 
 /// Chunks read from a source by [`ObjectWriter::copy`] when the writer compresses.
 const COPY_CHUNK: usize = 64 * 1024;
@@ -39,6 +40,9 @@ pub struct UploadOptions {
     pub deadline: Option<Instant>,
     /// Compress what is written (a layer the writer owns). Default none.
     pub compression: Option<Compression>,
+    /// Counters to keep current: parts started and acknowledged, bytes acknowledged, objects
+    /// completed ([`Progress`]). Default none.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl UploadOptions {
@@ -50,6 +54,7 @@ impl UploadOptions {
             if_none_match: false,
             deadline: None,
             compression: None,
+            progress: None,
         }
     }
 }
@@ -138,6 +143,7 @@ impl ObjectWriter {
             options.checksum,
             options.if_none_match,
             options.deadline,
+            options.progress.clone(),
         );
         let state = match options.compression {
             None => State::Direct(Box::new(PartsSlot(parts))),

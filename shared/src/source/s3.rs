@@ -101,6 +101,8 @@ pub struct S3Body {
     size: u64,
     resumes_left: u32,
     progress: Arc<BodyProgress>,
+    /// The invocation's counters: bytes in, resumes as retries.
+    counters: Option<Arc<crate::telemetry::Progress>>,
 }
 
 impl S3Body {
@@ -114,7 +116,17 @@ impl S3Body {
             size,
             resumes_left: resumes,
             progress: Arc::default(),
+            counters: None,
         }
+    }
+
+    /// Also counts into `counters`: bytes read as bytes in, each resume as a retry. The total
+    /// becomes the bytes already counted plus this object's size (objects read one after the
+    /// other add up).
+    pub fn counting(mut self, counters: Arc<crate::telemetry::Progress>) -> Self {
+        counters.set_total_bytes(Some(counters.snapshot().bytes_in + self.size));
+        self.counters = Some(counters);
+        self
     }
 
     /// The shared counters.
@@ -160,6 +172,9 @@ impl AsyncRead for S3Body {
                             } else {
                                 this.offset += n as u64;
                                 this.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                                if let Some(c) = &this.counters {
+                                    c.add_bytes_in(n as u64);
+                                }
                                 return Poll::Ready(Ok(()));
                             }
                         }
@@ -172,6 +187,9 @@ impl AsyncRead for S3Body {
                 Some(reopen) if this.resumes_left > 0 => {
                     this.resumes_left -= 1;
                     this.progress.resumes.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = &this.counters {
+                        c.add_retry();
+                    }
                     tracing::warn!(offset = this.offset, size = this.size, error = %failure,
                         "object body broke off; resuming with a ranged GET");
                     this.state = State::Opening(reopen(this.offset));

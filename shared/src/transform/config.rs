@@ -37,6 +37,13 @@ pub struct Pipeline {
     #[serde(default)]
     pub workers: Option<usize>,
 }
+    /// The name of the pipeline in its metrics (the `Job` dimension) and progress lines: 1 to
+    /// 255 characters of printable ASCII (space to `~`), not starting with `:`. Default: the
+    /// output bucket, `/`, and the key template up to its first `{` (`lake/clean/`); without an
+    /// output bucket, the key template's prefix alone (`clean/`), or `pipeline` when the
+    /// template starts with a placeholder.
+    #[serde(default)]
+    pub job_name: Option<String>,
 
 /// Input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -247,6 +254,23 @@ pub struct SourceVars {
 impl Pipeline {
     /// Reads the pipeline from `PIPELINE` or `PIPELINE_URI` and validates it.
     pub async fn from_env(s3: &aws_sdk_s3::Client) -> Result<Pipeline> {
+    /// `job_name`, or the default derived from the output (see the field).
+    pub fn job_name(&self) -> String {
+        if let Some(name) = &self.job_name {
+            return name.clone();
+        }
+        match &self.output.bucket {
+            Some(bucket) => crate::telemetry::default_job_name(bucket, &self.output.key),
+            None => {
+                let name = crate::telemetry::default_job_name("", &self.output.key);
+                match name.trim_start_matches('/') {
+                    "" => "pipeline".to_owned(),
+                    prefix => prefix.to_owned(),
+                }
+            }
+        }
+    }
+
         let inline = std::env::var("PIPELINE")
             .ok()
             .filter(|v| !v.trim().is_empty());
@@ -318,6 +342,9 @@ impl Pipeline {
         {
             return Err(Error::spec(format!(
                 "input.schema ({:?}): path applies to JSON records (NDJSON input), not CSV",
+        if let Some(name) = &self.job_name {
+            crate::telemetry::validate_job_name("job_name", name)?;
+        }
                 c.name
             )));
         }

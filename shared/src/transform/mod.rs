@@ -235,6 +235,7 @@ pub async fn run(
         }
     };
     let progress = body.progress();
+    let body = body.counting(ctx.invocation.progress.clone());
     let mut buffered = BufReader::with_capacity(SOURCE_BUFFER, body);
     let head = buffered.fill_buf().await.map_err(|e| Error::SourceRead {
         url: source.clone(),
@@ -455,6 +456,7 @@ async fn write(
     options.deadline = deadline;
     let format = pipeline.output.format;
     options.compression = format.stream_compression(pipeline.output.compression);
+    options.progress = Some(ctx.invocation.progress.clone());
     let writer = ObjectWriter::new(Arc::new(w.target.clone()), &options)?;
     let mut output = match format {
         // Its columns are the layout after the steps, known once the header is read.
@@ -479,6 +481,7 @@ async fn write(
         cap: pipeline.tuning.record_cap(&budget),
         http: &ctx.http,
         deadline,
+        progress: Some(ctx.invocation.progress.clone()),
     };
     let out = RowOut {
         output: &mut output,

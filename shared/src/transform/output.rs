@@ -12,9 +12,12 @@ use super::writer::{self, RowWriter};
 use super::{Counts, config, enrich};
 use crate::columnar::RecordOutput;
 use crate::error::{Error, Result};
+use crate::telemetry::Progress;
 
 /// Rendered output is written in chunks of about this size.
 const OUT_CHUNK: usize = 128 * 1024;
+/// Row counts reach the invocation's [`Progress`] every this many rows read.
+const PROGRESS_ROWS: u64 = 4096;
 
 /// A row waiting for its enrichment answer: the row, where it was read, its raw text (capped).
 type Held = (Vec<Value>, Position, Vec<u8>);
@@ -83,6 +86,10 @@ pub(super) struct RowSink<'a> {
     enricher: Option<Enricher>,
     /// The first bad row (line, column, reason), for the error of a failed run.
     first_bad: Option<String>,
+    /// The invocation's counters, and the counts already added to them (in, out,
+    /// quarantined).
+    progress: Option<std::sync::Arc<Progress>>,
+    reported: [u64; 3],
 }
 
 /// `line N, column "c": reason`, for messages.
@@ -94,6 +101,13 @@ fn describe_bad(pos: Position, e: &steps::RowError) -> String {
     text.push_str(": ");
     text.push_str(&e.reason);
     text
+}
+
+/// The last counts reach the invocation's counters, whether the rows ended or failed.
+impl Drop for RowSink<'_> {
+    fn drop(&mut self) {
+        self.report();
+    }
 }
 
 /// Enrichment batches still in flight when the rows stop (an error, the deadline) are
@@ -135,7 +149,24 @@ impl<'a> RowSink<'a> {
             source,
             enricher,
             first_bad: None,
+            progress: job.progress.clone(),
+            reported: [0; 3],
         }
+    }
+
+    /// Adds the counts not yet reported to the invocation's [`Progress`]: called every
+    /// [`PROGRESS_ROWS`] rows, after each parallel chunk, and when the sink goes away.
+    pub fn report(&mut self) {
+        let Some(p) = &self.progress else { return };
+        let now = [
+            self.counts.records_in,
+            self.counts.records_out,
+            self.quarantine.count(),
+        ];
+        p.add_records_in(now[0].saturating_sub(self.reported[0]));
+        p.add_records_out(now[1].saturating_sub(self.reported[1]));
+        p.add_quarantined(now[2].saturating_sub(self.reported[2]));
+        self.reported = now;
     }
 
     async fn send(&mut self) -> Result<()> {
@@ -161,6 +192,9 @@ impl<'a> RowSink<'a> {
         raw: &[u8],
     ) -> Result<()> {
         self.counts.records_in += 1;
+        if self.counts.records_in % PROGRESS_ROWS == 0 {
+            self.report();
+        }
         let outcome = match typed {
             Ok(()) => self.program.apply(row),
             Err(e) => Outcome::Bad(e),

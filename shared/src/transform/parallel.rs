@@ -254,6 +254,7 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
                     }
                     sink.emit(&done.out).await?;
                     sink.emit_rows(&done.rows).await?;
+                    sink.report();
                 }
             }
             Ok::<u64, Error>(next)

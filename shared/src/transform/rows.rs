@@ -309,6 +309,8 @@ pub(super) struct RowJob<'a> {
     /// When the job gives up (the Lambda deadline minus the margin): bounds the enrich
     /// step's requests and retry waits.
     pub deadline: Option<tokio::time::Instant>,
+    /// The invocation's counters: records in, out and quarantined, added in batches.
+    pub progress: Option<Arc<crate::telemetry::Progress>>,
 }
 
 /// Where one object's rows go.

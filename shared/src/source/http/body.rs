@@ -40,6 +40,17 @@ impl HttpBody {
         self.received.clone()
     }
 
+    /// Also adds the bytes received to `counters` (bytes in), once per chunk.
+    pub fn counting(mut self, counters: Option<Arc<crate::telemetry::Progress>>) -> HttpBody {
+        if let Some(c) = counters {
+            self.stream = self
+                .stream
+                .inspect_ok(move |chunk| c.add_bytes_in(chunk.len() as u64))
+                .boxed();
+        }
+        self
+    }
+
     /// The body of `resp`, whose status and headers were checked: `url` is its final URL
     /// (redacted), and a gap of more than `read_timeout` between chunks fails the stream.
     pub(super) fn new(

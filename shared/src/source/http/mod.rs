@@ -229,6 +229,8 @@ pub struct Fetcher<'a> {
     /// Credentials applied to every request; URLs in errors and logs are redacted with them.
     pub auth: Option<&'a ResolvedAuth>,
 }
+    /// The invocation's counters: each retry, and the bytes of every body opened.
+    pub progress: Option<&'a std::sync::Arc<crate::telemetry::Progress>>,
 
 /// Why one attempt failed, and whether another may follow.
 struct Failure {
@@ -279,7 +281,7 @@ impl Fetcher<'_> {
                 limiter.acquire().await;
             }
             match self.send_once(page, attempt).await {
-                Ok(body) => return Ok(body),
+                Ok(body) => return Ok(body.counting(self.progress.cloned())),
                 Err(f) if f.retryable && attempt < policy.max_attempts => {
                     let wait = policy.backoff(attempt, f.retry_after);
                     if retry::wait_passes_deadline(self.deadline, wait) {
@@ -295,6 +297,9 @@ impl Fetcher<'_> {
                     );
                     tokio::time::sleep(wait).await;
                     attempt += 1;
+                    if let Some(p) = self.progress {
+                        p.add_retry();
+                    }
                 }
                 Err(f) => return Err(f.error),
             }
@@ -569,6 +574,7 @@ pub(crate) mod tests {
             deadline: Some(Instant::now() + Duration::from_secs(60)),
             auth: None,
         };
+            progress: None,
         let err = match fetcher.open(&single_page(&spec).unwrap()).await {
             Ok(_) => panic!("a 429 succeeded"),
             Err(e) => e,
