@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A checksum algorithm S3 supports as a full-object checksum of a multipart upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ChecksumAlgorithm {
     /// CRC-64/NVME, S3's default (the default here too).

@@ -50,7 +50,7 @@ impl From<Format> for postgres::CopyFormat {
 }
 
 /// The source of an export, named by its kind: `{"postgres": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ExportSource {
     /// A Postgres query.
@@ -58,7 +58,7 @@ pub enum ExportSource {
 }
 
 /// An export job: the event of `export-postgres`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     /// The query and where the database is.
@@ -113,8 +113,10 @@ impl ExportSpec {
             .transpose()
     }
 
-    /// Parses and validates an export spec from JSON.
+    /// Parses and validates an export spec from JSON. A top-level `"$schema"` string (an
+    /// editor's pointer to `schemas/export-spec.schema.json`) is ignored.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let value = crate::schema::without_schema_key(value);
         let spec: ExportSpec =
             serde_json::from_value(value).map_err(|e| Error::spec(e.to_string()))?;
         spec.validate()?;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 ///
 /// `ingest-http` writes records as NDJSON (default) or Parquet; `transform-s3` and
 /// `export-postgres` write CSV (their default), NDJSON or Parquet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// RFC 4180 CSV with a header row.

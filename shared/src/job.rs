@@ -141,7 +141,7 @@ impl std::fmt::Display for Status {
 }
 
 /// `destination` in a job spec.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     /// Bucket name.
@@ -192,27 +192,32 @@ pub fn validate_bucket(field: &str, bucket: &str) -> Result<()> {
 }
 
 /// `tuning` in a job spec or pipeline.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
     /// First part size in MiB (5–5120). Default from the memory budget (8 at 256 MB).
     #[serde(default)]
+    #[schemars(range(min = 5, max = 5120))]
     pub part_size_mib: Option<u64>,
     /// Parts uploading at once (1–64). Default from the memory budget (7 at 256 MB).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 64))]
     pub max_in_flight: Option<usize>,
     /// Milliseconds before the Lambda deadline at which the job gives up and aborts. Default
     /// [`DEADLINE_MARGIN`] (3000).
     #[serde(default)]
+    #[schemars(range(min = 2500, max = 900_000))]
     pub deadline_margin_ms: Option<u64>,
     /// Largest record (or line) in MiB; a larger one is an error. Default from the memory
     /// budget (16 at 256 MB).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_record_mib: Option<u64>,
     /// Parquet output: flush a row group into the upload when it holds this many MiB
     /// (1 to half the part buffers, 32 at 256 MB). Default from the memory budget (8 at
     /// 256 MB, [`MemoryBudget::row_group_cap`]).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub row_group_mib: Option<u64>,
 }
 

@@ -92,6 +92,7 @@ pub mod key;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod s3;
+pub mod schema;
 pub mod secret;
 pub mod sink;
 pub mod source;

@@ -103,22 +103,25 @@ pub enum SecretRef {
 }
 
 /// `{"secrets_manager": {...}}` in a [`SecretRef`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsManagerRef {
     /// Secret name or ARN.
+    #[schemars(length(min = 1))]
     pub id: String,
     /// When set, the `SecretString` is a JSON object and this field of it is the secret.
     /// Default none: the whole `SecretString`.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub json_key: Option<String>,
 }
 
 /// `{"ssm": {...}}` in a [`SecretRef`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SsmRef {
     /// Parameter name (`/path/param`) or ARN.
+    #[schemars(length(min = 1))]
     pub name: String,
 }
 

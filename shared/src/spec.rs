@@ -21,7 +21,7 @@ use crate::source::http::HttpSourceSpec;
 pub use crate::job::{Destination, Tuning};
 
 /// One job: a source, optional compression, a destination, optional tuning.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Where the bytes come from.
@@ -110,7 +110,7 @@ impl<'de> Deserialize<'de> for RecordSchema {
 /// `quarantine` of records mode: records that do not fit a Parquet output's schema, as NDJSON
 /// lines (`source`, `line` (the record's number), `offset`, `record`, `column`, `reason`,
 /// `raw`) in their own object, completed only when the run succeeds.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordsQuarantine {
     /// Key template (the destination's placeholders). Default: the destination key with
@@ -122,6 +122,7 @@ pub struct RecordsQuarantine {
     pub max_bad_rows: Option<u64>,
     /// The run fails when bad / read records exceeds this (0..=1), checked at the end.
     #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_bad_ratio: Option<f64>,
     /// Bytes of a bad record kept in its quarantine line. Default 4096.
     #[serde(default = "default_raw_cap")]
@@ -141,7 +142,7 @@ fn default_raw_cap() -> usize {
 /// value of `path` among the run's records becomes the new watermark, written with a
 /// conditional request (`If-Match` on the state's ETag, or `If-None-Match: *` for the first
 /// one), so two overlapping runs cannot silently overwrite each other's progress.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Incremental {
     /// Query parameter that carries the watermark. Default: none (use `{watermark}` in the URL).
@@ -178,7 +179,7 @@ impl Incremental {
 }
 
 /// How a source body is framed into records.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     /// A JSON document; records are found with `records`.
@@ -189,7 +190,7 @@ pub enum InputFormat {
 }
 
 /// The source, named by its kind: `{"http": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum SourceSpec {
     /// An HTTP(S) request.
@@ -205,8 +206,10 @@ impl JobSpec {
         })
     }
 
-    /// Parses and validates a job spec from JSON.
+    /// Parses and validates a job spec from JSON. A top-level `"$schema"` string (an editor's
+    /// pointer to `schemas/job-spec.schema.json`) is ignored.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let value = crate::schema::without_schema_key(value);
         let spec: JobSpec =
             serde_json::from_value(value).map_err(|e| Error::spec(e.to_string()))?;
         spec.validate()?;

@@ -37,11 +37,12 @@ const CONCURRENCY: usize = 8;
 const LISTED_PER_TARGET: usize = 100;
 
 /// The sweep's configuration: the event, or the `SWEEP_CONFIG` environment variable.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepConfig {
     /// Bucket and prefix pairs to sweep. Only uploads whose key starts with the prefix are
     /// considered.
+    #[schemars(length(min = 1, max = 100))]
     pub targets: Vec<SweepTarget>,
     /// Uploads initiated longer ago than this are aborted: seconds (`86400`) or a duration
     /// with a unit (`"24h"`, `"90m"`, `"2d"`, `"30s"`). Default 24 hours.
@@ -52,16 +53,18 @@ pub struct SweepConfig {
     pub dry_run: bool,
     /// Uploads per `ListMultipartUploads` page, 1–1000. Default 1000.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
     pub page_size: Option<i32>,
 }
 
 /// One bucket and prefix to sweep.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepTarget {
     /// Bucket name.
     pub bucket: String,
     /// Key prefix, e.g. `raw/`. Required; `""` sweeps the whole bucket.
+    #[schemars(length(max = 1024))]
     pub prefix: String,
 }
 
@@ -179,8 +182,10 @@ impl<'de> Deserialize<'de> for MaxAge {
 
 impl SweepConfig {
     /// The configuration: the event when it is one, else `SWEEP_CONFIG`. An event that is null,
-    /// `{}`, or an EventBridge scheduled event (it has `detail-type`) carries none.
+    /// `{}`, or an EventBridge scheduled event (it has `detail-type`) carries none. A top-level
+    /// `"$schema"` string (an editor's pointer to `schemas/sweep-config.schema.json`) is ignored.
     pub fn from_event(event: serde_json::Value, env_config: Option<&str>) -> Result<SweepConfig> {
+        let event = crate::schema::without_schema_key(event);
         let carries_none = match &event {
             serde_json::Value::Null => true,
             serde_json::Value::Object(map) => map.is_empty() || map.contains_key("detail-type"),
@@ -207,8 +212,10 @@ impl SweepConfig {
         })
     }
 
-    /// Parses and validates a configuration from JSON.
+    /// Parses and validates a configuration from JSON (a top-level `"$schema"` string is
+    /// ignored).
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let value = crate::schema::without_schema_key(value);
         let config: SweepConfig =
             serde_json::from_value(value).map_err(|e| Error::spec(e.to_string()))?;
         config.validate()?;

@@ -13,7 +13,7 @@ use crate::key::{self, KeyVars};
 use crate::spec::Tuning;
 
 /// The whole pipeline.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// What the source objects are and which of them to read.
@@ -35,6 +35,7 @@ pub struct Pipeline {
     /// pipeline measured 143 MiB/s with 1 and 128 MiB/s with 2. A pipeline with an `enrich`
     /// step always uses 1.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 16))]
     pub workers: Option<usize>,
 }
     /// The name of the pipeline in its metrics (the `Job` dimension) and progress lines: 1 to
@@ -46,7 +47,7 @@ pub struct Pipeline {
     pub job_name: Option<String>,
 
 /// Input format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     /// CSV with a header row (RFC 4180 quoting).
@@ -57,7 +58,7 @@ pub enum InputFormat {
 }
 
 /// `input`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
     /// `csv` (default) or `ndjson`.
@@ -82,7 +83,7 @@ pub struct InputSpec {
 }
 
 /// One declared column.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// The header name (CSV) or object key (NDJSON).
@@ -170,7 +171,7 @@ impl ColumnSpec {
 }
 
 /// `output`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     /// `csv` (default), `ndjson` or `parquet` (columns typed by the schema after the steps).
@@ -204,7 +205,7 @@ fn yes() -> bool {
 }
 
 /// `quarantine`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineSpec {
     /// Key template of the NDJSON quarantine object (same placeholders as `output.key`).
@@ -217,6 +218,7 @@ pub struct QuarantineSpec {
     pub max_bad_rows: Option<u64>,
     /// The object fails when bad rows / rows read exceeds this (0..=1), checked at the end.
     #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_bad_ratio: Option<f64>,
     /// Bytes of a bad row's raw text kept in its quarantine record. Default 4096.
     #[serde(default = "default_raw_cap")]
@@ -312,10 +314,14 @@ impl Pipeline {
     }
 
     /// Parses and validates a pipeline from JSON text. Errors name the field's path:
-    /// `steps[2].concat: unknown field "seps", expected one of ...`.
+    /// `steps[2].concat: unknown field "seps", expected one of ...`. A top-level `"$schema"`
+    /// string (an editor's pointer to `schemas/pipeline.schema.json`) is ignored.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let pipeline: Pipeline = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let parsed = serde_path_to_error::deserialize::<_, crate::schema::WithoutSchemaKey<Pipeline>>(
+            &mut de,
+        );
+        let crate::schema::WithoutSchemaKey(pipeline) = parsed.map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if path == "." || path.is_empty() {

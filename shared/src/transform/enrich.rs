@@ -25,25 +25,29 @@ use crate::source::http::rate::{RateLimitSpec, RateLimiter};
 use crate::source::http::retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
 
 /// `{"enrich": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichStep {
     /// The service's URL (`http` or `https`); each batch is one `POST`.
     pub url: String,
     /// Rows per batch. Default 10,000.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub batch_size: usize,
     /// Bytes of NDJSON per batch (a batch closes at whichever limit comes first). Default
     /// 4 MiB.
     #[serde(default = "default_batch_bytes")]
+    #[schemars(range(min = 1024, max = 67_108_864))]
     pub max_batch_bytes: usize,
     /// Batches in flight at once, 1–16. Default 1.
     #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 16))]
     pub concurrency: usize,
     /// Columns sent for each row. Default: every column at this step.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
     /// Fields taken from each answer, with their types; a missing field is null.
+    #[schemars(length(min = 1))]
     pub fields: Vec<EnrichField>,
     /// Extra request headers.
     #[serde(default)]
@@ -60,7 +64,7 @@ pub struct EnrichStep {
 }
 
 /// A field returned by the service.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichField {
     /// Key in the answer, and the column it becomes (replacing one of that name).

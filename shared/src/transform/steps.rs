@@ -13,7 +13,7 @@ use super::value::{ColType, Parser, Value};
 use crate::error::{Error, Result};
 
 /// One step of `steps`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// Keep only rows matching a condition.
@@ -36,7 +36,7 @@ pub enum Step {
 }
 
 /// A filter condition.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Cond {
     /// Every condition holds (true when empty).
@@ -65,7 +65,7 @@ pub enum Cond {
 
 /// `{"column": ..., "value": ...}`: the value is read as the column's type (a date in the
 /// column's format or `YYYY-MM-DD`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Compare {
     /// Column name.
@@ -75,7 +75,7 @@ pub struct Compare {
 }
 
 /// `{"column": ..., "values": [...]}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InList {
     /// Column name.
@@ -85,7 +85,7 @@ pub struct InList {
 }
 
 /// `{"column": ...}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnRef {
     /// Column name.
@@ -93,7 +93,7 @@ pub struct ColumnRef {
 }
 
 /// `replace`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceStep {
     /// A string column.
@@ -103,7 +103,7 @@ pub struct ReplaceStep {
 }
 
 /// `concat`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcatStep {
     /// The new (or replaced) string column.
@@ -116,7 +116,7 @@ pub struct ConcatStep {
 }
 
 /// `cast`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CastStep {
     /// The column converted in place.
@@ -130,7 +130,7 @@ pub struct CastStep {
 }
 
 /// `days_between`: `to − from` in days.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DaysBetweenStep {
     /// The new (or replaced) int column.

@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, Result};
 use crate::secret::{REDACTED, Secret, SecretRef, SecretResolver};
 
 /// `auth` of an HTTP source: how requests authenticate. Exactly one key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthSpec {
     /// `{"bearer": {"token": SecretRef}}`: `Authorization: Bearer <token>`.
@@ -45,7 +45,7 @@ pub enum AuthSpec {
 }
 
 /// `api_key` of an [`AuthSpec`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "ApiKeyRepr")]
 pub struct ApiKeySpec {
     /// Where the key goes.
@@ -55,7 +55,7 @@ pub struct ApiKeySpec {
 }
 
 /// Where an API key is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ApiKeyLocation {
     /// In this request header (replacing any value the spec's `headers` gave it).
     Header(String),
@@ -63,13 +63,17 @@ pub enum ApiKeyLocation {
     Query(String),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["header"]}, {"required": ["query"]}]))]
 struct ApiKeyRepr {
     #[serde(default)]
+    #[schemars(description = "The request header that carries the key (give this or `query`).")]
     header: Option<String>,
     #[serde(default)]
+    #[schemars(description = "The query parameter that carries the key (give this or `header`).")]
     query: Option<String>,
+    #[schemars(description = "The key.")]
     value: SecretRef,
 }
 

@@ -35,7 +35,7 @@ use rate::{RateLimitSpec, RateLimiter};
 use retry::{RetryPolicy, RetrySpec, parse_retry_after, retryable_status};
 
 /// `source.http` in a job spec.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceSpec {
     /// The URL to fetch (`http` or `https`).
@@ -53,6 +53,7 @@ pub struct HttpSourceSpec {
     /// Seconds to wait for the response headers, and then for each next chunk of the body,
     /// before the source counts as stalled. Default 30. (Connecting has its own 10 s limit.)
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 900))]
     pub read_timeout_secs: Option<f64>,
     /// Pagination ([`paginate`]). Default: one request.
     #[serde(default)]

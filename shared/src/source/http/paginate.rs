@@ -88,7 +88,7 @@ impl Seen {
 }
 
 /// `source.http.paginate`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaginateSpec {
     /// Cursor style.
@@ -118,7 +118,7 @@ pub struct PaginateSpec {
 }
 
 /// Where a cursor is sent.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamIn {
     /// As a query parameter (default).
@@ -129,7 +129,7 @@ pub enum ParamIn {
 }
 
 /// `{"cursor": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CursorStyle {
     /// Parameter (or body field) that carries the cursor.
@@ -142,12 +142,12 @@ pub struct CursorStyle {
 }
 
 /// `{"link_header": {}}`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkHeaderStyle {}
 
 /// `{"next_url": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NextUrlStyle {
     /// Path of the next page's URL in each page.
@@ -155,7 +155,7 @@ pub struct NextUrlStyle {
 }
 
 /// `{"page_number": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PageNumberStyle {
     /// Query parameter of the page number.
@@ -170,7 +170,7 @@ fn one() -> u64 {
 }
 
 /// `{"offset": {...}}`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OffsetStyle {
     /// Query parameter of the offset.

@@ -16,7 +16,7 @@ pub const MAX_BURST: u32 = 10_000;
 
 /// `source.http.rate_limit` (and the `rate_limit` of a batch). Checked when parsed:
 /// `per_second` in [`MIN_PER_SECOND`]..=[`MAX_PER_SECOND`], `burst` in 1..=[`MAX_BURST`].
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(try_from = "RateLimitRepr")]
 pub struct RateLimitSpec {
     /// Sustained requests per second.
@@ -25,11 +25,15 @@ pub struct RateLimitSpec {
     pub burst: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RateLimitRepr {
+    #[schemars(description = "Sustained requests per second.")]
+    #[schemars(range(min = MIN_PER_SECOND, max = MAX_PER_SECOND))]
     per_second: f64,
     #[serde(default)]
+    #[schemars(description = "Requests allowed at once after a quiet spell. Default 1.")]
+    #[schemars(range(min = 1, max = MAX_BURST))]
     burst: Option<u32>,
 }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// `source.http.retry`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Attempts per request, the first included. Default 5; 1 disables retries.

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::secret::{SecretRef, SecretsManagerRef};
 
 /// `source.postgres` in an export job spec.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceSpec {
     /// The query: anything `COPY (query) TO STDOUT` accepts (`SELECT`, `VALUES`, `TABLE t`),
@@ -16,6 +16,7 @@ pub struct PostgresSourceSpec {
     /// passed as its JSON text (for `json`/`jsonb` parameters). Each is parsed by the server
     /// as the type it inferred for that parameter. Default none.
     #[serde(default)]
+    #[schemars(length(max = 1000))]
     pub params: Vec<serde_json::Value>,
     /// Where the connection is: a Secrets Manager secret name or ARN (`"prod/lake-db"`), or
     /// any secret reference (`{"secrets_manager": {"id": ..., "json_key": ...}}`,
@@ -23,6 +24,7 @@ pub struct PostgresSourceSpec {
     /// with `username`, `password`, `host`, `port`, `dbname` (as RDS writes it) and optionally
     /// `sslmode`, `sslrootcert`. Default: the `DATABASE_URL` environment variable.
     #[serde(default, deserialize_with = "secret_name_or_ref")]
+    #[schemars(schema_with = "crate::schema::secret_name_or_ref")]
     pub secret: Option<SecretRef>,
     /// Session time zone, for how `timestamptz` values render. Default `UTC`.
     #[serde(default)]
