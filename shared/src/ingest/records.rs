@@ -207,7 +207,8 @@ impl Producer {
                 p.record(&record, received.load(Ordering::Relaxed)).await?;
                 if unreported >= PROGRESS_RECORDS {
                     // Written or quarantined is known at the end (`write_records`).
-                    self.progress.add_records_in(std::mem::take(&mut unreported));
+                    self.progress
+                        .add_records_in(std::mem::take(&mut unreported));
                 }
                 continue;
             }
