@@ -3,13 +3,14 @@
 # JSON document (DEMO_SIZE_MIB, default 1024) through the real ingest-http bootstrap inside a
 # 256 MB memory cgroup, gzip-compressed, into s3://sluice-demo/; then a generated
 # parking-violations CSV (DEMO_TRANSFORM_MIB, default 512) through transform-s3 and the seed
-# pipeline. Prints the summaries and the objects. The servers stay up afterwards (`make stack-down` stops them).
+# pipeline; then the `sluice` command validates a sample event and runs it without Lambda.
+# Prints the summaries and the objects. The servers stay up afterwards (`make stack-down` stops them).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-cargo build --release -p ingest-http -p transform-s3 -p sluice-tests --bin ingest-http \
-    --bin transform-s3 --bin sluice-local
+cargo build --release -p ingest-http -p transform-s3 -p sluice-tests -p sluice-cli \
+    --bin ingest-http --bin transform-s3 --bin sluice-local --bin sluice
 bash scripts/stack.sh up
 eval "$(bash scripts/stack.sh env)"
 echo "=== ingest-http: an HTTP body into S3"
@@ -19,3 +20,10 @@ echo
 echo "=== transform-s3: an object lands, a typed and filtered copy lands beside it"
 target/release/sluice-local transform --size-mib "${DEMO_TRANSFORM_MIB:-512}" \
     --memory-mb "${DEMO_MEMORY_MB:-256}"
+echo
+echo "=== sluice: the same jobs from the command line (no Lambda)"
+target/release/sluice validate events/ingest-http.json
+# `sluice-local watch` serves the 4 MiB big.json that events/ingest-http.json fetches (and the
+# other samples' data), then runs the command with the stack's environment.
+target/release/sluice-local watch --size-mib 4 -- \
+    target/release/sluice run ingest events/ingest-http.json --memory-mb 256 --no-progress
