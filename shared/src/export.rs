@@ -127,11 +127,11 @@ impl ExportSpec {
     pub fn validate(&self) -> Result<()> {
         let ExportSource::Postgres(pg) = &self.source;
         pg.validate()?;
-        self.format
-            .check_compression("compression", self.compression)?;
         if let Some(name) = &self.job_name {
             crate::telemetry::validate_job_name("job_name", name)?;
         }
+        self.format
+            .check_compression("compression", self.compression)?;
         self.scheduled_time()?;
         self.tuning.validate()?;
         self.destination.validate()
@@ -243,9 +243,9 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     options.if_none_match = !spec.destination.overwrite;
     options.deadline = deadline;
     options.compression = spec.format.stream_compression(spec.compression);
+    options.progress = Some(inv.progress.clone());
     let parquet = columnar::options_for(spec.compression, &spec.tuning, &budget);
     let written = write_object(stream, target, &options, parquet, deadline).await;
-    options.progress = Some(inv.progress.clone());
     let (uploaded, parquet) = match written {
         Ok(written) => (written.uploaded, written.parquet),
         Err(e) => {
@@ -331,9 +331,9 @@ async fn write_object(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<columnar::RecordsWritten> {
     let writer = ObjectWriter::new(Arc::new(target), options)?;
+    let counters = options.progress.clone();
     let decoder = stream.tuple_decoder().cloned();
     let mut output = match &decoder {
-    let counters = options.progress.clone();
         Some(decoder) => RecordOutput::parquet(decoder.schema(), parquet, writer)?,
         None => RecordOutput::Text(writer),
     };
@@ -360,11 +360,9 @@ async fn copy_rows(
     decoder: Option<&postgres::TupleDecoder>,
     output: &mut RecordOutput,
     deadline: Option<tokio::time::Instant>,
+    counters: Option<Arc<crate::telemetry::Progress>>,
 ) -> Result<()> {
     let mut row = 0u64;
-    counters: Option<Arc<crate::telemetry::Progress>>,
-    while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
-        crate::fault::point("export.chunk");
     let copied = stream.progress();
     let mut reported = (0u64, 0u64);
     let mut report = || {
@@ -376,9 +374,11 @@ async fn copy_rows(
             reported = (rows, bytes);
         }
     };
+    while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
+        crate::fault::point("export.chunk");
+        report();
         let chunk = chunk?;
         let Some(decoder) = decoder else {
-        report();
             output.write(chunk).await?;
             continue;
         };
@@ -394,9 +394,9 @@ async fn copy_rows(
             output.end_row(bytes).await?;
         }
     }
+    report();
     Ok(())
 }
-    report();
 
 impl ExportSummary {
     /// A summary of nothing written yet.

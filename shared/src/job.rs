@@ -571,11 +571,10 @@ mod tests {
         assert!(
             Invocation::new("r", None)
                 .give_up_at(DEADLINE_MARGIN)
+                .unwrap()
                 .is_none()
         );
     }
-}
-                .unwrap()
 
     #[test]
     fn a_whole_invocation_shorter_than_the_margin_is_a_configuration_error() {
@@ -596,3 +595,4 @@ mod tests {
         let inv = Invocation::new("r", Some(SystemTime::now() + Duration::from_secs(60)));
         assert!(inv.give_up_at(DEADLINE_MARGIN).unwrap().unwrap() > Instant::now());
     }
+}

@@ -220,12 +220,12 @@ impl JobSpec {
     pub fn validate(&self) -> Result<()> {
         let SourceSpec::Http(http) = &self.source;
         http.validate()?;
-        if let Some(r) = &self.records {
-            JsonPath::parse(r, true).map_err(|e| Error::spec(format!("records: {e}")))?;
-            if self.input_format == InputFormat::Ndjson {
         if let Some(name) = &self.job_name {
             crate::telemetry::validate_job_name("job_name", name)?;
         }
+        if let Some(r) = &self.records {
+            JsonPath::parse(r, true).map_err(|e| Error::spec(format!("records: {e}")))?;
+            if self.input_format == InputFormat::Ndjson {
                 return Err(Error::spec(
                     "records: not used with input_format ndjson (every line is a record)",
                 ));

@@ -37,7 +37,6 @@ pub struct Pipeline {
     #[serde(default)]
     #[schemars(range(min = 1, max = 16))]
     pub workers: Option<usize>,
-}
     /// The name of the pipeline in its metrics (the `Job` dimension) and progress lines: 1 to
     /// 255 characters of printable ASCII (space to `~`), not starting with `:`. Default: the
     /// output bucket, `/`, and the key template up to its first `{` (`lake/clean/`); without an
@@ -45,6 +44,7 @@ pub struct Pipeline {
     /// template starts with a placeholder.
     #[serde(default)]
     pub job_name: Option<String>,
+}
 
 /// Input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
@@ -254,8 +254,6 @@ pub struct SourceVars {
 }
 
 impl Pipeline {
-    /// Reads the pipeline from `PIPELINE` or `PIPELINE_URI` and validates it.
-    pub async fn from_env(s3: &aws_sdk_s3::Client) -> Result<Pipeline> {
     /// `job_name`, or the default derived from the output (see the field).
     pub fn job_name(&self) -> String {
         if let Some(name) = &self.job_name {
@@ -273,6 +271,8 @@ impl Pipeline {
         }
     }
 
+    /// Reads the pipeline from `PIPELINE` or `PIPELINE_URI` and validates it.
+    pub async fn from_env(s3: &aws_sdk_s3::Client) -> Result<Pipeline> {
         let inline = std::env::var("PIPELINE")
             .ok()
             .filter(|v| !v.trim().is_empty());
@@ -342,15 +342,15 @@ impl Pipeline {
     /// (against the schema, other names being taken for pass-through CSV columns), key
     /// templates, prefixes, limits.
     pub fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.job_name {
+            crate::telemetry::validate_job_name("job_name", name)?;
+        }
         validate_columns("input.schema", &self.input.schema)?;
         if self.input.format == InputFormat::Csv
             && let Some(c) = self.input.schema.iter().find(|c| c.path.is_some())
         {
             return Err(Error::spec(format!(
                 "input.schema ({:?}): path applies to JSON records (NDJSON input), not CSV",
-        if let Some(name) = &self.job_name {
-            crate::telemetry::validate_job_name("job_name", name)?;
-        }
                 c.name
             )));
         }

@@ -229,9 +229,9 @@ pub struct Fetcher<'a> {
     pub deadline: Option<Instant>,
     /// Credentials applied to every request; URLs in errors and logs are redacted with them.
     pub auth: Option<&'a ResolvedAuth>,
-}
     /// The invocation's counters: each retry, and the bytes of every body opened.
     pub progress: Option<&'a std::sync::Arc<crate::telemetry::Progress>>,
+}
 
 /// Why one attempt failed, and whether another may follow.
 struct Failure {
@@ -297,10 +297,10 @@ impl Fetcher<'_> {
                         "source request failed; retrying"
                     );
                     tokio::time::sleep(wait).await;
-                    attempt += 1;
                     if let Some(p) = self.progress {
                         p.add_retry();
                     }
+                    attempt += 1;
                 }
                 Err(f) => return Err(f.error),
             }
@@ -574,8 +574,8 @@ pub(crate) mod tests {
             limiter: None,
             deadline: Some(Instant::now() + Duration::from_secs(60)),
             auth: None,
-        };
             progress: None,
+        };
         let err = match fetcher.open(&single_page(&spec).unwrap()).await {
             Ok(_) => panic!("a 429 succeeded"),
             Err(e) => e,
