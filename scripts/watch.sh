@@ -14,7 +14,9 @@ FEATURES=(--features sluice/fault-injection)
 bash scripts/setup.sh
 bash scripts/stack.sh up
 eval "$(bash scripts/stack.sh env)"
-cargo build --release -p sluice-tests --bin sluice-local "${FEATURES[@]}"
+# The whole workspace, as `make test` builds it: `cargo lambda watch` then runs each function
+# with `cargo run --bin`, which resolves features the same way and finds it built.
+cargo build --release --workspace --bins "${FEATURES[@]}"
 export PATH="$ROOT/.venv/bin:$PATH"
 # shellcheck disable=SC2086
 exec target/release/sluice-local watch --size-mib "${WATCH_SIZE_MIB:-64}" -- \

@@ -6,6 +6,7 @@
 //! This is what failed before: the emulator sends `Lambda-Runtime-Deadline-Ms: 600000`, which
 //! read as a time is 1970, so every job gave up at zero bytes.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
