@@ -9,8 +9,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-cargo build --release -p ingest-http -p transform-s3 -p sluice-tests -p sluice-cli \
-    --bin ingest-http --bin transform-s3 --bin sluice-local --bin sluice
+# The build `make test` and `make watch` use (same features), so the three compile once.
+cargo build --release --workspace --bins --features sluice/fault-injection
 bash scripts/stack.sh up
 eval "$(bash scripts/stack.sh env)"
 echo "=== ingest-http: an HTTP body into S3"

@@ -584,7 +584,10 @@ mod tests {
         assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
         let message = err.to_string();
         assert!(message.contains("deadline margin of 3000 ms"), "{message}");
-        assert!(message.contains("raise the function's timeout"), "{message}");
+        assert!(
+            message.contains("raise the function's timeout"),
+            "{message}"
+        );
         // A deadline in the past at the start (a wrong clock, or an emulator's) is the same.
         let inv = Invocation::new("r", Some(SystemTime::UNIX_EPOCH + Duration::from_secs(600)));
         assert!(matches!(

@@ -390,7 +390,11 @@ pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
         Err(err) => (None, Some(err)),
     };
     // An invocation too short for the margin sweeps no target.
-    let todo = if failure.is_some() { &[][..] } else { &config.targets[..] };
+    let todo = if failure.is_some() {
+        &[][..]
+    } else {
+        &config.targets[..]
+    };
     let mut complete = failure.is_none();
     let mut targets = Vec::new();
     for target in todo {

@@ -53,9 +53,7 @@ impl LocalSamples {
         );
 
         upload_parking(server, bucket, size_mib * MIB).await?;
-        println!(
-            "watch: s3://{bucket}/{SAMPLE_TRANSFORM_KEY} for events/transform-s3.direct.json"
-        );
+        println!("watch: s3://{bucket}/{SAMPLE_TRANSFORM_KEY} for events/transform-s3.direct.json");
 
         let postgres = PgServer::start().context("starting Postgres for export-postgres")?;
         seed_orders(&postgres).await?;
@@ -73,7 +71,10 @@ impl LocalSamples {
             ("PIPELINE".to_owned(), pipeline),
             ("DATABASE_URL".to_owned(), postgres.admin_url()),
             // The sample sources listen on loopback, which the network policy refuses by default.
-            ("SLUICE_ALLOW_PRIVATE_NETWORKS".to_owned(), "true".to_owned()),
+            (
+                "SLUICE_ALLOW_PRIVATE_NETWORKS".to_owned(),
+                "true".to_owned(),
+            ),
         ]);
         Ok(LocalSamples {
             served,

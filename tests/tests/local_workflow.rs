@@ -87,7 +87,13 @@ impl Watch {
 /// `cargo lambda invoke FUNCTION --data-file events/EVENT`, as `make invoke` runs it; the answer.
 async fn invoke(root: &Path, port: u16, function: &str, event: &str, watch: &Watch) -> Value {
     let out = tokio::process::Command::new(root.join(".venv/bin/cargo-lambda"))
-        .args(["lambda", "invoke", function, "--invoke-port", &port.to_string()])
+        .args([
+            "lambda",
+            "invoke",
+            function,
+            "--invoke-port",
+            &port.to_string(),
+        ])
         .args(["--data-file", event, "--output-format", "json"])
         .current_dir(root)
         .stdin(Stdio::null())
@@ -129,12 +135,22 @@ async fn make_watch_and_make_invoke_run_every_sample_event() {
     let s3 = server.client().await;
     let bucket = "sluice-demo";
 
-    let ingest = invoke(&root, port, "ingest-http", "events/ingest-http.json", &watch).await;
+    let ingest = invoke(
+        &root,
+        port,
+        "ingest-http",
+        "events/ingest-http.json",
+        &watch,
+    )
+    .await;
     assert_eq!(ingest["status"], "written", "{ingest}");
     // 16 MiB of JSON, read in full and gzip-compressed.
     assert!(ingest["bytes_in"].as_u64().unwrap() >= 16 << 20, "{ingest}");
     let key = ingest["key"].as_str().unwrap();
-    assert!(key.starts_with("raw/demo/dt=") && key.ends_with(".json.gz"), "{key}");
+    assert!(
+        key.starts_with("raw/demo/dt=") && key.ends_with(".json.gz"),
+        "{key}"
+    );
     assert!(object_exists(&s3, bucket, key).await, "{key}");
 
     let transform = invoke(
@@ -166,7 +182,14 @@ async fn make_watch_and_make_invoke_run_every_sample_event() {
     let key = export["key"].as_str().unwrap();
     assert!(object_exists(&s3, bucket, key).await, "{key}");
 
-    let sweep = invoke(&root, port, "sweep-uploads", "events/sweep-uploads.json", &watch).await;
+    let sweep = invoke(
+        &root,
+        port,
+        "sweep-uploads",
+        "events/sweep-uploads.json",
+        &watch,
+    )
+    .await;
     assert_eq!(sweep["status"], "complete", "{sweep}");
 
     assert!(

@@ -452,7 +452,9 @@ async fn write(
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = pipeline.output.checksum;
     options.if_none_match = !w.output_exists;
-    let deadline = ctx.invocation.give_up_at(pipeline.tuning.deadline_margin())?;
+    let deadline = ctx
+        .invocation
+        .give_up_at(pipeline.tuning.deadline_margin())?;
     options.deadline = deadline;
     let format = pipeline.output.format;
     options.compression = format.stream_compression(pipeline.output.compression);

@@ -304,7 +304,8 @@ async fn watch(args: Args) -> anyhow::Result<()> {
     };
     let server = S3Server::garage();
     let bucket = std::env::var("SLUICE_DEMO_BUCKET").unwrap_or_else(|_| "sluice-demo".into());
-    let samples = sluice_tests::local::LocalSamples::prepare(&server, &bucket, args.size_mib).await?;
+    let samples =
+        sluice_tests::local::LocalSamples::prepare(&server, &bucket, args.size_mib).await?;
     println!("watch: running {}", args.command_line.join(" "));
     let mut child = tokio::process::Command::new(program)
         .args(rest)
