@@ -78,6 +78,10 @@ pub(crate) struct Parts {
     committing: Option<Commit>,
     /// Parts, acknowledged bytes and completed objects are counted here.
     progress: Option<Arc<Progress>>,
+    /// Under `If-None-Match: *`, another writer completed the key first and this upload was
+    /// removed with it (some S3 servers end every other upload of a key on completion): the
+    /// rest of the input is discarded and `finish` answers [`PutOutcome::AlreadyExists`].
+    overtaken: bool,
 }
 
 /// What a completing request would create, to recognise the object if it landed.
@@ -112,6 +116,7 @@ impl Parts {
             deadline,
             committing: None,
             progress,
+            overtaken: false,
         }
     }
 
@@ -128,7 +133,7 @@ impl Parts {
     /// Appends `data`, uploading every part that fills; waits while the parts in flight are
     /// at their limit.
     pub(crate) async fn write(&mut self, mut data: &[u8]) -> Result<()> {
-        while !data.is_empty() {
+        while !data.is_empty() && !self.overtaken {
             let size = usize::try_from(self.size_of_next()).unwrap_or(usize::MAX);
             let buf = self.part_buffer().await?;
             // A buffer never holds more than its part size (it is sent once full).
@@ -149,7 +154,7 @@ impl Parts {
         R: AsyncRead + Unpin,
         F: Fn(std::io::Error) -> Error,
     {
-        loop {
+        while !self.overtaken {
             let size = usize::try_from(self.size_of_next()).unwrap_or(usize::MAX);
             let buf = self.part_buffer().await?;
             // `read_buf` reads at most the spare capacity, so the buffer never grows past the
@@ -162,6 +167,7 @@ impl Parts {
             self.bytes += n as u64;
             self.send_if_full().await?;
         }
+        Ok(())
     }
 
     /// The size of the part being filled, or of the next one.
@@ -187,7 +193,7 @@ impl Parts {
             let size = self.schedule.part_size(self.part_number);
             while self.in_flight.len() >= self.schedule.max_in_flight(size) {
                 match self.in_flight.join_next().await {
-                    Some(finished) => self.done.push(joined(finished, &self.target)?),
+                    Some(finished) => self.settle(finished).await?,
                     None => break,
                 }
             }
@@ -213,7 +219,7 @@ impl Parts {
     /// Uploads the part being filled (starting the multipart upload on the first one).
     async fn send_part(&mut self) -> Result<()> {
         // An empty buffer (allocated for a read that found the end) is not a part.
-        let Some(body) = self.buf.take().filter(|b| !b.is_empty()) else {
+        let Some(body) = self.buf.take().filter(|b| !b.is_empty() && !self.overtaken) else {
             return Ok(());
         };
         let upload_id = match &self.upload_id {
@@ -249,7 +255,7 @@ impl Parts {
         });
         self.part_number += 1;
         while let Some(finished) = self.in_flight.try_join_next() {
-            self.done.push(joined(finished, &self.target)?);
+            self.settle(finished).await?;
         }
         tracing::debug!(part_number, in_flight = self.in_flight.len(), "part sent");
         Ok(())
@@ -264,7 +270,10 @@ impl Parts {
         }
         self.send_part().await?;
         while let Some(finished) = self.in_flight.join_next().await {
-            self.done.push(joined(finished, &self.target)?);
+            self.settle(finished).await?;
+        }
+        if self.overtaken {
+            return Ok(self.overtaken_outcome().await);
         }
         let mut done = std::mem::take(&mut self.done);
         done.sort_by_key(|p| p.part_number);
@@ -297,7 +306,14 @@ impl Parts {
             .await;
         // Reached only when the request was not dropped: its answer is the truth.
         self.committing = None;
-        let outcome = outcome?;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) if self.was_overtaken().await => {
+                tracing::debug!(error = %e, "CompleteMultipartUpload failed after the key was written");
+                return Ok(self.overtaken_outcome().await);
+            }
+            Err(e) => return Err(e),
+        };
         match &outcome {
             PutOutcome::Written { .. } => {
                 self.upload_id = None;
@@ -343,6 +359,54 @@ impl Parts {
             parts: 1,
             checksum,
         })
+    }
+
+    /// Records a finished part: its receipt, or its error unless the upload was overtaken
+    /// (see [`was_overtaken`](Self::was_overtaken)).
+    async fn settle(
+        &mut self,
+        finished: std::result::Result<PartResult, tokio::task::JoinError>,
+    ) -> Result<()> {
+        match joined(finished, &self.target) {
+            Ok(receipt) => self.done.push(receipt),
+            Err(_) if self.overtaken => {}
+            Err(e) if self.was_overtaken().await => {
+                tracing::debug!(error = %e, "UploadPart failed after the key was written");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// After a failed request, whether another writer completed the key first: only under
+    /// `If-None-Match: *`, and only when this upload is gone and an object now exists. Then
+    /// the failure is that writer's success, not an error: [`PutOutcome::AlreadyExists`].
+    async fn was_overtaken(&mut self) -> bool {
+        if self.overtaken {
+            return true;
+        }
+        let Some(upload_id) = self.upload_id.clone().filter(|_| self.if_none_match) else {
+            return false;
+        };
+        let gone = matches!(self.target.upload_exists(&upload_id).await, Ok(false));
+        if gone && matches!(self.target.head().await, Ok(Some(_))) {
+            let (bucket, key) = self.target.describe();
+            tracing::info!(%bucket, %key, %upload_id,
+                "another writer completed the object first (If-None-Match); this upload was removed");
+            self.overtaken = true;
+        }
+        self.overtaken
+    }
+
+    /// What `finish` answers once overtaken: nothing written by this writer.
+    async fn overtaken_outcome(&mut self) -> Uploaded {
+        self.abort().await;
+        Uploaded {
+            outcome: PutOutcome::AlreadyExists,
+            bytes: self.bytes,
+            parts: 0,
+            checksum: self.algorithm.empty(),
+        }
     }
 
     fn internal(&self, what: &str) -> Error {

@@ -49,6 +49,9 @@ struct Fake {
     abort_hangs: bool,
     /// Full-object checksums of stored objects, as `HeadObject` reports them.
     checksums: Mutex<BTreeMap<String, String>>,
+    /// When this part is sent, another writer completes the key and the server removes this
+    /// upload with it (as Garage does): the part fails as `NoSuchUpload`.
+    overtaken_at_part: Option<i32>,
 }
 
 impl Fake {
@@ -112,7 +115,14 @@ impl ObjectTarget for Shared {
             tokio::time::sleep(Duration::from_millis(f.part_delay_ms)).await;
             f.in_flight.fetch_sub(1, Ordering::SeqCst);
             f.record(Call::Part(n, body.len()));
-            if f.fail_part == Some(n) {
+            if f.overtaken_at_part == Some(n) {
+                f.objects
+                    .lock()
+                    .unwrap()
+                    .insert("key".into(), b"theirs".to_vec());
+                f.open_uploads.store(0, Ordering::SeqCst);
+            }
+            if f.fail_part == Some(n) || f.overtaken_at_part == Some(n) {
                 return Err(Error::S3 {
                     operation: S3Operation::UploadPart,
                     bucket: "bucket".into(),
@@ -635,4 +645,36 @@ async fn deadline_during_a_put_with_someone_elses_object_is_nothing_written() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Deadline { .. }), "{err}");
+}
+
+/// Of two writers racing under `If-None-Match: *`, the one whose upload the server removed
+/// when the other completed ends as "already exists", never as an error and never completed;
+/// without the condition the same failure is an error.
+#[tokio::test]
+async fn an_upload_removed_when_another_writer_completes_is_already_exists() {
+    for if_none_match in [true, false] {
+        let fake = Arc::new(Fake {
+            overtaken_at_part: Some(2),
+            ..Fake::default()
+        });
+        let mut o = opts();
+        o.if_none_match = if_none_match;
+        let result = upload(Arc::new(Shared(fake.clone())), &data(6 * P)[..], &o, io_err).await;
+        let calls = fake.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::Complete(_))),
+            "{calls:?}"
+        );
+        assert_eq!(fake.objects.lock().unwrap()["key"], b"theirs");
+        match result {
+            Ok(out) => {
+                assert!(if_none_match, "completed without the condition: {out:?}");
+                assert_eq!(out.outcome, PutOutcome::AlreadyExists);
+            }
+            Err(e) => {
+                assert!(!if_none_match, "an error under If-None-Match: {e}");
+                assert!(e.to_string().contains("UploadPart (part 2)"), "{e}");
+            }
+        }
+    }
 }
