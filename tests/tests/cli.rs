@@ -133,6 +133,57 @@ impl Cli {
         assert!(open.is_empty(), "uploads left in progress: {open:?}");
     }
 
+    /// Runs `sluice run ingest JOB`, sends `SIG{signal}` once the multipart upload of `key`
+    /// has a part, and checks that the run exits with `code`, says it was interrupted, and
+    /// leaves neither an object nor an upload.
+    async fn interrupt_after_a_part(
+        &self,
+        job: &std::path::Path,
+        key: &str,
+        signal: &str,
+        code: i32,
+    ) {
+        let client = self.client().await;
+        let mut child = self
+            .command(&["run", "ingest", job.to_str().unwrap()], &[])
+            .spawn()
+            .unwrap();
+        // Drained from the start, so the child never blocks on a full pipe.
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).await.unwrap();
+            text
+        });
+        // The source stalls after 30 MiB: 3 parts of 8 MiB go up before it does.
+        let started = Instant::now();
+        while parts_uploaded(&client, &self.bucket, key).await == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no part of {key} uploaded within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pid = child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .expect("sluice did not exit within 60 s of the signal")
+            .unwrap();
+        let stderr = stderr.await.unwrap();
+        assert_eq!(status.code(), Some(code), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("Interrupted: SIG{signal}")),
+            "{last}"
+        );
+        self.assert_nothing_written(key).await;
+    }
+
     /// CRC64NVME and length of the object as stored.
     async fn crc(&self, key: &str) -> (u64, u64) {
         let client = self.client().await;
@@ -201,6 +252,27 @@ impl tokio::io::AsyncRead for CountRows {
         }
         polled
     }
+}
+
+/// Parts uploaded so far to the multipart uploads in progress for `key`.
+async fn parts_uploaded(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> usize {
+    let mut parts = 0;
+    for (_, upload_id) in uploads_in_progress(client, bucket)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == key)
+    {
+        let listed = client
+            .list_parts()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+        // The upload may end between the two requests.
+        parts += listed.map(|l| l.parts().len()).unwrap_or(0);
+    }
+    parts
 }
 
 #[tokio::test]
@@ -548,53 +620,26 @@ async fn a_panic_is_internal_and_aborts_the_upload() {
 #[tokio::test]
 async fn a_signal_mid_run_aborts_the_upload() {
     let cli = Cli::start("cli-signal").await;
-    let client = cli.client().await;
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
         let key = format!("stalled-{signal}.bin");
         let job = cli.file(
             &format!("stall-{signal}.json"),
             &cli.job(&format!("/stall?size={}&at={}", 100 * MIB, 30 * MIB), &key),
         );
-        let mut child = cli
-            .command(&["run", "ingest", job.to_str().unwrap()], &[])
-            .spawn()
-            .unwrap();
-        // Drained from the start, so the child never blocks on a full pipe.
-        let mut pipe = child.stderr.take().unwrap();
-        let stderr = tokio::spawn(async move {
-            let mut text = String::new();
-            pipe.read_to_string(&mut text).await.unwrap();
-            text
-        });
-        // Wait for the multipart upload to exist (3 parts of 8 MiB are sent before the stall).
-        let started = Instant::now();
-        while uploads_in_progress(&client, &cli.bucket).await.is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no upload started within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let pid = child.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-            .await
-            .expect("sluice did not exit within 60 s of the signal")
-            .unwrap();
-        let stderr = stderr.await.unwrap();
-        assert_eq!(status.code(), Some(code), "{stderr}");
-        let last = stderr.lines().last().unwrap_or_default();
-        assert!(
-            last.starts_with(&format!("Interrupted: SIG{signal}")),
-            "{last}"
-        );
-        cli.assert_nothing_written(&key).await;
+        cli.interrupt_after_a_part(&job, &key, signal, code).await;
     }
+}
+
+/// Records mode (`input_format: ndjson`): the records are read on a task of their own, which
+/// a signal cancels with the run, so its upload is aborted before the process exits.
+#[tokio::test]
+async fn a_signal_mid_records_run_aborts_the_upload() {
+    let cli = Cli::start("cli-signal-records").await;
+    let key = "records/stalled.ndjson";
+    let mut job = cli.job(&format!("/stall?size={}&at={}", 100 * MIB, 30 * MIB), key);
+    job["input_format"] = json!("ndjson");
+    let job = cli.file("stall-records.json", &job);
+    cli.interrupt_after_a_part(&job, key, "INT", 130).await;
 }
 
 /// `sluice sweep --dry-run` reports an open upload without aborting it; without the flag it

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::io::StreamReader;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::pages::PageWriter;
 use super::parquet::ParquetRecords;
@@ -100,12 +101,18 @@ impl Producer {
     /// was dropped with it, which aborts its upload. Every wait of the producer (the rate
     /// limiter, a request, a stalled body, a write) ends at the deadline: the result is then
     /// [`Error::Deadline`] and the output comes back to be aborted.
+    ///
+    /// Dropping the returned future (a cancelled job: the `sluice` command on SIGINT or
+    /// SIGTERM) cancels the task, which drops the output and so aborts its upload. The task
+    /// runs on the tracker that [`settle_aborts`](crate::sink::settle_aborts) waits for, and it
+    /// leaves the tracker only once the output is dropped and its abort is tracked in turn, so
+    /// a caller that settles right after the drop still waits for that abort.
     pub async fn spawn(self, mut out: Output) -> Result<(Result<()>, Output, PageStats)> {
-        let task = tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(crate::sink::pending_aborts().spawn(async move {
             let mut stats = PageStats::default();
             let result = crate::job::within(self.deadline, self.pages(&mut out, &mut stats)).await;
             (result, out, stats)
-        });
+        }));
         task.await
             .map_err(|e| crate::job::join_error("the record producer", e))
     }
