@@ -199,32 +199,11 @@ async fn ingest(
         invocation,
     };
     if sluice::ingest::batch::is_batch(&payload) {
-        return ingest_batch(payload, &ctx).await;
+        return lambda::run_batch(payload, &ctx).await;
     }
     let spec = sluice::JobSpec::from_json(payload)?;
     ctx.invocation.name_job(spec.job_name());
     to_json("ingest", sluice::ingest::run(&spec, &ctx).await?)
-}
-
-/// A batch answers with every source; if any failed, the run fails with the first failure's
-/// type and a message holding the whole list (as ingest-http answers).
-async fn ingest_batch(
-    payload: Value,
-    ctx: &sluice::ingest::JobContext,
-) -> Result<Value, FunctionError> {
-    let summary = sluice::ingest::batch::run(payload, ctx).await?;
-    let answer = to_json("batch", &summary)?;
-    match summary.failure_kind() {
-        None => Ok(answer),
-        Some(kind) => Err(FunctionError::new(
-            kind,
-            format!(
-                "{} of {} sources failed: {answer}",
-                summary.failed,
-                summary.sources.len()
-            ),
-        )),
-    }
 }
 
 /// transform-s3: the pipeline from the file (else from `PIPELINE`/`PIPELINE_URI` as the
@@ -253,37 +232,8 @@ async fn transform(
         http: http::client(&policy),
         policy,
     };
-    let mut summaries = Vec::new();
-    let mut failures: Vec<sluice::Error> = Vec::new();
-    for object in &objects {
-        match transform::run(&pipeline, object, &ctx).await {
-            Ok(summary) => summaries.push(summary),
-            Err(err) => {
-                tracing::error!(bucket = %object.bucket, key = %object.key,
-                    error_type = err.kind().as_str(), error = %err, "object failed");
-                failures.push(err);
-            }
-        }
-    }
-    match failures.first() {
-        None => Ok(json!({ "objects": summaries })),
-        Some(first) => Err(transform_failed(first.kind(), objects.len(), &failures)),
-    }
-}
-
-/// The run's error: the first failure's type, every failure's message (as transform-s3).
-fn transform_failed(kind: ErrorKind, objects: usize, failures: &[sluice::Error]) -> FunctionError {
-    let detail: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
-    let message = if objects == 1 {
-        detail.join("")
-    } else {
-        format!(
-            "{} of {objects} objects failed: {}",
-            failures.len(),
-            detail.join("; ")
-        )
-    };
-    FunctionError::new(kind, message)
+    let summaries = lambda::transform_objects(&pipeline, &objects, &ctx).await?;
+    Ok(json!({ "objects": summaries }))
 }
 
 /// export-postgres.

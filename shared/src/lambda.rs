@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::error::{Error, ErrorKind};
 use crate::job::{Invocation, panic_message};
 use crate::telemetry::{self, emf, progress};
+use crate::{ingest, transform};
 
 /// A failed invocation, reported with an error type callers can branch on: `InvalidInput`,
 /// `Upstream`, `Retryable`, `Timeout` or `Internal` ([`ErrorKind`]).
@@ -93,6 +94,73 @@ pub fn deadline_from_header(deadline_ms: u64, started: SystemTime) -> Option<Sys
         ms if ms < EPOCH_MS_FLOOR => started.checked_add(Duration::from_millis(ms)),
         ms => SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
     }
+}
+
+/// Runs a batch of sources ([`ingest::batch::run`]) and answers with its summary. When any
+/// source failed, the answer is an error of the first failure's type whose message holds the
+/// whole summary (`N of M sources failed: {...}`), so the outputs that were written are named
+/// either way. ingest-http and the `sluice` command answer a batch with this.
+pub async fn run_batch(payload: Value, ctx: &ingest::JobContext) -> Result<Value, FunctionError> {
+    let summary = ingest::batch::run(payload, ctx).await?;
+    let answer = serde_json::to_value(&summary)
+        .map_err(|e| FunctionError::new(ErrorKind::Internal, format!("batch summary: {e}")))?;
+    match summary.failure_kind() {
+        None => Ok(answer),
+        Some(kind) => Err(FunctionError::new(
+            kind,
+            format!(
+                "{} of {} sources failed: {answer}",
+                summary.failed,
+                summary.sources.len()
+            ),
+        )),
+    }
+}
+
+/// Transforms each of `objects` in turn with `pipeline` ([`transform::run`]), every one of
+/// them even after a failure (which is logged with its object), and answers with the
+/// summaries. When any object failed, the answer is an error of the first failure's type: its
+/// message alone for one object, else `N of M objects failed: <each message, joined by "; ">`,
+/// so that the event is retried (the objects already done are then duplicates).
+/// transform-s3 and the `sluice` command run a transform's objects with this.
+pub async fn transform_objects(
+    pipeline: &transform::Pipeline,
+    objects: &[transform::SourceObject],
+    ctx: &transform::TransformContext,
+) -> Result<Vec<transform::ObjectSummary>, FunctionError> {
+    let mut summaries = Vec::new();
+    let mut failures = Vec::new();
+    for object in objects {
+        match transform::run(pipeline, object, ctx).await {
+            Ok(summary) => summaries.push(summary),
+            Err(err) => {
+                tracing::error!(bucket = %object.bucket, key = %object.key,
+                    error_type = err.kind().as_str(), error = %err, "object failed");
+                failures.push(err);
+            }
+        }
+    }
+    match objects_failed(objects.len(), &failures) {
+        None => Ok(summaries),
+        Some(err) => Err(err),
+    }
+}
+
+/// The error of a transform of `objects` objects of which `failures` failed, in order (see
+/// [`transform_objects`]); `None` when nothing failed.
+fn objects_failed(objects: usize, failures: &[Error]) -> Option<FunctionError> {
+    let first = failures.first()?;
+    let detail: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+    let message = if objects == 1 {
+        detail.join("")
+    } else {
+        format!(
+            "{} of {objects} objects failed: {}",
+            failures.len(),
+            detail.join("; ")
+        )
+    };
+    Some(FunctionError::new(first.kind(), message))
 }
 
 /// Runs one invocation's `job` and turns its outcome into the function's answer: the summary
@@ -235,6 +303,23 @@ mod tests {
         assert!(err.message.contains("f panicked: bug"), "{}", err.message);
         let d = Diagnostic::from(err);
         assert_eq!(d.error_type, "Internal");
+    }
+
+    #[test]
+    fn objects_failed_names_every_failure_with_the_first_ones_type() {
+        assert_eq!(objects_failed(3, &[]), None);
+        let upstream = || Error::Internal {
+            message: "a".into(),
+        };
+        let spec = || Error::spec("b");
+        let one = objects_failed(1, &[spec()]).unwrap();
+        assert_eq!(one, FunctionError::from(spec()));
+        let two = objects_failed(3, &[spec(), upstream()]).unwrap();
+        assert_eq!(two.kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            two.message,
+            format!("2 of 3 objects failed: {}; {}", spec(), upstream())
+        );
     }
 
     /// Every sample in `events/` parses with the parser of the function its name starts with,

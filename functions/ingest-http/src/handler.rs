@@ -35,8 +35,12 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
     let invocation = &ctx.invocation;
     if sluice::ingest::batch::is_batch(&payload) {
         invocation.name_job(batch_job_name(&payload));
-        return lambda::answer_with_metrics("ingest-http", invocation, run_batch(payload, &ctx))
-            .await;
+        return lambda::answer_with_metrics(
+            "ingest-http",
+            invocation,
+            lambda::run_batch(payload, &ctx),
+        )
+        .await;
     }
     lambda::answer_with_metrics("ingest-http", invocation, async {
         let spec = JobSpec::from_json(payload)?;
@@ -61,25 +65,4 @@ fn batch_job_name(payload: &Value) -> String {
             .unwrap_or_default()
     };
     sluice::telemetry::default_job_name(field("bucket"), field("key"))
-}
-
-/// A batch answers with every source; if any failed, the invocation fails with the first
-/// failure's type and a message holding the whole list, so the outputs that were written are
-/// named either way.
-async fn run_batch(payload: Value, ctx: &JobContext) -> Result<Value, FunctionError> {
-    let summary = sluice::ingest::batch::run(payload, ctx).await?;
-    let answer = serde_json::to_value(&summary).map_err(|e| {
-        FunctionError::new(sluice::ErrorKind::Internal, format!("batch summary: {e}"))
-    })?;
-    match summary.failure_kind() {
-        None => Ok(answer),
-        Some(kind) => Err(FunctionError::new(
-            kind,
-            format!(
-                "{} of {} sources failed: {answer}",
-                summary.failed,
-                summary.sources.len()
-            ),
-        )),
-    }
 }

@@ -1,8 +1,8 @@
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
+use sluice::MemoryBudget;
 use sluice::lambda::{self, FunctionError};
-use sluice::transform::{self, Pipeline, TransformContext, event};
-use sluice::{ErrorKind, MemoryBudget};
+use sluice::transform::{Pipeline, TransformContext, event};
 
 /// What every invocation shares: clients and the pipeline, built once per instance.
 pub struct Clients {
@@ -32,37 +32,8 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         for s in &skipped_records {
             tracing::info!(record = %s, "record skipped");
         }
-        let mut summaries = Vec::new();
-        let mut failures: Vec<sluice::Error> = Vec::new();
-        for object in &objects {
-            match transform::run(&clients.pipeline, object, &ctx).await {
-                Ok(summary) => summaries.push(summary),
-                Err(err) => {
-                    tracing::error!(bucket = %object.bucket, key = %object.key,
-                        error_type = err.kind().as_str(), error = %err, "object failed");
-                    failures.push(err);
-                }
-            }
-        }
-        match failures.first() {
-            None => Ok(json!({"objects": summaries, "skipped_records": skipped_records})),
-            Some(first) => Err(failed(first.kind(), objects.len(), &failures)),
-        }
+        let summaries = lambda::transform_objects(&clients.pipeline, &objects, &ctx).await?;
+        Ok(json!({"objects": summaries, "skipped_records": skipped_records}))
     })
     .await
-}
-
-/// The invocation's error: the first failure's type, every failure's message.
-fn failed(kind: ErrorKind, objects: usize, failures: &[sluice::Error]) -> FunctionError {
-    let detail: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
-    let message = if objects == 1 {
-        detail.join("")
-    } else {
-        format!(
-            "{} of {objects} objects failed: {}",
-            failures.len(),
-            detail.join("; ")
-        )
-    };
-    FunctionError::new(kind, message)
 }
