@@ -36,6 +36,9 @@
 
 /// The smallest part S3 accepts (all parts but the last).
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// What one open object of a partitioned run may hold: two 5 MiB parts (one filling, one
+/// uploading) and 2 MiB for its encoder (a zstd window, a Parquet row group of 1 MiB).
+pub const PARTITION_OBJECT_BYTES: u64 = 12 * MIB;
 /// The largest part S3 accepts.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 /// The most parts one multipart upload may have.
@@ -182,6 +185,19 @@ impl MemoryBudget {
     pub fn zstd_window_log_max(&self) -> u32 {
         let quarter = (self.buffer_bytes / 4).max(1);
         (63 - quarter.leading_zeros()).clamp(23, 27)
+    }
+
+    /// The most objects a partitioned run may hold open: half the function's memory in
+    /// [`PARTITION_OBJECT_BYTES`] (10 at 256 MB, 5 at 128 MB), at least 1.
+    pub fn max_open_partitions(&self) -> usize {
+        usize::try_from(self.memory_bytes / 2 / PARTITION_OBJECT_BYTES)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
+    /// Objects a partitioned run holds open by default: half the most (5 at 256 MB).
+    pub fn open_partitions(&self) -> usize {
+        (self.max_open_partitions() / 2).max(1)
     }
 
     /// The part schedule this budget implies.

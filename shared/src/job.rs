@@ -159,9 +159,18 @@ pub struct Destination {
     /// format's type (or, for a byte copy, the source's `Content-Type`).
     #[serde(default)]
     pub content_type: Option<String>,
-    /// Write `<key>.manifest.json` beside the object after it is complete. Default true.
+    /// Write `<key>.manifest.json` beside the object after it is complete (for a partitioned
+    /// run, one run manifest). Default true.
     #[serde(default = "yes")]
     pub manifest: bool,
+    /// Finish an object before it passes this many MiB and go on in the next `{part}`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_object_mib: Option<u64>,
+    /// Finish an object when it holds this many records and go on in the next `{part}`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_object_records: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -169,9 +178,22 @@ fn yes() -> bool {
 }
 
 impl Destination {
-    /// Checks the bucket name.
+    /// Checks the bucket name and the rolling limits.
     pub fn validate(&self) -> Result<()> {
+        if self.max_object_mib == Some(0) || self.max_object_records == Some(0) {
+            return Err(Error::spec(
+                "destination.max_object_mib and max_object_records must be at least 1",
+            ));
+        }
         validate_bucket("destination.bucket", &self.bucket)
+    }
+
+    /// Whether the run may write several objects by record values or by size: `{field:…}`
+    /// in the key, or a rolling limit ([`crate::partition`]).
+    pub fn is_partitioned(&self) -> bool {
+        self.key.contains("{field:")
+            || self.max_object_mib.is_some()
+            || self.max_object_records.is_some()
     }
 }
 
@@ -219,6 +241,16 @@ pub struct Tuning {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub row_group_mib: Option<u64>,
+    /// Partitioned output: objects open at once (1 to the budget's limit, 10 at 256 MB).
+    /// Default from the memory budget (5 at 256 MB, [`MemoryBudget::open_partitions`]).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_open_partitions: Option<usize>,
+    /// Partitioned output: MiB of local disk (`/tmp`) for the records of partitions without
+    /// an open object. Default 80% of what is free there, at most 10,240.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub spill_mib: Option<u64>,
 }
 
 impl Tuning {
@@ -300,6 +332,18 @@ impl Tuning {
                 )));
             }
         }
+        if let Some(n) = self.max_open_partitions {
+            let limit = budget.max_open_partitions();
+            if n == 0 || n > limit {
+                return Err(Error::spec(format!(
+                    "tuning.max_open_partitions {n} is outside 1..={limit}: each open object holds up to {} MiB (two 5 MiB parts and its encoder), and open objects may use half of the function's {memory_mib} MiB",
+                    crate::budget::PARTITION_OBJECT_BYTES / MIB
+                )));
+            }
+        }
+        if self.spill_mib == Some(0) {
+            return Err(Error::spec("tuning.spill_mib must be at least 1"));
+        }
         if let Some(ms) = self.deadline_margin_ms {
             let range = MIN_DEADLINE_MARGIN.as_millis()..=MAX_DEADLINE_MARGIN.as_millis();
             if !range.contains(&u128::from(ms)) {
@@ -333,6 +377,34 @@ impl Tuning {
         self.deadline_margin_ms
             .map(Duration::from_millis)
             .unwrap_or(DEADLINE_MARGIN)
+    }
+
+    /// The limits of a partitioned run ([`crate::partition`]) on `budget`: open objects,
+    /// rolling, and the spill's directory (`SLUICE_SPILL_DIR`, else the temporary directory,
+    /// a Lambda's `/tmp`) and budget.
+    pub fn partition_limits(
+        &self,
+        destination: &Destination,
+        budget: &MemoryBudget,
+    ) -> crate::partition::Limits {
+        const MIB: u64 = 1024 * 1024;
+        let spill_dir = std::env::var_os("SLUICE_SPILL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let spill_bytes = match self.spill_mib {
+            Some(mib) => mib.saturating_mul(MIB),
+            None => crate::partition::default_spill_bytes(&spill_dir),
+        };
+        crate::partition::Limits {
+            max_open: self
+                .max_open_partitions
+                .unwrap_or_else(|| budget.open_partitions()),
+            max_object_bytes: destination.max_object_mib.map(|m| m.saturating_mul(MIB)),
+            max_object_records: destination.max_object_records,
+            spill_dir,
+            spill_bytes,
+            spill_buffer: usize::try_from(budget.buffer_bytes() / 16).unwrap_or(usize::MAX),
+        }
     }
 
     /// The Parquet row group cap in bytes (`row_group_mib`, else the budget's).

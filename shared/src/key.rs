@@ -51,7 +51,7 @@ impl KeyVars {
         template.contains(&format!("{{{name}}}"))
     }
 
-    fn lookup(&self, name: &str) -> Option<String> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<String> {
         if let Some((_, v)) = self.extra.iter().find(|(n, _)| *n == name) {
             return Some(v.clone());
         }

@@ -91,6 +91,7 @@ pub mod job;
 pub mod key;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod partition;
 pub mod s3;
 pub mod schema;
 pub mod secret;

@@ -265,6 +265,18 @@ impl JobSpec {
                 "destination.key: {page} needs records (or input_format ndjson): a byte-for-byte copy has no pages",
             ));
         }
+        if self.destination.is_partitioned() {
+            if !extracting {
+                return Err(Error::spec(
+                    "destination.key: {field:…} and max_object_mib / max_object_records need records (or input_format ndjson): a byte-for-byte copy is one object",
+                ));
+            }
+            if self.object_per_page() {
+                return Err(Error::spec(
+                    "destination.key: {page} cannot be combined with {field:…}, max_object_mib or max_object_records; use {part}",
+                ));
+            }
+        }
         if let Some(t) = &self.scheduled_time {
             chrono::DateTime::parse_from_rfc3339(t)
                 .map_err(|e| Error::spec(format!("scheduled_time {t:?} is not RFC 3339: {e}")))?;

@@ -115,6 +115,16 @@ impl RecordOutput {
         }
     }
 
+    /// An upper bound of the object's size were it finished now
+    /// ([`ObjectWriter::size_bound`], [`ParquetWriter::size_bound`]).
+    pub fn size_bound(&self) -> u64 {
+        match self {
+            RecordOutput::Text(w) | RecordOutput::ParquetPending(w, _) => w.size_bound(),
+            RecordOutput::Parquet(w) => w.size_bound(),
+            RecordOutput::Spent => 0,
+        }
+    }
+
     /// Whether this is a Parquet output.
     pub fn is_parquet(&self) -> bool {
         matches!(

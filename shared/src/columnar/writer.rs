@@ -266,6 +266,16 @@ impl ParquetWriter {
         self.rows
     }
 
+    /// An upper bound of the file's size were it finished now: what is in the upload, the
+    /// row group being encoded, the rows not yet encoded (at their value size) and room for
+    /// the footer. Used to finish a file before it passes a size.
+    pub fn size_bound(&self) -> u64 {
+        let uploaded = self.out.as_ref().map_or(0, ObjectWriter::size_bound);
+        let encoding = self.encoder.as_ref().map_or(0, |e| e.memory_size() as u64);
+        let footer = 64 * 1024 + 1024 * self.columns.len() as u64;
+        uploaded + encoding + self.batch_bytes as u64 + footer
+    }
+
     /// Ends a row of about `bytes` bytes of values; encodes a batch and uploads a row group
     /// when they are due. On error the upload has been aborted.
     pub async fn end_row(&mut self, bytes: usize) -> Result<()> {

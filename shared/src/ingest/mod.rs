@@ -20,6 +20,7 @@
 pub mod batch;
 mod pages;
 mod parquet;
+mod partitioned;
 mod records;
 
 use std::io;
@@ -36,6 +37,9 @@ use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::{self, KeyVars};
+use crate::partition::{
+    self, KeyTemplate, PartitionObject, PartitionedSummary, Partitioner, TextObjects,
+};
 use crate::secret::SecretResolver;
 use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions, Uploaded};
 use crate::source::http::auth::{ResolvedAuth, redact_url};
@@ -129,6 +133,13 @@ pub struct Summary {
     /// The quarantine object, when a record went there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantine_key: Option<String>,
+    /// A partitioned run (`{field:…}`, `max_object_mib`, `max_object_records`): objects,
+    /// partitions and spill figures; the objects themselves are in the run manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<PartitionedSummary>,
+    /// A partitioned run's objects, for its run manifest (not in the answer).
+    #[serde(skip)]
+    pub partition_objects: Vec<PartitionObject>,
 }
 
 /// How a run was written.
@@ -137,8 +148,10 @@ enum Written {
     Single(Uploaded),
     /// One object per non-empty page.
     Pages(Vec<PageObject>),
-    /// One Parquet file, and its quarantine.
+    /// One Parquet file (or a partitioned run's files), and its quarantine.
     Parquet(parquet::ParquetDone),
+    /// A partitioned run's NDJSON objects.
+    Partitioned(Vec<PartitionObject>, PartitionedSummary),
 }
 
 /// What one job resolved before writing: the facts the byte copy and the record producer
@@ -187,7 +200,12 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     let clock = std::time::Instant::now();
     let prepared = prepare(spec, ctx).await?;
     let per_page = spec.object_per_page();
-    let key = if per_page {
+    let partitioned = spec.destination.is_partitioned();
+    let key = if partitioned {
+        // Checks the template; the summary names it.
+        KeyTemplate::compile("destination.key", &spec.destination.key, &prepared.vars)?;
+        spec.destination.key.clone()
+    } else if per_page {
         // Checks the template; the summary names the pattern.
         key::render(
             &spec.destination.key,
@@ -230,9 +248,12 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         parquet: None,
         quarantined: None,
         quarantine_key: None,
+        partitioned: None,
+        partition_objects: Vec::new(),
     };
     let target = S3Target::new(ctx.s3.clone(), &bucket, &key);
-    if !per_page && !spec.destination.overwrite && target.exists().await? {
+    let single = !per_page && !partitioned;
+    if single && !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
         summary.peak_rss_bytes = telemetry::peak_rss_bytes();
         return Ok(summary);
@@ -276,16 +297,36 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
 }
 
 impl Summary {
+    fn record_partitioned(&mut self, objects: Vec<PartitionObject>, figures: PartitionedSummary) {
+        self.status = Status::Written;
+        self.bytes_out = objects.iter().map(|o| o.bytes).sum();
+        self.parts = objects.iter().map(|o| o.parts).sum();
+        self.partitioned = Some(figures);
+        self.partition_objects = objects;
+    }
+
     /// Records how the run was written; `false` when the object was already there
     /// (no-overwrite), with nothing more to do.
     fn record(&mut self, written: Written) -> bool {
         let uploaded = match written {
             Written::Single(uploaded) => uploaded,
             Written::Parquet(done) => {
-                self.parquet = done.written.parquet;
                 self.quarantined = Some(done.quarantined);
                 self.quarantine_key = done.quarantine_key;
-                done.written.uploaded
+                match done.written {
+                    parquet::ParquetWrote::One(w) => {
+                        self.parquet = w.parquet;
+                        w.uploaded
+                    }
+                    parquet::ParquetWrote::Partitioned(objects, figures) => {
+                        self.record_partitioned(objects, figures);
+                        return true;
+                    }
+                }
+            }
+            Written::Partitioned(objects, figures) => {
+                self.record_partitioned(objects, figures);
+                return true;
             }
             Written::Pages(objects) => {
                 if objects.is_empty() || objects.iter().any(|o| o.status == Status::Written) {
@@ -465,12 +506,25 @@ async fn write_records(
         content_type: Some(content_type),
     };
     let written = pages::Written::default();
+    let partition_written = partition::Written::default();
+    let partitioned = partitioning(p)?;
     let out = if format == Format::Parquet {
         Output::Parquet(Box::new(parquet_output(
             p,
             target.with_meta(meta),
             summary,
+            partitioned,
+            &partition_written,
         )?))
+    } else if let Some((template, limits, options)) = partitioned {
+        let objects = TextObjects {
+            s3: p.ctx.s3.clone(),
+            bucket: spec.destination.bucket.clone(),
+            meta,
+            options,
+        };
+        let router = Partitioner::new(objects, template, limits, partition_written.clone())?;
+        Output::Partitioned(Box::new(partitioned::PartitionedText::new(router)))
     } else if spec.object_per_page() {
         Output::PerPage(Box::new(pages::PageWriter {
             ctx: p.ctx.clone(),
@@ -488,12 +542,14 @@ async fn write_records(
             &p.options,
         )?)
     };
+    let bucket = &spec.destination.bucket;
     let (produced, out, stats) = match producer.spawn(out).await {
         Ok(done) => done,
         Err(panicked) => {
-            // The output went down with the task (its upload is aborted); the pages it
-            // finished are deleted here.
-            pages::roll_back(p.ctx, &spec.destination.bucket, &written).await;
+            // The output went down with the task (its uploads are aborted); the objects it
+            // completed are deleted here.
+            pages::roll_back(p.ctx, bucket, &written).await;
+            partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
             return Err(panicked);
         }
     };
@@ -506,6 +562,17 @@ async fn write_records(
             }
         },
         Output::PerPage(pages) => pages.close(produced).await.map(Written::Pages),
+        Output::Partitioned(out) => match produced {
+            Ok(()) => out
+                .router
+                .finish()
+                .await
+                .map(|(objects, figures)| Written::Partitioned(objects, figures)),
+            Err(e) => {
+                out.router.abort().await;
+                Err(e)
+            }
+        },
         Output::Parquet(out) => match produced {
             Ok(()) => out.finish().await.map(|done| {
                 let counters = &p.ctx.invocation.progress;
@@ -519,17 +586,42 @@ async fn write_records(
             }
         },
     };
+    if result.is_err() {
+        partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+    }
     Ok((deadline_bytes(result, stats.bytes_in)?, stats))
 }
 
-/// The Parquet output of a records run: its schema, row group cap and quarantine.
+/// A partitioned run's key template, limits and each object's upload options.
+type Partitioning = (KeyTemplate, partition::Limits, UploadOptions);
+
+/// A partitioned run's key template and limits, and each object's upload options (its share
+/// of the memory budget); `None` when the run writes one object (or one per page).
+fn partitioning(p: &Prepared<'_>) -> Result<Option<Partitioning>> {
+    let spec = p.spec;
+    if !spec.destination.is_partitioned() {
+        return Ok(None);
+    }
+    let template = KeyTemplate::compile("destination.key", &spec.destination.key, &p.vars)?;
+    let limits = spec.tuning.partition_limits(&spec.destination, &p.budget);
+    let share = p.budget.split(limits.max_open as u64);
+    let options = UploadOptions {
+        schedule: share.schedule(),
+        ..p.options.clone()
+    };
+    Ok(Some((template, limits, options)))
+}
+
+/// The Parquet output of a records run: its schema, row group cap and quarantine, in one
+/// file or (`partitioned`) in the files of the run's partitions.
 fn parquet_output(
     p: &Prepared<'_>,
     target: S3Target,
     summary: &Summary,
+    partitioned: Option<Partitioning>,
+    written: &partition::Written,
 ) -> Result<parquet::ParquetRecords> {
     let spec = p.spec;
-    let writer = ObjectWriter::new(Arc::new(target), &p.options)?;
     let options = columnar::options_for(spec.compression, &spec.tuning, &p.budget);
     let limits = spec.quarantine.clone().unwrap_or(RecordsQuarantine {
         key: None,
@@ -554,8 +646,31 @@ fn parquet_output(
         .schema
         .as_ref()
         .ok_or_else(|| Error::spec("format: parquet needs a schema"))?;
+    let (out, router) = match partitioned {
+        None => {
+            let writer = ObjectWriter::new(Arc::new(target), &p.options)?;
+            (RecordOutput::ParquetPending(writer, options), None)
+        }
+        Some((template, limits, upload)) => {
+            let share = p.budget.split(limits.max_open as u64);
+            let objects = parquet::ParquetObjects {
+                s3: p.ctx.s3.clone(),
+                bucket: spec.destination.bucket.clone(),
+                meta: ObjectMeta {
+                    content_type: Some(Format::Parquet.object_content_type(None).to_owned()),
+                },
+                upload,
+                parquet: columnar::options_for(spec.compression, &spec.tuning, &share),
+                typed: None,
+                row: Vec::new(),
+            };
+            let router = Partitioner::new(objects, template, limits, written.clone())?;
+            (RecordOutput::Spent, Some(router))
+        }
+    };
     parquet::ParquetRecords::new(
-        RecordOutput::ParquetPending(writer, options),
+        out,
+        router,
         schema,
         quarantine,
         limits,
@@ -572,7 +687,7 @@ async fn finish(p: &Prepared<'_>, summary: &mut Summary, per_page: bool) -> Resu
             .filter(|m| state::advances(m, &state.watermark));
         summary.watermark = Some(next.clone().unwrap_or_else(|| state.watermark.clone()));
         if p.spec.destination.manifest && !per_page && summary.status == Status::Written {
-            summary.manifest = Some(write_manifest(p.ctx, summary, None).await?);
+            summary.manifest = Some(manifest(p, summary).await?);
         }
         // After the output and its manifest: a failure here leaves the old watermark, so the
         // next run repeats this one's records rather than skipping any.
@@ -582,9 +697,42 @@ async fn finish(p: &Prepared<'_>, summary: &mut Summary, per_page: bool) -> Resu
             state::write(&p.ctx.s3, bucket, &inc.state_key, state, &next, run_id).await?;
         }
     } else if p.spec.destination.manifest && !per_page && summary.status == Status::Written {
-        summary.manifest = Some(write_manifest(p.ctx, summary, None).await?);
+        summary.manifest = Some(manifest(p, summary).await?);
     }
     Ok(())
+}
+
+/// The run's manifest: `<key>.manifest.json`, or for a partitioned run one run manifest,
+/// `<the key's static prefix>_manifests/<run id>.json`, listing every object with its
+/// partition values, records, bytes and checksum. A partitioned run whose manifest cannot be
+/// written deletes its objects (all or nothing).
+async fn manifest(p: &Prepared<'_>, summary: &Summary) -> Result<String> {
+    if summary.partitioned.is_none() {
+        return write_manifest(p.ctx, summary, None).await;
+    }
+    let template = KeyTemplate::compile("destination.key", &p.spec.destination.key, &p.vars)?;
+    let key = format!(
+        "{}_manifests/{}.json",
+        template.static_prefix(),
+        p.ctx.invocation.run_id
+    );
+    let written = || async {
+        let mut doc = serde_json::to_value(summary).map_err(|e| Error::Internal {
+            message: format!("summary of {key}: {e}"),
+        })?;
+        doc["manifest"] = key.clone().into();
+        doc["objects"] =
+            serde_json::to_value(&summary.partition_objects).map_err(|e| Error::Internal {
+                message: format!("objects of {key}: {e}"),
+            })?;
+        job::write_manifest(&p.ctx.s3, &p.ctx.invocation, &summary.bucket, &key, doc).await
+    };
+    if let Err(e) = written().await {
+        let objects = partition::Written::new(summary.partition_objects.clone().into());
+        partition::roll_back(&p.ctx.s3, &summary.bucket, &objects).await;
+        return Err(e);
+    }
+    Ok(key)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for `{watermark}` in a URL.

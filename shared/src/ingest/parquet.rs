@@ -9,8 +9,12 @@ use std::collections::HashMap;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::columnar::{MAX_COLUMNS, RecordOutput, RecordsWritten, TableSchema};
+use std::sync::Arc;
+
+use crate::columnar::{MAX_COLUMNS, ParquetOptions, RecordOutput, RecordsWritten, TableSchema};
 use crate::error::{Error, Result};
+use crate::partition::{FieldValue, Objects, PartitionObject, PartitionedSummary, Partitioner};
+use crate::sink::{ObjectMeta, ObjectWriter, S3Target, UploadOptions, Uploaded};
 use crate::spec::{INFER_RECORDS, RecordSchema, RecordsQuarantine};
 use crate::transform::RecordTyper;
 use crate::transform::config::ColumnSpec;
@@ -21,9 +25,12 @@ use crate::transform::value::{ColType, Value};
 
 /// The Parquet output of a records run, with its quarantine.
 pub(super) struct ParquetRecords {
+    /// The one file of an unpartitioned run (spent when partitioned).
     out: RecordOutput,
+    /// A partitioned run's files, and the columns of its key's `{field:…}`.
+    partitioned: Option<(Partitioner<ParquetObjects>, Vec<usize>)>,
     /// `None` while the first records are sampled for `"schema": "infer"`.
-    typer: Option<RecordTyper>,
+    typer: Option<Arc<RecordTyper>>,
     sample: Vec<(Bytes, Position)>,
     sample_bytes: usize,
     sample_cap: usize,
@@ -36,32 +43,35 @@ pub(super) struct ParquetRecords {
 
 /// What a finished Parquet records run wrote.
 pub(super) struct ParquetDone {
-    pub written: RecordsWritten,
+    pub written: ParquetWrote,
     /// Records quarantined, and the quarantine object when there was one.
     pub quarantined: u64,
     pub quarantine_key: Option<String>,
 }
 
+/// The files of a Parquet run.
+pub(super) enum ParquetWrote {
+    /// One file.
+    One(RecordsWritten),
+    /// A partitioned run's files.
+    Partitioned(Vec<PartitionObject>, PartitionedSummary),
+}
+
 impl ParquetRecords {
-    /// `out` is a [`RecordOutput::ParquetPending`]; with a declared schema it starts at once.
+    /// `out` is a [`RecordOutput::ParquetPending`], or, for a partitioned run,
+    /// [`RecordOutput::Spent`] beside `partitioned`; with a declared schema it starts at once.
     pub fn new(
-        mut out: RecordOutput,
+        out: RecordOutput,
+        partitioned: Option<Partitioner<ParquetObjects>>,
         schema: &RecordSchema,
         quarantine: Quarantine,
         limits: RecordsQuarantine,
         sample_cap: usize,
     ) -> Result<Self> {
-        let typer = match schema {
-            RecordSchema::Declared(columns) => {
-                let typer = RecordTyper::new(columns);
-                out.set_schema(&TableSchema::from_layout(&typer.layout()))?;
-                Some(typer)
-            }
-            RecordSchema::Infer => None,
-        };
-        Ok(ParquetRecords {
+        let mut this = ParquetRecords {
             out,
-            typer,
+            partitioned: partitioned.map(|p| (p, Vec::new())),
+            typer: None,
             sample: Vec::new(),
             sample_bytes: 0,
             sample_cap,
@@ -70,7 +80,40 @@ impl ParquetRecords {
             row: Vec::new(),
             records: 0,
             first_bad: None,
-        })
+        };
+        if let RecordSchema::Declared(columns) = schema {
+            this.start(RecordTyper::new(columns))?;
+        }
+        Ok(this)
+    }
+
+    /// Starts the output with the typer's columns.
+    fn start(&mut self, typer: RecordTyper) -> Result<()> {
+        let schema = TableSchema::from_layout(&typer.layout());
+        let typer = Arc::new(typer);
+        match &mut self.partitioned {
+            Some((router, columns)) => {
+                let layout = typer.layout();
+                *columns = router
+                    .template()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        layout.iter().position(|(name, _)| *name == f.name).ok_or_else(|| {
+                            Error::spec(format!(
+                                "destination.key: {{field:{}}} is not a column of the schema (columns: {})",
+                                f.name,
+                                layout.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                router.objects_mut().start(typer.clone(), schema);
+            }
+            None => self.out.set_schema(&schema)?,
+        }
+        self.typer = Some(typer);
+        Ok(())
     }
 
     /// Takes one record (`offset`: bytes of its page received when it was read).
@@ -99,11 +142,28 @@ impl ParquetRecords {
                 message: "a record was typed before the schema was known".into(),
             });
         };
-        match typer.type_record(record, &mut self.row) {
-            Ok(()) => {
-                self.out.row(&self.row).await?;
-                Ok(())
-            }
+        if let Err(e) = typer.type_record(record, &mut self.row) {
+            return self.bad(pos, e, record).await;
+        }
+        let Some((router, columns)) = &mut self.partitioned else {
+            self.out.row(&self.row).await?;
+            return Ok(());
+        };
+        let template = router.template();
+        let segments: std::result::Result<Vec<String>, RowError> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                template
+                    .segment(i, &field_value(&self.row[*c]))
+                    .map_err(|reason| RowError {
+                        column: Some(template.fields()[i].name.clone()),
+                        reason,
+                    })
+            })
+            .collect();
+        match segments {
+            Ok(segments) => router.write(segments, record).await,
             Err(e) => self.bad(pos, e, record).await,
         }
     }
@@ -118,10 +178,7 @@ impl ParquetRecords {
             columns = ?columns.iter().map(|c| (c.name.as_str(), c.ty.name())).collect::<Vec<_>>(),
             "schema inferred"
         );
-        let typer = RecordTyper::new(&columns).strict();
-        self.out
-            .set_schema(&TableSchema::from_layout(&typer.layout()))?;
-        self.typer = Some(typer);
+        self.start(RecordTyper::new(&columns).strict())?;
         for (record, pos) in std::mem::take(&mut self.sample) {
             self.write(&record, pos).await?;
         }
@@ -163,12 +220,33 @@ impl ParquetRecords {
             self.abort().await;
             return Err(e);
         }
+        let quarantined = self.quarantine.count();
+        if let Some((router, _)) = self.partitioned.take() {
+            // The files first, then the quarantine; the caller deletes the files if the
+            // quarantine fails.
+            let (objects, summary) = match router.finish().await {
+                Ok(done) => done,
+                Err(e) => {
+                    self.quarantine.abort().await;
+                    return Err(e);
+                }
+            };
+            let quarantine_key = self
+                .quarantine
+                .finish()
+                .await?
+                .map(|_| self.quarantine.key().to_owned());
+            return Ok(ParquetDone {
+                written: ParquetWrote::Partitioned(objects, summary),
+                quarantined,
+                quarantine_key,
+            });
+        }
         // The file's last bytes before the quarantine lands: a failure here leaves neither.
         if let Err(e) = self.out.seal().await {
             self.abort().await;
             return Err(e);
         }
-        let quarantined = self.quarantine.count();
         let quarantine_key = match self.quarantine.finish().await {
             Ok(q) => q.map(|_| self.quarantine.key().to_owned()),
             Err(e) => {
@@ -177,7 +255,7 @@ impl ParquetRecords {
             }
         };
         Ok(ParquetDone {
-            written: self.out.finish().await?,
+            written: ParquetWrote::One(self.out.finish().await?),
             quarantined,
             quarantine_key,
         })
@@ -209,10 +287,86 @@ impl ParquetRecords {
         Ok(())
     }
 
-    /// Aborts the output and the quarantine.
+    /// Aborts the output and the quarantine (the caller deletes a partitioned run's
+    /// completed files).
     pub async fn abort(mut self) {
         self.quarantine.abort().await;
+        if let Some((router, _)) = self.partitioned.take() {
+            router.abort().await;
+        }
         self.out.abort().await;
+    }
+}
+
+/// A typed value as a partition value.
+fn field_value(v: &Value) -> FieldValue {
+    match v {
+        Value::Null => FieldValue::Null,
+        Value::Date(d) => FieldValue::Date(*d),
+        Value::Timestamp(t) => FieldValue::Timestamp(*t),
+        Value::Str(s) => FieldValue::Text(s.clone()),
+        other => FieldValue::Text(other.to_text()),
+    }
+}
+
+/// The Parquet files of a partitioned records run: each record typed again (the typer is
+/// deterministic, and a spilled record comes back as its JSON) into its file's columns.
+pub(super) struct ParquetObjects {
+    pub s3: aws_sdk_s3::Client,
+    pub bucket: String,
+    pub meta: ObjectMeta,
+    pub upload: UploadOptions,
+    pub parquet: ParquetOptions,
+    /// Set once the columns are known.
+    pub typed: Option<(Arc<RecordTyper>, TableSchema)>,
+    pub row: Vec<Value>,
+}
+
+impl ParquetObjects {
+    fn start(&mut self, typer: Arc<RecordTyper>, schema: TableSchema) {
+        self.typed = Some((typer, schema));
+    }
+}
+
+impl Objects for ParquetObjects {
+    type Object = RecordOutput;
+
+    fn open(&mut self, key: &str) -> Result<RecordOutput> {
+        let Some((_, schema)) = &self.typed else {
+            return Err(Error::Internal {
+                message: format!("{key}: a Parquet file opened before its columns were known"),
+            });
+        };
+        let target = S3Target::new(self.s3.clone(), &self.bucket, key).with_meta(self.meta.clone());
+        let writer = ObjectWriter::new(Arc::new(target), &self.upload)?;
+        RecordOutput::parquet(schema, self.parquet, writer)
+    }
+
+    async fn write(&mut self, object: &mut RecordOutput, record: &[u8]) -> Result<()> {
+        let Some((typer, _)) = &self.typed else {
+            return Err(Error::Internal {
+                message: "a record written before the columns were known".into(),
+            });
+        };
+        typer
+            .type_record(record, &mut self.row)
+            .map_err(|e| Error::Internal {
+                message: format!("a record typed before no longer fits: {}", e.reason),
+            })?;
+        object.row(&self.row).await?;
+        Ok(())
+    }
+
+    fn size_bound(object: &RecordOutput) -> u64 {
+        object.size_bound()
+    }
+
+    async fn finish(object: RecordOutput) -> Result<Uploaded> {
+        Ok(object.finish().await?.uploaded)
+    }
+
+    async fn abort(object: RecordOutput) {
+        object.abort().await;
     }
 }
 

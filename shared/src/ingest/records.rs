@@ -14,6 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::pages::PageWriter;
 use super::parquet::ParquetRecords;
+use super::partitioned::PartitionedText;
 use crate::codec::Decoding;
 use crate::codec::json_records::{
     Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
@@ -52,6 +53,8 @@ pub(super) enum Output {
     PerPage(Box<PageWriter>),
     /// Every record, typed, into one Parquet file (bad ones into the quarantine).
     Parquet(Box<ParquetRecords>),
+    /// Every record into the NDJSON object of its partition.
+    Partitioned(Box<PartitionedText>),
 }
 
 impl Output {
@@ -59,15 +62,15 @@ impl Output {
         match self {
             Output::Single(w) => w.write(batch).await,
             Output::PerPage(p) => p.write(page, batch).await,
-            Output::Parquet(_) => Err(Error::Internal {
-                message: "NDJSON written to a Parquet output".into(),
+            Output::Parquet(_) | Output::Partitioned(_) => Err(Error::Internal {
+                message: "a batch written to an output that takes records".into(),
             }),
         }
     }
 
     async fn end_page(&mut self, page: u32, records: u64, bytes_in: u64) -> Result<()> {
         match self {
-            Output::Single(_) | Output::Parquet(_) => Ok(()),
+            Output::Single(_) | Output::Parquet(_) | Output::Partitioned(_) => Ok(()),
             Output::PerPage(p) => p.end_page(page, records, bytes_in).await,
         }
     }
@@ -216,6 +219,14 @@ impl Producer {
                     // Written or quarantined is known at the end (`write_records`).
                     self.progress
                         .add_records_in(std::mem::take(&mut unreported));
+                }
+                continue;
+            }
+            if let Output::Partitioned(p) = out {
+                p.record(&record, &url, received.load(Ordering::Relaxed), count)
+                    .await?;
+                if unreported >= PROGRESS_RECORDS {
+                    self.report_written(std::mem::take(&mut unreported));
                 }
                 continue;
             }

@@ -21,6 +21,9 @@ use crate::telemetry::Progress;
 const COPY_CHUNK: usize = 64 * 1024;
 /// Chunks queued between a compressing writer and its encoder task.
 const ENCODER_QUEUE: usize = 4;
+/// What an encoder may hold before it emits (a zstd block, a deflate window) plus its end of
+/// stream: added to [`ObjectWriter::size_bound`] so the bound stays above the object's size.
+const ENCODER_SLACK: u64 = 256 * 1024;
 
 /// How an [`ObjectWriter`] writes.
 #[derive(Debug, Clone)]
@@ -98,6 +101,17 @@ pub struct ObjectWriter {
     deadline: Option<Instant>,
     /// `(bucket, key)`, for messages.
     object: (String, String),
+    /// Bytes given to [`write`](Self::write).
+    sent: u64,
+    /// For a compressing writer: what its encoder task has taken and put out.
+    encoded: Arc<Encoded>,
+}
+
+/// Bytes a compressing writer's encoder task has consumed and produced so far.
+#[derive(Debug, Default)]
+struct Encoded {
+    consumed: std::sync::atomic::AtomicU64,
+    produced: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -137,6 +151,7 @@ impl ObjectWriter {
     /// A writer for `target`. Nothing is sent to S3 until the first part fills or `finish`.
     pub fn new(target: Arc<dyn ObjectTarget>, options: &UploadOptions) -> Result<Self> {
         let object = target.describe();
+        let encoded = Arc::new(Encoded::default());
         let parts = Parts::new(
             target,
             options.schedule,
@@ -154,7 +169,13 @@ impl ObjectWriter {
                     source,
                 })?;
                 let (tx, rx) = mpsc::channel(ENCODER_QUEUE);
-                let task = pending_aborts().spawn(encode(parts, encoder, rx, options.deadline));
+                let task = pending_aborts().spawn(encode(
+                    parts,
+                    encoder,
+                    rx,
+                    options.deadline,
+                    encoded.clone(),
+                ));
                 State::Encoded { tx, task }
             }
         };
@@ -162,7 +183,26 @@ impl ObjectWriter {
             state,
             deadline: options.deadline,
             object,
+            sent: 0,
+            encoded,
         })
+    }
+
+    /// An upper bound of the object's size were it finished now: the bytes in its parts, plus
+    /// (when compressing) the bytes still queued for the encoder and what the encoder may
+    /// hold. Used to finish an object before it passes a size.
+    pub fn size_bound(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.state {
+            State::Direct(parts) => parts.0.bytes(),
+            State::Encoded { .. } => {
+                let queued = self
+                    .sent
+                    .saturating_sub(self.encoded.consumed.load(Relaxed));
+                self.encoded.produced.load(Relaxed) + queued + ENCODER_SLACK
+            }
+            State::Failed => self.sent,
+        }
     }
 
     /// `(bucket, key)` of the object.
@@ -173,6 +213,7 @@ impl ObjectWriter {
     /// Appends `data`. On error the upload has been aborted and the writer is spent.
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
         let deadline = self.deadline;
+        self.sent += data.len() as u64;
         match &mut self.state {
             State::Direct(parts) => {
                 let result = within(deadline, parts.0.write(&data)).await;
@@ -309,13 +350,17 @@ async fn encode(
     mut encoder: Encoder,
     mut rx: mpsc::Receiver<Message>,
     deadline: Option<Instant>,
+    counts: Arc<Encoded>,
 ) -> Result<Uploaded> {
+    use std::sync::atomic::Ordering::Relaxed;
     let run = within(deadline, async {
         while let Some(message) = rx.recv().await {
             match message {
                 Message::Data(data) => {
                     let out = encoder.encode(&data)?;
                     parts.write(out).await?;
+                    counts.consumed.fetch_add(data.len() as u64, Relaxed);
+                    counts.produced.store(parts.bytes(), Relaxed);
                 }
                 Message::Finish => {
                     let out = encoder.finish()?;
