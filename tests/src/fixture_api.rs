@@ -402,6 +402,7 @@ pub(crate) fn router() -> Router {
         .route("/api/retry_after", get(retry_after_route))
         .route("/api/storm", get(storm_route))
         .route("/api/big_doc", get(big_doc_route))
+        .route("/api/events", get(crate::events::events_route))
         .route("/redirect", get(redirect_route))
         .with_state(Counters::default())
 }

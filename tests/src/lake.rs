@@ -96,3 +96,25 @@ print(con.execute(f"SELECT to_json(list(q)) FROM ({sys.argv[2]}) q").fetchone()[
     );
     serde_json::from_slice(&out.stdout).expect("DuckDB answers JSON")
 }
+
+/// Runs `sql` in DuckDB (any view or table function: `read_json`, `read_parquet` on a
+/// directory with `hive_partitioning = true`) and returns its rows as JSON objects.
+pub fn duckdb_sql(sql: &str) -> Value {
+    let script = r#"
+import json, sys, duckdb
+con = duckdb.connect()
+print(con.execute(f"SELECT to_json(list(q)) FROM ({sys.argv[1]}) q").fetchone()[0] or "[]")
+"#;
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(sql)
+        .output()
+        .expect("the venv's python runs");
+    assert!(
+        out.status.success(),
+        "DuckDB query {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("DuckDB answers JSON")
+}

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 pub mod bench;
 pub mod cgroup;
 pub mod emf;
+pub mod events;
 pub mod fixture;
 pub mod fixture_api;
 pub mod harness;
