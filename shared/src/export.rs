@@ -134,6 +134,11 @@ impl ExportSpec {
             .check_compression("compression", self.compression)?;
         self.scheduled_time()?;
         self.tuning.validate()?;
+        if self.destination.is_partitioned() {
+            return Err(Error::spec(
+                "destination: {field:…}, max_object_mib and max_object_records are not available in export-postgres yet (ingest-http records mode has them); an export writes one object",
+            ));
+        }
         self.destination.validate()
     }
 }

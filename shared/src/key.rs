@@ -71,47 +71,69 @@ impl KeyVars {
     }
 }
 
-/// Renders `template`. Unknown placeholders, unbalanced braces and keys S3 would refuse are
-/// errors naming the template and the byte position.
-pub fn render(template: &str, vars: &KeyVars) -> Result<String> {
-    let bad = |pos: usize, what: &str| {
-        Error::spec(format!(
-            "destination.key {template:?}: {what} at byte {pos}"
-        ))
-    };
-    let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
+/// A piece of a key template: literal text, or a placeholder's name and its byte position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    Text(&'a str),
+    Placeholder(&'a str, usize),
+}
+
+/// Splits `template` into text and placeholders; an unbalanced brace is an error naming its
+/// byte position (`what`, then the spec field `field` and the template, for messages).
+pub(crate) fn tokens<'a>(field: &str, template: &'a str) -> Result<Vec<Token<'a>>> {
+    let bad =
+        |pos: usize, what: &str| Error::spec(format!("{field} {template:?}: {what} at byte {pos}"));
+    let mut out = Vec::new();
     let mut pos = 0;
+    let mut rest = template;
     while let Some(i) = rest.find(['{', '}']) {
         if rest.as_bytes()[i] == b'}' {
             return Err(bad(pos + i, "unmatched '}'"));
         }
-        out.push_str(&rest[..i]);
+        out.push(Token::Text(&rest[..i]));
         let after = &rest[i + 1..];
         let close = after
             .find('}')
             .ok_or_else(|| bad(pos + i, "unclosed '{'"))?;
-        let name = &after[..close];
-        let value = vars.lookup(name).ok_or_else(|| {
-            bad(
-                pos + i,
-                &format!(
-                    "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}}{}, and {{scheduled_time}} when the job has one)",
-                    vars.extra.iter().map(|(n, _)| format!(" {{{n}}}")).collect::<String>()
-                ),
-            )
-        })?;
-        out.push_str(&value);
+        out.push(Token::Placeholder(&after[..close], pos + i));
         let consumed = i + 1 + close + 1;
         pos += consumed;
         rest = &rest[consumed..];
     }
-    out.push_str(rest);
-    if out.is_empty() || out.len() > 1024 || out.starts_with('/') {
+    out.push(Token::Text(rest));
+    Ok(out)
+}
+
+/// Checks a rendered key: 1 to 1024 bytes, not starting with `/`.
+pub(crate) fn check_rendered(field: &str, template: &str, key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 1024 || key.starts_with('/') {
         return Err(Error::spec(format!(
-            "destination.key {template:?} renders to {out:?}: a key must be 1 to 1024 bytes and not start with '/'"
+            "{field} {template:?} renders to {key:?}: a key must be 1 to 1024 bytes and not start with '/'"
         )));
     }
+    Ok(())
+}
+
+/// Renders `template`. Unknown placeholders, unbalanced braces and keys S3 would refuse are
+/// errors naming the template and the byte position.
+pub fn render(template: &str, vars: &KeyVars) -> Result<String> {
+    const FIELD: &str = "destination.key";
+    let mut out = String::with_capacity(template.len() + 32);
+    for token in tokens(FIELD, template)? {
+        match token {
+            Token::Text(t) => out.push_str(t),
+            Token::Placeholder(name, pos) => {
+                let value = vars.lookup(name).ok_or_else(|| {
+                    Error::spec(format!(
+                        "{FIELD} {template:?}: unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}}{}, and {{scheduled_time}} when the job has one) at byte {pos}",
+                        vars.extra.iter().map(|(n, _)| format!(" {{{n}}}")).collect::<String>()
+                    ))
+                })?;
+                out.push_str(&value);
+            }
+        }
+    }
+    check_rendered(FIELD, template, &out)?;
     Ok(out)
 }
 

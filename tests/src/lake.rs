@@ -103,6 +103,7 @@ pub fn duckdb_sql(sql: &str) -> Value {
     let script = r#"
 import json, sys, duckdb
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 print(con.execute(f"SELECT to_json(list(q)) FROM ({sys.argv[1]}) q").fetchone()[0] or "[]")
 "#;
     let out = Command::new(python())

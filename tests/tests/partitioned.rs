@@ -405,6 +405,7 @@ async fn contract_two_gib_partitioned_under_256_mb() {
         let rss = s["peak_rss_bytes"].as_u64().unwrap();
         let peak = cgroup.as_ref().map_or(rss, |c| c.peak_bytes());
         let parquet = key.ends_with("parquet");
+        eprintln!("{s}");
         let (objects, most) = check_run(&h, &s, &q, parquet, "contract").await;
         eprintln!(
             "PARTITIONED CONTRACT ({order:?}, {days} days, max_open {max_open}, {}): {} GiB, {} records in {secs:.1} s = {:.1} MiB/s; \

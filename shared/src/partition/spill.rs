@@ -48,6 +48,8 @@ pub(crate) struct Spill {
     end: u64,
     /// Most bytes the file held, for the summary.
     peak: u64,
+    /// Bytes read since the page cache was last dropped.
+    unread: u64,
     compressor: zstd::bulk::Compressor<'static>,
 }
 
@@ -86,6 +88,12 @@ impl Spill {
             .open(&path)?;
         // Unlinked at once: the data lives until the descriptor closes, whatever ends the run.
         std::fs::remove_file(&path)?;
+        // Frames are read one by one, out of order: readahead would only fill the page cache
+        // (which counts against the function's memory) with other partitions' frames.
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+        }
         Ok(Spill {
             file,
             dir: dir.to_owned(),
@@ -100,6 +108,7 @@ impl Spill {
             sizes: HashMap::new(),
             end: 0,
             peak: 0,
+            unread: 0,
             compressor: zstd::bulk::Compressor::new(LEVEL)?,
         })
     }
@@ -204,11 +213,16 @@ impl Spill {
     }
 
     /// The next block of `spilled`'s records (length-prefixed; see [`records`]), or `None`.
-    pub fn next_block(&self, spilled: &mut Spilled) -> io::Result<Option<Vec<u8>>> {
+    pub fn next_block(&mut self, spilled: &mut Spilled) -> io::Result<Option<Vec<u8>>> {
         if let Some(frame) = spilled.frames.next() {
             let mut compressed = vec![0; frame.len as usize];
             self.file.read_exact_at(&mut compressed, frame.offset)?;
             free(&self.file, frame.offset, u64::from(frame.len));
+            self.unread += u64::from(frame.len);
+            if self.unread >= SYNC_BYTES {
+                drop_cache(&self.file, 0, 0);
+                self.unread = 0;
+            }
             let raw = zstd::bulk::decompress(&compressed, frame.raw_len as usize)?;
             if raw.len() != frame.raw_len as usize {
                 return Err(io::Error::other(

@@ -5,7 +5,7 @@ use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::key::KeyVars;
+use crate::key::{self, KeyVars, Token};
 
 /// What Hive (and Athena, Spark, DuckDB) write for a null or missing partition value.
 pub const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -64,28 +64,24 @@ impl KeyTemplate {
         let mut pieces = Vec::new();
         let mut fields = Vec::new();
         let mut text = String::new();
-        let mut rest = template;
-        let mut pos = 0;
-        while let Some(i) = rest.find(['{', '}']) {
-            if rest.as_bytes()[i] == b'}' {
-                return Err(bad(pos + i, "unmatched '}'"));
-            }
-            text.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| bad(pos + i, "unclosed '{'"))?;
-            let name = &after[..close];
+        for token in key::tokens(field, template)? {
+            let (name, pos) = match token {
+                Token::Text(t) => {
+                    text.push_str(t);
+                    continue;
+                }
+                Token::Placeholder(name, pos) => (name, pos),
+            };
             if let Some(spec) = name.strip_prefix("field:") {
                 let (column, format) = match spec.split_once(':') {
                     Some((c, f)) => (c, Some(f)),
                     None => (spec, None),
                 };
                 if column.is_empty() {
-                    return Err(bad(pos + i, "{field:} needs a column name"));
+                    return Err(bad(pos, "{field:} needs a column name"));
                 }
                 if let Some(f) = format {
-                    check_format(f).map_err(|why| bad(pos + i, &why))?;
+                    check_format(f).map_err(|why| bad(pos, &why))?;
                 }
                 pieces.push(Piece::Text(std::mem::take(&mut text)));
                 pieces.push(Piece::Field(fields.len()));
@@ -99,7 +95,7 @@ impl KeyTemplate {
             } else {
                 let value = vars.lookup(name).ok_or_else(|| {
                     bad(
-                        pos + i,
+                        pos,
                         &format!(
                             "unknown placeholder {{{name}}} (known: {{date}} {{yyyy}} {{mm}} {{dd}} {{hh}} {{run_id}} {{field:NAME}} {{field:NAME:FORMAT}} {{part}}, and {{scheduled_time}} when the job has one)"
                         ),
@@ -107,11 +103,7 @@ impl KeyTemplate {
                 })?;
                 text.push_str(&value);
             }
-            let consumed = i + 1 + close + 1;
-            pos += consumed;
-            rest = &rest[consumed..];
         }
-        text.push_str(rest);
         pieces.push(Piece::Text(text));
         pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
         let compiled = KeyTemplate {
@@ -193,12 +185,7 @@ impl KeyTemplate {
                 Piece::Part => out.push_str(&format!("{part:05}")),
             }
         }
-        if out.is_empty() || out.len() > 1024 || out.starts_with('/') {
-            return Err(Error::spec(format!(
-                "{} {:?} renders to {out:?}: a key must be 1 to 1024 bytes and not start with '/'",
-                self.field, self.source
-            )));
-        }
+        key::check_rendered(self.field, &self.source, &out)?;
         Ok(out)
     }
 }
