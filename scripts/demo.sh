@@ -3,7 +3,8 @@
 # JSON document (DEMO_SIZE_MIB, default 1024) through the real ingest-http bootstrap inside a
 # 256 MB memory cgroup, gzip-compressed, into s3://sluice-demo/; then a generated
 # parking-violations CSV (DEMO_TRANSFORM_MIB, default 512) through transform-s3 and the seed
-# pipeline; then the `sluice` command validates a sample event and runs it without Lambda.
+# pipeline; then the `sluice` command validates a sample event and runs it without Lambda, once
+# into one object and once partitioned by two of the records' fields.
 # Prints the summaries and the objects. The servers stay up afterwards (`make stack-down` stops them).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,3 +28,13 @@ target/release/sluice validate events/ingest-http.json
 # other samples' data), then runs the command with the stack's environment.
 target/release/sluice-local watch --size-mib 4 -- \
     target/release/sluice run ingest events/ingest-http.json --memory-mb 256 --no-progress
+echo
+echo "=== sluice: the same records laid out by partition (kind=…/month=…/), with a run manifest"
+target/release/sluice-local watch --size-mib 4 -- \
+    target/release/sluice run ingest events/ingest-http.partitioned.json --memory-mb 256 --no-progress \
+    | tail -n 1 | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+p = s["partitioned"]
+print("{} records in {} objects over {} partitions; run manifest s3://{}/{}".format(
+    s["records"], p["objects"], p["partitions"], s["bucket"], s["manifest"]))'
