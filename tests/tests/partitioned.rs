@@ -388,6 +388,7 @@ async fn contract_two_gib_partitioned_under_256_mb() {
     for (order, days, max_open, key, bound) in [
         (Order::Sorted, 365, 4, KEY_NDJSON, 2),
         (Order::Interleaved, 365, 8, KEY_NDJSON, 1),
+        (Order::Sorted, 365, 4, KEY_PARQUET, 2),
         (Order::Interleaved, 365, 8, KEY_PARQUET, 1),
     ] {
         let cgroup = MemoryCgroup::create("sluice-partitioned", 256 * MIB);
