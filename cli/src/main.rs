@@ -148,6 +148,7 @@ enum RunJob {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    sluice::budget::return_large_buffers();
     let cli = Cli::parse();
     let bar = progress::Bar::new(!cli.common.no_progress);
     logs::init(cli.common.json, bar.clone());
