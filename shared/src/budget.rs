@@ -249,6 +249,25 @@ impl PartSchedule {
     }
 }
 
+/// Allocations of at least this size get pages of their own from the kernel
+/// ([`return_large_buffers`]).
+pub const OWN_PAGES_BYTES: usize = 1024 * 1024;
+
+/// Makes every allocation of [`OWN_PAGES_BYTES`] or more (part buffers, row groups, spill
+/// frames) get its own mapping, returned to the kernel when it is freed. glibc otherwise raises
+/// its mmap threshold to the size of the largest block freed (up to 32 MiB), after which part
+/// buffers come from the heap arenas and their pages stay resident once touched: a run that
+/// opens and finishes many objects (a partitioned run) then grows its resident memory past the
+/// budget's plan. Called once at start-up by every function and the `sluice` command.
+pub fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the allocations
+    // it affects matter, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_BYTES as libc::c_int);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,24 +363,5 @@ mod tests {
         assert_eq!(b.part_size(), MIN_PART_SIZE);
         let b = MemoryBudget::for_memory_mib(256).with_max_in_flight(0);
         assert_eq!(b.max_in_flight(), 1);
-    }
-}
-
-/// Allocations of at least this size get pages of their own from the kernel
-/// ([`return_large_buffers`]).
-pub const OWN_PAGES_BYTES: usize = 1024 * 1024;
-
-/// Makes every allocation of [`OWN_PAGES_BYTES`] or more (part buffers, row groups, spill
-/// frames) get its own mapping, returned to the kernel when it is freed. glibc otherwise raises
-/// its mmap threshold to the size of the largest block freed (up to 32 MiB), after which part
-/// buffers come from the heap arenas and their pages stay resident once touched: a run that
-/// opens and finishes many objects (a partitioned run) then grows its resident memory past the
-/// budget's plan. Called once at start-up by every function and the `sluice` command.
-pub fn return_large_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called before the allocations
-    // it affects matter, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_BYTES as libc::c_int);
     }
 }
