@@ -6,6 +6,7 @@
 
 mod compress;
 mod decompress;
+pub mod csv_records;
 pub mod json_records;
 pub mod ndjson;
 

@@ -25,6 +25,7 @@ use tokio_postgres::types::{Kind, Type};
 
 use crate::columnar::{Column, ColumnBuilder, ColumnType, TableSchema};
 use crate::error::{Error, ErrorKind, Result};
+use crate::partition::FieldValue;
 
 /// Days from 1970-01-01 to 2000-01-01, Postgres's date epoch.
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -734,6 +735,102 @@ impl TupleDecoder {
                 .map_err(|p| self.error(row, Some(i), p))?;
         }
         Ok(bytes)
+    }
+
+    /// Takes the tuple at the front of `data` (the stream yields whole tuples back to back)
+    /// and moves `data` past it. Only the lengths are checked; `row` (1-based) is for
+    /// messages. A malformed tuple is an `Upstream` error naming the row.
+    pub fn next_tuple<'a>(&self, data: &mut &'a [u8], row: u64) -> Result<&'a [u8]> {
+        match tuple_length(data, self.columns.len()) {
+            Ok(Some(len)) => {
+                let (tuple, rest) = data.split_at(len);
+                *data = rest;
+                Ok(tuple)
+            }
+            Ok(None) => Err(self.error(
+                row,
+                None,
+                Problem::Malformed("a trailer among the rows".into()),
+            )),
+            Err(what) => Err(self.error(row, None, Problem::Malformed(what.into()))),
+        }
+    }
+
+    /// Column `column` of `tuple` (one whole tuple, from [`next_tuple`](Self::next_tuple)) as
+    /// a value of a partition key: NULL, a date, a timestamp (a `timestamp` read as UTC), or
+    /// the text Postgres prints for the other types (`true`/`false` for booleans, numerics
+    /// with all their digits, `\x…` hex for bytea). An array column, a malformed value or
+    /// an infinite date are errors naming the row and the column.
+    pub fn field_value(&self, tuple: &[u8], column: usize, row: u64) -> Result<FieldValue> {
+        let Some(c) = self.columns.get(column) else {
+            return Err(Error::Internal {
+                message: format!("postgres tuple decoder: no column {column}"),
+            });
+        };
+        let at = |p: Problem| self.error(row, Some(column), p);
+        let mut data = tuple;
+        if take(&mut data, 2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+            != Some(self.columns.len() as i16)
+        {
+            return Err(self.error(
+                row,
+                None,
+                Problem::Malformed("unexpected field count".into()),
+            ));
+        }
+        let mut value = None;
+        for _ in 0..=column {
+            value = field(&mut data).map_err(at)?;
+        }
+        if c.array.is_some() {
+            return Err(at(Problem::Unrepresentable(
+                "an array cannot name a partition; partition on a scalar column".into(),
+            )));
+        }
+        let Some(raw) = value else {
+            return Ok(FieldValue::Null);
+        };
+        let text = |s: String| Ok(FieldValue::Text(s));
+        match c.scalar {
+            Scalar::Decimal { .. } | Scalar::NumericText => {
+                return text(
+                    Numeric::parse(raw)
+                        .map_err(|m| at(Problem::Malformed(m)))?
+                        .to_text(),
+                );
+            }
+            Scalar::Bytea => {
+                let mut s = String::with_capacity(2 + 2 * raw.len());
+                s.push_str("\\x");
+                for b in raw {
+                    let _ = write!(s, "{b:02x}");
+                }
+                return text(s);
+            }
+            _ => {}
+        }
+        match c.scalar.decode(raw).map_err(at)? {
+            Val::Date(Some(days)) => {
+                chrono::NaiveDate::from_num_days_from_ce_opt(days.saturating_add(719_163))
+                    .map(FieldValue::Date)
+                    .ok_or_else(|| at(Problem::Unrepresentable("the date is out of range".into())))
+            }
+            Val::Ts(Some(micros)) => chrono::DateTime::from_timestamp_micros(micros)
+                .map(FieldValue::Timestamp)
+                .ok_or_else(|| {
+                    at(Problem::Unrepresentable(
+                        "the timestamp is out of range".into(),
+                    ))
+                }),
+            Val::Str(Some(s)) => text(s.into_owned()),
+            Val::I16(Some(n)) => text(n.to_string()),
+            Val::I32(Some(n)) => text(n.to_string()),
+            Val::I64(Some(n)) => text(n.to_string()),
+            Val::F32(Some(n)) => text(n.to_string()),
+            Val::F64(Some(n)) => text(n.to_string()),
+            Val::Bool(Some(b)) => text(b.to_string()),
+            _ => Ok(FieldValue::Null),
+        }
     }
 
     fn push(
@@ -1589,6 +1686,90 @@ mod tests {
         assert_eq!(tuple_length(&t, 3), Err("unexpected field count"));
         assert_eq!(tuple_length(&[0], 2), Err("truncated tuple"));
         assert_eq!(tuple_length(&t[..t.len() - 1], 2), Err("bad field length"));
+    }
+
+    #[test]
+    fn partition_values_come_from_one_field_of_a_tuple() {
+        let cols = vec![
+            ResultColumn::new("id", Type::INT8, -1),
+            ResultColumn::new("day", Type::DATE, -1),
+            ResultColumn::new("at", Type::TIMESTAMPTZ, -1),
+            ResultColumn::new("city", Type::TEXT, -1),
+            ResultColumn::new("amount", Type::NUMERIC, typmod(12, 2)),
+            ResultColumn::new("ok", Type::BOOL, -1),
+            ResultColumn::new("tags", Type::TEXT_ARRAY, -1),
+        ];
+        let d = TupleDecoder::new("u@h:5432/db", &cols).unwrap();
+        // 2026-11-28 is day 9,828 of Postgres's epoch; 10:00 UTC that day in microseconds.
+        let days = 9_828i32;
+        let micros = i64::from(days) * 86_400_000_000 + 10 * 3_600_000_000;
+        let one = tuple(&[
+            Some(42i64.to_be_bytes().to_vec()),
+            Some(days.to_be_bytes().to_vec()),
+            Some(micros.to_be_bytes().to_vec()),
+            Some(b"S\xc3\xa3o Paulo".to_vec()),
+            Some(numeric(NUMERIC_NEG, 0, 2, &[12, 3400])),
+            Some(vec![1]),
+            None,
+        ]);
+        let two = tuple(&[None, None, None, None, None, None, None]);
+        let data = [one.clone(), two.clone()].concat();
+        let mut rest = data.as_slice();
+        assert_eq!(d.next_tuple(&mut rest, 1).unwrap(), one.as_slice());
+        assert_eq!(d.next_tuple(&mut rest, 2).unwrap(), two.as_slice());
+        assert!(rest.is_empty());
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        let values: Vec<FieldValue> = (0..6).map(|c| d.field_value(&one, c, 1).unwrap()).collect();
+        assert_eq!(
+            values,
+            [
+                FieldValue::Text("42".into()),
+                FieldValue::Date(day),
+                FieldValue::Timestamp(day.and_hms_opt(10, 0, 0).unwrap().and_utc()),
+                FieldValue::Text("São Paulo".into()),
+                FieldValue::Text("-12.34".into()),
+                FieldValue::Text("true".into()),
+            ]
+        );
+        assert_eq!(d.field_value(&two, 2, 2).unwrap(), FieldValue::Null);
+        // An array column, a truncated tuple and a tuple of another width name the row.
+        let e = d.field_value(&one, 6, 7).unwrap_err().to_string();
+        assert!(
+            e.contains("array") && e.contains("row 7") && e.contains("\"tags\""),
+            "{e}"
+        );
+        let e = d.field_value(&one[..20], 3, 8).unwrap_err().to_string();
+        assert!(e.contains("row 8") && e.contains("malformed"), "{e}");
+        let other = tuple(&[None]);
+        assert!(
+            d.field_value(&other, 0, 9)
+                .unwrap_err()
+                .to_string()
+                .contains("row 9")
+        );
+        let mut rest = &one[..one.len() - 1];
+        assert!(
+            d.next_tuple(&mut rest, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("row 10")
+        );
+        // Past its date's range, never a panic.
+        let inf = tuple(&[
+            None,
+            Some(i32::MAX.to_be_bytes().to_vec()),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]);
+        assert!(
+            d.field_value(&inf, 1, 11)
+                .unwrap_err()
+                .to_string()
+                .contains("infinity")
+        );
     }
 
     #[test]

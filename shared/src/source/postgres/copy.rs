@@ -69,6 +69,9 @@ pub struct ExportSettings {
     /// Default the record cap of the function's memory budget ([`MemoryBudget::record_cap`]:
     /// 16 MiB at 256 MB); the export job passes `tuning.max_record_mib` when set.
     pub max_row_bytes: usize,
+    /// Prepare the query for its result columns before a CSV or NDJSON COPY, so that
+    /// [`ExportStream::column_names`] has them (Parquet always does). Default false.
+    pub describe: bool,
 }
 
 impl Default for ExportSettings {
@@ -78,6 +81,7 @@ impl Default for ExportSettings {
             timezone: "UTC".to_owned(),
             max_row_bytes: usize::try_from(MemoryBudget::from_env().record_cap())
                 .unwrap_or(usize::MAX),
+            describe: false,
         }
     }
 }
@@ -221,13 +225,18 @@ async fn plan(
 /// the query is prepared (not run) in the export's transaction, so an unsupported type is
 /// refused before COPY starts.
 async fn describe(session: &Session, plan: &Plan) -> Result<TupleDecoder> {
+    let columns = result_columns(session, plan).await?;
+    TupleDecoder::new(&session.database, &columns)
+}
+
+/// The result columns of the query of `plan`, from preparing it (not running it).
+async fn result_columns(session: &Session, plan: &Plan) -> Result<Vec<ResultColumn>> {
     let statement = session
         .client
         .prepare(&plan.body)
         .await
         .map_err(|e| pg_error(&session.database, "query", &e, plan.offset.map(|_| 0)))?;
-    let columns: Vec<ResultColumn> = statement.columns().iter().map(ResultColumn::from).collect();
-    TupleDecoder::new(&session.database, &columns)
+    Ok(statement.columns().iter().map(ResultColumn::from).collect())
 }
 
 /// Starts an export on `session`: a read-only transaction with `settings`, then `COPY`.
@@ -298,6 +307,17 @@ pub async fn export(
         ),
         CopyFormat::Csv | CopyFormat::Ndjson => None,
     };
+    let column_names = match &decoder {
+        Some(d) => Some(d.schema().columns.iter().map(|c| c.name.clone()).collect()),
+        None if settings.describe => Some(
+            result_columns(&session, &plan)
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
+        ),
+        None => None,
+    };
     let copy = client
         .copy_out(&plan.copy)
         .await
@@ -310,6 +330,7 @@ pub async fn export(
         format,
         fields: decoder.as_ref().map_or(1, TupleDecoder::fields),
         decoder,
+        column_names,
         buf: BytesMut::with_capacity(CHUNK),
         state: State::Streaming,
         header_seen: false,
@@ -343,6 +364,7 @@ pub struct ExportStream {
     /// Fields per binary tuple: 1 (the JSON) for NDJSON, the result's columns for binary.
     fields: usize,
     decoder: Option<TupleDecoder>,
+    column_names: Option<Vec<String>>,
     buf: BytesMut,
     state: State,
     header_seen: bool,
@@ -377,6 +399,12 @@ impl ExportStream {
     /// the query's result columns); `None` for CSV and NDJSON.
     pub fn tuple_decoder(&self) -> Option<&TupleDecoder> {
         self.decoder.as_ref()
+    }
+
+    /// The result's column names, in order: for [`CopyFormat::Binary`], and for CSV and
+    /// NDJSON when [`ExportSettings::describe`] asked for them; else `None`.
+    pub fn column_names(&self) -> Option<&[String]> {
+        self.column_names.as_deref()
     }
 
     /// Cancels the statement on the server if the export gives up (await it before

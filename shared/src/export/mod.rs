@@ -16,8 +16,16 @@
 //! anything is written) and `compression` names the page codec: `zstd` (default), `snappy`,
 //! `gzip` or `none`.
 //!
+//! Partitioned output (`{field:NAME}` / `{field:NAME:STRFTIME}` in `destination.key` naming
+//! result columns, `{part}`, and `max_object_mib` / `max_object_records`) writes each row into
+//! the object of its partition, with one run manifest (`<prefix>_manifests/<run_id>.json`)
+//! listing them; see [`partitioned`].
+//!
 //! Unknown fields are rejected. An object appears only when the whole query result was read
-//! and committed; any failure after the first part aborts the multipart upload.
+//! and committed; any failure after the first part aborts the multipart upload (and, for a
+//! partitioned run, deletes the objects it completed).
+
+mod partitioned;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::{self, KeyVars};
+use crate::partition::{KeyTemplate, PartitionObject, PartitionedSummary};
 use crate::secret::SecretResolver;
 use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
 use crate::source::postgres::{self, ConnectionSettings, ExportSettings, PostgresSourceSpec};
@@ -134,9 +143,9 @@ impl ExportSpec {
             .check_compression("compression", self.compression)?;
         self.scheduled_time()?;
         self.tuning.validate()?;
-        if self.destination.is_partitioned() {
+        if self.destination.is_partitioned() && !self.destination.overwrite {
             return Err(Error::spec(
-                "destination: {field:…}, max_object_mib and max_object_records are not available in export-postgres yet (ingest-http records mode has them); an export writes one object",
+                "destination.overwrite: false is not available for a partitioned export ({field:…}, max_object_mib, max_object_records): a run's objects replace the keys they render to; put {run_id} in the key to keep every run's objects apart",
             ));
         }
         self.destination.validate()
@@ -200,6 +209,15 @@ pub struct ExportSummary {
     /// For Parquet: rows, row groups, the largest row group, the page codec and the columns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parquet: Option<ParquetSummary>,
+    /// A partitioned run: its run manifest's key, when one was written
+    /// (`destination.manifest`, default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// A partitioned run (`{field:…}`, `max_object_mib`, `max_object_records`): objects,
+    /// partitions and spill figures; the objects themselves are listed in the run manifest.
+    /// `key` is then the template, and `checksum` and `e_tag` are per object (in the manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<PartitionedSummary>,
 }
 
 /// Runs one export. On failure nothing is left at the destination key by this run and no
@@ -214,11 +232,23 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         scheduled_time,
         ..KeyVars::new(scheduled_time.unwrap_or(inv.started), inv.run_id.clone())
     };
-    let key = key::render(&spec.destination.key, &vars)?;
+    let partitioned = spec.destination.is_partitioned();
+    let key = if partitioned {
+        spec.destination.key.clone()
+    } else {
+        key::render(&spec.destination.key, &vars)?
+    };
     let bucket = spec.destination.bucket.clone();
     let budget = spec.tuning.budget(ctx.budget)?;
     let deadline = inv.give_up_at(spec.tuning.deadline_margin())?;
 
+    let options = upload_options(spec, &budget, deadline, inv);
+    if partitioned {
+        // The template and its {part} are checked before connecting.
+        let template = KeyTemplate::compile("destination.key", &spec.destination.key, &vars)?;
+        let out = partitioned::PartitionedExport::new(spec, &ctx.s3, template, &budget, &options)?;
+        return run_partitioned(spec, ctx, out, &budget, deadline, clock).await;
+    }
     let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
     tracing::info!(
         %bucket, %key, database = %settings.database, format = spec.format.name(),
@@ -241,14 +271,8 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
 
     let max_row_bytes = spec.tuning.record_cap(&budget);
     let (stream, canceller) =
-        start_copy(pg, &settings, spec.format, deadline, max_row_bytes).await?;
+        start_copy(pg, &settings, spec.format, deadline, max_row_bytes, false).await?;
     let progress = stream.progress();
-    let mut options = UploadOptions::new(budget.schedule());
-    options.checksum = spec.destination.checksum;
-    options.if_none_match = !spec.destination.overwrite;
-    options.deadline = deadline;
-    options.compression = spec.format.stream_compression(spec.compression);
-    options.progress = Some(inv.progress.clone());
     let parquet = columnar::options_for(spec.compression, &spec.tuning, &budget);
     let written = write_object(stream, target, &options, parquet, deadline).await;
     let (uploaded, parquet) = match written {
@@ -256,12 +280,7 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
         Err(e) => {
             // The server may still be computing rows nobody will read.
             canceller.cancel().await;
-            return Err(match e {
-                Error::Deadline { .. } => Error::Deadline {
-                    bytes_in: progress.bytes(),
-                },
-                other => other,
-            });
+            return Err(deadline_bytes(e, &progress));
         }
     };
     let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
@@ -288,6 +307,131 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     Ok(done)
 }
 
+/// The upload options of the export's object (for a partitioned run, before each object
+/// gets its share of the budget).
+fn upload_options(
+    spec: &ExportSpec,
+    budget: &MemoryBudget,
+    deadline: Option<tokio::time::Instant>,
+    inv: &Invocation,
+) -> UploadOptions {
+    let mut options = UploadOptions::new(budget.schedule());
+    options.checksum = spec.destination.checksum;
+    options.if_none_match = !spec.destination.overwrite;
+    options.deadline = deadline;
+    options.compression = spec.format.stream_compression(spec.compression);
+    options.progress = Some(inv.progress.clone());
+    options
+}
+
+/// A deadline error with the bytes the stream had read.
+fn deadline_bytes(e: Error, progress: &postgres::Progress) -> Error {
+    match e {
+        Error::Deadline { .. } => Error::Deadline {
+            bytes_in: progress.bytes(),
+        },
+        other => other,
+    }
+}
+
+/// A partitioned export after its output was built: connects, streams every row into the
+/// objects of its partition, then writes the run manifest. On failure nothing of the run is
+/// left (open objects aborted, completed ones deleted, the manifest too).
+async fn run_partitioned(
+    spec: &ExportSpec,
+    ctx: &ExportContext,
+    mut out: partitioned::PartitionedExport,
+    budget: &MemoryBudget,
+    deadline: Option<tokio::time::Instant>,
+    clock: std::time::Instant,
+) -> Result<ExportSummary> {
+    let ExportSource::Postgres(pg) = &spec.source;
+    let inv = &ctx.invocation;
+    let bucket = &spec.destination.bucket;
+    let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
+    tracing::info!(
+        %bucket, key = %spec.destination.key, database = %settings.database,
+        format = spec.format.name(), "partitioned export started"
+    );
+    let mut summary = ExportSummary::new(
+        spec,
+        &spec.destination.key,
+        format!("postgres://{}", settings.database),
+    );
+    let max_row_bytes = spec.tuning.record_cap(budget);
+    let describe = spec.format == Format::Ndjson;
+    let (stream, canceller) = start_copy(
+        pg,
+        &settings,
+        spec.format,
+        deadline,
+        max_row_bytes,
+        describe,
+    )
+    .await?;
+    let progress = stream.progress();
+    if let Err(e) = out.start(&stream, &settings.database) {
+        canceller.cancel().await;
+        return Err(e);
+    }
+    let counters = Some(inv.progress.clone());
+    let manifest_key = format!("{}_manifests/{}.json", out.static_prefix(), inv.run_id);
+    let (objects, figures) = match out.write(stream, &ctx.s3, bucket, deadline, counters).await {
+        Ok(done) => done,
+        Err(e) => {
+            canceller.cancel().await;
+            return Err(deadline_bytes(e, &progress));
+        }
+    };
+    summary.rows = progress.rows();
+    summary.bytes_in = progress.bytes();
+    summary.bytes_out = objects.iter().map(|o| o.bytes).sum();
+    summary.parts = objects.iter().map(|o| o.parts).sum();
+    summary.partitioned = Some(figures);
+    if spec.destination.manifest {
+        summary.manifest = Some(manifest_key.clone());
+        run_manifest(ctx, &manifest_key, &summary, &objects).await?;
+    }
+    let done = summary.ended(clock, Status::Written);
+    tracing::info!(
+        rows = done.rows,
+        objects = objects.len(),
+        bytes_out = done.bytes_out,
+        duration_ms = done.duration_ms,
+        peak_rss_bytes = done.peak_rss_bytes,
+        "partitioned export finished"
+    );
+    Ok(done)
+}
+
+/// Writes a partitioned run's manifest, `<the key's static prefix>_manifests/<run id>.json`:
+/// the summary and every object with its partition values, records, bytes and checksum. When
+/// it cannot be written the run's objects are deleted (all or nothing).
+async fn run_manifest(
+    ctx: &ExportContext,
+    key: &str,
+    summary: &ExportSummary,
+    objects: &[PartitionObject],
+) -> Result<()> {
+    let inv = &ctx.invocation;
+    let written = async {
+        let mut doc = serde_json::to_value(summary).map_err(|e| Error::Internal {
+            message: format!("summary of {key}: {e}"),
+        })?;
+        doc["manifest"] = key.into();
+        doc["objects"] = serde_json::to_value(objects).map_err(|e| Error::Internal {
+            message: format!("objects of {key}: {e}"),
+        })?;
+        job::write_manifest(&ctx.s3, inv, &summary.bucket, key, doc).await
+    };
+    if let Err(e) = written.await {
+        let written = crate::partition::Written::new(objects.to_vec().into());
+        crate::partition::roll_back(&ctx.s3, &summary.bucket, &written).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Connects and starts the `COPY`, both within the deadline. The server sends nothing of a
 /// COPY until its first rows fill a buffer, so a slow query can reach the deadline while
 /// starting; the statement is then cancelled before answering.
@@ -297,6 +441,7 @@ async fn start_copy(
     format: Format,
     deadline: Option<tokio::time::Instant>,
     max_row_bytes: usize,
+    describe: bool,
 ) -> Result<(postgres::ExportStream, postgres::Canceller)> {
     let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
     let export_settings = ExportSettings {
@@ -304,6 +449,7 @@ async fn start_copy(
         statement_timeout: left.map(|l| l.max(Duration::from_secs(1))),
         timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
         max_row_bytes,
+        describe,
     };
     let session = job::within(deadline, postgres::connect(settings)).await?;
     let canceller = session.canceller();
@@ -368,20 +514,10 @@ async fn copy_rows(
     counters: Option<Arc<crate::telemetry::Progress>>,
 ) -> Result<()> {
     let mut row = 0u64;
-    let copied = stream.progress();
-    let mut reported = (0u64, 0u64);
-    let mut report = || {
-        if let Some(c) = &counters {
-            let (rows, bytes) = (copied.rows(), copied.bytes());
-            c.add_records_in(rows - reported.0);
-            c.add_records_out(rows - reported.0);
-            c.add_bytes_in(bytes - reported.1);
-            reported = (rows, bytes);
-        }
-    };
+    let mut reporter = Reporter::new(stream.progress(), counters);
     while let Some(chunk) = job::within(deadline, async { Ok(stream.next().await) }).await? {
         crate::fault::point("export.chunk");
-        report();
+        reporter.report();
         let chunk = chunk?;
         let Some(decoder) = decoder else {
             output.write(chunk).await?;
@@ -399,8 +535,39 @@ async fn copy_rows(
             output.end_row(bytes).await?;
         }
     }
-    report();
+    reporter.report();
     Ok(())
+}
+
+/// Hands the stream's rows and bytes to the invocation's counters (records in and out, bytes
+/// in), as the difference since the last report.
+struct Reporter {
+    copied: Arc<postgres::Progress>,
+    counters: Option<Arc<crate::telemetry::Progress>>,
+    reported: (u64, u64),
+}
+
+impl Reporter {
+    fn new(
+        copied: Arc<postgres::Progress>,
+        counters: Option<Arc<crate::telemetry::Progress>>,
+    ) -> Self {
+        Reporter {
+            copied,
+            counters,
+            reported: (0, 0),
+        }
+    }
+
+    fn report(&mut self) {
+        if let Some(c) = &self.counters {
+            let (rows, bytes) = (self.copied.rows(), self.copied.bytes());
+            c.add_records_in(rows - self.reported.0);
+            c.add_records_out(rows - self.reported.0);
+            c.add_bytes_in(bytes - self.reported.1);
+            self.reported = (rows, bytes);
+        }
+    }
 }
 
 impl ExportSummary {
@@ -425,6 +592,8 @@ impl ExportSummary {
             throughput_mib_s: 0.0,
             peak_rss_bytes: None,
             parquet: None,
+            manifest: None,
+            partitioned: None,
         }
     }
 
@@ -534,6 +703,22 @@ mod tests {
                 .scheduled_time()
                 .unwrap()
                 .is_some()
+        );
+        // Partitioned keys are taken; keeping existing objects is not.
+        let mut v = base.clone();
+        v["destination"]["key"] = json!("t/dt={field:day:%Y-%m-%d}/{part}.csv");
+        v["destination"]["max_object_records"] = json!(1000);
+        assert!(
+            ExportSpec::from_json(v.clone())
+                .unwrap()
+                .destination
+                .is_partitioned()
+        );
+        v["destination"]["overwrite"] = json!(false);
+        let e = ExportSpec::from_json(v).unwrap_err().to_string();
+        assert!(
+            e.contains("overwrite: false is not available for a partitioned export"),
+            "{e}"
         );
         let mut v = base;
         v["source"]["postgres"]["secret"] = json!({"value": "hunter2"});
