@@ -4,6 +4,7 @@
 //! Build the binary first: `cargo build --release -p export-postgres` (`make test` does).
 //! Needs the local stack (`scripts/stack.sh up`) for Garage and moto.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -1615,4 +1616,318 @@ async fn parquet_refuses_unsupported_types_and_values_writing_nothing() {
         assert!(message.contains(want), "{key}: {message}");
         h.assert_nothing_written(key).await;
     }
+}
+
+/// Every object under `prefix` in the harness's bucket: key and size.
+async fn list_objects(h: &Harness, prefix: &str) -> Vec<(String, u64)> {
+    let client = h.server.client().await;
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(&h.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .unwrap();
+        for o in page.contents() {
+            out.push((o.key().unwrap().to_owned(), o.size().unwrap_or(0) as u64));
+        }
+        match page.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// The `YYYY-MM-DD` of a key `…/dt=YYYY-MM-DD/…`.
+fn dt_of(key: &str) -> String {
+    let at = key.find("dt=").unwrap() + 3;
+    key[at..at + 10].to_owned()
+}
+
+/// `events`: `rows` rows over 30 days in UTC, the days interleaved (row `i` falls on day
+/// `i * 7 % 30`), with a date column, a timestamptz, text with quotes, commas and newlines.
+async fn create_events(pg: &PgServer, rows: u64) -> BTreeMap<String, u64> {
+    let client = pg.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE events (id bigint, created_at timestamptz, day date, note text, amount numeric(10,2));
+             INSERT INTO events
+             SELECT i,
+                    timestamptz '2026-11-01 00:00:00+00' + ((i * 7) % 30) * interval '1 day' + (i % 86400) * interval '1 second',
+                    date '2026-11-01' + ((i * 7) % 30)::int,
+                    CASE i % 3 WHEN 0 THEN E'two\\nlines, \"q\" ' || i WHEN 1 THEN '' ELSE NULL END,
+                    (i % 1000) / 10.0
+             FROM generate_series(1, {rows}) AS i;"
+        ))
+        .await
+        .unwrap();
+    client
+        .query(
+            "SELECT to_char(day, 'YYYY-MM-DD'), count(*) FROM events GROUP BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect()
+}
+
+/// Checks a partitioned run: the answer, the manifest listing exactly the data objects under
+/// `prefix` (keys, sizes, per-day records equal to `want`), and no upload left open. Returns
+/// the data objects.
+async fn check_partitioned(
+    h: &Harness,
+    s: &Value,
+    prefix: &str,
+    want: &BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    let total: u64 = want.values().sum();
+    assert_eq!(s["status"], "written", "{s}");
+    assert_eq!(s["rows"], total, "{s}");
+    let manifest_key = s["manifest"].as_str().unwrap();
+    assert!(
+        manifest_key.starts_with(&format!("{prefix}_manifests/")),
+        "{s}"
+    );
+    let objects: Vec<(String, u64)> = list_objects(h, prefix)
+        .await
+        .into_iter()
+        .filter(|(k, _)| !k.contains("_manifests/"))
+        .collect();
+    assert_eq!(s["partitioned"]["objects"], objects.len(), "{s}");
+    assert_eq!(s["partitioned"]["partitions"], want.len(), "{s}");
+    let client = h.server.client().await;
+    let manifest: Value =
+        serde_json::from_slice(&read_object(&client, &h.bucket, manifest_key).await).unwrap();
+    let listed = manifest["objects"].as_array().unwrap();
+    assert_eq!(listed.len(), objects.len(), "{manifest}");
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for o in listed {
+        let key = o["key"].as_str().unwrap();
+        let size = o["bytes"].as_u64().unwrap();
+        assert!(objects.contains(&(key.to_owned(), size)), "{o}");
+        assert_eq!(o["status"], "written", "{o}");
+        *counts.entry(dt_of(key)).or_default() += o["records"].as_u64().unwrap();
+    }
+    assert_eq!(&counts, want, "per-day records in the manifest");
+    assert_eq!(manifest["rows"], total);
+    assert!(uploads_in_progress(&client, &h.bucket).await.is_empty());
+    objects
+}
+
+/// Partitioned export in every format: 20,000 rows over 30 interleaved days (more partitions
+/// than objects open at once, so the spill is used), keyed on a date column (Parquet), and on
+/// a timestamptz (CSV and NDJSON, rolling at 300 rows). Every row lands in exactly one object
+/// under its own day; per-day counts equal the database's `GROUP BY`; the run manifest lists
+/// every object; DuckDB reads the Parquet tree with `hive_partitioning`; every CSV object
+/// starts with the header and keeps quoted newlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_export_puts_every_row_under_its_day_in_every_format() {
+    const ROWS: u64 = 20_000;
+    let pg = PgServer::start().unwrap();
+    let want = create_events(&pg, ROWS).await;
+    assert_eq!(want.len(), 30);
+    let h = Harness::start("export-part", &[("DATABASE_URL", pg.admin_url())], None).await;
+    let client = h.server.client().await;
+    let all_ids = |mut ids: Vec<u64>| {
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            (1..=ROWS).collect::<Vec<_>>(),
+            "every row exactly once"
+        );
+    };
+
+    // Parquet, keyed on the date column.
+    let job = h.job(
+        "SELECT * FROM events",
+        "parquet",
+        "exports/pq/dt={field:day:%Y-%m-%d}/{part}.parquet",
+    );
+    let started = Instant::now();
+    let s = response(h.invoke(job, Duration::from_secs(300)).await);
+    eprintln!(
+        "PARTITIONED parquet: {:.1} s, {s}",
+        started.elapsed().as_secs_f64()
+    );
+    let objects = check_partitioned(&h, &s, "exports/pq/", &want).await;
+    let dir = std::env::temp_dir().join(format!("sluice-export-part-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (key, _) in &objects {
+        let path = dir.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, read_object(&client, &h.bucket, key).await).unwrap();
+    }
+    let rows = sluice_tests::lake::duckdb_sql(&format!(
+        "SELECT CAST(dt AS VARCHAR) AS dt, count(*) AS n, \
+         bool_and(strftime(day, '%Y-%m-%d') = CAST(dt AS VARCHAR)) AS same, \
+         list(id) AS ids FROM read_parquet('{}/exports/pq/*/*.parquet', hive_partitioning = true) GROUP BY dt",
+        dir.display()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut duck = BTreeMap::new();
+    let mut ids = Vec::new();
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["same"], true, "a row under another day: {}", r["dt"]);
+        duck.insert(
+            r["dt"].as_str().unwrap().to_owned(),
+            r["n"].as_u64().unwrap(),
+        );
+        ids.extend(
+            r["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap()),
+        );
+    }
+    assert_eq!(duck, want, "DuckDB with hive_partitioning");
+    all_ids(ids);
+
+    // NDJSON, keyed on the timestamptz, rolling at 300 rows.
+    let mut job = h.job(
+        "SELECT id, created_at, note FROM events",
+        "ndjson",
+        "exports/nd/dt={field:created_at:%Y-%m-%d}/{part}.ndjson",
+    );
+    job["destination"]["max_object_records"] = json!(300);
+    let s = response(h.invoke(job, Duration::from_secs(300)).await);
+    let objects = check_partitioned(&h, &s, "exports/nd/", &want).await;
+    assert!(s["partitioned"]["rolled"].as_u64().unwrap() > 0, "{s}");
+    let mut ids = Vec::new();
+    for (key, _) in &objects {
+        let text = String::from_utf8(read_object(&client, &h.bucket, key).await).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() <= 300, "{key}: {} rows", lines.len());
+        for line in lines {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                &v["created_at"].as_str().unwrap()[..10],
+                dt_of(key),
+                "{key}: {line}"
+            );
+            ids.push(v["id"].as_u64().unwrap());
+        }
+    }
+    all_ids(ids);
+
+    // CSV, keyed on the timestamptz as COPY prints it (`2026-11-28 10:00:00+00`).
+    let mut job = h.job(
+        "SELECT id, created_at, note FROM events",
+        "csv",
+        "exports/csv/dt={field:created_at:%Y-%m-%d}/{part}.csv",
+    );
+    job["destination"]["max_object_records"] = json!(300);
+    let s = response(h.invoke(job, Duration::from_secs(300)).await);
+    let objects = check_partitioned(&h, &s, "exports/csv/", &want).await;
+    let mut ids = Vec::new();
+    for (key, _) in &objects {
+        let body = read_object(&client, &h.bucket, key).await;
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(body.as_slice());
+        assert_eq!(
+            csv.headers().unwrap(),
+            vec!["id", "created_at", "note"],
+            "{key}"
+        );
+        for record in csv.records() {
+            let record = record.unwrap();
+            assert_eq!(&record[1][..10], dt_of(key), "{key}: {record:?}");
+            let id: u64 = record[0].parse().unwrap();
+            let note = match id % 3 {
+                0 => format!("two\nlines, \"q\" {id}"),
+                _ => String::new(),
+            };
+            assert_eq!(record[2], note, "{key}: {record:?}");
+            ids.push(id);
+        }
+    }
+    all_ids(ids);
+}
+
+/// A partitioned run that fails half-way leaves nothing: a value the key cannot format
+/// (row 15,000 of 20,000, after objects rolled at 200 rows had completed) fails NDJSON and
+/// Parquet runs with an error naming the row and the column; an injected panic in the copy
+/// fails a CSV run; a `{field:…}` that is no result column is refused listing the columns.
+/// No object is left under the prefix and no multipart upload in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_export_that_fails_half_way_leaves_nothing() {
+    let pg = PgServer::start().unwrap();
+    let h = Harness::start("export-part-bad", &[("DATABASE_URL", pg.admin_url())], None).await;
+    let query = "SELECT i AS id, CASE WHEN i = 15000 THEN 'not a day' \
+                 ELSE to_char(date '2026-11-01' + i / 1000, 'YYYY-MM-DD') END AS day, \
+                 repeat('x', 50) AS pad FROM generate_series(1, 20000) AS i";
+    for (format, ext) in [("ndjson", "ndjson"), ("parquet", "parquet")] {
+        let prefix = format!("exports/bad-{format}/");
+        let mut job = h.job(
+            query,
+            format,
+            &format!("{prefix}dt={{field:day:%Y-%m-%d}}/{{part}}.{ext}"),
+        );
+        job["destination"]["max_object_records"] = json!(200);
+        let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+        assert_eq!(kind, "InvalidInput", "{format}: {message}");
+        assert!(
+            message.contains("row 15000")
+                && message.contains("column \"day\"")
+                && message.contains("not a day"),
+            "{format}: {message}"
+        );
+        let left = list_objects(&h, &prefix).await;
+        assert!(left.is_empty(), "{format}: objects left: {left:?}");
+        h.assert_nothing_written(&format!("{prefix}x")).await;
+    }
+
+    let job = h.job(
+        query,
+        "csv",
+        "exports/bad-field/dt={field:created:%Y-%m-%d}/{part}.csv",
+    );
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("{field:created} is not a column") && message.contains("id, day, pad"),
+        "{message}"
+    );
+    assert!(list_objects(&h, "exports/bad-field/").await.is_empty());
+
+    let job = h.job(query, "csv", "exports/no-part/dt={field:day}/x.csv");
+    let (_, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert!(message.contains("needs {part}"), "{message}");
+
+    let mut job = h.job(query, "csv", "exports/keep/dt={field:day}/{part}.csv");
+    job["destination"]["overwrite"] = json!(false);
+    let (kind, message) = error(h.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(message.contains("overwrite: false"), "{message}");
+
+    // A panic in the copy, after objects completed.
+    let panicking = Harness::start(
+        "export-part-panic",
+        &[
+            ("DATABASE_URL", pg.admin_url()),
+            ("SLUICE_FAULT", "export.chunk:15".to_owned()),
+        ],
+        None,
+    )
+    .await;
+    let mut job = panicking.job(
+        "SELECT i AS id, to_char(date '2026-11-01' + i / 1000, 'YYYY-MM-DD') AS day, \
+         repeat('x', 100) AS pad FROM generate_series(1, 200000) AS i",
+        "csv",
+        "exports/panic/dt={field:day}/{part}.csv",
+    );
+    job["destination"]["max_object_records"] = json!(200);
+    let (kind, message) = error(panicking.invoke(job, Duration::from_secs(120)).await);
+    assert_eq!(kind, "Internal", "{message}");
+    assert!(message.contains("export.chunk"), "{message}");
+    let left = list_objects(&panicking, "exports/panic/").await;
+    assert!(left.is_empty(), "objects left: {left:?}");
+    panicking.assert_nothing_written("exports/panic/x").await;
 }
