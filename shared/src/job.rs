@@ -33,6 +33,11 @@ pub const MAX_DEADLINE_MARGIN: Duration = Duration::from_secs(900);
 /// The job name of an invocation whose spec could not be read.
 pub const UNNAMED_JOB: &str = "unknown";
 
+/// Distinct partitions a partitioned run may write unless `tuning.max_partitions` says.
+pub const DEFAULT_MAX_PARTITIONS: usize = 10_000;
+/// The most `tuning.max_partitions` may be.
+pub const MAX_PARTITIONS: usize = 1_000_000;
+
 /// One invocation of a function: the facts every job runs with.
 #[derive(Debug, Clone)]
 pub struct Invocation {
@@ -251,6 +256,12 @@ pub struct Tuning {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub spill_mib: Option<u64>,
+    /// Partitioned output: distinct partitions one run may write (1–1,000,000, default
+    /// 10,000). A run past it fails (nothing is left): a key on a column of unbounded values
+    /// (an id, a timestamp to the second) would otherwise make an object per record.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_partitions: Option<usize>,
 }
 
 impl Tuning {
@@ -341,6 +352,13 @@ impl Tuning {
                 )));
             }
         }
+        if let Some(n) = self.max_partitions
+            && !(1..=MAX_PARTITIONS).contains(&n)
+        {
+            return Err(Error::spec(format!(
+                "tuning.max_partitions {n} is outside 1..={MAX_PARTITIONS}"
+            )));
+        }
         if self.spill_mib == Some(0) {
             return Err(Error::spec("tuning.spill_mib must be at least 1"));
         }
@@ -387,6 +405,21 @@ impl Tuning {
         destination: &Destination,
         budget: &MemoryBudget,
     ) -> crate::partition::Limits {
+        self.object_limits(
+            destination.max_object_mib,
+            destination.max_object_records,
+            budget,
+        )
+    }
+
+    /// The limits of a partitioned run whose objects roll at `max_object_mib` /
+    /// `max_object_records`.
+    pub fn object_limits(
+        &self,
+        max_object_mib: Option<u64>,
+        max_object_records: Option<u64>,
+        budget: &MemoryBudget,
+    ) -> crate::partition::Limits {
         const MIB: u64 = 1024 * 1024;
         let spill_dir = std::env::var_os("SLUICE_SPILL_DIR")
             .map(std::path::PathBuf::from)
@@ -399,8 +432,9 @@ impl Tuning {
             max_open: self
                 .max_open_partitions
                 .unwrap_or_else(|| budget.open_partitions()),
-            max_object_bytes: destination.max_object_mib.map(|m| m.saturating_mul(MIB)),
-            max_object_records: destination.max_object_records,
+            max_partitions: self.max_partitions.unwrap_or(DEFAULT_MAX_PARTITIONS),
+            max_object_bytes: max_object_mib.map(|m| m.saturating_mul(MIB)),
+            max_object_records,
             spill_dir,
             spill_bytes,
             spill_buffer: usize::try_from(budget.buffer_bytes() / 16).unwrap_or(usize::MAX),

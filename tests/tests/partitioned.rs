@@ -427,3 +427,286 @@ async fn contract_two_gib_partitioned_under_256_mb() {
         );
     }
 }
+
+/// The transform's pipeline for partitioned output: parking tickets by the month of their
+/// issue date, at most 4 objects open (36 months, interleaved: most go through the spill),
+/// objects rolled at `max_object_records`.
+fn transform_pipeline(format: &str) -> Value {
+    let ext = if format == "parquet" {
+        "parquet"
+    } else {
+        "csv.gz"
+    };
+    let mut p = json!({
+        "input": {"format": "csv", "prefix": "incoming/", "schema": [
+            {"name": "Summons Number", "type": "int", "required": true},
+            {"name": "Issue Date", "type": "date", "format": "%m/%d/%Y"}
+        ]},
+        "output": {
+            "format": format,
+            "key": format!("lake/parking/month={{field:Issue Date:%Y-%m}}/{{source_stem}}-{{run_id}}-{{part}}.{ext}"),
+            "max_object_records": 400
+        },
+        "quarantine": {"key": "quarantine/{source_stem}.ndjson"},
+        "tuning": {"max_open_partitions": 4}
+    });
+    if format != "parquet" {
+        p["output"]["compression"] = json!("gzip");
+    }
+    p
+}
+
+/// Rows per issue month (`YYYY-MM`) of the generated parking file, bad rows left out, and
+/// the number of bad rows: computed from the generator, not by the transform.
+fn parking_months(seed: u64, bytes: u64) -> (BTreeMap<String, u64>, u64) {
+    use sluice_tests::parking::{Flaw, ParkingCsv, ParkingRow};
+    let mut file = ParkingCsv::new(seed, bytes);
+    std::io::copy(&mut file, &mut std::io::sink()).unwrap();
+    let rows = file.rows();
+    let mut months = BTreeMap::new();
+    let mut bad = 0;
+    for i in 0..rows {
+        let r = ParkingRow::generate(seed, i);
+        if r.flaw != Flaw::None {
+            bad += 1;
+            continue;
+        }
+        let (m, y) = (&r.issue_date[..2], &r.issue_date[6..10]);
+        *months.entry(format!("{y}-{m}")).or_insert(0u64) += 1;
+    }
+    (months, bad)
+}
+
+fn parking_file(seed: u64, bytes: u64) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    sluice_tests::parking::ParkingCsv::new(seed, bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The month in a key `…/month=YYYY-MM/…`.
+fn key_month(key: &str) -> String {
+    let at = key.find("month=").unwrap() + 6;
+    key[at..at + 7].to_owned()
+}
+
+/// Rows per month of the downloaded gzip CSV objects, checking that each object starts with
+/// the header, holds at most 400 rows, and only rows of its month.
+fn csv_month_counts(dir: &Path, objects: &[(String, u64)]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for (key, _) in objects {
+        let month = key_month(key);
+        let file = std::fs::File::open(dir.join(key)).unwrap();
+        let mut reader = csv::Reader::from_reader(flate2::read::MultiGzDecoder::new(file));
+        let header = reader.headers().unwrap().clone();
+        assert_eq!(&header[0], "Summons Number", "{key}");
+        let at = header.iter().position(|h| h == "Issue Date").unwrap();
+        let mut n = 0u64;
+        for row in reader.records() {
+            let row = row.unwrap();
+            assert_eq!(&row[at][..7], month, "{key}: {row:?}");
+            n += 1;
+        }
+        assert!((1..=400).contains(&n), "{key} holds {n} rows");
+        *counts.entry(month).or_insert(0) += n;
+    }
+    counts
+}
+
+async fn put_source(h: &Harness, key: &str, body: Vec<u8>) {
+    let client = h.server.client().await;
+    client
+        .put_object()
+        .bucket(&h.bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// transform-s3 with `{field:…}`: every good row in exactly one object under its month (CSV
+/// with its own header in each object, and Parquet read back by DuckDB with
+/// `hive_partitioning`), per-month counts equal to the generator's, objects rolled at 400
+/// rows, one manifest listing them; a new version of the source replaces the old one's
+/// objects; the same event again is a duplicate.
+#[tokio::test]
+async fn transform_writes_partitioned_csv_and_parquet() {
+    const SIZE: u64 = 6 * MIB;
+    let (want, bad) = parking_months(5, SIZE);
+    for format in ["csv", "parquet"] {
+        let pipeline = transform_pipeline(format).to_string();
+        let h = Harness::start_with(
+            "transform-s3",
+            &format!("part-tr-{format}"),
+            None,
+            &[("PIPELINE", &pipeline)],
+        )
+        .await;
+        let source = "incoming/tickets 2026.csv";
+        put_source(&h, source, parking_file(5, SIZE)).await;
+        let direct = json!({"bucket": h.bucket, "key": source});
+        let answer = response(h.invoke(direct.clone(), T).await);
+        let s = &answer["objects"][0];
+        assert_eq!(s["status"], "written", "{format}: {s}");
+        assert_eq!(s["quarantined"], bad, "{format}: {s}");
+        let figures = &s["partitioned"];
+        assert_eq!(figures["partitions"], want.len(), "{format}: {s}");
+        assert!(figures["spilled_records"].as_u64().unwrap() > 0, "{s}");
+        let manifest_key = "lake/parking/_manifests/incoming/tickets 2026.csv.json";
+        assert_eq!(s["manifest"], manifest_key, "{s}");
+        let manifest: Value = serde_json::from_slice(
+            &read_object(&h.server.client().await, &h.bucket, manifest_key).await,
+        )
+        .unwrap();
+        let listed: Vec<&str> = manifest["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["key"].as_str().unwrap())
+            .collect();
+        let objects = list(&h, "lake/parking/month=").await;
+        assert_eq!(listed.len(), objects.len(), "{format}");
+        assert_eq!(figures["objects"], objects.len(), "{format}");
+        let dir =
+            std::env::temp_dir().join(format!("sluice-part-tr-{format}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let client = h.server.client().await;
+        for (key, _) in &objects {
+            assert!(
+                listed.contains(&key.as_str()),
+                "{key} is not in the manifest"
+            );
+            assert!(key.contains("/tickets 2026-"), "{key}");
+            let path = dir.join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, read_object(&client, &h.bucket, key).await).unwrap();
+        }
+        let got = if format == "parquet" {
+            let rows = lake::duckdb_sql(&format!(
+                "SELECT CAST(month AS VARCHAR) AS month, count(*) AS n, max(c) AS most, bool_and(strftime(\"Issue Date\", '%Y-%m') = CAST(month AS VARCHAR)) AS same FROM (SELECT *, count(*) OVER (PARTITION BY filename) AS c FROM read_parquet('{}/lake/parking/*/*.parquet', hive_partitioning = true, filename = true)) GROUP BY month",
+                dir.display()
+            ));
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    assert_eq!(r["same"], true, "a row under another month: {r}");
+                    assert!(r["most"].as_u64().unwrap() <= 400, "{r}");
+                    (
+                        r["month"].as_str().unwrap().to_owned(),
+                        r["n"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        } else {
+            csv_month_counts(&dir, &objects)
+        };
+        assert_eq!(got, want, "{format}: rows per month");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // The same event again: nothing is written.
+        let again = response(h.invoke(direct.clone(), T).await);
+        assert_eq!(again["objects"][0]["status"], "duplicate", "{again}");
+        // A new version replaces the old one's objects, once all of its own are written.
+        let (want2, _) = parking_months(6, SIZE / 2);
+        put_source(&h, source, parking_file(6, SIZE / 2)).await;
+        let answer = response(h.invoke(direct, T).await);
+        let s = &answer["objects"][0];
+        assert_eq!(s["status"], "written", "{format}: {s}");
+        assert_eq!(s["replaced_objects"], objects.len(), "{format}: {s}");
+        let now = list(&h, "lake/parking/month=").await;
+        assert!(
+            now.iter()
+                .all(|(k, _)| !objects.iter().any(|(o, _)| o == k)),
+            "old objects remain"
+        );
+        assert_eq!(s["partitioned"]["objects"], now.len(), "{s}");
+        assert_eq!(s["records_out"], want2.values().sum::<u64>(), "{s}");
+        assert!(uploads_in_progress(&client, &h.bucket).await.is_empty());
+    }
+}
+
+/// A transform that fails half-way (a panic in the row loop, after objects were completed
+/// and rows spilled) leaves no object, no manifest, no upload and nothing in the spill
+/// directory; a row whose key cannot be made goes to the quarantine; a key column that is
+/// not in the output is refused before anything is written.
+#[tokio::test]
+async fn a_failed_partitioned_transform_leaves_nothing() {
+    let spill = std::env::temp_dir().join(format!("sluice-spill-tr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spill);
+    std::fs::create_dir_all(&spill).unwrap();
+    let spill_dir = spill.to_string_lossy().into_owned();
+    let pipeline = transform_pipeline("csv").to_string();
+    let h = Harness::start_with(
+        "transform-s3",
+        "part-tr-fail",
+        None,
+        &[
+            ("PIPELINE", &pipeline),
+            ("SLUICE_SPILL_DIR", &spill_dir),
+            ("SLUICE_FAULT", "transform.row:15000"),
+        ],
+    )
+    .await;
+    let source = "incoming/cut.csv";
+    put_source(&h, source, parking_file(7, 6 * MIB)).await;
+    let (kind, message) = error(
+        h.invoke(json!({"bucket": h.bucket, "key": source}), T)
+            .await,
+    );
+    assert_eq!(kind, "Internal", "{message}");
+    assert!(message.contains("transform.row"), "{message}");
+    assert!(
+        list(&h, "lake/").await.is_empty(),
+        "objects of the failed run remain"
+    );
+    let client = h.server.client().await;
+    assert!(uploads_in_progress(&client, &h.bucket).await.is_empty());
+    let left: Vec<_> = std::fs::read_dir(&spill).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in the spill directory: {left:?}");
+    let _ = std::fs::remove_dir_all(&spill);
+
+    // A key on a string column with a date format: the rows whose value is not a date go to
+    // the quarantine, the others land.
+    let mut p = transform_pipeline("csv");
+    p["output"]["key"] =
+        json!("lake/v/year={field:Violation Code:%Y}/{source_stem}-{run_id}-{part}.csv.gz");
+    let h = Harness::start_with(
+        "transform-s3",
+        "part-tr-badkey",
+        None,
+        &[("PIPELINE", &p.to_string())],
+    )
+    .await;
+    put_source(&h, source, parking_file(7, MIB)).await;
+    let answer = response(
+        h.invoke(json!({"bucket": h.bucket, "key": source}), T)
+            .await,
+    );
+    let s = &answer["objects"][0];
+    assert_eq!(s["records_out"], 0, "{s}");
+    assert_eq!(s["quarantined"], s["records_in"], "{s}");
+    // A key column the output does not have.
+    let mut p = transform_pipeline("csv");
+    p["output"]["key"] = json!("lake/v/x={field:nope}/{source_stem}-{run_id}-{part}.csv.gz");
+    let h = Harness::start_with(
+        "transform-s3",
+        "part-tr-nocol",
+        None,
+        &[("PIPELINE", &p.to_string())],
+    )
+    .await;
+    put_source(&h, source, parking_file(7, MIB)).await;
+    let (kind, message) = error(
+        h.invoke(json!({"bucket": h.bucket, "key": source}), T)
+            .await,
+    );
+    assert!(
+        message.contains("{field:nope} is not a column of the output"),
+        "{kind}: {message}"
+    );
+    assert!(list(&h, "lake/").await.is_empty());
+}

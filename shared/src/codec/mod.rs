@@ -5,8 +5,8 @@
 //! `InvalidData` for corrupt data or a window over the limit).
 
 mod compress;
-mod decompress;
 pub mod csv_records;
+mod decompress;
 pub mod json_records;
 pub mod ndjson;
 

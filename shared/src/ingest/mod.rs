@@ -522,6 +522,7 @@ async fn write_records(
             bucket: spec.destination.bucket.clone(),
             meta,
             options,
+            header: None,
         };
         let router = Partitioner::new(objects, template, limits, partition_written.clone())?;
         Output::Partitioned(Box::new(partitioned::PartitionedText::new(router)))

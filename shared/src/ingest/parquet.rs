@@ -155,7 +155,7 @@ impl ParquetRecords {
             .enumerate()
             .map(|(i, c)| {
                 template
-                    .segment(i, &field_value(&self.row[*c]))
+                    .segment(i, &FieldValue::of(&self.row[*c]))
                     .map_err(|reason| RowError {
                         column: Some(template.fields()[i].name.clone()),
                         reason,
@@ -295,17 +295,6 @@ impl ParquetRecords {
             router.abort().await;
         }
         self.out.abort().await;
-    }
-}
-
-/// A typed value as a partition value.
-fn field_value(v: &Value) -> FieldValue {
-    match v {
-        Value::Null => FieldValue::Null,
-        Value::Date(d) => FieldValue::Date(*d),
-        Value::Timestamp(t) => FieldValue::Timestamp(*t),
-        Value::Str(s) => FieldValue::Text(s.clone()),
-        other => FieldValue::Text(other.to_text()),
     }
 }
 

@@ -77,6 +77,8 @@ const TEXT_BATCH: usize = 64 * 1024;
 pub struct Limits {
     /// Objects open at once.
     pub max_open: usize,
+    /// Distinct partitions a run may write (`tuning.max_partitions`).
+    pub max_partitions: usize,
     /// Finish an object before it passes this size (`max_object_mib`).
     pub max_object_bytes: Option<u64>,
     /// Finish an object when it holds this many records (`max_object_records`).
@@ -245,6 +247,9 @@ impl<O: Objects> Partitioner<O> {
             Some(id) => *id,
             None => {
                 let id = self.partitions.len();
+                if id >= self.limits.max_partitions {
+                    return Err(self.too_many_partitions(&segments));
+                }
                 self.index.insert(segments.clone(), id);
                 self.partitions.push(Partition {
                     segments,
@@ -271,6 +276,25 @@ impl<O: Objects> Partitioner<O> {
             }
         }
         self.write_open(id, record).await
+    }
+
+    fn too_many_partitions(&self, segments: &[String]) -> Error {
+        let values: Vec<String> = self
+            .template
+            .fields()
+            .iter()
+            .zip(segments)
+            .map(|(f, v)| format!("{}={v}", f.name))
+            .collect();
+        Error::spec(format!(
+            "{} {:?}: record {} opens partition {} {}, more than tuning.max_partitions {} (nothing of the run is kept): partition on a coarser value (a day, not a timestamp), or raise max_partitions",
+            self.template.field_name(),
+            self.template.source(),
+            self.seq,
+            self.partitions.len() + 1,
+            values.join(", "),
+            self.limits.max_partitions
+        ))
     }
 
     /// Finishes partition `id`'s object to make room; its later records are spilled.
@@ -556,16 +580,35 @@ fn lock(written: &Written) -> std::sync::MutexGuard<'_, Vec<PartitionObject>> {
 /// logged as an error naming the key).
 pub async fn roll_back(s3: &aws_sdk_s3::Client, bucket: &str, written: &Written) {
     let objects = std::mem::take(&mut *lock(written));
-    for object in objects.iter().filter(|o| o.status == Status::Written) {
-        let key = &object.key;
+    let keys = objects
+        .iter()
+        .filter(|o| o.status == Status::Written)
+        .map(|o| o.key.as_str());
+    delete(s3, bucket, keys, "the failed run").await;
+}
+
+/// Deletes `keys` (objects of `whose`, for the log), best effort: returns how many went, and
+/// logs each failure as an error naming the key.
+pub async fn delete<'k>(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    keys: impl IntoIterator<Item = &'k str>,
+    whose: &str,
+) -> usize {
+    let mut deleted = 0;
+    for key in keys {
         match s3.delete_object().bucket(bucket).key(key).send().await {
-            Ok(_) => tracing::info!(%bucket, %key, "deleted an object of the failed run"),
+            Ok(_) => {
+                deleted += 1;
+                tracing::info!(%bucket, %key, "deleted an object of {whose}");
+            }
             Err(e) => tracing::error!(
                 %bucket, %key, error = %aws_sdk_s3::error::DisplayErrorContext(&e),
-                "could not delete an object of the failed run; it stays"
+                "could not delete an object of {whose}; it stays"
             ),
         }
     }
+    deleted
 }
 
 /// CSV or NDJSON objects: each record is one line.
@@ -579,6 +622,8 @@ pub struct TextObjects {
     pub meta: ObjectMeta,
     /// How each object is uploaded (its share of the memory budget).
     pub options: UploadOptions,
+    /// Bytes that begin every object (a CSV header line), if any.
+    pub header: Option<bytes::Bytes>,
 }
 
 /// One open text object: its writer and the batch of lines not yet handed to it.
@@ -595,7 +640,11 @@ impl Objects for TextObjects {
         let target = S3Target::new(self.s3.clone(), &self.bucket, key).with_meta(self.meta.clone());
         Ok(TextObject {
             writer: ObjectWriter::new(Arc::new(target), &self.options)?,
-            batch: BytesMut::new(),
+            batch: self
+                .header
+                .as_deref()
+                .map(BytesMut::from)
+                .unwrap_or_default(),
         })
     }
 

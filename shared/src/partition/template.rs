@@ -53,6 +53,21 @@ pub enum FieldValue {
     Timestamp(DateTime<Utc>),
 }
 
+impl FieldValue {
+    /// A typed value as a partition value: a date or a timestamp as itself, anything else
+    /// as its text.
+    pub fn of(v: &crate::transform::value::Value) -> FieldValue {
+        use crate::transform::value::Value;
+        match v {
+            Value::Null => FieldValue::Null,
+            Value::Date(d) => FieldValue::Date(*d),
+            Value::Timestamp(t) => FieldValue::Timestamp(*t),
+            Value::Str(s) => FieldValue::Text(s.clone()),
+            other => FieldValue::Text(other.to_text()),
+        }
+    }
+}
+
 impl KeyTemplate {
     /// Compiles `template` (the spec field `field`, for messages), rendering the run's
     /// placeholders from `vars`. Errors name the template, the byte position and the problem:
@@ -121,6 +136,39 @@ impl KeyTemplate {
     /// The record fields the key uses, in order.
     pub fn fields(&self) -> &[FieldRef] {
         &self.fields
+    }
+
+    /// The spec field the template comes from (`destination.key`, `output.key`).
+    pub fn field_name(&self) -> &'static str {
+        self.field
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The key with the run's placeholders rendered and `{field:…}` and `{part}` as written:
+    /// the pattern of the run's keys, for summaries.
+    pub fn pattern(&self) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field(i) => {
+                    let f = &self.fields[*i];
+                    out.push_str("{field:");
+                    out.push_str(&f.name);
+                    if let Some(format) = &f.format {
+                        out.push(':');
+                        out.push_str(format);
+                    }
+                    out.push('}');
+                }
+                Piece::Part => out.push_str("{part}"),
+            }
+        }
+        out
     }
 
     /// Whether the key uses `{field:…}`.

@@ -87,6 +87,7 @@ impl Objects for Memory {
 fn limits(max_open: usize) -> Limits {
     Limits {
         max_open,
+        max_partitions: 10_000,
         max_object_bytes: None,
         max_object_records: None,
         spill_dir: std::env::temp_dir(),
@@ -307,4 +308,18 @@ fn json_fields_pick_top_level_keys() {
     );
     assert!(json_fields(b"[1,2]", &["a"]).is_err());
     assert!(json_fields(br#"{"a": "#, &["a"]).is_err());
+}
+
+#[tokio::test]
+async fn a_partition_past_max_partitions_fails_the_run_and_names_it() {
+    let memory = Memory::default();
+    let mut lim = limits(2);
+    lim.max_partitions = 3;
+    let records = (0..10u64).map(|i| (i as u32, i));
+    let e = run(&memory, lim, records).await.unwrap_err().to_string();
+    assert!(
+        e.contains("record 4 opens partition 4 day=3, more than tuning.max_partitions 3"),
+        "{e}"
+    );
+    assert!(e.contains("t/dt={field:day}/{part}.json"), "{e}");
 }

@@ -10,6 +10,7 @@ use crate::codec::Compression;
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::key::{self, KeyVars};
+use crate::partition::KeyTemplate;
 use crate::spec::Tuning;
 
 /// The whole pipeline.
@@ -186,8 +187,19 @@ pub struct OutputSpec {
     pub bucket: Option<String>,
     /// Key template: `{source_stem}`, `{source_key}`, `{source_dir}`, `{date}`, `{yyyy}`,
     /// `{mm}`, `{dd}`, `{hh}`, `{run_id}`. Must start with a literal prefix (e.g. `clean/`):
-    /// keys under it are never read as input.
+    /// keys under it are never read as input. Partitioned output: `{field:NAME}` /
+    /// `{field:NAME:FORMAT}` (a column after the steps) and `{part}`; such a key must also
+    /// use `{run_id}` and `{source_stem}` or `{source_key}`, so that each run's objects have
+    /// keys of their own.
     pub key: String,
+    /// Finish an object when it reaches this many MiB and go on in the next `{part}`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_object_mib: Option<u64>,
+    /// Finish an object when it holds this many rows and go on in the next `{part}`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_object_records: Option<u64>,
     /// `false`: an existing output is never replaced, even by a newer source version.
     #[serde(default = "yes")]
     pub overwrite: bool,
@@ -195,7 +207,8 @@ pub struct OutputSpec {
     #[serde(default)]
     pub checksum: ChecksumAlgorithm,
     /// Write `<key>.manifest.json` (needed to recognise duplicate and older events). Default
-    /// true.
+    /// true. A partitioned output always writes its manifest,
+    /// `<literal prefix>_manifests/<source key>.json`, listing its objects.
     #[serde(default = "yes")]
     pub manifest: bool,
 }
@@ -251,6 +264,18 @@ pub struct SourceVars {
     pub key: String,
     /// The usual key variables (date, run id).
     pub vars: KeyVars,
+}
+
+impl SourceVars {
+    /// The key variables with the source's: `{source_key}`, `{source_stem}`, `{source_dir}`.
+    pub fn key_vars(&self) -> KeyVars {
+        let dir = self.key.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        self.vars
+            .clone()
+            .with("source_key", self.key.clone())
+            .with("source_stem", source_stem(&self.key))
+            .with("source_dir", dir)
+    }
 }
 
 impl Pipeline {
@@ -386,7 +411,11 @@ impl Pipeline {
             key: "in/sample.csv".into(),
             vars: KeyVars::new(chrono::Utc::now(), "run"),
         };
-        render_key("output.key", &self.output.key, &sample)?;
+        if self.is_partitioned() {
+            self.check_partitioned(&sample)?;
+        } else {
+            render_key("output.key", &self.output.key, &sample)?;
+        }
         render_key("quarantine.key", &self.quarantine.key, &sample)?;
         let out = self.output_prefix();
         let bad = self.quarantine_prefix();
@@ -431,6 +460,51 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether the output is partitioned: `output.key` uses `{field:…}` or `{part}`, or
+    /// objects roll at `max_object_mib` / `max_object_records`.
+    pub fn is_partitioned(&self) -> bool {
+        let key = &self.output.key;
+        key.contains("{field:")
+            || KeyVars::uses(key, "part")
+            || self.output.max_object_mib.is_some()
+            || self.output.max_object_records.is_some()
+    }
+
+    /// The key template of a partitioned output, with `source`'s placeholders rendered.
+    pub fn partition_template(&self, source: &SourceVars) -> Result<KeyTemplate> {
+        KeyTemplate::compile("output.key", &self.output.key, &source.key_vars())
+    }
+
+    fn check_partitioned(&self, sample: &SourceVars) -> Result<()> {
+        let key = &self.output.key;
+        let template = self.partition_template(sample)?;
+        if !template.has_part() {
+            return Err(Error::spec(format!(
+                "output.key {key:?} needs {{part}}: with {{field:…}} placeholders or max_object_mib / max_object_records a partition can get more than one object, and {{part}} numbers them"
+            )));
+        }
+        let names_source = ["source_stem", "source_key"]
+            .iter()
+            .any(|n| KeyVars::uses(key, n));
+        if !names_source || !KeyVars::uses(key, "run_id") {
+            return Err(Error::spec(format!(
+                "output.key {key:?}: a partitioned output's key must use {{run_id}} and {{source_stem}} or {{source_key}} (e.g. \"clean/dt={{field:day}}/{{source_stem}}-{{run_id}}-{{part}}.csv\"): objects of two sources, or of two versions of one, must never share a key, so that a new version replaces the old one's objects only once all of its own are written"
+            )));
+        }
+        if self.output.max_object_mib == Some(0) || self.output.max_object_records == Some(0) {
+            return Err(Error::spec(
+                "output.max_object_mib and output.max_object_records must be at least 1",
+            ));
+        }
+        // NDJSON's columns are known now; CSV's once the header is read.
+        if self.input.format == InputFormat::Ndjson {
+            let program = steps::compile(&self.steps, &self.schema_layout(), false)?;
+            let names = template.fields().iter().map(|f| f.name.as_str());
+            super::partitioned::field_columns(names, program.output())?;
+        }
+        Ok(())
+    }
+
     /// The schema as a layout: name and type of each declared column.
     pub fn schema_layout(&self) -> Vec<(String, ColType)> {
         self.input
@@ -443,6 +517,17 @@ impl Pipeline {
     /// The literal part of `output.key` before its first placeholder.
     pub fn output_prefix(&self) -> String {
         literal_prefix(&self.output.key)
+    }
+
+    /// Where a partitioned output's manifests go: `_manifests/` beside the key's first
+    /// directory with a placeholder (`lake/parking/_manifests/` for
+    /// `lake/parking/month={field:…}/…`), or right after a literal prefix without a `/`.
+    pub fn manifest_prefix(&self) -> String {
+        let out = self.output_prefix();
+        match out.rfind('/') {
+            Some(i) => format!("{}_manifests/", &out[..=i]),
+            None => format!("{out}_manifests/"),
+        }
     }
 
     /// The literal part of `quarantine.key` before its first placeholder.
@@ -459,6 +544,10 @@ impl Pipeline {
         let bad = self.quarantine_prefix();
         if key.starts_with(&bad) {
             return Some(format!("under the quarantine prefix {bad:?}"));
+        }
+        let manifests = self.manifest_prefix();
+        if self.is_partitioned() && key.starts_with(&manifests) {
+            return Some(format!("under the manifest prefix {manifests:?}"));
         }
         if let Some(p) = &self.input.prefix
             && !key.starts_with(p.as_str())
@@ -482,18 +571,7 @@ pub fn literal_prefix(template: &str) -> String {
 /// Renders a key template with the source placeholders (`{source_key}`, `{source_stem}`,
 /// `{source_dir}`) and those of [`key::render`]. `field` names the template in errors.
 pub fn render_key(field: &str, template: &str, source: &SourceVars) -> Result<String> {
-    let dir = source
-        .key
-        .rsplit_once('/')
-        .map_or("", |(d, _)| d)
-        .to_owned();
-    let vars = source
-        .vars
-        .clone()
-        .with("source_key", source.key.clone())
-        .with("source_stem", source_stem(&source.key))
-        .with("source_dir", dir);
-    key::render(template, &vars).map_err(|e| {
+    key::render(template, &source.key_vars()).map_err(|e| {
         let text = e.to_string();
         let text = text.trim_start_matches("invalid job spec: ");
         Error::spec(text.replacen("destination.key", field, 1))

@@ -33,6 +33,7 @@ pub mod enrich;
 pub mod event;
 mod output;
 mod parallel;
+mod partitioned;
 pub mod quarantine;
 pub mod reader;
 mod rows;
@@ -54,6 +55,7 @@ use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::KeyVars;
+use crate::partition::{KeyTemplate, PartitionObject, PartitionedSummary};
 use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
 use crate::source::s3::{self as s3src, ObjectVersion, Opened};
 use crate::telemetry;
@@ -151,6 +153,14 @@ pub struct ObjectSummary {
     /// For a Parquet output: rows, row groups, the largest row group, codec and columns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parquet: Option<ParquetSummary>,
+    /// For a partitioned output: objects, partitions and spill figures (the objects
+    /// themselves are listed in the manifest; `key` is the pattern of their keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<PartitionedSummary>,
+    /// For a partitioned output replacing an older version's: the objects of that version
+    /// deleted once this one's were all written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_objects: Option<usize>,
     /// The output object's ETag.
     pub e_tag: Option<String>,
     /// Wall time.
@@ -177,9 +187,21 @@ struct Writing {
     quarantine_key: String,
     manifest_key: String,
     version: ObjectVersion,
-    target: S3Target,
-    /// An output (of an older version) is there: replace it rather than `If-None-Match`.
-    output_exists: bool,
+    to: WriteTo,
+}
+
+/// One output object, or the objects of its partitions.
+enum WriteTo {
+    One {
+        target: S3Target,
+        /// An output (of an older version) is there: replace it rather than `If-None-Match`.
+        output_exists: bool,
+    },
+    Partitioned {
+        template: KeyTemplate,
+        /// The objects of the older version's output, deleted once this one's are written.
+        previous: Vec<String>,
+    },
 }
 
 /// Transforms one object with `pipeline`. Nothing is written when the object is not an input
@@ -217,6 +239,8 @@ pub async fn run(
         parts: 0,
         compression: pipeline.output.compression,
         parquet: None,
+        partitioned: None,
+        replaced_objects: None,
         e_tag: None,
         duration_ms: 0,
         rows_per_s: 0.0,
@@ -270,20 +294,71 @@ pub async fn run(
         decoding = decoding.name().unwrap_or("identity"), bucket = %out_bucket, key = %w.key,
         "transform started");
 
-    let written = write(pipeline, ctx, &source, &w, decoded, map_io, &mut summary).await;
+    let written = match &w.to {
+        WriteTo::One { .. } => write(pipeline, ctx, &source, &w, decoded, map_io, &mut summary)
+            .await
+            .map(Landed::One),
+        WriteTo::Partitioned { template, .. } => {
+            let quarantine = (w.quarantine_key.as_str(), source.as_str());
+            partitioned::write(
+                pipeline,
+                ctx,
+                quarantine,
+                template,
+                decoded,
+                map_io,
+                &mut summary,
+            )
+            .await
+            .map(|(objects, figures)| Landed::Partitioned(objects, figures))
+        }
+    };
     summary.bytes_in = progress.bytes();
     summary.source_resumes = progress.resumes();
-    let RecordsWritten { uploaded, parquet } = written.map_err(|e| match e {
+    let written = written.map_err(|e| match e {
         Error::Deadline { .. } => Error::Deadline {
             bytes_in: summary.bytes_in,
         },
         e => e,
     })?;
+    let done = match written {
+        Landed::One(records) => land(pipeline, ctx, &w, records, summary, clock).await?,
+        Landed::Partitioned(objects, figures) => {
+            partitioned::land(ctx, &w, objects, figures, summary, clock).await?
+        }
+    };
+    if done.status == Status::Written {
+        tracing::info!(%source, key = %w.key, records_in = done.counts.records_in,
+            records_out = done.counts.records_out, filtered = done.counts.filtered,
+            quarantined = done.counts.quarantined, bytes_decoded = done.bytes_decoded,
+            duration_ms = done.duration_ms, rows_per_s = done.rows_per_s,
+            peak_rss_bytes = done.peak_rss_bytes, "transform finished");
+    }
+    Ok(done)
+}
+
+/// What the rows were written into.
+enum Landed {
+    One(RecordsWritten),
+    Partitioned(Vec<PartitionObject>, PartitionedSummary),
+}
+
+/// The summary of one output object, and its manifest; `duplicate` when another delivery of
+/// the event wrote the object first (`If-None-Match`).
+async fn land(
+    pipeline: &Pipeline,
+    ctx: &TransformContext,
+    w: &Writing,
+    written: RecordsWritten,
+    mut summary: ObjectSummary,
+    clock: std::time::Instant,
+) -> Result<ObjectSummary> {
+    let RecordsWritten { uploaded, parquet } = written;
     summary.parquet = parquet;
     let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
         let reason = format!(
-            "s3://{out_bucket}/{} was written meanwhile (If-None-Match)",
-            w.key
+            "s3://{}/{} was written meanwhile (If-None-Match)",
+            summary.bucket, w.key
         );
         return Ok(summary.ended(clock, Status::Duplicate, Some(reason)));
     };
@@ -298,11 +373,6 @@ pub async fn run(
         })?;
         job::write_manifest(&ctx.s3, &ctx.invocation, &done.bucket, &w.manifest_key, doc).await?;
     }
-    tracing::info!(%source, key = %w.key, records_in = done.counts.records_in,
-        records_out = done.counts.records_out, filtered = done.counts.filtered,
-        quarantined = done.counts.quarantined, bytes_decoded = done.bytes_decoded,
-        duration_ms = done.duration_ms, rows_per_s = done.rows_per_s,
-        peak_rss_bytes = done.peak_rss_bytes, "transform finished");
     Ok(done)
 }
 
@@ -356,7 +426,14 @@ async fn plan(
             reason: b.0,
         })?;
     }
-    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
+    let template = match pipeline.is_partitioned() {
+        true => Some(pipeline.partition_template(&vars)?),
+        false => None,
+    };
+    let key = match &template {
+        Some(t) => t.pattern(),
+        None => config::render_key("output.key", &pipeline.output.key, &vars)?,
+    };
     let quarantine_key = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
     summary.key = Some(key.clone());
     let out_bucket = summary.bucket.clone();
@@ -382,58 +459,113 @@ async fn plan(
             ),
         ));
     }
-    let manifest_key = job::manifest_key(&key);
-    if let Some(previous) = read_manifest(&ctx.s3, &out_bucket, &manifest_key).await? {
-        let etag = previous.get("source_etag").and_then(|v| v.as_str());
-        if etag.map(unquote) == Some(unquote(&version.e_tag)) {
-            return Ok(Plan::Skip(
-                Status::Duplicate,
-                format!(
-                    "s3://{out_bucket}/{key} was made from this version (ETag {})",
-                    version.e_tag
-                ),
-            ));
-        }
-        let recorded = previous
-            .get("source_last_modified")
-            .and_then(|v| v.as_str())
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.to_utc());
-        if let (Some(recorded), Some(now)) = (recorded, version.last_modified)
-            && recorded > now
-        {
-            return Ok(Plan::Skip(
-                Status::Stale,
-                format!(
-                    "s3://{out_bucket}/{key} was made from a newer version (Last-Modified {recorded})"
-                ),
-            ));
-        }
+    let manifest_key = match &template {
+        Some(_) => partitioned_manifest_key(pipeline, &src.key),
+        None => job::manifest_key(&key),
+    };
+    let previous = read_manifest(&ctx.s3, &out_bucket, &manifest_key).await?;
+    if let Some(skip) = previous
+        .as_ref()
+        .and_then(|m| compare_manifest(m, &version, &format!("s3://{out_bucket}/{key}")))
+    {
+        return Ok(skip);
     }
-    let target = S3Target::new(ctx.s3.clone(), &out_bucket, &key).with_meta(ObjectMeta {
-        content_type: Some(
-            pipeline
-                .output
-                .format
-                .object_content_type(pipeline.output.compression)
-                .to_owned(),
-        ),
-    });
-    let output_exists = target.exists().await?;
-    if output_exists && !pipeline.output.overwrite {
-        return Ok(Plan::Skip(
-            Status::Exists,
-            format!("s3://{out_bucket}/{key} exists and output.overwrite is false"),
-        ));
-    }
+    let to = match template {
+        Some(template) => {
+            if previous.is_some() && !pipeline.output.overwrite {
+                return Ok(Plan::Skip(
+                    Status::Exists,
+                    format!(
+                        "s3://{out_bucket}/{manifest_key} lists an output and output.overwrite is false"
+                    ),
+                ));
+            }
+            WriteTo::Partitioned {
+                template,
+                previous: previous.as_ref().map(manifest_objects).unwrap_or_default(),
+            }
+        }
+        None => {
+            let target = S3Target::new(ctx.s3.clone(), &out_bucket, &key).with_meta(ObjectMeta {
+                content_type: Some(content_type(pipeline)),
+            });
+            let output_exists = target.exists().await?;
+            if output_exists && !pipeline.output.overwrite {
+                return Ok(Plan::Skip(
+                    Status::Exists,
+                    format!("s3://{out_bucket}/{key} exists and output.overwrite is false"),
+                ));
+            }
+            WriteTo::One {
+                target,
+                output_exists,
+            }
+        }
+    };
     Ok(Plan::Write(Box::new(Writing {
         key,
         quarantine_key,
         manifest_key,
         version,
-        target,
-        output_exists,
+        to,
     })))
+}
+
+fn content_type(pipeline: &Pipeline) -> String {
+    pipeline
+        .output
+        .format
+        .object_content_type(pipeline.output.compression)
+        .to_owned()
+}
+
+/// The manifest of a partitioned output of `source_key`:
+/// `<manifest prefix>/<source key>.json` ([`Pipeline::manifest_prefix`], never read as input).
+fn partitioned_manifest_key(pipeline: &Pipeline, source_key: &str) -> String {
+    format!("{}{source_key}.json", pipeline.manifest_prefix())
+}
+
+/// The keys of the objects a partitioned output's manifest lists.
+fn manifest_objects(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["objects"]
+        .as_array()
+        .map(|objects| {
+            objects
+                .iter()
+                .filter_map(|o| o["key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the output `what` described by `manifest` makes this version's event a duplicate
+/// (it was made from this version) or stale (from a newer one).
+fn compare_manifest(
+    manifest: &serde_json::Value,
+    version: &ObjectVersion,
+    what: &str,
+) -> Option<Plan> {
+    let etag = manifest.get("source_etag").and_then(|v| v.as_str());
+    if etag.map(unquote) == Some(unquote(&version.e_tag)) {
+        return Some(Plan::Skip(
+            Status::Duplicate,
+            format!("{what} was made from this version (ETag {})", version.e_tag),
+        ));
+    }
+    let recorded = manifest
+        .get("source_last_modified")
+        .and_then(|v| v.as_str())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.to_utc());
+    if let (Some(recorded), Some(now)) = (recorded, version.last_modified)
+        && recorded > now
+    {
+        return Some(Plan::Skip(
+            Status::Stale,
+            format!("{what} was made from a newer version (Last-Modified {recorded})"),
+        ));
+    }
+    None
 }
 
 /// Streams the rows into the output and the quarantine, and finishes both — or, on any
@@ -448,10 +580,19 @@ async fn write(
     map_io: IoErrorMap,
     summary: &mut ObjectSummary,
 ) -> Result<RecordsWritten> {
+    let WriteTo::One {
+        target,
+        output_exists,
+    } = &w.to
+    else {
+        return Err(Error::Internal {
+            message: format!("{}: one object written for a partitioned output", w.key),
+        });
+    };
     let budget = pipeline.tuning.budget(ctx.budget)?;
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = pipeline.output.checksum;
-    options.if_none_match = !w.output_exists;
+    options.if_none_match = !*output_exists;
     let deadline = ctx
         .invocation
         .give_up_at(pipeline.tuning.deadline_margin())?;
@@ -459,7 +600,7 @@ async fn write(
     let format = pipeline.output.format;
     options.compression = format.stream_compression(pipeline.output.compression);
     options.progress = Some(ctx.invocation.progress.clone());
-    let writer = ObjectWriter::new(Arc::new(w.target.clone()), &options)?;
+    let writer = ObjectWriter::new(Arc::new(target.clone()), &options)?;
     let mut output = match format {
         // Its columns are the layout after the steps, known once the header is read.
         Format::Parquet => RecordOutput::ParquetPending(
@@ -487,6 +628,7 @@ async fn write(
     };
     let out = RowOut {
         output: &mut output,
+        partitioned: None,
         quarantine: &mut quarantine,
         counts: &mut summary.counts,
         decoded: &mut summary.bytes_decoded,

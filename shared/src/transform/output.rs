@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::partitioned::PartitionedRows;
 use super::quarantine::Quarantine;
 use super::reader::Position;
 use super::rows::RowJob;
@@ -77,6 +78,8 @@ pub(super) struct RowSink<'a> {
     pub writer: RowWriter,
     pub buf: Vec<u8>,
     out: &'a mut RecordOutput,
+    /// A partitioned output (`out` is then spent): kept rows go to their partitions' objects.
+    partitioned: Option<&'a mut PartitionedRows>,
     /// Where bad rows go.
     pub quarantine: &'a mut Quarantine,
     /// The object's row counts, kept current.
@@ -125,6 +128,7 @@ impl<'a> RowSink<'a> {
         program: Program,
         job: &RowJob<'a>,
         out: &'a mut RecordOutput,
+        partitioned: Option<&'a mut PartitionedRows>,
         quarantine: &'a mut Quarantine,
         counts: &'a mut Counts,
     ) -> Self {
@@ -143,6 +147,7 @@ impl<'a> RowSink<'a> {
             program,
             buf: Vec::with_capacity(OUT_CHUNK + 4096),
             out,
+            partitioned,
             quarantine,
             counts,
             limits: &pipeline.quarantine,
@@ -177,10 +182,22 @@ impl<'a> RowSink<'a> {
         self.out.write(chunk).await
     }
 
-    /// Gives a Parquet output its columns: the layout after the steps.
+    /// Starts the output with the layout after the steps: a Parquet output gets its
+    /// columns, a CSV output its header, a partitioned one the columns of its key.
     pub fn start(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.partitioned {
+            return p.start(self.program.output());
+        }
         let schema = crate::columnar::TableSchema::from_layout(self.program.output());
-        self.out.set_schema(&schema)
+        self.out.set_schema(&schema)?;
+        self.writer.header(&mut self.buf);
+        Ok(())
+    }
+
+    /// Whether the output is partitioned (rows are routed one by one, never rendered in
+    /// chunks elsewhere).
+    pub fn is_partitioned(&self) -> bool {
+        self.partitioned.is_some()
     }
 
     /// Steps and output for a typed row, or the quarantine.
@@ -201,7 +218,7 @@ impl<'a> RowSink<'a> {
         };
         match outcome {
             Outcome::Keep => match &mut self.enricher {
-                None => self.keep(row).await?,
+                None => self.keep(row, pos, raw).await?,
                 Some(en) => {
                     en.push(std::mem::take(row), pos, raw);
                     if en.full() {
@@ -235,8 +252,18 @@ impl<'a> RowSink<'a> {
         Ok(())
     }
 
-    /// Renders a kept row into the output.
-    pub async fn keep(&mut self, row: &[Value]) -> Result<()> {
+    /// Renders a kept row into the output (read at `pos` from `raw`, for the quarantine of a
+    /// row whose partition key cannot be made).
+    pub async fn keep(&mut self, row: &[Value], pos: Position, raw: &[u8]) -> Result<()> {
+        if let Some(p) = &mut self.partitioned {
+            return match p.row(row).await? {
+                Ok(()) => {
+                    self.counts.records_out += 1;
+                    Ok(())
+                }
+                Err(e) => self.bad(pos, e, raw).await,
+            };
+        }
         self.counts.records_out += 1;
         if self.out.row(row).await? {
             return Ok(());
@@ -266,7 +293,7 @@ impl<'a> RowSink<'a> {
                 }),
             };
             match outcome {
-                Outcome::Keep => self.keep(&row).await?,
+                Outcome::Keep => self.keep(&row, pos, &raw).await?,
                 Outcome::Filtered => self.counts.filtered += 1,
                 Outcome::Bad(e) => self.bad(pos, e, &raw).await?,
             }

@@ -316,6 +316,8 @@ pub(super) struct RowJob<'a> {
 /// Where one object's rows go.
 pub(super) struct RowOut<'a> {
     pub output: &'a mut RecordOutput,
+    /// A partitioned output (then `output` is spent).
+    pub partitioned: Option<&'a mut super::partitioned::PartitionedRows>,
     pub quarantine: &'a mut Quarantine,
     pub counts: &'a mut Counts,
     /// Decoded source bytes read.
@@ -346,6 +348,7 @@ impl RowJob<'_> {
         let (pipeline, source, cap) = (self.pipeline, self.source, self.cap);
         let RowOut {
             output,
+            partitioned,
             quarantine,
             counts,
             decoded: decoded_bytes,
@@ -412,12 +415,10 @@ impl RowJob<'_> {
             for (p, needed) in plans.iter_mut().zip(program.needed()) {
                 p.read |= *needed;
             }
-            let mut sink = RowSink::new(program, self, output, quarantine, counts);
+            let mut sink = RowSink::new(program, self, output, partitioned, quarantine, counts);
             sink.start()?;
-            sink.start()?;
-            sink.writer.header(&mut sink.buf);
             let workers = pipeline.workers.unwrap_or(1);
-            if workers > 1 && sink.program.enrich().is_none() {
+            if workers > 1 && sink.program.enrich().is_none() && !sink.is_partitioned() {
                 let shared = Arc::new(parallel::Shared {
                     plans,
                     program: sink.program.clone(),
@@ -465,13 +466,13 @@ impl RowJob<'_> {
         let program = steps::compile(&pipeline.steps, &pipeline.schema_layout(), false)?;
         let RowOut {
             output,
+            partitioned,
             quarantine,
             counts,
             decoded: decoded_bytes,
         } = out;
-        let mut sink = RowSink::new(program, self, output, quarantine, counts);
+        let mut sink = RowSink::new(program, self, output, partitioned, quarantine, counts);
         sink.start()?;
-        sink.writer.header(&mut sink.buf);
         // A line that is not a JSON object is a bad row (quarantined), so the framer does not
         // check the JSON itself.
         let decoder = NdjsonDecoder::new(self.cap).unchecked();
