@@ -153,6 +153,19 @@ async fn make_watch_and_make_invoke_run_every_sample_event() {
     );
     assert!(object_exists(&s3, bucket, key).await, "{key}");
 
+    // A stack kept from an earlier run holds this sample's output and manifest, which would
+    // make the event a duplicate: start from none.
+    for key in [
+        "clean/parking violations 2026.csv.gz",
+        "clean/parking violations 2026.csv.gz.manifest.json",
+    ] {
+        s3.delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
     let transform = invoke(
         &root,
         port,

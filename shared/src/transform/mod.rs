@@ -609,23 +609,8 @@ async fn write(
         ),
         Format::Csv | Format::Ndjson => RecordOutput::Text(writer),
     };
-    let mut quarantine = Quarantine::new(
-        ctx.s3.clone(),
-        summary.bucket.clone(),
-        w.quarantine_key.clone(),
-        source.to_owned(),
-        pipeline.quarantine.max_raw_bytes,
-        budget,
-    )
-    .with_deadline(deadline);
-    let job = RowJob {
-        pipeline,
-        source,
-        cap: pipeline.tuning.record_cap(&budget),
-        http: &ctx.http,
-        deadline,
-        progress: Some(ctx.invocation.progress.clone()),
-    };
+    let (mut quarantine, job) =
+        row_job(pipeline, ctx, source, &w.quarantine_key, summary, deadline)?;
     let out = RowOut {
         output: &mut output,
         partitioned: None,
@@ -658,6 +643,37 @@ async fn write(
         return Err(e);
     }
     output.finish().await
+}
+
+/// The quarantine of one object (at `quarantine_key`, its records naming `source`) and the
+/// job that reads, types and transforms its rows.
+fn row_job<'a>(
+    pipeline: &'a Pipeline,
+    ctx: &'a TransformContext,
+    source: &'a str,
+    quarantine_key: &str,
+    summary: &ObjectSummary,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(Quarantine, RowJob<'a>)> {
+    let budget = pipeline.tuning.budget(ctx.budget)?;
+    let quarantine = Quarantine::new(
+        ctx.s3.clone(),
+        summary.bucket.clone(),
+        quarantine_key.to_owned(),
+        source.to_owned(),
+        pipeline.quarantine.max_raw_bytes,
+        budget,
+    )
+    .with_deadline(deadline);
+    let job = RowJob {
+        pipeline,
+        source,
+        cap: pipeline.tuning.record_cap(&budget),
+        http: &ctx.http,
+        deadline,
+        progress: Some(ctx.invocation.progress.clone()),
+    };
+    Ok((quarantine, job))
 }
 
 /// Completes the quarantine (if a row went there) and records it in the summary.

@@ -13,9 +13,8 @@ use chrono::{DateTime, Datelike, NaiveDate};
 
 use tokio::io::AsyncRead;
 
-use super::quarantine::Quarantine;
 use super::reader::IoErrorMap;
-use super::rows::{RowJob, RowOut};
+use super::rows::RowOut;
 use super::steps::{Layout, RowError};
 use super::value::Value;
 use super::writer::RowWriter;
@@ -75,23 +74,8 @@ pub(super) async fn write(
     let written = Written::default();
     let router = Partitioner::new(objects, template.clone(), limits, written.clone())?;
     let mut rows = PartitionedRows::new(router);
-    let mut quarantine = Quarantine::new(
-        ctx.s3.clone(),
-        summary.bucket.clone(),
-        quarantine_key.to_owned(),
-        source.to_owned(),
-        pipeline.quarantine.max_raw_bytes,
-        budget,
-    )
-    .with_deadline(deadline);
-    let job = RowJob {
-        pipeline,
-        source,
-        cap: pipeline.tuning.record_cap(&budget),
-        http: &ctx.http,
-        deadline,
-        progress: Some(ctx.invocation.progress.clone()),
-    };
+    let (mut quarantine, job) =
+        super::row_job(pipeline, ctx, source, quarantine_key, summary, deadline)?;
     let mut spent = RecordOutput::Spent;
     let out = RowOut {
         output: &mut spent,
