@@ -258,24 +258,15 @@ pub const OWN_PAGES_BYTES: usize = 1024 * 1024;
 /// its mmap threshold to the size of the largest block freed (up to 32 MiB), after which part
 /// buffers come from the heap arenas and their pages stay resident once touched: a run that
 /// opens and finishes many objects (a partitioned run) then grows its resident memory past the
-/// budget's plan. The heap is also kept to [`ARENAS`] arenas: glibc gives each thread that
-/// contends for one an arena of its own (up to 8 per core), and freed memory in one arena is
-/// never reused by another, so a run whose buffers move between the runtime's threads held
-/// up to twice its plan resident. Called once at start-up by every function and the `sluice`
-/// command.
+/// budget's plan. Called once at start-up by every function and the `sluice` command.
 pub fn return_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before the allocations
-    // they affect matter, any value is valid for M_MMAP_THRESHOLD up to 32 MiB, and any
-    // positive one for M_ARENA_MAX.
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the allocations
+    // it affects matter, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_BYTES as libc::c_int);
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
 }
-
-/// Heap arenas glibc may use ([`return_large_buffers`]).
-pub const ARENAS: i32 = 2;
 
 #[cfg(test)]
 mod tests {
