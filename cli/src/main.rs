@@ -146,9 +146,18 @@ enum RunJob {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    sluice::budget::return_large_buffers();
+fn main() -> ExitCode {
+    // The allocator is set up before the runtime's threads start.
+    match sluice::budget::runtime() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let bar = progress::Bar::new(!cli.common.no_progress);
     logs::init(cli.common.json, bar.clone());

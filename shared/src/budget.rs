@@ -250,22 +250,43 @@ impl PartSchedule {
 }
 
 /// Allocations of at least this size get pages of their own from the kernel
-/// ([`return_large_buffers`]).
+/// ([`configure_allocator`]).
 pub const OWN_PAGES_BYTES: usize = 1024 * 1024;
 
-/// Makes every allocation of [`OWN_PAGES_BYTES`] or more (part buffers, row groups, spill
-/// frames) get its own mapping, returned to the kernel when it is freed. glibc otherwise raises
-/// its mmap threshold to the size of the largest block freed (up to 32 MiB), after which part
-/// buffers come from the heap arenas and their pages stay resident once touched: a run that
-/// opens and finishes many objects (a partitioned run) then grows its resident memory past the
-/// budget's plan. Called once at start-up by every function and the `sluice` command.
-pub fn return_large_buffers() {
+/// Heap arenas glibc may use ([`configure_allocator`]).
+pub const ARENAS: i32 = 1;
+
+/// Sets up glibc's allocator for the memory plan. Must run before any other thread exists
+/// (use [`runtime`]): an arena limit does not take back the arenas threads already have.
+///
+/// - Every allocation of [`OWN_PAGES_BYTES`] or more (part buffers, row groups) gets its own
+///   mapping, returned to the kernel when it is freed. glibc otherwise raises its mmap
+///   threshold to the size of the largest block freed (up to 32 MiB), after which part
+///   buffers come from the heap and their pages stay resident once touched: a run that opens
+///   and finishes many objects (a partitioned run) then grows past the budget's plan.
+/// - One heap arena ([`ARENAS`]) for every thread. glibc gives a thread that finds the arenas
+///   busy one of its own (up to 8 per core), and memory freed in one arena is never reused by
+///   another: smaller buffers (batches, encoder state, spill buffers) that tasks allocate on
+///   one runtime thread and free on another then leave every arena holding its own high-water
+///   mark. The interleaved 2 GiB partitioned run on a busy machine reached a VmHWM of
+///   154.5 MiB with the default arenas and 42.1 MiB with one.
+pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called before the allocations
-    // it affects matter, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    // SAFETY: mallopt only sets allocator parameters; it runs before other threads exist, any
+    // value up to 32 MiB is valid for M_MMAP_THRESHOLD and any positive one for M_ARENA_MAX.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_BYTES as libc::c_int);
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
+}
+
+/// The multi-threaded runtime every function and the `sluice` command run on, built after
+/// [`configure_allocator`]: the first thing their `main` does, before any thread starts.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    configure_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 #[cfg(test)]

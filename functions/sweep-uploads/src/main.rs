@@ -10,8 +10,12 @@ mod handler;
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
+    // The allocator is set up before the runtime's threads start.
+    sluice::budget::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     sluice::telemetry::init();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let clients = handler::Clients {

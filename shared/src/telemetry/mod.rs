@@ -14,10 +14,8 @@ pub use progress::{Progress, ProgressSnapshot};
 
 /// Installs the tracing subscriber: JSON lines when `AWS_LAMBDA_LOG_FORMAT=JSON` (as Lambda's
 /// advanced logging controls set it), plain text otherwise. The level comes from `RUST_LOG`,
-/// else `AWS_LAMBDA_LOG_LEVEL`, else `info`. Safe to call twice. Also sets up the allocator
-/// for the memory plan ([`crate::budget::return_large_buffers`]).
+/// else `AWS_LAMBDA_LOG_LEVEL`, else `info`. Safe to call twice.
 pub fn init() {
-    crate::budget::return_large_buffers();
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| {
