@@ -104,6 +104,15 @@ impl MemoryBudget {
         self
     }
 
+    /// Threads a compressor may keep busy: the vCPUs Lambda gives this much memory (one per
+    /// 1,769 MB, so 1 below 3,538 MB), at most the cores this process may use (the cgroup's
+    /// CPU quota, else the CPU count).
+    pub fn compress_threads(&self) -> u32 {
+        let vcpus = (self.memory_bytes / (LAMBDA_MIB_PER_VCPU * MIB)).max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        u32::try_from(vcpus.min(cores)).unwrap_or(1)
+    }
+
     /// The function's memory in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes
@@ -249,6 +258,9 @@ impl PartSchedule {
     }
 }
 
+/// Lambda gives a function one vCPU per this many MB of memory.
+const LAMBDA_MIB_PER_VCPU: u64 = 1769;
+
 /// Allocations of at least this size get pages of their own from the kernel
 /// ([`configure_allocator`]).
 pub const OWN_PAGES_BYTES: usize = 1024 * 1024;
@@ -302,6 +314,21 @@ mod tests {
         assert_eq!(b.part_size(), 8 * MIB);
         assert_eq!(b.max_in_flight(), 7);
         assert!((b.max_in_flight() as u64 + 1) * b.part_size() <= b.buffer_bytes());
+    }
+
+    #[test]
+    fn compress_threads_follow_lambda_vcpus() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert_eq!(MemoryBudget::for_memory_mib(256).compress_threads(), 1);
+        assert_eq!(MemoryBudget::for_memory_mib(3537).compress_threads(), 1);
+        assert_eq!(
+            MemoryBudget::for_memory_mib(3538).compress_threads(),
+            2.min(cores)
+        );
+        assert_eq!(
+            MemoryBudget::for_memory_mib(10240).compress_threads(),
+            5.min(cores)
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
 use serde::de::{self, MapAccess, Visitor};
+
+use crate::budget::MemoryBudget;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// An output compression codec.
@@ -106,9 +108,17 @@ impl Compression {
         Ok(self)
     }
 
-    /// A new encoder at this codec and level. `snappy` and `none` have none (they name
-    /// Parquet page codecs): an `Unsupported` error.
+    /// A new encoder at this codec and level, compressing on as many threads as the
+    /// function's memory budget has vCPUs ([`MemoryBudget::compress_threads`] of
+    /// [`MemoryBudget::from_env`]). `snappy` and `none` have none (they name Parquet page
+    /// codecs): an `Unsupported` error.
     pub fn encoder(self) -> io::Result<Encoder> {
+        self.encoder_with_threads(MemoryBudget::from_env().compress_threads())
+    }
+
+    /// A new encoder that compresses on `threads` threads (zstd; gzip uses the caller's).
+    /// The output does not depend on `threads`.
+    pub fn encoder_with_threads(self, threads: u32) -> io::Result<Encoder> {
         let inner = match self.codec {
             Codec::Snappy | Codec::None => {
                 return Err(io::Error::new(
@@ -128,6 +138,13 @@ impl Compression {
                 // A content checksum (4 bytes per frame) lets every reader detect corruption,
                 // as gzip's CRC32 does.
                 e.include_checksum(true)?;
+                // zstd's own worker threads compress jobs of ZSTD_JOB_BYTES, each from one
+                // contiguous buffer that holds the end of the job before it: zstd stays on
+                // its single-segment match finder, where the single-threaded stream, once
+                // its ring buffer wraps, matches across two segments (the slower "external
+                // dictionary" path). One frame, whatever the number of threads.
+                e.multithread(threads.max(1))?;
+                e.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
                 Inner::Zstd(e)
             }
         };
@@ -139,10 +156,15 @@ impl Compression {
     }
 }
 
+/// Input bytes per zstd job ([`Compression::encoder_with_threads`]): 1 MiB, which keeps
+/// zstd's buffers to a few MiB and, on JSON, an output no larger than with bigger jobs.
+const ZSTD_JOB_BYTES: u32 = 1024 * 1024;
+
 /// A streaming compressor: bytes in, compressed bytes out as they become available.
 ///
-/// Memory: the codec's own state (gzip ~256 KiB, zstd-3 ~1.3 MiB for its window and tables)
-/// plus the compressed output of one call, which the caller takes each time.
+/// Memory: the codec's own state (gzip ~256 KiB; zstd-3 about 4 MiB per thread for its
+/// window, tables and job buffers) plus the compressed output of one call, which the caller
+/// takes each time.
 pub struct Encoder {
     inner: Inner,
     codec: Codec,
@@ -339,5 +361,41 @@ mod tests {
                 .unwrap();
             assert_eq!(out, data, "{codec:?}");
         }
+    }
+
+    /// zstd's worker threads change neither the stream nor its framing: one frame, the same
+    /// bytes for one thread or several, decoding to the input; an empty input is one empty
+    /// frame.
+    #[test]
+    fn zstd_threads_give_one_frame_and_the_same_bytes() {
+        let data: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| format!("{{\"id\":{i},\"v\":{}}}\n", i % 97).into_bytes())
+            .collect();
+        assert!(data.len() > 3 * ZSTD_JOB_BYTES as usize);
+        let compress = |threads, input: &[u8]| {
+            let mut encoder = Compression::new(Codec::Zstd)
+                .encoder_with_threads(threads)
+                .unwrap();
+            let mut out = Vec::new();
+            for piece in input.chunks(65_536) {
+                out.extend_from_slice(encoder.encode(piece).unwrap());
+            }
+            out.extend_from_slice(&encoder.finish().unwrap());
+            out
+        };
+        let one = compress(1, &data);
+        assert_eq!(compress(3, &data), one);
+        assert_eq!(
+            zstd::zstd_safe::find_frame_compressed_size(&one).unwrap(),
+            one.len(),
+            "more than one frame"
+        );
+        assert!(zstd::decode_all(&one[..]).unwrap() == data);
+        let empty = compress(1, &[]);
+        assert_eq!(
+            zstd::zstd_safe::find_frame_compressed_size(&empty).unwrap(),
+            empty.len()
+        );
+        assert!(zstd::decode_all(&empty[..]).unwrap().is_empty());
     }
 }

@@ -156,8 +156,16 @@ pub async fn compress(args: &[String]) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     // Round trip, outside the timing, without holding a second copy.
     let mut decoder: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match compression.codec {
-        Codec::Gzip => Box::new(GzipDecoder::new(&output[..])),
-        Codec::Zstd => Box::new(ZstdDecoder::new(&output[..])),
+        Codec::Gzip => {
+            let mut d = GzipDecoder::new(&output[..]);
+            d.multiple_members(true);
+            Box::new(d)
+        }
+        Codec::Zstd => {
+            let mut d = ZstdDecoder::new(&output[..]);
+            d.multiple_members(true);
+            Box::new(d)
+        }
         // `encoder()` above refuses the Parquet page codecs.
         Codec::Snappy | Codec::None => bail!("{mode}: not a stream codec"),
     };
