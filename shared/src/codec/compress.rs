@@ -4,9 +4,9 @@ use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
 use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::budget::MemoryBudget;
-use serde::{Deserialize, Deserializer, Serialize};
 
 /// An output compression codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
