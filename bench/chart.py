@@ -1,5 +1,6 @@
-"""Draws bench/results/<date>.png from <date>.json: throughput and peak memory per tool, both
-boxes, one panel pair per case and mode.
+"""Draws bench/results/<date>.png from <date>.json: throughput and peak memory per tool, one bar
+per box that ran (unconstrained, Lambda 128 MB, 256 MB, 3,538 MB), one panel pair per case and
+mode.
 
     python bench/chart.py RESULTS.json OUT.png
 """
@@ -12,7 +13,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BOXES = [("unconstrained", "unconstrained", "#4c72b0"), ("lambda256", "Lambda 256 MB", "#dd8452")]
+# The boxes in the report's order: the JSON's `box` value, the legend, the colour.
+BOXES = [
+    ("unconstrained", "unconstrained", "#4c72b0"),
+    ("lambda128", "Lambda 128 MB", "#c44e52"),
+    ("lambda256", "Lambda 256 MB", "#dd8452"),
+    ("lambda3538", "Lambda 3,538 MB", "#55a868"),
+]
 
 
 def main():
@@ -28,8 +35,10 @@ def main():
     if not groups:
         print("chart: no ingest or records case in this run; no chart")
         return
+    ran = {m["box"] for m in medians}
+    boxes = [b for b in BOXES if b[0] in ran]
     fig, axes = plt.subplots(
-        2, len(groups), figsize=(max(6, 3.2 * len(groups)), 7.5), squeeze=False
+        2, len(groups), figsize=(max(6, (2 + 0.6 * len(boxes)) * len(groups)), 7.5), squeeze=False
     )
     for col, (case, mode) in enumerate(groups):
         tools = []
@@ -42,8 +51,8 @@ def main():
              ("peak_bytes", 1 / 1048576, "peak MiB (lower is better)")]
         ):
             ax = axes[row][col]
-            width = 0.4
-            for i, (box, label, color) in enumerate(BOXES):
+            width = 0.8 / len(boxes)
+            for i, (box, label, color) in enumerate(boxes):
                 values, notes = [], []
                 for tool in tools:
                     m = next(
@@ -56,7 +65,7 @@ def main():
                     ok = m is not None and m["ok"] > 0
                     values.append((v or 0) * scale if ok or field == "peak_bytes" else 0)
                     notes.append("" if ok else (m["outcome"].split(",")[0].rsplit(" ", 1)[0] if m else "n/a"))
-                xs = [t + (i - 0.5) * width for t in range(len(tools))]
+                xs = [t + (i - (len(boxes) - 1) / 2) * width for t in range(len(tools))]
                 bars = ax.bar(xs, values, width, label=label, color=color)
                 for bar, note in zip(bars, notes):
                     if note:

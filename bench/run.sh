@@ -3,15 +3,18 @@
 # curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 for records; the seed's csv
 # generator pipeline and polars for transform; pyarrow, DuckDB and dlt for records to Parquet;
 # pyarrow, polars and DuckDB for the transform to Parquet), in an unconstrained
-# box and a Lambda 256 MB box (cgroup v1: 256 MiB, 14.5% of a core), same nginx source, same
-# Garage; every output read back and verified. See bench/README.md.
+# box and Lambda boxes of 128 MB (cgroup v1: 128 MiB, 7.2% of a core), 256 MB (256 MiB, 14.5%)
+# and 3,538 MB (3,538 MiB, two vCPUs), same nginx source, same Garage; every output read back
+# and verified. See bench/README.md.
 #
 #   bash bench/run.sh                  full run: bench/results/<date>.{json,md,png} + README block
-#   BENCH_SMOKE=1 bash bench/run.sh    8 MiB, every tool and box once, results to a temp dir,
+#   BENCH_SMOKE=1 bash bench/run.sh    8 MiB, every tool once in every box, results to a temp dir,
 #                                      no README change (part of `make test`)
 #
 # Environment: BENCH_GIB (default 2), BENCH_RUNS (3), BENCH_ONLY (comma-separated substrings of
-# configuration ids, e.g. `ingest/none,limit`), BENCH_TIMEOUT_SECS (per run, 1800; smoke 180),
+# configuration ids, e.g. `ingest/none,limit`), BENCH_BOXES (comma-separated boxes out of
+# unconstrained, lambda-128mb, lambda-256mb, lambda-3538mb; default all four, smoke run included;
+# a run with BENCH_BOXES leaves the README alone), BENCH_TIMEOUT_SECS (per run, 1800; smoke 180),
 # BENCH_GZIP_LEVEL (the equal gzip level, default 1), BENCH_NO_README=1 (full run, README left
 # alone), BENCH_OUT_DIR (full run: results elsewhere than bench/results), BENCH_SKIP_SETUP=1
 # (skip scripts/setup.sh) and BENCH_SKIP_BUILD=1 (use the release binaries as built): for
@@ -176,10 +179,10 @@ AWS
 # --- the runner ---------------------------------------------------------------------------------
 if [[ "$SMOKE" == 1 ]]; then
     OUT="$(mktemp -d /tmp/sluice-bench.XXXXXX)"
-    COMMAND="BENCH_SMOKE=1 bash bench/run.sh"
+    COMMAND="BENCH_SMOKE=1${BENCH_BOXES:+ BENCH_BOXES=$BENCH_BOXES} bash bench/run.sh"
 else
     OUT="${BENCH_OUT_DIR:-$ROOT/bench/results}"
-    COMMAND="BENCH_GIB=${BENCH_GIB:-2} BENCH_RUNS=${BENCH_RUNS:-3}${BENCH_ONLY:+ BENCH_ONLY=$BENCH_ONLY} make bench"
+    COMMAND="BENCH_GIB=${BENCH_GIB:-2} BENCH_RUNS=${BENCH_RUNS:-3}${BENCH_ONLY:+ BENCH_ONLY=$BENCH_ONLY}${BENCH_BOXES:+ BENCH_BOXES=$BENCH_BOXES} make bench"
 fi
 mkdir -p "$OUT"
 versions="$("$VENV/bin/python" - <<'PY'
@@ -208,7 +211,8 @@ json="$(ls -t "$OUT"/*.json 2>/dev/null | head -1 || true)"
 if [[ -n "$json" ]]; then
     "$VENV/bin/python" bench/chart.py "$json" "${json%.json}.png"
 fi
-if [[ $status == 0 && "$SMOKE" != 1 && -z "${BENCH_ONLY:-}" && "${BENCH_NO_README:-0}" != 1 ]]; then
+if [[ $status == 0 && "$SMOKE" != 1 && -z "${BENCH_ONLY:-}" && -z "${BENCH_BOXES:-}" &&
+    "${BENCH_NO_README:-0}" != 1 ]]; then
     python3 bench/readme.py README.md "${json%.json}.md"
 fi
 echo "bench: finished in $(($(date +%s) - started)) s (exit $status); results in $OUT"

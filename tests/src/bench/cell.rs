@@ -1,6 +1,7 @@
 //! The boxes a benchmark run happens in: a memory, a cpu and a cpuacct cgroup created for that
 //! run alone, so peak memory and CPU time count every process of the tool (a whole pipeline)
-//! and nothing else.
+//! and nothing else. Besides the unconstrained box, each box is a Lambda function's size:
+//! its memory, and the CPU Lambda gives that much memory (one vCPU per 1,769 MB).
 
 use std::fs::File;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
@@ -13,32 +14,141 @@ use serde::Serialize;
 
 use crate::cgroup::{CpuCgroup, CpuacctCgroup, MemoryCgroup};
 
-/// A 256 MB Lambda's memory limit.
-pub const LAMBDA_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
-/// A 256 MB Lambda's CPU share: 256/1769 of a vCPU, as a CFS quota per [`CFS_PERIOD_US`].
-pub const LAMBDA_CPU_QUOTA_US: u64 = 14_500;
 /// The CFS period the quotas are given in.
 pub const CFS_PERIOD_US: u64 = 100_000;
+/// Lambda gives a function one vCPU per this many MB of memory, and CPU in proportion below.
+pub const LAMBDA_MIB_PER_VCPU: u64 = 1769;
+/// The 256 MB box's CPU quota per [`CFS_PERIOD_US`]. 256/1769 of a vCPU is 14,471 µs
+/// ([`quota_for_memory_mib`]`(256)`); every table so far was measured with it rounded to
+/// 0.1 ms, 14,500 µs, and the 256 MB box keeps that so its figures stay comparable with them.
+pub const LAMBDA_256_CPU_QUOTA_US: u64 = 14_500;
+/// What a sluice bootstrap is configured with (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), and what
+/// the limits' memory plan is, in the unconstrained box: the functions' default.
+pub const UNCONSTRAINED_FUNCTION_MIB: u64 = 256;
 
-/// Which limits a run gets.
+/// The CPU share Lambda gives a function of `mib` MB, as a CFS quota per [`CFS_PERIOD_US`]:
+/// `mib / 1769` of a vCPU, rounded to the microsecond (7,236 µs at 128 MB, 200,000 at
+/// 3,538 MB: two vCPUs).
+pub fn quota_for_memory_mib(mib: u64) -> u64 {
+    (mib * CFS_PERIOD_US + LAMBDA_MIB_PER_VCPU / 2) / LAMBDA_MIB_PER_VCPU
+}
+
+/// Which limits a run gets. The order is the order of the report's tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum BoxKind {
     /// All cores; memory limited only to 3/4 of the machine's, to protect it (still measured
     /// through cgroups).
     Unconstrained,
+    /// `memory.limit_in_bytes=128M`, `cpu.cfs_quota_us=7236` per 100 ms (128/1769 of a vCPU).
+    Lambda128,
     /// `memory.limit_in_bytes=256M`, `cpu.cfs_quota_us=14500` per 100 ms.
     Lambda256,
+    /// `memory.limit_in_bytes=3538M`, `cpu.cfs_quota_us=200000` per 100 ms: two vCPUs, the
+    /// smallest function that gets more than one.
+    Lambda3538,
 }
 
 impl BoxKind {
-    /// Short name used in ids and tables.
+    /// Every box, in the report's order.
+    pub const ALL: [BoxKind; 4] = [
+        BoxKind::Unconstrained,
+        BoxKind::Lambda128,
+        BoxKind::Lambda256,
+        BoxKind::Lambda3538,
+    ];
+
+    /// Short name used in ids, tables and `BENCH_BOXES`.
     pub fn name(self) -> &'static str {
         match self {
             BoxKind::Unconstrained => "unconstrained",
+            BoxKind::Lambda128 => "lambda-128mb",
             BoxKind::Lambda256 => "lambda-256mb",
+            BoxKind::Lambda3538 => "lambda-3538mb",
         }
     }
+
+    /// The Lambda function's memory this box stands for, MiB (`None`: unconstrained).
+    pub fn lambda_memory_mib(self) -> Option<u64> {
+        match self {
+            BoxKind::Unconstrained => None,
+            BoxKind::Lambda128 => Some(128),
+            BoxKind::Lambda256 => Some(256),
+            BoxKind::Lambda3538 => Some(3538),
+        }
+    }
+
+    /// The memory sluice is told it has in this box (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE` of the
+    /// bootstraps, the limits' `MemoryBudget`): the box's, or
+    /// [`UNCONSTRAINED_FUNCTION_MIB`] when unconstrained.
+    pub fn function_memory_mib(self) -> u64 {
+        self.lambda_memory_mib()
+            .unwrap_or(UNCONSTRAINED_FUNCTION_MIB)
+    }
+
+    /// The box's CFS quota per [`CFS_PERIOD_US`] on a machine of `cores` cores.
+    pub fn cpu_quota_us(self, cores: u64) -> u64 {
+        match self {
+            BoxKind::Unconstrained => cores * CFS_PERIOD_US,
+            BoxKind::Lambda256 => LAMBDA_256_CPU_QUOTA_US,
+            lambda => quota_for_memory_mib(lambda.function_memory_mib()),
+        }
+    }
+
+    /// The title of the box's table: `Lambda 128 MB (128 MiB, 7.2% of a core)`.
+    pub fn title(self) -> String {
+        let Some(mib) = self.lambda_memory_mib() else {
+            return "Unconstrained".to_owned();
+        };
+        let quota = self.cpu_quota_us(1);
+        let cpu = if quota >= CFS_PERIOD_US && quota % CFS_PERIOD_US == 0 {
+            format!("{} vCPUs", quota / CFS_PERIOD_US)
+        } else {
+            format!(
+                "{:.1}% of a core",
+                quota as f64 * 100.0 / CFS_PERIOD_US as f64
+            )
+        };
+        let mib = thousands(mib);
+        format!("Lambda {mib} MB ({mib} MiB, {cpu})")
+    }
+
+    /// The boxes named in `list` (`BENCH_BOXES`: comma-separated [`BoxKind::name`]s), in the
+    /// report's order, each once; every box when `list` is empty.
+    pub fn parse_list(list: &str) -> anyhow::Result<Vec<BoxKind>> {
+        let mut chosen = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let kind = BoxKind::ALL
+                .into_iter()
+                .find(|k| k.name().eq_ignore_ascii_case(name))
+                .with_context(|| {
+                    format!(
+                        "BENCH_BOXES: unknown box {name:?}; the boxes are {}",
+                        BoxKind::ALL.map(BoxKind::name).join(", ")
+                    )
+                })?;
+            chosen.push(kind);
+        }
+        if chosen.is_empty() {
+            return Ok(BoxKind::ALL.to_vec());
+        }
+        chosen.sort();
+        chosen.dedup();
+        Ok(chosen)
+    }
+}
+
+/// `3538` as `3,538`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The machine's memory (`MemTotal`), or 16 GiB when it cannot be read.
@@ -81,12 +191,13 @@ impl Cell {
     /// (the benchmark means nothing without it).
     pub fn create(kind: BoxKind, label: &str) -> anyhow::Result<Cell> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let (memory_limit, quota) = match kind {
+        let memory_limit = match kind.lambda_memory_mib() {
+            Some(mib) => mib << 20,
             // Three quarters of the machine's memory, so that a peer holding a whole large
             // document (json.loads) is stopped before it takes the machine down; all cores.
-            BoxKind::Unconstrained => (machine_memory() / 4 * 3, cores * CFS_PERIOD_US),
-            BoxKind::Lambda256 => (LAMBDA_MEMORY_BYTES, LAMBDA_CPU_QUOTA_US),
+            None => machine_memory() / 4 * 3,
         };
+        let quota = kind.cpu_quota_us(cores);
         let name = format!("bench-{label}");
         let memory = MemoryCgroup::create(&name, memory_limit)
             .context("memory cgroup (needs root and cgroup v1)")?;
@@ -225,4 +336,73 @@ fn kill_group(child: &mut Child) {
         .stderr(Stdio::null())
         .status();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quotas_follow_lambdas_memory_to_vcpu_ratio() {
+        assert_eq!(quota_for_memory_mib(128), 7_236);
+        assert_eq!(quota_for_memory_mib(1769), CFS_PERIOD_US);
+        assert_eq!(quota_for_memory_mib(3538), 2 * CFS_PERIOD_US);
+        // 256/1769 of a vCPU is 14,471 µs: the 256 MB box keeps the 14,500 its tables were
+        // measured with, the same share to 0.1 ms.
+        assert_eq!(quota_for_memory_mib(256), 14_471);
+        assert_eq!((quota_for_memory_mib(256) + 50) / 100 * 100, 14_500);
+        assert_eq!(BoxKind::Lambda256.cpu_quota_us(2), LAMBDA_256_CPU_QUOTA_US);
+        assert_eq!(BoxKind::Lambda128.cpu_quota_us(2), 7_236);
+        assert_eq!(BoxKind::Lambda3538.cpu_quota_us(2), 200_000);
+        assert_eq!(BoxKind::Unconstrained.cpu_quota_us(8), 800_000);
+    }
+
+    #[test]
+    fn boxes_tell_sluice_their_memory() {
+        let mib = BoxKind::ALL.map(BoxKind::function_memory_mib);
+        assert_eq!(mib, [UNCONSTRAINED_FUNCTION_MIB, 128, 256, 3538]);
+    }
+
+    #[test]
+    fn box_titles_give_memory_and_cpu() {
+        let titles = BoxKind::ALL.map(BoxKind::title);
+        assert_eq!(
+            titles,
+            [
+                "Unconstrained",
+                "Lambda 128 MB (128 MiB, 7.2% of a core)",
+                "Lambda 256 MB (256 MiB, 14.5% of a core)",
+                "Lambda 3,538 MB (3,538 MiB, 2 vCPUs)",
+            ]
+        );
+        assert_eq!(thousands(10_240), "10,240");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn bench_boxes_names_boxes_in_the_reports_order() {
+        assert_eq!(BoxKind::parse_list("").unwrap(), BoxKind::ALL);
+        assert_eq!(BoxKind::parse_list(" , ").unwrap(), BoxKind::ALL);
+        assert_eq!(
+            BoxKind::parse_list("unconstrained,lambda-256mb").unwrap(),
+            [BoxKind::Unconstrained, BoxKind::Lambda256]
+        );
+        assert_eq!(
+            BoxKind::parse_list(" lambda-3538mb , lambda-128mb,lambda-3538mb").unwrap(),
+            [BoxKind::Lambda128, BoxKind::Lambda3538]
+        );
+        assert_eq!(
+            BoxKind::parse_list("Lambda-128MB").unwrap(),
+            [BoxKind::Lambda128]
+        );
+        for kind in BoxKind::ALL {
+            assert_eq!(BoxKind::parse_list(kind.name()).unwrap(), [kind]);
+        }
+        let err = BoxKind::parse_list("unconstrained,lambda-512mb")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"lambda-512mb\""), "{err}");
+        assert!(err.contains("lambda-3538mb"), "{err}");
+    }
 }

@@ -1,12 +1,16 @@
-//! The runner's own sub-modes, run as processes inside a box like any tool:
+//! The runner's own sub-modes, run as processes inside a box like any tool, each planning its
+//! memory as a function of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` MB (default 256) does; the runner
+//! sets that to the box's memory:
 //!
 //! - `sluice-bench sink-alone BUCKET KEY BYTES`: sluice's multipart sink
-//!   ([`sluice::sink::upload`], the schedule of a 256 MB function) uploading `BYTES` of
-//!   NDJSON bytes generated in memory (stamped unique, so Garage cannot deduplicate them); S3
-//!   settings from the standard AWS environment variables. Prints `{"bytes":N,"parts":P}`.
+//!   ([`sluice::sink::upload`], the part schedule of the function's memory) uploading `BYTES`
+//!   of NDJSON bytes generated in memory (stamped unique, so Garage cannot deduplicate them);
+//!   S3 settings from the standard AWS environment variables. Prints `{"bytes":N,"parts":P}`.
 //! - `sluice-bench compress FILE BYTES MODE`: the first `BYTES` of `FILE` read into memory, then
-//!   compressed with sluice's [`Compression`] (`MODE`: `gzip-N`, `zstd-N`) on one thread, timed;
-//!   the output is decoded again and compared. Prints `{"bytes_in":..,"bytes_out":..,"secs":..}`.
+//!   compressed with sluice's [`Compression`] (`MODE`: `gzip-N`, `zstd-N`) on the threads the
+//!   function's memory buys ([`sluice::MemoryBudget::compress_threads`]: one below 3,538 MB),
+//!   timed; the output is decoded again and compared. Prints
+//!   `{"bytes_in":..,"bytes_out":..,"secs":..,"threads":..}`.
 
 use std::io;
 use std::pin::Pin;
@@ -112,7 +116,7 @@ pub async fn sink_alone(args: &[String]) -> anyhow::Result<()> {
     let bytes: u64 = bytes.parse().context("BYTES")?;
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let target = Arc::new(S3Target::new(sluice::s3::client(&conf), bucket, key));
-    let options = UploadOptions::new(sluice::MemoryBudget::for_memory_mib(256).schedule());
+    let options = UploadOptions::new(sluice::MemoryBudget::from_env().schedule());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -146,8 +150,10 @@ pub async fn compress(args: &[String]) -> anyhow::Result<()> {
         .await?;
     let input = Arc::new(input);
     let start = Instant::now();
-    // As the object writer feeds it: 64 KiB at a time (a byte copy's read size).
-    let mut encoder = compression.encoder()?;
+    // As the object writer feeds it: 64 KiB at a time (a byte copy's read size), on the
+    // threads of the function's memory (what `encoder()` picks).
+    let threads = sluice::MemoryBudget::from_env().compress_threads();
+    let mut encoder = compression.encoder_with_threads(threads)?;
     let mut output = Vec::with_capacity(input.len() / 3);
     for chunk in input.chunks(64 * 1024) {
         output.extend_from_slice(encoder.encode(chunk)?);
@@ -189,7 +195,12 @@ pub async fn compress(args: &[String]) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({"bytes_in": input.len(), "bytes_out": output.len(), "secs": secs})
+        json!({
+            "bytes_in": input.len(),
+            "bytes_out": output.len(),
+            "secs": secs,
+            "threads": threads,
+        })
     );
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The benchmark of `make bench` (`sluice-bench`): sluice against the tools users would pick
-//! instead, each run inside the same cgroups (an unconstrained box and a "Lambda 256 MB" box),
-//! against the same nginx source and the same Garage, every output verified.
+//! instead, each run inside the same cgroups (an unconstrained box and "Lambda 128 MB",
+//! "Lambda 256 MB" and "Lambda 3,538 MB" boxes), against the same nginx source and the same
+//! Garage, every output verified.
 //!
-//! - [`cell`]: the two boxes (memory + cpu + cpuacct cgroups) and processes run inside them.
+//! - [`cell`]: the boxes (memory + cpu + cpuacct cgroups) and processes run inside them.
 //! - [`source`]: the generated JSON documents nginx serves, one per run, and their checksums.
 //! - [`table`]: the transform cases' CSV source in S3, its expected output, the checks.
 //! - [`plan`]: settings from the environment, the cases and tools, the run loop, the output

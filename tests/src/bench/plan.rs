@@ -1,5 +1,5 @@
 //! What the benchmark runs: settings from the environment, the cases and tools, and the loop
-//! that runs each of them in both boxes, verifies the output and records the figures.
+//! that runs each of them in every chosen box, verifies the output and records the figures.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,6 +46,10 @@ pub struct Settings {
     pub aws_config_file: PathBuf,
     /// Only configurations whose id contains one of these (`BENCH_ONLY`, comma-separated).
     pub only: Vec<String>,
+    /// The boxes every configuration runs in, in the report's order (`BENCH_BOXES`,
+    /// comma-separated box names such as `unconstrained,lambda-256mb`; default, smoke run
+    /// included: all four).
+    pub boxes: Vec<BoxKind>,
     /// A run still going after this long is killed and reported as timed out
     /// (`BENCH_TIMEOUT_SECS`, default 1800; smoke: 180, as dlt alone takes ~30 s of its 8 MiB
     /// at 14.5% of a core).
@@ -121,6 +125,7 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            boxes: BoxKind::parse_list(&std::env::var("BENCH_BOXES").unwrap_or_default())?,
             timeout_secs: env_or("BENCH_TIMEOUT_SECS", if smoke { 180 } else { 1800 })?,
             gzip_level,
             compress_sample: size.min(64 * MIB),
@@ -184,7 +189,8 @@ pub enum Tool {
     SourceAlone,
     /// Limit: sluice's multipart sink alone, bytes generated in memory.
     SinkAlone,
-    /// Limit: sluice's compressor alone, in memory, one thread.
+    /// Limit: sluice's compressor alone, in memory, on the threads the box's memory buys
+    /// ([`sluice::MemoryBudget::compress_threads`]).
     CompressorAlone,
 }
 
@@ -227,7 +233,7 @@ impl Tool {
             Tool::Dlt => "dlt rest_api + filesystem (parquet)",
             Tool::SourceAlone => "curl -o /dev/null (source alone)",
             Tool::SinkAlone => "sluice sink, bytes from memory (sink alone)",
-            Tool::CompressorAlone => "sluice codec in memory, 1 thread (compressor alone)",
+            Tool::CompressorAlone => "sluice codec in memory (compressor alone)",
         }
     }
 
@@ -340,6 +346,24 @@ impl Config {
             (_, tool) => tool.label(),
         }
     }
+
+    /// [`Config::label`] in a `kind` box: the compressor alone says how many threads it
+    /// compresses on there (what the box's memory buys: `MemoryBudget::compress_threads`).
+    pub fn label_in(&self, kind: BoxKind) -> String {
+        if self.tool == Tool::CompressorAlone {
+            let threads = compress_threads(kind);
+            let s = if threads == 1 { "" } else { "s" };
+            format!("sluice codec in memory, {threads} thread{s} (compressor alone)")
+        } else {
+            self.label().to_owned()
+        }
+    }
+}
+
+/// The threads sluice's compressor uses in a `kind` box: those of a function of the box's
+/// memory (one vCPU per 1,769 MB, at most the cores).
+pub fn compress_threads(kind: BoxKind) -> u32 {
+    sluice::MemoryBudget::for_memory_mib(kind.function_memory_mib()).compress_threads()
 }
 
 /// The zstd level every tool uses (each one's default).
@@ -811,8 +835,10 @@ impl Bench {
         let timeout = Duration::from_secs(self.settings.timeout_secs);
         let api = RuntimeApi::start().await;
         let start = Instant::now();
+        // Configured with the box's memory, as Lambda configures a function of that size.
+        let memory_mib = u32::try_from(cell.kind.function_memory_mib())?;
         let mut process =
-            LambdaProcess::spawn_in(&binary_path(binary), &api, &env, 256, &cell.procs())?;
+            LambdaProcess::spawn_in(&binary_path(binary), &api, &env, memory_mib, &cell.procs())?;
         let answer = tokio::time::timeout(timeout, api.invoke(job, timeout)).await;
         let secs = start.elapsed().as_secs_f64();
         let result = match answer {
@@ -943,6 +969,14 @@ impl Bench {
             .env("BENCH_BUCKET", &self.bucket)
             .env("BENCH_KEY", key)
             .env("BENCH_AWS", &s.aws);
+        if matches!(config.tool, Tool::SinkAlone | Tool::CompressorAlone) {
+            // sluice's own code plans its memory (part sizes, compressor threads) from this,
+            // as in a function of the box's size.
+            cmd.command.env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                cell.kind.function_memory_mib().to_string(),
+            );
+        }
         // A scratch directory per run (Python's tempfile follows TMPDIR), removed afterwards:
         // a peer killed at the memory limit cannot clean up its downloads itself.
         let scratch = std::env::temp_dir().join(format!(
@@ -1005,6 +1039,14 @@ impl Bench {
                 record.source_bytes = v["bytes_in"].as_u64().context("bytes_in")?;
                 record.out_bytes = v["bytes_out"].as_u64();
                 record.secs = v["secs"].as_f64().context("secs")?;
+                // The table's label says how many threads the box's memory buys.
+                let want = compress_threads(record.box_kind);
+                if v["threads"].as_u64() != Some(u64::from(want)) {
+                    bail!(
+                        "the compressor used {} thread(s), expected {want}",
+                        v["threads"]
+                    );
+                }
                 return Ok(());
             }
             _ => {}
@@ -1530,6 +1572,33 @@ mod tests {
             "Traceback ...\nKeyError: 'data'\n(a MemoryError is mentioned, but not raised)"
         ));
         assert!(!out_of_memory("curl: (7) Failed to connect"));
+    }
+
+    #[test]
+    fn the_compressor_alone_says_how_many_threads_the_boxs_memory_buys() {
+        let compressor = Config::new(Case::Limit, Tool::CompressorAlone, "zstd-3");
+        for kind in [
+            BoxKind::Unconstrained,
+            BoxKind::Lambda128,
+            BoxKind::Lambda256,
+        ] {
+            assert_eq!(compress_threads(kind), 1, "{kind:?}");
+            assert_eq!(
+                compressor.label_in(kind),
+                "sluice codec in memory, 1 thread (compressor alone)"
+            );
+        }
+        // Two vCPUs at 3,538 MB, at most the cores there are.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert_eq!(compress_threads(BoxKind::Lambda3538), 2.min(cores));
+        if cores >= 2 {
+            assert_eq!(
+                compressor.label_in(BoxKind::Lambda3538),
+                "sluice codec in memory, 2 threads (compressor alone)"
+            );
+        }
+        let sluice = Config::new(Case::Ingest, Tool::Sluice, "none");
+        assert_eq!(sluice.label_in(BoxKind::Lambda128), sluice.label());
     }
 
     fn source(records: u64) -> SourceFile {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::cell::BoxKind;
+use super::cell::{BoxKind, CFS_PERIOD_US, thousands};
 use super::plan::{
     Case, Config, PARQUET_MODE, ParquetFacts, RunRecord, Settings, Status, Tool, USUAL_GZIP_LEVEL,
 };
@@ -127,7 +127,7 @@ fn median_f(mut v: Vec<f64>) -> Option<f64> {
 pub fn medians(configs: &[Config], runs: &[RunRecord]) -> Vec<Median> {
     let mut out = Vec::new();
     for config in configs {
-        for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
+        for kind in BoxKind::ALL {
             let mine: Vec<&RunRecord> = runs
                 .iter()
                 .filter(|r| r.config == *config && r.box_kind == kind)
@@ -256,7 +256,7 @@ pub fn ratios(medians: &[Median], settings: &Settings) -> Vec<Ratio> {
         ));
     }
     for (name, case, sluice_mode, peer_mode) in comparisons {
-        for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
+        for kind in BoxKind::ALL {
             let Some(sluice) = medians.iter().find(|m| {
                 m.config.case == case
                     && m.config.tool == Tool::Sluice
@@ -340,6 +340,73 @@ fn ratio_cell(v: Option<f64>, peer: &Option<String>) -> String {
     }
 }
 
+/// The headline's description of the boxes that ran: each Lambda box's cgroup settings, and
+/// the memory sluice is told it has.
+fn boxes_line(boxes: &[BoxKind]) -> String {
+    let mut parts = Vec::new();
+    for &kind in boxes {
+        parts.push(match kind.lambda_memory_mib() {
+            None => "*unconstrained* (all cores; memory only measured, capped at 3/4 of the \
+                     machine's)"
+                .to_owned(),
+            Some(mib) => format!(
+                "*Lambda {} MB* = cgroup v1 `memory.limit_in_bytes={mib}M` + \
+                 `cpu.cfs_quota_us={}`/`{CFS_PERIOD_US}`",
+                thousands(mib),
+                kind.cpu_quota_us(1)
+            ),
+        });
+    }
+    let mut line = format!("Boxes: {}.", parts.join("; "));
+    if boxes.iter().any(|b| b.lambda_memory_mib().is_some()) {
+        line.push_str(
+            " A Lambda box has a function's memory and the CPU Lambda gives that much memory \
+             (one vCPU per 1,769 MB)",
+        );
+        line.push_str(if boxes.contains(&BoxKind::Lambda256) {
+            "; the 256 MB box keeps the 14,500 µs its earlier tables used (256/1769 of a vCPU \
+             is 14,471 µs)."
+        } else {
+            "."
+        });
+    }
+    let memory: Vec<String> = boxes
+        .iter()
+        .map(|b| format!("{} in {}", b.function_memory_mib(), b.name()))
+        .collect();
+    line.push_str(&format!(
+        " sluice's bootstraps run with `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` set to the box's memory \
+         ({}), and the sink and the compressor alone plan with the same memory.",
+        memory.join(", ")
+    ));
+    line
+}
+
+/// What to say under a box's table: the 3,538 MB box's two vCPUs are a quota on this
+/// machine's cores, which Garage and nginx use too.
+fn box_note(kind: BoxKind, machine: &Machine) -> Option<String> {
+    if kind != BoxKind::Lambda3538 {
+        return None;
+    }
+    let vcpus = kind.cpu_quota_us(1) / CFS_PERIOD_US;
+    Some(if machine.cores as u64 <= vcpus {
+        format!(
+            "The box's {vcpus} vCPUs are a CPU quota, and this machine has {} cores: all of \
+             them, shared with Garage (the S3 server) and nginx (the source), which run outside \
+             the box; a {} MB function has its vCPUs to itself. The box differs from the \
+             unconstrained one mostly in its memory limit.",
+            machine.cores,
+            thousands(kind.function_memory_mib())
+        )
+    } else {
+        format!(
+            "The box's {vcpus} vCPUs are a CPU quota on this machine's {} cores, which Garage \
+             (the S3 server) and nginx (the source) share, outside the box.",
+            machine.cores
+        )
+    })
+}
+
 /// The Markdown report: settings line, limits, one table per box, ratios.
 pub fn to_markdown(
     date: &str,
@@ -355,14 +422,13 @@ pub fn to_markdown(
         md,
         "Benchmark of {date} on {} (load at start {}); `{}`: a {gib:.2} GiB source \
          (`BENCH_GIB`: the JSON document; for transform, the uncompressed CSV), median of {} run(s) per tool and box, every output read back and \
-         checked. Boxes: *unconstrained*, and *Lambda 256 MB* = cgroup v1 \
-         `memory.limit_in_bytes=256M` + `cpu.cfs_quota_us=14500`/`100000` (what a 256 MB \
-         function gets). Peak memory and CPU time count every process of a tool (the whole \
+         checked. {} Peak memory and CPU time count every process of a tool (the whole \
          pipeline); the source (nginx) and S3 (Garage) run outside the boxes.",
         machine.line(),
         machine.load_at_start,
         settings.command,
-        settings.runs
+        settings.runs,
+        boxes_line(&settings.boxes)
     );
     if let Ok(versions) = std::env::var("BENCH_VERSIONS") {
         let _ = writeln!(md, "\nVersions: {versions}.");
@@ -377,19 +443,19 @@ pub fn to_markdown(
     } else {
         ("", "")
     };
-    for kind in [BoxKind::Unconstrained, BoxKind::Lambda256] {
+    for kind in BoxKind::ALL {
+        if !medians.iter().any(|m| m.box_kind == kind) {
+            continue;
+        }
         let _ = writeln!(
             md,
             "\n**{}**\n\n| case | mode | tool | MiB/s |{rows_head} peak MiB | CPU s/GiB | output \
              MiB | runs |\n|---|---|---|---:|{rows_rule}---:|---:|---:|---|",
-            match kind {
-                BoxKind::Unconstrained => "Unconstrained",
-                BoxKind::Lambda256 => "Lambda 256 MB (256 MiB, 14.5% of a core)",
-            }
+            kind.title()
         );
         for m in medians.iter().filter(|m| m.box_kind == kind) {
             // A `|` inside a cell would end it.
-            let label = m.config.label().replace('|', "\\|");
+            let label = m.config.label_in(kind).replace('|', "\\|");
             let tool = if matches!(m.config.tool, Tool::Sluice | Tool::SluiceUnsigned) {
                 format!("**{label}**")
             } else {
@@ -412,6 +478,9 @@ pub fn to_markdown(
                 opt(m.out_bytes.map(|b| b as f64 / MIB), 1),
                 m.outcome
             );
+        }
+        if let Some(note) = box_note(kind, machine) {
+            let _ = writeln!(md, "\n{note}");
         }
     }
     let parquet: Vec<&Median> = medians
@@ -490,12 +559,67 @@ pub fn to_markdown(
          writer's default level (records with the declared schema id int, name, kind, ref \
          string, value float, ts timestamp, tags string (its JSON text), active bool); every \
          output's rows counted from its footers by pyarrow. \
-         Limits: the compressor alone compresses {s} MiB of the document in memory on one \
-         thread.",
+         Limits: the compressor alone compresses {s} MiB of the document in memory on the \
+         threads the box's memory buys (one per 1,769 MB, at least one; its label says how \
+         many); the sink alone uploads with the part schedule of the box's memory.",
         g = settings.gzip_level,
         u = USUAL_GZIP_LEVEL,
         p = PARQUET_MODE,
         s = settings.compress_sample / (1 << 20)
     );
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(cores: usize) -> Machine {
+        Machine {
+            cpu: "test".into(),
+            cores,
+            kernel: "6.1".into(),
+            memory_mib: 24 * 1024,
+            load_at_start: "0.00 0.00 0.00".into(),
+        }
+    }
+
+    #[test]
+    fn the_headline_gives_every_boxs_limits_and_sluices_memory() {
+        let line = boxes_line(&BoxKind::ALL);
+        for part in [
+            "*unconstrained*",
+            "*Lambda 128 MB* = cgroup v1 `memory.limit_in_bytes=128M` + \
+             `cpu.cfs_quota_us=7236`/`100000`",
+            "*Lambda 256 MB* = cgroup v1 `memory.limit_in_bytes=256M` + \
+             `cpu.cfs_quota_us=14500`/`100000`",
+            "*Lambda 3,538 MB* = cgroup v1 `memory.limit_in_bytes=3538M` + \
+             `cpu.cfs_quota_us=200000`/`100000`",
+            "(256 in unconstrained, 128 in lambda-128mb, 256 in lambda-256mb, 3538 in \
+             lambda-3538mb)",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line}");
+        }
+        let line = boxes_line(&[BoxKind::Lambda128]);
+        assert!(
+            !line.contains("unconstrained") && !line.contains("14,500"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_3538_mb_table_says_its_vcpus_share_the_machines_cores() {
+        let note = box_note(BoxKind::Lambda3538, &machine(2)).unwrap();
+        assert!(note.contains("this machine has 2 cores"), "{note}");
+        assert!(note.contains("Garage") && note.contains("nginx"), "{note}");
+        let note = box_note(BoxKind::Lambda3538, &machine(16)).unwrap();
+        assert!(note.contains("16 cores"), "{note}");
+        for kind in [
+            BoxKind::Unconstrained,
+            BoxKind::Lambda128,
+            BoxKind::Lambda256,
+        ] {
+            assert_eq!(box_note(kind, &machine(2)), None);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `make bench`'s runner (started by `bench/run.sh`, which installs the peers, starts Garage
 //! and nginx and sets the `BENCH_*` variables): sluice against the tools users pick instead,
-//! in an unconstrained box and a Lambda 256 MB box, every output verified.
+//! in an unconstrained box and Lambda boxes of 128, 256 and 3,538 MB (`BENCH_BOXES` chooses),
+//! every output verified.
 //!
 //! ```text
 //! sluice-bench                          run the benchmark (settings: see bench::plan::Settings)
@@ -24,7 +25,8 @@ use sluice_tests::bench::{limits, report};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        // The limits run on one thread: "compressor alone, one core".
+        // The limits run on one runtime thread; the compressor's own threads are those of the
+        // box's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, set by the runner).
         Some("sink-alone") => current_thread()?.block_on(limits::sink_alone(&args[1..])),
         Some("compress") => current_thread()?.block_on(limits::compress(&args[1..])),
         None | Some("run") => {
@@ -86,13 +88,18 @@ async fn run() -> anyhow::Result<usize> {
     {
         eprintln!("sluice-bench: dlt is left out of records-parquet: {reason}");
     }
-    let boxes = [BoxKind::Unconstrained, BoxKind::Lambda256];
+    let boxes = settings.boxes.clone();
     let total = configs.len() * boxes.len() * settings.runs;
     eprintln!(
-        "sluice-bench: {} configurations x {} boxes x {} run(s) = {total} runs of {:.3} GiB; \
+        "sluice-bench: {} configurations x {} boxes ({}) x {} run(s) = {total} runs of {:.3} GiB; \
          machine: {}; load {}",
         configs.len(),
         boxes.len(),
+        boxes
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         settings.runs,
         settings.size as f64 / (1u64 << 30) as f64,
         machine.line(),
@@ -108,7 +115,7 @@ async fn run() -> anyhow::Result<usize> {
     // the first round gives every step's duration for the ETA.
     for round in 1..=settings.runs {
         for config in &configs {
-            for kind in boxes {
+            for &kind in &boxes {
                 let record = bench
                     .run_one(config, kind, round)
                     .await
@@ -121,7 +128,7 @@ async fn run() -> anyhow::Result<usize> {
                 let mut index = 0;
                 for r in 1..=settings.runs {
                     for c in &configs {
-                        for k in boxes {
+                        for &k in &boxes {
                             index += 1;
                             if index > done {
                                 let _ = r;
