@@ -1,6 +1,7 @@
 //! The multipart engine under [`ObjectWriter`](super::ObjectWriter): bytes pushed in are cut
-//! into parts of the scheduled size, at most `max_in_flight` parts upload at once, and the
-//! object is completed only by [`Parts::finish`].
+//! into parts of the scheduled size, a few parts upload at once (a [`Window`] that grows only
+//! when the writer waits on the network, up to the budget's `max_in_flight`), and the object
+//! is completed only by [`Parts::finish`].
 //!
 //! A stream shorter than the first part never starts a multipart upload: `finish` sends it as
 //! one `PutObject`. Once an upload exists, every way out but a successful `finish` aborts it:
@@ -68,6 +69,8 @@ pub(crate) struct Parts {
     part_number: u32,
     upload_id: Option<String>,
     in_flight: JoinSet<PartResult>,
+    /// How many part buffers may exist at once (the one filling and those uploading).
+    window: Window,
     done: Vec<PartReceipt>,
     /// Bytes accepted so far (the object's size once finished).
     bytes: u64,
@@ -82,6 +85,71 @@ pub(crate) struct Parts {
     /// removed with it (some S3 servers end every other upload of a key on completion): the
     /// rest of the input is discarded and `finish` answers [`PutOutcome::AlreadyExists`].
     overtaken: bool,
+}
+
+/// How many part buffers a writer may hold at once: the one filling and the ones uploading.
+///
+/// It starts at two (one part uploads while the next fills) and grows by one, up to the
+/// budget's `max_in_flight`, each time the writer had to wait for a free slot for longer than
+/// [`GROW_AFTER`] of the time it took to fill the part before: only then would one more buffer
+/// have kept it busy. A writer limited by its CPU (a 256 MB function fills a part in about
+/// 0.1 s and uploads it meanwhile) rarely waits and keeps two buffers; one limited by the
+/// network waits and grows until the uploads keep up.
+#[derive(Debug)]
+pub(crate) struct Window {
+    slots: usize,
+    max: usize,
+    /// When the part being filled got its buffer.
+    filling_since: Option<Instant>,
+    /// How long the last part took to fill.
+    last_fill: Duration,
+}
+
+/// A wait longer than this share of a part's fill time grows the window: 1/4.
+pub(crate) const GROW_AFTER: (u32, u32) = (1, 4);
+
+impl Window {
+    pub(crate) fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Window {
+            slots: max.min(2),
+            max,
+            filling_since: None,
+            last_fill: Duration::ZERO,
+        }
+    }
+
+    /// Buffers allowed now.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Lowers the limit (parts grow, so fewer fit the budget).
+    pub(crate) fn limit(&mut self, max: usize) {
+        self.max = max.max(1);
+        self.slots = self.slots.min(self.max);
+    }
+
+    /// A part got its buffer.
+    pub(crate) fn filling(&mut self) {
+        self.filling_since = Some(Instant::now());
+    }
+
+    /// The part being filled is full (or the input ended).
+    pub(crate) fn filled(&mut self) {
+        if let Some(since) = self.filling_since.take() {
+            self.last_fill = since.elapsed();
+        }
+    }
+
+    /// The writer waited `wait` for a slot.
+    pub(crate) fn waited(&mut self, wait: Duration) {
+        let (num, den) = GROW_AFTER;
+        if wait * den > self.last_fill * num && self.slots < self.max {
+            self.slots += 1;
+            tracing::debug!(slots = self.slots, ?wait, fill = ?self.last_fill, "upload window grows");
+        }
+    }
 }
 
 /// What a completing request would create, to recognise the object if it landed.
@@ -111,6 +179,7 @@ impl Parts {
             part_number: 1,
             upload_id: None,
             in_flight: JoinSet::new(),
+            window: Window::new(schedule.max_in_flight(schedule.part_size(1))),
             done: Vec::new(),
             bytes: 0,
             deadline,
@@ -191,13 +260,22 @@ impl Parts {
                 });
             }
             let size = self.schedule.part_size(self.part_number);
-            while self.in_flight.len() >= self.schedule.max_in_flight(size) {
-                match self.in_flight.join_next().await {
-                    Some(finished) => self.settle(finished).await?,
-                    None => break,
+            self.window.limit(self.schedule.max_in_flight(size));
+            while let Some(finished) = self.in_flight.try_join_next() {
+                self.settle(finished).await?;
+            }
+            if self.in_flight.len() >= self.window.slots() {
+                let waiting = Instant::now();
+                while self.in_flight.len() >= self.window.slots() {
+                    match self.in_flight.join_next().await {
+                        Some(finished) => self.settle(finished).await?,
+                        None => break,
+                    }
                 }
+                self.window.waited(waiting.elapsed());
             }
             self.size = size;
+            self.window.filling();
         }
         let capacity = usize::try_from(self.size).unwrap_or(usize::MAX);
         Ok(self
@@ -222,6 +300,7 @@ impl Parts {
         let Some(body) = self.buf.take().filter(|b| !b.is_empty() && !self.overtaken) else {
             return Ok(());
         };
+        self.window.filled();
         let upload_id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
@@ -257,7 +336,12 @@ impl Parts {
         while let Some(finished) = self.in_flight.try_join_next() {
             self.settle(finished).await?;
         }
-        tracing::debug!(part_number, in_flight = self.in_flight.len(), "part sent");
+        tracing::debug!(
+            part_number,
+            in_flight = self.in_flight.len(),
+            window = self.window.slots(),
+            "part sent"
+        );
         Ok(())
     }
 

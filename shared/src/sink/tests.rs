@@ -298,16 +298,65 @@ async fn parts_are_contiguous_and_full_sized_but_the_last() {
     }
 }
 
-#[tokio::test]
-async fn in_flight_parts_are_bounded() {
+/// Input that is there at once and uploads that take 20 ms: the writer waits on the network,
+/// so the window grows to the budget's limit and no further.
+#[tokio::test(start_paused = true)]
+async fn in_flight_parts_grow_to_the_limit_when_uploads_are_slow() {
     let fake = Arc::new(Fake {
         part_delay_ms: 20,
         ..Fake::default()
     });
-    run(&fake, &data(20 * P)).await.unwrap();
-    let limit = opts().schedule.max_in_flight(MIN_PART_SIZE);
+    // 128 MB: a limit of five, reached after 2 + 3 + 4 + 5 parts (one step per round of waits).
+    let o = UploadOptions::new(
+        MemoryBudget::for_memory_mib(128)
+            .with_part_size(MIN_PART_SIZE)
+            .schedule(),
+    );
+    let input = data(20 * P);
+    upload(Arc::new(Shared(fake.clone())), &input[..], &o, io_err)
+        .await
+        .unwrap();
+    assert_eq!(fake.objects.lock().unwrap()["key"], input);
+    let limit = o.schedule.max_in_flight(MIN_PART_SIZE);
     let seen = fake.max_in_flight_seen.load(Ordering::SeqCst);
-    assert!(seen <= limit && seen > 1, "seen {seen}, limit {limit}");
+    assert!(limit > 2 && limit < 8, "limit {limit}");
+    assert_eq!(seen, limit, "seen {seen}, limit {limit}");
+}
+
+/// A source that fills a part in 40 ms and uploads that take 44 ms: the writer waits 4 ms at
+/// most for a slot, which one more buffer would not buy back, so it keeps two (one uploading
+/// while one fills) where the fixed limit allowed seven.
+#[tokio::test(start_paused = true)]
+async fn in_flight_parts_stay_two_when_the_source_is_the_limit() {
+    let fake = Arc::new(Fake {
+        part_delay_ms: 44,
+        ..Fake::default()
+    });
+    let input = data(12 * P);
+    let mut w = writer(&fake, None);
+    for chunk in input.chunks(P / 4) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    w.finish().await.unwrap();
+    assert_eq!(fake.objects.lock().unwrap()["key"], input);
+    let seen = fake.max_in_flight_seen.load(Ordering::SeqCst);
+    assert_eq!(seen, 2, "seen {seen}");
+}
+
+#[test]
+fn window_grows_only_on_long_waits_and_within_its_limit() {
+    let mut w = parts::Window::new(4);
+    assert_eq!(w.slots(), 2);
+    // No part filled yet: any wait grows it.
+    w.waited(Duration::from_millis(1));
+    assert_eq!(w.slots(), 3);
+    w.limit(2);
+    assert_eq!(w.slots(), 2);
+    w.waited(Duration::from_secs(1));
+    assert_eq!(w.slots(), 2, "never past the limit");
+    assert_eq!(parts::Window::new(1).slots(), 1);
+    assert_eq!(parts::Window::new(0).slots(), 1);
 }
 
 #[tokio::test]
