@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: sluice against the tools users pick instead (requests + boto3, smart_open,
-# curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 for records; the seed's csv
+# curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 and dlt for records; the seed's csv
 # generator pipeline and polars for transform; pyarrow, DuckDB and dlt for records to Parquet;
 # pyarrow, polars and DuckDB for the transform to Parquet), in an unconstrained
 # box and Lambda boxes of 128 MB (cgroup v1: 128 MiB, 7.2% of a core), 256 MB (256 MiB, 14.5%)

@@ -182,8 +182,9 @@ pub enum Tool {
     /// Parquet peer: DuckDB (`read_json` / `read_csv` of a downloaded copy, `COPY ... TO`
     /// a local Parquet file, boto3 upload).
     DuckDb,
-    /// Records to Parquet peer: dlt's `rest_api` source, `filesystem` destination on S3,
-    /// `loader_file_format="parquet"`.
+    /// Records peer, to NDJSON and to Parquet: dlt's `rest_api` source, `filesystem`
+    /// destination on S3, `loader_file_format="jsonl"` (gzip, at dlt's fixed level 9) or
+    /// `"parquet"` ([`dlt_format`]).
     Dlt,
     /// Limit: the source alone, `curl -o /dev/null`.
     SourceAlone,
@@ -230,7 +231,7 @@ impl Tool {
             Tool::Polars => "polars read_csv (in memory) + write_csv + boto3",
             Tool::Pyarrow => "pyarrow ParquetWriter on S3FileSystem",
             Tool::DuckDb => "DuckDB COPY TO parquet + boto3",
-            Tool::Dlt => "dlt rest_api + filesystem (parquet)",
+            Tool::Dlt => "dlt rest_api + filesystem",
             Tool::SourceAlone => "curl -o /dev/null (source alone)",
             Tool::SinkAlone => "sluice sink, bytes from memory (sink alone)",
             Tool::CompressorAlone => "sluice codec in memory (compressor alone)",
@@ -343,6 +344,10 @@ impl Config {
                 "polars scan_csv (S3) + sink_parquet (S3), streaming engine"
             }
             (Case::RecordsParquet, Tool::Dlt) => "dlt rest_api + filesystem on S3 (s3fs), parquet",
+            // dlt gzips jsonl with Python's gzip.open and no level: 9, not the case's level.
+            (Case::Records, Tool::Dlt) => {
+                "dlt rest_api + filesystem on S3 (s3fs), jsonl, gzip level 9 (dlt's, fixed)"
+            }
             (_, tool) => tool.label(),
         }
     }
@@ -414,8 +419,11 @@ pub fn configs(settings: &Settings) -> Vec<Config> {
             }
         }
     }
-    all.push(Config::new(Case::Records, Tool::Sluice, &gzip));
-    all.push(Config::new(Case::Records, Tool::PythonRecords, &gzip));
+    for tool in [Tool::Sluice, Tool::PythonRecords, Tool::Dlt] {
+        if tool != Tool::Dlt || settings.dlt_python.is_some() {
+            all.push(Config::new(Case::Records, tool, &gzip));
+        }
+    }
     for tool in [Tool::Sluice, Tool::PythonCsv, Tool::Polars] {
         all.push(Config::new(Case::Transform, tool, &gzip));
     }
@@ -919,7 +927,8 @@ impl Bench {
             Tool::DuckDb if config.case == Case::RecordsParquet => python("records_duckdb.py", &[]),
             Tool::DuckDb => python("transform_duckdb.py", &[&quarantine_key]),
             Tool::Dlt => {
-                let (_, args) = python("records_dlt.py", &[]);
+                let (format, _) = dlt_format(config.case)?;
+                let (_, args) = python("records_dlt.py", &[format]);
                 let dlt = s.dlt_python.clone().context("dlt's venv is not set up")?;
                 (dlt, args)
             }
@@ -1056,6 +1065,11 @@ impl Bench {
                 .verify_parquet(config, source, table, key, stdout, record)
                 .await;
         }
+        if config.tool == Tool::Dlt {
+            return self
+                .verify_dlt_ndjson(config, source.context("no source")?, key, stdout, record)
+                .await;
+        }
         let head = self
             .client
             .head_object()
@@ -1108,6 +1122,63 @@ impl Bench {
         Ok(())
     }
 
+    /// The records case's checks for dlt: its own count (`{"rows"}`), then every file of the
+    /// `records` table, gunzipped, must add up to one NDJSON line per record of the document.
+    /// dlt adds `_dlt_load_id` and `_dlt_id` to every record (and may split the table into
+    /// several files), so its bytes cannot equal the expected NDJSON: lines are counted, as for
+    /// Python's (whose `json.dumps` spacing differs).
+    async fn verify_dlt_ndjson(
+        &self,
+        config: &Config,
+        source: &SourceFile,
+        key: &str,
+        stdout: &str,
+        record: &mut RunRecord,
+    ) -> anyhow::Result<()> {
+        check_record_counts(config, source, key, stdout)?;
+        let files = self.dlt_table_files(config, key).await?;
+        record.out_bytes = Some(files.iter().map(|(_, size)| size).sum());
+        let mut lines = 0;
+        for (file, _) in &files {
+            // The case's mode (gzip): a file that is not gzip fails to decode.
+            let (_, _, n) = self
+                .decoded(file, &config.mode)
+                .await
+                .with_context(|| format!("decoding {file}"))?;
+            lines += n;
+        }
+        if lines != source.records {
+            bail!(
+                "{lines} NDJSON lines decoded from {} file(s), the document has {} records",
+                files.len(),
+                source.records
+            );
+        }
+        Ok(())
+    }
+
+    /// The files of dlt's `records` table (keys and sizes): dlt lays a table out as
+    /// `<dataset>/<table>/<load id>.<file id>.<extension>` under the destination's URL, beside
+    /// its own `_dlt_*` tables, which are not the records.
+    async fn dlt_table_files(
+        &self,
+        config: &Config,
+        key: &str,
+    ) -> anyhow::Result<Vec<(String, u64)>> {
+        let (_, extension) = dlt_format(config.case)?;
+        let prefix = format!("{key}/bench/records/");
+        let found: Vec<(String, u64)> = self
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(extension))
+            .collect();
+        if found.is_empty() {
+            bail!("no {extension} file under {prefix}");
+        }
+        Ok(found)
+    }
+
     /// The transform's checks: the tool's own counts (sluice's summary, the peers' JSON line),
     /// then the output object and the quarantine against the expected ones
     /// ([`table::check`]: same row count, sluice's bytes exactly, the peers' parsed rows).
@@ -1156,19 +1227,7 @@ impl Bench {
         record: &mut RunRecord,
     ) -> anyhow::Result<()> {
         let objects = if config.tool == Tool::Dlt {
-            // dlt lays a table out as `<dataset>/<table>/<load id>.<file id>.parquet`, beside
-            // its own `_dlt_*` tables, which are not the records.
-            let prefix = format!("{key}/bench/records/");
-            let found: Vec<(String, u64)> = self
-                .list(&prefix)
-                .await?
-                .into_iter()
-                .filter(|(k, _)| k.ends_with(".parquet"))
-                .collect();
-            if found.is_empty() {
-                bail!("no Parquet file under {prefix}");
-            }
-            found
+            self.dlt_table_files(config, key).await?
         } else {
             let head = self
                 .client
@@ -1431,8 +1490,20 @@ struct ParquetCheck {
     sum: Option<i128>,
 }
 
-/// The records-to-Parquet tool's own report: sluice's summary (records read, none quarantined,
-/// the Parquet's rows and codec, the key), a peer's `{"rows"}`.
+/// dlt's `loader_file_format` in `case` and the extension of the table's files it writes:
+/// jsonl, gzip-compressed (dlt's default, kept: the case is gzip for everyone; dlt has no
+/// setting for the level and writes 9), for NDJSON; Parquet (zstd pages) for Parquet.
+pub fn dlt_format(case: Case) -> anyhow::Result<(&'static str, &'static str)> {
+    match case {
+        Case::Records => Ok(("jsonl", ".jsonl.gz")),
+        Case::RecordsParquet => Ok(("parquet", ".parquet")),
+        _ => bail!("dlt runs in the records cases only, not {}", case.id()),
+    }
+}
+
+/// A records tool's own report: sluice's summary to Parquet (records read, none quarantined,
+/// the Parquet's rows and codec, the key), a peer's `{"rows"}` (the Parquet peers; dlt in both
+/// records cases).
 fn check_record_counts(
     config: &Config,
     source: &SourceFile,
@@ -1599,6 +1670,90 @@ mod tests {
         }
         let sluice = Config::new(Case::Ingest, Tool::Sluice, "none");
         assert_eq!(sluice.label_in(BoxKind::Lambda128), sluice.label());
+    }
+
+    fn settings(smoke: bool, dlt: bool, only: &[&str]) -> Settings {
+        Settings {
+            size: 8 * MIB,
+            runs: 1,
+            smoke,
+            out_dir: PathBuf::from("/nonexistent"),
+            data_dir: PathBuf::from("/nonexistent"),
+            source_url: "http://127.0.0.1:1".into(),
+            python: PathBuf::from("python"),
+            peers_dir: PathBuf::from("bench/peers"),
+            aws: PathBuf::from("aws"),
+            aws_config_file: PathBuf::from("/nonexistent"),
+            only: only.iter().map(|o| o.to_string()).collect(),
+            boxes: BoxKind::ALL.to_vec(),
+            timeout_secs: 180,
+            gzip_level: 1,
+            compress_sample: 8 * MIB,
+            command: "bash bench/run.sh".into(),
+            dlt_python: dlt.then(|| PathBuf::from("dlt-venv/bin/python")),
+            dlt_skipped: (!dlt).then(|| "the install failed".to_owned()),
+        }
+    }
+
+    fn ids(settings: &Settings) -> Vec<String> {
+        configs(settings).iter().map(Config::id).collect()
+    }
+
+    #[test]
+    fn the_records_cases_run_sluice_python_and_dlt_when_its_venv_is_there() {
+        for smoke in [false, true] {
+            let with_dlt = ids(&settings(smoke, true, &[]));
+            for id in [
+                "records/gzip-1/sluice",
+                "records/gzip-1/python-json",
+                "records/gzip-1/dlt",
+                "records-parquet/zstd/sluice",
+                "records-parquet/zstd/pyarrow",
+                "records-parquet/zstd/duckdb",
+                "records-parquet/zstd/dlt",
+            ] {
+                assert!(with_dlt.iter().any(|c| c == id), "smoke={smoke}: no {id}");
+            }
+            let records: Vec<String> = ids(&settings(smoke, true, &["records/"]));
+            assert_eq!(
+                records,
+                [
+                    "records/gzip-1/sluice",
+                    "records/gzip-1/python-json",
+                    "records/gzip-1/dlt"
+                ],
+                "smoke={smoke}"
+            );
+            // Without dlt's venv, dlt is left out of both cases, and the report says why.
+            let without = settings(smoke, false, &[]);
+            assert!(without.dlt_reason().is_some());
+            let without = ids(&without);
+            assert!(!without.iter().any(|c| c.ends_with("/dlt")), "{without:?}");
+            assert!(without.iter().any(|c| c == "records/gzip-1/python-json"));
+        }
+    }
+
+    #[test]
+    fn dlt_writes_gzip_jsonl_for_records_and_parquet_for_records_parquet() {
+        assert_eq!(dlt_format(Case::Records).unwrap(), ("jsonl", ".jsonl.gz"));
+        assert_eq!(
+            dlt_format(Case::RecordsParquet).unwrap(),
+            ("parquet", ".parquet")
+        );
+        assert!(dlt_format(Case::Transform).is_err());
+        let ndjson = Config::new(Case::Records, Tool::Dlt, "gzip-1");
+        assert!(ndjson.label().contains("jsonl"), "{}", ndjson.label());
+        assert!(
+            ndjson.label().contains("gzip level 9"),
+            "{}",
+            ndjson.label()
+        );
+        let parquet = Config::new(Case::RecordsParquet, Tool::Dlt, PARQUET_MODE);
+        assert!(parquet.label().contains("parquet"), "{}", parquet.label());
+        assert!(Tool::Dlt.is_peer());
+        // dlt's NDJSON is checked by its own count as well as by the lines.
+        check_record_counts(&ndjson, &source(7), "k", r#"{"rows": 7}"#).unwrap();
+        assert!(check_record_counts(&ndjson, &source(7), "k", r#"{"rows": 6}"#).is_err());
     }
 
     fn source(records: u64) -> SourceFile {

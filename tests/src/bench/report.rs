@@ -516,11 +516,13 @@ pub fn to_markdown(
         }
     }
     if let Some(reason) = settings.dlt_reason() {
-        if medians
-            .iter()
-            .any(|m| m.config.case == Case::RecordsParquet)
-        {
-            let _ = writeln!(md, "\ndlt (records-parquet) was not run: {reason}.");
+        let cases: Vec<&str> = [Case::Records, Case::RecordsParquet]
+            .into_iter()
+            .filter(|&case| medians.iter().any(|m| m.config.case == case))
+            .map(Case::id)
+            .collect();
+        if !cases.is_empty() {
+            let _ = writeln!(md, "\ndlt ({}) was not run: {reason}.", cases.join(", "));
         }
     }
     if !ratios.is_empty() {
