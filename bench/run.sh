@@ -18,7 +18,7 @@
 # BENCH_GZIP_LEVEL (the equal gzip level, default 1), BENCH_NO_README=1 (full run, README left
 # alone), BENCH_OUT_DIR (full run: results elsewhere than bench/results), BENCH_SKIP_SETUP=1
 # (skip scripts/setup.sh) and BENCH_SKIP_BUILD=1 (use the release binaries as built): for
-# make test, which did both already.
+# make test, which did both already. BENCH_RUST_LOG sets the bootstraps' RUST_LOG (default warn).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

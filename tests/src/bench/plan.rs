@@ -835,8 +835,10 @@ impl Bench {
         };
         env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
         // The transform warns on its first bad row, which the data holds by design.
-        let log = if table.is_some() { "error" } else { "warn" };
-        env.push(("RUST_LOG".into(), log.into()));
+        // `BENCH_RUST_LOG` overrides it, to see what a run did (e.g. `sluice=debug`).
+        let log = std::env::var("BENCH_RUST_LOG")
+            .unwrap_or_else(|_| (if table.is_some() { "error" } else { "warn" }).into());
+        env.push(("RUST_LOG".into(), log));
         if config.tool == Tool::SluiceUnsigned {
             env.push(("SLUICE_UNSIGNED_PAYLOAD".into(), "always".into()));
         }
