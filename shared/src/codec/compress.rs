@@ -442,26 +442,35 @@ mod tests {
         }
     }
 
+    /// `n` small NDJSON records.
+    fn ndjson(n: u32) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("{{\"id\":{i},\"v\":{}}}\n", i % 97).into_bytes())
+            .collect()
+    }
+
+    /// `input` through an encoder on `threads` threads, fed 64 KiB at a time as the object
+    /// writer feeds it.
+    fn compress_in_reads(codec: Codec, threads: u32, input: &[u8]) -> Vec<u8> {
+        let mut encoder = Compression::new(codec)
+            .encoder_with_threads(threads)
+            .unwrap();
+        let mut out = Vec::new();
+        for piece in input.chunks(65_536) {
+            out.extend_from_slice(encoder.encode(piece).unwrap());
+        }
+        out.extend_from_slice(&encoder.finish().unwrap());
+        out
+    }
+
     /// zstd's worker threads change neither the stream nor its framing: one frame, the same
     /// bytes for one thread or several, decoding to the input; an empty input is one empty
     /// frame.
     #[test]
     fn zstd_threads_give_one_frame_and_the_same_bytes() {
-        let data: Vec<u8> = (0..400_000u32)
-            .flat_map(|i| format!("{{\"id\":{i},\"v\":{}}}\n", i % 97).into_bytes())
-            .collect();
+        let data = ndjson(400_000);
         assert!(data.len() > 3 * ZSTD_JOB_BYTES as usize);
-        let compress = |threads, input: &[u8]| {
-            let mut encoder = Compression::new(Codec::Zstd)
-                .encoder_with_threads(threads)
-                .unwrap();
-            let mut out = Vec::new();
-            for piece in input.chunks(65_536) {
-                out.extend_from_slice(encoder.encode(piece).unwrap());
-            }
-            out.extend_from_slice(&encoder.finish().unwrap());
-            out
-        };
+        let compress = |threads, input: &[u8]| compress_in_reads(Codec::Zstd, threads, input);
         let one = compress(1, &data);
         assert_eq!(compress(3, &data), one);
         assert_eq!(
@@ -484,21 +493,9 @@ mod tests {
     #[test]
     fn gzip_threads_give_one_member_of_about_the_same_size() {
         use std::io::Read;
-        let data: Vec<u8> = (0..600_000u32)
-            .flat_map(|i| format!("{{\"id\":{i},\"v\":{}}}\n", i % 97).into_bytes())
-            .collect();
+        let data = ndjson(600_000);
         assert!(data.len() > 5 * GZIP_BLOCK_BYTES);
-        let compress = |threads, input: &[u8]| {
-            let mut encoder = Compression::new(Codec::Gzip)
-                .encoder_with_threads(threads)
-                .unwrap();
-            let mut out = Vec::new();
-            for piece in input.chunks(65_536) {
-                out.extend_from_slice(encoder.encode(piece).unwrap());
-            }
-            out.extend_from_slice(&encoder.finish().unwrap());
-            out
-        };
+        let compress = |threads, input: &[u8]| compress_in_reads(Codec::Gzip, threads, input);
         let single_member = |gz: &[u8]| {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(gz)
