@@ -2,7 +2,8 @@
 # `make bench`: sluice against the tools users pick instead (requests + boto3, smart_open,
 # curl | aws s3 cp -, curl | rclone rcat; json.loads + boto3 and dlt for records; the seed's csv
 # generator pipeline and polars for transform; pyarrow, DuckDB and dlt for records to Parquet;
-# pyarrow, polars and DuckDB for the transform to Parquet), in an unconstrained
+# pyarrow, polars and DuckDB for the transform to Parquet; psycopg2 and psql | gzip | aws s3 cp -
+# for the export of a table in a local Postgres), in an unconstrained
 # box and Lambda boxes of 128 MB (cgroup v1: 128 MiB, 7.2% of a core), 256 MB (256 MiB, 14.5%)
 # and 3,538 MB (3,538 MiB, two vCPUs), same nginx source, same Garage; every output read back
 # and verified. See bench/README.md.
@@ -28,7 +29,7 @@ SMOKE="${BENCH_SMOKE:-0}"
 # Versions tested; a change of this list reinstalls. pyarrow and duckdb come with the main venv
 # (scripts/setup.sh pins them).
 PY_BENCH=("smart_open[s3]==9.0.2" "awscli==1.46.3" "zstandard==0.25.0" "matplotlib==3.11.2"
-    "requests==2.34.2" "polars==2.1.0")
+    "requests==2.34.2" "polars==2.1.0" "psycopg2-binary==2.9.13")
 # dlt in a venv of its own: its s3 extra (s3fs -> aiobotocore) pins a botocore that awscli v1
 # refuses, so the two cannot share one. A failed install leaves dlt out, with the reason.
 DLT_VENV="$STATE/dlt-venv"
@@ -71,7 +72,7 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" && -x "$VENV/bin/aws" ]]; th
 else
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_BENCH[@]}"
-    "$VENV/bin/python" -c 'import boto3, smart_open, zstandard, matplotlib, requests, polars'
+    "$VENV/bin/python" -c 'import boto3, smart_open, zstandard, matplotlib, requests, polars, psycopg2'
     printf '%s' "$wanted" >"$stamp"
     report "bench venv" "installed $wanted"
 fi
@@ -104,10 +105,10 @@ fi
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
     echo "== bench: build"
     # Only what the bench runs, so a crate of the workspace in progress cannot block it.
-    cargo build --release -p ingest-http -p transform-s3 -p sluice-tests --bin ingest-http \
-        --bin transform-s3 --bin sluice-bench
+    cargo build --release -p ingest-http -p transform-s3 -p export-postgres -p sluice-tests \
+        --bin ingest-http --bin transform-s3 --bin export-postgres --bin sluice-bench
 fi
-for bin in ingest-http transform-s3 sluice-bench; do
+for bin in ingest-http transform-s3 export-postgres sluice-bench; do
     [[ -x "$ROOT/target/release/$bin" ]] || {
         echo "bench: target/release/$bin missing (build it or drop BENCH_SKIP_BUILD)" >&2
         exit 1
@@ -187,7 +188,7 @@ fi
 mkdir -p "$OUT"
 versions="$("$VENV/bin/python" - <<'PY'
 import importlib.metadata as m
-print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard", "polars", "pyarrow", "duckdb"]))
+print(", ".join(f"{p} {m.version(p)}" for p in ["boto3", "smart_open", "awscli", "requests", "zstandard", "polars", "pyarrow", "duckdb", "psycopg2-binary"]))
 PY
 )"
 if [[ -n "$BENCH_DLT_PYTHON" ]]; then
@@ -195,6 +196,10 @@ if [[ -n "$BENCH_DLT_PYTHON" ]]; then
 fi
 versions+=", $(rclone version 2>/dev/null | head -1), curl $(curl --version | head -1 | cut -d' ' -f2)"
 versions+=", gzip $(gzip --version | head -1 | awk '{print $2}'), zstd $(zstd --version | grep -o 'v[0-9.]*' | head -1)"
+pg_bin="${SLUICE_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
+if [[ -x "$pg_bin/psql" ]]; then
+    versions+=", $("$pg_bin/psql" --version | sed 's/^psql (PostgreSQL)/PostgreSQL (server and psql)/')"
+fi
 versions+=", nginx $("$NGINX" -v 2>&1 | cut -d/ -f2), python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())')"
 
 set +e

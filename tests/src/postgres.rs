@@ -216,6 +216,11 @@ impl PgServer {
         Ok(())
     }
 
+    /// The directory of the server's binaries (`psql` is there too).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     /// The TCP port (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

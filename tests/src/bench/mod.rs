@@ -6,6 +6,7 @@
 //! - [`cell`]: the boxes (memory + cpu + cpuacct cgroups) and processes run inside them.
 //! - [`source`]: the generated JSON documents nginx serves, one per run, and their checksums.
 //! - [`table`]: the transform cases' CSV source in S3, its expected output, the checks.
+//! - [`pgtable`]: the export case's table in a throwaway local Postgres.
 //! - [`plan`]: settings from the environment, the cases and tools, the run loop, the output
 //!   checks (Parquet read back with pyarrow, `bench/peers/parquet_check.py`).
 //! - [`report`]: medians, ratios, the JSON, Markdown and README outputs.
@@ -13,6 +14,7 @@
 
 pub mod cell;
 pub mod limits;
+pub mod pgtable;
 pub mod plan;
 pub mod report;
 pub mod source;

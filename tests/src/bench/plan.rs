@@ -8,9 +8,10 @@ use anyhow::{Context as _, bail};
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
 
 use super::cell::{BoxKind, Cell, Finished, Usage};
+use super::pgtable::{self, PgTable};
 use super::source::{SourceFile, generate};
 use super::table::{self, TableSource};
 use crate::{
@@ -186,6 +187,11 @@ pub enum Tool {
     /// destination on S3, `loader_file_format="jsonl"` (gzip, at dlt's fixed level 9) or
     /// `"parquet"` ([`dlt_format`]).
     Dlt,
+    /// Export peer: psycopg2 named (server-side) cursor, `fetchmany(10000)`, `csv.writer`,
+    /// gzip, boto3 `upload_fileobj` over a file-like object: streaming end to end.
+    PythonPg,
+    /// Export peer: `psql -c "\copy (query) to stdout (csv, header)" | gzip -N | aws s3 cp -`.
+    PsqlAwsCli,
     /// Limit: the source alone, `curl -o /dev/null`.
     SourceAlone,
     /// Limit: sluice's multipart sink alone, bytes generated in memory.
@@ -211,6 +217,8 @@ impl Tool {
             Tool::Pyarrow => "pyarrow",
             Tool::DuckDb => "duckdb",
             Tool::Dlt => "dlt",
+            Tool::PythonPg => "psycopg2",
+            Tool::PsqlAwsCli => "psql-awscli",
             Tool::SourceAlone => "source-alone",
             Tool::SinkAlone => "sink-alone",
             Tool::CompressorAlone => "compressor-alone",
@@ -232,6 +240,10 @@ impl Tool {
             Tool::Pyarrow => "pyarrow ParquetWriter on S3FileSystem",
             Tool::DuckDb => "DuckDB COPY TO parquet + boto3",
             Tool::Dlt => "dlt rest_api + filesystem",
+            Tool::PythonPg => {
+                "psycopg2 server-side cursor fetchmany + csv.writer + gzip + boto3 upload_fileobj"
+            }
+            Tool::PsqlAwsCli => "psql \\copy (csv) | gzip -N | aws s3 cp -",
             Tool::SourceAlone => "curl -o /dev/null (source alone)",
             Tool::SinkAlone => "sluice sink, bytes from memory (sink alone)",
             Tool::CompressorAlone => "sluice codec in memory (compressor alone)",
@@ -252,6 +264,8 @@ impl Tool {
                 | Tool::Pyarrow
                 | Tool::DuckDb
                 | Tool::Dlt
+                | Tool::PythonPg
+                | Tool::PsqlAwsCli
         )
     }
 }
@@ -273,6 +287,8 @@ pub enum Case {
     RecordsParquet,
     /// The seed pipeline on the same gzip CSV, to Parquet (`output.format: parquet`, zstd).
     TransformParquet,
+    /// A query of a table in a local Postgres ([`PgTable`]) to a gzip CSV (header) in S3.
+    Export,
 }
 
 impl Case {
@@ -285,6 +301,7 @@ impl Case {
             Case::Transform => "transform",
             Case::RecordsParquet => "records-parquet",
             Case::TransformParquet => "transform-parquet",
+            Case::Export => "export",
         }
     }
 
@@ -328,6 +345,7 @@ impl Config {
     pub fn label(&self) -> &'static str {
         match (self.case, self.tool) {
             (Case::Transform | Case::TransformParquet, Tool::Sluice) => "sluice transform-s3",
+            (Case::Export, Tool::Sluice) => "sluice export-postgres",
             (Case::RecordsParquet, Tool::Pyarrow) => {
                 "json.loads + pyarrow from_pylist batches + ParquetWriter on S3FileSystem"
             }
@@ -435,6 +453,9 @@ pub fn configs(settings: &Settings) -> Vec<Config> {
     for tool in [Tool::Sluice, Tool::Pyarrow, Tool::Polars, Tool::DuckDb] {
         all.push(Config::new(Case::TransformParquet, tool, PARQUET_MODE));
     }
+    for tool in [Tool::Sluice, Tool::PythonPg, Tool::PsqlAwsCli] {
+        all.push(Config::new(Case::Export, tool, &gzip));
+    }
     if !settings.only.is_empty() {
         all.retain(|c| settings.only.iter().any(|o| c.id().contains(o.as_str())));
     }
@@ -480,9 +501,9 @@ pub struct RunRecord {
     pub secs: f64,
     /// Source bytes the run had to move (transform: the uncompressed CSV).
     pub source_bytes: u64,
-    /// Source rows (transform).
+    /// Source rows (records, transform, export).
     pub rows: Option<u64>,
-    /// Source rows per second (transform, successful runs).
+    /// Source rows per second (records, transform, export; successful runs).
     pub rows_per_s: Option<f64>,
     /// Size of what it wrote (the object; the compressed bytes for the compressor).
     pub out_bytes: Option<u64>,
@@ -542,6 +563,8 @@ pub struct Bench {
     client: aws_sdk_s3::Client,
     bucket: String,
     source: Option<SourceFile>,
+    /// The export case's table, generated at its first run and kept for the others.
+    pg: Option<PgTable>,
     next_seed: u64,
     log_dir: PathBuf,
     self_exe: PathBuf,
@@ -566,6 +589,7 @@ impl Bench {
             client,
             bucket,
             source: None,
+            pg: None,
             next_seed,
             log_dir,
             self_exe: std::env::current_exe()?,
@@ -662,11 +686,18 @@ impl Bench {
         } else {
             None
         };
+        if config.case == Case::Export && self.pg.is_none() {
+            self.pg = Some(PgTable::create(self.settings.size).await?);
+        }
         let key = match &table {
             Some(t) if config.case.is_parquet() => t.parquet_key.clone(),
             Some(t) => t.output_key.clone(),
+            None if config.case == Case::Export => {
+                format!("{}/{}/{}.csv.gz", config.id(), kind.name(), round)
+            }
             None => format!("{}/{}/{}", config.id(), kind.name(), round),
         };
+        let (source_bytes, rows) = self.source_figures(config, source.as_ref(), table.as_ref());
         let label = format!("{}-{}", config.tool.id(), kind.name());
         let cell = Cell::create(kind, &label)?;
         let mut record = RunRecord {
@@ -677,18 +708,8 @@ impl Bench {
             status: Status::Ok,
             error: None,
             secs: 0.0,
-            source_bytes: match (&table, &source) {
-                (Some(t), _) => t.len,
-                (None, Some(s)) => s.len,
-                (None, None) => self.settings.size,
-            },
-            rows: match (&table, &source) {
-                (Some(t), _) => Some(t.rows),
-                (None, Some(s)) if matches!(config.case, Case::Records | Case::RecordsParquet) => {
-                    Some(s.records)
-                }
-                _ => None,
-            },
+            source_bytes,
+            rows,
             rows_per_s: None,
             out_bytes: None,
             peak_bytes: 0,
@@ -771,6 +792,62 @@ impl Bench {
         Ok(record)
     }
 
+    /// The bytes a run has to move and the rows it reads, when its case counts them.
+    fn source_figures(
+        &self,
+        config: &Config,
+        source: Option<&SourceFile>,
+        table: Option<&TableSource>,
+    ) -> (u64, Option<u64>) {
+        match (table, source, &self.pg) {
+            (Some(t), _, _) => (t.len, Some(t.rows)),
+            (None, Some(s), _) => {
+                let records = matches!(config.case, Case::Records | Case::RecordsParquet);
+                (s.len, records.then_some(s.records))
+            }
+            (None, None, Some(pg)) if config.case == Case::Export => (pg.len, Some(pg.rows)),
+            (None, None, _) => (self.settings.size, None),
+        }
+    }
+
+    /// `ingest-http`'s job: the source document's URL, the mode's codec, `$.data[*]` for the
+    /// records cases, the declared schema for Parquet.
+    fn ingest_job(&self, config: &Config, source: &SourceFile, key: &str) -> anyhow::Result<Value> {
+        let mut job = json!({
+            "source": {"http": {"url": self.url(source)}},
+            "destination": {"bucket": self.bucket, "key": key, "manifest": false},
+        });
+        if let Some((codec, level)) = config.mode.split_once('-') {
+            job["compression"] = json!({"codec": codec, "level": level.parse::<i32>()?});
+        }
+        if matches!(config.case, Case::Records | Case::RecordsParquet) {
+            job["records"] = json!("$.data[*]");
+        }
+        if config.case == Case::RecordsParquet {
+            // No `compression`: the page codec defaults to zstd.
+            job["format"] = json!("parquet");
+            job["schema"] = RECORD_COLUMNS
+                .iter()
+                .map(|(name, ty, _)| json!({"name": name, "type": ty}))
+                .collect();
+        }
+        Ok(job)
+    }
+
+    /// `export-postgres`'s job: the export query to a CSV (header) at the mode's gzip level,
+    /// without the manifest (no peer writes one); the connection is `DATABASE_URL`.
+    fn export_job(&self, config: &Config, key: &str) -> anyhow::Result<Value> {
+        let Some(("gzip", level)) = config.mode.split_once('-') else {
+            bail!("the export writes gzip CSV, not {}", config.mode);
+        };
+        Ok(json!({
+            "source": {"postgres": {"query": pgtable::QUERY}},
+            "format": "csv",
+            "compression": {"codec": "gzip", "level": level.parse::<i32>()?},
+            "destination": {"bucket": self.bucket, "key": key, "manifest": false},
+        }))
+    }
+
     async fn run_sluice(
         &self,
         config: &Config,
@@ -780,58 +857,19 @@ impl Bench {
         key: &str,
     ) -> anyhow::Result<Outcome> {
         let mut env = self.server.lambda_env();
-        let (binary, job) = if let Some(table) = table {
-            // The seed pipeline, at the mode's gzip level (or to Parquet, whose page codec
-            // defaults to zstd) and without the manifest (no peer writes one); a direct invoke
-            // on the source object.
-            let mut pipeline: Value = serde_json::from_str(table::SEED_PIPELINE)?;
-            if config.case == Case::TransformParquet {
-                if config.mode != PARQUET_MODE {
-                    bail!(
-                        "the Parquet transform writes zstd pages, not {}",
-                        config.mode
-                    );
-                }
-                let output = pipeline["output"]
-                    .as_object_mut()
-                    .context("the seed pipeline has no output")?;
-                output.remove("compression");
-                output.insert("format".into(), json!("parquet"));
-                output.insert("key".into(), json!("clean/{source_stem}.parquet"));
-            } else {
-                let Some(("gzip", level)) = config.mode.split_once('-') else {
-                    bail!("the transform writes gzip CSV, not {}", config.mode);
-                };
-                pipeline["output"]["compression"] =
-                    json!({"codec": "gzip", "level": level.parse::<i32>()?});
-            }
-            pipeline["output"]["manifest"] = json!(false);
-            env.push(("PIPELINE".into(), pipeline.to_string()));
+        let (binary, job) = if config.case == Case::Export {
+            let pg = self.pg.as_ref().context("no export table")?;
+            env.push(("DATABASE_URL".into(), pg.url.clone()));
+            ("export-postgres", self.export_job(config, key)?)
+        } else if let Some(table) = table {
+            env.push(("PIPELINE".into(), transform_pipeline(config)?.to_string()));
             (
                 "transform-s3",
                 json!({"bucket": self.bucket, "key": table.key}),
             )
         } else {
             let source = source.context("no source")?;
-            let mut job = json!({
-                "source": {"http": {"url": self.url(source)}},
-                "destination": {"bucket": self.bucket, "key": key, "manifest": false},
-            });
-            if let Some((codec, level)) = config.mode.split_once('-') {
-                job["compression"] = json!({"codec": codec, "level": level.parse::<i32>()?});
-            }
-            if matches!(config.case, Case::Records | Case::RecordsParquet) {
-                job["records"] = json!("$.data[*]");
-            }
-            if config.case == Case::RecordsParquet {
-                // No `compression`: the page codec defaults to zstd.
-                job["format"] = json!("parquet");
-                job["schema"] = RECORD_COLUMNS
-                    .iter()
-                    .map(|(name, ty, _)| json!({"name": name, "type": ty}))
-                    .collect();
-            }
-            ("ingest-http", job)
+            ("ingest-http", self.ingest_job(config, source, key)?)
         };
         env.push(("SLUICE_ALLOW_PRIVATE_NETWORKS".into(), "true".into()));
         // The transform warns on its first bad row, which the data holds by design.
@@ -870,26 +908,22 @@ impl Bench {
         Ok(Outcome { secs, result })
     }
 
-    fn run_process(
+    /// The program and arguments that run `config`'s tool (not sluice) on `url` (the source's
+    /// URL, the transform's source key, the export's query) into `key`.
+    fn command_line(
         &self,
         config: &Config,
-        cell: &Cell,
         source: Option<&SourceFile>,
         table: Option<&TableSource>,
+        url: &str,
         key: &str,
-    ) -> anyhow::Result<Outcome> {
+    ) -> anyhow::Result<(PathBuf, Vec<String>)> {
         let s = &self.settings;
-        // The transform peers get the source object's key where the others get the URL.
-        let url = match (table, source) {
-            (Some(t), _) => t.key.clone(),
-            (None, Some(src)) => self.url(src),
-            (None, None) => String::new(),
-        };
         let quarantine_key = table.map(|t| t.quarantine_key.clone()).unwrap_or_default();
         let python = |script: &str, extra: &[&str]| -> (PathBuf, Vec<String>) {
             let mut args = vec![
                 s.peers_dir.join(script).display().to_string(),
-                url.clone(),
+                url.to_owned(),
                 self.bucket.clone(),
                 key.to_owned(),
             ];
@@ -913,7 +947,7 @@ impl Bench {
                 ],
             )
         };
-        let (program, args) = match config.tool {
+        Ok(match config.tool {
             Tool::Boto3 => python("boto3_stream.py", &[&config.mode]),
             Tool::SmartOpen => python("smart_open_stream.py", &[&config.mode]),
             Tool::PythonRecords => python("records_boto3.py", &["data", &config.mode]),
@@ -939,6 +973,21 @@ impl Bench {
                  --endpoint-url \"$BENCH_S3_ENDPOINT\" --only-show-errors",
             ),
             Tool::Rclone => pipeline("rclone rcat \"garage:$BENCH_BUCKET/$BENCH_KEY\""),
+            Tool::PythonPg => python("export_psycopg2.py", &[&config.mode]),
+            Tool::PsqlAwsCli => (
+                PathBuf::from("bash"),
+                vec![
+                    "-o".into(),
+                    "pipefail".into(),
+                    "-c".into(),
+                    format!(
+                        "\"$BENCH_PSQL\" \"$BENCH_PG_URL\" -X -q -v ON_ERROR_STOP=1 \
+                         -c \"\\copy ($BENCH_URL) to stdout with (format csv, header)\" \
+                         | {compressor}\"$BENCH_AWS\" s3 cp - \"s3://$BENCH_BUCKET/$BENCH_KEY\" \
+                         --endpoint-url \"$BENCH_S3_ENDPOINT\" --only-show-errors"
+                    ),
+                ],
+            ),
             Tool::SourceAlone => (
                 PathBuf::from("curl"),
                 vec![
@@ -948,7 +997,7 @@ impl Bench {
                     "/dev/null".into(),
                     "-w".into(),
                     "%{size_download}".into(),
-                    url.clone(),
+                    url.to_owned(),
                 ],
             ),
             Tool::SinkAlone => (
@@ -970,7 +1019,27 @@ impl Bench {
                 ],
             ),
             Tool::Sluice | Tool::SluiceUnsigned => unreachable!("run_sluice"),
+        })
+    }
+
+    fn run_process(
+        &self,
+        config: &Config,
+        cell: &Cell,
+        source: Option<&SourceFile>,
+        table: Option<&TableSource>,
+        key: &str,
+    ) -> anyhow::Result<Outcome> {
+        let s = &self.settings;
+        // The transform peers get the source object's key, the export peers the query, where
+        // the others get the URL.
+        let url = match (table, source) {
+            (Some(t), _) => t.key.clone(),
+            (None, Some(src)) => self.url(src),
+            (None, None) if config.case == Case::Export => pgtable::QUERY.to_owned(),
+            (None, None) => String::new(),
         };
+        let (program, args) = self.command_line(config, source, table, &url, key)?;
         let mut cmd = cell.command(&program, &args, &self.log_dir)?;
         // A CA bundle only matters for https; rclone refuses to start with one over plain http.
         cmd.command.env_remove("AWS_CA_BUNDLE");
@@ -980,6 +1049,11 @@ impl Bench {
             .env("BENCH_BUCKET", &self.bucket)
             .env("BENCH_KEY", key)
             .env("BENCH_AWS", &s.aws);
+        if let Some(pg) = self.pg.as_ref().filter(|_| config.case == Case::Export) {
+            cmd.command
+                .env("BENCH_PG_URL", &pg.url)
+                .env("BENCH_PSQL", pg.bin_dir().join("psql"));
+        }
         if matches!(config.tool, Tool::SinkAlone | Tool::CompressorAlone) {
             // sluice's own code plans its memory (part sizes, compressor threads) from this,
             // as in a function of the box's size.
@@ -1090,6 +1164,9 @@ impl Bench {
         }
         if let Some(table) = table {
             return self.verify_transform(config, table, key, stdout).await;
+        }
+        if config.case == Case::Export {
+            return self.verify_export(config, key, stdout).await;
         }
         let source = source.context("no source")?;
         let (crc, len, lines) = self.decoded(key, &config.mode).await?;
@@ -1203,6 +1280,30 @@ impl Bench {
                 config.tool == Tool::Sluice,
             )
         })?;
+        Ok(())
+    }
+
+    /// The export's checks: the tool's own count (sluice's summary, psycopg2's `{"rows"}`),
+    /// then the object gunzipped: the query's header, then one line per row of the table (no
+    /// field holds a newline).
+    async fn verify_export(&self, config: &Config, key: &str, stdout: &str) -> anyhow::Result<()> {
+        let want = self.pg.as_ref().context("no export table")?.rows;
+        check_export_counts(config, want, key, stdout)?;
+        let raw = BufReader::new(object_stream(&self.client, &self.bucket, key).await);
+        let mut gz = GzipDecoder::new(raw);
+        gz.multiple_members(true);
+        let mut header = String::new();
+        BufReader::new(gz)
+            .read_line(&mut header)
+            .await
+            .context("reading the header back")?;
+        if header.trim_end() != pgtable::HEADER {
+            bail!("header {header:?}; expected {:?}", pgtable::HEADER);
+        }
+        let (_, _, lines) = self.decoded(key, &config.mode).await?;
+        if lines != want + 1 {
+            bail!("{lines} lines decoded; expected {want} rows + the header");
+        }
         Ok(())
     }
 
@@ -1467,10 +1568,13 @@ impl Bench {
         }
     }
 
-    /// Removes the last source file and the bucket.
+    /// Removes the last source file and the bucket; stops the export case's Postgres.
     pub async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(old) = self.source.take() {
             let _ = std::fs::remove_file(&old.path);
+        }
+        if let Some(pg) = self.pg.take() {
+            tokio::task::block_in_place(|| drop(pg));
         }
         self.clean_bucket().await?;
         self.client
@@ -1481,6 +1585,34 @@ impl Bench {
             .with_context(|| format!("DeleteBucket {}", self.bucket))?;
         Ok(())
     }
+}
+
+/// The seed pipeline for `transform-s3`, at the mode's gzip level (or to Parquet, whose page
+/// codec defaults to zstd) and without the manifest (no peer writes one).
+fn transform_pipeline(config: &Config) -> anyhow::Result<Value> {
+    let mut pipeline: Value = serde_json::from_str(table::SEED_PIPELINE)?;
+    if config.case == Case::TransformParquet {
+        if config.mode != PARQUET_MODE {
+            bail!(
+                "the Parquet transform writes zstd pages, not {}",
+                config.mode
+            );
+        }
+        let output = pipeline["output"]
+            .as_object_mut()
+            .context("the seed pipeline has no output")?;
+        output.remove("compression");
+        output.insert("format".into(), json!("parquet"));
+        output.insert("key".into(), json!("clean/{source_stem}.parquet"));
+    } else {
+        let Some(("gzip", level)) = config.mode.split_once('-') else {
+            bail!("the transform writes gzip CSV, not {}", config.mode);
+        };
+        pipeline["output"]["compression"] =
+            json!({"codec": "gzip", "level": level.parse::<i32>()?});
+    }
+    pipeline["output"]["manifest"] = json!(false);
+    Ok(pipeline)
 }
 
 /// `parquet_check.py`'s answer.
@@ -1575,6 +1707,30 @@ fn check_counts(
             want.rows_out,
             want.quarantined
         );
+    }
+    Ok(())
+}
+
+/// The export tool's own count against the table's rows: sluice's summary (written, `rows`,
+/// the key, CSV), psycopg2's `{"rows"}`; psql says nothing.
+fn check_export_counts(config: &Config, want: u64, key: &str, stdout: &str) -> anyhow::Result<()> {
+    if config.tool == Tool::PsqlAwsCli {
+        return Ok(());
+    }
+    let said: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("the tool's summary is not JSON: {}", tail(stdout, 300)))?;
+    if config.tool == Tool::Sluice {
+        let got = (
+            said["status"].as_str(),
+            said["rows"].as_u64(),
+            said["key"].as_str(),
+            said["format"].as_str(),
+        );
+        if got != (Some("written"), Some(want), Some(key), Some("csv")) {
+            bail!("summary: {said}; expected written, {want} rows, key {key}, csv");
+        }
+    } else if said["rows"].as_u64() != Some(want) {
+        bail!("the tool reports {said}; expected {want} rows");
     }
     Ok(())
 }
@@ -1733,6 +1889,35 @@ mod tests {
             assert!(!without.iter().any(|c| c.ends_with("/dlt")), "{without:?}");
             assert!(without.iter().any(|c| c == "records/gzip-1/python-json"));
         }
+    }
+
+    #[test]
+    fn the_export_case_runs_sluice_psycopg2_and_psql_in_full_and_smoke_runs() {
+        for smoke in [false, true] {
+            assert_eq!(
+                ids(&settings(smoke, false, &["export"])),
+                [
+                    "export/gzip-1/sluice",
+                    "export/gzip-1/psycopg2",
+                    "export/gzip-1/psql-awscli"
+                ],
+                "smoke={smoke}"
+            );
+        }
+        assert!(Tool::PythonPg.is_peer() && Tool::PsqlAwsCli.is_peer());
+        let sluice = Config::new(Case::Export, Tool::Sluice, "gzip-1");
+        assert_eq!(sluice.label(), "sluice export-postgres");
+        // sluice's summary must say written, every row, the key and CSV; psycopg2 its rows.
+        let ok = r#"{"status":"written","rows":7,"key":"k","format":"csv"}"#;
+        check_export_counts(&sluice, 7, "k", ok).unwrap();
+        for bad in [ok.replace("written", "exists"), ok.replace(":7", ":6")] {
+            assert!(check_export_counts(&sluice, 7, "k", &bad).is_err(), "{bad}");
+        }
+        let python = Config::new(Case::Export, Tool::PythonPg, "gzip-1");
+        check_export_counts(&python, 7, "k", r#"{"rows": 7}"#).unwrap();
+        assert!(check_export_counts(&python, 7, "k", r#"{"rows": 8}"#).is_err());
+        let psql = Config::new(Case::Export, Tool::PsqlAwsCli, "gzip-1");
+        check_export_counts(&psql, 7, "k", "").unwrap();
     }
 
     #[test]

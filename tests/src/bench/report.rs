@@ -98,7 +98,7 @@ pub struct Median {
     pub outcome: String,
     /// Median MiB/s of source, over the ok runs.
     pub mib_per_s: Option<f64>,
-    /// Median source rows per second, over the ok runs (transform).
+    /// Median source rows per second, over the ok runs (records, transform, export).
     pub rows_per_s: Option<f64>,
     /// Median peak memory, bytes, over the ok runs (over all runs when none was ok).
     pub peak_bytes: Option<u64>,
@@ -421,7 +421,8 @@ pub fn to_markdown(
     let _ = writeln!(
         md,
         "Benchmark of {date} on {} (load at start {}); `{}`: a {gib:.2} GiB source \
-         (`BENCH_GIB`: the JSON document; for transform, the uncompressed CSV), median of {} run(s) per tool and box, every output read back and \
+         (`BENCH_GIB`: the JSON document; for transform, the uncompressed CSV; for export, the \
+         table's CSV), median of {} run(s) per tool and box, every output read back and \
          checked. {} Peak memory and CPU time count every process of a tool (the whole \
          pipeline); the source (nginx) and S3 (Garage) run outside the boxes.",
         machine.line(),
@@ -436,7 +437,7 @@ pub fn to_markdown(
     if let Some(chart) = chart {
         let _ = writeln!(md, "\n![throughput and peak memory]({chart})");
     }
-    // Rows/s only when a case counts rows (records, transform).
+    // Rows/s only when a case counts rows (records, transform, export).
     let with_rows = medians.iter().any(|m| m.rows_per_s.is_some());
     let (rows_head, rows_rule) = if with_rows {
         (" k rows/s |", "---:|")
@@ -561,12 +562,17 @@ pub fn to_markdown(
          writer's default level (records with the declared schema id int, name, kind, ref \
          string, value float, ts timestamp, tags string (its JSON text), active bool); every \
          output's rows counted from its footers by pyarrow. \
+         Export: `{q}` on a table in a local Postgres (outside the boxes, like S3 and the \
+         source; id bigint, name, kind text, value double, ts timestamptz, active bool, note \
+         text) to a gzip-{g} CSV with a header, read as a role that may only read; MiB/s of the \
+         table's CSV as `COPY` renders it; every output's header and lines counted. \
          Limits: the compressor alone compresses {s} MiB of the document in memory on the \
          threads the box's memory buys (one per 1,769 MB, at least one; its label says how \
          many); the sink alone uploads with the part schedule of the box's memory.",
         g = settings.gzip_level,
         u = USUAL_GZIP_LEVEL,
         p = PARQUET_MODE,
+        q = super::pgtable::QUERY,
         s = settings.compress_sample / (1 << 20)
     );
     md
