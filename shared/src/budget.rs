@@ -58,6 +58,7 @@ pub struct MemoryBudget {
     buffer_bytes: u64,
     part_size: u64,
     max_in_flight: usize,
+    vcpu_millis: u32,
 }
 
 impl MemoryBudget {
@@ -67,21 +68,49 @@ impl MemoryBudget {
         let buffer_bytes = memory_bytes / 4;
         let part_size = (buffer_bytes / 17 / MIB * MIB).max(DEFAULT_PART_SIZE);
         let max_in_flight = in_flight_for(buffer_bytes, part_size, MAX_IN_FLIGHT);
+        let cores = u64::from(available_cores());
+        let vcpu_millis = (memory_mib.max(128) * 1000 / LAMBDA_MIB_PER_VCPU).min(cores * 1000);
         MemoryBudget {
             memory_bytes,
             buffer_bytes,
             part_size,
             max_in_flight,
+            vcpu_millis: u32::try_from(vcpu_millis).unwrap_or(u32::MAX),
         }
     }
 
     /// The plan for this Lambda function, from `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (default 256).
+    ///
+    /// The CPU it may use is Lambda's share for that memory; outside Lambda (the variable
+    /// unset) every core. `SLUICE_VCPUS` (a number of vCPUs, such as `0.145` or `2`) overrides
+    /// both: for a box whose CPU is not what its memory would buy on Lambda.
     pub fn from_env() -> Self {
         let mib = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
             .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(DEFAULT_MEMORY_MIB);
-        Self::for_memory_mib(mib)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let budget = Self::for_memory_mib(mib.unwrap_or(DEFAULT_MEMORY_MIB));
+        let vcpus = std::env::var("SLUICE_VCPUS")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v > 0.0);
+        match (vcpus, mib) {
+            (Some(vcpus), _) => budget.with_vcpu_millis((vcpus * 1000.0).round().min(1e9) as u32),
+            (None, None) => budget.with_vcpu_millis(available_cores().saturating_mul(1000)),
+            (None, Some(_)) => budget,
+        }
+    }
+
+    /// Overrides the CPU the job may use, in thousandths of a vCPU; `0` means not known (the
+    /// upload window then grows on waits alone, [`PartSchedule::vcpu_millis`]).
+    pub fn with_vcpu_millis(mut self, vcpu_millis: u32) -> Self {
+        self.vcpu_millis = vcpu_millis;
+        self
+    }
+
+    /// The CPU the job may use, in thousandths of a vCPU: Lambda's share for the memory (one
+    /// vCPU per 1,769 MB; 144 at 256 MB), at most the cores, unless overridden.
+    pub fn vcpu_millis(&self) -> u32 {
+        self.vcpu_millis
     }
 
     /// Overrides the first part size (clamped to S3's 5 MiB – 5 GiB); concurrency is re-derived
@@ -109,8 +138,7 @@ impl MemoryBudget {
     /// CPU quota, else the CPU count).
     pub fn compress_threads(&self) -> u32 {
         let vcpus = (self.memory_bytes / (LAMBDA_MIB_PER_VCPU * MIB)).max(1);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        u32::try_from(vcpus.min(cores)).unwrap_or(1)
+        u32::try_from(vcpus.min(u64::from(available_cores()))).unwrap_or(1)
     }
 
     /// The function's memory in bytes.
@@ -146,6 +174,8 @@ impl MemoryBudget {
             buffer_bytes,
             part_size,
             max_in_flight: in_flight_for(buffer_bytes, part_size, MAX_IN_FLIGHT),
+            // The writers measure the whole process's CPU time against the whole share.
+            vcpu_millis: self.vcpu_millis,
         }
     }
 
@@ -215,8 +245,14 @@ impl MemoryBudget {
             base: self.part_size,
             buffer_bytes: self.buffer_bytes,
             max_in_flight: self.max_in_flight,
+            vcpu_millis: self.vcpu_millis,
         }
     }
+}
+
+/// The cores this process may use (the cgroup's CPU quota rounded up, else the CPU count).
+fn available_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 
 fn in_flight_for(buffer_bytes: u64, part_size: u64, cap: usize) -> usize {
@@ -230,6 +266,7 @@ pub struct PartSchedule {
     base: u64,
     buffer_bytes: u64,
     max_in_flight: usize,
+    vcpu_millis: u32,
 }
 
 impl PartSchedule {
@@ -238,6 +275,14 @@ impl PartSchedule {
         let step = part_number.saturating_sub(1) / PARTS_PER_STEP;
         let size = self.base.saturating_mul(1u64 << step.min(20));
         size.min(MAX_PART_SIZE)
+    }
+
+    /// The CPU the job may use, in thousandths of a vCPU (`0`: not known). The upload window
+    /// adds a part buffer only while the process leaves this CPU idle: a writer that waits for
+    /// a slot while its uploads are computing (signing, checksums) or while the function is
+    /// throttled would gain nothing from one more buffer.
+    pub fn vcpu_millis(&self) -> u32 {
+        self.vcpu_millis
     }
 
     /// Parts that may upload at once while parts of `part_size` are in use.
@@ -314,6 +359,21 @@ mod tests {
         assert_eq!(b.part_size(), 8 * MIB);
         assert_eq!(b.max_in_flight(), 7);
         assert!((b.max_in_flight() as u64 + 1) * b.part_size() <= b.buffer_bytes());
+    }
+
+    #[test]
+    fn cpu_share_follows_lambda_memory() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert_eq!(MemoryBudget::for_memory_mib(256).vcpu_millis(), 144);
+        assert_eq!(MemoryBudget::for_memory_mib(128).vcpu_millis(), 72);
+        assert_eq!(
+            MemoryBudget::for_memory_mib(3538).vcpu_millis(),
+            2000.min(cores * 1000)
+        );
+        let schedule = MemoryBudget::for_memory_mib(256)
+            .with_vcpu_millis(0)
+            .schedule();
+        assert_eq!(schedule.vcpu_millis(), 0);
     }
 
     #[test]

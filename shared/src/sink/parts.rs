@@ -91,10 +91,13 @@ pub(crate) struct Parts {
 ///
 /// It starts at two (one part uploads while the next fills) and grows by one, up to the
 /// budget's `max_in_flight`, each time the writer had to wait for a free slot for longer than
-/// [`GROW_AFTER`] of the time it took to fill the part before: only then would one more buffer
-/// have kept it busy. A writer limited by its CPU (a 256 MB function fills a part in about
-/// 0.1 s and uploads it meanwhile) rarely waits and keeps two buffers; one limited by the
-/// network waits and grows until the uploads keep up.
+/// [`GROW_AFTER`] of the time it took to fill the part before, and only while the process
+/// leaves most of its CPU idle ([`CPU_BOUND`], over spans of at least [`LOAD_SPAN`]): only then
+/// would one more buffer have kept it busy. A writer limited by its CPU keeps two buffers: a
+/// 256 MB function fills a part in a burst of its CPU share and is then throttled for the
+/// rest of the 100 ms period, so it waits for a slot although more buffers would not move the
+/// uploads (which need the same CPU to sign and checksum) any sooner. A writer limited by the
+/// network waits with its CPU idle, and grows until the uploads keep up.
 #[derive(Debug)]
 pub(crate) struct Window {
     slots: usize,
@@ -103,19 +106,34 @@ pub(crate) struct Window {
     filling_since: Option<Instant>,
     /// How long the last part took to fill.
     last_fill: Duration,
+    /// The CPU the process may use, in thousandths of a vCPU (0: not known, not checked).
+    vcpu_millis: u32,
+    /// Start of the span over which the process's CPU use is measured: the time then and
+    /// the process's CPU time then.
+    span: Option<(Instant, Duration)>,
 }
 
 /// A wait longer than this share of a part's fill time grows the window: 1/4.
 pub(crate) const GROW_AFTER: (u32, u32) = (1, 4);
 
+/// A process that used more than this share of its CPU over the span is CPU-bound, and its
+/// window does not grow: 1/2.
+pub(crate) const CPU_BOUND: (u32, u32) = (1, 2);
+
+/// The shortest span whose CPU use counts: several of the scheduler's 100 ms periods, so that
+/// a burst and the throttled rest of a period average out.
+pub(crate) const LOAD_SPAN: Duration = Duration::from_millis(300);
+
 impl Window {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, vcpu_millis: u32) -> Self {
         let max = max.max(1);
         Window {
             slots: max.min(2),
             max,
             filling_since: None,
             last_fill: Duration::ZERO,
+            vcpu_millis,
+            span: None,
         }
     }
 
@@ -144,11 +162,70 @@ impl Window {
 
     /// The writer waited `wait` for a slot.
     pub(crate) fn waited(&mut self, wait: Duration) {
+        self.waited_at(wait, Instant::now(), process_cpu_time());
+    }
+
+    /// [`Window::waited`] at `now`, the process having used `cpu` of CPU time so far.
+    pub(crate) fn waited_at(&mut self, wait: Duration, now: Instant, cpu: Option<Duration>) {
         let (num, den) = GROW_AFTER;
-        if wait * den > self.last_fill * num && self.slots < self.max {
-            self.slots += 1;
-            tracing::debug!(slots = self.slots, ?wait, fill = ?self.last_fill, "upload window grows");
+        if self.slots >= self.max || wait * den <= self.last_fill * num {
+            return;
         }
+        if !self.cpu_idle(now, cpu) {
+            return;
+        }
+        self.slots += 1;
+        tracing::debug!(slots = self.slots, ?wait, fill = ?self.last_fill, "upload window grows");
+    }
+
+    /// Whether the process used less than [`CPU_BOUND`] of its CPU since the span began (yes
+    /// when its CPU is not known). The first long wait begins a span; a span shorter than
+    /// [`LOAD_SPAN`] says no; a longer one ends here and the next begins.
+    fn cpu_idle(&mut self, now: Instant, cpu: Option<Duration>) -> bool {
+        let Some(cpu) = cpu.filter(|_| self.vcpu_millis > 0) else {
+            return true;
+        };
+        let Some((since, cpu_since)) = self.span else {
+            self.span = Some((now, cpu));
+            return false;
+        };
+        let wall = now.saturating_duration_since(since);
+        if wall < LOAD_SPAN {
+            return false;
+        }
+        self.span = Some((now, cpu));
+        let used = cpu.saturating_sub(cpu_since).as_nanos();
+        let available = wall.as_nanos() * u128::from(self.vcpu_millis) / 1000;
+        let (num, den) = CPU_BOUND;
+        let idle = used * u128::from(den) < available * u128::from(num);
+        if !idle {
+            let cpu = Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX));
+            tracing::debug!(span = ?wall, ?cpu, "upload window stays: the process is CPU-bound");
+        }
+        idle
+    }
+}
+
+/// The CPU time this process has used, on all its threads.
+fn process_cpu_time() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        (rc == 0).then(|| {
+            Duration::new(
+                u64::try_from(ts.tv_sec).unwrap_or(0),
+                u32::try_from(ts.tv_nsec).unwrap_or(0),
+            )
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
     }
 }
 
@@ -179,7 +256,10 @@ impl Parts {
             part_number: 1,
             upload_id: None,
             in_flight: JoinSet::new(),
-            window: Window::new(schedule.max_in_flight(schedule.part_size(1))),
+            window: Window::new(
+                schedule.max_in_flight(schedule.part_size(1)),
+                schedule.vcpu_millis(),
+            ),
             done: Vec::new(),
             bytes: 0,
             deadline,

@@ -307,9 +307,12 @@ async fn in_flight_parts_grow_to_the_limit_when_uploads_are_slow() {
         ..Fake::default()
     });
     // 128 MB: a limit of five, reached after 2 + 3 + 4 + 5 parts (one step per round of waits).
+    // The clock is paused, so the process's CPU time says nothing about these waits: not
+    // checked (`window_stays_while_the_process_is_cpu_bound` covers that).
     let o = UploadOptions::new(
         MemoryBudget::for_memory_mib(128)
             .with_part_size(MIN_PART_SIZE)
+            .with_vcpu_millis(0)
             .schedule(),
     );
     let input = data(20 * P);
@@ -346,7 +349,7 @@ async fn in_flight_parts_stay_two_when_the_source_is_the_limit() {
 
 #[test]
 fn window_grows_only_on_long_waits_and_within_its_limit() {
-    let mut w = parts::Window::new(4);
+    let mut w = parts::Window::new(4, 0);
     assert_eq!(w.slots(), 2);
     // No part filled yet: any wait grows it.
     w.waited(Duration::from_millis(1));
@@ -355,8 +358,32 @@ fn window_grows_only_on_long_waits_and_within_its_limit() {
     assert_eq!(w.slots(), 2);
     w.waited(Duration::from_secs(1));
     assert_eq!(w.slots(), 2, "never past the limit");
-    assert_eq!(parts::Window::new(1).slots(), 1);
-    assert_eq!(parts::Window::new(0).slots(), 1);
+    assert_eq!(parts::Window::new(1, 0).slots(), 1);
+    assert_eq!(parts::Window::new(0, 0).slots(), 1);
+}
+
+/// A 256 MB function (0.144 vCPU) that waits long for slots: it grows while its waits leave
+/// the CPU idle, not while it used its whole share, and never on a span too short to tell.
+#[tokio::test(start_paused = true)]
+async fn window_stays_while_the_process_is_cpu_bound() {
+    let mut w = parts::Window::new(6, 144);
+    let start = tokio::time::Instant::now();
+    let wait = Duration::from_millis(90);
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let cpu = |ms: u64| Some(Duration::from_millis(ms));
+    // The first long wait begins the span; one 200 ms later is too early to say.
+    w.waited_at(wait, at(100), cpu(14));
+    w.waited_at(wait, at(300), cpu(15));
+    assert_eq!(w.slots(), 2);
+    // 400 ms in which the process used 46 ms: more than half its share (57.6 ms), CPU-bound.
+    w.waited_at(wait, at(500), cpu(60));
+    assert_eq!(w.slots(), 2);
+    // The next 300 ms used 10 ms of the 43.2 its share allows: waiting on the network.
+    w.waited_at(wait, at(800), cpu(70));
+    assert_eq!(w.slots(), 3);
+    // A short wait never grows it, idle or not.
+    w.waited_at(Duration::ZERO, at(1200), cpu(71));
+    assert_eq!(w.slots(), 3);
 }
 
 #[tokio::test]

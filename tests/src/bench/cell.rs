@@ -86,6 +86,17 @@ impl BoxKind {
             .unwrap_or(UNCONSTRAINED_FUNCTION_MIB)
     }
 
+    /// What sluice is told of its CPU in this box (`SLUICE_VCPUS`), when Lambda's share for the
+    /// memory it is told it has would be wrong: the unconstrained box plans memory as a 256 MB
+    /// function but may use every core.
+    pub fn sluice_vcpus(self) -> Option<String> {
+        (self == BoxKind::Unconstrained).then(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string()
+        })
+    }
+
     /// The box's CFS quota per [`CFS_PERIOD_US`] on a machine of `cores` cores.
     pub fn cpu_quota_us(self, cores: u64) -> u64 {
         match self {
