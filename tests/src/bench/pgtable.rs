@@ -65,7 +65,7 @@ impl PgTable {
                         (ARRAY['paid by card', 'paid on delivery', 'invoiced net 30'])
                             [i % 3 + 1] || ' ' ||
                         md5(i::text) || ' ' || md5((i * 31)::text)
-                 FROM generate_series(1, {rows}) AS i;
+                 FROM generate_series(1::bigint, {rows}) AS i;
                  CREATE ROLE {READER} LOGIN PASSWORD '{READER}-pw';
                  GRANT pg_read_all_data TO {READER};"
             ))
