@@ -880,6 +880,9 @@ impl Bench {
         if config.tool == Tool::SluiceUnsigned {
             env.push(("SLUICE_UNSIGNED_PAYLOAD".into(), "always".into()));
         }
+        if let Some(vcpus) = cell.kind.sluice_vcpus() {
+            env.push(("SLUICE_VCPUS".into(), vcpus));
+        }
         let timeout = Duration::from_secs(self.settings.timeout_secs);
         let api = RuntimeApi::start().await;
         let start = Instant::now();
@@ -1061,6 +1064,9 @@ impl Bench {
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
                 cell.kind.function_memory_mib().to_string(),
             );
+            if let Some(vcpus) = cell.kind.sluice_vcpus() {
+                cmd.command.env("SLUICE_VCPUS", vcpus);
+            }
         }
         // A scratch directory per run (Python's tempfile follows TMPDIR), removed afterwards:
         // a peer killed at the memory limit cannot clean up its downloads itself.
