@@ -52,6 +52,9 @@ struct Fake {
     /// When this part is sent, another writer completes the key and the server removes this
     /// upload with it (as Garage does): the part fails as `NoSuchUpload`.
     overtaken_at_part: Option<i32>,
+    /// Parts are copied into this (at `(n - 1) × P`) and their bodies released, as a real
+    /// server's request ends; `CompleteMultipartUpload` then stores nothing.
+    assembled: Option<Mutex<Vec<u8>>>,
 }
 
 impl Fake {
@@ -132,7 +135,12 @@ impl ObjectTarget for Shared {
                     retryable: true,
                 });
             }
-            f.parts.lock().unwrap().insert(n, body);
+            if let Some(assembled) = &f.assembled {
+                let at = (n as usize - 1) * P;
+                assembled.lock().unwrap()[at..at + body.len()].copy_from_slice(&body);
+            } else {
+                f.parts.lock().unwrap().insert(n, body);
+            }
             Ok(PartReceipt {
                 part_number: n,
                 e_tag: format!("e{n}"),
@@ -156,7 +164,9 @@ impl ObjectTarget for Shared {
             if f.commit_hangs {
                 std::future::pending::<()>().await;
             }
-            let whole: Vec<u8> = {
+            let whole: Vec<u8> = if f.assembled.is_some() {
+                Vec::new()
+            } else {
                 let stored = f.parts.lock().unwrap();
                 parts
                     .iter()
@@ -345,6 +355,38 @@ async fn in_flight_parts_stay_two_when_the_source_is_the_limit() {
     assert_eq!(fake.objects.lock().unwrap()["key"], input);
     let seen = fake.max_in_flight_seen.load(Ordering::SeqCst);
     assert_eq!(seen, 2, "seen {seen}");
+}
+
+/// A writer that waits for its uploads gets the finished part's buffer, once the request has
+/// let go of it, for the next part: two buffers for the whole object instead of one fresh
+/// allocation (whose pages must be faulted in and zeroed) per part. A body the target still
+/// holds is never reused (the other tests' fake keeps them all and gets every byte back).
+#[test]
+fn finished_part_buffers_are_reused_while_the_writer_waits() {
+    let input = data(12 * P);
+    let fake = Arc::new(Fake {
+        assembled: Some(Mutex::new(vec![0; input.len()])),
+        part_delay_ms: 5,
+        ..Fake::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let allocated = crate::source::http::state::alloc_meter::allocations_of_at_least(P, || {
+        rt.block_on(async {
+            let mut w = writer(&fake, None);
+            for chunk in input.chunks(P / 4) {
+                w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+            w.finish().await.unwrap();
+        });
+    });
+    assert_eq!(*fake.assembled.as_ref().unwrap().lock().unwrap(), input);
+    assert!(
+        allocated <= 3,
+        "{allocated} part buffers allocated for 12 parts"
+    );
 }
 
 #[test]

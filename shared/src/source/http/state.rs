@@ -490,9 +490,18 @@ pub(crate) mod alloc_meter {
         static ON: Cell<bool> = const { Cell::new(false) };
         static LIVE: Cell<isize> = const { Cell::new(0) };
         static PEAK: Cell<isize> = const { Cell::new(0) };
+        static LARGE: Cell<(usize, usize)> = const { Cell::new((usize::MAX, 0)) };
     }
 
     fn count(delta: isize) {
+        if delta > 0 {
+            let _ = LARGE.try_with(|l| {
+                let (min, n) = l.get();
+                if delta.unsigned_abs() >= min {
+                    l.set((min, n + 1));
+                }
+            });
+        }
         // `try_with`: the thread-locals may be gone while a thread exits.
         let _ = ON.try_with(|on| {
             if on.get() {
@@ -517,7 +526,9 @@ pub(crate) mod alloc_meter {
         }
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            count(new_size as isize - layout.size() as isize);
+            // A grown block counts as allocated anew (for `allocations_of_at_least`).
+            count(-(layout.size() as isize));
+            count(new_size as isize);
             unsafe { System.realloc(ptr, layout, new_size) }
         }
     }
@@ -533,5 +544,12 @@ pub(crate) mod alloc_meter {
         f();
         ON.with(|on| on.set(false));
         PEAK.with(|p| p.get()).max(0) as usize
+    }
+
+    /// How many blocks of at least `min` bytes `f` allocated on this thread.
+    pub(crate) fn allocations_of_at_least(min: usize, f: impl FnOnce()) -> usize {
+        LARGE.with(|l| l.set((min, 0)));
+        f();
+        LARGE.with(|l| l.replace((usize::MAX, 0)).1)
     }
 }
