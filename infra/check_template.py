@@ -391,9 +391,13 @@ class Checker:
                 self.fail(name, "no inline Definition")
                 continue
             self.check_asl(name, definition)
+            self.check_trigger(name, res, {"SluiceNoTriggerReason": "started by hand"})
+            if self.is_job_loop(definition):
+                self.check_job_loop(name, p, definition)
+                continue
             maps = list(self.distributed_maps(definition.get("States", {})))
             if not maps:
-                self.fail(name, "no Distributed Map (Map with ItemProcessor.ProcessorConfig.Mode DISTRIBUTED)")
+                self.fail(name, "neither a Distributed Map (backfill) nor a continue loop (a Choice on status continue)")
             for state_name, state in maps:
                 where = f"{name}.{state_name}"
                 reader = text_of((state.get("ItemReader") or {}).get("Resource", ""))
@@ -421,6 +425,42 @@ class Checker:
                 self.fail(name, "role lacks lambda:InvokeFunction on transform-s3")
             if not start_ok:
                 self.fail(name, "role lacks states:StartExecution (Distributed Map child workflows)")
+
+    @staticmethod
+    def is_job_loop(definition: dict[str, Any]) -> bool:
+        return any(
+            st.get("Type") == "Choice"
+            and any(c.get("StringEquals") == "continue" for c in st.get("Choices", []) or [])
+            for st in (definition.get("States") or {}).values()
+            if isinstance(st, dict)
+        )
+
+    def check_job_loop(self, name: str, props: dict[str, Any], definition: dict[str, Any]) -> None:
+        """A machine that runs a job across invocations: each Lambda task retries Lambda's own
+        transient errors, the first one has a Catch, an abort event cleans up after a failure,
+        and its role invokes only the function its tasks name."""
+        states = definition.get("States") or {}
+        tasks = {n: st for n, st in states.items() if isinstance(st, dict) and st.get("Type") == "Task"}
+        invoked = set()
+        for task_name, task in tasks.items():
+            fn = text_of((task.get("Parameters") or {}).get("FunctionName", ""))
+            invoked.add(fn.split(".")[0].strip("${}"))
+            errors = {e for r in task.get("Retry", []) or [] for e in r.get("ErrorEquals", [])}
+            if not errors & {"States.ALL", "Lambda.ServiceException"} or not errors & {"States.ALL", "Lambda.TooManyRequestsException"}:
+                self.fail(f"{name}.{task_name}", "no Retry on Lambda.ServiceException and Lambda.TooManyRequestsException")
+            if not task.get("Catch"):
+                self.fail(f"{name}.{task_name}", "no Catch (a failed job must abort its upload)")
+        aborts = [t for t in tasks.values() if "abort" in ((t.get("Parameters") or {}).get("Payload") or {})]
+        if not aborts:
+            self.fail(name, "no task sends an abort event after a failure")
+        for st in self.machine_statements(props):
+            actions = [text_of(a).lower() for a in as_list(st.get("Action", []))]
+            if "lambda:invokefunction" not in actions:
+                continue
+            for r in as_list(st.get("Resource", [])):
+                fn = text_of(r).split(".")[0].strip("${}")
+                if fn not in invoked:
+                    self.fail(name, f"lambda:InvokeFunction on {text_of(r)!r}, which no task invokes")
 
     def machine_statements(self, props: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for policy in as_list(props.get("Policies", [])):

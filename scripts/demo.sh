@@ -3,7 +3,8 @@
 # JSON document (DEMO_SIZE_MIB, default 1024) through the real ingest-http bootstrap inside a
 # 256 MB memory cgroup, gzip-compressed, into s3://sluice-demo/; then a generated
 # parking-violations CSV (DEMO_TRANSFORM_MIB, default 512) through transform-s3 and the seed
-# pipeline; then the `sluice` command validates a sample event and runs it without Lambda, once
+# pipeline; a job cut into invocations of DEMO_INVOCATION_SECS (default 2) continued to its end;
+# then the `sluice` command validates a sample event and runs it without Lambda, once
 # into one object and once partitioned by two of the records' fields.
 # Prints the summaries and the objects. The servers stay up afterwards (`make stack-down` stops them).
 set -euo pipefail
@@ -17,6 +18,10 @@ eval "$(bash scripts/stack.sh env)"
 echo "=== ingest-http: an HTTP body into S3"
 target/release/sluice-local demo --size-mib "${DEMO_SIZE_MIB:-1024}" \
     --compression "${DEMO_COMPRESSION:-gzip}" --memory-mb "${DEMO_MEMORY_MB:-256}"
+echo
+echo "=== ingest-http: a job longer than one invocation (each cut at ${DEMO_INVOCATION_SECS:-2} s), continued until it ends"
+target/release/sluice-local continue --size-mib "${DEMO_CONTINUE_MIB:-1024}" \
+    --compression "${DEMO_COMPRESSION:-gzip}" --invocation-secs "${DEMO_INVOCATION_SECS:-2}"
 echo
 echo "=== transform-s3: an object lands, a typed and filtered copy lands beside it"
 target/release/sluice-local transform --size-mib "${DEMO_TRANSFORM_MIB:-512}" \

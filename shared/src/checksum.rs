@@ -48,7 +48,8 @@ impl ChecksumAlgorithm {
 
 /// A CRC value with the length it covers, so values of consecutive parts can be combined
 /// into the full-object value without reading the data again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Crc {
     algorithm: ChecksumAlgorithm,
     value: u64,

@@ -261,6 +261,18 @@ pub enum Error {
         message: String,
     },
 
+    /// A job continued from a checkpoint found its source changed (another version, a range
+    /// refused): the parts written came from the old one, so the upload is aborted.
+    #[error(
+        "source {url}: changed since the job started: {message}; upload aborted, nothing written"
+    )]
+    SourceChanged {
+        /// The source (redacted).
+        url: String,
+        /// What differed.
+        message: String,
+    },
+
     /// Pagination cannot go on: a cursor or URL came back (a loop), or a next URL is invalid.
     #[error("source {url}: {message}")]
     Pagination {
@@ -354,7 +366,9 @@ impl Error {
             }
             Error::SourceRequest { .. } | Error::SourceRead { .. } => ErrorKind::Retryable,
             Error::RetryPastDeadline { .. } => ErrorKind::Timeout,
-            Error::Records { .. } | Error::Pagination { .. } => ErrorKind::Upstream,
+            Error::Records { .. } | Error::Pagination { .. } | Error::SourceChanged { .. } => {
+                ErrorKind::Upstream
+            }
             Error::Blocked { .. } => ErrorKind::InvalidInput,
             Error::Decode { .. } | Error::Encode { .. } => ErrorKind::Upstream,
             Error::S3 { retryable, .. } => {

@@ -123,6 +123,9 @@ pub enum Status {
     Stale,
     /// The source changed or vanished since the event.
     Superseded,
+    /// Not finished yet: a checkpoint was written, and the answer's `continue` value, sent as
+    /// the next invocation's event, goes on from it ([`crate::checkpoint`]).
+    Continue,
 }
 
 impl Status {
@@ -135,6 +138,7 @@ impl Status {
             Status::Duplicate => "duplicate",
             Status::Stale => "stale",
             Status::Superseded => "superseded",
+            Status::Continue => "continue",
         }
     }
 }
@@ -183,8 +187,10 @@ fn yes() -> bool {
 }
 
 impl Destination {
-    /// Checks the bucket name and the rolling limits.
+    /// Checks the bucket name, the key (not under [`crate::checkpoint::RESERVED`]) and the
+    /// rolling limits.
     pub fn validate(&self) -> Result<()> {
+        crate::checkpoint::check_not_reserved("destination.key", &self.key)?;
         if self.max_object_mib == Some(0) || self.max_object_records == Some(0) {
             return Err(Error::spec(
                 "destination.max_object_mib and max_object_records must be at least 1",
@@ -217,6 +223,9 @@ pub fn validate_bucket(field: &str, bucket: &str) -> Result<()> {
         )))
     }
 }
+
+/// Parts between two checkpoints when `tuning.checkpoint_every_parts` is not set.
+pub const DEFAULT_CHECKPOINT_EVERY_PARTS: u32 = 32;
 
 /// `tuning` in a job spec or pipeline.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
@@ -262,6 +271,23 @@ pub struct Tuning {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_partitions: Option<usize>,
+    /// Jobs that can continue in another invocation ([`crate::checkpoint`]): milliseconds,
+    /// before the give-up margin, at which the job stops to write its checkpoint (1,000–
+    /// 600,000). Default: the time the parts in flight need at the upload rate measured so
+    /// far, plus 2 s.
+    #[serde(default)]
+    #[schemars(range(min = 1000, max = 600_000))]
+    pub checkpoint_margin_ms: Option<u64>,
+    /// Jobs that can continue: stop and checkpoint after this many seconds of an invocation
+    /// even when its deadline is further (1–900). Default: only the deadline.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 900))]
+    pub max_invocation_secs: Option<u64>,
+    /// Jobs that can continue: also write a checkpoint after this many parts (1–10,000), so a
+    /// killed invocation's retry resumes near where it died. Default 32.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub checkpoint_every_parts: Option<u32>,
 }
 
 impl Tuning {
@@ -362,6 +388,27 @@ impl Tuning {
         if self.spill_mib == Some(0) {
             return Err(Error::spec("tuning.spill_mib must be at least 1"));
         }
+        if let Some(ms) = self.checkpoint_margin_ms
+            && !(1000..=600_000).contains(&ms)
+        {
+            return Err(Error::spec(format!(
+                "tuning.checkpoint_margin_ms {ms} is outside 1000..=600000"
+            )));
+        }
+        if let Some(n) = self.checkpoint_every_parts
+            && !(1..=10_000).contains(&n)
+        {
+            return Err(Error::spec(format!(
+                "tuning.checkpoint_every_parts {n} is outside 1..=10000"
+            )));
+        }
+        if let Some(secs) = self.max_invocation_secs
+            && !(1..=900).contains(&secs)
+        {
+            return Err(Error::spec(format!(
+                "tuning.max_invocation_secs {secs} is outside 1..=900: Lambda's longest timeout is 15 minutes"
+            )));
+        }
         if let Some(ms) = self.deadline_margin_ms {
             let range = MIN_DEADLINE_MARGIN.as_millis()..=MAX_DEADLINE_MARGIN.as_millis();
             if !range.contains(&u128::from(ms)) {
@@ -388,6 +435,33 @@ impl Tuning {
             b = b.with_max_in_flight(n);
         }
         Ok(b)
+    }
+
+    /// When a job that can continue stops to checkpoint ([`crate::checkpoint::StopClock`]):
+    /// `pending_bytes` may still be uploading then; `give_up` is the job's deadline.
+    pub fn stop_clock(
+        &self,
+        invocation_started: tokio::time::Instant,
+        give_up: Option<tokio::time::Instant>,
+        pending_bytes: u64,
+        progress: Arc<crate::telemetry::Progress>,
+    ) -> crate::checkpoint::StopClock {
+        crate::checkpoint::StopClock {
+            started: invocation_started,
+            limit: self
+                .max_invocation_secs
+                .map(|s| invocation_started + Duration::from_secs(s)),
+            give_up,
+            margin: self.checkpoint_margin_ms.map(Duration::from_millis),
+            pending_bytes,
+            progress,
+        }
+    }
+
+    /// Parts between two checkpoints of a job that can continue.
+    pub fn checkpoint_every_parts(&self) -> u32 {
+        self.checkpoint_every_parts
+            .unwrap_or(DEFAULT_CHECKPOINT_EVERY_PARTS)
     }
 
     /// The margin before the Lambda deadline.

@@ -79,6 +79,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod checkpoint;
 pub mod checksum;
 pub mod codec;
 pub mod columnar;

@@ -70,6 +70,24 @@ pub fn unsigned_payload() -> bool {
     }
 }
 
+/// An [`Error::S3`] on `bucket`/`key` that is not an SDK error (a body too large or cut).
+pub(crate) fn s3_error(
+    op: S3Operation,
+    bucket: &str,
+    key: &str,
+    message: String,
+    retryable: bool,
+) -> Error {
+    Error::S3 {
+        operation: op,
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        part_number: None,
+        message,
+        retryable,
+    }
+}
+
 /// An S3 failure as sluice's [`Error::S3`], with the HTTP status in the message and whether
 /// trying again could succeed: timeouts, dropped connections, 5xx, 429, `SlowDown`,
 /// `RequestTimeout`, `InternalError`, `ConditionalRequestConflict`, and the digest errors

@@ -12,6 +12,7 @@
 //! | `GET /stall?size=N&at=M[&seed=S]` | `Content-Length: N`, M bytes, then nothing until the server drops |
 //! | `GET /status/{code}[?size=N][&retry_after=V]` | that status, a short text body (or N bytes), optional `Retry-After: V` |
 //! | `GET /gzip?size=N&seed=S` | the `/bytes` content gzip-compressed on the fly, `Content-Encoding: gzip` |
+//! | `GET /ranged?size=N&seed=S[&validator=V][&name=K]` | N bytes of NDJSON-like lines generated per 64 KiB chunk (so any offset is served at once; [`ranged_crc64nvme`]) with `Accept-Ranges: bytes` and a validator (`etag`, the default: a strong ETag; `modified`: Last-Modified; `weak`: a weak ETag; `none`); `Range: bytes=A-[B]` gets a `206` (with `If-Range`, only while the validator still matches, else the whole body); [`FixtureServer::change`] makes a new version of the body named K |
 //! | `GET /empty` | 200 with `Content-Length: 0` |
 //! | `GET /api/*`, `GET /redirect` | the JSON API of [`crate::fixture_api`]: paginated records and API faults |
 //!
@@ -47,18 +48,29 @@ pub struct FixtureServer {
     /// Where the server listens.
     pub addr: SocketAddr,
     hits: Hits,
+    versions: Versions,
     log: RequestLog,
     _server: BackgroundServer,
 }
 
 type Hits = Arc<Mutex<HashMap<String, usize>>>;
+/// The version of each named `/ranged` body (0 until changed).
+type Versions = Arc<Mutex<HashMap<String, u64>>>;
 
 impl FixtureServer {
     /// Starts the server on its own thread and runtime (see the module docs for the routes).
     pub async fn start() -> FixtureServer {
         let hits = Hits::default();
         let log = RequestLog::default();
+        let versions = Versions::default();
+        let ranged = {
+            let versions = versions.clone();
+            move |q: Query<RangedQuery>, headers: axum::http::HeaderMap| {
+                ranged_route(versions.clone(), q, headers)
+            }
+        };
         let app = Router::new()
+            .route("/ranged", get(ranged))
             .route("/bytes", get(bytes_route))
             .route("/json", get(json_route))
             .route("/cut", get(cut_route))
@@ -77,6 +89,7 @@ impl FixtureServer {
         FixtureServer {
             addr: server.addr,
             hits,
+            versions,
             log,
             _server: server,
         }
@@ -102,6 +115,17 @@ impl FixtureServer {
     /// their decoded query and headers. The log keeps the last 10,000 requests of the server.
     pub fn requests(&self, path: &str) -> Vec<RecordedRequest> {
         self.log.matching(Some(path))
+    }
+
+    /// Makes a new version of the `/ranged` body named `name`: other content, another
+    /// validator.
+    pub fn change(&self, name: &str) {
+        *self
+            .versions
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default() += 1;
     }
 
     /// Every request the server received (the last 10,000), in arrival order.
@@ -265,6 +289,47 @@ pub fn body_stream(seed: u64, size: u64) -> impl Stream<Item = io::Result<Bytes>
             Some((Ok(Bytes::from(chunk)), (records, remaining - n as u64)))
         },
     )
+}
+
+/// Chunk `index` of a `/ranged` body: NDJSON-like lines from a generator seeded by `seed` and
+/// the index alone, so any offset is reached without generating what comes before.
+fn ranged_chunk(seed: u64, index: u64, n: usize) -> Vec<u8> {
+    let mut records = Records::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut chunk = Vec::with_capacity(n);
+    records.fill_ndjson(&mut chunk, n);
+    chunk
+}
+
+/// The bytes `offset..size` of the `/ranged?size={size}&seed={seed}` body, in chunks of
+/// [`CHUNK`] (the first one shorter when `offset` is inside a chunk).
+pub fn ranged_stream(
+    seed: u64,
+    size: u64,
+    offset: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    stream::unfold(offset.min(size), move |at| async move {
+        if at >= size {
+            return None;
+        }
+        let index = at / CHUNK as u64;
+        let start = index * CHUNK as u64;
+        let end = (start + CHUNK as u64).min(size);
+        let chunk = ranged_chunk(seed, index, (end - start) as usize);
+        let skip = (at - start) as usize;
+        Some((Ok(Bytes::from(chunk).slice(skip..)), end))
+    })
+}
+
+/// CRC64/NVME of the `/ranged?size={size}&seed={seed}` body.
+pub fn ranged_crc64nvme(seed: u64, size: u64) -> u64 {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(CHUNK as u64);
+        digest.update(&ranged_chunk(seed, at / CHUNK as u64, n as usize));
+        at += n;
+    }
+    digest.finalize()
 }
 
 /// CRC64/NVME of `body_stream(seed, size)` (the checksum S3 reports as `ChecksumCRC64NVME`,
@@ -479,6 +544,93 @@ async fn gzip_route(Query(q): Query<SizeSeed>) -> Response {
     response
         .headers_mut()
         .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    response
+}
+
+#[derive(Deserialize)]
+struct RangedQuery {
+    size: u64,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    validator: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `bytes=A-` or `bytes=A-B` (one range); `None` for anything else.
+fn parse_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let (start, end) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let start = start.parse().ok()?;
+    let end = if end.is_empty() {
+        None
+    } else {
+        Some(end.parse().ok()?)
+    };
+    Some((start, end))
+}
+
+async fn ranged_route(
+    versions: Versions,
+    Query(q): Query<RangedQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let name = q.name.unwrap_or_default();
+    let version = versions.lock().unwrap().get(&name).copied().unwrap_or(0);
+    let seed = q.seed.wrapping_add(version.wrapping_mul(1_000_003));
+    let tag = format!("\"{seed}-{}-v{version}\"", q.size);
+    let modified = chrono::DateTime::from_timestamp(1_700_000_000 + version as i64, 0)
+        .expect("a valid time")
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let (name, value) = match q.validator.as_deref().unwrap_or("etag") {
+        "etag" => (Some(header::ETAG), tag.clone()),
+        "weak" => (Some(header::ETAG), format!("W/{tag}")),
+        "modified" => (Some(header::LAST_MODIFIED), modified.clone()),
+        _ => (None, String::new()),
+    };
+    let still = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| name.is_some() && v == value && !v.starts_with("W/"));
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range)
+        .filter(|_| still);
+    let mut response = match range {
+        None => with_length(
+            ndjson(Body::from_stream(ranged_stream(seed, q.size, 0))),
+            q.size,
+        ),
+        Some((start, end)) => {
+            let last = end.unwrap_or(u64::MAX).min(q.size.saturating_sub(1));
+            if start >= q.size || start > last {
+                let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{}", q.size)).unwrap(),
+                );
+                return r;
+            }
+            let body = ranged_stream(seed, last + 1, start);
+            let mut r = with_length(ndjson(Body::from_stream(body)), last + 1 - start);
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {start}-{last}/{}", q.size)).unwrap(),
+            );
+            r
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(name) = name {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(&value).unwrap());
+    }
     response
 }
 

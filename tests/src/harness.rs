@@ -1,6 +1,7 @@
 //! A built function binary driven through the Runtime API emulator against Garage and the
 //! fixture server: the set-up every Lambda-level test shares.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
@@ -14,6 +15,10 @@ use crate::{
 
 /// One function instance with its own Runtime API, a fixture server and a fresh bucket.
 pub struct Harness {
+    /// The function's binary name and environment, to start it again.
+    function: String,
+    env: Vec<(String, String)>,
+    cgroup_procs: Vec<PathBuf>,
     /// The Runtime API the function polls.
     pub api: RuntimeApi,
     /// The function's process.
@@ -45,6 +50,18 @@ impl Harness {
         cgroup: Option<&MemoryCgroup>,
         extra_env: &[(&str, &str)],
     ) -> Harness {
+        let procs: Vec<PathBuf> = cgroup.map(MemoryCgroup::procs_path).into_iter().collect();
+        Self::start_in(function, label, &procs, extra_env).await
+    }
+
+    /// Like [`Harness::start_with`], the process joining every cgroup whose `cgroup.procs`
+    /// is listed (a [`MemoryCgroup`] and a [`crate::CpuCgroup`]: the Lambda box).
+    pub async fn start_in(
+        function: &str,
+        label: &str,
+        cgroup_procs: &[PathBuf],
+        extra_env: &[(&str, &str)],
+    ) -> Harness {
         let server = S3Server::garage();
         let bucket = server.fresh_bucket(label).await.unwrap();
         let fixture = FixtureServer::start().await;
@@ -56,8 +73,11 @@ impl Harness {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         let process =
-            LambdaProcess::spawn(&binary_path(function), &api, &env, 256, cgroup).unwrap();
+            LambdaProcess::spawn_in(&binary_path(function), &api, &env, 256, cgroup_procs).unwrap();
         Harness {
+            function: function.to_owned(),
+            env,
+            cgroup_procs: cgroup_procs.to_vec(),
             api,
             process,
             fixture,
@@ -72,6 +92,65 @@ impl Harness {
             "source": {"http": {"url": self.fixture.url(path)}},
             "destination": {"bucket": self.bucket, "key": key}
         })
+    }
+
+    /// Kills the function's process (SIGKILL) and starts a new one on the same Runtime API:
+    /// the next invocation is a cold start, as after a crash.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = LambdaProcess::spawn_in(
+            &binary_path(&self.function),
+            &self.api,
+            &self.env,
+            256,
+            &self.cgroup_procs,
+        )
+        .unwrap();
+    }
+
+    /// Runs a job to its end the way the state machine does: invokes `event`, and while the
+    /// answer says `"status": "continue"`, invokes again with its `continue` value. Every
+    /// invocation gets `timeout`. Returns every answer, the last one last; panics on an
+    /// error or after `max_invocations`.
+    pub async fn run_to_end(
+        &self,
+        event: Value,
+        timeout: Duration,
+        max_invocations: usize,
+    ) -> Vec<Value> {
+        let mut answers = Vec::new();
+        let mut event = event;
+        loop {
+            assert!(
+                answers.len() < max_invocations,
+                "still continuing after {max_invocations} invocations: {:?}",
+                answers.last()
+            );
+            let answer = response(self.invoke(event, timeout).await);
+            let next = (answer["status"] == "continue").then(|| answer["continue"].clone());
+            answers.push(answer);
+            match next {
+                Some(next) => event = next,
+                None => return answers,
+            }
+        }
+    }
+
+    /// The keys under `prefix` in the harness bucket.
+    pub async fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let client = self.server.client().await;
+        let listed = client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
     }
 
     /// Invokes the function with `event` and a deadline `timeout` from now.
@@ -98,8 +177,16 @@ impl Harness {
             BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
         let mut reader: Box<dyn AsyncRead + Unpin + Send> = match decode {
             Decode::None => Box::new(raw),
-            Decode::Gzip => Box::new(GzipDecoder::new(raw)),
-            Decode::Zstd => Box::new(ZstdDecoder::new(raw)),
+            Decode::Gzip => {
+                let mut d = GzipDecoder::new(raw);
+                d.multiple_members(true);
+                Box::new(d)
+            }
+            Decode::Zstd => {
+                let mut d = ZstdDecoder::new(raw);
+                d.multiple_members(true);
+                Box::new(d)
+            }
         };
         let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
         let mut buf = vec![0u8; 1 << 20];

@@ -18,19 +18,18 @@
 //! page, which could duplicate or lose records on an API whose pages shift.
 
 pub mod batch;
+mod copy;
 mod pages;
 mod parquet;
 mod partitioned;
 mod records;
 
-use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
-use tokio_util::io::StreamReader;
 
 use crate::budget::MemoryBudget;
+use crate::checkpoint;
 use crate::codec::Compression;
 use crate::columnar::{self, ParquetSummary, RecordOutput};
 use crate::error::{Error, Result};
@@ -46,7 +45,7 @@ use crate::source::http::auth::{ResolvedAuth, redact_url};
 use crate::source::http::guard::NetworkPolicy;
 use crate::source::http::rate::RateLimiter;
 use crate::source::http::state::{self, WatermarkTracker};
-use crate::source::http::{self, Fetcher, HttpSourceSpec};
+use crate::source::http::{self, HttpSourceSpec};
 use crate::spec::{JobSpec, RecordsQuarantine, SourceSpec};
 use crate::telemetry;
 use crate::transform::quarantine::Quarantine;
@@ -140,6 +139,13 @@ pub struct Summary {
     /// A partitioned run's objects, for its run manifest (not in the answer).
     #[serde(skip)]
     pub partition_objects: Vec<PartitionObject>,
+    /// With `"status": "continue"`: the event that continues the job
+    /// ([`crate::checkpoint::Continue`]).
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub next: Option<serde_json::Value>,
+    /// Invocations the job has taken so far, when more than one (or it continues).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invocations: Option<u32>,
 }
 
 /// How a run was written.
@@ -152,6 +158,9 @@ enum Written {
     Parquet(parquet::ParquetDone),
     /// A partitioned run's NDJSON objects.
     Partitioned(Vec<PartitionObject>, PartitionedSummary),
+    /// Not finished: a checkpoint was written; the next invocation continues with this event.
+    /// With the parts and bytes uploaded so far.
+    Continues(checkpoint::Continue, u32, u64),
 }
 
 /// What one job resolved before writing: the facts the byte copy and the record producer
@@ -193,10 +202,56 @@ impl Prepared<'_> {
     }
 }
 
+/// A job that may go on in another invocation ([`crate::checkpoint`]): how it was given,
+/// for its checkpoint, and the checkpoint this invocation resumes from.
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    /// The function that runs it: a checkpoint continues only there.
+    pub function: &'static str,
+    /// The job as given, kept in the checkpoint.
+    pub job: serde_json::Value,
+    /// The checkpoint this invocation resumes from; `None` in the first.
+    pub from: Option<checkpoint::Loaded>,
+}
+
 /// Runs one job. On failure, nothing is left at the destination key by this run and no
 /// multipart upload stays open.
 pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
+    run_continuing(spec, ctx, None).await
+}
+
+/// Runs one job that may continue: a byte copy whose source can be read from an offset
+/// stops before the deadline (or `tuning.max_invocation_secs`), writes a checkpoint and
+/// answers `"status": "continue"`; the job resumes from `continuation.from` when it is set.
+/// The checkpoint read is deleted once the job finished or failed; a failure aborts its
+/// upload (also when it came before the writer resumed it: a changed source, say).
+pub async fn run_continuing(
+    spec: &JobSpec,
+    ctx: &JobContext,
+    continuation: Option<&Continuation>,
+) -> Result<Summary> {
+    let result = run_job(spec, ctx, continuation).await;
+    if let Some(loaded) = continuation.and_then(|c| c.from.as_ref()) {
+        let bucket = &loaded.reference.checkpoint.bucket;
+        match &result {
+            Ok(s) if s.status == Status::Continue => {}
+            Ok(_) => checkpoint::delete(&ctx.s3, bucket, &loaded.checkpoint).await,
+            Err(_) => {
+                checkpoint::abort_upload(&ctx.s3, bucket, &loaded.checkpoint).await;
+                checkpoint::delete(&ctx.s3, bucket, &loaded.checkpoint).await;
+            }
+        }
+    }
+    result
+}
+
+async fn run_job(
+    spec: &JobSpec,
+    ctx: &JobContext,
+    continuation: Option<&Continuation>,
+) -> Result<Summary> {
     spec.validate()?;
+    let from = continuation.and_then(|c| c.from.as_ref());
     let clock = std::time::Instant::now();
     let prepared = prepare(spec, ctx).await?;
     let per_page = spec.object_per_page();
@@ -218,6 +273,15 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     } else {
         key::render(&spec.destination.key, &prepared.vars)?
     };
+    checkpoint::check_not_reserved("destination.key", &key)?;
+    if let Some(loaded) = from {
+        if key != loaded.checkpoint.key || per_page || partitioned || spec.extracts_records() {
+            return Err(Error::spec(format!(
+                "checkpoint {}: it is for s3://{}/{}, a byte copy; the job renders {key}",
+                loaded.reference.checkpoint.key, spec.destination.bucket, loaded.checkpoint.key
+            )));
+        }
+    }
     let bucket = spec.destination.bucket.clone();
     tracing::info!(
         %bucket, %key, part_size = prepared.options.schedule.part_size(1),
@@ -250,10 +314,13 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
         quarantine_key: None,
         partitioned: None,
         partition_objects: Vec::new(),
+        next: None,
+        invocations: None,
     };
     let target = S3Target::new(ctx.s3.clone(), &bucket, &key);
     let single = !per_page && !partitioned;
-    if single && !spec.destination.overwrite && target.exists().await? {
+    // A continued job's upload is open: its `If-None-Match` completion is the check.
+    if single && from.is_none() && !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
         summary.peak_rss_bytes = telemetry::peak_rss_bytes();
         return Ok(summary);
@@ -262,9 +329,12 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     let (written, stats) = if spec.extracts_records() {
         write_records(&prepared, target, &summary).await?
     } else {
-        copy_body(&prepared, target).await?
+        copy::copy_body(&prepared, target, continuation, &key).await?
     };
-    let elapsed = clock.elapsed();
+    let elapsed = clock.elapsed()
+        + from.map_or(std::time::Duration::ZERO, |l| {
+            std::time::Duration::from_millis(l.checkpoint.elapsed_ms)
+        });
     summary.bytes_in = stats.bytes_in;
     if let Some(url) = stats.first_url {
         summary.source = url;
@@ -279,6 +349,10 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     summary.peak_rss_bytes = telemetry::peak_rss_bytes();
     summary.throughput_mib_s =
         stats.bytes_in as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
+    let invocations = from.map_or(1, |l| l.checkpoint.invocations + 1);
+    if invocations > 1 || matches!(written, Written::Continues(..)) {
+        summary.invocations = Some(invocations);
+    }
     if !summary.record(written) {
         return Ok(summary);
     }
@@ -327,6 +401,13 @@ impl Summary {
             Written::Partitioned(objects, figures) => {
                 self.record_partitioned(objects, figures);
                 return true;
+            }
+            Written::Continues(next, parts, bytes) => {
+                self.status = Status::Continue;
+                self.next = Some(next.to_value());
+                self.parts = parts;
+                self.bytes_out = bytes;
+                return false;
             }
             Written::Pages(objects) => {
                 if objects.is_empty() || objects.iter().any(|o| o.status == Status::Written) {
@@ -409,66 +490,6 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
         options,
         incremental,
     })
-}
-
-/// Byte-copy mode: the decoded body, copied through the writer.
-async fn copy_body(p: &Prepared<'_>, target: S3Target) -> Result<(Written, PageStats)> {
-    let deadline = p.options.deadline;
-    let limiter = p.limiter();
-    let fetcher = Fetcher {
-        client: p.client(),
-        spec: &p.http_spec,
-        policy: &p.ctx.policy,
-        limiter: limiter.as_deref(),
-        deadline,
-        auth: p.auth.as_deref(),
-        progress: Some(&p.ctx.invocation.progress),
-    };
-    let first = http::single_page(&p.http_spec)?;
-    let opened = fetcher.open(&first);
-    let body = match deadline {
-        Some(d) => tokio::time::timeout_at(d, opened)
-            .await
-            .map_err(|_| Error::Deadline { bytes_in: 0 })??,
-        None => opened.await?,
-    };
-    let content_type =
-        p.spec
-            .destination
-            .content_type
-            .clone()
-            .or_else(|| match p.options.compression {
-                Some(c) => Some(c.codec.content_type().to_owned()),
-                None => body.content_type.clone(),
-            });
-    let target = target.with_meta(ObjectMeta { content_type });
-    // One request: its Content-Length (of the bytes as sent, which bytes in counts) is what
-    // is left to read; the sources of a batch add theirs to what was read before.
-    let counters = &p.ctx.invocation.progress;
-    counters.set_total_bytes(
-        body.content_length
-            .map(|n| n + counters.snapshot().bytes_in),
-    );
-    let received = body.received();
-    let url = body.url.clone();
-    let decoding = body.decoding;
-    let reader = decoding.decoder(StreamReader::new(body.stream));
-    let read_error = {
-        let received = received.clone();
-        let url = url.clone();
-        move |e: io::Error| {
-            records::classify_read_error(e, &url, received.load(Ordering::Relaxed), decoding)
-        }
-    };
-    let writer = ObjectWriter::new(Arc::new(target), &p.options)?;
-    let result = writer.copy(reader, read_error).await;
-    let bytes_in = received.load(Ordering::Relaxed);
-    let stats = PageStats {
-        bytes_in,
-        first_url: Some(url),
-        ..PageStats::default()
-    };
-    Ok((Written::Single(deadline_bytes(result, bytes_in)?), stats))
 }
 
 /// Records mode: the producer writes every page's records into one object or one per page.

@@ -131,6 +131,7 @@ impl Producer {
             deadline: self.deadline,
             auth: self.auth.as_deref(),
             progress: Some(&self.progress),
+            resume_from: None,
         };
         let mut paginator = Paginator::new(
             self.spec.paginate.as_ref(),

@@ -15,9 +15,9 @@ mod writer;
 use std::sync::Arc;
 
 pub(crate) use parts::pending_aborts;
-pub use parts::{CLEANUP_GRACE, CLEANUP_MAX, settle_aborts};
+pub use parts::{CLEANUP_GRACE, CLEANUP_MAX, StopAt, Suspended, settle_aborts};
 pub use target::{ObjectHead, ObjectMeta, ObjectTarget, PartReceipt, PutOutcome, S3Target};
-pub use writer::{ObjectWriter, UploadOptions, Uploaded};
+pub use writer::{Copied, ObjectWriter, UploadOptions, Uploaded};
 
 use crate::error::{Error, Result};
 

@@ -236,6 +236,53 @@ fn process_cpu_time() -> Option<Duration> {
     }
 }
 
+/// Whether `parts` are numbered 1, 2, 3, ... in order.
+/// When a copy stops reading: `None` for never, or an instant (one already past stops it at
+/// once, even while the reader has data ready).
+pub type StopAt<'a> = dyn Fn() -> Option<Instant> + Send + Sync + 'a;
+
+/// One `read_buf` into `buf`, unless `stop` comes first: `Ok(None)`, with nothing read
+/// (`read_buf` is cancel safe, so no byte is lost).
+pub(crate) async fn read_before<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    stop: &StopAt<'_>,
+) -> std::io::Result<Option<usize>> {
+    match stop() {
+        None => reader.read_buf(buf).await.map(Some),
+        Some(at) if at <= Instant::now() => Ok(None),
+        Some(at) => tokio::time::timeout_at(at, reader.read_buf(buf))
+            .await
+            .ok()
+            .transpose(),
+    }
+}
+
+fn contiguous(parts: &[PartReceipt]) -> bool {
+    parts
+        .iter()
+        .enumerate()
+        .all(|(i, p)| i32::try_from(i + 1) == Ok(p.part_number))
+}
+
+/// A multipart upload handed over unfinished by [`ObjectWriter::suspend`]: what another
+/// writer, in this process or another, needs to continue it ([`ObjectWriter::resume`]).
+///
+/// [`ObjectWriter::suspend`]: super::ObjectWriter::suspend
+/// [`ObjectWriter::resume`]: super::ObjectWriter::resume
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspended {
+    /// The multipart upload, once one was started (a stream shorter than one part has none).
+    pub upload_id: Option<String>,
+    /// The parts uploaded, in order, each with its ETag and checksum: the full-object
+    /// checksum is combined from them when the object completes.
+    pub parts: Vec<PartReceipt>,
+    /// Bytes accepted so far, the tail included.
+    pub bytes: u64,
+    /// Bytes accepted but not yet uploaded: less than one part, the start of the next.
+    pub tail: Bytes,
+}
+
 /// Finished parts' buffers, kept while the writer waits for one ([`Parts`]).
 #[derive(Debug, Default)]
 struct Spares {
@@ -335,8 +382,15 @@ impl Parts {
         Ok(())
     }
 
-    /// Reads `reader` to its end straight into part buffers (no intermediate copy).
-    pub(crate) async fn fill_from<R, F>(&mut self, reader: &mut R, read_error: &F) -> Result<()>
+    /// Reads `reader` straight into part buffers (no intermediate copy) until its end (`true`)
+    /// or until the time `stop` gives passes (`false`), checked before each read and while a
+    /// read waits: `read_buf` is cancel safe, so a read cut off took nothing.
+    pub(crate) async fn fill_from<R, F>(
+        &mut self,
+        reader: &mut R,
+        read_error: &F,
+        stop: &StopAt<'_>,
+    ) -> Result<bool>
     where
         R: AsyncRead + Unpin,
         F: Fn(std::io::Error) -> Error,
@@ -347,14 +401,16 @@ impl Parts {
             // `read_buf` reads at most the spare capacity, so the buffer never grows past the
             // part size; a full buffer is sent before the next read.
             debug_assert!(buf.len() < size);
-            let n = reader.read_buf(buf).await.map_err(read_error)?;
+            let Some(n) = read_before(reader, buf, stop).await.map_err(read_error)? else {
+                return Ok(false);
+            };
             if n == 0 {
-                return Ok(());
+                return Ok(true);
             }
             self.bytes += n as u64;
             self.send_if_full().await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The size of the part being filled, or of the next one.
@@ -480,6 +536,73 @@ impl Parts {
         Ok(())
     }
 
+    /// Hands the upload over unfinished: waits for the parts in flight and returns the upload
+    /// id, the parts (in order), the bytes accepted and the tail not yet sent (less than one
+    /// part), without completing or aborting anything. The upload is then the caller's:
+    /// dropping this writer no longer aborts it. The caller aborts on error.
+    pub(crate) async fn suspend(&mut self) -> Result<Suspended> {
+        while let Some(finished) = self.in_flight.join_next().await {
+            self.settle(finished).await?;
+        }
+        if self.overtaken {
+            return Err(self.internal("another writer completed the key; nothing to continue"));
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number);
+        if !contiguous(&parts) {
+            return Err(self.internal("parts are not contiguous; not suspending"));
+        }
+        let tail = self.buf.take().map(BytesMut::freeze).unwrap_or_default();
+        Ok(Suspended {
+            upload_id: self.upload_id.take(),
+            parts,
+            bytes: self.bytes,
+            tail,
+        })
+    }
+
+    /// Continues a suspended upload ([`Parts::suspend`]) in this fresh writer: its next part
+    /// follows the last one uploaded, and the tail is the start of that part.
+    pub(crate) fn resume(&mut self, suspended: Suspended) -> Result<()> {
+        let Suspended {
+            upload_id,
+            parts,
+            bytes,
+            tail,
+        } = suspended;
+        let next = u32::try_from(parts.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let size = self.schedule.part_size(next);
+        let sent: u64 = bytes.saturating_sub(tail.len() as u64);
+        let problem = if !contiguous(&parts) {
+            Some("its parts are not numbered 1, 2, 3, ...")
+        } else if upload_id.is_none() && !parts.is_empty() {
+            Some("it has parts but no upload id")
+        } else if tail.len() as u64 >= size {
+            Some("its tail is not smaller than a part")
+        } else if (tail.len() as u64) > bytes || (parts.is_empty() && sent != 0) {
+            Some("its byte count does not cover its tail")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(self.internal(&format!("cannot continue the upload: {problem}")));
+        }
+        self.upload_id = upload_id;
+        self.done = parts;
+        self.part_number = next;
+        self.bytes = bytes;
+        if !tail.is_empty() {
+            let mut buf = BytesMut::with_capacity(usize::try_from(size).unwrap_or(usize::MAX));
+            buf.extend_from_slice(&tail);
+            self.buf = Some(buf);
+            self.size = size;
+            self.window.filling();
+        }
+        Ok(())
+    }
+
     /// Completes the object: one `PutObject` when no part was sent, else the last part and
     /// `CompleteMultipartUpload`. The caller aborts on error.
     pub(crate) async fn finish(&mut self) -> Result<Uploaded> {
@@ -496,11 +619,7 @@ impl Parts {
         }
         let mut done = std::mem::take(&mut self.done);
         done.sort_by_key(|p| p.part_number);
-        if done
-            .iter()
-            .enumerate()
-            .any(|(i, p)| i32::try_from(i + 1) != Ok(p.part_number))
-        {
+        if !contiguous(&done) {
             let (bucket, key) = self.target.describe();
             return Err(Error::Internal {
                 message: format!("s3://{bucket}/{key}: parts are not contiguous; not completing"),

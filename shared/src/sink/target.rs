@@ -16,7 +16,8 @@ pub struct ObjectMeta {
 }
 
 /// A part that S3 accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PartReceipt {
     /// 1-based part number.
     pub part_number: i32,

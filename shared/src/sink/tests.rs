@@ -796,3 +796,128 @@ async fn an_upload_removed_when_another_writer_completes_is_already_exists() {
         }
     }
 }
+
+/// Decodes `stored` as its magic bytes say (every gzip member, every zstd frame).
+async fn decoded(stored: Vec<u8>) -> Vec<u8> {
+    let mut plain = Vec::new();
+    let mut decoder = crate::codec::Decoding::sniff(&stored).decoder(std::io::Cursor::new(stored));
+    tokio::io::AsyncReadExt::read_to_end(&mut decoder, &mut plain)
+        .await
+        .unwrap();
+    plain
+}
+
+/// A writer suspended mid-way and another resuming its upload give one object of all the
+/// input, as one writer would: one upload, parts numbered on, nothing completed or aborted
+/// at the suspension, the full-object checksum of the whole, and (compressed) one valid
+/// stream of two gzip members or zstd frames.
+#[tokio::test]
+async fn suspended_upload_resumes_into_one_object() {
+    let input = noise(5 * P + 12_345);
+    let cut = 2 * P + P / 3;
+    for compression in [
+        None,
+        Some(Compression::new(Codec::Gzip)),
+        Some(Compression::new(Codec::Zstd)),
+    ] {
+        let fake = Arc::new(Fake::default());
+        let mut o = opts();
+        o.compression = compression;
+        let mut first = ObjectWriter::new(Arc::new(Shared(fake.clone())), &o).unwrap();
+        for piece in input[..cut].chunks(100_003) {
+            first.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        let suspended = first.suspend().await.unwrap();
+        settle_aborts().await;
+        let calls = fake.calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::Complete(_) | Call::Abort | Call::Put(_))),
+            "{compression:?}: {calls:?}"
+        );
+        assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 1);
+        assert!((suspended.tail.len() as u64) < MIN_PART_SIZE);
+        let parts = suspended.parts.len();
+        assert!(parts >= 1, "{compression:?}");
+
+        let mut second =
+            ObjectWriter::resume(Arc::new(Shared(fake.clone())), &o, suspended).unwrap();
+        for piece in input[cut..].chunks(100_003) {
+            second.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        let out = second.finish().await.unwrap();
+        let calls = fake.calls();
+        assert_eq!(
+            calls.iter().filter(|c| **c == Call::Create).count(),
+            1,
+            "{calls:?}"
+        );
+        let stored = fake.objects.lock().unwrap()["key"].clone();
+        assert_eq!(out.bytes, stored.len() as u64);
+        assert_eq!(out.checksum, ChecksumAlgorithm::Crc64nvme.checksum(&stored));
+        assert!(decoded(stored).await == input, "{compression:?}");
+        assert_eq!(fake.open_uploads.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// Less than a part before the suspension: no upload was started, the tail is everything,
+/// and the resumed writer may still end in one `PutObject`.
+#[tokio::test]
+async fn suspended_before_the_first_part_has_only_a_tail() {
+    let fake = Arc::new(Fake::default());
+    let mut w = writer(&fake, None);
+    w.write(Bytes::from(data(1000))).await.unwrap();
+    let suspended = w.suspend().await.unwrap();
+    assert_eq!(suspended.upload_id, None);
+    assert_eq!(suspended.bytes, 1000);
+    assert_eq!(suspended.tail.len(), 1000);
+    assert!(fake.calls().is_empty());
+    let mut w = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), suspended).unwrap();
+    w.write(Bytes::from(data(500))).await.unwrap();
+    let out = w.finish().await.unwrap();
+    assert_eq!(out.bytes, 1500);
+    assert_eq!(fake.calls(), vec![Call::Put(1500)]);
+}
+
+/// A suspended state that cannot be continued is refused before anything is sent.
+#[tokio::test]
+async fn resume_refuses_a_state_it_cannot_continue() {
+    let receipt = |n: i32| PartReceipt {
+        part_number: n,
+        e_tag: format!("e{n}"),
+        checksum: ChecksumAlgorithm::Crc64nvme.checksum(b"x"),
+    };
+    let cases = [
+        (
+            Some("u"),
+            vec![receipt(1), receipt(3)],
+            100,
+            0,
+            "not numbered",
+        ),
+        (None, vec![receipt(1)], 100, 0, "no upload id"),
+        (
+            Some("u"),
+            vec![receipt(1)],
+            2 * P as u64,
+            P,
+            "not smaller than a part",
+        ),
+        (None, vec![], 10, 20, "does not cover its tail"),
+    ];
+    for (upload_id, parts, bytes, tail, expected) in cases {
+        let fake = Arc::new(Fake::default());
+        let suspended = Suspended {
+            upload_id: upload_id.map(str::to_owned),
+            parts,
+            bytes,
+            tail: Bytes::from(vec![0; tail]),
+        };
+        let err = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), suspended)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{err}");
+        assert!(fake.calls().is_empty());
+    }
+}

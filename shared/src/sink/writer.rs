@@ -4,11 +4,11 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::parts::{Parts, pending_aborts};
+use super::parts::{Parts, StopAt, Suspended, pending_aborts, read_before};
 use super::target::{ObjectTarget, PutOutcome};
 use crate::budget::PartSchedule;
 use crate::checksum::{ChecksumAlgorithm, Crc};
@@ -121,7 +121,7 @@ enum State {
     /// An encoder task owns the parts.
     Encoded {
         tx: mpsc::Sender<Message>,
-        task: tokio::task::JoinHandle<Result<Uploaded>>,
+        task: tokio::task::JoinHandle<Result<Ended>>,
     },
     /// A call failed; the upload was aborted.
     Failed,
@@ -145,14 +145,58 @@ enum Message {
     Data(Bytes),
     /// The producer's explicit end of input.
     Finish,
+    /// Hand the upload over unfinished, the encoder's output ended at a boundary.
+    Suspend,
+}
+
+/// How [`ObjectWriter::copy_until`] ended.
+#[derive(Debug)]
+pub enum Copied {
+    /// The reader ended and the object is complete.
+    Finished(Uploaded),
+    /// The stop came first.
+    Stopped {
+        /// The writer, still open.
+        writer: ObjectWriter,
+        /// Bytes it read from the reader.
+        read: u64,
+    },
+}
+
+/// How an encoder task ended well.
+#[derive(Debug)]
+enum Ended {
+    Finished(Uploaded),
+    Suspended(Suspended),
 }
 
 impl ObjectWriter {
     /// A writer for `target`. Nothing is sent to S3 until the first part fills or `finish`.
     pub fn new(target: Arc<dyn ObjectTarget>, options: &UploadOptions) -> Result<Self> {
+        Self::start(target, options, None)
+    }
+
+    /// A writer that continues an upload another writer suspended ([`suspend`](Self::suspend)):
+    /// its next part follows the last one uploaded, the tail comes first, and `finish`
+    /// completes one object of everything both wrote. With compression, what this writer
+    /// writes is a new gzip member or zstd frame after the suspended one's: together one
+    /// valid stream.
+    pub fn resume(
+        target: Arc<dyn ObjectTarget>,
+        options: &UploadOptions,
+        suspended: Suspended,
+    ) -> Result<Self> {
+        Self::start(target, options, Some(suspended))
+    }
+
+    fn start(
+        target: Arc<dyn ObjectTarget>,
+        options: &UploadOptions,
+        suspended: Option<Suspended>,
+    ) -> Result<Self> {
         let object = target.describe();
         let encoded = Arc::new(Encoded::default());
-        let parts = Parts::new(
+        let mut parts = Parts::new(
             target,
             options.schedule,
             options.checksum,
@@ -160,6 +204,12 @@ impl ObjectWriter {
             options.deadline,
             options.progress.clone(),
         );
+        if let Some(suspended) = suspended {
+            parts.resume(suspended)?;
+        }
+        encoded
+            .produced
+            .store(parts.bytes(), std::sync::atomic::Ordering::Relaxed);
         let state = match options.compression {
             None => State::Direct(Box::new(PartsSlot(parts))),
             Some(compression) => {
@@ -232,38 +282,79 @@ impl ObjectWriter {
 
     /// Reads `reader` to its end into the object and finishes it. A read error (mapped with
     /// `read_error`) aborts the upload: a source that failed is never completed.
-    pub async fn copy<R, F>(mut self, mut reader: R, read_error: F) -> Result<Uploaded>
+    pub async fn copy<R, F>(self, reader: R, read_error: F) -> Result<Uploaded>
+    where
+        R: AsyncRead + Unpin + Send,
+        F: Fn(io::Error) -> Error,
+    {
+        match self.copy_until(reader, read_error, &|| None).await? {
+            Copied::Finished(done) => Ok(done),
+            Copied::Stopped { writer, .. } => writer.finish().await,
+        }
+    }
+
+    /// Like [`copy`](Self::copy), but stops reading once the time `stop` gives has passed
+    /// (asked before each read, and a read still waiting then is cut off without losing
+    /// bytes): the writer comes back open, with the count of bytes it read, to
+    /// [`suspend`](Self::suspend) or go on. At the end of `reader` the object is finished.
+    pub async fn copy_until<R, F>(
+        mut self,
+        mut reader: R,
+        read_error: F,
+        stop: &StopAt<'_>,
+    ) -> Result<Copied>
     where
         R: AsyncRead + Unpin + Send,
         F: Fn(io::Error) -> Error,
     {
         let deadline = self.deadline;
         if let State::Direct(parts) = &mut self.state {
-            let result = within(deadline, parts.0.fill_from(&mut reader, &read_error)).await;
-            self.fail_on_error(result).await?;
-            return self.finish().await;
+            let before = parts.0.bytes();
+            let result = within(deadline, parts.0.fill_from(&mut reader, &read_error, stop)).await;
+            let ended = self.fail_on_error(result).await?;
+            if !ended {
+                let read = match &self.state {
+                    State::Direct(parts) => parts.0.bytes() - before,
+                    _ => 0,
+                };
+                return Ok(Copied::Stopped { writer: self, read });
+            }
+            return self.finish().await.map(Copied::Finished);
         }
         // One read buffer, reclaimed by `reserve` once the encoder has dropped the last chunk.
         let mut chunk = BytesMut::with_capacity(COPY_CHUNK);
+        let mut read = 0u64;
         loop {
             chunk.reserve(COPY_CHUNK);
+            // `Some(true)`: the reader ended; `Some(false)`: the stop came.
+            let mut end = None;
             while chunk.len() < COPY_CHUNK {
-                let read = within(deadline, async {
-                    reader.read_buf(&mut chunk).await.map_err(&read_error)
+                let next = within(deadline, async {
+                    read_before(&mut reader, &mut chunk, stop)
+                        .await
+                        .map_err(&read_error)
                 });
-                match read.await {
-                    Ok(0) => break,
-                    Ok(_) => {}
+                match next.await {
+                    Ok(Some(0)) => end = Some(true),
+                    Ok(Some(n)) => read += n as u64,
+                    Ok(None) => end = Some(false),
                     Err(e) => {
                         self.abort().await;
                         return Err(e);
                     }
                 }
+                if end.is_some() {
+                    break;
+                }
             }
-            if chunk.is_empty() {
-                return self.finish().await;
+            if !chunk.is_empty() {
+                self.write(chunk.split().freeze()).await?;
             }
-            self.write(chunk.split().freeze()).await?;
+            match end {
+                Some(true) => return self.finish().await.map(Copied::Finished),
+                Some(false) => return Ok(Copied::Stopped { writer: self, read }),
+                None => {}
+            }
         }
     }
 
@@ -280,7 +371,38 @@ impl ObjectWriter {
             State::Encoded { tx, task } => {
                 // A failed send means the task already ended; its result says why.
                 let _ = tx.send(Message::Finish).await;
-                joined(task, &self.object).await
+                match joined(task, &self.object).await? {
+                    Ended::Finished(done) => Ok(done),
+                    Ended::Suspended(_) => Err(internal(&self.object, "suspended, not finished")),
+                }
+            }
+            State::Failed => Err(self.spent()),
+        }
+    }
+
+    /// Hands the upload over unfinished instead of completing it: waits for the parts in
+    /// flight and returns what [`resume`](Self::resume) needs to continue it, here or in
+    /// another invocation. A compressing writer first ends its gzip member or zstd frame, so
+    /// that the bytes uploaded so far and the tail end at a boundary of the stream. Nothing is
+    /// completed and nothing aborted: the upload stays open until a resumed writer finishes
+    /// or aborts it (or the bucket's lifecycle rule and `sweep-uploads` remove it). On error
+    /// the upload is aborted.
+    pub async fn suspend(mut self) -> Result<Suspended> {
+        let deadline = self.deadline;
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Direct(mut parts) => match within(deadline, parts.0.suspend()).await {
+                Ok(suspended) => Ok(suspended),
+                Err(e) => {
+                    parts.0.abort().await;
+                    Err(e)
+                }
+            },
+            State::Encoded { tx, task } => {
+                let _ = tx.send(Message::Suspend).await;
+                match joined(task, &self.object).await? {
+                    Ended::Suspended(suspended) => Ok(suspended),
+                    Ended::Finished(_) => Err(internal(&self.object, "finished, not suspended")),
+                }
             }
             State::Failed => Err(self.spent()),
         }
@@ -303,7 +425,7 @@ impl ObjectWriter {
         }
     }
 
-    async fn fail_on_error(&mut self, result: Result<()>) -> Result<()> {
+    async fn fail_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
         if result.is_err() {
             self.abort_in_place().await;
         }
@@ -315,7 +437,7 @@ impl ObjectWriter {
         match std::mem::replace(&mut self.state, State::Failed) {
             State::Encoded { task, .. } => match joined(task, &self.object).await {
                 Err(e) => e,
-                Ok(_) => internal(&self.object, "the encoder task completed without a finish"),
+                Ok(_) => internal(&self.object, "the encoder task ended without a message"),
             },
             _ => self.spent(),
         }
@@ -333,9 +455,9 @@ fn internal(object: &(String, String), what: &str) -> Error {
 }
 
 async fn joined(
-    task: tokio::task::JoinHandle<Result<Uploaded>>,
+    task: tokio::task::JoinHandle<Result<Ended>>,
     object: &(String, String),
-) -> Result<Uploaded> {
+) -> Result<Ended> {
     match task.await {
         Ok(result) => result,
         Err(e) => Err(internal(object, &format!("the encoder task failed: {e}"))),
@@ -351,7 +473,7 @@ async fn encode(
     mut rx: mpsc::Receiver<Message>,
     deadline: Option<Instant>,
     counts: Arc<Encoded>,
-) -> Result<Uploaded> {
+) -> Result<Ended> {
     use std::sync::atomic::Ordering::Relaxed;
     let run = within(deadline, async {
         while let Some(message) = rx.recv().await {
@@ -365,7 +487,12 @@ async fn encode(
                 Message::Finish => {
                     let out = encoder.finish()?;
                     parts.write(&out).await?;
-                    return parts.finish().await;
+                    return parts.finish().await.map(Ended::Finished);
+                }
+                Message::Suspend => {
+                    let out = encoder.finish()?;
+                    parts.write(&out).await?;
+                    return parts.suspend().await.map(Ended::Suspended);
                 }
             }
         }
@@ -376,7 +503,7 @@ async fn encode(
         })
     });
     match run.await {
-        Ok(done) => Ok(done),
-        Err(e) => parts.fail(e).await,
+        Ok(ended) => Ok(ended),
+        Err(e) => parts.fail(e).await.map(Ended::Finished),
     }
 }

@@ -4,11 +4,15 @@
 //!
 //! ```text
 //! sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]
+//! sluice-local continue [--size-mib N] [--compression gzip|zstd|none] [--invocation-secs S]
 //! sluice-local transform [--size-mib N] [--memory-mb M]
 //! sluice-local watch [--size-mib N] -- COMMAND [ARGS...]
 //! ```
 //!
-//! `demo` streams a generated JSON document through `ingest-http`; `transform` uploads a
+//! `demo` streams a generated JSON document through `ingest-http`; `continue` streams a body
+//! that can be resumed (`Accept-Ranges`, a strong ETag) with invocations cut short by
+//! `tuning.max_invocation_secs`, and invokes again with each `continue` answer until the job
+//! ends, as the state machine does in AWS; `transform` uploads a
 //! generated parking-violations CSV (gzip) and hands its S3 event to `transform-s3` running the
 //! seed pipeline of `events/transform-s3.pipeline.json`. `watch` (what `make watch` runs)
 //! prepares what the sample events in `events/` read ([`sluice_tests::local`]), runs COMMAND
@@ -35,6 +39,7 @@ const MIB: u64 = 1024 * 1024;
 #[derive(PartialEq)]
 enum Command {
     Demo,
+    Continue,
     Transform,
     Watch,
 }
@@ -44,6 +49,8 @@ struct Args {
     size_mib: u64,
     compression: Option<String>,
     memory_mb: u32,
+    /// `continue`: `tuning.max_invocation_secs`.
+    invocation_secs: u64,
     /// `watch`: the command to run, after `--`.
     command_line: Vec<String>,
 }
@@ -52,23 +59,26 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     let command = match args.next().as_deref() {
         Some("demo") => Command::Demo,
+        Some("continue") => Command::Continue,
         Some("transform") => Command::Transform,
         Some("watch") => Command::Watch,
         _ => bail!(
             "usage: sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]\n       \
+             sluice-local continue [--size-mib N] [--compression gzip|zstd|none] [--invocation-secs S]\n       \
              sluice-local transform [--size-mib N] [--memory-mb M]\n       \
              sluice-local watch [--size-mib N] -- COMMAND [ARGS...]"
         ),
     };
     let mut parsed = Args {
         size_mib: match command {
-            Command::Demo => 1024,
+            Command::Demo | Command::Continue => 1024,
             Command::Transform => 512,
             Command::Watch => 64,
         },
         command,
         compression: Some("gzip".into()),
         memory_mb: 256,
+        invocation_secs: 2,
         command_line: Vec::new(),
     };
     while let Some(flag) = args.next() {
@@ -82,6 +92,9 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--size-mib" => parsed.size_mib = value.parse().context("--size-mib")?,
             "--memory-mb" => parsed.memory_mb = value.parse().context("--memory-mb")?,
+            "--invocation-secs" => {
+                parsed.invocation_secs = value.parse().context("--invocation-secs")?
+            }
             "--compression" => {
                 parsed.compression = (value != "none").then_some(value);
             }
@@ -95,7 +108,7 @@ fn parse_args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     match args.command {
-        Command::Demo => demo(args).await,
+        Command::Demo | Command::Continue => demo(args).await,
         Command::Watch => watch(args).await,
         Command::Transform => transform(args).await,
     }
@@ -126,11 +139,20 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         Some("zstd") => ".zst",
         _ => "",
     };
-    let mut job = json!({
-        "source": {"http": {"url": fixture.url(&format!("/json?size={size}&seed=42")),
-                            "headers": {"Accept": "application/json"}}},
-        "destination": {"bucket": bucket, "key": format!("raw/demo/dt={{date}}/{{run_id}}.json{suffix}")}
-    });
+    let continuing = args.command == Command::Continue;
+    let mut job = if continuing {
+        json!({
+            "source": {"http": {"url": fixture.url(&format!("/ranged?size={size}&seed=42"))}},
+            "destination": {"bucket": bucket, "key": format!("raw/continued/dt={{date}}/{{run_id}}.ndjson{suffix}")},
+            "tuning": {"max_invocation_secs": args.invocation_secs}
+        })
+    } else {
+        json!({
+            "source": {"http": {"url": fixture.url(&format!("/json?size={size}&seed=42")),
+                                "headers": {"Accept": "application/json"}}},
+            "destination": {"bucket": bucket, "key": format!("raw/demo/dt={{date}}/{{run_id}}.json{suffix}")}
+        })
+    };
     if let Some(c) = &args.compression {
         job["compression"] = json!(c);
     }
@@ -147,12 +169,24 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let summary = match api.invoke(job, Duration::from_secs(900)).await? {
-        Invocation::Response(v) => v,
-        Invocation::Error {
-            error_type,
-            error_message,
-        } => bail!("{error_type}: {error_message}"),
+    let mut event = job;
+    let summary = loop {
+        let answer = match api.invoke(event, Duration::from_secs(900)).await? {
+            Invocation::Response(v) => v,
+            Invocation::Error {
+                error_type,
+                error_message,
+            } => bail!("{error_type}: {error_message}"),
+        };
+        if answer["status"] != "continue" {
+            break answer;
+        }
+        // What the state machine does: the `continue` value is the next invocation's event.
+        println!(
+            "invocation {}: continue after {} bytes in, {} parts uploaded; next event {}",
+            answer["invocations"], answer["bytes_in"], answer["parts"], answer["continue"]
+        );
+        event = answer["continue"].clone();
     };
     let secs = started.elapsed().as_secs_f64();
     println!("\nsummary:\n{}", serde_json::to_string_pretty(&summary)?);

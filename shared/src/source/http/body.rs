@@ -31,6 +31,12 @@ pub struct HttpBody {
     pub link: Option<String>,
     /// The body. Errors carry a [`SourceFailure`] so callers can tell them from decoder errors.
     pub stream: BoxStream<'static, io::Result<Bytes>>,
+    /// For a `206 Partial Content` answer, the first byte of its `Content-Range`.
+    pub range_start: Option<u64>,
+    /// What an `If-Range` could carry to continue this body later: its strong `ETag`, else
+    /// its `Last-Modified`, when the server advertises `Accept-Ranges: bytes` and the body is
+    /// not encoded in transit (offsets in it are then offsets in the resource).
+    pub validator: Option<String>,
     received: Arc<AtomicU64>,
 }
 
@@ -62,6 +68,7 @@ impl HttpBody {
         read_timeout: Duration,
     ) -> HttpBody {
         let content_length = resp.content_length();
+        let (range_start, validator) = ranges(&resp, decoding);
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
         let stream = body_stream(resp.bytes_stream(), read_timeout)
@@ -76,9 +83,38 @@ impl HttpBody {
             decoding,
             link,
             stream,
+            range_start,
+            validator,
             received,
         }
     }
+}
+
+/// The start of a `206` answer's `Content-Range` (`bytes <first>-<last>/<size>`), and the
+/// validator a later `If-Range` could carry ([`HttpBody::validator`]).
+fn ranges(resp: &reqwest::Response, decoding: Decoding) -> (Option<u64>, Option<String>) {
+    use reqwest::header;
+    let headers = resp.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let range_start = (resp.status() == reqwest::StatusCode::PARTIAL_CONTENT)
+        .then(|| text(header::CONTENT_RANGE))
+        .flatten()
+        .and_then(|v| v.trim().strip_prefix("bytes "))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(first, _)| first.trim().parse().ok());
+    let accepts = text(header::ACCEPT_RANGES).is_some_and(|v| {
+        v.split(',')
+            .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"))
+    });
+    let validator = if !accepts || decoding != Decoding::Identity {
+        None
+    } else if let Some(tag) = text(header::ETAG).filter(|t| t.starts_with('"')) {
+        // A weak tag (`W/"..."`) may not be sent in If-Range (RFC 9110, 13.1.5).
+        Some(tag.to_owned())
+    } else {
+        text(header::LAST_MODIFIED).map(str::to_owned)
+    };
+    (range_start, validator)
 }
 
 /// A transport failure while reading the body, carried inside an [`io::Error`].

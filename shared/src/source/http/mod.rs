@@ -231,6 +231,9 @@ pub struct Fetcher<'a> {
     pub auth: Option<&'a ResolvedAuth>,
     /// The invocation's counters: each retry, and the bytes of every body opened.
     pub progress: Option<&'a std::sync::Arc<crate::telemetry::Progress>>,
+    /// Continue a body from a byte offset: `Range: bytes=<offset>-` and `If-Range:
+    /// <validator>` on every request ([`HttpBody::validator`] of the first answer).
+    pub resume_from: Option<(u64, &'a str)>,
 }
 
 /// Why one attempt failed, and whether another may follow.
@@ -334,6 +337,11 @@ impl Fetcher<'_> {
         }
         if let Some(auth) = self.auth {
             req = auth.apply(req);
+        }
+        if let Some((offset, validator)) = self.resume_from {
+            req = req
+                .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+                .header(reqwest::header::IF_RANGE, validator);
         }
         if let Some(body) = request_body(spec, page) {
             req = match body {
@@ -575,6 +583,7 @@ pub(crate) mod tests {
             deadline: Some(Instant::now() + Duration::from_secs(60)),
             auth: None,
             progress: None,
+            resume_from: None,
         };
         let err = match fetcher.open(&single_page(&spec).unwrap()).await {
             Ok(_) => panic!("a 429 succeeded"),

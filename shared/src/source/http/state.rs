@@ -7,7 +7,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use crate::error::{Error, Result, S3Operation};
+use crate::error::{Result, S3Operation};
 
 /// Largest state object read (it holds one value).
 const STATE_CAP: usize = 64 * 1024;
@@ -19,17 +19,6 @@ pub struct State {
     pub watermark: String,
     /// The state object's ETag; `None` when there was no state yet.
     pub e_tag: Option<String>,
-}
-
-fn s3_error(op: S3Operation, bucket: &str, key: &str, message: String, retryable: bool) -> Error {
-    Error::S3 {
-        operation: op,
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-        part_number: None,
-        message,
-        retryable,
-    }
 }
 
 /// Reads the state at `bucket`/`key`; `initial` when there is none.
@@ -51,7 +40,7 @@ pub async fn read(
             });
         }
         Err(e) => {
-            return Err(s3_error(
+            return Err(crate::s3::s3_error(
                 S3Operation::GetObject,
                 bucket,
                 key,
@@ -62,7 +51,7 @@ pub async fn read(
     };
     let e_tag = out.e_tag.clone();
     let too_big = || {
-        s3_error(
+        crate::s3::s3_error(
             S3Operation::GetObject,
             bucket,
             key,
@@ -81,7 +70,7 @@ pub async fn read(
         Ok(Some(body)) => body,
         Ok(None) => return Err(too_big()),
         Err(e) => {
-            return Err(s3_error(
+            return Err(crate::s3::s3_error(
                 S3Operation::GetObject,
                 bucket,
                 key,
@@ -91,7 +80,7 @@ pub async fn read(
         }
     };
     let doc: Value = serde_json::from_slice(&body).map_err(|e| {
-        s3_error(
+        crate::s3::s3_error(
             S3Operation::GetObject,
             bucket,
             key,
@@ -103,7 +92,7 @@ pub async fn read(
         .get("watermark")
         .and_then(Value::as_str)
         .ok_or_else(|| {
-            s3_error(
+            crate::s3::s3_error(
                 S3Operation::GetObject,
                 bucket,
                 key,
@@ -118,7 +107,7 @@ pub async fn read(
 }
 
 /// The whole of `body` if it is at most `cap` bytes, `None` as soon as it is longer.
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut body: aws_sdk_s3::primitives::ByteStream,
     cap: usize,
 ) -> std::result::Result<Option<Vec<u8>>, aws_sdk_s3::primitives::ByteStreamError> {
@@ -160,14 +149,14 @@ pub async fn write(
     };
     match req.send().await {
         Ok(_) => Ok(()),
-        Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) || e.code() == Some("PreconditionFailed") => Err(s3_error(
+        Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) || e.code() == Some("PreconditionFailed") => Err(crate::s3::s3_error(
             S3Operation::PutObject,
             bucket,
             key,
             "the state was changed by another run since it was read; this run's output is written, its watermark is not (the next run starts from the other run's)".into(),
             false,
         )),
-        Err(e) => Err(s3_error(S3Operation::PutObject, bucket, key, DisplayErrorContext(&e).to_string(), true)),
+        Err(e) => Err(crate::s3::s3_error(S3Operation::PutObject, bucket, key, DisplayErrorContext(&e).to_string(), true)),
     }
 }
 

@@ -1,0 +1,362 @@
+//! Jobs longer than one invocation, through the built `ingest-http` bootstrap: a byte copy
+//! stops before its deadline, writes a checkpoint, answers `continue`, and the next
+//! invocation (sent the `continue` value) goes on from there until one completes the object.
+//!
+//! The 2 GiB runs are in the Lambda box of a 256 MB function (a 256 MiB memory cgroup and
+//! 256/1769 of a vCPU) with 10 s invocations. `SLUICE_CONTINUE_GIB` changes the size.
+//!
+//! Build the binary first: `cargo build --release -p ingest-http` (`make test` does).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_tests::fixture::ranged_crc64nvme;
+use sluice_tests::harness::{Decode, Harness, error, response};
+use sluice_tests::{CpuCgroup, Invocation, MemoryCgroup, read_object};
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+/// A Lambda invocation's timeout in these tests.
+const INVOCATION: Duration = Duration::from_secs(10);
+
+/// The memory and CPU cgroups of a 256 MB function; either may be missing (a warning says so).
+struct LambdaBox {
+    memory: Option<MemoryCgroup>,
+    cpu: Option<CpuCgroup>,
+}
+
+impl LambdaBox {
+    fn create(name: &str) -> LambdaBox {
+        LambdaBox {
+            memory: MemoryCgroup::create(name, 256 * MIB),
+            cpu: CpuCgroup::create(name, 14_500, 100_000),
+        }
+    }
+
+    fn procs(&self) -> Vec<PathBuf> {
+        let memory = self.memory.as_ref().map(MemoryCgroup::procs_path);
+        let cpu = self.cpu.as_ref().map(CpuCgroup::procs_path);
+        memory.into_iter().chain(cpu).collect()
+    }
+
+    fn peak_mib(&self) -> Option<f64> {
+        let memory = self.memory.as_ref()?;
+        assert!(!memory.oom_killed(), "the function hit the memory limit");
+        Some(memory.peak_bytes() as f64 / MIB as f64)
+    }
+}
+
+async fn lambda_box_harness(label: &str, b: &LambdaBox) -> Harness {
+    Harness::start_in(
+        "ingest-http",
+        label,
+        &b.procs(),
+        &[("SLUICE_ALLOW_PRIVATE_NETWORKS", "true")],
+    )
+    .await
+}
+
+fn size() -> u64 {
+    std::env::var("SLUICE_CONTINUE_GIB")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(2 * GIB, |g| (g * GIB as f64) as u64)
+}
+
+/// Asserts the job left no checkpoint and no open upload.
+async fn assert_clean(h: &Harness) {
+    let left = h.keys_under("_sluice/").await;
+    assert!(left.is_empty(), "checkpoint objects left: {left:?}");
+    let client = h.server.client().await;
+    let open = sluice_tests::uploads_in_progress(&client, &h.bucket).await;
+    assert!(open.is_empty(), "uploads left in progress: {open:?}");
+}
+
+/// Checks a finished run's answers: every one but the last says `continue`, the last one
+/// `written` with the invocation count (`before` invocations came before these).
+fn check_answers(answers: &[Value], size: u64, before: usize) -> Value {
+    let last = answers.last().unwrap().clone();
+    for a in &answers[..answers.len() - 1] {
+        assert_eq!(a["status"], "continue", "{a}");
+        assert!(
+            a["continue"]["checkpoint"]["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("_sluice/checkpoints/ingest-http/"),
+            "{a}"
+        );
+    }
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["bytes_in"], size, "{last}");
+    if before + answers.len() > 1 {
+        assert_eq!(last["invocations"], before + answers.len(), "{last}");
+    }
+    last
+}
+
+/// A byte copy of `size` bytes with `compression` through 10 s invocations in the Lambda box,
+/// until it is written; checks the content, the checksum S3 keeps and that nothing is left.
+async fn continues_to_the_end(compression: &str, decode: Decode, tuning: Value) {
+    let size = size();
+    let b = LambdaBox::create(&format!("sluice-continue-{compression}"));
+    let h = lambda_box_harness(&format!("continue-{compression}"), &b).await;
+    let mut job = h.job(
+        &format!("/ranged?size={size}&seed=21"),
+        &format!("continued/{{run_id}}.ndjson.{compression}"),
+    );
+    job["compression"] = json!(compression);
+    job["tuning"] = tuning;
+    let started = Instant::now();
+    let answers = h.run_to_end(job, INVOCATION, 200).await;
+    let secs = started.elapsed().as_secs_f64();
+    let last = check_answers(&answers, size, 0);
+    let key = last["key"].as_str().unwrap().to_owned();
+    let (crc, len) = h.decoded_crc(&key, decode).await;
+    assert_eq!(len, size, "decoded length");
+    assert_eq!(crc, ranged_crc64nvme(21, size), "decoded content differs");
+    // The checksum S3 computed over the parts matches the one the function sent.
+    let client = h.server.client().await;
+    let head = client
+        .head_object()
+        .bucket(&h.bucket)
+        .key(&key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.checksum_crc64_nvme(),
+        last["checksum"].as_str(),
+        "the stored full-object checksum differs from the answer's"
+    );
+    assert_eq!(head.content_length(), last["bytes_out"].as_i64());
+    assert_clean(&h).await;
+    let peak = b.peak_mib();
+    eprintln!(
+        "CONTINUE {compression}: {:.2} GiB in {} invocations of at most {INVOCATION:?}, {secs:.1} s \
+         in all = {:.1} MiB/s; {} parts; cgroup peak {}",
+        size as f64 / GIB as f64,
+        answers.len(),
+        size as f64 / MIB as f64 / secs,
+        last["parts"],
+        peak.map_or("not measured".into(), |p| format!("{p:.1} MiB")),
+    );
+    // `SLUICE_CONTINUE_COMPARE=1`: the same job in one invocation, for the overhead.
+    if std::env::var("SLUICE_CONTINUE_COMPARE").is_ok_and(|v| v == "1") {
+        let mut once = h.job(
+            &format!("/ranged?size={size}&seed=21"),
+            &format!("one-shot/{{run_id}}.ndjson.{compression}"),
+        );
+        once["compression"] = json!(compression);
+        let started = Instant::now();
+        let answer = response(h.invoke(once, Duration::from_secs(900)).await);
+        let one_shot = started.elapsed().as_secs_f64();
+        assert_eq!(answer["status"], "written", "{answer}");
+        eprintln!(
+            "ONE-SHOT {compression}: {one_shot:.1} s = {:.1} MiB/s; continued run took {:.2}x",
+            size as f64 / MIB as f64 / one_shot,
+            secs / one_shot
+        );
+    }
+    if size >= 2 * GIB {
+        assert!(
+            answers.len() >= 5,
+            "{size} bytes took only {} invocations",
+            answers.len()
+        );
+    }
+    if let Some(peak) = peak {
+        assert!(peak <= 128.0, "cgroup peak {peak:.1} MiB is over 128 MiB");
+    }
+}
+
+/// A plain copy runs at about 150 MiB/s in the box: `max_invocation_secs` cuts its
+/// invocations shorter than the deadline would, so 2 GiB takes more than five.
+#[tokio::test]
+async fn a_byte_copy_continues_across_invocations_and_ends_identical() {
+    continues_to_the_end("none", Decode::None, json!({"max_invocation_secs": 2})).await;
+}
+
+/// gzip ends a member at each stop (a multi-member stream is one valid gzip stream); its
+/// stops come from the 10 s deadline alone.
+#[tokio::test]
+async fn a_gzip_copy_continues_across_invocations_and_ends_identical() {
+    continues_to_the_end("gzip", Decode::Gzip, json!({})).await;
+}
+
+/// zstd ends a frame at each stop.
+#[tokio::test]
+async fn a_zstd_copy_continues_across_invocations_and_ends_identical() {
+    continues_to_the_end("zstd", Decode::Zstd, json!({"max_invocation_secs": 4})).await;
+}
+
+/// A source whose validator changes between two invocations: the resumed request's
+/// `If-Range` no longer matches, the server sends the whole new body, and the job fails
+/// with nothing written, no upload and no checkpoint left.
+#[tokio::test]
+async fn a_source_that_changes_between_invocations_fails_and_leaves_nothing() {
+    for validator in ["etag", "modified"] {
+        let h = Harness::start("ingest-http", &format!("changed-{validator}"), None).await;
+        let size = 4 * GIB;
+        let mut job = h.job(
+            &format!("/ranged?size={size}&seed=5&validator={validator}&name=v"),
+            "changed.ndjson",
+        );
+        job["tuning"] = json!({"max_invocation_secs": 1});
+        let first = response(h.invoke(job, INVOCATION).await);
+        assert_eq!(first["status"], "continue", "{first}");
+        assert_eq!(first["invocations"], 1, "{first}");
+        h.fixture.change("v");
+        let (kind, message) = error(h.invoke(first["continue"].clone(), INVOCATION).await);
+        assert_eq!(kind, "Upstream", "{message}");
+        assert!(
+            message.contains("changed since the job started"),
+            "{message}"
+        );
+        assert!(message.contains("/ranged"), "{message}");
+        h.assert_nothing_written("changed.ndjson").await;
+        assert_clean(&h).await;
+        // The request carried the first answer's validator.
+        let resumed = h.fixture.requests("/ranged").pop().unwrap();
+        let header = |name: &str| {
+            resumed
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert!(header("range").unwrap().starts_with("bytes="));
+        assert!(header("if-range").is_some());
+    }
+}
+
+/// An invocation killed (SIGKILL) after it wrote a checkpoint of its own, then retried with
+/// the same `continue` event, resumes from that later checkpoint and ends with the same
+/// object; parts the killed invocation uploaded after it are overwritten by number.
+#[tokio::test]
+async fn a_killed_invocation_retried_with_the_same_event_gives_the_same_object() {
+    let size = GIB;
+    let b = LambdaBox::create("sluice-continue-killed");
+    let mut h = lambda_box_harness("continue-killed", &b).await;
+    let mut job = h.job(&format!("/ranged?size={size}&seed=8"), "killed.ndjson.gz");
+    job["compression"] = json!("gzip");
+    job["tuning"] = json!({"max_invocation_secs": 3, "checkpoint_every_parts": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let event = first["continue"].clone();
+    let doc_key = event["checkpoint"]["key"].as_str().unwrap().to_owned();
+    let client = h.server.client().await;
+    let saves = |doc: Vec<u8>| serde_json::from_slice::<Value>(&doc).unwrap()["saves"].clone();
+    let saved_then = saves(read_object(&client, &h.bucket, &doc_key).await);
+
+    // The retry: kill the function once it has saved a checkpoint of its own.
+    let pid = h.process.pid();
+    let killer = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = saves(read_object(&client, &h.bucket, &doc_key).await);
+            if now != saved_then {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+                return now;
+            }
+        }
+    };
+    let (killed, saved_at_kill) = tokio::join!(h.api.invoke(event.clone(), INVOCATION), killer);
+    assert!(
+        killed.is_err(),
+        "the killed invocation answered: {:?}",
+        killed.ok().map(|i| match i {
+            Invocation::Response(v) => v,
+            Invocation::Error { error_message, .. } => json!(error_message),
+        })
+    );
+    eprintln!("killed after save {saved_at_kill} (the event was written at save {saved_then})");
+    let offset_of = |doc: &Value| doc["position"]["offset"].as_u64().unwrap();
+    let at_kill: Value = serde_json::from_slice(&read_object(&client, &h.bucket, &doc_key).await)
+        .expect("the checkpoint survives the kill");
+
+    h.restart();
+    let answers = h.run_to_end(event, INVOCATION, 100).await;
+    // Before the retry: the first invocation and the killed one.
+    check_answers(&answers, size, 2);
+    // The retry asked the source for the bytes after the killed invocation's checkpoint.
+    let ranges: Vec<String> = h
+        .fixture
+        .requests("/ranged")
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == "range")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert!(
+        ranges.contains(&format!("bytes={}-", offset_of(&at_kill))),
+        "no request resumed at the killed invocation's checkpoint: {ranges:?}"
+    );
+    let (crc, len) = h.decoded_crc("killed.ndjson.gz", Decode::Gzip).await;
+    assert_eq!((crc, len), (ranged_crc64nvme(8, size), size));
+    assert_clean(&h).await;
+}
+
+/// A source that cannot continue (a weak ETag: no `If-Range`) runs in one invocation as
+/// before, however short `max_invocation_secs`; a continue event that names a key outside
+/// the checkpoint prefix is refused.
+#[tokio::test]
+async fn a_source_that_cannot_continue_runs_in_one_invocation() {
+    let h = Harness::start("ingest-http", "cannot-continue", None).await;
+    let size = 512 * MIB;
+    let mut job = h.job(
+        &format!("/ranged?size={size}&seed=3&validator=weak"),
+        "whole.ndjson",
+    );
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let answer = response(h.invoke(job, Duration::from_secs(60)).await);
+    assert_eq!(answer["status"], "written", "{answer}");
+    assert!(answer.get("invocations").is_none(), "{answer}");
+    assert_clean(&h).await;
+
+    let forged = json!({"checkpoint": {"bucket": h.bucket, "key": "whole.ndjson"}});
+    let (kind, message) = error(h.invoke(forged, INVOCATION).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("not a key under _sluice/checkpoints/"),
+        "{message}"
+    );
+    let bad = json!({"checkpoint": {"bucket": h.bucket, "key": "_sluice/checkpoints/ingest-http/none.json"}});
+    let (kind, message) = error(h.invoke(bad, INVOCATION).await);
+    assert!(message.contains("none.json"), "{kind}: {message}");
+}
+
+/// The abort event the state machine sends after a failure: the upload is aborted and the
+/// checkpoint deleted; sent again, it finds nothing and says so.
+#[tokio::test]
+async fn an_abort_event_gives_the_job_up_and_leaves_nothing() {
+    let h = Harness::start("ingest-http", "abort", None).await;
+    let mut job = h.job(
+        &format!("/ranged?size={}&seed=4", 4 * GIB),
+        "given-up.ndjson",
+    );
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let client = h.server.client().await;
+    assert_eq!(
+        sluice_tests::uploads_in_progress(&client, &h.bucket)
+            .await
+            .len(),
+        1
+    );
+    let abort = json!({"abort": first["continue"]});
+    let answer = response(h.invoke(abort.clone(), INVOCATION).await);
+    assert_eq!(answer["status"], "aborted", "{answer}");
+    assert_eq!(answer["key"], "given-up.ndjson", "{answer}");
+    h.assert_nothing_written("given-up.ndjson").await;
+    assert_clean(&h).await;
+    let again = response(h.invoke(abort, INVOCATION).await);
+    assert_eq!(again["status"], "gone", "{again}");
+}
