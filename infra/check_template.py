@@ -397,7 +397,7 @@ class Checker:
                 continue
             maps = list(self.distributed_maps(definition.get("States", {})))
             if not maps:
-                self.fail(name, "neither a Distributed Map (backfill) nor a continue loop (a Choice on status continue)")
+                self.fail(name, "no Distributed Map (Map with ItemProcessor.ProcessorConfig.Mode DISTRIBUTED) and no continue loop (a Choice on status continue)")
             for state_name, state in maps:
                 where = f"{name}.{state_name}"
                 reader = text_of((state.get("ItemReader") or {}).get("Resource", ""))
