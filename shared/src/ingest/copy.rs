@@ -148,7 +148,7 @@ pub(super) async fn copy_body(
                 checkpoint = %saved.checkpoint.key, offset, parts,
                 "stopped before the deadline; the job continues in the next invocation"
             );
-            let stats = page_stats(bytes_in(), url);
+            let stats = page_stats(offset, url);
             return Ok((Written::Continues(saved, parts, bytes), stats));
         }
         tracing::debug!(checkpoint = %saved.checkpoint.key, offset, parts, "checkpoint");
