@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::checksum::{ChecksumAlgorithm, Crc};
 use crate::error::{Error, Result, S3Operation};
 use crate::sink::{PartReceipt, Suspended};
+use crate::source::http::paginate::PageResume;
 use crate::telemetry::Progress;
 
 /// Keys under this prefix belong to sluice; no job may write its output there.
@@ -102,6 +103,36 @@ pub enum Position {
         /// The strong ETag or the `Last-Modified` of the first response.
         validator: String,
     },
+    /// Paginated records: the next page's request, sent in place of the first.
+    Pages {
+        /// The next page and what the pages before it counted.
+        next: PageResume,
+        /// An incremental job: the watermark it started from and the largest one seen since.
+        #[serde(default)]
+        watermark: Option<WatermarkResume>,
+    },
+}
+
+/// An incremental job's watermark across invocations: the state must still hold `from` when
+/// the job continues (another run that moved it means the job no longer knows its range), and
+/// `seen` seeds the next invocation's tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkResume {
+    /// The state's watermark when the job started.
+    pub from: String,
+    /// The largest value of the watermark field in the records written so far.
+    pub seen: Option<Value>,
+}
+
+impl Position {
+    /// What kind of job continues from it, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Position::HttpRange { .. } => "a byte copy",
+            Position::Pages { .. } => "paginated records into one object",
+        }
+    }
 }
 
 /// The state of an unfinished job between two invocations.

@@ -35,6 +35,9 @@
 //! | `GET /redirect?to=URL[&status=302]` | that redirect status, `Location: URL` |
 //! | `GET /api/big_doc?size=N[&seed=S][&cursor_first=true]` | the `/json` document (`{"meta":..,"data":[..],"next_cursor":..}`, at least N bytes); its records are the lines of `/bytes?seed=S`, counted by [`big_doc_record_count`] |
 //!
+//! The paginated routes (`cursor`, `link`, `next_url`, `pages`, `offset`, `since`) take
+//! `delay_ms=` too: each page waits that long (at most a minute) before it answers.
+//!
 //! Retry counters are per server and per `(route, key)`; every request counts, including the
 //! ones that finally succeed.
 
@@ -359,6 +362,15 @@ struct ApiQuery {
     cut_page: Option<u64>,
     /// `/api/pages`: this page stalls after its first records.
     stall_page: Option<u64>,
+    /// Paginated routes: wait this long before answering (a slow API).
+    delay_ms: Option<u64>,
+}
+
+/// Waits `delay_ms`, if given.
+async fn pause(q: &ApiQuery) {
+    if let Some(ms) = q.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
 }
 
 impl ApiQuery {
@@ -498,6 +510,7 @@ fn cursor_page(start: u64, per: u64, n: u64, cursor_first: bool) -> Response {
 }
 
 async fn cursor_route(Query(q): Query<ApiQuery>) -> Response {
+    pause(&q).await;
     let (per, offset) = match (q.per(), cursor_offset(&q)) {
         (Ok(per), Ok(offset)) => (per, offset),
         (Err(e), _) | (_, Err(e)) => return bad_request(&e),
@@ -522,6 +535,7 @@ async fn has_more_route(Query(q): Query<ApiQuery>) -> Response {
 }
 
 async fn link_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>) -> Response {
+    pause(&q).await;
     let per = match q.per() {
         Ok(per) => per,
         Err(e) => return bad_request(&e),
@@ -553,6 +567,7 @@ async fn link_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>) -> 
 }
 
 async fn next_url_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>) -> Response {
+    pause(&q).await;
     let per = match q.per() {
         Ok(per) => per,
         Err(e) => return bad_request(&e),
@@ -574,6 +589,7 @@ async fn next_url_route(uri: Uri, headers: HeaderMap, Query(q): Query<ApiQuery>)
 }
 
 async fn pages_route(Query(q): Query<ApiQuery>) -> Response {
+    pause(&q).await;
     let per = match q.per() {
         Ok(per) => per,
         Err(e) => return bad_request(&e),
@@ -610,6 +626,7 @@ async fn pages_route(Query(q): Query<ApiQuery>) -> Response {
 }
 
 async fn offset_route(Query(q): Query<ApiQuery>) -> Response {
+    pause(&q).await;
     let n = q.n();
     let limit = q.limit.unwrap_or(DEFAULT_PER);
     page(
@@ -633,6 +650,7 @@ async fn ndjson_route(Query(q): Query<ApiQuery>) -> Response {
 }
 
 async fn since_route(Query(q): Query<ApiQuery>) -> Response {
+    pause(&q).await;
     let (per, offset) = match (q.per(), cursor_offset(&q)) {
         (Ok(per), Ok(offset)) => (per, offset),
         (Err(e), _) | (_, Err(e)) => return bad_request(&e),

@@ -360,3 +360,129 @@ async fn an_abort_event_gives_the_job_up_and_leaves_nothing() {
     let again = response(h.invoke(abort, INVOCATION).await);
     assert_eq!(again["status"], "gone", "{again}");
 }
+
+/// A paginated records job into one object with `source`'s pagination, 1 s invocations
+/// and a slow API (60 ms a page): answers until it is written.
+async fn records_to_the_end(h: &Harness, path: &str, paginate: Value, key: &str) -> Vec<Value> {
+    let mut job = h.job(path, key);
+    job["records"] = json!("$.data[*]");
+    job["source"]["http"]["paginate"] = paginate;
+    job["compression"] = json!("gzip");
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    h.run_to_end(job, INVOCATION, 100).await
+}
+
+/// The records of a finished paginated run, read back (gzip, each member in turn).
+async fn ndjson_of(h: &Harness, key: &str) -> String {
+    let client = h.server.client().await;
+    let raw = sluice_tests::read_object(&client, &h.bucket, key).await;
+    let mut text = String::new();
+    let mut d = flate2::read::MultiGzDecoder::new(&raw[..]);
+    std::io::Read::read_to_string(&mut d, &mut text).unwrap();
+    text
+}
+
+/// Paginated records continue between pages, each invocation sending the next page's
+/// request where the last one stopped: the object holds every record once, in order, for a
+/// cursor API and for an offset API that counts towards a `total`.
+#[tokio::test]
+async fn paginated_records_continue_between_pages_and_each_record_appears_once() {
+    use sluice_tests::fixture_api::api_record_json;
+    let n = 20_000u64;
+    let styles = [
+        (
+            "cursor",
+            format!("/api/cursor?n={n}&per=400&delay_ms=60"),
+            json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}}),
+        ),
+        (
+            "offset",
+            format!("/api/offset?n={n}&delay_ms=60"),
+            json!({"offset": {"param": "offset", "limit_param": "limit", "limit": 400},
+                   "total": "$.total"}),
+        ),
+    ];
+    for (style, path, paginate) in styles {
+        let h = Harness::start("ingest-http", &format!("records-{style}"), None).await;
+        let key = format!("records/{style}.ndjson.gz");
+        let answers = records_to_the_end(&h, &path, paginate, &key).await;
+        let last = answers.last().unwrap();
+        assert!(
+            answers.len() >= 3,
+            "{style}: {} invocations for 50 pages of 60 ms in 1 s invocations: {last}",
+            answers.len()
+        );
+        for a in &answers[..answers.len() - 1] {
+            assert_eq!(a["status"], "continue", "{style}: {a}");
+        }
+        assert_eq!(last["status"], "written", "{style}: {last}");
+        assert_eq!(last["records"], n, "{style}: {last}");
+        assert_eq!(last["invocations"], answers.len(), "{style}: {last}");
+        let text = ndjson_of(&h, &key).await;
+        let expected: String = (1..=n).map(|i| api_record_json(i) + "\n").collect();
+        assert!(
+            text == expected,
+            "{style}: the object is not records 1..={n} once each, in order ({} bytes, {} expected)",
+            text.len(),
+            expected.len()
+        );
+        // Each page was asked for once: a continued invocation starts at the next page.
+        let requests = h.fixture.requests(path.split('?').next().unwrap()).len();
+        assert_eq!(requests, 50, "{style}");
+        assert_clean(&h).await;
+        eprintln!(
+            "CONTINUE records {style}: {n} records in 50 pages, {} invocations",
+            answers.len()
+        );
+    }
+}
+
+/// An incremental job keeps its watermark across invocations: every page sends the one it
+/// started from, the state is written once at the end with the largest value of all
+/// invocations; and a job whose state another run moved meanwhile fails and leaves nothing.
+#[tokio::test]
+async fn an_incremental_job_carries_its_watermark_and_fails_when_the_state_moved() {
+    use sluice_tests::fixture_api::api_updated_at;
+    let h = Harness::start("ingest-http", "records-incremental", None).await;
+    let job = |key: &str, n: u64, state: &str| {
+        let mut job = h.job(
+            &format!("/api/since?n={n}&per=200&delay_ms=60"),
+            &format!("incremental/{key}.ndjson"),
+        );
+        job["records"] = json!("$.data[*]");
+        job["source"]["http"]["paginate"] =
+            json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+        job["incremental"] = json!({"param": "since", "path": "$.data[*].updated_at",
+            "initial_value": "2000-01-01T00:00:00Z", "state_key": state});
+        job["tuning"] = json!({"max_invocation_secs": 1});
+        job
+    };
+    let answers = h.run_to_end(job("whole", 6000, "state/whole.json"), INVOCATION, 100).await;
+    let last = answers.last().unwrap();
+    assert!(answers.len() >= 2, "{last}");
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["records"], 6000, "{last}");
+    assert_eq!(last["watermark"], api_updated_at(6000), "{last}");
+    let sent: Vec<_> = h
+        .fixture
+        .requests("/api/since")
+        .iter()
+        .filter_map(|r| r.query_param("since").map(str::to_owned))
+        .collect();
+    assert_eq!(sent.len(), 30);
+    assert!(sent.iter().all(|s| s == "2000-01-01T00:00:00Z"), "{sent:?}");
+    assert_clean(&h).await;
+
+    // Another run moves the state between two invocations of this one.
+    let first = response(h.invoke(job("moved", 6000, "state/moved.json"), INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let mut other = job("other", 100, "state/moved.json");
+    other["tuning"] = json!({});
+    let other = response(h.invoke(other, INVOCATION).await);
+    assert_eq!(other["status"], "written", "{other}");
+    let (kind, message) = error(h.invoke(first["continue"].clone(), INVOCATION).await);
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(message.contains("incremental state moved"), "{message}");
+    h.assert_nothing_written("incremental/moved.ndjson").await;
+    assert_clean(&h).await;
+}

@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
 
+use super::checkpoints::Checkpoints;
 use super::{Continuation, PageStats, Prepared, Written, deadline_bytes, records};
-use crate::checkpoint::{self, Checkpoint, Continue, Position};
+use crate::checkpoint::Position;
 use crate::error::{Error, Result};
-use crate::sink::{Copied, ObjectMeta, ObjectWriter, S3Target, Suspended};
+use crate::sink::{Copied, ObjectMeta, ObjectWriter, S3Target};
 use crate::source::http::{self, Fetcher};
 
 /// Byte-copy mode: the decoded body, copied through the writer. With a `continuation`, a
@@ -32,8 +33,10 @@ pub(super) async fn copy_body(
     let deadline = p.options.deadline;
     let limiter = p.limiter();
     let from = continuation.and_then(|c| c.from.as_ref());
-    let resume_from = from.map(|l| match &l.checkpoint.position {
-        Position::HttpRange { offset, validator } => (*offset, validator.as_str()),
+    // `run_job` checked that the checkpoint is a byte copy's.
+    let resume_from = from.and_then(|l| match &l.checkpoint.position {
+        Position::HttpRange { offset, validator } => Some((*offset, validator.as_str())),
+        Position::Pages { .. } => None,
     });
     let fetcher = Fetcher {
         client: p.client(),
@@ -92,8 +95,14 @@ pub(super) async fn copy_body(
         Some(l) => ObjectWriter::resume(target.clone(), options, l.suspended())?,
         None => ObjectWriter::new(target.clone(), options)?,
     };
-    let mut checkpoints = match (continuation, validator) {
-        (Some(c), Some(validator)) => Some(Checkpoints::new(p, c, key, validator)),
+    let mut checkpoints = match (continuation, validator.clone()) {
+        (Some(c), Some(validator)) => {
+            let position = Position::HttpRange {
+                offset: 0,
+                validator,
+            };
+            Some(Checkpoints::new(p, c, key, position))
+        }
         _ => None,
     };
     let bytes_before = from.map_or(0, |l| l.checkpoint.bytes_in);
@@ -139,7 +148,11 @@ pub(super) async fn copy_body(
         let offset = resume_from.map_or(0, |r| r.0) + read;
         // Bytes read from the source are `offset`: what the HTTP client had received past
         // it (buffered, not yet handed to the writer) is asked for again.
-        let saved = match c.save(offset, suspended.clone()).await {
+        let position = Position::HttpRange {
+            offset,
+            validator: validator.clone().unwrap_or_default(),
+        };
+        let saved = match c.save(position, offset, suspended.clone()).await {
             Ok(saved) => saved,
             Err(e) => break Err(e),
         };
@@ -154,7 +167,11 @@ pub(super) async fn copy_body(
         tracing::debug!(checkpoint = %saved.checkpoint.key, offset, parts, "checkpoint");
         writer = match ObjectWriter::resume(target.clone(), options, suspended) {
             Ok(w) => w,
-            Err(e) => break Err(e),
+            Err(e) => {
+                // The saved checkpoint names an upload nothing else would end.
+                c.abandon().await;
+                break Err(e);
+            }
         };
     };
     // Finished or failed: the checkpoints of this invocation go (a failed writer aborted
@@ -171,96 +188,6 @@ fn page_stats(bytes_in: u64, url: String) -> PageStats {
         bytes_in,
         first_url: Some(url),
         ..PageStats::default()
-    }
-}
-
-/// The checkpoints one invocation of a byte copy writes.
-struct Checkpoints<'a> {
-    p: &'a Prepared<'a>,
-    /// When the invocation's time is up.
-    clock: checkpoint::StopClock,
-    /// Parts between two checkpoints.
-    every_parts: u64,
-    /// The checkpoint to write next: this invocation's, built from the one it resumed.
-    next: Checkpoint,
-    /// Elapsed time of the invocations before this one.
-    elapsed_before_ms: u64,
-    /// Whether this invocation saved one (and so must delete it when the job ends).
-    saved: bool,
-}
-
-impl<'a> Checkpoints<'a> {
-    fn new(
-        p: &'a Prepared<'a>,
-        continuation: &Continuation,
-        key: &str,
-        validator: String,
-    ) -> Checkpoints<'a> {
-        let counters = &p.ctx.invocation.progress;
-        let schedule = p.options.schedule;
-        let size = schedule.part_size(1);
-        let pending = size.saturating_mul(schedule.max_in_flight(size) as u64 + 1);
-        let started = Instant::now() - counters.snapshot().elapsed;
-        let tuning = &p.spec.tuning;
-        let clock = tuning.stop_clock(started, p.options.deadline, pending, counters.clone());
-        let position = Position::HttpRange {
-            offset: 0,
-            validator,
-        };
-        let (next, elapsed_before_ms) = match &continuation.from {
-            Some(l) => (l.checkpoint.resumed(), l.checkpoint.elapsed_ms),
-            None => (
-                Checkpoint::first(
-                    continuation.function,
-                    continuation.job.clone(),
-                    &p.ctx.invocation,
-                    key.to_owned(),
-                    position,
-                ),
-                0,
-            ),
-        };
-        Checkpoints {
-            p,
-            clock,
-            every_parts: u64::from(tuning.checkpoint_every_parts()),
-            next,
-            elapsed_before_ms,
-            saved: false,
-        }
-    }
-
-    /// Saves the suspended upload, with the source read up to `offset`. When the save fails,
-    /// the upload is aborted: nothing could continue it.
-    async fn save(&mut self, offset: u64, suspended: Suspended) -> Result<Continue> {
-        let next = &mut self.next;
-        let Position::HttpRange { offset: at, .. } = &mut next.position;
-        *at = offset;
-        next.bytes_in = offset;
-        let elapsed = self.p.ctx.invocation.progress.snapshot().elapsed;
-        next.elapsed_ms = self
-            .elapsed_before_ms
-            .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-        let (s3, bucket) = (&self.p.ctx.s3, &self.p.spec.destination.bucket);
-        match checkpoint::save(s3, bucket, next, suspended).await {
-            Ok(saved) => {
-                self.saved = true;
-                Ok(saved)
-            }
-            Err(e) => {
-                checkpoint::abort_upload(s3, bucket, next).await;
-                self.delete_saved().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Deletes the checkpoint this invocation saved, if any.
-    async fn delete_saved(&self) {
-        if self.saved {
-            let bucket = &self.p.spec.destination.bucket;
-            checkpoint::delete(&self.p.ctx.s3, bucket, &self.next).await;
-        }
     }
 }
 

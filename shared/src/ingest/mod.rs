@@ -18,7 +18,9 @@
 //! page, which could duplicate or lose records on an API whose pages shift.
 
 pub mod batch;
+mod checkpoints;
 mod copy;
+mod pager;
 mod pages;
 mod parquet;
 mod partitioned;
@@ -51,7 +53,8 @@ use crate::telemetry;
 use crate::transform::quarantine::Quarantine;
 
 pub use pages::PageObject;
-use records::{Output, PageStats, Producer};
+use pager::{Pager, Stretch};
+use records::{Output, PageStats, Paged, Producer};
 
 /// What a job runs with: clients built once per function instance, and per-invocation facts.
 #[derive(Debug, Clone)]
@@ -275,9 +278,16 @@ async fn run_job(
     };
     checkpoint::check_not_reserved("destination.key", &key)?;
     if let Some(loaded) = from {
-        if key != loaded.checkpoint.key || per_page || partitioned || spec.extracts_records() {
+        let kind = loaded.checkpoint.position.kind();
+        let fits = match loaded.checkpoint.position {
+            checkpoint::Position::HttpRange { .. } => !spec.extracts_records(),
+            checkpoint::Position::Pages { .. } => {
+                spec.extracts_records() && spec.format != Some(Format::Parquet)
+            }
+        };
+        if key != loaded.checkpoint.key || per_page || partitioned || !fits {
             return Err(Error::spec(format!(
-                "checkpoint {}: it is for s3://{}/{}, a byte copy; the job renders {key}",
+                "checkpoint {}: it is for s3://{}/{}, {kind}; the job renders {key}",
                 loaded.reference.checkpoint.key, spec.destination.bucket, loaded.checkpoint.key
             )));
         }
@@ -327,7 +337,7 @@ async fn run_job(
     }
 
     let (written, stats) = if spec.extracts_records() {
-        write_records(&prepared, target, &summary).await?
+        write_records(&prepared, target, &summary, continuation).await?
     } else {
         copy::copy_body(&prepared, target, continuation, &key).await?
     };
@@ -493,10 +503,12 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
 }
 
 /// Records mode: the producer writes every page's records into one object or one per page.
+/// Paginated records into one object continue across invocations with a `continuation`.
 async fn write_records(
     p: &Prepared<'_>,
     target: S3Target,
     summary: &Summary,
+    continuation: Option<&Continuation>,
 ) -> Result<(Written, PageStats)> {
     let spec = p.spec;
     let producer = Producer {
@@ -529,10 +541,12 @@ async fn write_records(
     let written = pages::Written::default();
     let partition_written = partition::Written::default();
     let partitioned = partitioning(p)?;
+    let from = continuation.and_then(|c| c.from.as_ref());
+    let target = Arc::new(target.with_meta(meta.clone()));
     let out = if format == Format::Parquet {
         Output::Parquet(Box::new(parquet_output(
             p,
-            target.with_meta(meta),
+            (*target).clone(),
             summary,
             partitioned,
             &partition_written,
@@ -558,24 +572,85 @@ async fn write_records(
             current: None,
             written: written.clone(),
         }))
-    } else {
-        Output::Single(ObjectWriter::new(
-            Arc::new(target.with_meta(meta)),
+    } else if let Some(l) = from {
+        Output::Single(ObjectWriter::resume(
+            target.clone(),
             &p.options,
+            l.suspended(),
         )?)
+    } else {
+        Output::Single(ObjectWriter::new(target.clone(), &p.options)?)
     };
     let bucket = &spec.destination.bucket;
-    let (produced, out, stats) = match producer.spawn(out).await {
-        Ok(done) => done,
-        Err(panicked) => {
-            // The output went down with the task (its uploads are aborted); the objects it
-            // completed are deleted here.
-            pages::roll_back(p.ctx, bucket, &written).await;
-            partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
-            return Err(panicked);
+    // Only paginated records into one object stop between pages.
+    let continuing = continuation
+        .filter(|_| matches!(out, Output::Single(_)) && p.http_spec.paginate.is_some());
+    let mut paging = producer.paging(from.and_then(|l| match &l.checkpoint.position {
+        checkpoint::Position::Pages { next, .. } => Some(next),
+        checkpoint::Position::HttpRange { .. } => None,
+    }))?;
+    let mut pager = match continuing {
+        Some(c) => Some(Pager::new(p, c, &summary.key)?),
+        None => None,
+    };
+    let mut out = out;
+    let (produced, out, stats) = loop {
+        let stop = pager.as_ref().map(Pager::stop);
+        let (produced, back, paged) =
+            match producer.clone().spawn(out, paging, stop).await {
+                Ok(done) => done,
+                Err(panicked) => {
+                    // The output went down with the task (its uploads are aborted); the objects
+                    // it completed are deleted here.
+                    pages::roll_back(p.ctx, bucket, &written).await;
+                    partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+                    if let Some(pager) = &pager {
+                        pager.checkpoints.delete_saved().await;
+                    }
+                    return Err(panicked);
+                }
+            };
+        paging = paged;
+        let (time_up, writer, pager) = match (produced, back, pager.as_mut()) {
+            (Ok(Paged::Stopped { time_up }), Output::Single(writer), Some(pager)) => {
+                (time_up, writer, pager)
+            }
+            (produced, back, _) => {
+                // Only the end of the data finishes the output.
+                let produced = produced.and_then(|paged| match paged {
+                    Paged::Ended => Ok(()),
+                    Paged::Stopped { .. } => Err(Error::Internal {
+                        message: "the record producer stopped with nowhere to checkpoint".into(),
+                    }),
+                });
+                break (produced, back, paging.stats);
+            }
+        };
+        match pager.checkpoint(writer, &paging, time_up, &target).await? {
+            Stretch::Continues(saved, parts, bytes) => {
+                return Ok((Written::Continues(saved, parts, bytes), paging.stats));
+            }
+            Stretch::Resumed(writer) => out = Output::Single(writer),
         }
     };
-    let result = match out {
+    let result = settle(p, out, produced, &stats).await;
+    if result.is_err() {
+        partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+    }
+    if let Some(pager) = &pager {
+        pager.checkpoints.delete_saved().await;
+    }
+    Ok((deadline_bytes(result, stats.bytes_in)?, stats))
+}
+
+/// Finishes the output of a records run whose producer returned `produced`, or aborts it.
+async fn settle(
+    p: &Prepared<'_>,
+    out: Output,
+    produced: Result<()>,
+    stats: &PageStats,
+) -> Result<Written> {
+    match out {
         Output::Single(writer) => match produced {
             Ok(()) => writer.finish().await.map(Written::Single),
             Err(e) => {
@@ -607,11 +682,7 @@ async fn write_records(
                 Err(e)
             }
         },
-    };
-    if result.is_err() {
-        partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
     }
-    Ok((deadline_bytes(result, stats.bytes_in)?, stats))
 }
 
 /// A partitioned run's key template, limits and each object's upload options.

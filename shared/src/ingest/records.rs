@@ -4,6 +4,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures::StreamExt;
@@ -23,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::sink::ObjectWriter;
 use crate::source::http::auth::ResolvedAuth;
 use crate::source::http::guard::NetworkPolicy;
-use crate::source::http::paginate::{PageOutcome, Paginator};
+use crate::checkpoint::StopClock;
+use crate::source::http::paginate::{PageOutcome, PageRequest, PageResume, Paginator};
 use crate::source::http::rate::RateLimiter;
 use crate::source::http::state::WatermarkTracker;
 use crate::source::http::{self, Fetcher, HttpBody, HttpSourceSpec, SourceFailure};
@@ -77,7 +79,8 @@ impl Output {
 }
 
 /// Fetches every page of one source and writes its records. Owns what it needs, so that it
-/// runs on its own task.
+/// runs on its own task (a clone for each stretch between two checkpoints).
+#[derive(Clone)]
 pub(super) struct Producer {
     pub http: reqwest::Client,
     pub spec: HttpSourceSpec,
@@ -94,14 +97,63 @@ pub(super) struct Producer {
     pub progress: Arc<crate::telemetry::Progress>,
 }
 
+/// The producer's paging between two stretches (and two invocations).
+#[derive(Debug)]
+pub(super) struct Paging {
+    /// The paginator, past the pages written.
+    pub paginator: Paginator,
+    /// The request to send next; `None` once paging is over.
+    pub next: Option<PageRequest>,
+    /// The figures of the pages written so far, by this invocation and the ones before.
+    pub stats: PageStats,
+}
+
+/// How a stretch of pages ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Paged {
+    /// At the end of the data.
+    Ended,
+    /// Before a page, for a checkpoint: at the end of the invocation's time (`time_up`), or
+    /// after `tuning.checkpoint_every_parts` parts.
+    Stopped {
+        /// The invocation's time is up: the job continues in the next one.
+        time_up: bool,
+    },
+}
+
+/// When a producer stops between two pages for a checkpoint.
+#[derive(Debug, Clone)]
+pub(super) struct PageStop {
+    /// When the invocation's time is up.
+    pub clock: StopClock,
+    /// Parts between two checkpoints.
+    pub every_parts: u64,
+}
+
+impl PageStop {
+    /// Whether to stop before the next page, which may take as long as `longest` did: at the
+    /// stop time (`Some(true)`), or after `every_parts` parts since `parts_at_start`.
+    fn before_page(&self, longest: Duration, parts_at_start: u64) -> Option<bool> {
+        if self
+            .clock
+            .due()
+            .is_some_and(|at| Instant::now() + longest >= at)
+        {
+            return Some(true);
+        }
+        let parts = self.clock.progress.snapshot().parts_done;
+        (parts >= parts_at_start + self.every_parts).then_some(false)
+    }
+}
+
 /// Records of a Parquet output reach the counters every this many.
 const PROGRESS_RECORDS: u64 = 4096;
 
 impl Producer {
     /// Runs [`pages`](Self::pages) on its own task (so that reading and extracting overlap
-    /// with compression and uploads), and hands back the output, to be finished or aborted,
-    /// with the figures. A panic on the task becomes [`Error::Internal`]; the output it owned
-    /// was dropped with it, which aborts its upload. Every wait of the producer (the rate
+    /// with compression and uploads), and hands back the output, to be finished, suspended
+    /// or aborted, with the paging. A panic on the task becomes [`Error::Internal`]; the
+    /// output it owned was dropped with it, which aborts its upload. Every wait of the producer (the rate
     /// limiter, a request, a stalled body, a write) ends at the deadline: the result is then
     /// [`Error::Deadline`] and the output comes back to be aborted.
     ///
@@ -110,19 +162,54 @@ impl Producer {
     /// runs on the tracker that [`settle_aborts`](crate::sink::settle_aborts) waits for, and it
     /// leaves the tracker only once the output is dropped and its abort is tracked in turn, so
     /// a caller that settles right after the drop still waits for that abort.
-    pub async fn spawn(self, mut out: Output) -> Result<(Result<()>, Output, PageStats)> {
+    pub async fn spawn(
+        self,
+        mut out: Output,
+        mut paging: Paging,
+        stop: Option<PageStop>,
+    ) -> Result<(Result<Paged>, Output, Paging)> {
         let task = AbortOnDropHandle::new(crate::sink::pending_aborts().spawn(async move {
-            let mut stats = PageStats::default();
-            let result = crate::job::within(self.deadline, self.pages(&mut out, &mut stats)).await;
-            (result, out, stats)
+            let pages = self.pages(&mut out, &mut paging, stop.as_ref());
+            let result = crate::job::within(self.deadline, pages).await;
+            (result, out, paging)
         }));
         task.await
             .map_err(|e| crate::job::join_error("the record producer", e))
     }
 
-    /// Fetches and writes every page, keeping `stats` current. Returns at the end of the data;
-    /// the caller finishes (or, on error, aborts) the output.
-    pub async fn pages(&self, out: &mut Output, stats: &mut PageStats) -> Result<()> {
+    /// Where paging starts: the first page, or the next page of a checkpoint (`from`).
+    pub fn paging(&self, from: Option<&PageResume>) -> Result<Paging> {
+        let mut paginator = Paginator::new(
+            self.spec.paginate.as_ref(),
+            http::single_page(&self.spec)?.url,
+        )?
+        .with_auth(self.auth.clone());
+        let mut stats = PageStats::default();
+        let next = match from {
+            Some(at) => {
+                stats.records = at.records;
+                stats.last_cursor = at.last_cursor.clone();
+                stats.pages = at.page.saturating_sub(1);
+                paginator.resume(at)?
+            }
+            None => paginator.first(),
+        };
+        Ok(Paging {
+            paginator,
+            next: Some(next),
+            stats,
+        })
+    }
+
+    /// Fetches and writes pages, keeping `paging` current, until the end of the data or (with
+    /// `stop`) a stop between two pages. The caller finishes, suspends or (on error) aborts
+    /// the output.
+    pub async fn pages(
+        &self,
+        out: &mut Output,
+        paging: &mut Paging,
+        stop: Option<&PageStop>,
+    ) -> Result<Paged> {
         let fetcher = Fetcher {
             client: &self.http,
             spec: &self.spec,
@@ -133,20 +220,24 @@ impl Producer {
             progress: Some(&self.progress),
             resume_from: None,
         };
-        let mut paginator = Paginator::new(
-            self.spec.paginate.as_ref(),
-            http::single_page(&self.spec)?.url,
-        )?
-        .with_auth(self.auth.clone());
-        let paths = paginator.capture_paths();
-        let mut request = paginator.first();
-        loop {
+        let paths = paging.paginator.capture_paths();
+        let parts_at_start = self.progress.snapshot().parts_done;
+        // The longest page of this stretch, and how many it wrote.
+        let (mut longest, mut written) = (Duration::ZERO, 0u32);
+        while let Some(request) = paging.next.take() {
+            if let Some(stop) = stop.filter(|_| written > 0)
+                && let Some(time_up) = stop.before_page(longest, parts_at_start)
+            {
+                paging.next = Some(request);
+                return Ok(Paged::Stopped { time_up });
+            }
+            let began = Instant::now();
             crate::fault::point("ingest.page");
             let body = fetcher.open(&request).await?;
             let url = body.url.clone();
             let link = body.link.clone();
             let received = body.received();
-            let number = paginator.pages();
+            let number = request.page;
             let (count, captures) = match self.input {
                 InputFormat::Json => {
                     let records = self
@@ -164,25 +255,26 @@ impl Producer {
                     (count, Captures::default())
                 }
             };
-            let next = paginator.next(&PageOutcome {
+            let paginator = &mut paging.paginator;
+            paging.next = paginator.next(&PageOutcome {
                 records: count,
                 captures: &captures,
                 link: link.as_deref(),
             })?;
             let page_bytes = received.load(Ordering::Relaxed);
-            stats.pages = paginator.pages();
+            let stats = &mut paging.stats;
+            stats.pages = number;
             stats.records += count;
             stats.bytes_in += page_bytes;
             stats.last_cursor = paginator.last_cursor().map(str::to_owned);
             stats.truncated = paginator.truncated();
             stats.first_url.get_or_insert(url.clone());
             out.end_page(number, count, page_bytes).await?;
-            tracing::debug!(page = request.page, records = count, %url, "page done");
-            match next {
-                Some(r) => request = r,
-                None => return Ok(()),
-            }
+            tracing::debug!(page = number, records = count, %url, "page done");
+            longest = longest.max(began.elapsed());
+            written += 1;
         }
+        Ok(Paged::Ended)
     }
 
     /// Writes one page's records as NDJSON batches; returns how many.

@@ -26,7 +26,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use reqwest::Url;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::{ResolvedAuth, redact_url};
 use crate::codec::json_records::{Captures, JsonPath};
@@ -193,6 +193,26 @@ pub struct PageRequest {
     pub body_field: Option<(String, serde_json::Value)>,
 }
 
+/// Where paging goes on in another invocation ([`Paginator::resume_at`]): the next page's
+/// request and what the paginator counted before it. Loop detection starts afresh in the
+/// next invocation (`max_pages` still counts every page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageResume {
+    /// The next page's URL, without the query parameter of `auth` (the request adds it).
+    pub url: String,
+    /// The next page's number within the job, from 1.
+    pub page: u32,
+    /// A field of the JSON request body (a cursor sent `in: body`).
+    #[serde(default)]
+    pub body_field: Option<(String, serde_json::Value)>,
+    /// Records of the pages before (for `total`).
+    pub records: u64,
+    /// The last cursor sent (cursor style).
+    #[serde(default)]
+    pub last_cursor: Option<String>,
+}
+
 /// What one page said about the next.
 #[derive(Debug)]
 pub struct PageOutcome<'a> {
@@ -355,6 +375,44 @@ impl Paginator {
         }
     }
 
+    /// Where paging goes on, with `next` the request that comes next: kept in a checkpoint
+    /// and handed to [`resume`](Self::resume) in the next invocation.
+    pub fn resume_at(&self, next: &PageRequest) -> PageResume {
+        let mut url = next.url.clone();
+        if let Some(param) = self.auth.as_deref().and_then(ResolvedAuth::query_param) {
+            remove_param(&mut url, param);
+        }
+        PageResume {
+            url: url.to_string(),
+            page: next.page,
+            body_field: next.body_field.clone(),
+            records: self.records,
+            last_cursor: self.last_cursor.clone(),
+        }
+    }
+
+    /// Goes on from `at` ([`resume_at`](Self::resume_at) of an earlier invocation): the
+    /// request to send next, in place of [`first`](Self::first).
+    pub fn resume(&mut self, at: &PageResume) -> Result<PageRequest> {
+        let url = Url::parse(&at.url).map_err(|e| Error::Pagination {
+            url: self.shown(&at.url),
+            message: format!("the checkpoint's next page is not a URL: {e}"),
+        })?;
+        self.page = at.page;
+        self.records = at.records;
+        self.last_cursor = at.last_cursor.clone();
+        self.seen.insert(url.as_str());
+        if let Some(cursor) = &at.last_cursor {
+            self.seen.insert(&format!("cursor:{cursor}"));
+        }
+        self.current = url.clone();
+        Ok(PageRequest {
+            page: at.page,
+            url,
+            body_field: at.body_field.clone(),
+        })
+    }
+
     /// The request after a page, or `None` when paging is over.
     pub fn next(&mut self, outcome: &PageOutcome<'_>) -> Result<Option<PageRequest>> {
         self.records += outcome.records;
@@ -499,6 +557,23 @@ pub(crate) fn set_param(url: &mut Url, name: &str, value: &str) {
     q.append_pair(name, value);
 }
 
+/// Removes every query parameter `name`.
+fn remove_param(url: &mut Url, name: &str) {
+    if !url.query_pairs().any(|(k, _)| k == name) {
+        return;
+    }
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+}
+
 /// The target of the first link with relation `next` in a `Link` header (RFC 8288).
 pub fn next_link(header: &str) -> Option<String> {
     let mut rest = header;
@@ -591,6 +666,61 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    /// A paginator resumed from `resume_at` sends the same next request and counts on from
+    /// the records before it; the query parameter of `auth` is not kept (the request adds it).
+    #[tokio::test]
+    async fn resume_at_then_resume_goes_on_with_the_same_request() {
+        use crate::secret::{SecretRef, SecretResolver};
+        let spec: PaginateSpec = serde_json::from_value(serde_json::json!({
+            "cursor": {"param": "cursor", "path": "$.next_cursor"}, "total": "$.total"
+        }))
+        .unwrap();
+        let key: SecretRef = serde_json::from_value(serde_json::json!({"ssm": {"name": "/k"}}))
+            .unwrap();
+        let auth: super::super::auth::AuthSpec = serde_json::from_value(
+            serde_json::json!({"api_key": {"query": "api_key", "value": {"ssm": {"name": "/k"}}}}),
+        )
+        .unwrap();
+        let resolver = SecretResolver::unreachable_for_tests().with_cached(&key, "sekrit");
+        let auth = Some(Arc::new(auth.resolve(&resolver).await.unwrap()));
+        let url = Url::parse("http://h/api?x=1&api_key=sekrit").unwrap();
+        let mut p = Paginator::new(Some(&spec), url.clone())
+            .unwrap()
+            .with_auth(auth.clone());
+        p.first();
+        let page = |cursor: &str| outcome_with(2, &[(0, cursor.into()), (1, 10.into())]);
+        let c = page("c2");
+        let outcome = PageOutcome {
+            records: 4,
+            captures: &c,
+            link: None,
+        };
+        let next = p.next(&outcome).unwrap().unwrap();
+        let at = p.resume_at(&next);
+        assert!(!at.url.contains("sekrit"), "{at:?}");
+        assert_eq!(at.page, 2);
+        assert_eq!(at.records, 4);
+        assert_eq!(at.last_cursor.as_deref(), Some("c2"));
+        // Through JSON, as a checkpoint keeps it.
+        let at: PageResume = serde_json::from_str(&serde_json::to_string(&at).unwrap()).unwrap();
+        let mut q = Paginator::new(Some(&spec), url).unwrap().with_auth(auth);
+        let resumed = q.resume(&at).unwrap();
+        assert_eq!(resumed.page, 2);
+        assert_eq!(resumed.url.as_str(), "http://h/api?x=1&cursor=c2");
+        // The same cursor again is a loop; the total counts the records before the stop.
+        assert!(q.next(&outcome).is_err());
+        let mut q = Paginator::new(Some(&spec), Url::parse("http://h/").unwrap()).unwrap();
+        q.resume(&at).unwrap();
+        let c = page("c3");
+        let more = PageOutcome {
+            records: 6,
+            captures: &c,
+            link: None,
+        };
+        assert_eq!(q.next(&more).unwrap(), None, "4 + 6 records reach the total of 10");
+        assert_eq!(q.pages(), 2);
     }
 
     /// A page number or offset past `u64` wrapped around silently (and panicked in a debug

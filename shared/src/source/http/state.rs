@@ -195,6 +195,19 @@ impl WatermarkTracker {
         }
     }
 
+    /// The largest value seen, as JSON (what a checkpoint carries to the next invocation).
+    pub fn max_value(&self) -> Option<Value> {
+        self.max.lock().expect("not poisoned").clone()
+    }
+
+    /// Starts from `value`, the largest value of the invocations before this one.
+    pub fn seed(&self, value: Value) {
+        let mut max = self.max.lock().expect("not poisoned");
+        if max.as_ref().is_none_or(|m| greater(&value, m)) {
+            *max = Some(value);
+        }
+    }
+
     /// The largest value seen, as the text sent next time.
     pub fn max(&self) -> Option<String> {
         self.max.lock().expect("not poisoned").as_ref().map(as_text)

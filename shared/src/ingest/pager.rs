@@ -1,0 +1,152 @@
+//! Paginated records into one object, across invocations: between two pages the producer
+//! stops ([`PageStop`]), the writer is suspended (the NDJSON batch of the page is written, so
+//! the object ends at a line, and a compressing writer ends its gzip member or zstd frame),
+//! and a checkpoint keeps the next page's request ([`PageResume`]) with, for an incremental
+//! job, the watermark it started from and the largest one written.
+
+use std::sync::Arc;
+
+use super::checkpoints::Checkpoints;
+use super::records::{PageStop, Paging};
+use super::{Continuation, Prepared, deadline_bytes};
+use crate::checkpoint::{Continue, Position, WatermarkResume};
+use crate::error::{Error, Result};
+use crate::sink::{ObjectWriter, S3Target};
+use crate::source::http::auth::redact_url;
+use crate::source::http::paginate::PageResume;
+
+/// The checkpoints of a paginated records job that may continue.
+pub(super) struct Pager<'a> {
+    p: &'a Prepared<'a>,
+    /// The checkpoints this invocation writes.
+    pub checkpoints: Checkpoints<'a>,
+}
+
+/// What came of a stop between two pages.
+pub(super) enum Stretch {
+    /// The invocation's time is up: the checkpoint to continue from, the parts and bytes
+    /// uploaded so far.
+    Continues(Continue, u32, u64),
+    /// A checkpoint on the way: the writer goes on.
+    Resumed(ObjectWriter),
+}
+
+impl<'a> Pager<'a> {
+    /// The checkpoints of job `continuation` writing `key`. A resumed incremental job checks
+    /// that its state still holds the watermark it started from, and its tracker starts from
+    /// the largest value written so far.
+    pub fn new(p: &'a Prepared<'a>, continuation: &Continuation, key: &str) -> Result<Pager<'a>> {
+        let first = Position::Pages {
+            next: PageResume {
+                url: String::new(),
+                page: 1,
+                body_field: None,
+                records: 0,
+                last_cursor: None,
+            },
+            watermark: None,
+        };
+        if let Some(l) = &continuation.from
+            && let Position::Pages { watermark, .. } = &l.checkpoint.position
+        {
+            resume_watermark(p, watermark.as_ref())?;
+        }
+        Ok(Pager {
+            p,
+            checkpoints: Checkpoints::new(p, continuation, key, first),
+        })
+    }
+
+    /// When the producer stops between two pages.
+    pub fn stop(&self) -> PageStop {
+        PageStop {
+            clock: self.checkpoints.clock.clone(),
+            every_parts: self.checkpoints.every_parts,
+        }
+    }
+
+    /// Suspends `writer` after the pages of `paging` and saves a checkpoint; at the end of
+    /// the invocation's time (`time_up`) the job continues in the next one, otherwise the
+    /// writer resumes at once. A failure aborts the upload and deletes the checkpoints this
+    /// invocation saved.
+    pub async fn checkpoint(
+        &mut self,
+        writer: ObjectWriter,
+        paging: &Paging,
+        time_up: bool,
+        target: &Arc<S3Target>,
+    ) -> Result<Stretch> {
+        let bytes_in = paging.stats.bytes_in;
+        let suspended = match deadline_bytes(writer.suspend().await, bytes_in) {
+            Ok(s) => s,
+            Err(e) => {
+                self.checkpoints.delete_saved().await;
+                return Err(e);
+            }
+        };
+        let next = paging.next.as_ref().ok_or_else(|| Error::Internal {
+            message: "the producer stopped with no page to go on from".into(),
+        })?;
+        let position = Position::Pages {
+            next: paging.paginator.resume_at(next),
+            watermark: self.watermark(),
+        };
+        let (parts, bytes) = (suspended.parts.len() as u32, suspended.bytes);
+        let saved = self
+            .checkpoints
+            .save(position, bytes_in, suspended.clone())
+            .await?;
+        let page = next.page;
+        if time_up {
+            tracing::info!(
+                checkpoint = %saved.checkpoint.key, page, parts,
+                "stopped between pages before the deadline; the job continues in the next invocation"
+            );
+            return Ok(Stretch::Continues(saved, parts, bytes));
+        }
+        tracing::debug!(checkpoint = %saved.checkpoint.key, page, parts, "checkpoint");
+        match ObjectWriter::resume(target.clone(), &self.p.options, suspended) {
+            Ok(w) => Ok(Stretch::Resumed(w)),
+            Err(e) => {
+                self.checkpoints.abandon().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// An incremental job's watermark: where it started and the largest one written so far.
+    fn watermark(&self) -> Option<WatermarkResume> {
+        let (state, tracker) = self.p.incremental.as_ref()?;
+        Some(WatermarkResume {
+            from: state.watermark.clone(),
+            seen: tracker.max_value(),
+        })
+    }
+}
+
+/// A resumed job's watermark: the incremental state must still hold the one it started from,
+/// and the tracker starts from the largest one written.
+fn resume_watermark(p: &Prepared<'_>, saved: Option<&WatermarkResume>) -> Result<()> {
+    let url = || redact_url(&p.http_spec.url, p.auth.as_deref());
+    match (&p.incremental, saved) {
+        (None, None) => Ok(()),
+        (Some((state, tracker)), Some(w)) => {
+            if state.watermark != w.from {
+                return Err(Error::SourceChanged {
+                    url: url(),
+                    message: format!(
+                        "the incremental state moved from {:?} to {:?} since the job started (another run wrote it)",
+                        w.from, state.watermark
+                    ),
+                });
+            }
+            if let Some(seen) = &w.seen {
+                tracker.seed(seen.clone());
+            }
+            Ok(())
+        }
+        _ => Err(Error::spec(
+            "the checkpoint and its job disagree on whether the job is incremental",
+        )),
+    }
+}
