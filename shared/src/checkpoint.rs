@@ -513,6 +513,19 @@ async fn delete_quietly(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
     }
 }
 
+/// The bytes of the checkpoint document at `key` (at most its cap), or `None` when it is
+/// gone: what `sweep-uploads` reads to keep the uploads of continuing jobs.
+pub(crate) async fn read_raw(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>> {
+    match get_capped(s3, bucket, key, DOCUMENT_CAP).await {
+        Err(Error::S3 { message, .. }) if message.starts_with("HTTP 404") => Ok(None),
+        found => found.map(Some),
+    }
+}
+
 async fn get_capped(
     s3: &aws_sdk_s3::Client,
     bucket: &str,

@@ -60,6 +60,8 @@ pub enum S3Operation {
     ListParts,
     /// `ListMultipartUploads` (sweeping stale uploads).
     ListMultipartUploads,
+    /// `ListObjectsV2` (the checkpoints a sweep keeps the uploads of).
+    ListObjects,
 }
 
 impl std::fmt::Display for S3Operation {
@@ -74,6 +76,7 @@ impl std::fmt::Display for S3Operation {
             S3Operation::AbortMultipartUpload => "AbortMultipartUpload",
             S3Operation::ListParts => "ListParts",
             S3Operation::ListMultipartUploads => "ListMultipartUploads",
+            S3Operation::ListObjects => "ListObjectsV2",
         })
     }
 }

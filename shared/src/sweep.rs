@@ -12,8 +12,13 @@
 //! ```
 //!
 //! `max_age` should stay well above the longest legitimate upload (15 minutes for a Lambda):
-//! an upload still being written is indistinguishable from an abandoned one.
+//! an upload still being written is indistinguishable from an abandoned one. The uploads of
+//! jobs that continue across invocations are told apart: before a bucket is swept, the
+//! checkpoints under [`checkpoint::PREFIX`](crate::checkpoint::PREFIX) written within
+//! `max_age` are read, and the uploads they name are kept (counted as `continuing`), however
+//! old. A checkpoint older than `max_age` is a job that stopped, and its upload is swept.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -303,6 +308,9 @@ pub struct TargetSummary {
     pub found: u64,
     /// Of those, older than `max_age`.
     pub stale: u64,
+    /// Older than `max_age`, but named by a checkpoint written within it (a job that
+    /// continues across invocations): kept.
+    pub continuing: u64,
     /// Stale uploads aborted.
     pub aborted: u64,
     /// Stale uploads that were gone when aborted.
@@ -334,6 +342,8 @@ pub struct SweepSummary {
     pub found: u64,
     /// Stale uploads, all targets.
     pub stale: u64,
+    /// Old uploads of continuing jobs, kept, all targets.
+    pub continuing: u64,
     /// Aborted, all targets.
     pub aborted: u64,
     /// Vanished before the abort, all targets.
@@ -397,8 +407,32 @@ pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
     };
     let mut complete = failure.is_none();
     let mut targets = Vec::new();
+    // The uploads of continuing jobs, per bucket.
+    let mut live: HashMap<&str, HashSet<String>> = HashMap::new();
     for target in todo {
-        let (summary, err, finished) = sweep_target(config, ctx, target, deadline).await;
+        let bucket = target.bucket.as_str();
+        if !live.contains_key(bucket) {
+            match live_uploads(&ctx.s3, bucket, config.max_age.0).await {
+                Ok(uploads) => {
+                    live.insert(bucket, uploads);
+                }
+                Err(err) => {
+                    // Without the checkpoints, a continuing job's upload could be aborted.
+                    tracing::error!(%bucket, error = %err, "could not read the checkpoints; the target is not swept");
+                    complete = false;
+                    targets.push(TargetSummary {
+                        bucket: target.bucket.clone(),
+                        prefix: target.prefix.clone(),
+                        error: Some(err.to_string()),
+                        ..TargetSummary::default()
+                    });
+                    failure.get_or_insert(err);
+                    continue;
+                }
+            }
+        }
+        let (summary, err, finished) =
+            sweep_target(config, ctx, target, deadline, &live[bucket]).await;
         complete &= finished && err.is_none();
         if failure.is_none() {
             failure = err;
@@ -416,6 +450,7 @@ pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
         max_age_secs: config.max_age.0.as_secs_f64(),
         found: sum(|t| t.found),
         stale: sum(|t| t.stale),
+        continuing: sum(|t| t.continuing),
         aborted: sum(|t| t.aborted),
         vanished: sum(|t| t.vanished),
         failed: sum(|t| t.failed),
@@ -439,12 +474,67 @@ pub async fn run(config: &SweepConfig, ctx: &SweepContext) -> SweepOutcome {
     SweepOutcome { summary, failure }
 }
 
+/// The uploads named by the checkpoints in `bucket` written within `max_age`: jobs that
+/// continue across invocations, whose uploads stay open between them.
+async fn live_uploads(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<HashSet<String>> {
+    #[derive(Deserialize)]
+    struct Named {
+        upload: NamedUpload,
+    }
+    #[derive(Deserialize)]
+    struct NamedUpload {
+        upload_id: Option<String>,
+    }
+    let prefix = crate::checkpoint::PREFIX;
+    let listing_error = |e: &SdkError<_, _>| s3_error(S3Operation::ListObjects, bucket, prefix, e);
+    let mut live = HashSet::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let now = SystemTime::now();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| listing_error(&e))?;
+        for object in page.contents() {
+            let Some(key) = object.key().filter(|k| k.ends_with(".json")) else {
+                continue;
+            };
+            let written = object
+                .last_modified()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(now);
+            if now.duration_since(written).unwrap_or_default() > max_age {
+                continue;
+            }
+            let body = match crate::checkpoint::read_raw(s3, bucket, key).await {
+                Ok(Some(body)) => body,
+                // Deleted since the listing: its job ended.
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            };
+            match serde_json::from_slice::<Named>(&body) {
+                Ok(named) => live.extend(named.upload.upload_id),
+                Err(e) => tracing::warn!(%bucket, %key, error = %e, "not a checkpoint; ignored"),
+            }
+        }
+    }
+    Ok(live)
+}
+
 /// Returns the target's summary, its first error, and whether it was swept to the end.
+/// Uploads in `live` are kept whatever their age.
 async fn sweep_target(
     config: &SweepConfig,
     ctx: &SweepContext,
     target: &SweepTarget,
     deadline: Option<Instant>,
+    live: &HashSet<String>,
 ) -> (TargetSummary, Option<Error>, bool) {
     let mut summary = TargetSummary {
         bucket: target.bucket.clone(),
@@ -501,7 +591,9 @@ async fn sweep_target(
             let age = now.duration_since(initiated).unwrap_or_default();
             let age_secs = (age.as_secs_f64() * 1000.0).round() / 1000.0;
             summary.oldest_age_secs = Some(summary.oldest_age_secs.unwrap_or(0.0).max(age_secs));
-            if age > config.max_age.0 {
+            if age > config.max_age.0 && live.contains(upload_id) {
+                summary.continuing += 1;
+            } else if age > config.max_age.0 {
                 stale.push(StaleUpload {
                     key: key.to_owned(),
                     upload_id: upload_id.to_owned(),
@@ -799,6 +891,7 @@ mod tests {
             max_age_secs: 1.0,
             found: 3,
             stale: 2,
+            continuing: 0,
             aborted: 2,
             vanished: 0,
             failed: 0,

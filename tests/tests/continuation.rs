@@ -419,6 +419,8 @@ async fn paginated_records_continue_between_pages_and_each_record_appears_once()
         assert_eq!(last["records"], n, "{style}: {last}");
         assert_eq!(last["invocations"], answers.len(), "{style}: {last}");
         let text = ndjson_of(&h, &key).await;
+        // Every invocation's bytes count: at least the records' JSON arrived.
+        assert!(last["bytes_in"].as_u64().unwrap() > text.len() as u64, "{style}: {last}");
         let expected: String = (1..=n).map(|i| api_record_json(i) + "\n").collect();
         assert!(
             text == expected,
@@ -457,7 +459,9 @@ async fn an_incremental_job_carries_its_watermark_and_fails_when_the_state_moved
         job["tuning"] = json!({"max_invocation_secs": 1});
         job
     };
-    let answers = h.run_to_end(job("whole", 6000, "state/whole.json"), INVOCATION, 100).await;
+    let answers = h
+        .run_to_end(job("whole", 6000, "state/whole.json"), INVOCATION, 100)
+        .await;
     let last = answers.last().unwrap();
     assert!(answers.len() >= 2, "{last}");
     assert_eq!(last["status"], "written", "{last}");
@@ -474,7 +478,10 @@ async fn an_incremental_job_carries_its_watermark_and_fails_when_the_state_moved
     assert_clean(&h).await;
 
     // Another run moves the state between two invocations of this one.
-    let first = response(h.invoke(job("moved", 6000, "state/moved.json"), INVOCATION).await);
+    let first = response(
+        h.invoke(job("moved", 6000, "state/moved.json"), INVOCATION)
+            .await,
+    );
     assert_eq!(first["status"], "continue", "{first}");
     let mut other = job("other", 100, "state/moved.json");
     other["tuning"] = json!({});

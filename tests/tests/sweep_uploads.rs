@@ -277,3 +277,61 @@ async fn scheduled_event_uses_sweep_config_and_errors_are_typed() {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+/// The upload of a job that continues across invocations is kept while its checkpoint is
+/// recent, however old the upload; once the checkpoint is older than `max_age` too (the job
+/// stopped), its upload is swept like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_named_by_recent_checkpoints_are_kept() {
+    let server = S3Server::garage();
+    let s3 = server.client().await;
+    let bucket = server.fresh_bucket("sweep-live").await.unwrap();
+    let h = Harness::start(&server, &[]).await;
+    const PART: usize = 64 * 1024;
+    let job = start_upload(&s3, &bucket, "tmp/continuing", 2, PART).await;
+    let other = start_upload(&s3, &bucket, "tmp/abandoned", 1, PART).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The checkpoint names the job's upload; fields a sweep does not read are left out.
+    let doc = json!({"version": 1, "upload": {"upload_id": job, "parts": []}});
+    s3.put_object()
+        .bucket(&bucket)
+        .key("_sluice/checkpoints/ingest-http/run-1.json")
+        .body(ByteStream::from(doc.to_string().into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    // Not a checkpoint: ignored, not an error.
+    s3.put_object()
+        .bucket(&bucket)
+        .key("_sluice/checkpoints/ingest-http/junk.json")
+        .body(ByteStream::from_static(b"{not json"))
+        .send()
+        .await
+        .unwrap();
+    let config = json!({"targets": [{"bucket": bucket, "prefix": "tmp/"}], "max_age": "3s"});
+    let s = response(h.invoke(config.clone()).await);
+    assert_eq!(s["status"], "complete", "{s}");
+    assert_eq!(
+        (s["stale"].as_u64(), s["continuing"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(
+        s["targets"][0]["uploads"][0]["upload_id"],
+        other.as_str(),
+        "{s}"
+    );
+    assert_eq!(
+        open_set(&s3, &bucket).await,
+        BTreeSet::from([("tmp/continuing".to_owned(), job.clone())])
+    );
+    // The checkpoint ages past max_age: the job stopped, and its upload goes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = response(h.invoke(config).await);
+    assert_eq!(
+        (s["stale"].as_u64(), s["continuing"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert!(open_set(&s3, &bucket).await.is_empty());
+}

@@ -52,8 +52,8 @@ use crate::spec::{JobSpec, RecordsQuarantine, SourceSpec};
 use crate::telemetry;
 use crate::transform::quarantine::Quarantine;
 
-pub use pages::PageObject;
 use pager::{Pager, Stretch};
+pub use pages::PageObject;
 use records::{Output, PageStats, Paged, Producer};
 
 /// What a job runs with: clients built once per function instance, and per-invocation facts.
@@ -223,9 +223,10 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
     run_continuing(spec, ctx, None).await
 }
 
-/// Runs one job that may continue: a byte copy whose source can be read from an offset
-/// stops before the deadline (or `tuning.max_invocation_secs`), writes a checkpoint and
-/// answers `"status": "continue"`; the job resumes from `continuation.from` when it is set.
+/// Runs one job that may continue: a byte copy whose source can be read from an offset, or
+/// paginated records into one object ([`pager`]), stops before the deadline (or
+/// `tuning.max_invocation_secs`), writes a checkpoint and answers `"status": "continue"`; the
+/// job resumes from `continuation.from` when it is set.
 /// The checkpoint read is deleted once the job finished or failed; a failure aborts its
 /// upload (also when it came before the writer resumed it: a changed source, say).
 pub async fn run_continuing(
@@ -583,12 +584,14 @@ async fn write_records(
     };
     let bucket = &spec.destination.bucket;
     // Only paginated records into one object stop between pages.
-    let continuing = continuation
-        .filter(|_| matches!(out, Output::Single(_)) && p.http_spec.paginate.is_some());
+    let continuing =
+        continuation.filter(|_| matches!(out, Output::Single(_)) && p.http_spec.paginate.is_some());
     let mut paging = producer.paging(from.and_then(|l| match &l.checkpoint.position {
         checkpoint::Position::Pages { next, .. } => Some(next),
         checkpoint::Position::HttpRange { .. } => None,
     }))?;
+    // Source bytes of the invocations before count in the job's figures.
+    paging.stats.bytes_in = from.map_or(0, |l| l.checkpoint.bytes_in);
     let mut pager = match continuing {
         Some(c) => Some(Pager::new(p, c, &summary.key)?),
         None => None,
@@ -596,20 +599,19 @@ async fn write_records(
     let mut out = out;
     let (produced, out, stats) = loop {
         let stop = pager.as_ref().map(Pager::stop);
-        let (produced, back, paged) =
-            match producer.clone().spawn(out, paging, stop).await {
-                Ok(done) => done,
-                Err(panicked) => {
-                    // The output went down with the task (its uploads are aborted); the objects
-                    // it completed are deleted here.
-                    pages::roll_back(p.ctx, bucket, &written).await;
-                    partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
-                    if let Some(pager) = &pager {
-                        pager.checkpoints.delete_saved().await;
-                    }
-                    return Err(panicked);
+        let (produced, back, paged) = match producer.clone().spawn(out, paging, stop).await {
+            Ok(done) => done,
+            Err(panicked) => {
+                // The output went down with the task (its uploads are aborted); the objects
+                // it completed are deleted here.
+                pages::roll_back(p.ctx, bucket, &written).await;
+                partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+                if let Some(pager) = &pager {
+                    pager.checkpoints.delete_saved().await;
                 }
-            };
+                return Err(panicked);
+            }
+        };
         paging = paged;
         let (time_up, writer, pager) = match (produced, back, pager.as_mut()) {
             (Ok(Paged::Stopped { time_up }), Output::Single(writer), Some(pager)) => {

@@ -16,6 +16,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::pages::PageWriter;
 use super::parquet::ParquetRecords;
 use super::partitioned::PartitionedText;
+use crate::checkpoint::StopClock;
 use crate::codec::Decoding;
 use crate::codec::json_records::{
     Captures, JsonPath, JsonRecordsDecoder, NdjsonDecoder, RecordsError,
@@ -24,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::sink::ObjectWriter;
 use crate::source::http::auth::ResolvedAuth;
 use crate::source::http::guard::NetworkPolicy;
-use crate::checkpoint::StopClock;
 use crate::source::http::paginate::{PageOutcome, PageRequest, PageResume, Paginator};
 use crate::source::http::rate::RateLimiter;
 use crate::source::http::state::WatermarkTracker;

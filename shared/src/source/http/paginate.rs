@@ -677,8 +677,8 @@ mod tests {
             "cursor": {"param": "cursor", "path": "$.next_cursor"}, "total": "$.total"
         }))
         .unwrap();
-        let key: SecretRef = serde_json::from_value(serde_json::json!({"ssm": {"name": "/k"}}))
-            .unwrap();
+        let key: SecretRef =
+            serde_json::from_value(serde_json::json!({"ssm": {"name": "/k"}})).unwrap();
         let auth: super::super::auth::AuthSpec = serde_json::from_value(
             serde_json::json!({"api_key": {"query": "api_key", "value": {"ssm": {"name": "/k"}}}}),
         )
@@ -719,7 +719,11 @@ mod tests {
             captures: &c,
             link: None,
         };
-        assert_eq!(q.next(&more).unwrap(), None, "4 + 6 records reach the total of 10");
+        assert_eq!(
+            q.next(&more).unwrap(),
+            None,
+            "4 + 6 records reach the total of 10"
+        );
         assert_eq!(q.pages(), 2);
     }
 
