@@ -420,7 +420,10 @@ async fn paginated_records_continue_between_pages_and_each_record_appears_once()
         assert_eq!(last["invocations"], answers.len(), "{style}: {last}");
         let text = ndjson_of(&h, &key).await;
         // Every invocation's bytes count: at least the records' JSON arrived.
-        assert!(last["bytes_in"].as_u64().unwrap() > text.len() as u64, "{style}: {last}");
+        assert!(
+            last["bytes_in"].as_u64().unwrap() > text.len() as u64,
+            "{style}: {last}"
+        );
         let expected: String = (1..=n).map(|i| api_record_json(i) + "\n").collect();
         assert!(
             text == expected,
