@@ -63,16 +63,7 @@ pub(super) async fn copy_body(
         Some((_, v)) => Some(v.to_owned()),
         None => body.validator.clone(),
     };
-    let content_type =
-        p.spec
-            .destination
-            .content_type
-            .clone()
-            .or_else(|| match p.options.compression {
-                Some(c) => Some(c.codec.content_type().to_owned()),
-                None => body.content_type.clone(),
-            });
-    let target = target.with_meta(ObjectMeta { content_type });
+    let target = target.with_meta(object_meta(p, &body));
     let options = &p.options;
     // One request: its Content-Length (of the bytes as sent, which bytes in counts) is what
     // is left to read; the sources of a batch add theirs to what was read before.
@@ -181,6 +172,20 @@ pub(super) async fn copy_body(
     }
     let uploaded = copied?;
     Ok((Written::Single(uploaded), page_stats(bytes_in(), url)))
+}
+
+/// The object's content type: the destination's, else the compression's, else the body's.
+fn object_meta(p: &Prepared<'_>, body: &http::HttpBody) -> ObjectMeta {
+    let content_type =
+        p.spec
+            .destination
+            .content_type
+            .clone()
+            .or_else(|| match p.options.compression {
+                Some(c) => Some(c.codec.content_type().to_owned()),
+                None => body.content_type.clone(),
+            });
+    ObjectMeta { content_type }
 }
 
 fn page_stats(bytes_in: u64, url: String) -> PageStats {
