@@ -77,6 +77,13 @@ impl<'a> Pager<'a> {
         target: &Arc<S3Target>,
     ) -> Result<Stretch> {
         let bytes_in = paging.stats.bytes_in;
+        let Some(next) = paging.next.as_ref() else {
+            writer.abort().await;
+            self.checkpoints.abandon().await;
+            return Err(Error::Internal {
+                message: "the producer stopped with no page to go on from".into(),
+            });
+        };
         let suspended = match deadline_bytes(writer.suspend().await, bytes_in) {
             Ok(s) => s,
             Err(e) => {
@@ -84,9 +91,6 @@ impl<'a> Pager<'a> {
                 return Err(e);
             }
         };
-        let next = paging.next.as_ref().ok_or_else(|| Error::Internal {
-            message: "the producer stopped with no page to go on from".into(),
-        })?;
         let position = Position::Pages {
             next: paging.paginator.resume_at(next),
             watermark: self.watermark(),

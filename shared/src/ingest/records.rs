@@ -153,9 +153,9 @@ impl Producer {
     /// Runs [`pages`](Self::pages) on its own task (so that reading and extracting overlap
     /// with compression and uploads), and hands back the output, to be finished, suspended
     /// or aborted, with the paging. A panic on the task becomes [`Error::Internal`]; the
-    /// output it owned was dropped with it, which aborts its upload. Every wait of the producer (the rate
-    /// limiter, a request, a stalled body, a write) ends at the deadline: the result is then
-    /// [`Error::Deadline`] and the output comes back to be aborted.
+    /// output it owned was dropped with it, which aborts its upload. Every wait of the
+    /// producer (the rate limiter, a request, a stalled body, a write) ends at the deadline:
+    /// the result is then [`Error::Deadline`] and the output comes back to be aborted.
     ///
     /// Dropping the returned future (a cancelled job: the `sluice` command on SIGINT or
     /// SIGTERM) cancels the task, which drops the output and so aborts its upload. The task

@@ -544,34 +544,32 @@ fn scalar_text(v: serde_json::Value) -> Option<String> {
 
 /// Sets query parameter `name` to `value`, replacing any earlier value.
 pub(crate) fn set_param(url: &mut Url, name: &str, value: &str) {
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != name)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let kept = pairs_without(url, name);
     let mut q = url.query_pairs_mut();
     q.clear();
-    for (k, v) in &kept {
-        q.append_pair(k, v);
-    }
+    q.extend_pairs(kept);
     q.append_pair(name, value);
 }
 
-/// Removes every query parameter `name`.
+/// Removes every query parameter `name` (a query left empty goes).
 fn remove_param(url: &mut Url, name: &str) {
     if !url.query_pairs().any(|(k, _)| k == name) {
         return;
     }
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != name)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let kept = pairs_without(url, name);
     if kept.is_empty() {
         url.set_query(None);
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
     }
+}
+
+/// The query's pairs but those named `name`.
+fn pairs_without(url: &Url, name: &str) -> Vec<(String, String)> {
+    url.query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// The target of the first link with relation `next` in a `Link` header (RFC 8288).
