@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::error::{Error, ErrorKind};
 use crate::job::{Invocation, panic_message};
 use crate::telemetry::{self, emf, progress};
-use crate::{ingest, transform};
+use crate::{checkpoint, ingest, transform};
 
 /// A failed invocation, reported with an error type callers can branch on: `InvalidInput`,
 /// `Upstream`, `Retryable`, `Timeout` or `Internal` ([`ErrorKind`]).
@@ -221,6 +221,46 @@ where
     };
     print_metrics(function, invocation, result.as_ref().err());
     result
+}
+
+/// Answers an `abort` event ([`checkpoint::Abort`]) for `function` when `payload` is one:
+/// the job's upload is aborted and its checkpoint deleted.
+pub async fn answer_abort(
+    function: &'static str,
+    s3: &aws_sdk_s3::Client,
+    invocation: &Invocation,
+    payload: &Value,
+) -> Option<Result<Value, FunctionError>> {
+    let event = checkpoint::Abort::from_event(payload)?;
+    invocation.name_job("abort");
+    let aborted = async { Ok::<_, FunctionError>(checkpoint::abort(s3, function, event?).await?) };
+    Some(answer_with_metrics(function, invocation, aborted).await)
+}
+
+/// The job of `payload` for `function`: the job as given, or a `continue` event whose
+/// checkpoint holds one. A continued job keeps its first invocation's run id and start, so
+/// its key and manifest render the same: `invocation` takes them.
+pub async fn continuation(
+    s3: &aws_sdk_s3::Client,
+    function: &'static str,
+    invocation: &mut Invocation,
+    payload: Value,
+) -> Result<checkpoint::Continuation, Error> {
+    let Some(event) = checkpoint::Continue::from_event(&payload) else {
+        return Ok(checkpoint::Continuation {
+            function,
+            job: payload,
+            from: None,
+        });
+    };
+    let loaded = checkpoint::load(s3, function, event?).await?;
+    invocation.started = loaded.checkpoint.started()?;
+    invocation.run_id = loaded.checkpoint.run_id.clone();
+    Ok(checkpoint::Continuation {
+        function,
+        job: loaded.checkpoint.job.clone(),
+        from: Some(loaded),
+    })
 }
 
 /// Logs a progress line every `every` (the first one `every` after the start) until dropped.

@@ -169,13 +169,16 @@ impl Harness {
         assert!(open.is_empty(), "uploads left in progress: {open:?}");
     }
 
-    /// Streams the object back through `decode` and returns the CRC64NVME and length of what
-    /// comes out.
-    pub async fn decoded_crc(&self, key: &str, decode: Decode) -> (u64, u64) {
+    /// The object at `key` read back through `decode` (gzip members and zstd frames all read).
+    pub async fn decoded_reader(
+        &self,
+        key: &str,
+        decode: Decode,
+    ) -> Box<dyn AsyncRead + Unpin + Send> {
         let client = self.server.client().await;
         let raw =
             BufReader::with_capacity(1 << 20, object_stream(&client, &self.bucket, key).await);
-        let mut reader: Box<dyn AsyncRead + Unpin + Send> = match decode {
+        match decode {
             Decode::None => Box::new(raw),
             Decode::Gzip => {
                 let mut d = GzipDecoder::new(raw);
@@ -187,7 +190,22 @@ impl Harness {
                 d.multiple_members(true);
                 Box::new(d)
             }
-        };
+        }
+    }
+
+    /// Asserts the job left nothing under `_sluice/` (no checkpoint) and no open upload.
+    pub async fn assert_clean(&self) {
+        let left = self.keys_under("_sluice/").await;
+        assert!(left.is_empty(), "checkpoint objects left: {left:?}");
+        let client = self.server.client().await;
+        let open = uploads_in_progress(&client, &self.bucket).await;
+        assert!(open.is_empty(), "uploads left in progress: {open:?}");
+    }
+
+    /// Streams the object back through `decode` and returns the CRC64NVME and length of what
+    /// comes out.
+    pub async fn decoded_crc(&self, key: &str, decode: Decode) -> (u64, u64) {
+        let mut reader = self.decoded_reader(key, decode).await;
         let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
         let mut buf = vec![0u8; 1 << 20];
         let mut len = 0;
@@ -200,6 +218,47 @@ impl Harness {
             len += n as u64;
         }
         (digest.finalize(), len)
+    }
+
+    /// The object at `key`, decoded, whole (for objects of test size).
+    pub async fn decoded(&self, key: &str, decode: Decode) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut reader = self.decoded_reader(key, decode).await;
+        reader.read_to_end(&mut out).await.unwrap();
+        out
+    }
+}
+
+/// The memory and CPU cgroups of a 256 MB function (a 256 MiB memory limit and 256/1769 of a
+/// vCPU); either may be missing (a warning says so).
+pub struct LambdaBox {
+    /// The memory cgroup.
+    pub memory: Option<MemoryCgroup>,
+    /// The CPU cgroup.
+    pub cpu: Option<crate::CpuCgroup>,
+}
+
+impl LambdaBox {
+    /// Creates both cgroups under `name`.
+    pub fn create(name: &str) -> LambdaBox {
+        LambdaBox {
+            memory: MemoryCgroup::create(name, 256 * 1024 * 1024),
+            cpu: crate::CpuCgroup::create(name, 14_500, 100_000),
+        }
+    }
+
+    /// The `cgroup.procs` files a process joins ([`Harness::start_in`]).
+    pub fn procs(&self) -> Vec<PathBuf> {
+        let memory = self.memory.as_ref().map(MemoryCgroup::procs_path);
+        let cpu = self.cpu.as_ref().map(crate::CpuCgroup::procs_path);
+        memory.into_iter().chain(cpu).collect()
+    }
+
+    /// The memory cgroup's peak in MiB (`None` without one); panics if it hit its limit.
+    pub fn peak_mib(&self) -> Option<f64> {
+        let memory = self.memory.as_ref()?;
+        assert!(!memory.oom_killed(), "the function hit the memory limit");
+        Some(memory.peak_bytes() as f64 / (1024.0 * 1024.0))
     }
 }
 

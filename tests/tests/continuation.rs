@@ -7,45 +7,17 @@
 //!
 //! Build the binary first: `cargo build --release -p ingest-http` (`make test` does).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_tests::fixture::ranged_crc64nvme;
-use sluice_tests::harness::{Decode, Harness, error, response};
-use sluice_tests::{CpuCgroup, Invocation, MemoryCgroup, read_object};
+use sluice_tests::harness::{Decode, Harness, LambdaBox, error, response};
+use sluice_tests::{Invocation, read_object};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 /// A Lambda invocation's timeout in these tests.
 const INVOCATION: Duration = Duration::from_secs(10);
-
-/// The memory and CPU cgroups of a 256 MB function; either may be missing (a warning says so).
-struct LambdaBox {
-    memory: Option<MemoryCgroup>,
-    cpu: Option<CpuCgroup>,
-}
-
-impl LambdaBox {
-    fn create(name: &str) -> LambdaBox {
-        LambdaBox {
-            memory: MemoryCgroup::create(name, 256 * MIB),
-            cpu: CpuCgroup::create(name, 14_500, 100_000),
-        }
-    }
-
-    fn procs(&self) -> Vec<PathBuf> {
-        let memory = self.memory.as_ref().map(MemoryCgroup::procs_path);
-        let cpu = self.cpu.as_ref().map(CpuCgroup::procs_path);
-        memory.into_iter().chain(cpu).collect()
-    }
-
-    fn peak_mib(&self) -> Option<f64> {
-        let memory = self.memory.as_ref()?;
-        assert!(!memory.oom_killed(), "the function hit the memory limit");
-        Some(memory.peak_bytes() as f64 / MIB as f64)
-    }
-}
 
 async fn lambda_box_harness(label: &str, b: &LambdaBox) -> Harness {
     Harness::start_in(
@@ -62,15 +34,6 @@ fn size() -> u64 {
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(2 * GIB, |g| (g * GIB as f64) as u64)
-}
-
-/// Asserts the job left no checkpoint and no open upload.
-async fn assert_clean(h: &Harness) {
-    let left = h.keys_under("_sluice/").await;
-    assert!(left.is_empty(), "checkpoint objects left: {left:?}");
-    let client = h.server.client().await;
-    let open = sluice_tests::uploads_in_progress(&client, &h.bucket).await;
-    assert!(open.is_empty(), "uploads left in progress: {open:?}");
 }
 
 /// Checks a finished run's answers: every one but the last says `continue`, the last one
@@ -131,7 +94,7 @@ async fn continues_to_the_end(compression: &str, decode: Decode, tuning: Value) 
         "the stored full-object checksum differs from the answer's"
     );
     assert_eq!(head.content_length(), last["bytes_out"].as_i64());
-    assert_clean(&h).await;
+    h.assert_clean().await;
     let peak = b.peak_mib();
     eprintln!(
         "CONTINUE {compression}: {:.2} GiB in {} invocations of at most {INVOCATION:?}, {secs:.1} s \
@@ -216,7 +179,7 @@ async fn a_source_that_changes_between_invocations_fails_and_leaves_nothing() {
         );
         assert!(message.contains("/ranged"), "{message}");
         h.assert_nothing_written("changed.ndjson").await;
-        assert_clean(&h).await;
+        h.assert_clean().await;
         // The request carried the first answer's validator.
         let resumed = h.fixture.requests("/ranged").pop().unwrap();
         let header = |name: &str| {
@@ -300,7 +263,7 @@ async fn a_killed_invocation_retried_with_the_same_event_gives_the_same_object()
     );
     let (crc, len) = h.decoded_crc("killed.ndjson.gz", Decode::Gzip).await;
     assert_eq!((crc, len), (ranged_crc64nvme(8, size), size));
-    assert_clean(&h).await;
+    h.assert_clean().await;
 }
 
 /// A source that cannot continue (a weak ETag: no `If-Range`) runs in one invocation as
@@ -318,7 +281,7 @@ async fn a_source_that_cannot_continue_runs_in_one_invocation() {
     let answer = response(h.invoke(job, Duration::from_secs(60)).await);
     assert_eq!(answer["status"], "written", "{answer}");
     assert!(answer.get("invocations").is_none(), "{answer}");
-    assert_clean(&h).await;
+    h.assert_clean().await;
 
     let forged = json!({"checkpoint": {"bucket": h.bucket, "key": "whole.ndjson"}});
     let (kind, message) = error(h.invoke(forged, INVOCATION).await);
@@ -356,7 +319,7 @@ async fn an_abort_event_gives_the_job_up_and_leaves_nothing() {
     assert_eq!(answer["status"], "aborted", "{answer}");
     assert_eq!(answer["key"], "given-up.ndjson", "{answer}");
     h.assert_nothing_written("given-up.ndjson").await;
-    assert_clean(&h).await;
+    h.assert_clean().await;
     let again = response(h.invoke(abort, INVOCATION).await);
     assert_eq!(again["status"], "gone", "{again}");
 }
@@ -434,7 +397,7 @@ async fn paginated_records_continue_between_pages_and_each_record_appears_once()
         // Each page was asked for once: a continued invocation starts at the next page.
         let requests = h.fixture.requests(path.split('?').next().unwrap()).len();
         assert_eq!(requests, 50, "{style}");
-        assert_clean(&h).await;
+        h.assert_clean().await;
         eprintln!(
             "CONTINUE records {style}: {n} records in 50 pages, {} invocations",
             answers.len()
@@ -478,7 +441,7 @@ async fn an_incremental_job_carries_its_watermark_and_fails_when_the_state_moved
         .collect();
     assert_eq!(sent.len(), 30);
     assert!(sent.iter().all(|s| s == "2000-01-01T00:00:00Z"), "{sent:?}");
-    assert_clean(&h).await;
+    h.assert_clean().await;
 
     // Another run moves the state between two invocations of this one.
     let first = response(
@@ -494,5 +457,5 @@ async fn an_incremental_job_carries_its_watermark_and_fails_when_the_state_moved
     assert_eq!(kind, "Upstream", "{message}");
     assert!(message.contains("incremental state moved"), "{message}");
     h.assert_nothing_written("incremental/moved.ndjson").await;
-    assert_clean(&h).await;
+    h.assert_clean().await;
 }

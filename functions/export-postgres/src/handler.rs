@@ -15,19 +15,30 @@ pub struct Clients {
     pub budget: MemoryBudget,
 }
 
-/// Runs the export spec carried by `event` (direct invoke or EventBridge Scheduler input).
+/// Runs the export spec carried by `event` (direct invoke, EventBridge Scheduler input or the
+/// job state machine), a `continue` event that resumes a keyset export from its checkpoint,
+/// or an `abort` event that gives one up.
 pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
     let (payload, context) = event.into_parts();
-    let ctx = ExportContext {
+    let mut ctx = ExportContext {
         s3: clients.s3.clone(),
         secrets: clients.secrets.clone(),
         budget: clients.budget,
         invocation: lambda::invocation(&context),
     };
-    lambda::answer_with_metrics("export-postgres", &ctx.invocation, async {
-        let spec = ExportSpec::from_json(payload)?;
+    let function = "export-postgres";
+    if let Some(answer) =
+        lambda::answer_abort(function, &clients.s3, &ctx.invocation, &payload).await
+    {
+        return answer;
+    }
+    let continuation =
+        lambda::continuation(&clients.s3, function, &mut ctx.invocation, payload).await;
+    lambda::answer_with_metrics(function, &ctx.invocation, async {
+        let continuation = continuation?;
+        let spec = ExportSpec::from_json(continuation.job.clone())?;
         ctx.invocation.name_job(spec.job_name());
-        Ok(export::run(&spec, &ctx).await?)
+        Ok(export::run_continuing(&spec, &ctx, Some(&continuation)).await?)
     })
     .await
 }

@@ -42,67 +42,21 @@ pub async fn handle(clients: &Clients, event: LambdaEvent<Value>) -> Result<Valu
         )
         .await;
     }
-    if let Some(event) = sluice::checkpoint::Abort::from_event(&payload) {
-        invocation.name_job("abort");
-        return lambda::answer_with_metrics("ingest-http", invocation, async {
-            Ok::<_, lambda::FunctionError>(
-                sluice::checkpoint::abort(&clients.s3, "ingest-http", event?).await?,
-            )
-        })
-        .await;
+    let function = "ingest-http";
+    if let Some(answer) = lambda::answer_abort(function, &clients.s3, invocation, &payload).await {
+        return answer;
     }
-    let (ctx, continuation) = match continuation(&clients.s3, ctx, payload).await {
-        Ok(found) => found,
-        Err((invocation, e)) => {
-            return lambda::answer_with_metrics("ingest-http", &invocation, async {
-                Err::<Value, _>(e.into())
-            })
-            .await;
-        }
-    };
+    let mut ctx = ctx;
+    let continuation =
+        lambda::continuation(&clients.s3, function, &mut ctx.invocation, payload).await;
     let invocation = &ctx.invocation;
-    lambda::answer_with_metrics("ingest-http", invocation, async {
+    lambda::answer_with_metrics(function, invocation, async {
+        let continuation = continuation?;
         let spec = JobSpec::from_json(continuation.job.clone())?;
         invocation.name_job(spec.job_name());
         Ok(ingest::run_continuing(&spec, &ctx, Some(&continuation)).await?)
     })
     .await
-}
-
-/// The job of `payload`: a job spec, or a `continue` event whose checkpoint holds one. A
-/// continued job keeps its first invocation's run id and start (its key and manifest are
-/// the same).
-async fn continuation(
-    s3: &aws_sdk_s3::Client,
-    mut ctx: JobContext,
-    payload: Value,
-) -> Result<(JobContext, ingest::Continuation), (sluice::job::Invocation, sluice::Error)> {
-    let Some(event) = sluice::checkpoint::Continue::from_event(&payload) else {
-        let continuation = ingest::Continuation {
-            function: "ingest-http",
-            job: payload,
-            from: None,
-        };
-        return Ok((ctx, continuation));
-    };
-    let loaded = async {
-        let loaded = sluice::checkpoint::load(s3, "ingest-http", event?).await?;
-        let started = loaded.checkpoint.started()?;
-        Ok::<_, sluice::Error>((loaded, started))
-    };
-    match loaded.await {
-        Ok((loaded, started)) => {
-            ctx.invocation.run_id = loaded.checkpoint.run_id.clone();
-            ctx.invocation.started = started;
-            let continuation = ingest::Continuation {
-                function: "ingest-http",
-                job: loaded.checkpoint.job.clone(),
-                from: Some(loaded),
-            };
-            Ok((ctx, continuation))
-        }
-        Err(e) => Err((ctx.invocation, e)),
-    }
 }
 
 /// The job name of a batch: its shared `job_name` when valid, else the default of its shared

@@ -25,6 +25,7 @@
 //! and committed; any failure after the first part aborts the multipart upload (and, for a
 //! partitioned run, deletes the objects it completed).
 
+mod continuing;
 mod partitioned;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::MemoryBudget;
+use crate::checkpoint::{self, Continuation};
 use crate::codec::Compression;
 use crate::columnar::{self, ParquetSummary, RecordOutput};
 use crate::error::{Error, Result};
@@ -143,6 +145,13 @@ impl ExportSpec {
             .check_compression("compression", self.compression)?;
         self.scheduled_time()?;
         self.tuning.validate()?;
+        if pg.resume_key.is_some()
+            && (self.format == Format::Parquet || self.destination.is_partitioned())
+        {
+            return Err(Error::spec(
+                "source.postgres.resume_key: a keyset export continues into one CSV or NDJSON object; a Parquet or partitioned export runs in one invocation (remove resume_key)",
+            ));
+        }
         if self.destination.is_partitioned() && !self.destination.overwrite {
             return Err(Error::spec(
                 "destination.overwrite: false is not available for a partitioned export ({field:…}, max_object_mib, max_object_records): a run's objects replace the keys they render to; put {run_id} in the key to keep every run's objects apart",
@@ -218,11 +227,46 @@ pub struct ExportSummary {
     /// `key` is then the template, and `checksum` and `e_tag` are per object (in the manifest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitioned: Option<PartitionedSummary>,
+    /// With `"status": "continue"`: the event that continues the export
+    /// ([`crate::checkpoint::Continue`]).
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub next: Option<serde_json::Value>,
+    /// Invocations the export has taken so far, when more than one (or it continues).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invocations: Option<u32>,
+    /// Wall time of the invocations before this one (`duration_ms` counts them too).
+    #[serde(skip)]
+    elapsed_before_ms: u64,
 }
 
-/// Runs one export. On failure nothing is left at the destination key by this run and no
-/// multipart upload stays open; the error carries the SQLSTATE when the database sent one.
+/// Runs one export in this invocation. On failure nothing is left at the destination key by
+/// this run and no multipart upload stays open; the error carries the SQLSTATE when the
+/// database sent one.
 pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary> {
+    run_continuing(spec, ctx, None).await
+}
+
+/// Runs one export that may continue: a keyset export (`source.postgres.resume_key`) stops at
+/// a key before the deadline (or `tuning.max_invocation_secs`), writes a checkpoint and
+/// answers `"status": "continue"` ([`crate::checkpoint`]); it resumes from
+/// `continuation.from` when that is set. The checkpoint read is deleted once the export
+/// finished or failed, and a failure aborts its upload.
+pub async fn run_continuing(
+    spec: &ExportSpec,
+    ctx: &ExportContext,
+    continuation: Option<&Continuation>,
+) -> Result<ExportSummary> {
+    let result = run_job(spec, ctx, continuation).await;
+    let from = continuation.and_then(|c| c.from.as_ref());
+    checkpoint::settle(&ctx.s3, from, &result, |s| s.status == Status::Continue).await;
+    result
+}
+
+async fn run_job(
+    spec: &ExportSpec,
+    ctx: &ExportContext,
+    continuation: Option<&Continuation>,
+) -> Result<ExportSummary> {
     spec.validate()?;
     let clock = std::time::Instant::now();
     let ExportSource::Postgres(pg) = &spec.source;
@@ -238,6 +282,24 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     } else {
         key::render(&spec.destination.key, &vars)?
     };
+    checkpoint::check_not_reserved("destination.key", &key)?;
+    let from = continuation.and_then(|c| c.from.as_ref());
+    if let Some(loaded) = from
+        && (key != loaded.checkpoint.key || pg.resume_key.is_none())
+    {
+        return Err(Error::spec(format!(
+            "checkpoint {}: it is for s3://{}/{}, {}; the export renders {key}{}",
+            loaded.reference.checkpoint.key,
+            spec.destination.bucket,
+            loaded.checkpoint.key,
+            loaded.checkpoint.position.kind(),
+            if pg.resume_key.is_none() {
+                " and has no resume_key"
+            } else {
+                ""
+            }
+        )));
+    }
     let bucket = spec.destination.bucket.clone();
     let budget = spec.tuning.budget(ctx.budget)?;
     let deadline = inv.give_up_at(spec.tuning.deadline_margin())?;
@@ -264,30 +326,59 @@ pub async fn run(spec: &ExportSpec, ctx: &ExportContext) -> Result<ExportSummary
     let target = S3Target::new(ctx.s3.clone(), &bucket, &key).with_meta(ObjectMeta {
         content_type: Some(content_type),
     });
-    if !spec.destination.overwrite && target.exists().await? {
+    // A continued export's upload is open: its `If-None-Match` completion is the check.
+    if from.is_none() && !spec.destination.overwrite && target.exists().await? {
         tracing::info!(%bucket, %key, "object exists and overwrite is false; nothing to do");
         return Ok(summary.ended(clock, Status::Exists));
     }
 
     let max_row_bytes = spec.tuning.record_cap(&budget);
-    let (stream, canceller) =
-        start_copy(pg, &settings, spec.format, deadline, max_row_bytes, false).await?;
-    let progress = stream.progress();
-    let parquet = columnar::options_for(spec.compression, &spec.tuning, &budget);
-    let written = write_object(stream, target, &options, parquet, deadline).await;
-    let (uploaded, parquet) = match written {
-        Ok(written) => (written.uploaded, written.parquet),
-        Err(e) => {
-            // The server may still be computing rows nobody will read.
-            canceller.cancel().await;
-            return Err(deadline_bytes(e, &progress));
+    let (uploaded, parquet) = if let Some(column) = &pg.resume_key {
+        let export = continuing::KeysetExport {
+            spec,
+            s3: &ctx.s3,
+            invocation: inv,
+            settings: &settings,
+            options: &options,
+            max_row_bytes,
+            column,
+            key: &key,
+        };
+        match export
+            .write_summed(target, continuation, &mut summary)
+            .await?
+        {
+            Some(uploaded) => (uploaded, None),
+            None => return Ok(summary.ended(clock, Status::Continue)),
+        }
+    } else {
+        let (stream, canceller) = start_copy(
+            pg,
+            &settings,
+            spec.format,
+            deadline,
+            max_row_bytes,
+            false,
+            None,
+        )
+        .await?;
+        let progress = stream.progress();
+        let parquet = columnar::options_for(spec.compression, &spec.tuning, &budget);
+        let written = write_object(stream, target, &options, parquet, deadline).await;
+        summary.rows = progress.rows();
+        summary.bytes_in = progress.bytes();
+        match written {
+            Ok(written) => (written.uploaded, written.parquet),
+            Err(e) => {
+                // The server may still be computing rows nobody will read.
+                canceller.cancel().await;
+                return Err(deadline_bytes(e, &progress));
+            }
         }
     };
     let PutOutcome::Written { e_tag, .. } = uploaded.outcome else {
         return Ok(summary.ended(clock, Status::Exists));
     };
-    summary.rows = progress.rows();
-    summary.bytes_in = progress.bytes();
     summary.bytes_out = uploaded.bytes;
     summary.parts = uploaded.parts;
     summary.checksum = Some(uploaded.checksum.to_base64());
@@ -367,6 +458,7 @@ async fn run_partitioned(
         deadline,
         max_row_bytes,
         describe,
+        None,
     )
     .await?;
     let progress = stream.progress();
@@ -442,6 +534,7 @@ async fn start_copy(
     deadline: Option<tokio::time::Instant>,
     max_row_bytes: usize,
     describe: bool,
+    keyset: Option<postgres::Keyset>,
 ) -> Result<(postgres::ExportStream, postgres::Canceller)> {
     let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
     let export_settings = ExportSettings {
@@ -450,6 +543,7 @@ async fn start_copy(
         timezone: pg.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
         max_row_bytes,
         describe,
+        keyset,
     };
     let session = job::within(deadline, postgres::connect(settings)).await?;
     let canceller = session.canceller();
@@ -594,12 +688,16 @@ impl ExportSummary {
             parquet: None,
             manifest: None,
             partitioned: None,
+            next: None,
+            invocations: None,
+            elapsed_before_ms: 0,
         }
     }
 
     /// The summary with its status and the run's rates.
     fn ended(mut self, clock: std::time::Instant, status: Status) -> Self {
-        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+        let elapsed =
+            (clock.elapsed().as_secs_f64() + self.elapsed_before_ms as f64 / 1000.0).max(1e-9);
         self.status = status;
         self.duration_ms = (elapsed * 1000.0) as u64;
         self.rows_per_s = (self.rows as f64 / elapsed).round();

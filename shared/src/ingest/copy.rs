@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
 
-use super::checkpoints::Checkpoints;
 use super::{Continuation, PageStats, Prepared, Written, deadline_bytes, records};
+use crate::checkpoint::Checkpoints;
 use crate::checkpoint::Position;
 use crate::error::{Error, Result};
 use crate::sink::{Copied, ObjectMeta, ObjectWriter, S3Target};
@@ -36,7 +36,7 @@ pub(super) async fn copy_body(
     // `run_job` checked that the checkpoint is a byte copy's.
     let resume_from = from.and_then(|l| match &l.checkpoint.position {
         Position::HttpRange { offset, validator } => Some((*offset, validator.as_str())),
-        Position::Pages { .. } => None,
+        Position::Pages { .. } | Position::Keyset { .. } => None,
     });
     let fetcher = Fetcher {
         client: p.client(),
@@ -92,7 +92,7 @@ pub(super) async fn copy_body(
                 offset: 0,
                 validator,
             };
-            Some(Checkpoints::new(p, c, key, position))
+            Some(Checkpoints::new(p.scope(), c, key, position))
         }
         _ => None,
     };

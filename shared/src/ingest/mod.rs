@@ -18,7 +18,6 @@
 //! page, which could duplicate or lose records on an API whose pages shift.
 
 pub mod batch;
-mod checkpoints;
 mod copy;
 mod pager;
 mod pages;
@@ -194,6 +193,17 @@ impl Prepared<'_> {
         }
     }
 
+    /// What the job's checkpoints are written with.
+    fn scope(&self) -> checkpoint::JobScope<'_> {
+        checkpoint::JobScope {
+            s3: &self.ctx.s3,
+            bucket: &self.spec.destination.bucket,
+            options: &self.options,
+            tuning: &self.spec.tuning,
+            invocation: &self.ctx.invocation,
+        }
+    }
+
     /// The source's own rate limit inside the batch's shared one (either may be absent).
     fn limiter(&self) -> Option<Arc<RateLimiter>> {
         let shared = self.ctx.limiter.clone();
@@ -205,17 +215,7 @@ impl Prepared<'_> {
     }
 }
 
-/// A job that may go on in another invocation ([`crate::checkpoint`]): how it was given,
-/// for its checkpoint, and the checkpoint this invocation resumes from.
-#[derive(Debug, Clone)]
-pub struct Continuation {
-    /// The function that runs it: a checkpoint continues only there.
-    pub function: &'static str,
-    /// The job as given, kept in the checkpoint.
-    pub job: serde_json::Value,
-    /// The checkpoint this invocation resumes from; `None` in the first.
-    pub from: Option<checkpoint::Loaded>,
-}
+pub use crate::checkpoint::Continuation;
 
 /// Runs one job. On failure, nothing is left at the destination key by this run and no
 /// multipart upload stays open.
@@ -235,17 +235,8 @@ pub async fn run_continuing(
     continuation: Option<&Continuation>,
 ) -> Result<Summary> {
     let result = run_job(spec, ctx, continuation).await;
-    if let Some(loaded) = continuation.and_then(|c| c.from.as_ref()) {
-        let bucket = &loaded.reference.checkpoint.bucket;
-        match &result {
-            Ok(s) if s.status == Status::Continue => {}
-            Ok(_) => checkpoint::delete(&ctx.s3, bucket, &loaded.checkpoint).await,
-            Err(_) => {
-                checkpoint::abort_upload(&ctx.s3, bucket, &loaded.checkpoint).await;
-                checkpoint::delete(&ctx.s3, bucket, &loaded.checkpoint).await;
-            }
-        }
-    }
+    let from = continuation.and_then(|c| c.from.as_ref());
+    checkpoint::settle(&ctx.s3, from, &result, |s| s.status == Status::Continue).await;
     result
 }
 
@@ -285,6 +276,7 @@ async fn run_job(
             checkpoint::Position::Pages { .. } => {
                 spec.extracts_records() && spec.format != Some(Format::Parquet)
             }
+            checkpoint::Position::Keyset { .. } => false,
         };
         if key != loaded.checkpoint.key || per_page || partitioned || !fits {
             return Err(Error::spec(format!(
@@ -588,7 +580,7 @@ async fn write_records(
         continuation.filter(|_| matches!(out, Output::Single(_)) && p.http_spec.paginate.is_some());
     let mut paging = producer.paging(from.and_then(|l| match &l.checkpoint.position {
         checkpoint::Position::Pages { next, .. } => Some(next),
-        checkpoint::Position::HttpRange { .. } => None,
+        checkpoint::Position::HttpRange { .. } | checkpoint::Position::Keyset { .. } => None,
     }))?;
     // Source bytes of the invocations before count in the job's figures.
     paging.stats.bytes_in = from.map_or(0, |l| l.checkpoint.bytes_in);

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use super::checkpoints::Checkpoints;
 use super::records::{PageStop, Paging};
 use super::{Continuation, Prepared, deadline_bytes};
+use crate::checkpoint::Checkpoints;
 use crate::checkpoint::{Continue, Position, WatermarkResume};
 use crate::error::{Error, Result};
 use crate::sink::{ObjectWriter, S3Target};
@@ -53,7 +53,7 @@ impl<'a> Pager<'a> {
         }
         Ok(Pager {
             p,
-            checkpoints: Checkpoints::new(p, continuation, key, first),
+            checkpoints: Checkpoints::new(p.scope(), continuation, key, first),
         })
     }
 

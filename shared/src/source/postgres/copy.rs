@@ -15,6 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::binary::{ResultColumn, TupleDecoder, tuple_length};
 use super::error::{pg_error, sqlstate_kind};
+use super::keyset::{self, Boundary, Cut, KeyColumn, KeyTracker, Keyset};
 use super::params::{TextParam, find_placeholders, quote_ident};
 use super::session::{CancelOnDrop, Canceller, ConnectionTask, Session};
 use super::spec::param_text;
@@ -72,6 +73,9 @@ pub struct ExportSettings {
     /// Prepare the query for its result columns before a CSV or NDJSON COPY, so that
     /// [`ExportStream::column_names`] has them (Parquet always does). Default false.
     pub describe: bool,
+    /// A keyset export: the rows ordered by this key, after the last one written
+    /// ([`keyset`](super::keyset)); [`ExportStream::want_boundary`] then finds where to stop.
+    pub keyset: Option<Keyset>,
 }
 
 impl Default for ExportSettings {
@@ -82,6 +86,7 @@ impl Default for ExportSettings {
             max_row_bytes: usize::try_from(MemoryBudget::from_env().record_cap())
                 .unwrap_or(usize::MAX),
             describe: false,
+            keyset: None,
         }
     }
 }
@@ -118,6 +123,8 @@ struct Plan {
     /// The byte offset of the query inside the statement (`None` when placeholders were
     /// rewritten, so positions in it are not the user's).
     offset: Option<usize>,
+    /// A keyset export's key column.
+    key: Option<KeyColumn>,
 }
 
 /// Prepares the SQL of an export: the query trimmed, parameters turned into bound settings,
@@ -127,6 +134,7 @@ async fn plan(
     query: &str,
     params: &[serde_json::Value],
     format: CopyFormat,
+    keyset: Option<&Keyset>,
 ) -> Result<Plan> {
     let query = query
         .trim()
@@ -204,13 +212,35 @@ async fn plan(
             }
         }
     }
-    let (prefix, suffix) = match format {
-        CopyFormat::Csv => ("COPY (\n", "\n) TO STDOUT (FORMAT csv, HEADER)"),
-        CopyFormat::Ndjson => (
-            "COPY (SELECT pg_catalog.row_to_json(sluice_row.*) FROM (\n",
-            "\n) AS sluice_row) TO STDOUT (FORMAT binary)",
-        ),
-        CopyFormat::Binary => ("COPY (\n", "\n) TO STDOUT (FORMAT binary)"),
+    let mut key = None;
+    let (prefix, suffix) = match keyset {
+        Some(k) => {
+            let columns = session
+                .client
+                .prepare(&body)
+                .await
+                .map_err(|e| pg_error(&session.database, "query", &e, exact.then_some(0)))?;
+            let columns: Vec<ResultColumn> =
+                columns.columns().iter().map(ResultColumn::from).collect();
+            let column = keyset::key_column(&columns, &k.column)?;
+            let parts = keyset::statement(format, k, &column);
+            if let Some(after) = k.after.as_ref().filter(|_| !k.null_probe) {
+                bound.push((keyset::AFTER_SETTING.to_owned(), Some(after.clone())));
+            }
+            key = Some(column);
+            parts
+        }
+        None => {
+            let (prefix, suffix) = match format {
+                CopyFormat::Csv => ("COPY (\n", "\n) TO STDOUT (FORMAT csv, HEADER)"),
+                CopyFormat::Ndjson => (
+                    "COPY (SELECT pg_catalog.row_to_json(sluice_row.*) FROM (\n",
+                    "\n) AS sluice_row) TO STDOUT (FORMAT binary)",
+                ),
+                CopyFormat::Binary => ("COPY (\n", "\n) TO STDOUT (FORMAT binary)"),
+            };
+            (prefix.to_owned(), suffix.to_owned())
+        }
     };
     let offset = exact.then(|| prefix.chars().count());
     Ok(Plan {
@@ -218,6 +248,7 @@ async fn plan(
         body,
         bound,
         offset,
+        key,
     })
 }
 
@@ -262,7 +293,7 @@ pub async fn export(
         .await
         .map_err(|e| pg_error(&database, "begin", &e, None))?;
 
-    let plan = plan(&session, query, params, format).await?;
+    let plan = plan(&session, query, params, format, settings.keyset.as_ref()).await?;
 
     let timeout = settings
         .statement_timeout
@@ -325,15 +356,34 @@ pub async fn export(
     tracing::info!(%database, format = format.name(), "postgres COPY started");
 
     let progress = Arc::new(Progress::default());
+    let keys = settings
+        .keyset
+        .as_ref()
+        .filter(|k| !k.null_probe)
+        .zip(plan.key.as_ref())
+        .map(|(k, c)| KeyTracker::new(k, format, c.index));
+    // Keyset NDJSON carries the key's text in a second field.
+    let fields = match (&decoder, &keys) {
+        (Some(d), _) => d.fields(),
+        (None, Some(_)) => 2,
+        (None, None) => 1,
+    };
     Ok(ExportStream {
         copy: Box::pin(copy),
         format,
-        fields: decoder.as_ref().map_or(1, TupleDecoder::fields),
+        fields,
+        keys,
         decoder,
         column_names,
         buf: BytesMut::with_capacity(CHUNK),
         state: State::Streaming,
-        header_seen: false,
+        boundary: None,
+        // A keyset export that goes on after a key asks for no CSV header.
+        header_seen: format == CopyFormat::Csv
+            && settings
+                .keyset
+                .as_ref()
+                .is_some_and(|k| k.after.is_some() || k.null_probe),
         trailer_seen: false,
         max_row_bytes: settings.max_row_bytes,
         progress,
@@ -361,8 +411,13 @@ enum State {
 pub struct ExportStream {
     copy: Pin<Box<tokio_postgres::CopyOutStream>>,
     format: CopyFormat,
-    /// Fields per binary tuple: 1 (the JSON) for NDJSON, the result's columns for binary.
+    /// Fields per binary tuple: 1 (the JSON) for NDJSON (2 with the key of a keyset export),
+    /// the result's columns for binary.
     fields: usize,
+    /// A keyset export's keys.
+    keys: Option<KeyTracker>,
+    /// The boundary handed out with the last chunk.
+    boundary: Option<Boundary>,
     decoder: Option<TupleDecoder>,
     column_names: Option<Vec<String>>,
     buf: BytesMut,
@@ -405,6 +460,20 @@ impl ExportStream {
     /// NDJSON when [`ExportSettings::describe`] asked for them; else `None`.
     pub fn column_names(&self) -> Option<&[String]> {
         self.column_names.as_deref()
+    }
+
+    /// A keyset export: asks for a boundary where the key next changes. The chunk that ends
+    /// there is the last before [`take_boundary`](Self::take_boundary) returns it; the rows
+    /// after it stay in the stream. Does nothing for other exports.
+    pub fn want_boundary(&mut self) {
+        if let Some(keys) = &mut self.keys {
+            keys.want_boundary();
+        }
+    }
+
+    /// The boundary the last chunk ended at, once.
+    pub fn take_boundary(&mut self) -> Option<Boundary> {
+        self.boundary.take()
     }
 
     /// Cancels the statement on the server if the export gives up (await it before
@@ -472,20 +541,32 @@ impl ExportStream {
         let before = self.buf.len();
         match self.format {
             CopyFormat::Csv => {
+                let header = !self.header_seen;
+                if !header && let Some(keys) = &mut self.keys {
+                    let at = Cut {
+                        buffered: before,
+                        rows: self.progress.rows(),
+                        bytes: self.progress.bytes(),
+                    };
+                    if let Err(m) = keys.csv_row(&msg, at) {
+                        return Err(key_error(&self.database, keys.position(at), m));
+                    }
+                }
                 self.buf.extend_from_slice(&msg);
-                if self.header_seen {
-                    self.progress.rows.fetch_add(1, Ordering::Relaxed);
-                } else {
+                if header {
                     self.header_seen = true;
+                } else {
+                    self.progress.rows.fetch_add(1, Ordering::Relaxed);
                 }
             }
             CopyFormat::Ndjson | CopyFormat::Binary => {
-                let rows = self.absorb_binary(msg).map_err(|what| {
-                    self.failure(
+                let rows = self.absorb_binary(msg).map_err(|e| match e {
+                    Absorb::Key(message, at) => key_error(&self.database, at, message),
+                    Absorb::Malformed(what) => self.failure(
                         self.stage(),
                         format!("malformed binary COPY data: {what}"),
                         None,
-                    )
+                    ),
                 })?;
                 self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             }
@@ -506,24 +587,25 @@ impl ExportStream {
     /// NDJSON (one `json` field): each row becomes one line; a raw CR or LF (only possible as
     /// insignificant whitespace inside a `json` value) becomes a space. Binary: each tuple is
     /// copied as it is.
-    fn absorb_binary(&mut self, mut msg: Bytes) -> std::result::Result<u64, &'static str> {
+    fn absorb_binary(&mut self, mut msg: Bytes) -> std::result::Result<u64, Absorb> {
         if !self.header_seen {
             if msg.len() < BINARY_SIGNATURE.len() + 8 || !msg.starts_with(BINARY_SIGNATURE) {
-                return Err("bad signature");
+                return Err("bad signature".into());
             }
             msg.advance(BINARY_SIGNATURE.len() + 4);
             // The length was checked above: 11 signature + 4 flags + 4 extension length.
             let ext = usize::try_from(msg.get_u32()).unwrap_or(usize::MAX);
             if msg.len() < ext {
-                return Err("truncated header extension");
+                return Err("truncated header extension".into());
             }
             msg.advance(ext);
             self.header_seen = true;
         }
         let mut rows = 0;
+        let start = self.buf.len();
         while msg.has_remaining() {
             if self.trailer_seen {
-                return Err("data after the trailer");
+                return Err("data after the trailer".into());
             }
             let Some(len) = tuple_length(&msg, self.fields)? else {
                 msg.advance(2);
@@ -534,11 +616,19 @@ impl ExportStream {
             if self.format == CopyFormat::Binary {
                 self.buf.extend_from_slice(&tuple);
             } else {
-                // One field: `int16 1`, `int32 length` (-1 for NULL), then the JSON.
-                let json = match tuple.get(2..6) {
-                    Some(len) if len != [0xff; 4] => &tuple[6..],
-                    _ => return Err("a NULL row"),
-                };
+                // `int16 fields`, then per field `int32 length` (-1 for NULL) and its bytes:
+                // the JSON, and for a keyset export the key's text.
+                let (json, key) = ndjson_fields(&tuple)?;
+                if let Some(keys) = &mut self.keys {
+                    let at = Cut {
+                        buffered: self.buf.len(),
+                        rows: self.progress.rows() + rows,
+                        bytes: self.progress.bytes() + (self.buf.len() - start) as u64,
+                    };
+                    if let Err(m) = keys.row(key, at) {
+                        return Err(Absorb::Key(m, keys.position(at)));
+                    }
+                }
                 if memchr::memchr2(b'\n', b'\r', json).is_some() {
                     self.buf.extend(
                         json.iter()
@@ -569,6 +659,13 @@ impl ExportStream {
         }
     }
 
+    /// The chunk up to a boundary the keys found in the last message, if they found one.
+    fn take_boundary_chunk(&mut self) -> Option<Poll<Option<Result<Bytes>>>> {
+        let (at, boundary) = self.keys.as_mut()?.take_cut()?;
+        self.boundary = Some(boundary);
+        Some(Poll::Ready(Some(Ok(self.buf.split_to(at).freeze()))))
+    }
+
     fn take_chunk(&mut self) -> Poll<Option<Result<Bytes>>> {
         Poll::Ready(Some(Ok(self.buf.split().freeze())))
     }
@@ -586,6 +683,9 @@ impl Stream for ExportStream {
                         if let Err(e) = this.absorb(msg) {
                             this.state = State::Done;
                             return Poll::Ready(Some(Err(e)));
+                        }
+                        if let Some(chunk) = this.take_boundary_chunk() {
+                            return chunk;
                         }
                         if this.buf.len() >= CHUNK {
                             this.log_progress(false);
@@ -657,5 +757,60 @@ impl Stream for ExportStream {
                 State::Done => return Poll::Ready(None),
             }
         }
+    }
+}
+
+/// Why a binary COPY message could not be taken.
+enum Absorb {
+    /// Not binary COPY data as expected.
+    Malformed(&'static str),
+    /// A keyset export's key refused (NULL), at the row's number and offset.
+    Key(String, (u64, u64)),
+}
+
+impl From<&'static str> for Absorb {
+    fn from(what: &'static str) -> Self {
+        Absorb::Malformed(what)
+    }
+}
+
+/// The JSON of an NDJSON tuple and, when it has a second field, that field (a keyset
+/// export's key; `None` for NULL). A NULL JSON is malformed: `row_to_json` never gives one.
+fn ndjson_fields(tuple: &[u8]) -> std::result::Result<(&[u8], Option<&[u8]>), Absorb> {
+    let mut rest = tuple.get(2..).ok_or("truncated tuple")?;
+    let json = take_field(&mut rest)?.ok_or("a NULL row")?;
+    let key = if rest.is_empty() {
+        None
+    } else {
+        take_field(&mut rest)?
+    };
+    Ok((json, key))
+}
+
+/// One field of a tuple: `int32 length` (-1 for NULL) and its bytes.
+fn take_field<'a>(rest: &mut &'a [u8]) -> std::result::Result<Option<&'a [u8]>, &'static str> {
+    let (len, tail) = rest.split_first_chunk::<4>().ok_or("truncated field")?;
+    let len = i32::from_be_bytes(*len);
+    if len < 0 {
+        *rest = tail;
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| "bad field length")?;
+    if tail.len() < len {
+        return Err("truncated field");
+    }
+    let (value, tail) = tail.split_at(len);
+    *rest = tail;
+    Ok(Some(value))
+}
+
+/// A keyset export's refused key, as a records error at the row (its number and offset).
+fn key_error(database: &str, (row, offset): (u64, u64), message: String) -> Error {
+    Error::Records {
+        url: format!("postgres://{database}"),
+        class: "bad resume key",
+        offset,
+        record: Some(row),
+        message,
     }
 }

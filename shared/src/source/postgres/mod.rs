@@ -32,6 +32,7 @@
 mod binary;
 mod copy;
 mod error;
+mod keyset;
 mod params;
 mod session;
 mod settings;
@@ -41,6 +42,7 @@ mod tls;
 pub use binary::{ResultColumn, TupleDecoder};
 pub use copy::{CopyFormat, ExportSettings, ExportStream, Progress, export};
 pub use error::sqlstate_kind;
+pub use keyset::{Boundary, KEY_TYPES, Keyset};
 pub use params::{Placeholder, find_placeholders};
 pub use session::{Canceller, Session, connect};
 pub use settings::{ConnectionSettings, RootCerts, SslMode};

@@ -29,6 +29,16 @@ pub struct PostgresSourceSpec {
     /// Session time zone, for how `timestamptz` values render. Default `UTC`.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// A result column that orders the rows, so that an export longer than one invocation
+    /// can continue: the rows are exported in this column's order, and the next invocation
+    /// goes on with the rows whose key is larger than the last one written. Rows that share a
+    /// key are never split, so it need not be unique; a NULL key fails the export. Its type
+    /// must be `smallint`, `integer`, `bigint`, `text`, `varchar`, `uuid`, `date`,
+    /// `timestamp` or `timestamptz`. CSV and NDJSON into one object. Default none: the export
+    /// runs in one invocation.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 63))]
+    pub resume_key: Option<String>,
 }
 
 impl PostgresSourceSpec {
@@ -52,6 +62,13 @@ impl PostgresSourceSpec {
                     "source.postgres.params[{i}] contains a NUL byte"
                 )));
             }
+        }
+        if let Some(key) = &self.resume_key
+            && (key.is_empty() || key.len() > 63 || key.contains('\0'))
+        {
+            return Err(Error::spec(format!(
+                "source.postgres.resume_key {key:?} is not a column name (1 to 63 bytes, no NUL)"
+            )));
         }
         if let Some(tz) = &self.timezone
             && (tz.is_empty() || tz.len() > 64 || tz.contains('\0'))

@@ -30,6 +30,10 @@ use crate::sink::{PartReceipt, Suspended};
 use crate::source::http::paginate::PageResume;
 use crate::telemetry::Progress;
 
+mod run;
+
+pub use run::{Checkpoints, Continuation, JobScope, settle};
+
 /// Keys under this prefix belong to sluice; no job may write its output there.
 pub const RESERVED: &str = "_sluice/";
 /// Where checkpoints are written, in the destination bucket.
@@ -111,6 +115,16 @@ pub enum Position {
         #[serde(default)]
         watermark: Option<WatermarkResume>,
     },
+    /// A keyset export (`source.postgres.resume_key`): the rows whose key is larger than
+    /// `after`, in the key's order.
+    Keyset {
+        /// The key column.
+        column: String,
+        /// The last key written (its text as the server prints it).
+        after: String,
+        /// Rows written so far.
+        rows: u64,
+    },
 }
 
 /// An incremental job's watermark across invocations: the state must still hold `from` when
@@ -131,6 +145,7 @@ impl Position {
         match self {
             Position::HttpRange { .. } => "a byte copy",
             Position::Pages { .. } => "paginated records into one object",
+            Position::Keyset { .. } => "a keyset export",
         }
     }
 }

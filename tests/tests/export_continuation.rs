@@ -1,0 +1,268 @@
+//! Keyset exports longer than one invocation, through the built `export-postgres` bootstrap
+//! in the Lambda box (256 MiB memory cgroup, 256/1769 of a vCPU) against a throwaway Postgres
+//! and Garage: the export stops where its `resume_key` changes, answers `continue`, and the
+//! next invocation (sent the `continue` value) exports the rows after the last key written.
+//!
+//! Build the binary first: `cargo build --release -p export-postgres` (`make test` does).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_tests::harness::{Decode, Harness, LambdaBox, error, response};
+use sluice_tests::postgres::PgServer;
+
+/// Rows of the test table: about 120 MB of CSV, several seconds in the box.
+const ROWS: u64 = 1_000_000;
+/// Rows per key: keys are shared, so a boundary must never split them.
+const PER_KEY: u64 = 3;
+/// A continued invocation's timeout.
+const INVOCATION: Duration = Duration::from_secs(10);
+/// The one-shot run's timeout.
+const ONE_SHOT: Duration = Duration::from_secs(300);
+
+/// `keyed`: `id` unique, `k` text with a comma (so CSV quotes it) shared by [`PER_KEY`] rows,
+/// `n` the same key as a bigint, `note` text with quotes and commas; an index on each key.
+async fn keyed_table(pg: &PgServer) {
+    let client = pg.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE keyed AS SELECT i AS id, \
+               format('g,%s', lpad((i / {PER_KEY})::text, 8, '0')) AS k, \
+               (i / {PER_KEY})::bigint AS n, \
+               repeat(md5(i::text), 2) || ' \"q\", c' AS note, \
+               (i * 7 % 1000)::numeric / 100 AS amount \
+             FROM generate_series(1, {ROWS}) AS i; \
+             CREATE INDEX ON keyed (k); CREATE INDEX ON keyed (n); ANALYZE keyed;"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn export_harness(label: &str, b: &LambdaBox, pg: &PgServer) -> Harness {
+    let url = pg.admin_url();
+    Harness::start_in(
+        "export-postgres",
+        label,
+        &b.procs(),
+        &[("DATABASE_URL", &url)],
+    )
+    .await
+}
+
+fn export_job(h: &Harness, format: &str, compression: &str, key: &str, resume_key: &str) -> Value {
+    json!({
+        "source": {"postgres": {"query": "SELECT id, k, n, note, amount FROM keyed",
+                                "resume_key": resume_key}},
+        "format": format,
+        "compression": compression,
+        "destination": {"bucket": h.bucket, "key": key},
+    })
+}
+
+/// The CSV records' `(id, k)`, in order, after checking the header is the first line only.
+fn csv_ids(text: &[u8]) -> Vec<(u64, String)> {
+    let mut reader = csv::Reader::from_reader(text);
+    assert_eq!(
+        reader.headers().unwrap(),
+        vec!["id", "k", "n", "note", "amount"]
+    );
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].parse().unwrap(), r[1].to_owned())
+        })
+        .collect()
+}
+
+/// The NDJSON records' `(id, n)`, in order.
+fn ndjson_ids(text: &[u8]) -> Vec<(u64, String)> {
+    text.split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_slice(l).unwrap();
+            (v["id"].as_u64().unwrap(), v["n"].to_string())
+        })
+        .collect()
+}
+
+/// Checks rows read back: every id once, keys in non-decreasing order (by `order`).
+fn check_rows(rows: &[(u64, String)], what: &str) {
+    assert_eq!(rows.len() as u64, ROWS, "{what}: rows");
+    let mut seen = BTreeMap::new();
+    for (id, _) in rows {
+        *seen.entry(*id).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len() as u64, ROWS, "{what}: distinct ids");
+    assert!(seen.values().all(|&c| c == 1), "{what}: an id twice");
+}
+
+/// Sorted lines: the same rows whatever the order inside one key.
+fn sorted_lines(text: &[u8]) -> Vec<&[u8]> {
+    let mut lines: Vec<&[u8]> = text.split(|&c| c == b'\n').collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// Runs one format's keyset export continued in 1 s invocations and in one invocation, and
+/// compares them.
+async fn continues_like_one_shot(
+    h: &Harness,
+    b: &LambdaBox,
+    format: &str,
+    compression: &str,
+    resume_key: &str,
+    tuning: Value,
+) {
+    let decode = match compression {
+        "gzip" => Decode::Gzip,
+        _ => Decode::Zstd,
+    };
+    let key = format!("continued/{{run_id}}.{format}");
+    let mut job = export_job(h, format, compression, &key, resume_key);
+    job["tuning"] = tuning;
+    let started = std::time::Instant::now();
+    let answers = h.run_to_end(job, INVOCATION, 100).await;
+    let secs = started.elapsed().as_secs_f64();
+    let last = answers.last().unwrap();
+    for a in &answers[..answers.len() - 1] {
+        assert_eq!(a["status"], "continue", "{format}: {a}");
+        let cp = a["continue"]["checkpoint"]["key"].as_str().unwrap();
+        assert!(
+            cp.starts_with("_sluice/checkpoints/export-postgres/"),
+            "{a}"
+        );
+    }
+    assert!(
+        answers.len() >= 3,
+        "{format}: {} invocations of 1 s: {last}",
+        answers.len()
+    );
+    assert_eq!(last["status"], "written", "{format}: {last}");
+    assert_eq!(last["rows"], ROWS, "{format}: {last}");
+    assert_eq!(last["invocations"], answers.len(), "{format}: {last}");
+    let continued = h.decoded(last["key"].as_str().unwrap(), decode).await;
+
+    let once = export_job(h, format, compression, "one-shot/x", resume_key);
+    let one = response(h.invoke(once, ONE_SHOT).await);
+    assert_eq!(one["status"], "written", "{one}");
+    assert!(one.get("invocations").is_none(), "{one}");
+    let whole = h.decoded("one-shot/x", decode).await;
+
+    let rows = match format {
+        "csv" => csv_ids(&continued),
+        _ => ndjson_ids(&continued),
+    };
+    check_rows(&rows, format);
+    if resume_key == "n" {
+        let keys: Vec<i64> = rows.iter().map(|(_, n)| n.parse().unwrap()).collect();
+        assert!(keys.is_sorted(), "{format}: rows out of key order");
+    } else {
+        assert!(
+            rows.is_sorted_by(|a, b| a.1 <= b.1),
+            "{format}: rows out of key order"
+        );
+    }
+    assert!(
+        sorted_lines(&continued) == sorted_lines(&whole),
+        "{format}: the continued object's rows differ from the one-shot object's ({} and {} bytes)",
+        continued.len(),
+        whole.len()
+    );
+    assert_eq!(last["bytes_in"], one["bytes_in"], "{format}: {last} {one}");
+    h.assert_clean().await;
+    let peak = b.peak_mib();
+    eprintln!(
+        "CONTINUE export {format}+{compression}: {ROWS} rows in {} invocations, {secs:.1} s \
+         (one-shot {:.1} s); cgroup peak {}",
+        answers.len(),
+        one["duration_ms"].as_f64().unwrap() / 1000.0,
+        peak.map_or("not measured".into(), |p| format!("{p:.1} MiB")),
+    );
+    if let Some(peak) = peak {
+        assert!(peak <= 128.0, "cgroup peak {peak:.1} MiB is over 128 MiB");
+    }
+}
+
+/// CSV (gzip, a text key CSV quotes) and NDJSON (zstd, a bigint key, a checkpoint after
+/// every part) continue at key boundaries: every row once, in key order, the same rows as one invocation writes, no CSV
+/// header but the first, nothing left under `_sluice/`.
+#[tokio::test]
+async fn a_keyset_export_continues_at_key_boundaries_and_matches_one_invocation() {
+    let pg = PgServer::start().unwrap();
+    keyed_table(&pg).await;
+    let b = LambdaBox::create("sluice-export-continue");
+    let h = export_harness("export-continue", &b, &pg).await;
+    let tuning = json!({"max_invocation_secs": 1});
+    continues_like_one_shot(&h, &b, "csv", "gzip", "k", tuning).await;
+    // A checkpoint after every part too: the writer resumes and reads on from the same
+    // statement between the stops.
+    let tuning = json!({"max_invocation_secs": 1, "checkpoint_every_parts": 1});
+    continues_like_one_shot(&h, &b, "ndjson", "zstd", "n", tuning).await;
+}
+
+/// What a keyset export refuses, before anything is written: a key that is not a result
+/// column, a key of a type whose equal values may print differently, Parquet. A NULL key met
+/// in a later invocation fails the export there, and its upload and checkpoint are gone.
+#[tokio::test]
+async fn a_keyset_export_refuses_bad_keys_and_a_null_key_fails_it_leaving_nothing() {
+    let pg = PgServer::start().unwrap();
+    keyed_table(&pg).await;
+    let b = LambdaBox::create("sluice-export-keys");
+    let h = export_harness("export-keys", &b, &pg).await;
+    let refused = [
+        (
+            "csv",
+            "nope",
+            "\"nope\" is not a result column of the query (its columns: id, k, n, note, amount)",
+        ),
+        (
+            "csv",
+            "amount",
+            "column \"amount\" is numeric; a resume key must be one of",
+        ),
+        (
+            "parquet",
+            "n",
+            "a Parquet or partitioned export runs in one invocation",
+        ),
+    ];
+    for (format, resume_key, expected) in refused {
+        let compression = if format == "parquet" { "zstd" } else { "gzip" };
+        let job = export_job(&h, format, compression, "refused", resume_key);
+        let (kind, message) = error(h.invoke(job, INVOCATION).await);
+        assert_eq!(kind, "InvalidInput", "{message}");
+        assert!(message.contains(expected), "{resume_key}: {message}");
+        h.assert_nothing_written("refused").await;
+    }
+
+    // NULL keys sort last: the export continues until it meets one.
+    let mut job = export_job(&h, "csv", "gzip", "nulls.csv.gz", "k");
+    job["source"]["postgres"]["query"] =
+        json!("SELECT id, k, n, note, amount FROM keyed UNION ALL SELECT 0, NULL, 0, 'x', 0");
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let mut event = job;
+    let mut continued = 0;
+    let (kind, message) = loop {
+        match h.invoke(event, INVOCATION).await {
+            sluice_tests::Invocation::Response(a) => {
+                assert_eq!(a["status"], "continue", "{a}");
+                continued += 1;
+                event = a["continue"].clone();
+            }
+            failed => break error(failed),
+        }
+    };
+    assert!(continued >= 1, "the NULL key came in the first invocation");
+    // Bad data of the source, as a row over the size cap is.
+    assert_eq!(kind, "Upstream", "{message}");
+    assert!(
+        message.contains(&format!(
+            "after {ROWS} rows: resume_key column \"k\" is NULL"
+        )),
+        "{message}"
+    );
+    h.assert_nothing_written("nulls.csv.gz").await;
+    h.assert_clean().await;
+}
