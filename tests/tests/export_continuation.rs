@@ -174,8 +174,9 @@ async fn continues_like_one_shot(
     h.assert_clean().await;
     let peak = b.peak_mib();
     eprintln!(
-        "CONTINUE export {format}+{compression}: {ROWS} rows in {} invocations, {secs:.1} s \
-         (one-shot {:.1} s); cgroup peak {}",
+        "CONTINUE export {format}+{compression}: {ROWS} rows, {:.1} MiB, in {} invocations, \
+         {secs:.1} s (one-shot {:.1} s); cgroup peak {}",
+        last["bytes_in"].as_f64().unwrap() / (1024.0 * 1024.0),
         answers.len(),
         one["duration_ms"].as_f64().unwrap() / 1000.0,
         peak.map_or("not measured".into(), |p| format!("{p:.1} MiB")),
