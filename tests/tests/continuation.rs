@@ -459,3 +459,37 @@ async fn an_incremental_job_carries_its_watermark_and_fails_when_the_state_moved
     h.assert_nothing_written("incremental/moved.ndjson").await;
     h.assert_clean().await;
 }
+
+/// A checkpoint whose position does not fit its job (a byte copy's offset for a records job:
+/// the document edited, or written by another build) is refused as `InvalidInput`, and the
+/// upload it names is aborted.
+#[tokio::test]
+async fn a_checkpoint_of_another_kind_is_refused() {
+    let h = Harness::start("ingest-http", "other-kind", None).await;
+    let mut job = h.job(&format!("/ranged?size={}&seed=6", 4 * GIB), "kind.ndjson");
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let doc_key = first["continue"]["checkpoint"]["key"].as_str().unwrap();
+    let client = h.server.client().await;
+    let mut doc: Value =
+        serde_json::from_slice(&read_object(&client, &h.bucket, doc_key).await).unwrap();
+    assert_eq!(doc["position"]["kind"], "http_range", "{doc}");
+    doc["job"]["records"] = json!("$.data[*]");
+    client
+        .put_object()
+        .bucket(&h.bucket)
+        .key(doc_key)
+        .body(serde_json::to_vec(&doc).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    let (kind, message) = error(h.invoke(first["continue"].clone(), INVOCATION).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("it is for s3://") && message.contains("a byte copy"),
+        "{message}"
+    );
+    h.assert_nothing_written("kind.ndjson").await;
+    h.assert_clean().await;
+}

@@ -266,4 +266,28 @@ async fn a_keyset_export_refuses_bad_keys_and_a_null_key_fails_it_leaving_nothin
     );
     h.assert_nothing_written("nulls.csv.gz").await;
     h.assert_clean().await;
+
+    // A checkpoint edited to another key than the one it stopped at is refused, and its
+    // upload aborted.
+    let mut job = export_job(&h, "csv", "gzip", "edited.csv.gz", "k");
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let doc_key = first["continue"]["checkpoint"]["key"].as_str().unwrap();
+    let client = h.server.client().await;
+    let read = sluice_tests::read_object(&client, &h.bucket, doc_key).await;
+    let mut doc: Value = serde_json::from_slice(&read).unwrap();
+    assert_eq!(doc["position"]["kind"], "keyset", "{doc}");
+    doc["job"]["source"]["postgres"]["resume_key"] = json!("n");
+    let body = serde_json::to_vec(&doc).unwrap();
+    let put = client.put_object().bucket(&h.bucket).key(doc_key);
+    put.body(body.into()).send().await.unwrap();
+    let (kind, message) = error(h.invoke(first["continue"].clone(), INVOCATION).await);
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(
+        message.contains("it is for resume_key \"k\" and this export's resume_key is \"n\""),
+        "{message}"
+    );
+    h.assert_nothing_written("edited.csv.gz").await;
+    h.assert_clean().await;
 }
