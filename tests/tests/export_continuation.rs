@@ -291,3 +291,57 @@ async fn a_keyset_export_refuses_bad_keys_and_a_null_key_fails_it_leaving_nothin
     h.assert_nothing_written("edited.csv.gz").await;
     h.assert_clean().await;
 }
+
+/// An invocation killed (SIGKILL) after it saved a checkpoint of its own, then retried with
+/// the same `continue` event, resumes after that checkpoint's key; the rows it exported past
+/// it are exported again into the parts it had uploaded (replaced by number), and the object
+/// holds every row once.
+#[tokio::test]
+async fn a_killed_export_retried_with_the_same_event_holds_every_row_once() {
+    let pg = PgServer::start().unwrap();
+    keyed_table(&pg).await;
+    let b = LambdaBox::create("sluice-export-killed");
+    let mut h = export_harness("export-killed", &b, &pg).await;
+    // Uncompressed, so parts (and so checkpoints) come several times a second.
+    let mut job = export_job(&h, "ndjson", "gzip", "killed.ndjson", "n");
+    job.as_object_mut().unwrap().remove("compression");
+    job["tuning"] = json!({"max_invocation_secs": 3, "checkpoint_every_parts": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let event = first["continue"].clone();
+    let doc_key = event["checkpoint"]["key"].as_str().unwrap().to_owned();
+    let client = h.server.client().await;
+    let saves = |doc: Vec<u8>| serde_json::from_slice::<Value>(&doc).unwrap()["saves"].clone();
+    let saved_then = saves(sluice_tests::read_object(&client, &h.bucket, &doc_key).await);
+
+    let pid = h.process.pid();
+    let killer = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let doc = sluice_tests::read_object(&client, &h.bucket, &doc_key).await;
+            if saves(doc) != saved_then {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+                return;
+            }
+        }
+    };
+    let (killed, ()) = tokio::join!(h.api.invoke(event.clone(), INVOCATION), killer);
+    assert!(killed.is_err(), "the killed invocation answered");
+    let at_kill: Value =
+        serde_json::from_slice(&sluice_tests::read_object(&client, &h.bucket, &doc_key).await)
+            .expect("the checkpoint survives the kill");
+    assert_eq!(at_kill["position"]["kind"], "keyset", "{at_kill}");
+
+    h.restart();
+    let answers = h.run_to_end(event, INVOCATION, 100).await;
+    let last = answers.last().unwrap();
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["rows"], ROWS, "{last}");
+    // The first invocation and the killed one came before these.
+    assert_eq!(last["invocations"], answers.len() + 2, "{last}");
+    let rows = ndjson_ids(&h.decoded("killed.ndjson", Decode::None).await);
+    check_rows(&rows, "killed");
+    h.assert_clean().await;
+}
