@@ -125,7 +125,7 @@ where
     }
 }
 
-fn gzip_error(e: io::Error) -> io::Error {
+pub(super) fn gzip_error(e: io::Error) -> io::Error {
     if e.kind() != io::ErrorKind::Other {
         return e;
     }
@@ -135,7 +135,7 @@ fn gzip_error(e: io::Error) -> io::Error {
     )
 }
 
-fn zstd_error(e: io::Error, window_log_max: u32) -> io::Error {
+pub(super) fn zstd_error(e: io::Error, window_log_max: u32) -> io::Error {
     if e.kind() != io::ErrorKind::Other {
         return e;
     }

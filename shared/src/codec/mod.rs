@@ -8,6 +8,7 @@ mod compress;
 pub mod csv_records;
 mod decompress;
 pub mod json_records;
+pub mod members;
 pub mod ndjson;
 
 pub use compress::{Codec, Compression, Encoder};
