@@ -12,6 +12,8 @@ Rules (each violation is printed as "<template>: <resource>: <what>"):
   with a non-empty prefix, and every parameter used as a prefix has an AllowedPattern that
   refuses "" and "*"; Secrets Manager / SSM reads only on ARNs given as parameters; no SAM S3
   policy templates or S3 managed policies. Both branches of every Fn::If are checked.
+- Checkpoints: objects under _sluice/checkpoints/<crate>/ only for the function built from
+  <crate>; the whole _sluice/checkpoints/ only read (s3:GetObject, the sweep).
 - Functions: Runtime provided.al2023, Architectures [arm64], MemorySize 256 or a parameter whose
   default is 256, a Timeout, BuildMethod rust-cargolambda with a BuildProperties.Binary that is a
   crate under functions/ (and every crate there has a function), JSON logs.
@@ -26,7 +28,13 @@ Rules (each violation is printed as "<template>: <resource>: <what>"):
   ToleratedFailurePercentage) invoking transform-s3, its definition valid against cfn-lint's
   Amazon States Language schema, and a role allowed lambda:InvokeFunction on that function only
   and states:StartExecution.
-- Outputs: every function's ARN, the bucket, the queue and the state machine.
+- Continue loops (a Choice on status "continue", at the top of a state machine or in a Map's
+  item processor): every task invoking the function retries Lambda's transient errors, killed
+  invocations (Sandbox.Timedout, Runtime.ExitError, Runtime.OutOfMemory) and Retryable, and has
+  a Catch whose ResultPath keeps the event (the checkpoint it names); a task sends the abort
+  event; a function whose events opt in (transform-s3) gets "continuable": true; the function
+  may Get/Put/Delete under _sluice/checkpoints/<crate>/; the role invokes only that function.
+- Outputs: every function's ARN, the bucket, the queue and every state machine.
 
 The YAML is read with cfn-lint's own loader (cfnlint.decode), so !Ref, !Sub, !If parse.
 """
@@ -49,6 +57,16 @@ FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
 SCHEDULE_EVENTS = ("ScheduleV2", "Schedule")
 ASYNC_EVENTS = ("ScheduleV2", "Schedule", "EventBridgeRule", "CloudWatchEvent")
 SECRET_ACTIONS = ("secretsmanager:getsecretvalue", "ssm:getparameter", "ssm:getparameters")
+CHECKPOINTS = "_sluice/checkpoints/"
+CHECKPOINT_NAMES = {"s3:getobject": "s3:GetObject", "s3:putobject": "s3:PutObject", "s3:deleteobject": "s3:DeleteObject"}
+CHECKPOINT_ACTIONS = set(CHECKPOINT_NAMES)
+# Read-only actions allowed on the whole reserved prefix (sweep-uploads keeps the uploads the
+# checkpoints name).
+CHECKPOINT_READ_ACTIONS = {"s3:getobject"}
+LAMBDA_TRANSIENT = {"Lambda.ServiceException", "Lambda.TooManyRequestsException"}
+KILLED = {"Sandbox.Timedout", "Runtime.ExitError", "Runtime.OutOfMemory"}
+# Functions that continue only when their first event says "continuable": true.
+OPT_IN_CONTINUABLE = {"transform-s3"}
 
 
 def plain(value: Any) -> Any:
@@ -171,6 +189,7 @@ class Checker:
             if s3_actions:
                 for r in resources:
                     self.check_s3_resource(where, sid, r)
+                    self.check_checkpoint_owner(where, sid, s3_actions, r)
             if any(a in SECRET_ACTIONS for a in actions):
                 for r in resources:
                     ok = isinstance(r, dict) and set(r) == {"Ref"} and r["Ref"] in self.params
@@ -208,6 +227,28 @@ class Checker:
                 self.fail(where, f"statement {sid}: prefix parameter {ref} has no AllowedPattern (it could be empty: the whole bucket)")
             elif re.fullmatch(pattern, "") or re.fullmatch(pattern, "*") or re.fullmatch(pattern, "*/"):
                 self.fail(where, f"statement {sid}: prefix parameter {ref} accepts an empty or wildcard prefix")
+
+    def binary_of(self, name: str) -> str | None:
+        res = self.resources.get(name) or {}
+        return ((res.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary")
+
+    def check_checkpoint_owner(self, where: str, sid: str, actions: list[str], resource: Any) -> None:
+        """Checkpoints name uploads and hold the tail of a job: a function reads and writes only
+        its own, under _sluice/checkpoints/<its crate>/."""
+        text = text_of(resource)
+        m = re.search(r":s3:::[^/]+/(.*)$", text)
+        if not m or not m.group(1).startswith(CHECKPOINTS):
+            return
+        rest = m.group(1)[len(CHECKPOINTS):]
+        if rest in ("*", ""):
+            extra = sorted(set(actions) - CHECKPOINT_READ_ACTIONS)
+            if extra:
+                self.fail(where, f"statement {sid}: {', '.join(extra)} on every function's checkpoints ({text!r}); only reads may span {CHECKPOINTS}")
+            return
+        owner = rest.split("/", 1)[0]
+        binary = self.binary_of(where)
+        if owner != binary:
+            self.fail(where, f"statement {sid}: checkpoints of another function ({text!r}; {where} is {binary or 'no function'})")
 
     # ------------------------------------------------------------------ functions
     def functions(self) -> dict[str, dict[str, Any]]:
@@ -393,7 +434,7 @@ class Checker:
             self.check_asl(name, definition)
             self.check_trigger(name, res, {"SluiceNoTriggerReason": "started by hand"})
             if self.is_job_loop(definition):
-                self.check_job_loop(name, p, definition)
+                self.check_job_loop(name, p, definition.get("States") or {})
                 continue
             maps = list(self.distributed_maps(definition.get("States", {})))
             if not maps:
@@ -410,6 +451,10 @@ class Checker:
                 invoked = json.dumps(state.get("ItemProcessor", {}))
                 if not transform or not any(f'"{t}"' in invoked or f"{t}." in invoked for t in transform):
                     self.fail(where, "does not invoke transform-s3")
+                processor = state.get("ItemProcessor") or {}
+                if self.is_job_loop(processor):
+                    # Each item runs the continue loop; its first event is the ItemSelector's.
+                    self.check_job_loop(where, p, processor.get("States") or {}, state.get("ItemSelector"))
             invoke_ok = start_ok = False
             for st in self.machine_statements(p):
                 actions = [text_of(a).lower() for a in as_list(st.get("Action", []))]
@@ -435,24 +480,51 @@ class Checker:
             if isinstance(st, dict)
         )
 
-    def check_job_loop(self, name: str, props: dict[str, Any], definition: dict[str, Any]) -> None:
-        """A machine that runs a job across invocations: each Lambda task retries Lambda's own
-        transient errors, the first one has a Catch, an abort event cleans up after a failure,
-        and its role invokes only the function its tasks name."""
-        states = definition.get("States") or {}
+    def check_job_loop(self, name: str, props: dict[str, Any], states: dict[str, Any], first_event: Any = None) -> None:
+        """A loop that runs a job across invocations: each task invoking the function retries
+        Lambda's transient errors, killed invocations and Retryable, and has a Catch that keeps the
+        event (an abort event after a failure names the checkpoint in it); a task sends that abort
+        event; an opt-in function is told "continuable": true; the function may read, write and
+        delete its own checkpoints; the role invokes only the function the tasks name."""
         tasks = {n: st for n, st in states.items() if isinstance(st, dict) and st.get("Type") == "Task"}
         invoked = set()
         for task_name, task in tasks.items():
+            where = f"{name}.{task_name}"
             fn = text_of((task.get("Parameters") or {}).get("FunctionName", ""))
             invoked.add(fn.split(".")[0].strip("${}"))
             errors = {e for r in task.get("Retry", []) or [] for e in r.get("ErrorEquals", [])}
-            if not errors & {"States.ALL", "Lambda.ServiceException"} or not errors & {"States.ALL", "Lambda.TooManyRequestsException"}:
-                self.fail(f"{name}.{task_name}", "no Retry on Lambda.ServiceException and Lambda.TooManyRequestsException")
-            if not task.get("Catch"):
-                self.fail(f"{name}.{task_name}", "no Catch (a failed job must abort its upload)")
+            if "States.ALL" not in errors and not LAMBDA_TRANSIENT <= errors:
+                self.fail(where, "no Retry on Lambda.ServiceException and Lambda.TooManyRequestsException")
+            is_abort = "abort" in ((task.get("Parameters") or {}).get("Payload") or {})
+            if not is_abort and "States.ALL" not in errors:
+                missing = sorted((KILLED | {"Retryable"}) - errors)
+                if missing:
+                    self.fail(where, f"no Retry on {', '.join(missing)} (a killed invocation resumes from its checkpoint with the same event)")
+            catches = task.get("Catch") or []
+            if not catches:
+                self.fail(where, "no Catch (a failed job must abort its upload)")
+            for c in catches if not is_abort else []:
+                if "ResultPath" not in c or c.get("ResultPath") == "$":
+                    self.fail(where, "Catch without a ResultPath below $ replaces the event: the abort event would not find its checkpoint")
         aborts = [t for t in tasks.values() if "abort" in ((t.get("Parameters") or {}).get("Payload") or {})]
         if not aborts:
             self.fail(name, "no task sends an abort event after a failure")
+        functions = self.functions()
+        for fn in sorted(invoked):
+            binary = self.binary_of(fn)
+            if fn not in functions or not binary:
+                continue
+            if binary in OPT_IN_CONTINUABLE and not self.sets_continuable([states, first_event]):
+                self.fail(name, f'{binary} is invoked without "continuable": true (it would run in one invocation and never answer continue)')
+            granted: set[str] = set()
+            for owner, st in self.statements():
+                if owner != fn or st.get("Effect") != "Allow":
+                    continue
+                if any(text_of(r).endswith(f"/{CHECKPOINTS}{binary}/*") for r in as_list(st.get("Resource", []))):
+                    granted |= {text_of(a).lower() for a in as_list(st.get("Action", []))}
+            missing = [CHECKPOINT_NAMES[a] for a in sorted(CHECKPOINT_ACTIONS - granted)]
+            if missing:
+                self.fail(fn, f"runs in the continue loop of {name} but may not {', '.join(missing)} under {CHECKPOINTS}{binary}/")
         for st in self.machine_statements(props):
             actions = [text_of(a).lower() for a in as_list(st.get("Action", []))]
             if "lambda:invokefunction" not in actions:
@@ -461,6 +533,20 @@ class Checker:
                 fn = text_of(r).split(".")[0].strip("${}")
                 if fn not in invoked:
                     self.fail(name, f"lambda:InvokeFunction on {text_of(r)!r}, which no task invokes")
+
+    @staticmethod
+    def sets_continuable(value: Any) -> bool:
+        """Whether a state's Parameters, ItemSelector or JSONata Output puts "continuable": true
+        into the event."""
+        if isinstance(value, dict):
+            if value.get("continuable") is True:
+                return True
+            return any(Checker.sets_continuable(v) for v in value.values())
+        if isinstance(value, list):
+            return any(Checker.sets_continuable(v) for v in value)
+        if isinstance(value, str) and value.startswith("{%"):
+            return re.search(r'"continuable"\s*:\s*true\b', value) is not None
+        return False
 
     def machine_statements(self, props: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for policy in as_list(props.get("Policies", [])):
@@ -513,13 +599,15 @@ class Checker:
         for name in self.functions():
             if f'"{name}", "Arn"' not in outputs and f'"{name}.Arn"' not in outputs:
                 self.fail("Outputs", f"no output with the ARN of {name}")
-        for rtype, what in (
-            ("AWS::SQS::Queue", "queue"),
-            ("AWS::Serverless::StateMachine", "state machine"),
-        ):
-            names = [n for n, r in self.resources.items() if r.get("Type") == rtype]
-            if names and not any(f'"{n}"' in outputs for n in names):
-                self.fail("Outputs", f"no output for the {what}")
+        queues = [n for n, r in self.resources.items() if r.get("Type") == "AWS::SQS::Queue"]
+        if queues and not any(f'"{n}"' in outputs for n in queues):
+            self.fail("Outputs", "no output for the queue")
+        machines = [n for n, r in self.resources.items() if r.get("Type") == "AWS::Serverless::StateMachine"]
+        if machines and not any(f'"{n}"' in outputs for n in machines):
+            self.fail("Outputs", "no output for the state machine")
+        for n in machines:
+            if any(f'"{m}"' in outputs for m in machines) and f'{{"Ref": "{n}"}}' not in outputs:
+                self.fail("Outputs", f"no output with the ARN (!Ref) of the state machine {n}")
         if not re.search(r"Bucket", outputs):
             self.fail("Outputs", "no output for the bucket")
 

@@ -484,6 +484,11 @@ async fn live_uploads(
     #[derive(Deserialize)]
     struct Named {
         upload: NamedUpload,
+        side: Option<NamedSide>,
+    }
+    #[derive(Deserialize)]
+    struct NamedSide {
+        upload: NamedUpload,
     }
     #[derive(Deserialize)]
     struct NamedUpload {
@@ -519,7 +524,10 @@ async fn live_uploads(
                 Err(e) => return Err(e),
             };
             match serde_json::from_slice::<Named>(&body) {
-                Ok(named) => live.extend(named.upload.upload_id),
+                Ok(named) => {
+                    live.extend(named.upload.upload_id);
+                    live.extend(named.side.and_then(|s| s.upload.upload_id));
+                }
                 Err(e) => tracing::warn!(%bucket, %key, error = %e, "not a checkpoint; ignored"),
             }
         }

@@ -115,6 +115,8 @@ pub enum Position {
         #[serde(default)]
         watermark: Option<WatermarkResume>,
     },
+    /// A transform (`transform-s3`): the source object again, from a row boundary.
+    Rows(Box<RowsPosition>),
     /// A keyset export (`source.postgres.resume_key`): the rows whose key is larger than
     /// `after`, in the key's order.
     Keyset {
@@ -125,6 +127,43 @@ pub enum Position {
         /// Rows written so far.
         rows: u64,
     },
+}
+
+/// Where a transform goes on: the row boundary it stopped at in the decoded source, the
+/// gzip member or zstd frame to decode again from (at or before it), and what the rows
+/// before it counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowsPosition {
+    /// The source version read: every read of the next invocation is pinned to it
+    /// (`If-Match`), so two versions are never spliced.
+    pub etag: String,
+    /// The source version's Last-Modified (RFC 3339), for the manifest.
+    pub last_modified: Option<String>,
+    /// How the source is decoded: `identity`, `gzip` or `zstd`.
+    pub decoding: String,
+    /// Where the member to decode again starts, in the stored source.
+    pub member_compressed: u64,
+    /// Where it starts in the decoded source.
+    pub member_decoded: u64,
+    /// Decoded bytes through the last row written (the rows go on there).
+    pub decoded: u64,
+    /// Lines (line breaks) through it.
+    pub lines: u64,
+    /// Records through it (a CSV header counted).
+    pub records: u64,
+    /// A CSV source's column names (the header is not read again).
+    pub header: Option<Vec<String>>,
+    /// The rows' counts so far.
+    pub counts: crate::transform::Counts,
+    /// Whether an output was there when the job started (it is replaced, not written with
+    /// `If-None-Match`).
+    pub output_exists: bool,
+    /// The first quarantined row, for the message of a later failure.
+    pub first_bad: Option<String>,
+    /// A digest of the pipeline: a checkpoint continues only with the pipeline that wrote
+    /// it.
+    pub pipeline: String,
 }
 
 /// An incremental job's watermark across invocations: the state must still hold `from` when
@@ -146,6 +185,7 @@ impl Position {
             Position::HttpRange { .. } => "a byte copy",
             Position::Pages { .. } => "paginated records into one object",
             Position::Keyset { .. } => "a keyset export",
+            Position::Rows(_) => "a transform",
         }
     }
 }
@@ -176,8 +216,22 @@ pub struct Checkpoint {
     pub key: String,
     /// The open multipart upload.
     pub upload: Upload,
+    /// A second upload the job writes beside its output (a transform's quarantine), once it
+    /// has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<SideUpload>,
     /// Where the source continues.
     pub position: Position,
+}
+
+/// A second open upload of a job, in the checkpoint's bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideUpload {
+    /// Its object's key.
+    pub key: String,
+    /// The open upload.
+    pub upload: Upload,
 }
 
 impl Checkpoint {
@@ -209,6 +263,7 @@ impl Checkpoint {
             bytes_in: 0,
             key,
             upload: Upload::none(),
+            side: None,
             position,
         }
     }
@@ -245,6 +300,16 @@ pub struct Upload {
 }
 
 impl Upload {
+    /// The upload, suspended, with its `tail`.
+    fn suspended(&self, tail: Bytes) -> Suspended {
+        Suspended {
+            upload_id: self.upload_id.clone(),
+            parts: self.parts.clone(),
+            bytes: self.bytes,
+            tail,
+        }
+    }
+
     /// No upload yet: what a first checkpoint starts from ([`save`] fills it in).
     pub fn none() -> Upload {
         Upload {
@@ -266,17 +331,23 @@ pub struct Loaded {
     pub checkpoint: Checkpoint,
     /// The unsent tail, verified against its checksum.
     pub tail: Bytes,
+    /// The side upload's unsent tail, verified.
+    pub side_tail: Option<Bytes>,
 }
 
 impl Loaded {
     /// The suspended upload to resume.
     pub fn suspended(&self) -> Suspended {
-        Suspended {
-            upload_id: self.checkpoint.upload.upload_id.clone(),
-            parts: self.checkpoint.upload.parts.clone(),
-            bytes: self.checkpoint.upload.bytes,
-            tail: self.tail.clone(),
-        }
+        self.checkpoint.upload.suspended(self.tail.clone())
+    }
+
+    /// The suspended side upload to resume, when there is one.
+    pub fn side_suspended(&self) -> Option<Suspended> {
+        let side = self.checkpoint.side.as_ref()?;
+        Some(
+            side.upload
+                .suspended(self.side_tail.clone().unwrap_or_default()),
+        )
     }
 }
 
@@ -303,41 +374,36 @@ fn bad_checkpoint(reference: &ObjectRef, message: impl std::fmt::Display) -> Err
     ))
 }
 
-/// Writes `checkpoint` and its `tail` in `bucket`: the tail first (a new key per save), then
-/// the document that names it, then the previous tail is deleted. A checkpoint never names a
-/// tail that is not there, so an invocation killed at any point leaves the last one whole.
+/// Writes `checkpoint` and its `tail` in `bucket` (and the tail of its `side` upload, keyed
+/// by the side object's key): the tails first (new keys per save), then the document that
+/// names them, then the previous tails are deleted. A checkpoint never names a tail that is
+/// not there, so an invocation killed at any point leaves the last one whole.
 pub async fn save(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     checkpoint: &mut Checkpoint,
     suspended: Suspended,
+    side: Option<(String, Suspended)>,
 ) -> Result<Continue> {
     let key = checkpoint.document_key();
-    let previous_tail =
-        (!checkpoint.upload.tail_key.is_empty()).then(|| checkpoint.upload.tail_key.clone());
+    let previous: Vec<String> = std::iter::once(&checkpoint.upload)
+        .chain(checkpoint.side.as_ref().map(|s| &s.upload))
+        .map(|u| u.tail_key.clone())
+        .filter(|k| !k.is_empty())
+        .collect();
     checkpoint.saves += 1;
-    let tail_key = format!(
-        "{}.tail-{}",
-        key.trim_end_matches(".json"),
-        checkpoint.saves
-    );
-    let crc = ChecksumAlgorithm::Crc64nvme.checksum(&suspended.tail);
-    // Filled in first: a caller that must abort after a failure here finds the upload id.
-    checkpoint.upload = Upload {
-        upload_id: suspended.upload_id,
-        parts: suspended.parts,
-        bytes: suspended.bytes,
-        tail_key: tail_key.clone(),
-        tail: crc,
-    };
-    s3.put_object()
-        .bucket(bucket)
-        .key(&tail_key)
-        .checksum_crc64_nvme(crc.to_base64())
-        .body(ByteStream::from(suspended.tail))
-        .send()
-        .await
-        .map_err(|e| crate::s3::sdk_error(S3Operation::PutObject, bucket, &tail_key, None, &e))?;
+    let stem = format!("{}.", key.trim_end_matches(".json"));
+    let tail_key = format!("{stem}tail-{}", checkpoint.saves);
+    // Filled in first: a caller that must abort after a failure here finds the upload ids.
+    checkpoint.upload = Upload::of(&suspended, tail_key);
+    checkpoint.side = side.as_ref().map(|(side_key, s)| SideUpload {
+        key: side_key.clone(),
+        upload: Upload::of(s, format!("{stem}side-tail-{}", checkpoint.saves)),
+    });
+    if let Some((upload, (_, s))) = checkpoint.side.as_ref().map(|d| &d.upload).zip(side) {
+        put_tail(s3, bucket, upload, s.tail).await?;
+    }
+    put_tail(s3, bucket, &checkpoint.upload, suspended.tail).await?;
     let body = serde_json::to_vec(&checkpoint).map_err(|e| Error::Internal {
         message: format!("checkpoint {key}: {e}"),
     })?;
@@ -349,8 +415,9 @@ pub async fn save(
         .send()
         .await
         .map_err(|e| crate::s3::sdk_error(S3Operation::PutObject, bucket, &key, None, &e))?;
-    if let Some(old) = previous_tail.filter(|old| *old != tail_key) {
-        delete_quietly(s3, bucket, &old).await;
+    let named = checkpoint.tail_keys();
+    for old in previous.iter().filter(|old| !named.contains(old)) {
+        delete_quietly(s3, bucket, old).await;
     }
     Ok(Continue {
         checkpoint: ObjectRef {
@@ -358,6 +425,49 @@ pub async fn save(
             key,
         },
     })
+}
+
+impl Upload {
+    /// The upload `suspended` describes, its tail at `tail_key`.
+    fn of(suspended: &Suspended, tail_key: String) -> Upload {
+        Upload {
+            upload_id: suspended.upload_id.clone(),
+            parts: suspended.parts.clone(),
+            bytes: suspended.bytes,
+            tail_key,
+            tail: ChecksumAlgorithm::Crc64nvme.checksum(&suspended.tail),
+        }
+    }
+}
+
+impl Checkpoint {
+    /// The keys of the tails it names.
+    fn tail_keys(&self) -> Vec<String> {
+        std::iter::once(&self.upload)
+            .chain(self.side.as_ref().map(|s| &s.upload))
+            .map(|u| u.tail_key.clone())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+}
+
+/// Writes the tail of `upload` (its key and checksum are the upload's).
+async fn put_tail(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    upload: &Upload,
+    tail: Bytes,
+) -> Result<()> {
+    let key = &upload.tail_key;
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .checksum_crc64_nvme(upload.tail.to_base64())
+        .body(ByteStream::from(tail))
+        .send()
+        .await
+        .map_err(|e| crate::s3::sdk_error(S3Operation::PutObject, bucket, key, None, &e))?;
+    Ok(())
 }
 
 /// Reads the checkpoint `reference` names, for `function`, and its tail (verified). A
@@ -371,11 +481,26 @@ pub async fn load(s3: &aws_sdk_s3::Client, function: &str, reference: Continue) 
             "not found: its job already ended (completed, failed or given up)",
         ));
     };
-    let tail_key = &checkpoint.upload.tail_key;
+    let tail = read_tail(s3, at, &checkpoint.upload).await?;
+    let side_tail = match &checkpoint.side {
+        Some(side) => Some(read_tail(s3, at, &side.upload).await?),
+        None => None,
+    };
+    Ok(Loaded {
+        reference,
+        checkpoint,
+        tail,
+        side_tail,
+    })
+}
+
+/// The tail of `upload`, for the checkpoint at `at`, verified against its checksum.
+async fn read_tail(s3: &aws_sdk_s3::Client, at: &ObjectRef, upload: &Upload) -> Result<Bytes> {
+    let tail_key = &upload.tail_key;
     if !tail_key.starts_with(PREFIX) {
         return Err(bad_checkpoint(at, "its tail is not under the prefix"));
     }
-    let want = checkpoint.upload.tail;
+    let want = upload.tail;
     let cap = usize::try_from(want.len()).unwrap_or(usize::MAX);
     let tail = get_capped(s3, &at.bucket, tail_key, cap).await?;
     let got = want.algorithm().checksum(&tail);
@@ -391,11 +516,7 @@ pub async fn load(s3: &aws_sdk_s3::Client, function: &str, reference: Continue) 
             ),
         ));
     }
-    Ok(Loaded {
-        reference,
-        checkpoint,
-        tail: Bytes::from(tail),
-    })
+    Ok(Bytes::from(tail))
 }
 
 /// The checkpoint document at `at`, for `function`: under [`PREFIX`], of this format and
@@ -484,20 +605,25 @@ pub async fn abort(s3: &aws_sdk_s3::Client, function: &str, event: Abort) -> Res
 /// failed). A failure is logged: the bucket's lifecycle rule on [`PREFIX`] removes what is
 /// left.
 pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoint) {
-    if !checkpoint.upload.tail_key.is_empty() {
-        delete_quietly(s3, bucket, &checkpoint.upload.tail_key).await;
+    for tail in checkpoint.tail_keys() {
+        delete_quietly(s3, bucket, &tail).await;
     }
     delete_quietly(s3, bucket, &checkpoint.document_key()).await;
 }
 
-/// Aborts the upload of `checkpoint` in `bucket`, when it has one, for a job that cannot go
-/// on. One already gone (a failed writer aborted it) is not an error; another failure is
+/// Aborts the uploads of `checkpoint` in `bucket` (its output's and its side upload's, when
+/// they have started), for a job that cannot go on. One already gone (a failed writer aborted it) is not an error; another failure is
 /// logged, and `sweep-uploads` or the lifecycle rule removes the upload.
 pub async fn abort_upload(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoint) {
-    let Some(upload_id) = &checkpoint.upload.upload_id else {
-        return;
-    };
-    let key = &checkpoint.key;
+    let side = checkpoint.side.as_ref().map(|s| (&s.key, &s.upload));
+    for (key, upload) in std::iter::once((&checkpoint.key, &checkpoint.upload)).chain(side) {
+        if let Some(upload_id) = &upload.upload_id {
+            abort_one(s3, bucket, key, upload_id).await;
+        }
+    }
+}
+
+async fn abort_one(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, upload_id: &str) {
     let aborted = s3
         .abort_multipart_upload()
         .bucket(bucket)

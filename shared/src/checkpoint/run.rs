@@ -99,6 +99,18 @@ impl<'a> Checkpoints<'a> {
         bytes_in: u64,
         suspended: Suspended,
     ) -> Result<Continue> {
+        self.save_with_side(position, bytes_in, suspended, None)
+            .await
+    }
+
+    /// [`save`](Self::save), with a second suspended upload: `side` is its key and state.
+    pub async fn save_with_side(
+        &mut self,
+        position: Position,
+        bytes_in: u64,
+        suspended: Suspended,
+        side: Option<(String, Suspended)>,
+    ) -> Result<Continue> {
         let next = &mut self.next;
         next.position = position;
         next.bytes_in = bytes_in;
@@ -107,7 +119,7 @@ impl<'a> Checkpoints<'a> {
             .elapsed_before_ms
             .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         let (s3, bucket) = (self.scope.s3, self.scope.bucket);
-        match super::save(s3, bucket, next, suspended).await {
+        match super::save(s3, bucket, next, suspended, side).await {
             Ok(saved) => {
                 self.saved = true;
                 Ok(saved)

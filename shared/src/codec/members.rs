@@ -28,7 +28,7 @@ const KEPT: usize = 4096;
 
 /// Where a gzip member or zstd frame starts: its offset in the compressed input and in the
 /// decoded output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemberStart {
     /// Offset in the compressed input.
     pub compressed: u64,

@@ -13,3 +13,4 @@ pub mod ndjson;
 
 pub use compress::{Codec, Compression, Encoder};
 pub use decompress::Decoding;
+pub use members::{MemberDecoder, MemberStart, MemberStarts};

@@ -61,6 +61,20 @@ impl NdjsonDecoder {
         self
     }
 
+    /// A decoder whose input starts after `offset` bytes, `lines` lines and `records` records
+    /// of the whole input (at the start of a line): positions count on from there.
+    pub fn starting_at(mut self, offset: u64, lines: u64, records: u64) -> Self {
+        self.offset = offset;
+        self.lines = lines;
+        self.count = records;
+        self
+    }
+
+    /// Lines and records read so far.
+    pub fn read(&self) -> (u64, u64) {
+        (self.lines, self.count)
+    }
+
     /// Where the last line yielded starts.
     pub fn last(&self) -> LinePosition {
         self.last

@@ -125,6 +125,26 @@ impl RecordOutput {
         }
     }
 
+    /// Suspends a text output's upload for a checkpoint ([`ObjectWriter::suspend`]); the
+    /// output is spent until [`resume_text`](Self::resume_text). A Parquet output cannot be
+    /// suspended (an `Internal` error; its upload is aborted).
+    pub async fn suspend(&mut self) -> Result<crate::sink::Suspended> {
+        match std::mem::replace(self, RecordOutput::Spent) {
+            RecordOutput::Text(w) => w.suspend().await,
+            other => {
+                other.abort().await;
+                Err(Error::Internal {
+                    message: "a Parquet output cannot be suspended".into(),
+                })
+            }
+        }
+    }
+
+    /// A text output again, writing with `writer` (a resumed upload).
+    pub fn resume_text(&mut self, writer: ObjectWriter) {
+        *self = RecordOutput::Text(writer);
+    }
+
     /// Whether this is a Parquet output.
     pub fn is_parquet(&self) -> bool {
         matches!(

@@ -36,7 +36,7 @@ pub(super) async fn copy_body(
     // `run_job` checked that the checkpoint is a byte copy's.
     let resume_from = from.and_then(|l| match &l.checkpoint.position {
         Position::HttpRange { offset, validator } => Some((*offset, validator.as_str())),
-        Position::Pages { .. } | Position::Keyset { .. } => None,
+        Position::Pages { .. } | Position::Keyset { .. } | Position::Rows(_) => None,
     });
     let fetcher = Fetcher {
         client: p.client(),

@@ -276,7 +276,7 @@ async fn run_job(
             checkpoint::Position::Pages { .. } => {
                 spec.extracts_records() && spec.format != Some(Format::Parquet)
             }
-            checkpoint::Position::Keyset { .. } => false,
+            checkpoint::Position::Keyset { .. } | checkpoint::Position::Rows(_) => false,
         };
         if key != loaded.checkpoint.key || per_page || partitioned || !fits {
             return Err(Error::spec(format!(
@@ -580,7 +580,9 @@ async fn write_records(
         continuation.filter(|_| matches!(out, Output::Single(_)) && p.http_spec.paginate.is_some());
     let mut paging = producer.paging(from.and_then(|l| match &l.checkpoint.position {
         checkpoint::Position::Pages { next, .. } => Some(next),
-        checkpoint::Position::HttpRange { .. } | checkpoint::Position::Keyset { .. } => None,
+        checkpoint::Position::HttpRange { .. }
+        | checkpoint::Position::Keyset { .. }
+        | checkpoint::Position::Rows(_) => None,
     }))?;
     // Source bytes of the invocations before count in the job's figures.
     paging.stats.bytes_in = from.map_or(0, |l| l.checkpoint.bytes_in);

@@ -212,11 +212,24 @@ pub async fn open(
     key: &str,
     if_match: Option<&str>,
 ) -> Result<Opened> {
+    open_from(client, bucket, key, if_match, 0).await
+}
+
+/// [`open`] from byte `from` of the object (`Range: bytes=<from>-`; an offset at or past the
+/// end is an empty body).
+pub async fn open_from(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    if_match: Option<&str>,
+    from: u64,
+) -> Result<Opened> {
     let out = client
         .get_object()
         .bucket(bucket)
         .key(key)
         .set_if_match(if_match.map(str::to_owned))
+        .set_range((from > 0).then(|| format!("bytes={from}-")))
         .send()
         .await;
     match out {
@@ -229,9 +242,10 @@ pub async fn open(
                     key.to_owned(),
                     etag.to_owned(),
                 );
-                Arc::new(move |offset: u64| {
+                Arc::new(move |read: u64| {
                     let (client, bucket, key, etag) =
                         (client.clone(), bucket.clone(), key.clone(), etag.clone());
+                    let offset = from + read;
                     async move {
                         let out = client
                             .get_object()
@@ -267,6 +281,12 @@ pub async fn open(
             )))
         }
         Err(e) if matches!(status_of(&e), Some(404 | 412)) => Ok(Opened::Changed),
+        Err(e) if from > 0 && status_of(&e) == Some(416) => Ok(Opened::Body(S3Body::new(
+            Box::pin(tokio::io::empty()),
+            0,
+            None,
+            0,
+        ))),
         Err(e) => Err(get_error(S3Operation::GetObject, bucket, key, e)),
     }
 }

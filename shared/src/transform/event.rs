@@ -22,6 +22,15 @@ pub struct DirectEvent {
     /// The version's ETag, when the caller knows it.
     #[serde(default, alias = "ETag", alias = "Etag", alias = "eTag")]
     pub etag: Option<String>,
+    /// Whether the caller follows a `continue` answer (the transform job state machine): the
+    /// object may then take several invocations. Without it, it takes one.
+    #[serde(default)]
+    pub continuable: bool,
+}
+
+/// Whether `payload` is a direct event that may continue (`"continuable": true`).
+pub fn continuable(payload: &Value) -> bool {
+    payload.get("Records").is_none() && payload.get("continuable") == Some(&Value::Bool(true))
 }
 
 /// The objects an event names, and the records it skipped (other event types).

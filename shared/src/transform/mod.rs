@@ -28,6 +28,7 @@
 //! `output.overwrite: false` never replaces an existing output (status **exists**).
 
 pub mod config;
+mod continuing;
 pub mod enrich;
 #[cfg(feature = "lambda")]
 pub mod event;
@@ -49,7 +50,8 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::budget::MemoryBudget;
-use crate::codec::{Compression, Decoding};
+use crate::checkpoint::{Checkpoints, Continuation, Continue, JobScope, Loaded, RowsPosition};
+use crate::codec::{Compression, Decoding, MemberDecoder, MemberStart};
 use crate::columnar::{self, ParquetSummary, RecordOutput, RecordsWritten};
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -61,10 +63,11 @@ use crate::source::s3::{self as s3src, ObjectVersion, Opened};
 use crate::telemetry;
 
 pub use config::{InputFormat, Pipeline, SourceVars};
+use continuing::RowCheckpoints;
 use quarantine::Quarantine;
-use reader::IoErrorMap;
+use reader::{IoErrorMap, ReadPoint};
 pub use rows::RecordTyper;
-use rows::{RowJob, RowOut};
+use rows::{RowJob, RowOut, Rows};
 
 const SOURCE_BUFFER: usize = 256 * 1024;
 
@@ -97,7 +100,7 @@ pub struct SourceObject {
 }
 
 /// Row counts of one object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Data rows read (a CSV header not counted).
     pub records_in: u64,
@@ -171,6 +174,12 @@ pub struct ObjectSummary {
     pub throughput_mib_s: f64,
     /// Peak resident memory of the process so far (`VmHWM`).
     pub peak_rss_bytes: Option<u64>,
+    /// With status `continue`: the event that goes on (`{"checkpoint": ...}`).
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub next: Option<serde_json::Value>,
+    /// Invocations the object took, when more than one (or it continues).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invocations: Option<u32>,
 }
 
 /// What [`run`] decided before reading the source.
@@ -213,6 +222,20 @@ pub async fn run(
     src: &SourceObject,
     ctx: &TransformContext,
 ) -> Result<ObjectSummary> {
+    run_continuing(pipeline, src, ctx, None).await
+}
+
+/// [`run`], for a job that may go on in another invocation (`continuation`: the event's
+/// job, and the checkpoint it resumes from). When the time is nearly up, the rows stop at a
+/// boundary, the output and the quarantine are suspended into a checkpoint and the summary
+/// has status `continue` with the event that goes on ([`continuing`]). A pipeline whose
+/// output is Parquet or partitioned runs in one invocation.
+pub async fn run_continuing(
+    pipeline: &Pipeline,
+    src: &SourceObject,
+    ctx: &TransformContext,
+    continuation: Option<&Continuation>,
+) -> Result<ObjectSummary> {
     let clock = std::time::Instant::now();
     let source = format!("s3://{}/{}", src.bucket, src.key);
     let out_bucket = pipeline
@@ -246,13 +269,36 @@ pub async fn run(
         rows_per_s: 0.0,
         throughput_mib_s: 0.0,
         peak_rss_bytes: None,
+        next: None,
+        invocations: None,
     };
-    let w = match plan(pipeline, src, ctx, &mut summary).await? {
-        Plan::Skip(status, reason) => return Ok(summary.ended(clock, status, Some(reason))),
-        Plan::Write(w) => w,
+    let continuation = continuation.filter(|c| can_continue(pipeline, c));
+    let from = continuation.and_then(|c| c.from.as_ref());
+    let resume = from.map(|l| resume_point(pipeline, l)).transpose()?;
+    let w = match resume {
+        Some(at) => resumed_writing(pipeline, src, ctx, at, &mut summary)?,
+        None => match plan(pipeline, src, ctx, &mut summary).await? {
+            Plan::Skip(status, reason) => return Ok(summary.ended(clock, status, Some(reason))),
+            Plan::Write(w) => w,
+        },
     };
-    let body = match s3src::open(&ctx.s3, &src.bucket, &src.key, Some(&w.version.e_tag)).await? {
+    let member = resume.map_or(MemberStart::default(), |at| MemberStart {
+        compressed: at.member_compressed,
+        decoded: at.member_decoded,
+    });
+    let etag = Some(w.version.e_tag.as_str());
+    let opened = s3src::open_from(&ctx.s3, &src.bucket, &src.key, etag, member.compressed);
+    let body = match opened.await? {
         Opened::Body(body) => body,
+        Opened::Changed if resume.is_some() => {
+            return Err(Error::SourceChanged {
+                url: source,
+                message: format!(
+                    "it no longer has ETag {} (overwritten or deleted between two invocations)",
+                    w.version.e_tag
+                ),
+            });
+        }
         Opened::Changed => {
             let reason = "the object changed before it could be read".to_owned();
             return Ok(summary.ended(clock, Status::Superseded, Some(reason)));
@@ -267,8 +313,20 @@ pub async fn run(
         class: "connection failed",
         message: e.to_string(),
     })?;
-    let decoding = Decoding::sniff(head);
-    let decoded: Box<dyn AsyncRead + Send + Unpin> = decoding.decoder(buffered);
+    let decoding = match resume {
+        Some(at) => continuing::decoding_of(&at.decoding)?,
+        None => Decoding::sniff(head),
+    };
+    let mut starts = None;
+    let mut decoded: Box<dyn AsyncRead + Send + Unpin> = match continuation {
+        Some(_) => {
+            let window = ctx.budget.zstd_window_log_max();
+            let d = MemberDecoder::resume(buffered, decoding, window, member);
+            starts = (decoding != Decoding::Identity).then(|| d.starts());
+            Box::new(d)
+        }
+        None => decoding.decoder(buffered),
+    };
     let map_io: IoErrorMap = {
         let progress = progress.clone();
         let source = source.clone();
@@ -292,12 +350,53 @@ pub async fn run(
     };
     tracing::info!(%source, etag = %w.version.e_tag, size = w.version.size,
         decoding = decoding.name().unwrap_or("identity"), bucket = %out_bucket, key = %w.key,
-        "transform started");
+        resumed_at = resume.map(|at| at.decoded), "transform started");
+    if let Some(at) = resume {
+        let skipped = continuing::skip(&mut *decoded, at.decoded - member.decoded, |e| {
+            map_io(e, member.decoded)
+        });
+        skipped.await?;
+        summary.counts = at.counts;
+    }
+    let continuing = continuation.map(|c| Continuing {
+        continuation: c,
+        base: resume.cloned().unwrap_or_else(|| RowsPosition {
+            etag: w.version.e_tag.clone(),
+            last_modified: summary.source_last_modified.clone(),
+            decoding: continuing::decoding_name(decoding).to_owned(),
+            member_compressed: 0,
+            member_decoded: 0,
+            decoded: 0,
+            lines: 0,
+            records: 0,
+            header: None,
+            counts: Counts::default(),
+            output_exists: matches!(
+                w.to,
+                WriteTo::One {
+                    output_exists: true,
+                    ..
+                }
+            ),
+            first_bad: None,
+            pipeline: continuing::fingerprint(pipeline),
+        }),
+        starts,
+        member,
+        resumed: resume.map(|at| ReadPoint {
+            offset: at.decoded,
+            lines: at.lines,
+            records: at.records,
+        }),
+        bytes_before: from.map_or(0, |l| l.checkpoint.bytes_in),
+        bytes_read: progress.clone(),
+    });
 
     let written = match &w.to {
-        WriteTo::One { .. } => write(pipeline, ctx, &source, &w, decoded, map_io, &mut summary)
-            .await
-            .map(Landed::One),
+        WriteTo::One { .. } => {
+            let input = (decoded, map_io);
+            write(pipeline, ctx, &source, &w, input, &mut summary, continuing).await
+        }
         WriteTo::Partitioned { template, .. } => {
             let quarantine = (w.quarantine_key.as_str(), source.as_str());
             partitioned::write(
@@ -313,7 +412,10 @@ pub async fn run(
             .map(|(objects, figures)| Landed::Partitioned(objects, figures))
         }
     };
-    summary.bytes_in = progress.bytes();
+    summary.bytes_in = from.map_or(0, |l| l.checkpoint.bytes_in) + progress.bytes();
+    if let Some(l) = from {
+        summary.invocations = Some(l.checkpoint.invocations + 1);
+    }
     summary.source_resumes = progress.resumes();
     let written = written.map_err(|e| match e {
         Error::Deadline { .. } => Error::Deadline {
@@ -322,6 +424,13 @@ pub async fn run(
         e => e,
     })?;
     let done = match written {
+        Landed::Continues(next, parts, bytes) => {
+            summary.next = Some(next.to_value());
+            summary.invocations = Some(summary.invocations.unwrap_or(1));
+            summary.parts = parts;
+            summary.bytes_out = bytes;
+            summary.ended(clock, Status::Continue, None)
+        }
         Landed::One(records) => land(pipeline, ctx, &w, records, summary, clock).await?,
         Landed::Partitioned(objects, figures) => {
             partitioned::land(ctx, &w, objects, figures, summary, clock).await?
@@ -337,9 +446,112 @@ pub async fn run(
     Ok(done)
 }
 
+/// A transform that may continue: what its first checkpoint holds and where this
+/// invocation's rows start.
+struct Continuing<'c> {
+    continuation: &'c Continuation,
+    /// The checkpoint position's fixed fields.
+    base: RowsPosition,
+    /// The member starts of a compressed source.
+    starts: Option<crate::codec::MemberStarts>,
+    /// The member this invocation decodes from.
+    member: MemberStart,
+    /// Where this invocation's rows start (`None`: the beginning).
+    resumed: Option<ReadPoint>,
+    /// Source bytes read before this invocation, and by it.
+    bytes_before: u64,
+    bytes_read: Arc<s3src::BodyProgress>,
+}
+
+/// Whether a transform with `pipeline` can go on in another invocation: one text object
+/// (a Parquet or partitioned output runs in one invocation). A checkpoint of a pipeline that
+/// cannot is refused by [`resume_point`].
+fn can_continue(pipeline: &Pipeline, continuation: &Continuation) -> bool {
+    let can = pipeline.output.format != Format::Parquet && !pipeline.is_partitioned();
+    if !can && continuation.from.is_none() {
+        tracing::info!(
+            "the output is Parquet or partitioned: the transform runs in one invocation"
+        );
+    }
+    can || continuation.from.is_some()
+}
+
+/// The position a checkpoint resumes, when it is a transform's written with this pipeline.
+fn resume_point<'l>(pipeline: &Pipeline, loaded: &'l Loaded) -> Result<&'l RowsPosition> {
+    let at = &loaded.reference.checkpoint;
+    let refuse = |why: String| {
+        Error::spec(format!(
+            "checkpoint s3://{}/{}: {why}; its upload is aborted",
+            at.bucket, at.key
+        ))
+    };
+    let crate::checkpoint::Position::Rows(position) = &loaded.checkpoint.position else {
+        return Err(refuse(format!(
+            "it is for {}, not a transform",
+            loaded.checkpoint.position.kind()
+        )));
+    };
+    if position.pipeline != continuing::fingerprint(pipeline) {
+        return Err(refuse(
+            "it was written with another pipeline (the function's pipeline changed)".into(),
+        ));
+    }
+    if pipeline.output.format == Format::Parquet || pipeline.is_partitioned() {
+        return Err(refuse("the pipeline's output cannot continue".into()));
+    }
+    if position.decoded < position.member_decoded {
+        return Err(refuse("its member starts after its rows".into()));
+    }
+    Ok(position)
+}
+
+/// The output a resumed transform goes on writing: its keys as the first invocation
+/// rendered them (the checkpoint keeps the run id and start), the source version pinned.
+fn resumed_writing(
+    pipeline: &Pipeline,
+    src: &SourceObject,
+    ctx: &TransformContext,
+    at: &RowsPosition,
+    summary: &mut ObjectSummary,
+) -> Result<Box<Writing>> {
+    let vars = SourceVars {
+        key: src.key.clone(),
+        vars: KeyVars::new(ctx.invocation.started, ctx.invocation.run_id.clone()),
+    };
+    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
+    let quarantine_key = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
+    summary.key = Some(key.clone());
+    summary.source_etag = Some(at.etag.clone());
+    summary.source_last_modified = at.last_modified.clone();
+    let last_modified = at
+        .last_modified
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.to_utc());
+    let target = S3Target::new(ctx.s3.clone(), &summary.bucket, &key).with_meta(ObjectMeta {
+        content_type: Some(content_type(pipeline)),
+    });
+    Ok(Box::new(Writing {
+        manifest_key: job::manifest_key(&key),
+        key,
+        quarantine_key,
+        version: ObjectVersion {
+            e_tag: at.etag.clone(),
+            last_modified,
+            size: 0,
+        },
+        to: WriteTo::One {
+            target,
+            output_exists: at.output_exists,
+        },
+    }))
+}
+
 /// What the rows were written into.
 enum Landed {
     One(RecordsWritten),
+    /// Not finished: the event that continues, and the parts and bytes uploaded so far.
+    Continues(Continue, u32, u64),
     Partitioned(Vec<PartitionObject>, PartitionedSummary),
 }
 
@@ -570,16 +782,17 @@ fn compare_manifest(
 
 /// Streams the rows into the output and the quarantine, and finishes both — or, on any
 /// failure (the deadline included), aborts both: a failed run completes no object, so the
-/// output and the quarantine of the last good run stay as they were.
+/// output and the quarantine of the last good run stay as they were. A transform that
+/// `continuing` may stop at a boundary instead: both are then suspended into its checkpoint.
 async fn write(
     pipeline: &Pipeline,
     ctx: &TransformContext,
     source: &str,
     w: &Writing,
-    decoded: Box<dyn AsyncRead + Send + Unpin>,
-    map_io: IoErrorMap,
+    (decoded, map_io): (Box<dyn AsyncRead + Send + Unpin>, IoErrorMap),
     summary: &mut ObjectSummary,
-) -> Result<RecordsWritten> {
+    continuing: Option<Continuing<'_>>,
+) -> Result<Landed> {
     let WriteTo::One {
         target,
         output_exists,
@@ -589,19 +802,89 @@ async fn write(
             message: format!("{}: one object written for a partitioned output", w.key),
         });
     };
+    let from = continuing
+        .as_ref()
+        .and_then(|c| c.continuation.from.as_ref());
+    let (options, mut output) = open_output(pipeline, ctx, target, *output_exists, from)?;
+    let deadline = options.deadline;
+    let (mut quarantine, job) =
+        row_job(pipeline, ctx, source, &w.quarantine_key, summary, deadline)?;
+    if let Some(l) = from {
+        let resumed = quarantine.resume(l.side_suspended(), summary.counts.quarantined);
+        if let Err(e) = resumed {
+            output.abort().await;
+            return Err(e);
+        }
+    }
+    let bucket = summary.bucket.clone();
+    let scope = JobScope {
+        s3: &ctx.s3,
+        bucket: &bucket,
+        options: &options,
+        tuning: &pipeline.tuning,
+        invocation: &ctx.invocation,
+    };
+    let mut saver = continuing.map(|c| saver(scope, c, w, target));
+    let out = RowOut {
+        output: &mut output,
+        partitioned: None,
+        quarantine: &mut quarantine,
+        counts: &mut summary.counts,
+        decoded: &mut summary.bytes_decoded,
+        saver: saver.as_mut(),
+    };
+    // The rows, and so the source's reads, end by the deadline like the uploads do.
+    let rows = job::within(deadline, job.run(decoded, map_io, out));
+    let result = job::catch_panic("the transform", rows).await;
+    summary.counts.quarantined = quarantine.count();
+    let checkpoints = saver.as_ref().map(|s| &s.checkpoints);
+    match result {
+        Ok(Rows::Stopped(next)) => {
+            let (parts, bytes) = saver.as_ref().map_or((0, 0), |s| s.saved);
+            return Ok(Landed::Continues(next, parts, bytes));
+        }
+        Ok(Rows::Ended) => {}
+        Err(e) => {
+            // A failed run completes nothing: its quarantine would replace the one of the
+            // last good run at the same key (the error names the first and last bad rows
+            // instead).
+            output.abort().await;
+            quarantine.abort().await;
+            delete_saved(checkpoints).await;
+            tracing::error!(%source, error = %e, "transform failed; output and quarantine aborted");
+            return Err(e);
+        }
+    }
+    let finished = finish(output, &mut quarantine, summary, deadline).await;
+    delete_saved(checkpoints).await;
+    finished.map(Landed::One)
+}
+
+/// The output's upload options and its writer: a new upload, or the one a checkpoint
+/// suspended (`from`).
+fn open_output(
+    pipeline: &Pipeline,
+    ctx: &TransformContext,
+    target: &S3Target,
+    output_exists: bool,
+    from: Option<&Loaded>,
+) -> Result<(UploadOptions, RecordOutput)> {
     let budget = pipeline.tuning.budget(ctx.budget)?;
     let mut options = UploadOptions::new(budget.schedule());
     options.checksum = pipeline.output.checksum;
-    options.if_none_match = !*output_exists;
-    let deadline = ctx
+    options.if_none_match = !output_exists;
+    options.deadline = ctx
         .invocation
         .give_up_at(pipeline.tuning.deadline_margin())?;
-    options.deadline = deadline;
     let format = pipeline.output.format;
     options.compression = format.stream_compression(pipeline.output.compression);
     options.progress = Some(ctx.invocation.progress.clone());
-    let writer = ObjectWriter::new(Arc::new(target.clone()), &options)?;
-    let mut output = match format {
+    let target = Arc::new(target.clone());
+    let writer = match from {
+        Some(l) => ObjectWriter::resume(target, &options, l.suspended())?,
+        None => ObjectWriter::new(target, &options)?,
+    };
+    let output = match format {
         // Its columns are the layout after the steps, known once the header is read.
         Format::Parquet => RecordOutput::ParquetPending(
             writer,
@@ -609,35 +892,60 @@ async fn write(
         ),
         Format::Csv | Format::Ndjson => RecordOutput::Text(writer),
     };
-    let (mut quarantine, job) =
-        row_job(pipeline, ctx, source, &w.quarantine_key, summary, deadline)?;
-    let out = RowOut {
-        output: &mut output,
-        partitioned: None,
-        quarantine: &mut quarantine,
-        counts: &mut summary.counts,
-        decoded: &mut summary.bytes_decoded,
-    };
-    // The rows, and so the source's reads, end by the deadline like the uploads do.
-    let rows = job::within(deadline, job.run(decoded, map_io, out));
-    let result = job::catch_panic("the transform", rows).await;
-    summary.counts.quarantined = quarantine.count();
-    if let Err(e) = result {
-        // A failed run completes nothing: its quarantine would replace the one of the last
-        // good run at the same key (the error names the first and last bad rows instead).
-        output.abort().await;
-        quarantine.abort().await;
-        tracing::error!(%source, error = %e, "transform failed; output and quarantine aborted");
-        return Err(e);
+    Ok((options, output))
+}
+
+/// The checkpoints of a transform that may continue.
+fn saver<'a>(
+    scope: JobScope<'a>,
+    c: Continuing<'a>,
+    w: &Writing,
+    target: &S3Target,
+) -> RowCheckpoints<'a> {
+    let first = crate::checkpoint::Position::Rows(Box::new(c.base.clone()));
+    let checkpoints = Checkpoints::new(scope, c.continuation, &w.key, first);
+    let stopper = RowCheckpoints::stopper(
+        checkpoints.clock.clone(),
+        checkpoints.every_parts,
+        scope.invocation.progress.clone(),
+    );
+    RowCheckpoints {
+        checkpoints,
+        stopper,
+        first_bad_before: c.base.first_bad.clone(),
+        base: c.base,
+        starts: c.starts,
+        from_member: c.member,
+        resumed: c.resumed,
+        bytes_before: c.bytes_before,
+        bytes_read: c.bytes_read,
+        target: Arc::new(target.clone()),
+        options: scope.options.clone(),
+        quarantine_key: w.quarantine_key.clone(),
+        saved: (0, 0),
     }
-    // The output's last bytes (a Parquet footer) before the quarantine, then the quarantine
-    // (without it, rows would be lost), then the output is completed.
+}
+
+async fn delete_saved(checkpoints: Option<&Checkpoints<'_>>) {
+    if let Some(c) = checkpoints {
+        c.delete_saved().await;
+    }
+}
+
+/// The output's last bytes (a Parquet footer) before the quarantine, then the quarantine
+/// (without it, rows would be lost), then the output is completed. A failure aborts both.
+async fn finish(
+    mut output: RecordOutput,
+    quarantine: &mut Quarantine,
+    summary: &mut ObjectSummary,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<RecordsWritten> {
     if let Err(e) = job::within(deadline, output.seal()).await {
         output.abort().await;
         quarantine.abort().await;
         return Err(e);
     }
-    if let Err(e) = job::within(deadline, keep_quarantine(&mut quarantine, summary)).await {
+    if let Err(e) = job::within(deadline, keep_quarantine(quarantine, summary)).await {
         output.abort().await;
         quarantine.abort().await;
         return Err(e);

@@ -142,6 +142,9 @@ impl<'a> RowSink<'a> {
             raw_cap: pipeline.quarantine.max_raw_bytes,
             scratch: String::new(),
         });
+        // A resumed transform's counts start at its checkpoint's: only this invocation's rows
+        // reach its counters.
+        let reported = [counts.records_in, counts.records_out, quarantine.count()];
         RowSink {
             writer: RowWriter::new(pipeline.output.format, program.output()),
             program,
@@ -155,7 +158,7 @@ impl<'a> RowSink<'a> {
             enricher,
             first_bad: None,
             progress: job.progress.clone(),
-            reported: [0; 3],
+            reported,
         }
     }
 
@@ -183,14 +186,51 @@ impl<'a> RowSink<'a> {
     }
 
     /// Starts the output with the layout after the steps: a Parquet output gets its
-    /// columns, a CSV output its header, a partitioned one the columns of its key.
-    pub fn start(&mut self) -> Result<()> {
+    /// columns, a CSV output its header (unless `resumed`: an earlier invocation wrote it), a
+    /// partitioned one the columns of its key.
+    pub fn start(&mut self, resumed: bool) -> Result<()> {
         if let Some(p) = &mut self.partitioned {
             return p.start(self.program.output());
         }
         let schema = crate::columnar::TableSchema::from_layout(self.program.output());
         self.out.set_schema(&schema)?;
-        self.writer.header(&mut self.buf);
+        if !resumed {
+            self.writer.header(&mut self.buf);
+        }
+        Ok(())
+    }
+
+    /// The output.
+    pub fn output(&mut self) -> &mut RecordOutput {
+        self.out
+    }
+
+    /// The first bad row, as the error of a failed run names it.
+    pub fn first_bad(&self) -> Option<&str> {
+        self.first_bad.as_deref()
+    }
+
+    /// The first bad row of an earlier invocation of the job.
+    pub fn set_first_bad(&mut self, first: Option<String>) {
+        self.first_bad = first;
+    }
+
+    /// Everything before this point into the output and the quarantine's buffer: the
+    /// enrichment batches in flight and the rendered rows (for a checkpoint).
+    pub async fn flush(&mut self) -> Result<()> {
+        if let Some(en) = &mut self.enricher {
+            en.dispatch();
+        }
+        while self
+            .enricher
+            .as_ref()
+            .is_some_and(|e| !e.in_flight.is_empty())
+        {
+            self.drain_one().await?;
+        }
+        if !self.buf.is_empty() {
+            self.send().await?;
+        }
         Ok(())
     }
 

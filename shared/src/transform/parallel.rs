@@ -17,8 +17,9 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use super::Counts;
+use super::continuing::Stopper;
 use super::output::RowSink;
-use super::reader::{CsvReader, Position};
+use super::reader::{CsvReader, Position, ReadPoint};
 use super::rows::{ColPlan, type_csv};
 use super::steps::{Outcome, Program, RowError};
 use super::value::Value;
@@ -191,12 +192,18 @@ fn start_workers(
 /// Runs the records of `reader` through `workers` threads into `sink`, in order. A worker
 /// that panics, a thread that dies or a chunk that never comes back fails the run with
 /// [`Error::Internal`]: rows are never silently dropped.
+///
+/// With a `stop`, the reader looks at it after each chunk, and when it asks for a boundary,
+/// stops there: the chunks sent are written, and the point after the last one comes back
+/// with whether the time is up (`None`: the end of the input). The reader can go on from
+/// there in another run.
 pub(super) async fn run<R: AsyncRead + Unpin + Send>(
     reader: &mut CsvReader<R>,
     shared: Arc<Shared>,
     workers: usize,
     sink: &mut RowSink<'_>,
-) -> Result<()> {
+    stop: Option<&Stopper>,
+) -> Result<Option<(ReadPoint, bool)>> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(workers);
     let (done_tx, mut done_rx) = mpsc::channel::<Worked>(workers);
     let threads = start_workers(workers, &shared, chunk_rx, &done_tx)?;
@@ -205,6 +212,7 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
     let read = async move {
         let mut seq = 0;
         let mut chunk = Chunk::default();
+        let mut stopped = None;
         while let Some(rec) = reader.next().await? {
             for i in 0..rec.len() {
                 chunk.fields.extend_from_slice(rec.field(i));
@@ -224,18 +232,22 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
                 );
                 if chunk_tx.send(full).await.is_err() {
                     // The writer stopped: its error is the one reported.
-                    return Ok(seq);
+                    return Ok((seq, None));
                 }
                 seq += 1;
+                if let Some(time_up) = stop.and_then(Stopper::wanted) {
+                    stopped = Some((reader.point(), time_up));
+                    break;
+                }
             }
         }
         if !chunk.records.is_empty() {
             if chunk_tx.send(chunk).await.is_err() {
-                return Ok(seq);
+                return Ok((seq, None));
             }
             seq += 1;
         }
-        Ok::<u64, Error>(seq)
+        Ok::<_, Error>((seq, stopped))
     };
     let write = async {
         let result = async {
@@ -277,11 +289,11 @@ pub(super) async fn run<R: AsyncRead + Unpin + Send>(
     if let Some(e) = died {
         return Err(e);
     }
-    let sent = read?;
+    let (sent, stopped) = read?;
     if written != sent {
         return Err(Error::Internal {
             message: format!("{sent} chunks went to the transform workers, {written} came back"),
         });
     }
-    Ok(())
+    Ok(stopped)
 }

@@ -83,6 +83,7 @@ pub(super) async fn write(
         quarantine: &mut quarantine,
         counts: &mut summary.counts,
         decoded: &mut summary.bytes_decoded,
+        saver: None,
     };
     let result = job::catch_panic(
         "the transform",
@@ -92,7 +93,7 @@ pub(super) async fn write(
     summary.counts.quarantined = quarantine.count();
     let finished = match result {
         // The spilled rows and the last objects, then the quarantine.
-        Ok(()) => match job::within(deadline, rows.finish()).await {
+        Ok(_) => match job::within(deadline, rows.finish()).await {
             Ok(done) => job::within(deadline, keep_quarantine(&mut quarantine, summary))
                 .await
                 .map(|()| done),

@@ -10,7 +10,7 @@ use super::reader::Position;
 use crate::MemoryBudget;
 use crate::budget::MIN_PART_SIZE;
 use crate::error::{Error, Result};
-use crate::sink::{ObjectMeta, ObjectWriter, S3Target, UploadOptions, Uploaded};
+use crate::sink::{ObjectMeta, ObjectWriter, S3Target, Suspended, UploadOptions, Uploaded};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -124,11 +124,7 @@ impl Quarantine {
         if self.writer.is_none() {
             tracing::warn!(bucket = %self.bucket, key = %self.key, source = %self.source,
                 "first bad row: writing the quarantine");
-            let target =
-                S3Target::new(self.s3.clone(), &self.bucket, &self.key).with_meta(ObjectMeta {
-                    content_type: Some("application/x-ndjson".to_owned()),
-                });
-            self.writer = Some(ObjectWriter::new(Arc::new(target), &self.options)?);
+            self.writer = Some(ObjectWriter::new(Arc::new(self.target()), &self.options)?);
         }
         if self.buf.len() >= CHUNK {
             self.flush().await?;
@@ -154,6 +150,32 @@ impl Quarantine {
             None => Ok(None),
             Some(writer) => writer.finish().await.map(Some),
         }
+    }
+
+    /// Writes what is buffered and suspends the object's upload, for a checkpoint (`None`
+    /// when no row came yet). [`resume`](Self::resume) goes on with it.
+    pub async fn suspend(&mut self) -> Result<Option<Suspended>> {
+        self.flush().await?;
+        match self.writer.take() {
+            None => Ok(None),
+            Some(writer) => writer.suspend().await.map(Some),
+        }
+    }
+
+    /// Goes on after `count` rows, with the upload `suspended` (from this job's checkpoint).
+    pub fn resume(&mut self, suspended: Option<Suspended>, count: u64) -> Result<()> {
+        self.count = count;
+        if let Some(suspended) = suspended {
+            let target = Arc::new(self.target());
+            self.writer = Some(ObjectWriter::resume(target, &self.options, suspended)?);
+        }
+        Ok(())
+    }
+
+    fn target(&self) -> S3Target {
+        S3Target::new(self.s3.clone(), &self.bucket, &self.key).with_meta(ObjectMeta {
+            content_type: Some("application/x-ndjson".to_owned()),
+        })
     }
 
     /// Aborts the object, if one was started.

@@ -37,6 +37,19 @@ pub struct Position {
     pub record: u64,
 }
 
+/// Where a reader stands between two records: decoded bytes, line breaks and records read
+/// so far. A reader started at a point ([`CsvReader::starting_at`]) over the input from its
+/// offset numbers lines and records on from there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadPoint {
+    /// Decoded bytes read.
+    pub offset: u64,
+    /// Line breaks read.
+    pub lines: u64,
+    /// Records read (a CSV header counted).
+    pub records: u64,
+}
+
 /// Input shared by both readers: a buffer over the stream, with the count of bytes and lines
 /// consumed.
 struct Input<R> {
@@ -197,6 +210,24 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
     /// Decoded bytes read so far.
     pub fn offset(&self) -> u64 {
         self.input.offset
+    }
+
+    /// Where the reader stands: between two records when the last [`next`](Self::next)
+    /// returned one.
+    pub fn point(&self) -> ReadPoint {
+        ReadPoint {
+            offset: self.input.offset,
+            lines: self.input.lines,
+            records: self.records,
+        }
+    }
+
+    /// A reader whose input starts at `at` of the whole input (between two records).
+    pub fn starting_at(mut self, at: ReadPoint) -> Self {
+        self.input.offset = at.offset;
+        self.input.lines = at.lines;
+        self.records = at.records;
+        self
     }
 
     fn error(&self, class: &'static str, message: String) -> Error {

@@ -13,13 +13,15 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
 use super::config::ColumnSpec;
+use super::continuing::{CHECK_EVERY, RowCheckpoints};
 use super::output::RowSink;
 use super::parallel;
 use super::quarantine::Quarantine;
-use super::reader::{CsvReader, IoErrorMap, Position};
+use super::reader::{CsvReader, IoErrorMap, Position, ReadPoint};
 use super::steps::{self, Layout};
 use super::value::{ColType, Parser, Value, cap_string};
 use super::{Counts, InputFormat, Pipeline};
+use crate::checkpoint::Continue;
 use crate::codec::json_records::RecordsError;
 use crate::codec::ndjson::NdjsonDecoder;
 use crate::columnar::RecordOutput;
@@ -314,7 +316,7 @@ pub(super) struct RowJob<'a> {
 }
 
 /// Where one object's rows go.
-pub(super) struct RowOut<'a> {
+pub(super) struct RowOut<'a, 's> {
     pub output: &'a mut RecordOutput,
     /// A partitioned output (then `output` is spent).
     pub partitioned: Option<&'a mut super::partitioned::PartitionedRows>,
@@ -322,6 +324,18 @@ pub(super) struct RowOut<'a> {
     pub counts: &'a mut Counts,
     /// Decoded source bytes read.
     pub decoded: &'a mut u64,
+    /// A transform that may continue in another invocation: its checkpoints, and where its
+    /// rows resume.
+    pub saver: Option<&'a mut RowCheckpoints<'s>>,
+}
+
+/// How the rows of one invocation ended.
+pub(super) enum Rows {
+    /// At the end of the input.
+    Ended,
+    /// At a boundary, the output and quarantine suspended into a checkpoint: the event
+    /// that continues.
+    Stopped(Continue),
 }
 
 impl RowJob<'_> {
@@ -331,8 +345,8 @@ impl RowJob<'_> {
         &self,
         decoded: Box<dyn AsyncRead + Send + Unpin>,
         map_io: IoErrorMap,
-        out: RowOut<'_>,
-    ) -> Result<()> {
+        out: RowOut<'_, '_>,
+    ) -> Result<Rows> {
         match self.pipeline.input.format {
             InputFormat::Csv => self.csv(decoded, map_io, out).await,
             InputFormat::Ndjson => self.ndjson(decoded, map_io, out).await,
@@ -343,8 +357,8 @@ impl RowJob<'_> {
         &self,
         decoded: Box<dyn AsyncRead + Send + Unpin>,
         map_io: IoErrorMap,
-        out: RowOut<'_>,
-    ) -> Result<()> {
+        out: RowOut<'_, '_>,
+    ) -> Result<Rows> {
         let (pipeline, source, cap) = (self.pipeline, self.source, self.cap);
         let RowOut {
             output,
@@ -352,109 +366,129 @@ impl RowJob<'_> {
             quarantine,
             counts,
             decoded: decoded_bytes,
+            mut saver,
         } = out;
         let mut row: Vec<Value> = Vec::new();
-        {
-            let mut reader = CsvReader::new(
-                decoded,
-                source.to_owned(),
-                map_io,
-                pipeline.input.delimiter.map_or(b',', |c| c as u8),
-                pipeline.input.quote.map_or(b'"', |c| c as u8),
-                cap,
-            );
-            let header = match reader.next().await? {
-                Some(h) => h,
-                None => {
-                    return Err(Error::Records {
-                        url: source.to_owned(),
-                        class: "no header",
-                        offset: 0,
-                        record: None,
-                        message: "the CSV input is empty (a header row is required)".into(),
-                    });
-                }
-            };
-            let mut names = Vec::with_capacity(header.len());
-            for i in 0..header.len() {
-                let name = std::str::from_utf8(header.field(i)).map_err(|e| Error::Records {
+        let mut reader = CsvReader::new(
+            decoded,
+            source.to_owned(),
+            map_io,
+            pipeline.input.delimiter.map_or(b',', |c| c as u8),
+            pipeline.input.quote.map_or(b'"', |c| c as u8),
+            cap,
+        );
+        let resumed = saver.as_ref().and_then(|s| s.resumed);
+        let names = match (resumed, saver.as_ref().and_then(|s| s.base.header.clone())) {
+            (Some(at), Some(names)) => {
+                reader = reader.starting_at(at);
+                names
+            }
+            (Some(_), None) => {
+                return Err(Error::Internal {
+                    message: format!("{source}: a CSV checkpoint without the header's names"),
+                });
+            }
+            (None, _) => header(&mut reader, source).await?,
+        };
+        if let Some(s) = saver.as_deref_mut() {
+            s.base.header = Some(names.clone());
+        }
+        for c in &pipeline.input.schema {
+            if !names.contains(&c.name) {
+                return Err(Error::Records {
                     url: source.to_owned(),
-                    class: "invalid UTF-8",
+                    class: "missing column",
                     offset: 0,
                     record: Some(1),
-                    message: format!("header field {}: {e}", i + 1),
-                })?;
-                let name = if i == 0 {
-                    name.trim_start_matches('\u{feff}')
-                } else {
-                    name
-                };
-                names.push(name.to_owned());
+                    message: format!(
+                        "column {:?} of input.schema is not in the header {names:?}",
+                        c.name
+                    ),
+                });
             }
-            for c in &pipeline.input.schema {
-                if !names.contains(&c.name) {
-                    return Err(Error::Records {
-                        url: source.to_owned(),
-                        class: "missing column",
-                        offset: 0,
-                        record: Some(1),
-                        message: format!(
-                            "column {:?} of input.schema is not in the header {names:?}",
-                            c.name
-                        ),
-                    });
+        }
+        let mut plans = plans(pipeline, &names);
+        let layout: Layout = plans
+            .iter()
+            .map(|p| (p.name.clone(), p.parser.ty()))
+            .collect();
+        let program = steps::compile(&pipeline.steps, &layout, false)
+            .map_err(|e| Error::spec(format!("{source}: {e}")))?;
+        for (p, needed) in plans.iter_mut().zip(program.needed()) {
+            p.read |= *needed;
+        }
+        let mut sink = RowSink::new(program, self, output, partitioned, quarantine, counts);
+        sink.start(resumed.is_some())?;
+        if let Some(s) = saver.as_deref() {
+            sink.set_first_bad(s.first_bad_before.clone());
+        }
+        let workers = pipeline.workers.unwrap_or(1);
+        if workers > 1 && sink.program.enrich().is_none() && !sink.is_partitioned() {
+            let shared = Arc::new(parallel::Shared {
+                plans,
+                program: sink.program.clone(),
+                format: pipeline.output.format,
+                raw_cap: pipeline.quarantine.max_raw_bytes,
+            });
+            let stopper = saver.as_ref().map(|s| s.stopper.clone());
+            while let Some((at, time_up)) = parallel::run(
+                &mut reader,
+                shared.clone(),
+                workers,
+                &mut sink,
+                stopper.as_ref(),
+            )
+            .await?
+            {
+                if let Some(next) = stop_at(saver.as_deref_mut(), &mut sink, at, time_up).await? {
+                    *decoded_bytes = at.offset;
+                    return Ok(Rows::Stopped(next));
                 }
             }
-            let mut plans = plans(pipeline, &names);
-            let layout: Layout = plans
-                .iter()
-                .map(|p| (p.name.clone(), p.parser.ty()))
-                .collect();
-            let program = steps::compile(&pipeline.steps, &layout, false)
-                .map_err(|e| Error::spec(format!("{source}: {e}")))?;
-            for (p, needed) in plans.iter_mut().zip(program.needed()) {
-                p.read |= *needed;
-            }
-            let mut sink = RowSink::new(program, self, output, partitioned, quarantine, counts);
-            sink.start()?;
-            let workers = pipeline.workers.unwrap_or(1);
-            if workers > 1 && sink.program.enrich().is_none() && !sink.is_partitioned() {
-                let shared = Arc::new(parallel::Shared {
-                    plans,
-                    program: sink.program.clone(),
-                    format: pipeline.output.format,
-                    raw_cap: pipeline.quarantine.max_raw_bytes,
-                });
-                parallel::run(&mut reader, shared, workers, &mut sink).await?;
-                *decoded_bytes = reader.offset();
-                return sink.end(reader.offset()).await;
-            }
-            let ncols = plans.len();
-            while let Some(rec) = reader.next().await? {
-                crate::fault::point("transform.row");
-                row.clear();
-                let typed = if rec.len() != ncols {
-                    Err(steps::RowError {
-                        column: None,
-                        reason: format!("ragged row: {} fields, the header has {ncols}", rec.len()),
-                    })
-                } else {
-                    type_csv(&plans, |i| rec.field(i), &mut row)
-                };
-                let (pos, raw) = (rec.pos, rec.raw);
-                sink.row(&mut row, typed, pos, raw).await?;
-            }
             *decoded_bytes = reader.offset();
-            sink.end(reader.offset()).await
+            sink.end(reader.offset()).await?;
+            return Ok(Rows::Ended);
         }
+        let ncols = plans.len();
+        let mut since = 0;
+        while let Some(rec) = reader.next().await? {
+            crate::fault::point("transform.row");
+            row.clear();
+            let typed = if rec.len() != ncols {
+                Err(steps::RowError {
+                    column: None,
+                    reason: format!("ragged row: {} fields, the header has {ncols}", rec.len()),
+                })
+            } else {
+                type_csv(&plans, |i| rec.field(i), &mut row)
+            };
+            let (pos, raw) = (rec.pos, rec.raw);
+            sink.row(&mut row, typed, pos, raw).await?;
+            since += 1;
+            if since == CHECK_EVERY {
+                since = 0;
+                if let Some(time_up) = saver.as_ref().and_then(|s| s.stopper.wanted()) {
+                    let at = reader.point();
+                    if let Some(next) =
+                        stop_at(saver.as_deref_mut(), &mut sink, at, time_up).await?
+                    {
+                        *decoded_bytes = at.offset;
+                        return Ok(Rows::Stopped(next));
+                    }
+                }
+            }
+        }
+        *decoded_bytes = reader.offset();
+        sink.end(reader.offset()).await?;
+        Ok(Rows::Ended)
     }
 
     async fn ndjson(
         &self,
         decoded: Box<dyn AsyncRead + Send + Unpin>,
         map_io: IoErrorMap,
-        out: RowOut<'_>,
-    ) -> Result<()> {
+        out: RowOut<'_, '_>,
+    ) -> Result<Rows> {
         let (pipeline, source) = (self.pipeline, self.source);
         let names: Vec<String> = pipeline
             .input
@@ -470,14 +504,23 @@ impl RowJob<'_> {
             quarantine,
             counts,
             decoded: decoded_bytes,
+            mut saver,
         } = out;
         let mut sink = RowSink::new(program, self, output, partitioned, quarantine, counts);
-        sink.start()?;
+        let resumed = saver.as_ref().and_then(|s| s.resumed);
+        sink.start(resumed.is_some())?;
+        if let Some(s) = saver.as_deref() {
+            sink.set_first_bad(s.first_bad_before.clone());
+        }
         // A line that is not a JSON object is a bad row (quarantined), so the framer does not
         // check the JSON itself.
-        let decoder = NdjsonDecoder::new(self.cap).unchecked();
+        let mut decoder = NdjsonDecoder::new(self.cap).unchecked();
+        if let Some(at) = resumed {
+            decoder = decoder.starting_at(at.offset, at.lines, at.records);
+        }
         let mut lines = FramedRead::with_capacity(decoded, decoder, READ_CHUNK);
         let mut row: Vec<Value> = Vec::new();
+        let mut since = 0;
         while let Some(line) = lines.next().await {
             let at = lines.decoder().consumed();
             let line = line.map_err(|e| match RecordsError::find(&e) {
@@ -504,10 +547,77 @@ impl RowJob<'_> {
             row.clear();
             let typed = type_json(&plans, &line, &mut row);
             sink.row(&mut row, typed, pos, &line).await?;
+            since += 1;
+            if since == CHECK_EVERY {
+                since = 0;
+                if let Some(time_up) = saver.as_ref().and_then(|s| s.stopper.wanted()) {
+                    let (read, records) = lines.decoder().read();
+                    let at = ReadPoint {
+                        offset: lines.decoder().consumed(),
+                        lines: read,
+                        records,
+                    };
+                    if let Some(next) =
+                        stop_at(saver.as_deref_mut(), &mut sink, at, time_up).await?
+                    {
+                        *decoded_bytes = at.offset;
+                        return Ok(Rows::Stopped(next));
+                    }
+                }
+            }
         }
         let end = lines.decoder().consumed();
         *decoded_bytes = end;
-        sink.end(end).await
+        sink.end(end).await?;
+        Ok(Rows::Ended)
+    }
+}
+
+/// The names of a CSV header, the first record of `reader` (a byte order mark dropped).
+async fn header<R: AsyncRead + Unpin>(
+    reader: &mut CsvReader<R>,
+    source: &str,
+) -> Result<Vec<String>> {
+    let Some(header) = reader.next().await? else {
+        return Err(Error::Records {
+            url: source.to_owned(),
+            class: "no header",
+            offset: 0,
+            record: None,
+            message: "the CSV input is empty (a header row is required)".into(),
+        });
+    };
+    let mut names = Vec::with_capacity(header.len());
+    for i in 0..header.len() {
+        let name = std::str::from_utf8(header.field(i)).map_err(|e| Error::Records {
+            url: source.to_owned(),
+            class: "invalid UTF-8",
+            offset: 0,
+            record: Some(1),
+            message: format!("header field {}: {e}", i + 1),
+        })?;
+        let name = if i == 0 {
+            name.trim_start_matches('\u{feff}')
+        } else {
+            name
+        };
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
+/// A boundary at `at`: a checkpoint, and the event that continues when the time is up.
+async fn stop_at(
+    saver: Option<&mut RowCheckpoints<'_>>,
+    sink: &mut RowSink<'_>,
+    at: ReadPoint,
+    time_up: bool,
+) -> Result<Option<Continue>> {
+    match saver {
+        Some(saver) => saver.boundary(sink, at, time_up).await,
+        None => Err(Error::Internal {
+            message: "the rows stopped for a checkpoint with nowhere to save it".into(),
+        }),
     }
 }
 

@@ -1,0 +1,222 @@
+//! A transform across invocations ([`crate::checkpoint`]): the rows stop at a boundary
+//! between two records when the invocation's time is nearly up, or every
+//! `tuning.checkpoint_every_parts` parts, and the output and the quarantine are suspended
+//! into one checkpoint (the quarantine as its side upload).
+//!
+//! The next invocation reads the source again, pinned to the same ETag, from the last gzip
+//! member or zstd frame that starts at or before the boundary ([`MemberStarts`]; the start of
+//! the object for a single-member file, which is then decoded again from its beginning), and
+//! skips the decoded bytes before the boundary. A CSV source's header is not read again: its
+//! names are in the checkpoint, and the output's header was written by the first invocation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::Pipeline;
+use super::output::RowSink;
+use super::reader::ReadPoint;
+use crate::checkpoint::{Checkpoints, Continue, Position, RowsPosition, StopClock};
+use crate::codec::{Decoding, MemberStart, MemberStarts};
+use crate::error::{Error, Result};
+use crate::sink::{ObjectWriter, S3Target, UploadOptions};
+use crate::telemetry::Progress;
+
+/// Rows between two looks at the clock.
+pub(super) const CHECK_EVERY: u32 = 256;
+
+/// When the rows should stop at their next boundary.
+#[derive(Clone)]
+pub(super) struct Stopper {
+    clock: StopClock,
+    every_parts: u64,
+    /// `parts_done` of the invocation at the last checkpoint.
+    parts_mark: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+impl Stopper {
+    /// `Some(true)` when the invocation's time is up, `Some(false)` when a periodic checkpoint
+    /// is due, `None` to read on.
+    pub fn wanted(&self) -> Option<bool> {
+        if self
+            .clock
+            .due()
+            .is_some_and(|due| tokio::time::Instant::now() >= due)
+        {
+            return Some(true);
+        }
+        let done = self.progress.snapshot().parts_done;
+        (done >= self.parts_mark.load(Ordering::Relaxed) + self.every_parts).then_some(false)
+    }
+
+    fn mark(&self) {
+        let done = self.progress.snapshot().parts_done;
+        self.parts_mark.store(done, Ordering::Relaxed);
+    }
+}
+
+/// A digest of `pipeline`, kept in its checkpoints: a checkpoint continues only with the
+/// pipeline that wrote it (a deployment that changed it refuses the checkpoint).
+pub fn fingerprint(pipeline: &Pipeline) -> String {
+    crate::checksum::ChecksumAlgorithm::Crc64nvme
+        .checksum(format!("{pipeline:?}").as_bytes())
+        .to_base64()
+}
+
+/// The name of a decoding in a checkpoint, and back.
+pub(super) fn decoding_name(d: Decoding) -> &'static str {
+    d.name().unwrap_or("identity")
+}
+
+pub(super) fn decoding_of(name: &str) -> Result<Decoding> {
+    match name {
+        "identity" => Ok(Decoding::Identity),
+        "gzip" => Ok(Decoding::Gzip),
+        "zstd" => Ok(Decoding::Zstd),
+        other => Err(Error::spec(format!(
+            "checkpoint: unknown source decoding {other:?}"
+        ))),
+    }
+}
+
+/// The checkpoints of one transform invocation, and how its rows resume.
+pub(super) struct RowCheckpoints<'a> {
+    pub checkpoints: Checkpoints<'a>,
+    pub stopper: Stopper,
+    /// The position's fixed fields (source version, decoding, header, pipeline); each save
+    /// fills in the rest.
+    pub base: RowsPosition,
+    /// Where each member of a compressed source starts (`None`: identity).
+    pub starts: Option<MemberStarts>,
+    /// The member this invocation started decoding at.
+    pub from_member: MemberStart,
+    /// Where this invocation's rows start (`None`: the beginning, header included).
+    pub resumed: Option<ReadPoint>,
+    /// The first bad row of the invocations before.
+    pub first_bad_before: Option<String>,
+    /// Source bytes read by the invocations before this one, and this one's counter.
+    pub bytes_before: u64,
+    pub bytes_read: Arc<crate::source::s3::BodyProgress>,
+    /// The output and its upload options, to resume it after a periodic checkpoint.
+    pub target: Arc<S3Target>,
+    pub options: UploadOptions,
+    /// The quarantine's key (its side upload).
+    pub quarantine_key: String,
+    /// The parts and bytes of the output at the last checkpoint.
+    pub saved: (u32, u64),
+}
+
+impl<'a> RowCheckpoints<'a> {
+    /// A stopper for `clock`, checkpointing every `every_parts` parts of the invocation's
+    /// `progress`.
+    pub fn stopper(clock: StopClock, every_parts: u64, progress: Arc<Progress>) -> Stopper {
+        let stopper = Stopper {
+            clock,
+            every_parts,
+            parts_mark: Arc::default(),
+            progress,
+        };
+        stopper.mark();
+        stopper
+    }
+
+    /// At a boundary between two records (`at`): everything before it goes into the output
+    /// and the quarantine, both are suspended and the checkpoint is saved. When the time is
+    /// up (`time_up`), the event that continues is returned and both stay suspended; else
+    /// both resume and the rows go on (`None`). A failure aborts both uploads.
+    pub async fn boundary(
+        &mut self,
+        sink: &mut RowSink<'_>,
+        at: ReadPoint,
+        time_up: bool,
+    ) -> Result<Option<Continue>> {
+        sink.flush().await?;
+        let suspended = sink.output().suspend().await?;
+        let side = match sink.quarantine.suspend().await {
+            Ok(side) => side,
+            Err(e) => {
+                self.abort_suspended(&suspended).await;
+                return Err(e);
+            }
+        };
+        let member = match &self.starts {
+            None => MemberStart {
+                compressed: at.offset,
+                decoded: at.offset,
+            },
+            Some(starts) => starts.at_or_before(at.offset).unwrap_or(self.from_member),
+        };
+        let position = RowsPosition {
+            member_compressed: member.compressed,
+            member_decoded: member.decoded,
+            decoded: at.offset,
+            lines: at.lines,
+            records: at.records,
+            counts: *sink.counts,
+            first_bad: sink.first_bad().map(str::to_owned),
+            ..self.base.clone()
+        };
+        let bytes_in = self.bytes_before + self.bytes_read.bytes();
+        self.saved = (suspended.parts.len() as u32, suspended.bytes);
+        let quarantined = sink.quarantine.count();
+        let saved = self
+            .checkpoints
+            .save_with_side(
+                Position::Rows(Box::new(position)),
+                bytes_in,
+                suspended.clone(),
+                side.clone().map(|s| (self.quarantine_key.clone(), s)),
+            )
+            .await?;
+        if time_up {
+            tracing::info!(
+                checkpoint = %saved.checkpoint.key, decoded = at.offset, records = at.records,
+                parts = suspended.parts.len(),
+                "stopped at a row before the deadline; the transform continues in the next invocation"
+            );
+            return Ok(Some(saved));
+        }
+        tracing::debug!(checkpoint = %saved.checkpoint.key, decoded = at.offset, "checkpoint");
+        let resumed =
+            ObjectWriter::resume(self.target.clone(), &self.options, suspended).and_then(|w| {
+                sink.output().resume_text(w);
+                sink.quarantine.resume(side, quarantined)
+            });
+        if let Err(e) = resumed {
+            self.checkpoints.abandon().await;
+            return Err(e);
+        }
+        self.stopper.mark();
+        Ok(None)
+    }
+
+    /// Aborts an output upload suspended before its checkpoint could be saved.
+    async fn abort_suspended(&self, suspended: &crate::sink::Suspended) {
+        if let Ok(w) = ObjectWriter::resume(self.target.clone(), &self.options, suspended.clone()) {
+            w.abort().await;
+        }
+    }
+}
+
+/// Reads and drops the first `n` bytes of `decoded` (what the invocations before wrote past
+/// the member this one decodes from); `map` names a read error.
+pub(super) async fn skip(
+    decoded: &mut (dyn AsyncRead + Send + Unpin),
+    n: u64,
+    map: impl Fn(std::io::Error) -> Error,
+) -> Result<()> {
+    let mut limited = decoded.take(n);
+    let skipped = tokio::io::copy(&mut limited, &mut tokio::io::sink())
+        .await
+        .map_err(map)?;
+    if skipped < n {
+        return Err(Error::Internal {
+            message: format!(
+                "the source ended {skipped} bytes into the {n} already written: it is shorter than when the job started"
+            ),
+        });
+    }
+    Ok(())
+}
