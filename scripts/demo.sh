@@ -23,9 +23,9 @@ echo "=== ingest-http: a job longer than one invocation (each cut at ${DEMO_INVO
 target/release/sluice-local continue --size-mib "${DEMO_CONTINUE_MIB:-1024}" \
     --compression "${DEMO_COMPRESSION:-gzip}" --invocation-secs "${DEMO_INVOCATION_SECS:-2}"
 echo
-echo "=== transform-s3: an object lands, a typed and filtered copy lands beside it"
+echo "=== transform-s3: an object lands, a typed and filtered copy lands beside it (each invocation cut at ${DEMO_TRANSFORM_INVOCATION_SECS:-1} s, continued as the transform job state machine does)"
 target/release/sluice-local transform --size-mib "${DEMO_TRANSFORM_MIB:-512}" \
-    --memory-mb "${DEMO_MEMORY_MB:-256}"
+    --memory-mb "${DEMO_MEMORY_MB:-256}" --invocation-secs "${DEMO_TRANSFORM_INVOCATION_SECS:-1}"
 echo
 echo "=== sluice: the same jobs from the command line (no Lambda)"
 target/release/sluice validate events/ingest-http.json

@@ -5,6 +5,8 @@
 //! - [`runtime_api`]: a Lambda Runtime API emulator ([`RuntimeApi`]).
 //! - [`lambda`]: a built Lambda binary run as a child process ([`LambdaProcess`]).
 //! - [`cgroup`]: cgroup v1 memory and CPU limits ([`MemoryCgroup`], [`CpuCgroup`]).
+//! - [`members`]: gzip members and zstd frames of fixed decoded size, as pigz `--independent`
+//!   and bgzip write them.
 //! - [`postgres`]: a throwaway Postgres server from Debian's packages ([`PgServer`](postgres::PgServer)).
 
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ pub mod harness;
 pub mod lake;
 pub mod lambda;
 pub mod local;
+pub mod members;
 pub mod parking;
 pub mod postgres;
 pub mod runtime_api;

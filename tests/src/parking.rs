@@ -546,6 +546,70 @@ impl AsyncRead for ParkingCsv {
     }
 }
 
+/// What the seed pipeline (`events/transform-s3.pipeline.json`) writes for a generated file,
+/// computed from the generator's rows alone (independently of the transform code): the NJ
+/// FORD rows of agency `P`, as `vehicle_make,issuing_agency,address` with `P` as `police`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedOutput {
+    /// CRC64NVME of the decoded output CSV.
+    pub crc: u64,
+    /// Its length.
+    pub len: u64,
+    /// Data rows read.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Rows quarantined (every flawed row).
+    pub quarantined: u64,
+}
+
+fn seed_quote(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+/// [`SeedOutput`] for the file `ParkingCsv::new(seed, size)`, in one pass over its rows (as
+/// the generator does, rows are added while the file is shorter than `size`). Takes seconds
+/// a GiB: call it on a blocking thread.
+pub fn expected_seed_output_of_size(seed: u64, size: u64) -> SeedOutput {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    let header = b"vehicle_make,issuing_agency,address\n";
+    digest.update(header);
+    let mut e = SeedOutput {
+        crc: 0,
+        len: header.len() as u64,
+        rows_in: 0,
+        rows_out: 0,
+        quarantined: 0,
+    };
+    let mut line = Vec::with_capacity(1024);
+    write_header(&mut line);
+    let mut total = line.len() as u64;
+    while total < size {
+        let r = ParkingRow::generate(seed, e.rows_in);
+        line.clear();
+        r.write_csv(&mut line);
+        total += line.len() as u64;
+        e.rows_in += 1;
+        if r.flaw != Flaw::None {
+            e.quarantined += 1;
+            continue;
+        }
+        if r.state == "NJ" && r.make == "FORD" && r.agency == "P" {
+            let address = format!("{}, {}, {}", r.house, r.street, r.state);
+            let out = format!("{},police,{}\n", seed_quote(r.make), seed_quote(&address));
+            digest.update(out.as_bytes());
+            e.len += out.len() as u64;
+            e.rows_out += 1;
+        }
+    }
+    e.crc = digest.finalize();
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,5 +642,18 @@ mod tests {
         }
         assert_eq!(n, gen_b.rows());
         assert!(ragged > 0 && nj > n / 20, "{ragged} {nj} {n}");
+    }
+
+    #[test]
+    fn seed_output_counts_the_rows_of_the_file() {
+        let mut gen_a = ParkingCsv::new(9, 1_500_000);
+        io::copy(&mut gen_a, &mut io::sink()).unwrap();
+        let e = expected_seed_output_of_size(9, 1_500_000);
+        assert_eq!(e.rows_in, gen_a.rows());
+        let flawed = (0..e.rows_in)
+            .filter(|&i| Flaw::of(i) != Flaw::None)
+            .count();
+        assert_eq!(e.quarantined, flawed as u64);
+        assert!(e.rows_out > 10 && e.len > 36, "{e:?}");
     }
 }

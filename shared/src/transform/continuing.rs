@@ -148,13 +148,16 @@ impl<'a> RowCheckpoints<'a> {
             },
             Some(starts) => starts.at_or_before(at.offset).unwrap_or(self.from_member),
         };
+        let mut counts = *sink.counts;
+        // The rows' counts keep the quarantined ones only at the end of the rows.
+        counts.quarantined = sink.quarantine.count();
         let position = RowsPosition {
             member_compressed: member.compressed,
             member_decoded: member.decoded,
             decoded: at.offset,
             lines: at.lines,
             records: at.records,
-            counts: *sink.counts,
+            counts,
             first_bad: sink.first_bad().map(str::to_owned),
             ..self.base.clone()
         };

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder};
+use async_compression::tokio::bufread::GzipDecoder;
 use serde_json::{Value, json};
 use sluice::sink::{self, S3Target, UploadOptions};
+use sluice_tests::members::GzipMembers;
 use sluice_tests::parking::ParkingCsv;
 use sluice_tests::{
     FixtureServer, Invocation, LambdaProcess, MemoryCgroup, RuntimeApi, S3Server, binary_path,
@@ -51,6 +52,8 @@ struct Args {
     memory_mb: u32,
     /// `continue`: `tuning.max_invocation_secs`.
     invocation_secs: u64,
+    /// `--invocation-secs` was given (`transform` then continues across invocations).
+    invocation_secs_given: bool,
     /// `watch`: the command to run, after `--`.
     command_line: Vec<String>,
 }
@@ -65,7 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
         _ => bail!(
             "usage: sluice-local demo [--size-mib N] [--compression gzip|zstd|none] [--memory-mb M]\n       \
              sluice-local continue [--size-mib N] [--compression gzip|zstd|none] [--invocation-secs S]\n       \
-             sluice-local transform [--size-mib N] [--memory-mb M]\n       \
+             sluice-local transform [--size-mib N] [--memory-mb M] [--invocation-secs S]\n       \
              sluice-local watch [--size-mib N] -- COMMAND [ARGS...]"
         ),
     };
@@ -79,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
         compression: Some("gzip".into()),
         memory_mb: 256,
         invocation_secs: 2,
+        invocation_secs_given: false,
         command_line: Vec::new(),
     };
     while let Some(flag) = args.next() {
@@ -93,7 +97,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--size-mib" => parsed.size_mib = value.parse().context("--size-mib")?,
             "--memory-mb" => parsed.memory_mb = value.parse().context("--memory-mb")?,
             "--invocation-secs" => {
-                parsed.invocation_secs = value.parse().context("--invocation-secs")?
+                parsed.invocation_secs = value.parse().context("--invocation-secs")?;
+                parsed.invocation_secs_given = true;
             }
             "--compression" => {
                 parsed.compression = (value != "none").then_some(value);
@@ -225,19 +230,27 @@ async fn transform(args: Args) -> anyhow::Result<()> {
     let bucket = std::env::var("SLUICE_DEMO_BUCKET").unwrap_or_else(|_| "sluice-demo".into());
     let client = server.client().await;
     let pipeline_path = workspace_root().join("events/transform-s3.pipeline.json");
-    let pipeline = std::fs::read_to_string(&pipeline_path)
+    let mut pipeline = std::fs::read_to_string(&pipeline_path)
         .with_context(|| format!("reading {}", pipeline_path.display()))?;
+    if args.invocation_secs_given {
+        let mut p: Value = serde_json::from_str(&pipeline)?;
+        p["tuning"]["max_invocation_secs"] = json!(args.invocation_secs);
+        pipeline = serde_json::to_string_pretty(&p)?;
+    }
 
-    // The source: a generated parking-violations CSV, gzip, streamed into Garage.
+    // The source: a generated parking-violations CSV, gzip in independent members of 8 MiB
+    // (as pigz --independent or bgzip write it: a continued transform decodes again from the
+    // last member before its stop), streamed into Garage.
     let size = args.size_mib * MIB;
     let key = "incoming/parking violations 2026.csv.gz";
     println!(
         "uploading a generated {} MiB parking-violations CSV (gzip) to s3://{bucket}/{key} ...",
         args.size_mib
     );
-    let gz = GzipEncoder::with_quality(
-        BufReader::with_capacity(1 << 20, ParkingCsv::new(2026, size)),
-        async_compression::Level::Fastest,
+    let gz = GzipMembers::new(
+        ParkingCsv::new(2026, size),
+        8 * MIB,
+        flate2::Compression::fast(),
     );
     let target = S3Target::new(client.clone(), &bucket, key);
     let options = UploadOptions::new(sluice::MemoryBudget::for_memory_mib(1024).schedule());
@@ -262,8 +275,9 @@ async fn transform(args: Args) -> anyhow::Result<()> {
         args.memory_mb,
         cgroup.as_ref(),
     )?;
-    // What S3 sends: the key URL-encoded, a space as `+`.
-    let event = json!({"Records": [{
+    // What S3 sends: the key URL-encoded, a space as `+`. A transform that may continue gets
+    // what the transform job state machine sends: the key as it is, and `continuable`.
+    let notification = json!({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": server.region,
         "eventTime": now_rfc3339(), "eventName": "ObjectCreated:CompleteMultipartUpload",
         "userIdentity": {"principalId": "local"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
@@ -271,10 +285,13 @@ async fn transform(args: Args) -> anyhow::Result<()> {
         "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket},
                "object": {"key": key.replace(' ', "+"), "size": uploaded.bytes}}
     }]});
+    let event = match args.invocation_secs_given {
+        true => json!({"bucket": bucket, "key": key, "continuable": true}),
+        false => notification,
+    };
     println!("\npipeline ({}):\n{pipeline}", pipeline_path.display());
-    println!(
-        "S3 event for {:?}; running transform-s3 ({} MB function{}) ...",
-        key.replace(' ', "+"),
+    let memory = format!(
+        "{} MB function{}",
         args.memory_mb,
         if cgroup.is_some() {
             ", memory cgroup enforced"
@@ -282,15 +299,39 @@ async fn transform(args: Args) -> anyhow::Result<()> {
             ", NO cgroup: limit not enforced"
         }
     );
+    match args.invocation_secs_given {
+        true => println!(
+            "the transform job state machine's event {event}; running transform-s3 ({memory}), \
+             each invocation cut at {} s ...",
+            args.invocation_secs
+        ),
+        false => println!(
+            "S3 event for {:?}; running transform-s3 ({memory}) ...",
+            key.replace(' ', "+")
+        ),
+    }
     if let Some(c) = &cgroup {
         c.reset_peak();
     }
-    let answer = match api.invoke(event, Duration::from_secs(900)).await? {
-        Invocation::Response(v) => v,
-        Invocation::Error {
-            error_type,
-            error_message,
-        } => bail!("{error_type}: {error_message}"),
+    let mut event = event;
+    let answer = loop {
+        let answer = match api.invoke(event, Duration::from_secs(900)).await? {
+            Invocation::Response(v) => v,
+            Invocation::Error {
+                error_type,
+                error_message,
+            } => bail!("{error_type}: {error_message}"),
+        };
+        if answer["status"] != "continue" {
+            break answer;
+        }
+        // What the state machine does: the `continue` value is the next invocation's event.
+        let o = &answer["objects"][0];
+        println!(
+            "invocation {}: continue after {} rows in ({} decoded bytes), {} parts uploaded; next event {}",
+            o["invocations"], o["records_in"], o["bytes_decoded"], o["parts"], answer["continue"]
+        );
+        event = answer["continue"].clone();
     };
     println!("\nsummary:\n{}", serde_json::to_string_pretty(&answer)?);
     if let Some(cg) = &cgroup {
