@@ -23,8 +23,31 @@ use crate::error::{Error, Result};
 use crate::sink::{ObjectWriter, S3Target, UploadOptions};
 use crate::telemetry::Progress;
 
-/// Rows between two looks at the clock.
-pub(super) const CHECK_EVERY: u32 = 256;
+/// Rows between two looks at the clock...
+const LOOK_ROWS: u32 = 256;
+/// ...or decoded bytes, whichever comes first (rows may be up to the record cap each).
+const LOOK_BYTES: u64 = 4 << 20;
+
+/// When a row loop looks at its [`Stopper`]: every [`LOOK_ROWS`] rows or [`LOOK_BYTES`]
+/// decoded bytes.
+#[derive(Debug, Default)]
+pub(super) struct Looks {
+    rows: u32,
+    next_offset: u64,
+}
+
+impl Looks {
+    /// Counts a row that ended at decoded offset `offset`; true when it is time to look.
+    pub fn due(&mut self, offset: u64) -> bool {
+        self.rows += 1;
+        if self.rows < LOOK_ROWS && offset < self.next_offset {
+            return false;
+        }
+        self.rows = 0;
+        self.next_offset = offset + LOOK_BYTES;
+        true
+    }
+}
 
 /// When the rows should stop at their next boundary.
 #[derive(Clone)]
@@ -222,4 +245,31 @@ pub(super) async fn skip(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_come_every_256_rows_or_4_mib() {
+        let mut looks = Looks::default();
+        // The first row looks (the byte mark starts at 0), then every 256 rows of small ones.
+        assert!(looks.due(10));
+        let small: Vec<bool> = (1..=512).map(|i| looks.due(10 + i * 10)).collect();
+        assert_eq!(small.iter().filter(|d| **d).count(), 2);
+        assert!(small[255] && small[511]);
+        // Rows of 3 MiB each: every second one passes the 4 MiB mark.
+        let base = 10 + 512 * 10;
+        let big: Vec<bool> = (1..=6).map(|i| looks.due(base + i * (3 << 20))).collect();
+        assert_eq!(big, [false, true, false, true, false, true]);
+    }
+
+    #[test]
+    fn decodings_round_trip_through_their_names() {
+        for d in [Decoding::Identity, Decoding::Gzip, Decoding::Zstd] {
+            assert_eq!(decoding_of(decoding_name(d)).unwrap(), d);
+        }
+        assert!(decoding_of("brotli").is_err());
+    }
 }

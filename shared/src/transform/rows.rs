@@ -13,7 +13,7 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
 use super::config::ColumnSpec;
-use super::continuing::{CHECK_EVERY, RowCheckpoints};
+use super::continuing::{Looks, RowCheckpoints};
 use super::output::RowSink;
 use super::parallel;
 use super::quarantine::Quarantine;
@@ -450,7 +450,7 @@ impl RowJob<'_> {
             return Ok(Rows::Ended);
         }
         let ncols = plans.len();
-        let mut since = 0;
+        let mut looks = Looks::default();
         while let Some(rec) = reader.next().await? {
             crate::fault::point("transform.row");
             row.clear();
@@ -464,9 +464,7 @@ impl RowJob<'_> {
             };
             let (pos, raw) = (rec.pos, rec.raw);
             sink.row(&mut row, typed, pos, raw).await?;
-            since += 1;
-            if since == CHECK_EVERY {
-                since = 0;
+            if saver.is_some() && looks.due(reader.offset()) {
                 if let Some(time_up) = saver.as_ref().and_then(|s| s.stopper.wanted()) {
                     let at = reader.point();
                     if let Some(next) =
@@ -520,7 +518,7 @@ impl RowJob<'_> {
         }
         let mut lines = FramedRead::with_capacity(decoded, decoder, READ_CHUNK);
         let mut row: Vec<Value> = Vec::new();
-        let mut since = 0;
+        let mut looks = Looks::default();
         while let Some(line) = lines.next().await {
             let at = lines.decoder().consumed();
             let line = line.map_err(|e| match RecordsError::find(&e) {
@@ -547,9 +545,7 @@ impl RowJob<'_> {
             row.clear();
             let typed = type_json(&plans, &line, &mut row);
             sink.row(&mut row, typed, pos, &line).await?;
-            since += 1;
-            if since == CHECK_EVERY {
-                since = 0;
+            if saver.is_some() && looks.due(lines.decoder().consumed()) {
                 if let Some(time_up) = saver.as_ref().and_then(|s| s.stopper.wanted()) {
                     let (read, records) = lines.decoder().read();
                     let at = ReadPoint {
