@@ -180,6 +180,10 @@ pub struct ObjectSummary {
     /// Invocations the object took, when more than one (or it continues).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invocations: Option<u32>,
+    /// Wall time of the invocations before this one (a continued transform's figures are
+    /// the whole job's).
+    #[serde(skip)]
+    elapsed_before_ms: u64,
 }
 
 /// What [`run`] decided before reading the source.
@@ -271,6 +275,7 @@ pub async fn run_continuing(
         peak_rss_bytes: None,
         next: None,
         invocations: None,
+        elapsed_before_ms: 0,
     };
     let continuation = continuation.filter(|c| can_continue(pipeline, c));
     let from = continuation.and_then(|c| c.from.as_ref());
@@ -415,6 +420,7 @@ pub async fn run_continuing(
     summary.bytes_in = from.map_or(0, |l| l.checkpoint.bytes_in) + progress.bytes();
     if let Some(l) = from {
         summary.invocations = Some(l.checkpoint.invocations + 1);
+        summary.elapsed_before_ms = l.checkpoint.elapsed_ms;
     }
     summary.source_resumes = progress.resumes();
     let written = written.map_err(|e| match e {
@@ -596,7 +602,8 @@ impl ObjectSummary {
         status: Status,
         reason: Option<String>,
     ) -> ObjectSummary {
-        let elapsed = clock.elapsed().as_secs_f64().max(1e-9);
+        let before = self.elapsed_before_ms as f64 / 1000.0;
+        let elapsed = (before + clock.elapsed().as_secs_f64()).max(1e-9);
         self.status = status;
         self.reason = reason;
         self.duration_ms = (elapsed * 1000.0) as u64;
@@ -604,7 +611,7 @@ impl ObjectSummary {
         self.throughput_mib_s =
             ((self.bytes_decoded as f64 / (1024.0 * 1024.0) / elapsed) * 10.0).round() / 10.0;
         self.peak_rss_bytes = telemetry::peak_rss_bytes();
-        if status != Status::Written {
+        if status != Status::Written && status != Status::Continue {
             tracing::info!(source = %self.source, %status,
                 reason = self.reason.as_deref().unwrap_or(""), "object not transformed");
         }
