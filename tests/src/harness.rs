@@ -94,6 +94,14 @@ impl Harness {
         })
     }
 
+    /// [`restart`](Self::restart) with `name` set to `value` in the function's environment,
+    /// as a deployment that changed it does.
+    pub fn restart_with(&mut self, name: &str, value: &str) {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_owned(), value.to_owned()));
+        self.restart();
+    }
+
     /// Kills the function's process (SIGKILL) and starts a new one on the same Runtime API:
     /// the next invocation is a cold start, as after a crash.
     pub fn restart(&mut self) {

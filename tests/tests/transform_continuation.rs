@@ -537,6 +537,64 @@ async fn a_source_overwritten_between_invocations_fails_and_leaves_nothing() {
     h.assert_clean().await;
 }
 
+/// A deployment that changed the pipeline between two invocations: the checkpoint is refused
+/// as `InvalidInput` (its rows were typed by another pipeline), both uploads are aborted and
+/// nothing is left.
+#[tokio::test]
+async fn a_pipeline_changed_between_invocations_is_refused_and_leaves_nothing() {
+    let b = LambdaBox::create("sluice-trc-redeploy");
+    let mut pipeline = parking_pipeline(
+        json!({"format": "ndjson", "key": "clean/{source_stem}.ndjson"}),
+        1,
+    );
+    pipeline["tuning"]["max_invocation_secs"] = json!(2);
+    let mut h = start("trc-redeploy", &b, &pipeline).await;
+    let key = "incoming/redeployed.csv";
+    put(&h, key, parking(41, 64 * MIB)).await;
+    let first = response(h.invoke(event(&h, key, true), INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let open = uploads_in_progress(&h.server.client().await, &h.bucket).await;
+    assert!(!open.is_empty(), "no upload open after 2 s: {first}");
+    // `Vehicle Year` typed as a string from now on.
+    let mut changed = pipeline.clone();
+    changed["input"]["schema"][5]["type"] = json!("string");
+    h.restart_with("PIPELINE", &changed.to_string());
+    let (kind, message) = error(h.invoke(first["continue"].clone(), INVOCATION).await);
+    eprintln!("pipeline changed between invocations: {kind}: {message}");
+    assert_eq!(kind, "InvalidInput", "{message}");
+    assert!(message.contains("another pipeline"), "{message}");
+    for key in [
+        "clean/redeployed.ndjson",
+        "clean/redeployed.ndjson.manifest.json",
+        "quarantine/redeployed.ndjson",
+    ] {
+        h.assert_nothing_written(key).await;
+    }
+    h.assert_clean().await;
+}
+
+/// A Parquet output cannot continue (its footer ends the file): a `continuable` event for it
+/// runs in one invocation, however short `max_invocation_secs` is, and says nothing about
+/// continuing.
+#[tokio::test]
+async fn a_parquet_output_runs_in_one_invocation_even_when_continuable() {
+    let b = LambdaBox::create("sluice-trc-parquet");
+    let pipeline = parking_pipeline(
+        json!({"format": "parquet", "key": "clean/{source_stem}.parquet"}),
+        1,
+    );
+    let h = start("trc-parquet", &b, &pipeline).await;
+    let key = "incoming/columnar.csv";
+    put(&h, key, parking(43, 48 * MIB)).await;
+    let answer = response(h.invoke(event(&h, key, true), ONE_SHOT).await);
+    assert!(answer.get("status").is_none(), "{answer}");
+    let s = one(&answer);
+    assert_eq!(s["status"], "written", "{answer}");
+    assert!(s.get("invocations").is_none(), "{answer}");
+    assert!(h.keys_under("_sluice/").await.is_empty());
+    assert!(s["duration_ms"].as_u64().unwrap() > 1000, "{s}");
+}
+
 /// The abort event the state machine sends after a failure gives the job up: its uploads
 /// (output and quarantine) aborted, its checkpoint deleted; sent again, it finds nothing.
 #[tokio::test]

@@ -487,7 +487,7 @@ fn resume_point<'l>(pipeline: &Pipeline, loaded: &'l Loaded) -> Result<&'l RowsP
     let at = &loaded.reference.checkpoint;
     let refuse = |why: String| {
         Error::spec(format!(
-            "checkpoint s3://{}/{}: {why}; its upload is aborted",
+            "checkpoint s3://{}/{}: {why}; its uploads are aborted",
             at.bucket, at.key
         ))
     };
