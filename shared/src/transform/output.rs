@@ -218,6 +218,15 @@ impl<'a> RowSink<'a> {
     /// Everything before this point into the output and the quarantine's buffer: the
     /// enrichment batches in flight and the rendered rows (for a checkpoint).
     pub async fn flush(&mut self) -> Result<()> {
+        self.drain_enricher().await?;
+        if !self.buf.is_empty() {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the enrich step's last batch and finishes every batch in flight, in order.
+    async fn drain_enricher(&mut self) -> Result<()> {
         if let Some(en) = &mut self.enricher {
             en.dispatch();
         }
@@ -227,9 +236,6 @@ impl<'a> RowSink<'a> {
             .is_some_and(|e| !e.in_flight.is_empty())
         {
             self.drain_one().await?;
-        }
-        if !self.buf.is_empty() {
-            self.send().await?;
         }
         Ok(())
     }
@@ -377,16 +383,7 @@ impl<'a> RowSink<'a> {
     /// After the last row: the enrichment batches still in flight, the bad-row ratio, the
     /// last output chunk. `at` is the input's decoded length, for the message.
     pub async fn end(&mut self, at: u64) -> Result<()> {
-        if let Some(en) = &mut self.enricher {
-            en.dispatch();
-        }
-        while self
-            .enricher
-            .as_ref()
-            .is_some_and(|e| !e.in_flight.is_empty())
-        {
-            self.drain_one().await?;
-        }
+        self.drain_enricher().await?;
         if let Some(max) = self.limits.max_bad_ratio
             && self.counts.records_in > 0
         {

@@ -174,25 +174,13 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let mut event = job;
-    let summary = loop {
-        let answer = match api.invoke(event, Duration::from_secs(900)).await? {
-            Invocation::Response(v) => v,
-            Invocation::Error {
-                error_type,
-                error_message,
-            } => bail!("{error_type}: {error_message}"),
-        };
-        if answer["status"] != "continue" {
-            break answer;
-        }
-        // What the state machine does: the `continue` value is the next invocation's event.
-        println!(
-            "invocation {}: continue after {} bytes in, {} parts uploaded; next event {}",
-            answer["invocations"], answer["bytes_in"], answer["parts"], answer["continue"]
-        );
-        event = answer["continue"].clone();
-    };
+    let summary = run_to_end(&api, job, |answer| {
+        format!(
+            "continue after {} bytes in, {} parts uploaded",
+            answer["bytes_in"], answer["parts"]
+        )
+    })
+    .await?;
     let secs = started.elapsed().as_secs_f64();
     println!("\nsummary:\n{}", serde_json::to_string_pretty(&summary)?);
     if let Some(cg) = &cgroup {
@@ -313,26 +301,14 @@ async fn transform(args: Args) -> anyhow::Result<()> {
     if let Some(c) = &cgroup {
         c.reset_peak();
     }
-    let mut event = event;
-    let answer = loop {
-        let answer = match api.invoke(event, Duration::from_secs(900)).await? {
-            Invocation::Response(v) => v,
-            Invocation::Error {
-                error_type,
-                error_message,
-            } => bail!("{error_type}: {error_message}"),
-        };
-        if answer["status"] != "continue" {
-            break answer;
-        }
-        // What the state machine does: the `continue` value is the next invocation's event.
+    let answer = run_to_end(&api, event, |answer| {
         let o = &answer["objects"][0];
-        println!(
-            "invocation {}: continue after {} rows in ({} decoded bytes), {} parts uploaded; next event {}",
-            o["invocations"], o["records_in"], o["bytes_decoded"], o["parts"], answer["continue"]
-        );
-        event = answer["continue"].clone();
-    };
+        format!(
+            "continue after {} rows in ({} decoded bytes), {} parts uploaded",
+            o["records_in"], o["bytes_decoded"], o["parts"]
+        )
+    })
+    .await?;
     println!("\nsummary:\n{}", serde_json::to_string_pretty(&answer)?);
     if let Some(cg) = &cgroup {
         println!(
@@ -363,6 +339,35 @@ async fn transform(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Invokes `event`, and again with each answer's `continue` value (what the job state
+/// machines do), printing each step with `progress`; the last answer.
+async fn run_to_end(
+    api: &RuntimeApi,
+    mut event: Value,
+    progress: impl Fn(&Value) -> String,
+) -> anyhow::Result<Value> {
+    let mut invocations = 0;
+    loop {
+        let answer = match api.invoke(event, Duration::from_secs(900)).await? {
+            Invocation::Response(v) => v,
+            Invocation::Error {
+                error_type,
+                error_message,
+            } => bail!("{error_type}: {error_message}"),
+        };
+        if answer["status"] != "continue" {
+            return Ok(answer);
+        }
+        invocations += 1;
+        println!(
+            "invocation {invocations}: {}; next event {}",
+            progress(&answer),
+            answer["continue"]
+        );
+        event = answer["continue"].clone();
+    }
 }
 
 fn now_rfc3339() -> String {
