@@ -14,14 +14,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::Pipeline;
 use super::output::RowSink;
 use super::reader::ReadPoint;
+use super::{
+    ObjectSummary, Pipeline, SourceObject, SourceVars, TransformContext, WriteTo, Writing,
+};
+use super::{config, content_type};
 use crate::checkpoint::{Checkpoints, Continue, Position, RowsPosition, StopClock};
+use crate::checkpoint::{Continuation, Loaded};
 use crate::codec::{Decoding, MemberStart, MemberStarts};
 use crate::error::{Error, Result};
+use crate::format::Format;
+use crate::job;
+use crate::key::KeyVars;
+use crate::sink::ObjectMeta;
 use crate::sink::{ObjectWriter, S3Target, UploadOptions};
+use crate::source::s3::{self as s3src, ObjectVersion};
 use crate::telemetry::Progress;
+use chrono::DateTime;
 
 /// Rows between two looks at the clock...
 const LOOK_ROWS: u32 = 256;
@@ -223,6 +233,141 @@ impl<'a> RowCheckpoints<'a> {
         if let Ok(w) = ObjectWriter::resume(self.target.clone(), &self.options, suspended.clone()) {
             w.abort().await;
         }
+    }
+}
+
+/// A transform that may continue: what its first checkpoint holds and where this
+/// invocation's rows start.
+pub(super) struct Continuing<'c> {
+    pub continuation: &'c Continuation,
+    /// The checkpoint position's fixed fields.
+    pub base: RowsPosition,
+    /// The member starts of a compressed source.
+    pub starts: Option<crate::codec::MemberStarts>,
+    /// The member this invocation decodes from.
+    pub member: MemberStart,
+    /// Where this invocation's rows start (`None`: the beginning).
+    pub resumed: Option<ReadPoint>,
+    /// Source bytes read before this invocation, and by it.
+    pub bytes_before: u64,
+    pub bytes_read: Arc<s3src::BodyProgress>,
+}
+
+/// Whether a transform with `pipeline` can go on in another invocation: one text object
+/// (a Parquet or partitioned output runs in one invocation). A checkpoint of a pipeline that
+/// cannot is refused by [`resume_point`].
+pub(super) fn can_continue(pipeline: &Pipeline, continuation: &Continuation) -> bool {
+    let can = pipeline.output.format != Format::Parquet && !pipeline.is_partitioned();
+    if !can && continuation.from.is_none() {
+        tracing::info!(
+            "the output is Parquet or partitioned: the transform runs in one invocation"
+        );
+    }
+    can || continuation.from.is_some()
+}
+
+/// The position a checkpoint resumes, when it is a transform's written with this pipeline.
+pub(super) fn resume_point<'l>(
+    pipeline: &Pipeline,
+    loaded: &'l Loaded,
+) -> Result<&'l RowsPosition> {
+    let at = &loaded.reference.checkpoint;
+    let refuse = |why: String| {
+        Error::spec(format!(
+            "checkpoint s3://{}/{}: {why}; its uploads are aborted",
+            at.bucket, at.key
+        ))
+    };
+    let crate::checkpoint::Position::Rows(position) = &loaded.checkpoint.position else {
+        return Err(refuse(format!(
+            "it is for {}, not a transform",
+            loaded.checkpoint.position.kind()
+        )));
+    };
+    if position.pipeline != fingerprint(pipeline) {
+        return Err(refuse(
+            "it was written with another pipeline (the function's pipeline changed)".into(),
+        ));
+    }
+    if pipeline.output.format == Format::Parquet || pipeline.is_partitioned() {
+        return Err(refuse("the pipeline's output cannot continue".into()));
+    }
+    if position.decoded < position.member_decoded {
+        return Err(refuse("its member starts after its rows".into()));
+    }
+    Ok(position)
+}
+
+/// The output a resumed transform goes on writing: its keys as the first invocation
+/// rendered them (the checkpoint keeps the run id and start), the source version pinned.
+pub(super) fn resumed_writing(
+    pipeline: &Pipeline,
+    src: &SourceObject,
+    ctx: &TransformContext,
+    at: &RowsPosition,
+    summary: &mut ObjectSummary,
+) -> Result<Box<Writing>> {
+    let vars = SourceVars {
+        key: src.key.clone(),
+        vars: KeyVars::new(ctx.invocation.started, ctx.invocation.run_id.clone()),
+    };
+    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
+    let quarantine_key = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
+    summary.key = Some(key.clone());
+    summary.source_etag = Some(at.etag.clone());
+    summary.source_last_modified = at.last_modified.clone();
+    let last_modified = at
+        .last_modified
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.to_utc());
+    let target = S3Target::new(ctx.s3.clone(), &summary.bucket, &key).with_meta(ObjectMeta {
+        content_type: Some(content_type(pipeline)),
+    });
+    Ok(Box::new(Writing {
+        manifest_key: job::manifest_key(&key),
+        key,
+        quarantine_key,
+        version: ObjectVersion {
+            e_tag: at.etag.clone(),
+            last_modified,
+            size: 0,
+        },
+        to: WriteTo::One {
+            target,
+            output_exists: at.output_exists,
+        },
+    }))
+}
+
+/// The fixed fields of a first invocation's checkpoints: the source version and its
+/// decoding, whether an output was there, the pipeline's digest.
+pub(super) fn first_position(
+    pipeline: &Pipeline,
+    w: &Writing,
+    decoding: Decoding,
+    summary: &ObjectSummary,
+) -> RowsPosition {
+    RowsPosition {
+        etag: w.version.e_tag.clone(),
+        last_modified: summary.source_last_modified.clone(),
+        decoding: decoding_name(decoding).to_owned(),
+        member_compressed: 0,
+        member_decoded: 0,
+        decoded: 0,
+        lines: 0,
+        records: 0,
+        header: None,
+        counts: super::Counts::default(),
+        output_exists: matches!(
+            w.to,
+            WriteTo::One {
+                output_exists: true,
+                ..
+            }
+        ),
+        first_bad: None,
+        pipeline: fingerprint(pipeline),
     }
 }
 

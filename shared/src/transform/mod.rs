@@ -38,6 +38,7 @@ mod partitioned;
 pub mod quarantine;
 pub mod reader;
 mod rows;
+mod single;
 pub mod steps;
 pub mod value;
 pub mod writer;
@@ -50,24 +51,23 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::budget::MemoryBudget;
-use crate::checkpoint::{Checkpoints, Continuation, Continue, JobScope, Loaded, RowsPosition};
+use crate::checkpoint::{Continuation, Continue, RowsPosition};
 use crate::codec::{Compression, Decoding, MemberDecoder, MemberStart};
-use crate::columnar::{self, ParquetSummary, RecordOutput, RecordsWritten};
+use crate::columnar::{ParquetSummary, RecordsWritten};
 use crate::error::{Error, Result};
-use crate::format::Format;
 use crate::job::{self, Invocation, Status};
 use crate::key::KeyVars;
 use crate::partition::{KeyTemplate, PartitionObject, PartitionedSummary};
-use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions};
+use crate::sink::{ObjectMeta, PutOutcome, S3Target};
 use crate::source::s3::{self as s3src, ObjectVersion, Opened};
 use crate::telemetry;
 
 pub use config::{InputFormat, Pipeline, SourceVars};
-use continuing::RowCheckpoints;
+use continuing::{Continuing, can_continue, resume_point, resumed_writing};
 use quarantine::Quarantine;
 use reader::{IoErrorMap, ReadPoint};
 pub use rows::RecordTyper;
-use rows::{RowJob, RowOut, Rows};
+use rows::RowJob;
 
 const SOURCE_BUFFER: usize = 256 * 1024;
 
@@ -247,36 +247,7 @@ pub async fn run_continuing(
         .bucket
         .clone()
         .unwrap_or_else(|| src.bucket.clone());
-    let mut summary = ObjectSummary {
-        status: Status::Skipped,
-        reason: None,
-        source: source.clone(),
-        source_etag: None,
-        source_last_modified: None,
-        bucket: out_bucket.clone(),
-        key: None,
-        quarantine_key: None,
-        manifest: None,
-        counts: Counts::default(),
-        bytes_in: 0,
-        bytes_decoded: 0,
-        source_resumes: 0,
-        bytes_out: 0,
-        bytes_quarantined: 0,
-        parts: 0,
-        compression: pipeline.output.compression,
-        parquet: None,
-        partitioned: None,
-        replaced_objects: None,
-        e_tag: None,
-        duration_ms: 0,
-        rows_per_s: 0.0,
-        throughput_mib_s: 0.0,
-        peak_rss_bytes: None,
-        next: None,
-        invocations: None,
-        elapsed_before_ms: 0,
-    };
+    let mut summary = ObjectSummary::new(source.clone(), out_bucket.clone(), pipeline);
     let continuation = continuation.filter(|c| can_continue(pipeline, c));
     let from = continuation.and_then(|c| c.from.as_ref());
     let resume = from.map(|l| resume_point(pipeline, l)).transpose()?;
@@ -287,71 +258,25 @@ pub async fn run_continuing(
             Plan::Write(w) => w,
         },
     };
-    let member = resume.map_or(MemberStart::default(), |at| MemberStart {
-        compressed: at.member_compressed,
-        decoded: at.member_decoded,
-    });
-    let etag = Some(w.version.e_tag.as_str());
-    let opened = s3src::open_from(&ctx.s3, &src.bucket, &src.key, etag, member.compressed);
-    let body = match opened.await? {
-        Opened::Body(body) => body,
-        Opened::Changed if resume.is_some() => {
-            return Err(Error::SourceChanged {
-                url: source,
-                message: format!(
-                    "it no longer has ETag {} (overwritten or deleted between two invocations)",
-                    w.version.e_tag
-                ),
-            });
-        }
-        Opened::Changed => {
-            let reason = "the object changed before it could be read".to_owned();
-            return Ok(summary.ended(clock, Status::Superseded, Some(reason)));
-        }
-    };
-    let progress = body.progress();
-    let body = body.counting(ctx.invocation.progress.clone());
-    let mut buffered = BufReader::with_capacity(SOURCE_BUFFER, body);
-    let head = buffered.fill_buf().await.map_err(|e| Error::SourceRead {
-        url: source.clone(),
-        offset: 0,
-        class: "connection failed",
-        message: e.to_string(),
-    })?;
-    let decoding = match resume {
-        Some(at) => continuing::decoding_of(&at.decoding)?,
-        None => Decoding::sniff(head),
-    };
-    let mut starts = None;
-    let mut decoded: Box<dyn AsyncRead + Send + Unpin> = match continuation {
-        Some(_) => {
-            let window = ctx.budget.zstd_window_log_max();
-            let d = MemberDecoder::resume(buffered, decoding, window, member);
-            starts = (decoding != Decoding::Identity).then(|| d.starts());
-            Box::new(d)
-        }
-        None => decoding.decoder(buffered),
-    };
-    let map_io: IoErrorMap = {
-        let progress = progress.clone();
-        let source = source.clone();
-        Box::new(move |e: io::Error, _decoded| {
-            if progress.failed() || decoding.name().is_none() {
-                Error::SourceRead {
-                    url: source.clone(),
-                    offset: progress.bytes(),
-                    class: "connection failed",
-                    message: e.to_string(),
-                }
-            } else {
-                Error::Decode {
-                    input: source.clone(),
-                    codec: decoding.name().unwrap_or_default(),
-                    offset: progress.bytes(),
-                    source: e,
-                }
-            }
-        })
+    let opened = open_input(
+        ctx,
+        src,
+        &source,
+        &w.version.e_tag,
+        resume,
+        continuation.is_some(),
+    );
+    let Some(Input {
+        mut decoded,
+        map_io,
+        progress,
+        decoding,
+        starts,
+        member,
+    }) = opened.await?
+    else {
+        let reason = "the object changed before it could be read".to_owned();
+        return Ok(summary.ended(clock, Status::Superseded, Some(reason)));
     };
     tracing::info!(%source, etag = %w.version.e_tag, size = w.version.size,
         decoding = decoding.name().unwrap_or("identity"), bucket = %out_bucket, key = %w.key,
@@ -365,27 +290,9 @@ pub async fn run_continuing(
     }
     let continuing = continuation.map(|c| Continuing {
         continuation: c,
-        base: resume.cloned().unwrap_or_else(|| RowsPosition {
-            etag: w.version.e_tag.clone(),
-            last_modified: summary.source_last_modified.clone(),
-            decoding: continuing::decoding_name(decoding).to_owned(),
-            member_compressed: 0,
-            member_decoded: 0,
-            decoded: 0,
-            lines: 0,
-            records: 0,
-            header: None,
-            counts: Counts::default(),
-            output_exists: matches!(
-                w.to,
-                WriteTo::One {
-                    output_exists: true,
-                    ..
-                }
-            ),
-            first_bad: None,
-            pipeline: continuing::fingerprint(pipeline),
-        }),
+        base: resume
+            .cloned()
+            .unwrap_or_else(|| continuing::first_position(pipeline, &w, decoding, &summary)),
         starts,
         member,
         resumed: resume.map(|at| ReadPoint {
@@ -400,7 +307,7 @@ pub async fn run_continuing(
     let written = match &w.to {
         WriteTo::One { .. } => {
             let input = (decoded, map_io);
-            write(pipeline, ctx, &source, &w, input, &mut summary, continuing).await
+            single::write(pipeline, ctx, &source, &w, input, &mut summary, continuing).await
         }
         WriteTo::Partitioned { template, .. } => {
             let quarantine = (w.quarantine_key.as_str(), source.as_str());
@@ -452,104 +359,105 @@ pub async fn run_continuing(
     Ok(done)
 }
 
-/// A transform that may continue: what its first checkpoint holds and where this
-/// invocation's rows start.
-struct Continuing<'c> {
-    continuation: &'c Continuation,
-    /// The checkpoint position's fixed fields.
-    base: RowsPosition,
-    /// The member starts of a compressed source.
+/// The decoded source of one invocation, and what reading it reports.
+struct Input {
+    decoded: Box<dyn AsyncRead + Send + Unpin>,
+    map_io: IoErrorMap,
+    progress: Arc<s3src::BodyProgress>,
+    decoding: Decoding,
+    /// The member starts of a compressed source that may continue.
     starts: Option<crate::codec::MemberStarts>,
-    /// The member this invocation decodes from.
+    /// The member it decodes from (the start, unless `resume`).
     member: MemberStart,
-    /// Where this invocation's rows start (`None`: the beginning).
-    resumed: Option<ReadPoint>,
-    /// Source bytes read before this invocation, and by it.
-    bytes_before: u64,
-    bytes_read: Arc<s3src::BodyProgress>,
 }
 
-/// Whether a transform with `pipeline` can go on in another invocation: one text object
-/// (a Parquet or partitioned output runs in one invocation). A checkpoint of a pipeline that
-/// cannot is refused by [`resume_point`].
-fn can_continue(pipeline: &Pipeline, continuation: &Continuation) -> bool {
-    let can = pipeline.output.format != Format::Parquet && !pipeline.is_partitioned();
-    if !can && continuation.from.is_none() {
-        tracing::info!(
-            "the output is Parquet or partitioned: the transform runs in one invocation"
-        );
-    }
-    can || continuation.from.is_some()
-}
-
-/// The position a checkpoint resumes, when it is a transform's written with this pipeline.
-fn resume_point<'l>(pipeline: &Pipeline, loaded: &'l Loaded) -> Result<&'l RowsPosition> {
-    let at = &loaded.reference.checkpoint;
-    let refuse = |why: String| {
-        Error::spec(format!(
-            "checkpoint s3://{}/{}: {why}; its uploads are aborted",
-            at.bucket, at.key
-        ))
-    };
-    let crate::checkpoint::Position::Rows(position) = &loaded.checkpoint.position else {
-        return Err(refuse(format!(
-            "it is for {}, not a transform",
-            loaded.checkpoint.position.kind()
-        )));
-    };
-    if position.pipeline != continuing::fingerprint(pipeline) {
-        return Err(refuse(
-            "it was written with another pipeline (the function's pipeline changed)".into(),
-        ));
-    }
-    if pipeline.output.format == Format::Parquet || pipeline.is_partitioned() {
-        return Err(refuse("the pipeline's output cannot continue".into()));
-    }
-    if position.decoded < position.member_decoded {
-        return Err(refuse("its member starts after its rows".into()));
-    }
-    Ok(position)
-}
-
-/// The output a resumed transform goes on writing: its keys as the first invocation
-/// rendered them (the checkpoint keeps the run id and start), the source version pinned.
-fn resumed_writing(
-    pipeline: &Pipeline,
-    src: &SourceObject,
+/// Opens the source version `etag` and its decoder: from its start, or for a resumed
+/// transform from the member before its boundary (the decoding the checkpoint names). A
+/// transform that may continue (`continuing`) decodes member by member. `None`: the object
+/// changed before it could be read (for a resumed transform, an error: it changed between
+/// two invocations).
+async fn open_input(
     ctx: &TransformContext,
-    at: &RowsPosition,
-    summary: &mut ObjectSummary,
-) -> Result<Box<Writing>> {
-    let vars = SourceVars {
-        key: src.key.clone(),
-        vars: KeyVars::new(ctx.invocation.started, ctx.invocation.run_id.clone()),
-    };
-    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
-    let quarantine_key = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
-    summary.key = Some(key.clone());
-    summary.source_etag = Some(at.etag.clone());
-    summary.source_last_modified = at.last_modified.clone();
-    let last_modified = at
-        .last_modified
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.to_utc());
-    let target = S3Target::new(ctx.s3.clone(), &summary.bucket, &key).with_meta(ObjectMeta {
-        content_type: Some(content_type(pipeline)),
+    src: &SourceObject,
+    source: &str,
+    etag: &str,
+    resume: Option<&RowsPosition>,
+    continuing: bool,
+) -> Result<Option<Input>> {
+    let member = resume.map_or(MemberStart::default(), |at| MemberStart {
+        compressed: at.member_compressed,
+        decoded: at.member_decoded,
     });
-    Ok(Box::new(Writing {
-        manifest_key: job::manifest_key(&key),
-        key,
-        quarantine_key,
-        version: ObjectVersion {
-            e_tag: at.etag.clone(),
-            last_modified,
-            size: 0,
-        },
-        to: WriteTo::One {
-            target,
-            output_exists: at.output_exists,
-        },
+    let opened = s3src::open_from(
+        &ctx.s3,
+        &src.bucket,
+        &src.key,
+        Some(etag),
+        member.compressed,
+    );
+    let body = match opened.await? {
+        Opened::Body(body) => body,
+        Opened::Changed if resume.is_some() => {
+            return Err(Error::SourceChanged {
+                url: source.to_owned(),
+                message: format!(
+                    "it no longer has ETag {etag} (overwritten or deleted between two invocations)"
+                ),
+            });
+        }
+        Opened::Changed => return Ok(None),
+    };
+    let progress = body.progress();
+    let body = body.counting(ctx.invocation.progress.clone());
+    let mut buffered = BufReader::with_capacity(SOURCE_BUFFER, body);
+    let head = buffered.fill_buf().await.map_err(|e| Error::SourceRead {
+        url: source.to_owned(),
+        offset: 0,
+        class: "connection failed",
+        message: e.to_string(),
+    })?;
+    let decoding = match resume {
+        Some(at) => continuing::decoding_of(&at.decoding)?,
+        None => Decoding::sniff(head),
+    };
+    let mut starts = None;
+    let decoded: Box<dyn AsyncRead + Send + Unpin> = match continuing {
+        true => {
+            let window = ctx.budget.zstd_window_log_max();
+            let d = MemberDecoder::resume(buffered, decoding, window, member);
+            starts = (decoding != Decoding::Identity).then(|| d.starts());
+            Box::new(d)
+        }
+        false => decoding.decoder(buffered),
+    };
+    let map_io: IoErrorMap = {
+        let progress = progress.clone();
+        let source = source.to_owned();
+        Box::new(move |e: io::Error, _decoded| {
+            if progress.failed() || decoding.name().is_none() {
+                Error::SourceRead {
+                    url: source.clone(),
+                    offset: progress.bytes(),
+                    class: "connection failed",
+                    message: e.to_string(),
+                }
+            } else {
+                Error::Decode {
+                    input: source.clone(),
+                    codec: decoding.name().unwrap_or_default(),
+                    offset: progress.bytes(),
+                    source: e,
+                }
+            }
+        })
+    };
+    Ok(Some(Input {
+        decoded,
+        map_io,
+        progress,
+        decoding,
+        starts,
+        member,
     }))
 }
 
@@ -595,6 +503,40 @@ async fn land(
 }
 
 impl ObjectSummary {
+    /// The summary of `source` before anything is known of it, for an output in `bucket`.
+    fn new(source: String, bucket: String, pipeline: &Pipeline) -> ObjectSummary {
+        ObjectSummary {
+            status: Status::Skipped,
+            reason: None,
+            source,
+            source_etag: None,
+            source_last_modified: None,
+            bucket,
+            key: None,
+            quarantine_key: None,
+            manifest: None,
+            counts: Counts::default(),
+            bytes_in: 0,
+            bytes_decoded: 0,
+            source_resumes: 0,
+            bytes_out: 0,
+            bytes_quarantined: 0,
+            parts: 0,
+            compression: pipeline.output.compression,
+            parquet: None,
+            partitioned: None,
+            replaced_objects: None,
+            e_tag: None,
+            duration_ms: 0,
+            rows_per_s: 0.0,
+            throughput_mib_s: 0.0,
+            peak_rss_bytes: None,
+            next: None,
+            invocations: None,
+            elapsed_before_ms: 0,
+        }
+    }
+
     /// The summary with its status and the run's figures.
     fn ended(
         mut self,
@@ -785,179 +727,6 @@ fn compare_manifest(
         ));
     }
     None
-}
-
-/// Streams the rows into the output and the quarantine, and finishes both — or, on any
-/// failure (the deadline included), aborts both: a failed run completes no object, so the
-/// output and the quarantine of the last good run stay as they were. A transform that
-/// `continuing` may stop at a boundary instead: both are then suspended into its checkpoint.
-async fn write(
-    pipeline: &Pipeline,
-    ctx: &TransformContext,
-    source: &str,
-    w: &Writing,
-    (decoded, map_io): (Box<dyn AsyncRead + Send + Unpin>, IoErrorMap),
-    summary: &mut ObjectSummary,
-    continuing: Option<Continuing<'_>>,
-) -> Result<Landed> {
-    let WriteTo::One {
-        target,
-        output_exists,
-    } = &w.to
-    else {
-        return Err(Error::Internal {
-            message: format!("{}: one object written for a partitioned output", w.key),
-        });
-    };
-    let from = continuing
-        .as_ref()
-        .and_then(|c| c.continuation.from.as_ref());
-    let (options, mut output) = open_output(pipeline, ctx, target, *output_exists, from)?;
-    let deadline = options.deadline;
-    let (mut quarantine, job) =
-        row_job(pipeline, ctx, source, &w.quarantine_key, summary, deadline)?;
-    if let Some(l) = from {
-        let resumed = quarantine.resume(l.side_suspended(), summary.counts.quarantined);
-        if let Err(e) = resumed {
-            output.abort().await;
-            return Err(e);
-        }
-    }
-    let bucket = summary.bucket.clone();
-    let scope = JobScope {
-        s3: &ctx.s3,
-        bucket: &bucket,
-        options: &options,
-        tuning: &pipeline.tuning,
-        invocation: &ctx.invocation,
-    };
-    let mut saver = continuing.map(|c| saver(scope, c, w, target));
-    let out = RowOut {
-        output: &mut output,
-        partitioned: None,
-        quarantine: &mut quarantine,
-        counts: &mut summary.counts,
-        decoded: &mut summary.bytes_decoded,
-        saver: saver.as_mut(),
-    };
-    // The rows, and so the source's reads, end by the deadline like the uploads do.
-    let rows = job::within(deadline, job.run(decoded, map_io, out));
-    let result = job::catch_panic("the transform", rows).await;
-    summary.counts.quarantined = quarantine.count();
-    let checkpoints = saver.as_ref().map(|s| &s.checkpoints);
-    match result {
-        Ok(Rows::Stopped(next)) => {
-            let (parts, bytes) = saver.as_ref().map_or((0, 0), |s| s.saved);
-            return Ok(Landed::Continues(next, parts, bytes));
-        }
-        Ok(Rows::Ended) => {}
-        Err(e) => {
-            // A failed run completes nothing: its quarantine would replace the one of the
-            // last good run at the same key (the error names the first and last bad rows
-            // instead).
-            output.abort().await;
-            quarantine.abort().await;
-            delete_saved(checkpoints).await;
-            tracing::error!(%source, error = %e, "transform failed; output and quarantine aborted");
-            return Err(e);
-        }
-    }
-    let finished = finish(output, &mut quarantine, summary, deadline).await;
-    delete_saved(checkpoints).await;
-    finished.map(Landed::One)
-}
-
-/// The output's upload options and its writer: a new upload, or the one a checkpoint
-/// suspended (`from`).
-fn open_output(
-    pipeline: &Pipeline,
-    ctx: &TransformContext,
-    target: &S3Target,
-    output_exists: bool,
-    from: Option<&Loaded>,
-) -> Result<(UploadOptions, RecordOutput)> {
-    let budget = pipeline.tuning.budget(ctx.budget)?;
-    let mut options = UploadOptions::new(budget.schedule());
-    options.checksum = pipeline.output.checksum;
-    options.if_none_match = !output_exists;
-    options.deadline = ctx
-        .invocation
-        .give_up_at(pipeline.tuning.deadline_margin())?;
-    let format = pipeline.output.format;
-    options.compression = format.stream_compression(pipeline.output.compression);
-    options.progress = Some(ctx.invocation.progress.clone());
-    let target = Arc::new(target.clone());
-    let writer = match from {
-        Some(l) => ObjectWriter::resume(target, &options, l.suspended())?,
-        None => ObjectWriter::new(target, &options)?,
-    };
-    let output = match format {
-        // Its columns are the layout after the steps, known once the header is read.
-        Format::Parquet => RecordOutput::ParquetPending(
-            writer,
-            columnar::options_for(pipeline.output.compression, &pipeline.tuning, &budget),
-        ),
-        Format::Csv | Format::Ndjson => RecordOutput::Text(writer),
-    };
-    Ok((options, output))
-}
-
-/// The checkpoints of a transform that may continue.
-fn saver<'a>(
-    scope: JobScope<'a>,
-    c: Continuing<'a>,
-    w: &Writing,
-    target: &S3Target,
-) -> RowCheckpoints<'a> {
-    let first = crate::checkpoint::Position::Rows(Box::new(c.base.clone()));
-    let checkpoints = Checkpoints::new(scope, c.continuation, &w.key, first);
-    let stopper = RowCheckpoints::stopper(
-        checkpoints.clock.clone(),
-        checkpoints.every_parts,
-        scope.invocation.progress.clone(),
-    );
-    RowCheckpoints {
-        checkpoints,
-        stopper,
-        first_bad_before: c.base.first_bad.clone(),
-        base: c.base,
-        starts: c.starts,
-        from_member: c.member,
-        resumed: c.resumed,
-        bytes_before: c.bytes_before,
-        bytes_read: c.bytes_read,
-        target: Arc::new(target.clone()),
-        options: scope.options.clone(),
-        quarantine_key: w.quarantine_key.clone(),
-        saved: (0, 0),
-    }
-}
-
-async fn delete_saved(checkpoints: Option<&Checkpoints<'_>>) {
-    if let Some(c) = checkpoints {
-        c.delete_saved().await;
-    }
-}
-
-/// The output's last bytes (a Parquet footer) before the quarantine, then the quarantine
-/// (without it, rows would be lost), then the output is completed. A failure aborts both.
-async fn finish(
-    mut output: RecordOutput,
-    quarantine: &mut Quarantine,
-    summary: &mut ObjectSummary,
-    deadline: Option<tokio::time::Instant>,
-) -> Result<RecordsWritten> {
-    if let Err(e) = job::within(deadline, output.seal()).await {
-        output.abort().await;
-        quarantine.abort().await;
-        return Err(e);
-    }
-    if let Err(e) = job::within(deadline, keep_quarantine(quarantine, summary)).await {
-        output.abort().await;
-        quarantine.abort().await;
-        return Err(e);
-    }
-    output.finish().await
 }
 
 /// The quarantine of one object (at `quarantine_key`, its records naming `source`) and the
