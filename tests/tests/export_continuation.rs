@@ -204,7 +204,7 @@ async fn a_keyset_export_continues_at_key_boundaries_and_matches_one_invocation(
 }
 
 /// What a keyset export refuses, before anything is written: a key that is not a result
-/// column, a key of a type whose equal values may print differently, Parquet. A NULL key met
+/// column, a key of a type whose equal values may print differently, Parquet into one file. A NULL key met
 /// in a later invocation fails the export there, and its upload and checkpoint are gone.
 #[tokio::test]
 async fn a_keyset_export_refuses_bad_keys_and_a_null_key_fails_it_leaving_nothing() {
@@ -226,7 +226,7 @@ async fn a_keyset_export_refuses_bad_keys_and_a_null_key_fails_it_leaving_nothin
         (
             "parquet",
             "n",
-            "a Parquet or partitioned export runs in one invocation",
+            "a keyset export to Parquet continues by completing its file and writing the next {part}",
         ),
     ];
     for (format, resume_key, expected) in refused {
@@ -344,4 +344,174 @@ async fn a_killed_export_retried_with_the_same_event_holds_every_row_once() {
     let rows = ndjson_ids(&h.decoded("killed.ndjson", Decode::None).await);
     check_rows(&rows, "killed");
     h.assert_clean().await;
+}
+
+/// Downloads every object under `prefix` into a fresh directory, keeping their keys.
+async fn download(h: &Harness, prefix: &str, label: &str) -> (std::path::PathBuf, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("sluice-pxc-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let client = h.server.client().await;
+    let keys = h.keys_under(prefix).await;
+    for key in &keys {
+        let path = dir.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let body = sluice_tests::read_object(&client, &h.bucket, key).await;
+        std::fs::write(&path, body).unwrap();
+    }
+    (dir, keys)
+}
+
+/// A partitioned keyset export's answers, run to its end in 1 s invocations: at least
+/// three, each stop listing more completed objects, the last `written` with every row and
+/// a manifest naming exactly the objects under `prefix`.
+async fn partitioned_to_end(h: &Harness, job: Value, prefix: &str) -> (Vec<Value>, Vec<String>) {
+    let answers = h.run_to_end(job, INVOCATION, 200).await;
+    let last = answers.last().unwrap().clone();
+    assert!(answers.len() >= 3, "{} invocations: {last}", answers.len());
+    let mut objects = 0;
+    for a in &answers[..answers.len() - 1] {
+        assert_eq!(a["status"], "continue", "{a}");
+        let now = a["partitioned"]["objects"].as_u64().unwrap();
+        assert!(now > objects, "a stop completed no object: {a}");
+        objects = now;
+    }
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["rows"], ROWS, "{last}");
+    assert_eq!(last["invocations"], answers.len(), "{last}");
+    let client = h.server.client().await;
+    let manifest = last["manifest"].as_str().unwrap();
+    let doc: Value =
+        serde_json::from_slice(&sluice_tests::read_object(&client, &h.bucket, manifest).await)
+            .unwrap();
+    let mut listed: Vec<String> = doc["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut stored: Vec<String> = h
+        .keys_under(prefix)
+        .await
+        .into_iter()
+        .filter(|k| !k.contains("_manifests/"))
+        .collect();
+    stored.sort();
+    assert_eq!(
+        listed, stored,
+        "the manifest lists other objects than are stored"
+    );
+    assert_eq!(last["partitioned"]["objects"], listed.len(), "{last}");
+    h.assert_clean().await;
+    (answers, stored)
+}
+
+/// A keyset export to Parquet, partitioned, continues by completing every open file at each
+/// stop and writing each partition's next `{part}` in the next invocation (the key is a
+/// bigint, tracked in the binary rows); partitioned CSV keeps its header in every object
+/// across stops. DuckDB reads every row once, each under its partition; nothing is left.
+#[tokio::test]
+async fn a_partitioned_parquet_export_continues_into_the_next_parts() {
+    let pg = PgServer::start().unwrap();
+    keyed_table(&pg).await;
+    let b = LambdaBox::create("sluice-export-parts");
+    let h = export_harness("export-parts", &b, &pg).await;
+    let query = "SELECT id, k, n, note, amount, id % 4 AS b FROM keyed";
+    let parquet = json!({
+        "source": {"postgres": {"query": query, "resume_key": "n"}},
+        "format": "parquet", "compression": "zstd",
+        "destination": {"bucket": h.bucket,
+                        "key": "pq/b={field:b}/{run_id}-{part}.parquet"},
+        "tuning": {"max_invocation_secs": 1},
+    });
+    let started = std::time::Instant::now();
+    let (answers, keys) = partitioned_to_end(&h, parquet, "pq/").await;
+    let secs = started.elapsed().as_secs_f64();
+    // Four partitions, one file each per stretch between two stops.
+    assert!(keys.len() >= 4 * answers.len().min(3), "{keys:?}");
+    let (dir, _) = download(&h, "pq/", "parquet").await;
+    let got = sluice_tests::lake::duckdb_sql(&format!(
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(CAST(amount AS DOUBLE)) AS amount, \
+           bool_and(id % 4 = b) AS placed, count(DISTINCT b) AS parts \
+         FROM read_parquet('{}/pq/*/*.parquet', hive_partitioning = true)",
+        dir.display()
+    ));
+    let client = pg.client().await.unwrap();
+    let want = client
+        .query_one("SELECT sum(amount)::float8 FROM keyed", &[])
+        .await
+        .unwrap();
+    let row = &got[0];
+    assert_eq!(row["n"], ROWS, "{got}");
+    assert_eq!(row["ids"], ROWS, "{got}");
+    assert_eq!(row["placed"], true, "{got}");
+    assert_eq!(row["parts"], 4, "{got}");
+    let amount = row["amount"].as_f64().unwrap();
+    assert!((amount - want.get::<_, f64>(0)).abs() < 0.5, "{got}");
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "CONTINUE export parquet, 4 partitions: {ROWS} rows in {} invocations, {} files, {secs:.1} s; cgroup peak {}",
+        answers.len(),
+        keys.len(),
+        b.peak_mib()
+            .map_or("not measured".into(), |p| format!("{p:.1} MiB")),
+    );
+
+    // CSV by a text key with a comma: the header leads every object, later invocations'
+    // too (their statements send none).
+    let csv = json!({
+        "source": {"postgres": {"query": query, "resume_key": "k"}},
+        "format": "csv", "compression": "gzip",
+        "destination": {"bucket": h.bucket, "key": "pc/{run_id}-{part}.csv.gz",
+                        "max_object_mib": 16},
+        "tuning": {"max_invocation_secs": 1},
+    });
+    let (_, keys) = partitioned_to_end(&h, csv, "pc/").await;
+    let mut rows = Vec::new();
+    for key in &keys {
+        let text = h.decoded(key, Decode::Gzip).await;
+        let mut reader = csv::Reader::from_reader(text.as_slice());
+        assert_eq!(
+            reader.headers().unwrap(),
+            vec!["id", "k", "n", "note", "amount", "b"],
+            "{key}"
+        );
+        for r in reader.records() {
+            let r = r.unwrap();
+            rows.push((r[0].parse::<u64>().unwrap(), r[1].to_owned()));
+        }
+    }
+    check_rows(&rows, "partitioned csv");
+}
+
+/// The abort event gives a partitioned export up after a stop: the files it completed are
+/// deleted with its checkpoint; sent again, it finds nothing.
+#[tokio::test]
+async fn an_abort_event_deletes_a_partitioned_exports_completed_files() {
+    let pg = PgServer::start().unwrap();
+    keyed_table(&pg).await;
+    let b = LambdaBox::create("sluice-export-parts-abort");
+    let h = export_harness("export-parts-abort", &b, &pg).await;
+    let job = json!({
+        "source": {"postgres": {"query": "SELECT id, k, n, note, amount FROM keyed",
+                                "resume_key": "id"}},
+        "format": "parquet",
+        "destination": {"bucket": h.bucket, "key": "pa/{run_id}-{part}.parquet",
+                        "max_object_mib": 8},
+        "tuning": {"max_invocation_secs": 1},
+    });
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    let done = h.keys_under("pa/").await;
+    assert!(!done.is_empty(), "the stop completed no file: {first}");
+    let abort = json!({"abort": first["continue"]});
+    let answer = response(h.invoke(abort.clone(), INVOCATION).await);
+    assert_eq!(answer["status"], "aborted", "{answer}");
+    assert!(
+        h.keys_under("pa/").await.is_empty(),
+        "files left after the abort"
+    );
+    h.assert_clean().await;
+    let again = response(h.invoke(abort, INVOCATION).await);
+    assert_eq!(again["status"], "gone", "{again}");
 }

@@ -715,7 +715,7 @@ async fn a_killed_invocation_retried_with_the_same_event_gives_the_same_output()
 /// members of 8 MiB (pigz `--independent`, bgzip), through the seed pipeline in 10 s
 /// invocations in the Lambda box: at least 5 invocations, the output the independent
 /// computation expects (and so what one invocation writes), every bad row quarantined once,
-/// nothing left; then the same object in one invocation, for the time it takes.
+/// nothing left; then (outside CI) the same object in one invocation, for the time it takes.
 #[tokio::test]
 async fn two_gib_multi_member_gzip_csv_continues_in_the_256_mb_box() {
     let gib: f64 = std::env::var("SLUICE_TRANSFORM_CONT_GIB")
@@ -817,30 +817,36 @@ async fn two_gib_multi_member_gzip_csv_continues_in_the_256_mb_box() {
         s["peak_rss_bytes"].as_f64().unwrap_or(0.0) / MIB as f64,
     );
 
-    // The same object in one invocation, for the time comparison.
-    forget(&h, s).await;
-    reset_peak(&b);
-    let one_shot = run_one_shot(&h, key, Decode::Gzip).await;
-    let one_peak = b.peak_mib();
-    eprintln!(
-        "TRANSFORM ONE-SHOT: the same object in one invocation in {:.1} s = {:.1} MiB/s; the \
-         continued run took {:.2}x; cgroup peak {}",
-        one_shot.secs,
-        csv_bytes as f64 / MIB as f64 / one_shot.secs,
-        continued.secs / one_shot.secs,
-        peak_text(one_peak),
-    );
-    wrong.extend(
-        differences(&continued, &one_shot)
-            .into_iter()
-            .map(|d| format!("against the one-shot run: {d}")),
-    );
+    // The same object in one invocation, for the time comparison (and a second check of
+    // the output). CI skips it: the independent computation above already fixes every byte
+    // of the output, and the one-shot 2 GiB transform has its own contract in transform_s3.
+    let mut one_summary = Value::Null;
+    if std::env::var_os("CI").is_none() {
+        forget(&h, s).await;
+        reset_peak(&b);
+        let one_shot = run_one_shot(&h, key, Decode::Gzip).await;
+        let one_peak = b.peak_mib();
+        eprintln!(
+            "TRANSFORM ONE-SHOT: the same object in one invocation in {:.1} s = {:.1} MiB/s; \
+             the continued run took {:.2}x; cgroup peak {}",
+            one_shot.secs,
+            csv_bytes as f64 / MIB as f64 / one_shot.secs,
+            continued.secs / one_shot.secs,
+            peak_text(one_peak),
+        );
+        wrong.extend(
+            differences(&continued, &one_shot)
+                .into_iter()
+                .map(|d| format!("against the one-shot run: {d}")),
+        );
+        one_summary = one_shot.summary;
+    }
     assert!(
         wrong.is_empty(),
         "the continued run is wrong:\n- {}\ncontinued: {}\none-shot:  {}",
         wrong.join("\n- "),
         continued.summary,
-        one_shot.summary
+        one_summary
     );
     h.assert_clean().await;
     if size >= 2 * GIB {

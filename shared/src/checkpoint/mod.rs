@@ -126,6 +126,14 @@ pub enum Position {
         after: String,
         /// Rows written so far.
         rows: u64,
+        /// A partitioned or Parquet export: the objects completed so far and each
+        /// partition's next `{part}` (every stop completes the objects open).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partitions: Option<Box<crate::partition::PartitionsResume>>,
+        /// A partitioned CSV export: the header every object begins with (the statements
+        /// after a key send none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        header: Option<String>,
     },
 }
 
@@ -612,9 +620,23 @@ pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoi
 }
 
 /// Aborts the uploads of `checkpoint` in `bucket` (its output's and its side upload's, when
-/// they have started), for a job that cannot go on. One already gone (a failed writer aborted it) is not an error; another failure is
-/// logged, and `sweep-uploads` or the lifecycle rule removes the upload.
+/// they have started) and deletes the objects a partitioned job completed before it, for a
+/// job that cannot go on. An upload already gone (a failed writer aborted it) is not an
+/// error; another failure is logged, and `sweep-uploads` or the lifecycle rule removes the
+/// upload.
 pub async fn abort_upload(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoint) {
+    if let Position::Keyset {
+        partitions: Some(p),
+        ..
+    } = &checkpoint.position
+    {
+        let keys = p
+            .objects
+            .iter()
+            .filter(|o| o.status == crate::job::Status::Written)
+            .map(|o| o.key.as_str());
+        crate::partition::delete(s3, bucket, keys, "the job given up").await;
+    }
     let side = checkpoint.side.as_ref().map(|s| (&s.key, &s.upload));
     for (key, upload) in std::iter::once((&checkpoint.key, &checkpoint.upload)).chain(side) {
         if let Some(upload_id) = &upload.upload_id {

@@ -14,11 +14,16 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+use bytes::Bytes;
+
+use super::partitioned::PartitionedExport;
 use super::{ExportSource, ExportSpec, ExportSummary, Reporter, deadline_bytes, start_copy};
 use crate::checkpoint::{Checkpoints, Continuation, Continue, JobScope, Loaded, Position};
 use crate::error::{Error, Result};
+use crate::format::Format;
 use crate::job::{self, Invocation};
-use crate::sink::{ObjectWriter, S3Target, UploadOptions, Uploaded};
+use crate::partition::{self, PartitionObject, PartitionedSummary, PartitionsResume};
+use crate::sink::{ObjectWriter, S3Target, Suspended, UploadOptions, Uploaded};
 use crate::source::postgres::{self, Boundary, ConnectionSettings};
 
 /// What a keyset export's invocation wrote.
@@ -27,6 +32,22 @@ enum Wrote {
     Done(Uploaded),
     /// Not finished: the checkpoint to continue from, the parts and bytes uploaded so far.
     Continues(Continue, u32, u64),
+}
+
+/// What a partitioned keyset export's invocation wrote.
+pub(super) enum PartsWrote {
+    /// Every object, completed, and the run's figures.
+    Done(Vec<PartitionObject>, PartitionedSummary),
+    /// Not finished: the checkpoint to continue from, and the objects and figures so far.
+    Continues(Continue, Box<PartitionsResume>),
+}
+
+/// How the rows of a partitioned invocation ended.
+enum Partitioned {
+    /// The end of the rows (the objects still open).
+    Ended,
+    /// The time was up: every object completed, the checkpoint saved.
+    Stopped(Continue, PartitionsResume),
 }
 
 /// The rows and source bytes of the whole job so far.
@@ -106,11 +127,7 @@ impl KeysetExport<'_> {
             tuning: &self.spec.tuning,
             invocation: self.invocation,
         };
-        let first = Position::Keyset {
-            column: self.column.to_owned(),
-            after: String::new(),
-            rows: 0,
-        };
+        let first = self.position(String::new(), 0, None);
         let mut checkpoints = continuation.map(|c| Checkpoints::new(scope, c, self.key, first));
         let target = Arc::new(target);
         let mut writer = match from {
@@ -189,11 +206,7 @@ impl KeysetExport<'_> {
                     return Err(deadline_bytes(e, &progress));
                 }
             };
-            let position = Position::Keyset {
-                column: self.column.to_owned(),
-                after: boundary.after.clone(),
-                rows: figures.rows,
-            };
+            let position = self.position(boundary.after.clone(), figures.rows, None);
             let (parts, bytes) = (suspended.parts.len() as u32, suspended.bytes);
             let Some(checkpoints) = checkpoints.as_mut() else {
                 canceller.cancel().await;
@@ -228,6 +241,178 @@ impl KeysetExport<'_> {
                 }
             };
         }
+    }
+
+    /// The checkpoint's position after key `after`, `rows` rows written; a partitioned
+    /// run's objects and partitions, and its CSV header, with it.
+    fn position(
+        &self,
+        after: String,
+        rows: u64,
+        partitions: Option<(PartitionsResume, Option<String>)>,
+    ) -> Position {
+        let (partitions, header) = match partitions {
+            Some((p, header)) => (Some(Box::new(p)), header),
+            None => (None, None),
+        };
+        Position::Keyset {
+            column: self.column.to_owned(),
+            after,
+            rows,
+            partitions,
+            header,
+        }
+    }
+
+    /// Writes the rows after the checkpoint `continuation` resumes (all of them in a first
+    /// invocation) into the objects of their partitions. At each boundary every open object
+    /// is completed, and the checkpoint lists the objects with each partition's next
+    /// `{part}`; when the time is up the export stops there. Any failure, a panic included,
+    /// aborts the open objects and deletes every object of the job, the earlier
+    /// invocations' too.
+    pub async fn write_partitioned(
+        &self,
+        mut out: PartitionedExport,
+        continuation: Option<&Continuation>,
+    ) -> Result<(PartsWrote, Figures)> {
+        let from = continuation.and_then(|c| c.from.as_ref());
+        let (after, before) = self.resume_point(from)?;
+        let resume = match from.map(|l| (l, &l.checkpoint.position)) {
+            Some((
+                _,
+                Position::Keyset {
+                    partitions: Some(p),
+                    header,
+                    ..
+                },
+            )) => Some(((**p).clone(), header.clone())),
+            Some((l, _)) => {
+                return Err(Error::spec(format!(
+                    "checkpoint {}: it is for an export into one object, and this one is partitioned",
+                    l.reference.checkpoint.key
+                )));
+            }
+            None => None,
+        };
+        let scope = JobScope {
+            s3: self.s3,
+            bucket: &self.spec.destination.bucket,
+            options: self.options,
+            tuning: &self.spec.tuning,
+            invocation: self.invocation,
+        };
+        let first = self.position(String::new(), 0, None);
+        let mut checkpoints = continuation.map(|c| Checkpoints::new(scope, c, self.key, first));
+        let written = out.written();
+        let rows = self.partitioned_rows(&mut out, after, before, resume, checkpoints.as_mut());
+        let result = match job::catch_panic("the export", rows).await {
+            Ok((Partitioned::Stopped(next, state), figures)) => {
+                return Ok((PartsWrote::Continues(next, Box::new(state)), figures));
+            }
+            Ok((Partitioned::Ended, figures)) => out
+                .finish()
+                .await
+                .map(|(objects, summary)| (PartsWrote::Done(objects, summary), figures)),
+            Err(e) => {
+                out.abort().await;
+                Err(e)
+            }
+        };
+        if result.is_err() {
+            partition::roll_back(self.s3, &self.spec.destination.bucket, &written).await;
+        }
+        delete_saved(checkpoints.as_ref()).await;
+        result
+    }
+
+    /// The rows of [`write_partitioned`](Self::write_partitioned), to their end or to the
+    /// boundary where the time is up (the objects then completed and the checkpoint saved).
+    async fn partitioned_rows(
+        &self,
+        out: &mut PartitionedExport,
+        after: Option<String>,
+        before: Figures,
+        resume: Option<(PartitionsResume, Option<String>)>,
+        mut checkpoints: Option<&mut Checkpoints<'_>>,
+    ) -> Result<(Partitioned, Figures)> {
+        let ExportSource::Postgres(pg) = &self.spec.source;
+        let resumed = after.is_some();
+        let keyset = postgres::Keyset {
+            column: self.column.to_owned(),
+            after,
+            before: (before.rows, before.bytes_in),
+            null_probe: false,
+        };
+        let deadline = self.options.deadline;
+        let format = self.spec.format;
+        let describe = format == Format::Ndjson;
+        let started = start_copy(
+            pg,
+            self.settings,
+            format,
+            deadline,
+            self.max_row_bytes,
+            describe,
+            Some(keyset),
+        );
+        let (mut stream, canceller) = started.await?;
+        let progress = stream.progress();
+        let result = async {
+            out.start(&stream, &self.settings.database)?;
+            if let Some((state, header)) = resume {
+                out.resume(state, header.as_deref(), before.rows).await?;
+            }
+            let mut reporter =
+                Reporter::new(progress.clone(), Some(self.invocation.progress.clone()));
+            loop {
+                let parts_at_start = self.invocation.progress.snapshot().parts_done;
+                let saving = checkpoints.as_deref();
+                let stretch = stretch(&mut stream, out, saving, parts_at_start, &mut reporter);
+                let (boundary, time_up) = match job::within(deadline, stretch).await? {
+                    Stretch::Ended => {
+                        out.end().await?;
+                        let figures = Figures {
+                            rows: before.rows + progress.rows(),
+                            bytes_in: before.bytes_in + progress.bytes(),
+                        };
+                        if resumed {
+                            self.no_null_keys(figures.rows).await?;
+                        }
+                        return Ok((Partitioned::Ended, figures));
+                    }
+                    Stretch::Boundary(b, time_up) => (b, time_up),
+                };
+                let figures = Figures {
+                    rows: before.rows + boundary.rows,
+                    bytes_in: before.bytes_in + boundary.bytes,
+                };
+                let (state, header) = out.suspend().await?;
+                let Some(checkpoints) = checkpoints.as_deref_mut() else {
+                    return Err(Error::Internal {
+                        message: "a keyset export stopped with nowhere to save its checkpoint"
+                            .into(),
+                    });
+                };
+                let objects = state.objects.len();
+                let partitions = Some((state.clone(), header));
+                let position = self.position(boundary.after, figures.rows, partitions);
+                let saved = checkpoints.save(position, figures.bytes_in, no_upload());
+                let saved = saved.await?;
+                if time_up {
+                    tracing::info!(
+                        checkpoint = %saved.checkpoint.key, rows = figures.rows, objects,
+                        "stopped at a key before the deadline with every object completed; the export continues in the next invocation"
+                    );
+                    return Ok((Partitioned::Stopped(saved, state), figures));
+                }
+                tracing::debug!(checkpoint = %saved.checkpoint.key, rows = figures.rows, objects, "checkpoint");
+            }
+        }
+        .await;
+        if !matches!(result, Ok((Partitioned::Ended, _))) {
+            canceller.cancel().await;
+        }
+        result.map_err(|e| deadline_bytes(e, &progress))
     }
 
     /// Fails when some row's key is NULL: the statements after a key never return such rows
@@ -289,6 +474,7 @@ impl KeysetExport<'_> {
                 column,
                 after,
                 rows,
+                ..
             } if column == self.column => Ok((
                 Some(after.clone()),
                 Figures {
@@ -314,7 +500,7 @@ impl KeysetExport<'_> {
 /// since `parts_at_start`; it comes where the key next changes.
 async fn stretch(
     stream: &mut postgres::ExportStream,
-    writer: &mut ObjectWriter,
+    writer: &mut impl TakesChunks,
     checkpoints: Option<&Checkpoints<'_>>,
     parts_at_start: u64,
     reporter: &mut Reporter,
@@ -323,7 +509,7 @@ async fn stretch(
     while let Some(chunk) = stream.next().await {
         crate::fault::point("export.chunk");
         reporter.report();
-        writer.write(chunk?).await?;
+        writer.take(chunk?).await?;
         if let Some(boundary) = stream.take_boundary() {
             return Ok(Stretch::Boundary(boundary, time_up.unwrap_or(false)));
         }
@@ -348,6 +534,34 @@ async fn stretch(
     }
     reporter.report();
     Ok(Stretch::Ended)
+}
+
+/// A checkpoint's upload when every object is complete: none.
+fn no_upload() -> Suspended {
+    Suspended {
+        upload_id: None,
+        parts: Vec::new(),
+        bytes: 0,
+        tail: Bytes::new(),
+    }
+}
+
+/// Where the rows of a stretch go: one object, or the objects of their partitions.
+trait TakesChunks {
+    /// Writes one chunk of the COPY stream.
+    async fn take(&mut self, chunk: Bytes) -> Result<()>;
+}
+
+impl TakesChunks for ObjectWriter {
+    async fn take(&mut self, chunk: Bytes) -> Result<()> {
+        self.write(chunk).await
+    }
+}
+
+impl TakesChunks for PartitionedExport {
+    async fn take(&mut self, chunk: Bytes) -> Result<()> {
+        self.chunk(&chunk).await
+    }
 }
 
 async fn delete_saved(checkpoints: Option<&Checkpoints<'_>>) {

@@ -146,10 +146,11 @@ impl ExportSpec {
         self.scheduled_time()?;
         self.tuning.validate()?;
         if pg.resume_key.is_some()
-            && (self.format == Format::Parquet || self.destination.is_partitioned())
+            && self.format == Format::Parquet
+            && !self.destination.is_partitioned()
         {
             return Err(Error::spec(
-                "source.postgres.resume_key: a keyset export continues into one CSV or NDJSON object; a Parquet or partitioned export runs in one invocation (remove resume_key)",
+                "source.postgres.resume_key: a keyset export to Parquet continues by completing its file and writing the next {part}; set destination.max_object_mib (or partition the key with {field:…}) and put {part} in destination.key",
             ));
         }
         if self.destination.is_partitioned() && !self.destination.overwrite {
@@ -309,7 +310,15 @@ async fn run_job(
         // The template and its {part} are checked before connecting.
         let template = KeyTemplate::compile("destination.key", &spec.destination.key, &vars)?;
         let out = partitioned::PartitionedExport::new(spec, &ctx.s3, template, &budget, &options)?;
-        return run_partitioned(spec, ctx, out, &budget, deadline, clock).await;
+        let run = Partitioned {
+            spec,
+            ctx,
+            budget: &budget,
+            options: &options,
+            continuation,
+            clock,
+        };
+        return run.run(out).await;
     }
     let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
     tracing::info!(
@@ -425,75 +434,115 @@ fn deadline_bytes(e: Error, progress: &postgres::Progress) -> Error {
     }
 }
 
-/// A partitioned export after its output was built: connects, streams every row into the
-/// objects of its partition, then writes the run manifest. On failure nothing of the run is
-/// left (open objects aborted, completed ones deleted, the manifest too).
-async fn run_partitioned(
-    spec: &ExportSpec,
-    ctx: &ExportContext,
-    mut out: partitioned::PartitionedExport,
-    budget: &MemoryBudget,
-    deadline: Option<tokio::time::Instant>,
+/// A partitioned export after its output was built: what it runs with.
+struct Partitioned<'a> {
+    spec: &'a ExportSpec,
+    ctx: &'a ExportContext,
+    budget: &'a MemoryBudget,
+    options: &'a UploadOptions,
+    continuation: Option<&'a Continuation>,
     clock: std::time::Instant,
-) -> Result<ExportSummary> {
-    let ExportSource::Postgres(pg) = &spec.source;
-    let inv = &ctx.invocation;
-    let bucket = &spec.destination.bucket;
-    let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
-    tracing::info!(
-        %bucket, key = %spec.destination.key, database = %settings.database,
-        format = spec.format.name(), "partitioned export started"
-    );
-    let mut summary = ExportSummary::new(
-        spec,
-        &spec.destination.key,
-        format!("postgres://{}", settings.database),
-    );
-    let max_row_bytes = spec.tuning.record_cap(budget);
-    let describe = spec.format == Format::Ndjson;
-    let (stream, canceller) = start_copy(
-        pg,
-        &settings,
-        spec.format,
-        deadline,
-        max_row_bytes,
-        describe,
-        None,
-    )
-    .await?;
-    let progress = stream.progress();
-    if let Err(e) = out.start(&stream, &settings.database) {
-        canceller.cancel().await;
-        return Err(e);
-    }
-    let counters = Some(inv.progress.clone());
-    let manifest_key = format!("{}_manifests/{}.json", out.static_prefix(), inv.run_id);
-    let (objects, figures) = match out.write(stream, &ctx.s3, bucket, deadline, counters).await {
-        Ok(done) => done,
-        Err(e) => {
-            canceller.cancel().await;
-            return Err(deadline_bytes(e, &progress));
+}
+
+impl Partitioned<'_> {
+    /// Connects, streams every row into the objects of its partition, then writes the run
+    /// manifest. A keyset export (`resume_key`) may stop at a key with every object completed
+    /// and answer `continue`. On failure nothing of the run is left (open objects aborted,
+    /// completed ones deleted, the earlier invocations' too, and the manifest).
+    async fn run(self, mut out: partitioned::PartitionedExport) -> Result<ExportSummary> {
+        let (spec, ctx) = (self.spec, self.ctx);
+        let ExportSource::Postgres(pg) = &spec.source;
+        let inv = &ctx.invocation;
+        let bucket = &spec.destination.bucket;
+        let deadline = self.options.deadline;
+        let settings = ConnectionSettings::resolve(pg.secret.as_ref(), &ctx.secrets).await?;
+        tracing::info!(
+            %bucket, key = %spec.destination.key, database = %settings.database,
+            format = spec.format.name(), "partitioned export started"
+        );
+        let mut summary = ExportSummary::new(
+            spec,
+            &spec.destination.key,
+            format!("postgres://{}", settings.database),
+        );
+        let manifest_key = format!("{}_manifests/{}.json", out.static_prefix(), inv.run_id);
+        let max_row_bytes = spec.tuning.record_cap(self.budget);
+        let (objects, figures) = if let Some(column) = &pg.resume_key {
+            let export = continuing::KeysetExport {
+                spec,
+                s3: &ctx.s3,
+                invocation: inv,
+                settings: &settings,
+                options: self.options,
+                max_row_bytes,
+                column,
+                key: &spec.destination.key,
+            };
+            let from = self.continuation.and_then(|c| c.from.as_ref());
+            summary.elapsed_before_ms = from.map_or(0, |l| l.checkpoint.elapsed_ms);
+            let invocations = from.map_or(1, |l| l.checkpoint.invocations + 1);
+            let (wrote, rows) = export.write_partitioned(out, self.continuation).await?;
+            summary.rows = rows.rows;
+            summary.bytes_in = rows.bytes_in;
+            summary.invocations = (invocations > 1).then_some(invocations);
+            match wrote {
+                continuing::PartsWrote::Done(objects, figures) => (objects, figures),
+                continuing::PartsWrote::Continues(next, state) => {
+                    summary.next = Some(next.to_value());
+                    summary.invocations = Some(invocations);
+                    summary.bytes_out = state.objects.iter().map(|o| o.bytes).sum();
+                    summary.parts = state.objects.iter().map(|o| o.parts).sum();
+                    summary.partitioned = Some(state.summary);
+                    return Ok(summary.ended(self.clock, Status::Continue));
+                }
+            }
+        } else {
+            let describe = spec.format == Format::Ndjson;
+            let started = start_copy(
+                pg,
+                &settings,
+                spec.format,
+                deadline,
+                max_row_bytes,
+                describe,
+                None,
+            );
+            let (stream, canceller) = started.await?;
+            let progress = stream.progress();
+            if let Err(e) = out.start(&stream, &settings.database) {
+                canceller.cancel().await;
+                return Err(e);
+            }
+            let counters = Some(inv.progress.clone());
+            let written = out.write(stream, &ctx.s3, bucket, deadline, counters).await;
+            summary.rows = progress.rows();
+            summary.bytes_in = progress.bytes();
+            match written {
+                Ok(done) => done,
+                Err(e) => {
+                    canceller.cancel().await;
+                    return Err(deadline_bytes(e, &progress));
+                }
+            }
+        };
+        summary.bytes_out = objects.iter().map(|o| o.bytes).sum();
+        summary.parts = objects.iter().map(|o| o.parts).sum();
+        summary.partitioned = Some(figures);
+        if spec.destination.manifest {
+            summary.manifest = Some(manifest_key.clone());
+            run_manifest(ctx, &manifest_key, &summary, &objects).await?;
         }
-    };
-    summary.rows = progress.rows();
-    summary.bytes_in = progress.bytes();
-    summary.bytes_out = objects.iter().map(|o| o.bytes).sum();
-    summary.parts = objects.iter().map(|o| o.parts).sum();
-    summary.partitioned = Some(figures);
-    if spec.destination.manifest {
-        summary.manifest = Some(manifest_key.clone());
-        run_manifest(ctx, &manifest_key, &summary, &objects).await?;
+        let done = summary.ended(self.clock, Status::Written);
+        tracing::info!(
+            rows = done.rows,
+            objects = objects.len(),
+            bytes_out = done.bytes_out,
+            duration_ms = done.duration_ms,
+            peak_rss_bytes = done.peak_rss_bytes,
+            "partitioned export finished"
+        );
+        Ok(done)
     }
-    let done = summary.ended(clock, Status::Written);
-    tracing::info!(
-        rows = done.rows,
-        objects = objects.len(),
-        bytes_out = done.bytes_out,
-        duration_ms = done.duration_ms,
-        peak_rss_bytes = done.peak_rss_bytes,
-        "partitioned export finished"
-    );
-    Ok(done)
 }
 
 /// Writes a partitioned run's manifest, `<the key's static prefix>_manifests/<run id>.json`:

@@ -27,7 +27,7 @@ use crate::format::Format;
 use crate::job;
 use crate::partition::{
     self, FieldValue, KeyTemplate, Objects, PartitionObject, PartitionedSummary, Partitioner,
-    TextObjects,
+    PartitionsResume, TextObjects,
 };
 use crate::sink::{ObjectMeta, ObjectWriter, S3Target, UploadOptions, Uploaded};
 use crate::source::postgres::{self, TupleDecoder};
@@ -380,14 +380,63 @@ impl PartitionedExport {
     }
 
     /// Completes every object (the spilled rows written first).
-    async fn finish(self) -> Result<(Vec<PartitionObject>, PartitionedSummary)> {
+    pub(super) async fn finish(self) -> Result<(Vec<PartitionObject>, PartitionedSummary)> {
         match self.router {
             Router::Text(r) => r.finish().await,
             Router::Parquet(r) => r.finish().await,
         }
     }
 
-    async fn abort(self) {
+    /// The objects completed so far, which a failed run deletes ([`partition::roll_back`]).
+    pub(super) fn written(&self) -> partition::Written {
+        self.written.clone()
+    }
+
+    /// Goes on from the objects and partitions of earlier invocations, after `rows` rows
+    /// (errors number rows from there). A CSV run's `header` (the statements after a key
+    /// send none) is read first, as the stream's would have been. Call after
+    /// [`start`](Self::start).
+    pub(super) async fn resume(
+        &mut self,
+        resume: PartitionsResume,
+        header: Option<&str>,
+        rows: u64,
+    ) -> Result<()> {
+        match &mut self.router {
+            Router::Text(r) => r.resume(resume),
+            Router::Parquet(r) => r.resume(resume),
+        }
+        if self.format == Format::Csv {
+            let Some(header) = header else {
+                return Err(Error::Internal {
+                    message: "a partitioned CSV export's checkpoint without its header".into(),
+                });
+            };
+            self.chunk(format!("{header}\n").as_bytes()).await?;
+        }
+        self.row = rows;
+        Ok(())
+    }
+
+    /// Completes every open object (the spilled rows written first) so that the run can
+    /// stop here: what the next invocation goes on from, and a CSV run's header line.
+    pub(super) async fn suspend(&mut self) -> Result<(PartitionsResume, Option<String>)> {
+        let resume = match &mut self.router {
+            Router::Text(r) => r.suspend().await?,
+            Router::Parquet(r) => r.suspend().await?,
+        };
+        let header =
+            match &self.router {
+                Router::Text(r) => r.objects().header.as_ref().map(|h| {
+                    String::from_utf8_lossy(h.strip_suffix(b"\n").unwrap_or(h)).into_owned()
+                }),
+                Router::Parquet(_) => None,
+            };
+        Ok((resume, header))
+    }
+
+    /// Aborts the open objects (the caller deletes the completed ones).
+    pub(super) async fn abort(self) {
         match self.router {
             Router::Text(r) => r.abort().await,
             Router::Parquet(r) => r.abort().await,

@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::job::Status;
@@ -112,7 +112,7 @@ pub trait Objects: Send {
 }
 
 /// One object a partitioned run completed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartitionObject {
     /// The object's key.
     pub key: String,
@@ -139,7 +139,7 @@ pub struct PartitionObject {
 pub type Written = Arc<Mutex<Vec<PartitionObject>>>;
 
 /// What a finished partitioned run wrote.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartitionedSummary {
     /// Objects completed.
     pub objects: usize,
@@ -153,6 +153,20 @@ pub struct PartitionedSummary {
     pub spill_flushes: u64,
     /// Objects finished because they reached `max_object_mib` / `max_object_records`.
     pub rolled: u64,
+}
+
+/// A partitioned run between two invocations ([`Partitioner::suspend`]): every object it
+/// completed, the next `{part}` of each partition, and its figures. The next invocation
+/// goes on from it ([`Partitioner::resume`]), writing each partition's next `{part}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionsResume {
+    /// Each partition seen: its key segments and the number of its next object.
+    pub partitions: Vec<(Vec<String>, u32)>,
+    /// The objects completed so far.
+    pub objects: Vec<PartitionObject>,
+    /// The run's figures so far.
+    pub summary: PartitionedSummary,
 }
 
 struct Partition<T> {
@@ -232,6 +246,11 @@ impl<O: Objects> Partitioner<O> {
     /// The key template.
     pub fn template(&self) -> &KeyTemplate {
         &self.template
+    }
+
+    /// The objects' factory.
+    pub fn objects(&self) -> &O {
+        &self.objects
     }
 
     /// The objects' factory (for a source that must tell it something, a schema).
@@ -450,6 +469,50 @@ impl<O: Objects> Partitioner<O> {
         Ok(())
     }
 
+    /// Goes on from `resume` (a run an earlier invocation suspended): its objects count as
+    /// this run's (a failure deletes them too), and each partition's next object is the
+    /// `{part}` after its last.
+    pub fn resume(&mut self, resume: PartitionsResume) {
+        for (segments, next_part) in resume.partitions {
+            self.index.insert(segments.clone(), self.partitions.len());
+            self.partitions.push(Partition {
+                segments,
+                next_part,
+                open: None,
+                displaced: false,
+                last_write: 0,
+            });
+        }
+        *lock(&self.written) = resume.objects;
+        self.summary = resume.summary;
+    }
+
+    /// Completes every object (the spilled rows written first) so that the run can stop
+    /// here and go on in another invocation, and returns what that one needs. The run may
+    /// also go on in this one: the next record of a partition opens its next `{part}`. On
+    /// error the open objects have been aborted; the caller deletes what completed.
+    pub async fn suspend(&mut self) -> Result<PartitionsResume> {
+        if let Err(e) = self.final_pass().await {
+            self.abort_open().await;
+            return Err(e);
+        }
+        for p in &mut self.partitions {
+            p.displaced = false;
+        }
+        self.summary.partitions = self.partitions.len();
+        let objects = lock(&self.written).clone();
+        self.summary.objects = objects.len();
+        Ok(PartitionsResume {
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| (p.segments.clone(), p.next_part))
+                .collect(),
+            objects,
+            summary: self.summary.clone(),
+        })
+    }
+
     /// Ends the run: writes every spilled record (open partitions first, so no more than
     /// `max_open` objects are ever open) and finishes every object. On error the open
     /// objects have been aborted; the caller deletes what completed ([`roll_back`]).
@@ -490,7 +553,7 @@ impl<O: Objects> Partitioner<O> {
             self.finish_object(id).await?;
         }
         if let Some(s) = &self.spill {
-            self.summary.spill_peak_bytes = s.peak_bytes();
+            self.summary.spill_peak_bytes = self.summary.spill_peak_bytes.max(s.peak_bytes());
         }
         self.spill = None;
         Ok(())

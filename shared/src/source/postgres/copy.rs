@@ -361,7 +361,7 @@ pub async fn export(
         .as_ref()
         .filter(|k| !k.null_probe)
         .zip(plan.key.as_ref())
-        .map(|(k, c)| KeyTracker::new(k, format, c.index));
+        .map(|(k, c)| KeyTracker::new(k, format, c));
     // Keyset NDJSON carries the key's text in a second field.
     let fields = match (&decoder, &keys) {
         (Some(d), _) => d.fields(),
@@ -587,7 +587,13 @@ impl ExportStream {
     /// NDJSON (one `json` field): each row becomes one line; a raw CR or LF (only possible as
     /// insignificant whitespace inside a `json` value) becomes a space. Binary: each tuple is
     /// copied as it is.
+    ///
+    /// A keyset export's key is the NDJSON tuple's second field (its text), or the binary
+    /// tuple's key column (its binary value). The row's [`Cut`] counts bytes as
+    /// [`Progress::bytes`] does: NDJSON rendered before the row, or for binary the COPY data
+    /// received before the tuple (this message's file header and earlier tuples included).
     fn absorb_binary(&mut self, mut msg: Bytes) -> std::result::Result<u64, Absorb> {
+        let received = msg.len();
         if !self.header_seen {
             if msg.len() < BINARY_SIGNATURE.len() + 8 || !msg.starts_with(BINARY_SIGNATURE) {
                 return Err("bad signature".into());
@@ -612,22 +618,21 @@ impl ExportStream {
                 self.trailer_seen = true;
                 continue;
             };
+            // Where the tuple starts in this message (after the file header in the first).
+            let offset = received - msg.len();
             let tuple = msg.split_to(len);
             if self.format == CopyFormat::Binary {
+                if let Some(field) = self.keys.as_ref().and_then(KeyTracker::binary_field) {
+                    let key = tuple_field(&tuple, field)?;
+                    self.track_key(key, rows, offset)?;
+                }
                 self.buf.extend_from_slice(&tuple);
             } else {
                 // `int16 fields`, then per field `int32 length` (-1 for NULL) and its bytes:
                 // the JSON, and for a keyset export the key's text.
                 let (json, key) = ndjson_fields(&tuple)?;
-                if let Some(keys) = &mut self.keys {
-                    let at = Cut {
-                        buffered: self.buf.len(),
-                        rows: self.progress.rows() + rows,
-                        bytes: self.progress.bytes() + (self.buf.len() - start) as u64,
-                    };
-                    if let Err(m) = keys.row(key, at) {
-                        return Err(Absorb::Key(m, keys.position(at)));
-                    }
+                if self.keys.is_some() {
+                    self.track_key(key, rows, self.buf.len() - start)?;
                 }
                 if memchr::memchr2(b'\n', b'\r', json).is_some() {
                     self.buf.extend(
@@ -642,6 +647,27 @@ impl ExportStream {
             rows += 1;
         }
         Ok(rows)
+    }
+
+    /// Hands a keyset export's key (`None`: NULL) of the row `rows` rows into the current
+    /// message to the tracker; the row's output starts `bytes` bytes after what
+    /// [`Progress::bytes`] counted before the message, and in the buffer at its end.
+    fn track_key(
+        &mut self,
+        key: Option<&[u8]>,
+        rows: u64,
+        bytes: usize,
+    ) -> std::result::Result<(), Absorb> {
+        let Some(keys) = &mut self.keys else {
+            return Ok(());
+        };
+        let at = Cut {
+            buffered: self.buf.len(),
+            rows: self.progress.rows() + rows,
+            bytes: self.progress.bytes() + bytes as u64,
+        };
+        keys.row(key, at)
+            .map_err(|m| Absorb::Key(m, keys.position(at)))
     }
 
     fn log_progress(&mut self, done: bool) {
@@ -787,6 +813,19 @@ fn ndjson_fields(tuple: &[u8]) -> std::result::Result<(&[u8], Option<&[u8]>), Ab
     Ok((json, key))
 }
 
+/// Field `index` (0-based) of a binary tuple (`None` for NULL). The tuple's lengths were
+/// checked ([`tuple_length`]); a tuple with fewer fields is malformed all the same.
+fn tuple_field(tuple: &[u8], index: usize) -> std::result::Result<Option<&[u8]>, Absorb> {
+    let mut rest = tuple.get(2..).ok_or("truncated tuple")?;
+    for _ in 0..index {
+        take_field(&mut rest)?;
+    }
+    if rest.is_empty() {
+        return Err("no key field in the tuple".into());
+    }
+    Ok(take_field(&mut rest)?)
+}
+
 /// One field of a tuple: `int32 length` (-1 for NULL) and its bytes.
 fn take_field<'a>(rest: &mut &'a [u8]) -> std::result::Result<Option<&'a [u8]>, &'static str> {
     let (len, tail) = rest.split_first_chunk::<4>().ok_or("truncated field")?;
@@ -812,5 +851,36 @@ fn key_error(database: &str, (row, offset): (u64, u64), message: String) -> Erro
         offset,
         record: Some(row),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary tuple of `fields` (`None`: NULL).
+    fn tuple(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut out = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_binary_tuples_key_field_is_found_by_its_index() {
+        let t = tuple(&[Some(b"abc"), None, Some(&7i32.to_be_bytes())]);
+        assert_eq!(tuple_field(&t, 0).ok(), Some(Some(&b"abc"[..])));
+        assert_eq!(tuple_field(&t, 1).ok(), Some(None));
+        assert_eq!(tuple_field(&t, 2).ok(), Some(Some(&7i32.to_be_bytes()[..])));
+        assert!(matches!(tuple_field(&t, 3), Err(Absorb::Malformed(_))));
+        assert!(matches!(tuple_field(&t[..1], 0), Err(Absorb::Malformed(_))));
+        assert!(matches!(tuple_field(&t[..8], 0), Err(Absorb::Malformed(_))));
     }
 }

@@ -146,7 +146,11 @@ pub struct Boundary {
     pub after: String,
     /// Rows of this statement before the boundary.
     pub rows: u64,
-    /// Bytes of this statement's output before the boundary.
+    /// Bytes of this statement's output before the boundary: the rendered CSV or NDJSON, or
+    /// for [`CopyFormat::Binary`] the COPY data received before the first tuple after the
+    /// boundary (the binary file header included), as [`Progress::bytes`] counts them.
+    ///
+    /// [`Progress::bytes`]: super::Progress::bytes
     pub bytes: u64,
 }
 
@@ -159,6 +163,10 @@ pub(super) struct KeyTracker {
     base: (u64, u64),
     /// CSV: the key's field; NDJSON: `None` (the key is the tuple's second field).
     csv_index: Option<usize>,
+    /// [`CopyFormat::Binary`]: the key's field in the tuple and its type (the raw binary
+    /// value is tracked, and turned into text only at a boundary); `None` when the key
+    /// arrives as text (CSV, NDJSON).
+    binary: Option<(usize, Type)>,
     last: Vec<u8>,
     seen: bool,
     wanted: bool,
@@ -168,12 +176,14 @@ pub(super) struct KeyTracker {
 }
 
 impl KeyTracker {
-    /// A tracker of `keyset`'s column, the `index`th result column (used for CSV rows).
-    pub fn new(keyset: &Keyset, format: CopyFormat, index: usize) -> KeyTracker {
+    /// A tracker of `keyset`'s column `key` (its result index is used for CSV rows and
+    /// binary tuples, its type to render a binary key as text).
+    pub fn new(keyset: &Keyset, format: CopyFormat, key: &KeyColumn) -> KeyTracker {
         KeyTracker {
             column: keyset.column.clone(),
             base: keyset.before,
-            csv_index: (format == CopyFormat::Csv).then_some(index),
+            csv_index: (format == CopyFormat::Csv).then_some(key.index),
+            binary: (format == CopyFormat::Binary).then(|| (key.index, key.ty.clone())),
             last: Vec::new(),
             seen: false,
             wanted: false,
@@ -192,6 +202,12 @@ impl KeyTracker {
         if self.cut.is_none() {
             self.wanted = true;
         }
+    }
+
+    /// For [`CopyFormat::Binary`], the tuple field (0-based) that holds the key; `None` for
+    /// CSV and NDJSON.
+    pub fn binary_field(&self) -> Option<usize> {
+        self.binary.as_ref().map(|(index, _)| *index)
     }
 
     /// The boundary found, and the buffer length where the rows after it start.
@@ -217,7 +233,8 @@ impl KeyTracker {
         result
     }
 
-    /// Looks at a row's key (`None`: NULL), the row starting at `at`.
+    /// Looks at a row's key (`None`: NULL), the row starting at `at`: its text (CSV, NDJSON)
+    /// or, for [`CopyFormat::Binary`], its binary value.
     pub fn row(&mut self, key: Option<&[u8]>, at: Cut) -> std::result::Result<(), String> {
         let Some(key) = key else {
             return Err(format!(
@@ -227,7 +244,7 @@ impl KeyTracker {
             ));
         };
         if self.wanted && self.seen && key != self.last.as_slice() {
-            let after = String::from_utf8_lossy(&self.last).into_owned();
+            let after = self.last_text(at)?;
             self.cut = Some((
                 at.buffered,
                 Boundary {
@@ -242,6 +259,145 @@ impl KeyTracker {
         self.last.extend_from_slice(key);
         self.seen = true;
         Ok(())
+    }
+
+    /// The last key seen as text, for the boundary before the row at `at`: a binary key
+    /// rendered as PostgreSQL reads it back (`current_setting(...)::type`).
+    fn last_text(&self, at: Cut) -> std::result::Result<String, String> {
+        let Some((_, ty)) = &self.binary else {
+            return Ok(String::from_utf8_lossy(&self.last).into_owned());
+        };
+        binary_key_text(ty, &self.last).map_err(|e| {
+            format!(
+                "row {}: resume_key column {:?} ({}) cannot be kept as the key to continue after: {e}",
+                self.base.0 + at.rows,
+                self.column,
+                ty.name()
+            )
+        })
+    }
+}
+
+/// The text of a key of type `ty` (one of [`KEY_TYPES`]) from its binary COPY value, as
+/// PostgreSQL accepts it back as input: integers in decimal, `text` and `varchar` as they are
+/// (UTF-8), a `uuid` hyphenated in lowercase, dates as `YYYY-MM-DD` and timestamps as
+/// `YYYY-MM-DD HH:MM:SS.ffffff` (`timestamptz` in UTC with `+00`), years before 1 with ` BC`,
+/// and `infinity` / `-infinity`. A value of the wrong length, or text that is not UTF-8, is an
+/// error.
+pub(super) fn binary_key_text(ty: &Type, raw: &[u8]) -> std::result::Result<String, String> {
+    fn fixed<const N: usize>(ty: &Type, raw: &[u8]) -> std::result::Result<[u8; N], String> {
+        <[u8; N]>::try_from(raw).map_err(|_| {
+            format!(
+                "a binary {} key of {} bytes (expected {N})",
+                ty.name(),
+                raw.len()
+            )
+        })
+    }
+    if *ty == Type::INT2 {
+        Ok(i16::from_be_bytes(fixed(ty, raw)?).to_string())
+    } else if *ty == Type::INT4 {
+        Ok(i32::from_be_bytes(fixed(ty, raw)?).to_string())
+    } else if *ty == Type::INT8 {
+        Ok(i64::from_be_bytes(fixed(ty, raw)?).to_string())
+    } else if *ty == Type::TEXT || *ty == Type::VARCHAR {
+        String::from_utf8(raw.to_vec()).map_err(|e| {
+            format!(
+                "a {} key that is not UTF-8 (invalid byte at {})",
+                ty.name(),
+                e.utf8_error().valid_up_to()
+            )
+        })
+    } else if *ty == Type::UUID {
+        Ok(uuid_text(&fixed::<16>(ty, raw)?))
+    } else if *ty == Type::DATE {
+        Ok(date_text(i32::from_be_bytes(fixed(ty, raw)?)))
+    } else if *ty == Type::TIMESTAMP {
+        Ok(timestamp_text(i64::from_be_bytes(fixed(ty, raw)?), ""))
+    } else if *ty == Type::TIMESTAMPTZ {
+        Ok(timestamp_text(i64::from_be_bytes(fixed(ty, raw)?), "+00"))
+    } else {
+        Err(format!(
+            "a key of type {}, which is not a resume key type",
+            ty.name()
+        ))
+    }
+}
+
+/// `8-4-4-4-12` lowercase hex digits.
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch for dates and timestamps.
+const PG_EPOCH_DAYS: i64 = 10_957;
+/// Microseconds in a day.
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The proleptic Gregorian `(year, month, day)` of `days` after 1970-01-01 (year 0 is 1 BC).
+/// H. Hinnant's `civil_from_days`, for any date PostgreSQL stores (beyond chrono's range).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // `day` is 1..=31 and `month` 1..=12 by construction.
+    (year, month as u32, day as u32)
+}
+
+/// `YYYY-MM-DD` of `days` after 2000-01-01, and `" BC"` when its year is before 1 (PostgreSQL
+/// writes year 0 as `0001 BC`, -1 as `0002 BC`, ...).
+fn ymd(days: i64) -> (String, &'static str) {
+    let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS);
+    let (year, era) = if year <= 0 {
+        (1 - year, " BC")
+    } else {
+        (year, "")
+    };
+    (format!("{year:04}-{month:02}-{day:02}"), era)
+}
+
+/// A `date` (days since 2000-01-01) as PostgreSQL writes it in the ISO style.
+fn date_text(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".to_owned(),
+        i32::MIN => "-infinity".to_owned(),
+        days => {
+            let (date, era) = ymd(i64::from(days));
+            format!("{date}{era}")
+        }
+    }
+}
+
+/// A `timestamp` (microseconds since 2000-01-01 00:00:00) as `YYYY-MM-DD HH:MM:SS.ffffff`,
+/// then `zone` (`+00` for a `timestamptz` in UTC) and ` BC` for years before 1.
+fn timestamp_text(micros: i64, zone: &str) -> String {
+    match micros {
+        i64::MAX => "infinity".to_owned(),
+        i64::MIN => "-infinity".to_owned(),
+        micros => {
+            let (date, era) = ymd(micros.div_euclid(DAY_MICROS));
+            let time = micros.rem_euclid(DAY_MICROS);
+            let (secs, frac) = (time / 1_000_000, time % 1_000_000);
+            format!(
+                "{date} {:02}:{:02}:{:02}.{frac:06}{zone}{era}",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            )
+        }
     }
 }
 
@@ -380,7 +536,11 @@ mod tests {
             before: (100, 1000),
             null_probe: false,
         };
-        let mut t = KeyTracker::new(&keyset, CopyFormat::Ndjson, 0);
+        let key = KeyColumn {
+            index: 0,
+            ty: Type::INT8,
+        };
+        let mut t = KeyTracker::new(&keyset, CopyFormat::Ndjson, &key);
         t.row(Some(b"1"), at(0)).unwrap();
         t.row(Some(b"2"), at(1)).unwrap();
         t.want_boundary();
@@ -404,13 +564,197 @@ mod tests {
             before: (0, 0),
             null_probe: false,
         };
-        let mut t = KeyTracker::new(&keyset, CopyFormat::Csv, 1);
+        let key = KeyColumn {
+            index: 1,
+            ty: Type::TEXT,
+        };
+        let mut t = KeyTracker::new(&keyset, CopyFormat::Csv, &key);
         t.csv_row(b"x,1\n", at(0)).unwrap();
         t.want_boundary();
         t.csv_row(b"y,\"2\"\n", at(1)).unwrap();
         assert_eq!(t.take_cut().unwrap().1.after, "1");
         assert!(t.csv_row(b"z\n", at(2)).unwrap_err().contains("no field 2"));
         assert!(t.csv_row(b"z,\n", at(2)).unwrap_err().contains("NULL"));
+    }
+
+    fn text(ty: Type, raw: &[u8]) -> String {
+        binary_key_text(&ty, raw).unwrap()
+    }
+
+    #[test]
+    fn binary_integer_and_text_keys_print_as_postgres_reads_them() {
+        assert_eq!(text(Type::INT2, &(-32768i16).to_be_bytes()), "-32768");
+        assert_eq!(text(Type::INT2, &7i16.to_be_bytes()), "7");
+        assert_eq!(text(Type::INT4, &(-1i32).to_be_bytes()), "-1");
+        assert_eq!(text(Type::INT4, &i32::MAX.to_be_bytes()), "2147483647");
+        assert_eq!(
+            text(Type::INT8, &i64::MIN.to_be_bytes()),
+            "-9223372036854775808"
+        );
+        assert_eq!(text(Type::INT8, &42i64.to_be_bytes()), "42");
+        assert_eq!(text(Type::TEXT, "a'b,\"é\n".as_bytes()), "a'b,\"é\n");
+        assert_eq!(text(Type::VARCHAR, b""), "");
+        assert_eq!(
+            text(
+                Type::UUID,
+                &[
+                    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76,
+                    0x54, 0x32, 0x10
+                ]
+            ),
+            "01234567-89ab-cdef-fedc-ba9876543210"
+        );
+        for (ty, raw, expected) in [
+            (
+                Type::INT2,
+                &[0u8; 4][..],
+                "int2 key of 4 bytes (expected 2)",
+            ),
+            (
+                Type::INT4,
+                &[0u8; 8][..],
+                "int4 key of 8 bytes (expected 4)",
+            ),
+            (
+                Type::INT8,
+                &[0u8; 4][..],
+                "int8 key of 4 bytes (expected 8)",
+            ),
+            (
+                Type::UUID,
+                &[0u8; 15][..],
+                "uuid key of 15 bytes (expected 16)",
+            ),
+            (
+                Type::DATE,
+                &[0u8; 8][..],
+                "date key of 8 bytes (expected 4)",
+            ),
+            (Type::TIMESTAMP, &[0u8; 4][..], "timestamp key of 4 bytes"),
+            (Type::TIMESTAMPTZ, &[][..], "timestamptz key of 0 bytes"),
+            (Type::TEXT, &b"ab\xff"[..], "not UTF-8 (invalid byte at 2)"),
+            (Type::VARCHAR, &b"\xc3"[..], "varchar key that is not UTF-8"),
+            (Type::NUMERIC, &[0u8; 8][..], "not a resume key type"),
+        ] {
+            let e = binary_key_text(&ty, raw).unwrap_err();
+            assert!(e.contains(expected), "{ty}: {e}");
+        }
+    }
+
+    #[test]
+    fn binary_dates_and_timestamps_print_as_postgres_reads_them() {
+        let date = |days: i32| text(Type::DATE, &days.to_be_bytes());
+        assert_eq!(date(0), "2000-01-01");
+        assert_eq!(date(-1), "1999-12-31");
+        assert_eq!(date(60), "2000-03-01", "2000 is a leap year");
+        assert_eq!(date(-36_466), "1900-02-28", "1900 is not");
+        assert_eq!(date(i32::MAX), "infinity");
+        assert_eq!(date(i32::MIN), "-infinity");
+        // 0001-01-01 is 730119 days before 2000-01-01; the day before it is 1 BC.
+        assert_eq!(date(-730_119), "0001-01-01");
+        assert_eq!(date(-730_120), "0001-12-31 BC");
+        assert_eq!(date(-730_120 - 365), "0001-01-01 BC", "1 BC is a leap year");
+        assert_eq!(date(-730_120 - 366), "0002-12-31 BC");
+        // The first date PostgreSQL stores, and one of its last.
+        assert_eq!(date(-2_451_545), "4714-11-24 BC");
+        assert_eq!(date(2_921_939), "9999-12-31");
+        assert_eq!(date(2_921_940), "10000-01-01");
+        assert_eq!(date(2_145_031_948), "5874897-12-31");
+
+        let day = DAY_MICROS;
+        let ts = |us: i64| text(Type::TIMESTAMP, &us.to_be_bytes());
+        let tz = |us: i64| text(Type::TIMESTAMPTZ, &us.to_be_bytes());
+        assert_eq!(ts(0), "2000-01-01 00:00:00.000000");
+        assert_eq!(ts(-1), "1999-12-31 23:59:59.999999");
+        assert_eq!(
+            ts(day * 31 + 13 * 3_600_000_000 + 5 * 60_000_000 + 9_000_123),
+            "2000-02-01 13:05:09.000123"
+        );
+        assert_eq!(tz(1), "2000-01-01 00:00:00.000001+00");
+        assert_eq!(tz(-730_120 * day + 1), "0001-12-31 00:00:00.000001+00 BC");
+        assert_eq!(ts(-730_120 * day - 1), "0001-12-30 23:59:59.999999 BC");
+        assert_eq!(ts(i64::MAX), "infinity");
+        assert_eq!(tz(i64::MIN), "-infinity");
+        assert_eq!(tz(i64::MAX), "infinity");
+        assert_eq!(ts(i64::MIN), "-infinity");
+        assert_eq!(ts(i64::MAX - 1), "294277-01-09 04:00:54.775806");
+    }
+
+    #[test]
+    fn civil_dates_agree_with_chrono() {
+        let epoch = chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
+        for days in (-95_000_000i64..95_000_000).step_by(9_973).chain(-800..800) {
+            let d = epoch + chrono::Duration::days(days);
+            let (y, m, dd) = civil_from_days(days + PG_EPOCH_DAYS);
+            use chrono::Datelike;
+            assert_eq!(
+                (y, m, dd),
+                (i64::from(d.year()), d.month(), d.day()),
+                "{days}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_binary_tracker_cuts_where_the_key_changes_and_keeps_its_text() {
+        let keyset = Keyset {
+            column: "at".into(),
+            after: None,
+            before: (10, 500),
+            null_probe: false,
+        };
+        let key = KeyColumn {
+            index: 2,
+            ty: Type::TIMESTAMPTZ,
+        };
+        let mut t = KeyTracker::new(&keyset, CopyFormat::Binary, &key);
+        assert_eq!(t.binary_field(), Some(2));
+        let k = |us: i64| us.to_be_bytes();
+        t.row(Some(&k(0)), at(0)).unwrap();
+        t.want_boundary();
+        t.row(Some(&k(0)), at(1)).unwrap();
+        assert!(t.take_cut().is_none(), "rows of one key stay together");
+        t.row(Some(&k(1_000_000)), at(2)).unwrap();
+        let (buffered, b) = t.take_cut().unwrap();
+        assert_eq!(
+            (buffered, b),
+            (
+                20,
+                Boundary {
+                    after: "2000-01-01 00:00:00.000000+00".into(),
+                    rows: 2,
+                    bytes: 20,
+                }
+            )
+        );
+        t.want_boundary();
+        t.row(Some(&k(1_000_000)), at(3)).unwrap();
+        t.row(Some(&k(i64::MAX)), at(4)).unwrap();
+        assert_eq!(
+            t.take_cut().unwrap().1.after,
+            "2000-01-01 00:00:01.000000+00"
+        );
+        // A key that cannot be printed fails at the cut, naming the row it was last seen in.
+        t.row(Some(b"short"), at(5)).unwrap();
+        t.want_boundary();
+        let e = t.row(Some(&k(7)), at(6)).unwrap_err();
+        assert!(
+            e.contains("row 16") && e.contains("\"at\" (timestamptz)") && e.contains("5 bytes"),
+            "{e}"
+        );
+        let e = t.row(None, at(7)).unwrap_err();
+        assert!(e.contains("row 18") && e.contains("NULL"), "{e}");
+
+        let key = KeyColumn {
+            index: 0,
+            ty: Type::INT4,
+        };
+        let mut t = KeyTracker::new(&keyset, CopyFormat::Ndjson, &key);
+        assert_eq!(t.binary_field(), None, "NDJSON keys come as text");
+        t.row(Some(b"-3"), at(0)).unwrap();
+        t.want_boundary();
+        t.row(Some(b"4"), at(1)).unwrap();
+        assert_eq!(t.take_cut().unwrap().1.after, "-3");
     }
 
     #[test]
