@@ -342,7 +342,10 @@ async fn a_suspended_run_resumes_at_each_partitions_next_part() {
     let state = first.suspend().await.unwrap();
     assert_eq!(state.objects.len(), 3, "{state:?}");
     assert_eq!(*memory.open_now.lock().unwrap(), 0);
-    assert!(state.partitions.iter().all(|(_, next)| *next == 2), "{state:?}");
+    assert!(
+        state.partitions.iter().all(|(_, next)| *next == 2),
+        "{state:?}"
+    );
     // Through JSON, as the checkpoint keeps it.
     let state: PartitionsResume =
         serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
@@ -390,5 +393,9 @@ async fn a_suspended_run_resumes_at_each_partitions_next_part() {
     let (segments, r) = record(0, 99);
     third.write(segments, &r).await.unwrap();
     assert!(third.finish().await.is_err());
-    assert_eq!(written.lock().unwrap().len(), 7, "the earlier objects are kept for roll-back");
+    assert_eq!(
+        written.lock().unwrap().len(),
+        7,
+        "the earlier objects are kept for roll-back"
+    );
 }
