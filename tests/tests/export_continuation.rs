@@ -417,7 +417,7 @@ async fn a_partitioned_parquet_export_continues_into_the_next_parts() {
     let b = LambdaBox::create("sluice-export-parts");
     let h = export_harness("export-parts", &b, &pg).await;
     let query = "SELECT id, k, n, note, amount, id % 4 AS b FROM keyed";
-    let parquet = json!({
+    let parquet: Value = json!({
         "source": {"postgres": {"query": query, "resume_key": "n"}},
         "format": "parquet", "compression": "zstd",
         "destination": {"bucket": h.bucket,
@@ -425,7 +425,7 @@ async fn a_partitioned_parquet_export_continues_into_the_next_parts() {
         "tuning": {"max_invocation_secs": 1},
     });
     let started = std::time::Instant::now();
-    let (answers, keys) = partitioned_to_end(&h, parquet, "pq/").await;
+    let (answers, keys) = partitioned_to_end(&h, parquet.clone(), "pq/").await;
     let secs = started.elapsed().as_secs_f64();
     // Four partitions, one file each per stretch between two stops.
     assert!(keys.len() >= 4 * answers.len().min(3), "{keys:?}");
@@ -449,13 +449,33 @@ async fn a_partitioned_parquet_export_continues_into_the_next_parts() {
     let amount = row["amount"].as_f64().unwrap();
     assert!((amount - want.get::<_, f64>(0)).abs() < 0.5, "{got}");
     let _ = std::fs::remove_dir_all(&dir);
+    let peak = b.peak_mib();
+    // The same export in one invocation: one file per partition, the same rows.
+    let mut once = parquet.clone();
+    once["destination"]["key"] = json!("pq1/b={field:b}/{run_id}-{part}.parquet");
+    once["tuning"] = json!({});
+    let one = response(h.invoke(once, ONE_SHOT).await);
+    assert_eq!(one["status"], "written", "{one}");
+    assert_eq!(one["partitioned"]["objects"], 4, "{one}");
+    assert_eq!(one["rows"], ROWS, "{one}");
+    // Every statement after the first sends the 19-byte binary COPY header again.
+    let statements = answers.len() as u64;
+    assert_eq!(
+        answers.last().unwrap()["bytes_in"].as_u64().unwrap(),
+        one["bytes_in"].as_u64().unwrap() + 19 * (statements - 1),
+        "the binary COPY bytes of the invocations add up to one statement's"
+    );
     eprintln!(
-        "CONTINUE export parquet, 4 partitions: {ROWS} rows in {} invocations, {} files, {secs:.1} s; cgroup peak {}",
+        "CONTINUE export parquet, 4 partitions: {ROWS} rows in {} invocations, {} files, \
+         {secs:.1} s (one-shot {:.1} s, 4 files); cgroup peak {}",
         answers.len(),
         keys.len(),
-        b.peak_mib()
-            .map_or("not measured".into(), |p| format!("{p:.1} MiB")),
+        one["duration_ms"].as_f64().unwrap() / 1000.0,
+        peak.map_or("not measured".into(), |p| format!("{p:.1} MiB")),
     );
+    if let Some(peak) = peak {
+        assert!(peak <= 128.0, "cgroup peak {peak:.1} MiB is over 128 MiB");
+    }
 
     // CSV by a text key with a comma: the header leads every object, later invocations'
     // too (their statements send none).

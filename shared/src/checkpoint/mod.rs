@@ -415,6 +415,13 @@ pub async fn save(
     let body = serde_json::to_vec(&checkpoint).map_err(|e| Error::Internal {
         message: format!("checkpoint {key}: {e}"),
     })?;
+    if body.len() > DOCUMENT_CAP {
+        // Read back, it would be refused: fail now, while the job can still clean up.
+        return Err(Error::spec(format!(
+            "checkpoint {key}: {} bytes, over the {DOCUMENT_CAP} a checkpoint may hold (a partitioned job lists every object it completed): fewer, larger objects (max_object_mib, a coarser {{field:…}}) or a longer max_invocation_secs",
+            body.len()
+        )));
+    }
     s3.put_object()
         .bucket(bucket)
         .key(&key)

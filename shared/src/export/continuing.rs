@@ -1,5 +1,6 @@
-//! A keyset export (`source.postgres.resume_key`) into one CSV or NDJSON object, across
-//! invocations ([`crate::checkpoint`]).
+//! A keyset export (`source.postgres.resume_key`) across invocations
+//! ([`crate::checkpoint`]): into one CSV or NDJSON object, or into partitioned objects
+//! (Parquet among them) that continue in the next `{part}`.
 //!
 //! The rows come in the key's order ([`postgres::Keyset`]). When the invocation's time is
 //! nearly up, or every `tuning.checkpoint_every_parts` parts, the stream is asked for a
@@ -9,6 +10,10 @@
 //! the statement is cancelled and the function answers `continue`; the next invocation runs
 //! the query again for the rows after that key, without the CSV header. A periodic
 //! checkpoint resumes the writer at once and reads on from the same statement.
+//!
+//! A partitioned export ([`write_partitioned`](KeysetExport::write_partitioned)) cannot
+//! suspend a Parquet file, so at each boundary it completes every open object instead, and
+//! the checkpoint lists them with each partition's next `{part}`.
 
 use std::sync::Arc;
 

@@ -34,8 +34,9 @@ pub struct PostgresSourceSpec {
     /// goes on with the rows whose key is larger than the last one written. Rows that share a
     /// key are never split, so it need not be unique; a NULL key fails the export. Its type
     /// must be `smallint`, `integer`, `bigint`, `text`, `varchar`, `uuid`, `date`,
-    /// `timestamp` or `timestamptz`. CSV and NDJSON into one object. Default none: the export
-    /// runs in one invocation.
+    /// `timestamp` or `timestamptz`. CSV and NDJSON continue into one object; any format
+    /// into objects numbered by `{part}` (each stop completes them, the next invocation
+    /// writes the next part). Default none: the export runs in one invocation.
     #[serde(default)]
     #[schemars(length(min = 1, max = 63))]
     pub resume_key: Option<String>,
