@@ -374,8 +374,7 @@ async fn a_suspended_run_resumes_at_each_partitions_next_part() {
     assert_eq!(summary.objects, 7);
     assert_eq!(summary.partitions, 4);
     assert!(summary.spilled_records > 0, "{summary:?}");
-    let done = memory.done.lock().unwrap();
-    let total: usize = done.values().map(Vec::len).sum();
+    let total: usize = memory.done.lock().unwrap().values().map(Vec::len).sum();
     assert_eq!(total, 40);
 
     // A failure after resuming: the caller's roll-back list holds both invocations' objects.
