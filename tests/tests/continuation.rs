@@ -493,3 +493,105 @@ async fn a_checkpoint_of_another_kind_is_refused() {
     h.assert_nothing_written("kind.ndjson").await;
     h.assert_clean().await;
 }
+
+/// Paginated records into partitioned NDJSON continue between pages: each stop completes
+/// the open objects and the next invocation writes each partition's next `{part}`. Every
+/// record lands once, under its own hour, and the run manifest lists exactly the stored
+/// objects; an abort event after a stop deletes the objects completed.
+#[tokio::test]
+async fn partitioned_records_continue_between_pages_into_the_next_parts() {
+    let n = 20_000u64;
+    let h = Harness::start("ingest-http", "records-parts", None).await;
+    let path = format!("/api/cursor?n={n}&per=400&delay_ms=60");
+    let paginate = json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+    let key = "parts/h={field:updated_at:%Y-%m-%dT%H}/{run_id}-{part}.ndjson.gz";
+    let answers = records_to_the_end(&h, &path, paginate.clone(), key).await;
+    let last = answers.last().unwrap();
+    assert!(answers.len() >= 3, "{} invocations: {last}", answers.len());
+    for a in &answers[..answers.len() - 1] {
+        assert_eq!(a["status"], "continue", "{a}");
+        let cp = a["continue"]["checkpoint"]["key"].as_str().unwrap();
+        assert!(cp.starts_with("_sluice/checkpoints/ingest-http/"), "{a}");
+    }
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["records"], n, "{last}");
+    assert_eq!(last["invocations"], answers.len(), "{last}");
+    let client = h.server.client().await;
+    let manifest: Value = serde_json::from_slice(
+        &sluice_tests::read_object(&client, &h.bucket, last["manifest"].as_str().unwrap()).await,
+    )
+    .unwrap();
+    let mut listed: Vec<String> = manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut stored: Vec<String> = h
+        .keys_under("parts/")
+        .await
+        .into_iter()
+        .filter(|k| !k.contains("_manifests/"))
+        .collect();
+    stored.sort();
+    assert_eq!(
+        listed, stored,
+        "the manifest lists other objects than are stored"
+    );
+    let mut ids = Vec::new();
+    let mut hours = std::collections::BTreeSet::new();
+    for key in &stored {
+        let hour = key.split("h=").nth(1).unwrap().split('/').next().unwrap();
+        hours.insert(hour.to_owned());
+        for line in ndjson_of(&h, key).await.lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let at = record["updated_at"].as_str().unwrap();
+            assert!(at.starts_with(hour), "{key}: {line}");
+            ids.push(record["id"].as_u64().unwrap());
+        }
+    }
+    ids.sort_unstable();
+    assert!(
+        ids == (1..=n).collect::<Vec<_>>(),
+        "{} ids read back, not 1..={n} once each",
+        ids.len()
+    );
+    assert!(
+        stored.len() > hours.len(),
+        "{} objects for {} hours: no stop completed an object",
+        stored.len(),
+        hours.len()
+    );
+    let requests = h.fixture.requests(path.split('?').next().unwrap()).len();
+    assert_eq!(requests, 50);
+    h.assert_clean().await;
+    eprintln!(
+        "CONTINUE partitioned records: {n} records in 50 pages, {} invocations, {} objects over {} hours",
+        answers.len(),
+        stored.len(),
+        hours.len()
+    );
+
+    // Given up after the first stop: its objects go with the checkpoint.
+    let mut job = h.job(
+        &path,
+        "given-up/h={field:updated_at:%Y-%m-%dT%H}/{part}.ndjson.gz",
+    );
+    job["records"] = json!("$.data[*]");
+    job["source"]["http"]["paginate"] = paginate;
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    assert!(!h.keys_under("given-up/").await.is_empty(), "{first}");
+    let answer = response(
+        h.invoke(json!({"abort": first["continue"]}), INVOCATION)
+            .await,
+    );
+    assert_eq!(answer["status"], "aborted", "{answer}");
+    assert!(
+        h.keys_under("given-up/").await.is_empty(),
+        "objects left after the abort"
+    );
+    h.assert_clean().await;
+}

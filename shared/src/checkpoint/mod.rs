@@ -114,6 +114,10 @@ pub enum Position {
         /// An incremental job: the watermark it started from and the largest one seen since.
         #[serde(default)]
         watermark: Option<WatermarkResume>,
+        /// A partitioned job: the objects completed so far and each partition's next
+        /// `{part}` (every stop completes the objects open).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partitions: Option<Box<crate::partition::PartitionsResume>>,
     },
     /// A transform (`transform-s3`): the source object again, from a row boundary.
     Rows(Box<RowsPosition>),
@@ -187,11 +191,24 @@ pub struct WatermarkResume {
 }
 
 impl Position {
+    /// A partitioned job's objects and partitions so far.
+    pub fn partitions(&self) -> Option<&crate::partition::PartitionsResume> {
+        match self {
+            Position::Pages { partitions, .. } | Position::Keyset { partitions, .. } => {
+                partitions.as_deref()
+            }
+            Position::HttpRange { .. } | Position::Rows(_) => None,
+        }
+    }
+
     /// What kind of job continues from it, for errors.
     pub fn kind(&self) -> &'static str {
         match self {
             Position::HttpRange { .. } => "a byte copy",
-            Position::Pages { .. } => "paginated records into one object",
+            Position::Pages {
+                partitions: None, ..
+            } => "paginated records into one object",
+            Position::Pages { .. } => "paginated records into partitioned objects",
             Position::Keyset { .. } => "a keyset export",
             Position::Rows(_) => "a transform",
         }
@@ -632,11 +649,7 @@ pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoi
 /// error; another failure is logged, and `sweep-uploads` or the lifecycle rule removes the
 /// upload.
 pub async fn abort_upload(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoint) {
-    if let Position::Keyset {
-        partitions: Some(p),
-        ..
-    } = &checkpoint.position
-    {
+    if let Some(p) = checkpoint.position.partitions() {
         let keys = p
             .objects
             .iter()

@@ -401,7 +401,7 @@ impl KeysetExport<'_> {
                 let objects = state.objects.len();
                 let partitions = Some((state.clone(), header));
                 let position = self.position(boundary.after, figures.rows, partitions);
-                let saved = checkpoints.save(position, figures.bytes_in, no_upload());
+                let saved = checkpoints.save(position, figures.bytes_in, Suspended::none());
                 let saved = saved.await?;
                 if time_up {
                     tracing::info!(
@@ -539,16 +539,6 @@ async fn stretch(
     }
     reporter.report();
     Ok(Stretch::Ended)
-}
-
-/// A checkpoint's upload when every object is complete: none.
-fn no_upload() -> Suspended {
-    Suspended {
-        upload_id: None,
-        parts: Vec::new(),
-        bytes: 0,
-        tail: Bytes::new(),
-    }
 }
 
 /// Where the rows of a stretch go: one object, or the objects of their partitions.

@@ -271,14 +271,16 @@ async fn run_job(
     checkpoint::check_not_reserved("destination.key", &key)?;
     if let Some(loaded) = from {
         let kind = loaded.checkpoint.position.kind();
-        let fits = match loaded.checkpoint.position {
-            checkpoint::Position::HttpRange { .. } => !spec.extracts_records(),
-            checkpoint::Position::Pages { .. } => {
-                spec.extracts_records() && spec.format != Some(Format::Parquet)
+        let fits = match &loaded.checkpoint.position {
+            checkpoint::Position::HttpRange { .. } => !spec.extracts_records() && !partitioned,
+            checkpoint::Position::Pages { partitions, .. } => {
+                spec.extracts_records()
+                    && spec.format != Some(Format::Parquet)
+                    && partitions.is_some() == partitioned
             }
             checkpoint::Position::Keyset { .. } | checkpoint::Position::Rows(_) => false,
         };
-        if key != loaded.checkpoint.key || per_page || partitioned || !fits {
+        if key != loaded.checkpoint.key || per_page || !fits {
             return Err(Error::spec(format!(
                 "checkpoint {}: it is for s3://{}/{}, {kind}; the job renders {key}",
                 loaded.reference.checkpoint.key, spec.destination.bucket, loaded.checkpoint.key
@@ -533,51 +535,21 @@ async fn write_records(
     };
     let written = pages::Written::default();
     let partition_written = partition::Written::default();
-    let partitioned = partitioning(p)?;
     let from = continuation.and_then(|c| c.from.as_ref());
     let target = Arc::new(target.with_meta(meta.clone()));
-    let out = if format == Format::Parquet {
-        Output::Parquet(Box::new(parquet_output(
-            p,
-            (*target).clone(),
-            summary,
-            partitioned,
-            &partition_written,
-        )?))
-    } else if let Some((template, limits, options)) = partitioned {
-        let objects = TextObjects {
-            s3: p.ctx.s3.clone(),
-            bucket: spec.destination.bucket.clone(),
-            meta,
-            options,
-            header: None,
-        };
-        let router = Partitioner::new(objects, template, limits, partition_written.clone())?;
-        Output::Partitioned(Box::new(partitioned::PartitionedText::new(router)))
-    } else if spec.object_per_page() {
-        Output::PerPage(Box::new(pages::PageWriter {
-            ctx: p.ctx.clone(),
-            destination: spec.destination.clone(),
-            vars: p.vars.clone(),
-            meta,
-            options: p.options.clone(),
-            summary: summary.clone(),
-            current: None,
-            written: written.clone(),
-        }))
-    } else if let Some(l) = from {
-        Output::Single(ObjectWriter::resume(
-            target.clone(),
-            &p.options,
-            l.suspended(),
-        )?)
-    } else {
-        Output::Single(ObjectWriter::new(target.clone(), &p.options)?)
+    let outputs = Outputs {
+        target: &target,
+        meta,
+        summary,
+        written: &written,
+        partition_written: &partition_written,
     };
+    let out = outputs.build(p, from)?;
     let bucket = &spec.destination.bucket;
-    // Only paginated records into one object stop between pages.
-    let continuing =
-        continuation.filter(|_| matches!(out, Output::Single(_)) && p.http_spec.paginate.is_some());
+    // Paginated records into one object or into partitioned NDJSON stop between pages.
+    let continuing = continuation.filter(|_| {
+        matches!(out, Output::Single(_) | Output::Partitioned(_)) && p.http_spec.paginate.is_some()
+    });
     let mut paging = producer.paging(from.and_then(|l| match &l.checkpoint.position {
         checkpoint::Position::Pages { next, .. } => Some(next),
         checkpoint::Position::HttpRange { .. }
@@ -607,10 +579,12 @@ async fn write_records(
             }
         };
         paging = paged;
-        let (time_up, writer, pager) = match (produced, back, pager.as_mut()) {
-            (Ok(Paged::Stopped { time_up }), Output::Single(writer), Some(pager)) => {
-                (time_up, writer, pager)
-            }
+        let (time_up, stopped, pager) = match (produced, back, pager.as_mut()) {
+            (
+                Ok(Paged::Stopped { time_up }),
+                back @ (Output::Single(_) | Output::Partitioned(_)),
+                Some(pager),
+            ) => (time_up, back, pager),
             (produced, back, _) => {
                 // Only the end of the data finishes the output.
                 let produced = produced.and_then(|paged| match paged {
@@ -622,11 +596,15 @@ async fn write_records(
                 break (produced, back, paging.stats);
             }
         };
-        match pager.checkpoint(writer, &paging, time_up, &target).await? {
-            Stretch::Continues(saved, parts, bytes) => {
+        match pager.checkpoint(stopped, &paging, time_up, &target).await {
+            Ok(Stretch::Continues(saved, parts, bytes)) => {
                 return Ok((Written::Continues(saved, parts, bytes), paging.stats));
             }
-            Stretch::Resumed(writer) => out = Output::Single(writer),
+            Ok(Stretch::Resumed(resumed)) => out = resumed,
+            Err(e) => {
+                partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+                return Err(e);
+            }
         }
     };
     let result = settle(p, out, produced, &stats).await;
@@ -637,6 +615,67 @@ async fn write_records(
         pager.checkpoints.delete_saved().await;
     }
     Ok((deadline_bytes(result, stats.bytes_in)?, stats))
+}
+
+/// What the output of a records run is built with.
+struct Outputs<'o> {
+    /// The one object's target.
+    target: &'o Arc<S3Target>,
+    meta: ObjectMeta,
+    summary: &'o Summary,
+    /// The objects of a run with one per page, as they complete.
+    written: &'o pages::Written,
+    /// The objects of a partitioned run, as they complete.
+    partition_written: &'o partition::Written,
+}
+
+impl Outputs<'_> {
+    /// The output of `p`: a Parquet file (or files), partitioned NDJSON objects, one object
+    /// per page, or one object; a continued job's goes on from the checkpoint `from`.
+    fn build(self, p: &Prepared<'_>, from: Option<&checkpoint::Loaded>) -> Result<Output> {
+        let spec = p.spec;
+        let format = spec.format.unwrap_or(Format::Ndjson);
+        let partitioned = partitioning(p)?;
+        if format == Format::Parquet {
+            let target = (**self.target).clone();
+            let out = parquet_output(p, target, self.summary, partitioned, self.partition_written)?;
+            return Ok(Output::Parquet(Box::new(out)));
+        }
+        if let Some((template, limits, options)) = partitioned {
+            let objects = TextObjects {
+                s3: p.ctx.s3.clone(),
+                bucket: spec.destination.bucket.clone(),
+                meta: self.meta,
+                options,
+                header: None,
+            };
+            let written = self.partition_written.clone();
+            let mut router = Partitioner::new(objects, template, limits, written)?;
+            if let Some(state) = from.and_then(|l| l.checkpoint.position.partitions()) {
+                router.resume(state.clone());
+            }
+            return Ok(Output::Partitioned(Box::new(
+                partitioned::PartitionedText::new(router),
+            )));
+        }
+        if spec.object_per_page() {
+            return Ok(Output::PerPage(Box::new(pages::PageWriter {
+                ctx: p.ctx.clone(),
+                destination: spec.destination.clone(),
+                vars: p.vars.clone(),
+                meta: self.meta,
+                options: p.options.clone(),
+                summary: self.summary.clone(),
+                current: None,
+                written: self.written.clone(),
+            })));
+        }
+        let writer = match from {
+            Some(l) => ObjectWriter::resume(self.target.clone(), &p.options, l.suspended())?,
+            None => ObjectWriter::new(self.target.clone(), &p.options)?,
+        };
+        Ok(Output::Single(writer))
+    }
 }
 
 /// Finishes the output of a records run whose producer returned `produced`, or aborts it.

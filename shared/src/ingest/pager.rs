@@ -1,17 +1,20 @@
-//! Paginated records into one object, across invocations: between two pages the producer
-//! stops ([`PageStop`]), the writer is suspended (the NDJSON batch of the page is written, so
-//! the object ends at a line, and a compressing writer ends its gzip member or zstd frame),
-//! and a checkpoint keeps the next page's request ([`PageResume`]) with, for an incremental
-//! job, the watermark it started from and the largest one written.
+//! Paginated records into one object or into partitioned NDJSON objects, across
+//! invocations: between two pages the producer stops ([`PageStop`]), the writer is suspended
+//! (the NDJSON batch of the page is written, so the object ends at a line, and a compressing
+//! writer ends its gzip member or zstd frame) or, for a partitioned run, every open object
+//! is completed, and a checkpoint keeps the next page's request ([`PageResume`]) with, for
+//! an incremental job, the watermark it started from and the largest one written, and a
+//! partitioned run's objects with each partition's next `{part}`.
 
 use std::sync::Arc;
 
-use super::records::{PageStop, Paging};
+use super::records::{Output, PageStop, Paging};
 use super::{Continuation, Prepared, deadline_bytes};
 use crate::checkpoint::Checkpoints;
 use crate::checkpoint::{Continue, Position, WatermarkResume};
 use crate::error::{Error, Result};
-use crate::sink::{ObjectWriter, S3Target};
+use crate::partition::PartitionsResume;
+use crate::sink::{ObjectWriter, S3Target, Suspended};
 use crate::source::http::auth::redact_url;
 use crate::source::http::paginate::PageResume;
 
@@ -27,8 +30,8 @@ pub(super) enum Stretch {
     /// The invocation's time is up: the checkpoint to continue from, the parts and bytes
     /// uploaded so far.
     Continues(Continue, u32, u64),
-    /// A checkpoint on the way: the writer goes on.
-    Resumed(ObjectWriter),
+    /// A checkpoint on the way: the output goes on.
+    Resumed(Output),
 }
 
 impl<'a> Pager<'a> {
@@ -45,6 +48,7 @@ impl<'a> Pager<'a> {
                 last_cursor: None,
             },
             watermark: None,
+            partitions: None,
         };
         if let Some(l) = &continuation.from
             && let Position::Pages { watermark, .. } = &l.checkpoint.position
@@ -65,37 +69,54 @@ impl<'a> Pager<'a> {
         }
     }
 
-    /// Suspends `writer` after the pages of `paging` and saves a checkpoint; at the end of
-    /// the invocation's time (`time_up`) the job continues in the next one, otherwise the
-    /// writer resumes at once. A failure aborts the upload and deletes the checkpoints this
-    /// invocation saved.
+    /// Suspends the output after the pages of `paging` and saves a checkpoint: one object's
+    /// writer is suspended; a partitioned run completes every open object, and the
+    /// checkpoint lists them. At the end of the invocation's time (`time_up`) the job
+    /// continues in the next one, otherwise the output goes on at once. A failure aborts the
+    /// upload (the open objects) and deletes the checkpoints this invocation saved; the
+    /// caller deletes the objects completed.
     pub async fn checkpoint(
         &mut self,
-        writer: ObjectWriter,
+        out: Output,
         paging: &Paging,
         time_up: bool,
         target: &Arc<S3Target>,
     ) -> Result<Stretch> {
         let bytes_in = paging.stats.bytes_in;
         let Some(next) = paging.next.as_ref() else {
-            writer.abort().await;
+            drop(out);
             self.checkpoints.abandon().await;
             return Err(Error::Internal {
                 message: "the producer stopped with no page to go on from".into(),
             });
         };
-        let suspended = match deadline_bytes(writer.suspend().await, bytes_in) {
+        let suspended = match out {
+            Output::Single(writer) => writer.suspend().await.map(|s| (s, None)),
+            Output::Partitioned(mut text) => match text.router.suspend().await {
+                Ok(state) => Ok((Suspended::none(), Some((state, text)))),
+                Err(e) => Err(e),
+            },
+            Output::PerPage(_) | Output::Parquet(_) => Err(Error::Internal {
+                message: "a checkpoint of an output that cannot continue".into(),
+            }),
+        };
+        let (suspended, partitioned) = match deadline_bytes(suspended, bytes_in) {
             Ok(s) => s,
             Err(e) => {
                 self.checkpoints.delete_saved().await;
                 return Err(e);
             }
         };
+        let state = partitioned.as_ref().map(|(state, _)| state);
         let position = Position::Pages {
             next: paging.paginator.resume_at(next),
             watermark: self.watermark(),
+            partitions: state.map(|s| Box::new(s.clone())),
         };
-        let (parts, bytes) = (suspended.parts.len() as u32, suspended.bytes);
+        let (parts, bytes) = match state {
+            Some(s) => figures(s),
+            None => (suspended.parts.len() as u32, suspended.bytes),
+        };
         let saved = self
             .checkpoints
             .save(position, bytes_in, suspended.clone())
@@ -109,8 +130,11 @@ impl<'a> Pager<'a> {
             return Ok(Stretch::Continues(saved, parts, bytes));
         }
         tracing::debug!(checkpoint = %saved.checkpoint.key, page, parts, "checkpoint");
+        if let Some((_, text)) = partitioned {
+            return Ok(Stretch::Resumed(Output::Partitioned(text)));
+        }
         match ObjectWriter::resume(target.clone(), &self.p.options, suspended) {
-            Ok(w) => Ok(Stretch::Resumed(w)),
+            Ok(w) => Ok(Stretch::Resumed(Output::Single(w))),
             Err(e) => {
                 self.checkpoints.abandon().await;
                 Err(e)
@@ -126,6 +150,12 @@ impl<'a> Pager<'a> {
             seen: tracker.max_value(),
         })
     }
+}
+
+/// The parts and bytes of a partitioned run's objects so far.
+fn figures(state: &PartitionsResume) -> (u32, u64) {
+    let parts = state.objects.iter().map(|o| o.parts).sum();
+    (parts, state.objects.iter().map(|o| o.bytes).sum())
 }
 
 /// A resumed job's watermark: the incremental state must still hold the one it started from,

@@ -283,6 +283,19 @@ pub struct Suspended {
     pub tail: Bytes,
 }
 
+impl Suspended {
+    /// No upload: what a checkpoint holds when the job's objects are all complete (a
+    /// partitioned job at a stop).
+    pub fn none() -> Suspended {
+        Suspended {
+            upload_id: None,
+            parts: Vec::new(),
+            bytes: 0,
+            tail: Bytes::new(),
+        }
+    }
+}
+
 /// Finished parts' buffers, kept while the writer waits for one ([`Parts`]).
 #[derive(Debug, Default)]
 struct Spares {
