@@ -595,3 +595,111 @@ async fn partitioned_records_continue_between_pages_into_the_next_parts() {
     );
     h.assert_clean().await;
 }
+
+/// Paginated records into partitioned Parquet continue between pages too: each stop
+/// completes the open files, the quarantine is suspended beside them as the checkpoint's
+/// side upload, and an inferred schema is kept for the later invocations. With the schema
+/// inferred, DuckDB reads every record once under its hour; with a declared one that no
+/// record fits (`value` as an int, every value has a fraction), the quarantine holds every
+/// record once and no file is written.
+#[tokio::test]
+async fn partitioned_parquet_records_continue_between_pages() {
+    use sluice_tests::lake;
+    let n = 20_000u64;
+    let h = Harness::start("ingest-http", "records-pq-parts", None).await;
+    let path = format!("/api/cursor?n={n}&per=400&delay_ms=60");
+    let paginate = json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+    let declared = json!([
+        {"name": "id", "type": "int", "required": true},
+        {"name": "updated_at", "type": "timestamp"},
+        {"name": "value", "type": "int"}
+    ]);
+    for (label, schema) in [("infer", json!("infer")), ("declared", declared)] {
+        let prefix = format!("pq-{label}/");
+        let mut job = h.job(
+            &path,
+            &format!("{prefix}h={{field:updated_at:%Y-%m-%dT%H}}/{{run_id}}-{{part}}.parquet"),
+        );
+        job["records"] = json!("$.data[*]");
+        job["source"]["http"]["paginate"] = paginate.clone();
+        job["format"] = json!("parquet");
+        job["schema"] = schema;
+        job["quarantine"] = json!({"key": format!("quarantine/{label}-{{run_id}}.ndjson")});
+        job["tuning"] = json!({"max_invocation_secs": 1});
+        let answers = h.run_to_end(job, INVOCATION, 100).await;
+        let last = answers.last().unwrap();
+        assert!(
+            answers.len() >= 3,
+            "{label}: {} invocations: {last}",
+            answers.len()
+        );
+        for a in &answers[..answers.len() - 1] {
+            assert_eq!(a["status"], "continue", "{label}: {a}");
+        }
+        assert_eq!(last["status"], "written", "{label}: {last}");
+        assert_eq!(last["records"], n, "{label}: {last}");
+        assert_eq!(last["invocations"], answers.len(), "{label}: {last}");
+        let quarantined = last["quarantined"].as_u64().unwrap();
+        let client = h.server.client().await;
+        let files: Vec<String> = h
+            .keys_under(&prefix)
+            .await
+            .into_iter()
+            .filter(|k| k.ends_with(".parquet"))
+            .collect();
+        if label == "declared" {
+            assert_eq!(quarantined, n, "{label}: {last}");
+            assert!(files.is_empty(), "{label}: {files:?}");
+            let qkey = last["quarantine_key"].as_str().unwrap();
+            let text = sluice_tests::read_object(&client, &h.bucket, qkey).await;
+            let mut ids: Vec<u64> = String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    let raw: Value = serde_json::from_str(v["raw"].as_str().unwrap()).unwrap();
+                    raw["id"].as_u64().unwrap()
+                })
+                .collect();
+            ids.sort_unstable();
+            assert!(
+                ids == (1..=n).collect::<Vec<_>>(),
+                "{label}: {} quarantine lines, not records 1..={n} once each",
+                ids.len()
+            );
+        } else {
+            assert_eq!(quarantined, 0, "{label}: {last}");
+            let dir =
+                std::env::temp_dir().join(format!("sluice-rpq-{label}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            for key in &files {
+                let path = dir.join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let body = sluice_tests::read_object(&client, &h.bucket, key).await;
+                std::fs::write(&path, body).unwrap();
+            }
+            let got = lake::duckdb_sql(&format!(
+                "SELECT count(*) AS n, count(DISTINCT id) AS ids, \
+                   bool_and(strftime(updated_at::TIMESTAMP, '%Y-%m-%dT%H') = h) AS placed \
+                 FROM read_parquet('{}/{prefix}*/*.parquet', hive_partitioning = true)",
+                dir.display()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let row = &got[0];
+            assert_eq!(row["n"], n, "{label}: {got}");
+            assert_eq!(row["ids"], n, "{label}: {got}");
+            assert_eq!(row["placed"], true, "{label}: {got}");
+            assert!(
+                files.len() > 6,
+                "{label}: {} files over 6 hours: no stop completed a file",
+                files.len()
+            );
+        }
+        h.assert_clean().await;
+        eprintln!(
+            "CONTINUE partitioned parquet records ({label} schema): {n} records, {} invocations, {} files, {quarantined} quarantined",
+            answers.len(),
+            files.len()
+        );
+    }
+}

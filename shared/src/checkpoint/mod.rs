@@ -118,6 +118,10 @@ pub enum Position {
         /// `{part}` (every stop completes the objects open).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         partitions: Option<Box<crate::partition::PartitionsResume>>,
+        /// Partitioned Parquet records: what the files do not hold (the quarantine is the
+        /// side upload).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parquet: Option<Box<ParquetRecordsResume>>,
     },
     /// A transform (`transform-s3`): the source object again, from a row boundary.
     Rows(Box<RowsPosition>),
@@ -176,6 +180,22 @@ pub struct RowsPosition {
     /// A digest of the pipeline: a checkpoint continues only with the pipeline that wrote
     /// it.
     pub pipeline: String,
+}
+
+/// Partitioned Parquet records between two invocations, besides their files: the schema
+/// inferred before the first stop (a declared one comes from the job again), the records
+/// and the quarantined ones so far, and the first bad record (for later errors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetRecordsResume {
+    /// The columns inferred (`"schema": "infer"`).
+    pub inferred: Option<Vec<crate::transform::config::ColumnSpec>>,
+    /// Records read so far.
+    pub records: u64,
+    /// Records quarantined so far.
+    pub quarantined: u64,
+    /// The first quarantined record, described.
+    pub first_bad: Option<String>,
 }
 
 /// An incremental job's watermark across invocations: the state must still hold `from` when

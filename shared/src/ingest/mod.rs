@@ -273,9 +273,13 @@ async fn run_job(
         let kind = loaded.checkpoint.position.kind();
         let fits = match &loaded.checkpoint.position {
             checkpoint::Position::HttpRange { .. } => !spec.extracts_records() && !partitioned,
-            checkpoint::Position::Pages { partitions, .. } => {
+            checkpoint::Position::Pages {
+                partitions,
+                parquet,
+                ..
+            } => {
                 spec.extracts_records()
-                    && spec.format != Some(Format::Parquet)
+                    && parquet.is_some() == (spec.format == Some(Format::Parquet))
                     && partitions.is_some() == partitioned
             }
             checkpoint::Position::Keyset { .. } | checkpoint::Position::Rows(_) => false,
@@ -548,7 +552,12 @@ async fn write_records(
     let bucket = &spec.destination.bucket;
     // Paginated records into one object or into partitioned NDJSON stop between pages.
     let continuing = continuation.filter(|_| {
-        matches!(out, Output::Single(_) | Output::Partitioned(_)) && p.http_spec.paginate.is_some()
+        let can = match &out {
+            Output::Single(_) | Output::Partitioned(_) => true,
+            Output::Parquet(records) => records.is_partitioned(),
+            Output::PerPage(_) => false,
+        };
+        can && p.http_spec.paginate.is_some()
     });
     let mut paging = producer.paging(from.and_then(|l| match &l.checkpoint.position {
         checkpoint::Position::Pages { next, .. } => Some(next),
@@ -582,7 +591,7 @@ async fn write_records(
         let (time_up, stopped, pager) = match (produced, back, pager.as_mut()) {
             (
                 Ok(Paged::Stopped { time_up }),
-                back @ (Output::Single(_) | Output::Partitioned(_)),
+                back @ (Output::Single(_) | Output::Partitioned(_) | Output::Parquet(_)),
                 Some(pager),
             ) => (time_up, back, pager),
             (produced, back, _) => {
@@ -638,7 +647,17 @@ impl Outputs<'_> {
         let partitioned = partitioning(p)?;
         if format == Format::Parquet {
             let target = (**self.target).clone();
-            let out = parquet_output(p, target, self.summary, partitioned, self.partition_written)?;
+            let mut out =
+                parquet_output(p, target, self.summary, partitioned, self.partition_written)?;
+            if let Some(l) = from
+                && let checkpoint::Position::Pages {
+                    partitions: Some(files),
+                    parquet: Some(rest),
+                    ..
+                } = &l.checkpoint.position
+            {
+                out.resume(Some((**files).clone()), l.side_suspended(), rest)?;
+            }
             return Ok(Output::Parquet(Box::new(out)));
         }
         if let Some((template, limits, options)) = partitioned {

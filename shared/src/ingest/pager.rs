@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::records::{Output, PageStop, Paging};
 use super::{Continuation, Prepared, deadline_bytes};
 use crate::checkpoint::Checkpoints;
-use crate::checkpoint::{Continue, Position, WatermarkResume};
+use crate::checkpoint::{Continue, ParquetRecordsResume, Position, WatermarkResume};
 use crate::error::{Error, Result};
 use crate::partition::PartitionsResume;
 use crate::sink::{ObjectWriter, S3Target, Suspended};
@@ -49,6 +49,7 @@ impl<'a> Pager<'a> {
             },
             watermark: None,
             partitions: None,
+            parquet: None,
         };
         if let Some(l) = &continuation.from
             && let Position::Pages { watermark, .. } = &l.checkpoint.position
@@ -70,11 +71,12 @@ impl<'a> Pager<'a> {
     }
 
     /// Suspends the output after the pages of `paging` and saves a checkpoint: one object's
-    /// writer is suspended; a partitioned run completes every open object, and the
-    /// checkpoint lists them. At the end of the invocation's time (`time_up`) the job
-    /// continues in the next one, otherwise the output goes on at once. A failure aborts the
-    /// upload (the open objects) and deletes the checkpoints this invocation saved; the
-    /// caller deletes the objects completed.
+    /// writer is suspended; a partitioned run completes every open object (a Parquet run
+    /// suspends its quarantine as the side upload), and the checkpoint lists them. At the
+    /// end of the invocation's time (`time_up`) the job continues in the next one, otherwise
+    /// the output goes on at once. A failure aborts the upload (the open objects) and
+    /// deletes the checkpoints this invocation saved; the caller deletes the objects
+    /// completed.
     pub async fn checkpoint(
         &mut self,
         out: Output,
@@ -90,37 +92,30 @@ impl<'a> Pager<'a> {
                 message: "the producer stopped with no page to go on from".into(),
             });
         };
-        let suspended = match out {
-            Output::Single(writer) => writer.suspend().await.map(|s| (s, None)),
-            Output::Partitioned(mut text) => match text.router.suspend().await {
-                Ok(state) => Ok((Suspended::none(), Some((state, text)))),
-                Err(e) => Err(e),
-            },
-            Output::PerPage(_) | Output::Parquet(_) => Err(Error::Internal {
-                message: "a checkpoint of an output that cannot continue".into(),
-            }),
-        };
-        let (suspended, partitioned) = match deadline_bytes(suspended, bytes_in) {
-            Ok(s) => s,
+        let held = match deadline_bytes(Held::suspend(out).await, bytes_in) {
+            Ok(held) => held,
             Err(e) => {
                 self.checkpoints.delete_saved().await;
                 return Err(e);
             }
         };
-        let state = partitioned.as_ref().map(|(state, _)| state);
         let position = Position::Pages {
             next: paging.paginator.resume_at(next),
             watermark: self.watermark(),
-            partitions: state.map(|s| Box::new(s.clone())),
+            partitions: held.files.clone().map(Box::new),
+            parquet: held.parquet.clone().map(Box::new),
         };
-        let (parts, bytes) = match state {
+        let (parts, bytes) = match &held.files {
             Some(s) => figures(s),
-            None => (suspended.parts.len() as u32, suspended.bytes),
+            None => (held.upload.parts.len() as u32, held.upload.bytes),
         };
-        let saved = self
-            .checkpoints
-            .save(position, bytes_in, suspended.clone())
-            .await?;
+        let saved = self.checkpoints.save_with_side(
+            position,
+            bytes_in,
+            held.upload.clone(),
+            held.side.clone(),
+        );
+        let saved = saved.await?;
         let page = next.page;
         if time_up {
             tracing::info!(
@@ -130,11 +125,16 @@ impl<'a> Pager<'a> {
             return Ok(Stretch::Continues(saved, parts, bytes));
         }
         tracing::debug!(checkpoint = %saved.checkpoint.key, page, parts, "checkpoint");
-        if let Some((_, text)) = partitioned {
-            return Ok(Stretch::Resumed(Output::Partitioned(text)));
-        }
-        match ObjectWriter::resume(target.clone(), &self.p.options, suspended) {
-            Ok(w) => Ok(Stretch::Resumed(Output::Single(w))),
+        let resumed = match (held.out, &held.parquet) {
+            (Some(Output::Parquet(mut records)), Some(rest)) => records
+                .resume(None, held.side.map(|(_, s)| s), rest)
+                .map(|()| Output::Parquet(records)),
+            (Some(out), _) => Ok(out),
+            (None, _) => ObjectWriter::resume(target.clone(), &self.p.options, held.upload)
+                .map(Output::Single),
+        };
+        match resumed {
+            Ok(out) => Ok(Stretch::Resumed(out)),
             Err(e) => {
                 self.checkpoints.abandon().await;
                 Err(e)
@@ -149,6 +149,54 @@ impl<'a> Pager<'a> {
             from: state.watermark.clone(),
             seen: tracker.max_value(),
         })
+    }
+}
+
+/// An output held at a stop between two pages.
+struct Held {
+    /// One object's upload, suspended (none for a partitioned run).
+    upload: Suspended,
+    /// A partitioned run's files.
+    files: Option<PartitionsResume>,
+    /// A Parquet run's schema and counts.
+    parquet: Option<ParquetRecordsResume>,
+    /// A Parquet run's quarantine: its key and upload, once it has one.
+    side: Option<(String, Suspended)>,
+    /// A partitioned run's output, to go on with in this invocation.
+    out: Option<Output>,
+}
+
+impl Held {
+    /// Suspends `out`: one object's writer, or a partitioned run's files completed.
+    async fn suspend(out: Output) -> Result<Held> {
+        let mut held = Held {
+            upload: Suspended::none(),
+            files: None,
+            parquet: None,
+            side: None,
+            out: None,
+        };
+        match out {
+            Output::Single(writer) => held.upload = writer.suspend().await?,
+            Output::Partitioned(mut text) => {
+                held.files = Some(text.router.suspend().await?);
+                held.out = Some(Output::Partitioned(text));
+            }
+            Output::Parquet(mut records) => {
+                let (files, side, rest) = records.suspend().await?;
+                let key = records.quarantine_key().to_owned();
+                held.side = side.map(|s| (key, s));
+                held.files = Some(files);
+                held.parquet = Some(rest);
+                held.out = Some(Output::Parquet(records));
+            }
+            Output::PerPage(_) => {
+                return Err(Error::Internal {
+                    message: "a checkpoint of an output that cannot continue".into(),
+                });
+            }
+        }
+        Ok(held)
     }
 }
 

@@ -11,10 +11,13 @@ use serde_json::value::RawValue;
 
 use std::sync::Arc;
 
+use crate::checkpoint::ParquetRecordsResume;
 use crate::columnar::{MAX_COLUMNS, ParquetOptions, RecordOutput, RecordsWritten, TableSchema};
 use crate::error::{Error, Result};
-use crate::partition::{FieldValue, Objects, PartitionObject, PartitionedSummary, Partitioner};
-use crate::sink::{ObjectMeta, ObjectWriter, S3Target, UploadOptions, Uploaded};
+use crate::partition::{
+    FieldValue, Objects, PartitionObject, PartitionedSummary, Partitioner, PartitionsResume,
+};
+use crate::sink::{ObjectMeta, ObjectWriter, S3Target, Suspended, UploadOptions, Uploaded};
 use crate::spec::{INFER_RECORDS, RecordSchema, RecordsQuarantine};
 use crate::transform::RecordTyper;
 use crate::transform::config::ColumnSpec;
@@ -31,6 +34,8 @@ pub(super) struct ParquetRecords {
     partitioned: Option<(Partitioner<ParquetObjects>, Vec<usize>)>,
     /// `None` while the first records are sampled for `"schema": "infer"`.
     typer: Option<Arc<RecordTyper>>,
+    /// The columns inferred, once they are.
+    inferred: Option<Vec<ColumnSpec>>,
     sample: Vec<(Bytes, Position)>,
     sample_bytes: usize,
     sample_cap: usize,
@@ -72,6 +77,7 @@ impl ParquetRecords {
             out,
             partitioned: partitioned.map(|p| (p, Vec::new())),
             typer: None,
+            inferred: None,
             sample: Vec::new(),
             sample_bytes: 0,
             sample_cap,
@@ -179,6 +185,7 @@ impl ParquetRecords {
             "schema inferred"
         );
         self.start(RecordTyper::new(&columns).strict())?;
+        self.inferred = Some(columns);
         for (record, pos) in std::mem::take(&mut self.sample) {
             self.write(&record, pos).await?;
         }
@@ -211,6 +218,72 @@ impl ParquetRecords {
 
     fn quarantine_source(&self) -> String {
         self.quarantine.source().to_owned()
+    }
+
+    /// Whether the files are partitioned (only then can the run stop between pages: a
+    /// Parquet file cannot be suspended half-written).
+    pub fn is_partitioned(&self) -> bool {
+        self.partitioned.is_some()
+    }
+
+    /// The quarantine object's key.
+    pub fn quarantine_key(&self) -> &str {
+        self.quarantine.key()
+    }
+
+    /// Stops between two pages so that the run can go on in another invocation: the schema
+    /// is inferred now if it is still being sampled, every open file is completed, and the
+    /// quarantine is suspended. Returns the files' state, the quarantine's upload and the
+    /// rest. On error the caller drops the run (its uploads are aborted) and deletes the
+    /// files completed.
+    pub async fn suspend(
+        &mut self,
+    ) -> Result<(PartitionsResume, Option<Suspended>, ParquetRecordsResume)> {
+        if self.typer.is_none() {
+            self.settle().await?;
+        }
+        let Some((router, _)) = &mut self.partitioned else {
+            return Err(Error::Internal {
+                message: "one Parquet file cannot stop between pages".into(),
+            });
+        };
+        let files = router.suspend().await?;
+        let quarantine = self.quarantine.suspend().await?;
+        let rest = ParquetRecordsResume {
+            inferred: self.inferred.clone(),
+            records: self.records,
+            quarantined: self.quarantine.count(),
+            first_bad: self.first_bad.clone(),
+        };
+        Ok((files, quarantine, rest))
+    }
+
+    /// Goes on after [`suspend`](Self::suspend), in this invocation or another: the files'
+    /// state (in another invocation), the quarantine's upload and the rest.
+    pub fn resume(
+        &mut self,
+        files: Option<PartitionsResume>,
+        quarantine: Option<Suspended>,
+        rest: &ParquetRecordsResume,
+    ) -> Result<()> {
+        if let Some(files) = files {
+            let Some((router, _)) = &mut self.partitioned else {
+                return Err(Error::Internal {
+                    message: "partitioned files resumed into one Parquet file".into(),
+                });
+            };
+            router.resume(files);
+        }
+        if self.typer.is_none()
+            && let Some(columns) = &rest.inferred
+        {
+            self.start(RecordTyper::new(columns).strict())?;
+            self.inferred = Some(columns.clone());
+        }
+        self.quarantine.resume(quarantine, rest.quarantined)?;
+        self.records = rest.records;
+        self.first_bad = rest.first_bad.clone();
+        Ok(())
     }
 
     /// After the last record: the schema (if still sampling), the bad-record ratio, then the

@@ -84,7 +84,7 @@ pub struct InputSpec {
 }
 
 /// One declared column.
-#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// The header name (CSV) or object key (NDJSON).
