@@ -33,7 +33,9 @@ Rules (each violation is printed as "<template>: <resource>: <what>"):
   invocations (Sandbox.Timedout, Runtime.ExitError, Runtime.OutOfMemory) and Retryable, and has
   a Catch whose ResultPath keeps the event (the checkpoint it names); a task sends the abort
   event; a function whose events opt in (transform-s3) gets "continuable": true; the function
-  may Get/Put/Delete under _sluice/checkpoints/<crate>/; the role invokes only that function.
+  may Get/Put/Delete under _sluice/checkpoints/<crate>/ and delete objects outside _sluice/ (a
+  partitioned job given up deletes the objects it completed); the role invokes only that
+  function.
 - Outputs: every function's ARN, the bucket, the queue and every state machine.
 
 The YAML is read with cfn-lint's own loader (cfnlint.decode), so !Ref, !Sub, !If parse.
@@ -525,6 +527,8 @@ class Checker:
             missing = [CHECKPOINT_NAMES[a] for a in sorted(CHECKPOINT_ACTIONS - granted)]
             if missing:
                 self.fail(fn, f"runs in the continue loop of {name} but may not {', '.join(missing)} under {CHECKPOINTS}{binary}/")
+            if not self.deletes_outputs(fn):
+                self.fail(fn, f"runs in the continue loop of {name} but may not s3:DeleteObject on its outputs (a partitioned job given up between invocations deletes the objects it completed)")
         for st in self.machine_statements(props):
             actions = [text_of(a).lower() for a in as_list(st.get("Action", []))]
             if "lambda:invokefunction" not in actions:
@@ -533,6 +537,19 @@ class Checker:
                 fn = text_of(r).split(".")[0].strip("${}")
                 if fn not in invoked:
                     self.fail(name, f"lambda:InvokeFunction on {text_of(r)!r}, which no task invokes")
+
+    def deletes_outputs(self, fn: str) -> bool:
+        """Whether function `fn` may delete objects outside the reserved _sluice/ prefix."""
+        for owner, st in self.statements():
+            if owner != fn or st.get("Effect") != "Allow":
+                continue
+            if "s3:deleteobject" not in {text_of(a).lower() for a in as_list(st.get("Action", []))}:
+                continue
+            for r in as_list(st.get("Resource", [])):
+                m = re.search(r":s3:::[^/]+/(.+)$", text_of(r))
+                if m and not m.group(1).startswith("_sluice/"):
+                    return True
+        return False
 
     @staticmethod
     def sets_continuable(value: Any) -> bool:
