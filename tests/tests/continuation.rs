@@ -624,7 +624,9 @@ async fn partitioned_parquet_records_continue_between_pages() {
         job["source"]["http"]["paginate"] = paginate.clone();
         job["format"] = json!("parquet");
         job["schema"] = schema;
-        job["quarantine"] = json!({"key": format!("quarantine/{label}-{{run_id}}.ndjson")});
+        if label == "infer" {
+            job["quarantine"] = json!({"key": format!("quarantine/{label}-{{run_id}}.ndjson")});
+        }
         job["tuning"] = json!({"max_invocation_secs": 1});
         let answers = h.run_to_end(job, INVOCATION, 100).await;
         let last = answers.last().unwrap();
@@ -650,7 +652,14 @@ async fn partitioned_parquet_records_continue_between_pages() {
         if label == "declared" {
             assert_eq!(quarantined, n, "{label}: {last}");
             assert!(files.is_empty(), "{label}: {files:?}");
+            // By default beside the run's manifest: a partitioned key is a pattern.
             let qkey = last["quarantine_key"].as_str().unwrap();
+            let manifest = last["manifest"].as_str().unwrap();
+            let run_id = manifest
+                .strip_prefix("pq-declared/_manifests/")
+                .and_then(|m| m.strip_suffix(".json"))
+                .unwrap();
+            assert_eq!(qkey, format!("pq-declared/_quarantine/{run_id}.ndjson"));
             let text = sluice_tests::read_object(&client, &h.bucket, qkey).await;
             let mut ids: Vec<u64> = String::from_utf8(text)
                 .unwrap()

@@ -776,9 +776,15 @@ fn parquet_output(
         max_bad_ratio: None,
         max_raw_bytes: 4096,
     });
-    let key = match &limits.key {
-        Some(template) => key::render(template, &p.vars)?,
-        None => format!("{}.quarantine.ndjson", summary.key),
+    let key = match (&limits.key, &partitioned) {
+        (Some(template), _) => key::render(template, &p.vars)?,
+        // The key of a partitioned run is a pattern: the quarantine goes beside its manifests.
+        (None, Some((template, ..))) => format!(
+            "{}_quarantine/{}.ndjson",
+            template.static_prefix(),
+            p.ctx.invocation.run_id
+        ),
+        (None, None) => format!("{}.quarantine.ndjson", summary.key),
     };
     let mut quarantine = Quarantine::new(
         p.ctx.s3.clone(),
