@@ -161,6 +161,33 @@ impl Harness {
             .collect()
     }
 
+    /// The objects under `prefix` (run manifests and quarantines left out), sorted, once
+    /// asserted to be exactly those the run manifest at `manifest` lists.
+    pub async fn objects_of_manifest(&self, manifest: &str, prefix: &str) -> Vec<String> {
+        let client = self.server.client().await;
+        let body = crate::read_object(&client, &self.bucket, manifest).await;
+        let doc: Value = serde_json::from_slice(&body).expect("the manifest is JSON");
+        let mut listed: Vec<String> = doc["objects"]
+            .as_array()
+            .expect("the manifest lists objects")
+            .iter()
+            .map(|o| o["key"].as_str().expect("each object has a key").to_owned())
+            .collect();
+        listed.sort();
+        let mut stored: Vec<String> = self
+            .keys_under(prefix)
+            .await
+            .into_iter()
+            .filter(|k| !k.contains("_manifests/") && !k.contains("_quarantine/"))
+            .collect();
+        stored.sort();
+        assert_eq!(
+            listed, stored,
+            "the manifest {manifest} lists other objects than are stored under {prefix}"
+        );
+        stored
+    }
+
     /// Invokes the function with `event` and a deadline `timeout` from now.
     pub async fn invoke(&self, event: Value, timeout: Duration) -> Invocation {
         self.api.invoke(event, timeout).await.unwrap()

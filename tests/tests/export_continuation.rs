@@ -378,30 +378,9 @@ async fn partitioned_to_end(h: &Harness, job: Value, prefix: &str) -> (Vec<Value
     assert_eq!(last["status"], "written", "{last}");
     assert_eq!(last["rows"], ROWS, "{last}");
     assert_eq!(last["invocations"], answers.len(), "{last}");
-    let client = h.server.client().await;
     let manifest = last["manifest"].as_str().unwrap();
-    let doc: Value =
-        serde_json::from_slice(&sluice_tests::read_object(&client, &h.bucket, manifest).await)
-            .unwrap();
-    let mut listed: Vec<String> = doc["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["key"].as_str().unwrap().to_owned())
-        .collect();
-    listed.sort();
-    let mut stored: Vec<String> = h
-        .keys_under(prefix)
-        .await
-        .into_iter()
-        .filter(|k| !k.contains("_manifests/"))
-        .collect();
-    stored.sort();
-    assert_eq!(
-        listed, stored,
-        "the manifest lists other objects than are stored"
-    );
-    assert_eq!(last["partitioned"]["objects"], listed.len(), "{last}");
+    let stored = h.objects_of_manifest(manifest, prefix).await;
+    assert_eq!(last["partitioned"]["objects"], stored.len(), "{last}");
     h.assert_clean().await;
     (answers, stored)
 }
