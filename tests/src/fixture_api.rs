@@ -31,7 +31,7 @@
 //! | `GET /api/big_line?size=N` | NDJSON: `{"id":1}` then one line `{"blob":"xx..."}` of exactly N bytes (N >= 11), streamed in 64 KiB chunks |
 //! | `GET /api/empty` | `{"data":[]}` |
 //! | `GET /api/retry_after?mode=seconds\|date&times=K&key=X[&n=&per=][&cursor=C]` | the first K requests with that key: 429, `Retry-After: 1` or an HTTP-date 2 s ahead; then `/api/cursor` pages (`per` defaults to `n`: one page) |
-//! | `GET /api/storm?times=K&key=X[&status=503][&n=&per=][&cursor=C]` | the first K requests with that key: that status (no `Retry-After`); then `/api/cursor` pages |
+//! | `GET /api/storm?times=K&key=X[&after=M][&status=503][&n=&per=][&cursor=C][&delay_ms=]` | the first K requests with that key after the first M (default 0): that status (no `Retry-After`); the others `/api/cursor` pages |
 //! | `GET /redirect?to=URL[&status=302]` | that redirect status, `Location: URL` |
 //! | `GET /api/big_doc?size=N[&seed=S][&cursor_first=true]` | the `/json` document (`{"meta":..,"data":[..],"next_cursor":..}`, at least N bytes); its records are the lines of `/bytes?seed=S`, counted by [`big_doc_record_count`] |
 //!
@@ -364,6 +364,9 @@ struct ApiQuery {
     stall_page: Option<u64>,
     /// Paginated routes: wait this long before answering (a slow API).
     delay_ms: Option<u64>,
+    /// `/api/storm`: requests served before the storm.
+    #[serde(default)]
+    after: u64,
 }
 
 /// Waits `delay_ms`, if given.
@@ -771,10 +774,15 @@ async fn empty_route() -> Response {
 
 /// Counts this request for `(route, key)`; true while the count is at most `times`.
 fn must_fail(counters: &Counters, route: &str, key: &str, times: u64) -> bool {
+    must_fail_after(counters, route, key, 0, times)
+}
+
+/// Counts this request for `(route, key)`; true for counts `after + 1 ..= after + times`.
+fn must_fail_after(counters: &Counters, route: &str, key: &str, after: u64, times: u64) -> bool {
     let mut counters = counters.lock().unwrap();
     let count = counters.entry(format!("{route}\0{key}")).or_default();
     *count += 1;
-    *count <= times
+    *count > after && *count <= after.saturating_add(times)
 }
 
 /// The page served once the faults are over: `/api/cursor` with `per` defaulting to `n`.
@@ -814,7 +822,8 @@ async fn storm_route(State(counters): State<Counters>, Query(q): Query<ApiQuery>
     let Ok(status) = StatusCode::from_u16(q.status.unwrap_or(503)) else {
         return bad_request("not a status code");
     };
-    if !must_fail(&counters, "storm", &q.key, q.times) {
+    pause(&q).await;
+    if !must_fail_after(&counters, "storm", &q.key, q.after, q.times) {
         return page_after_faults(&q);
     }
     error_json(

@@ -494,6 +494,99 @@ async fn a_checkpoint_of_another_kind_is_refused() {
     h.assert_clean().await;
 }
 
+/// A transient failure in a continued invocation (the API answers 503 past the source's
+/// retries) keeps the checkpoint and the upload it names: the invocation fails `Retryable`,
+/// and the same `continue` event sent again (what the state machine's `Retry` does) resumes
+/// from the last checkpoint; the object holds every record once, in order, and nothing is
+/// left. Pages wait 100 ms and invocations last 1 s, so the first invocation asks for at
+/// most 11 pages and the storm (requests 31 and 32) falls in a later one, after at least one
+/// part was uploaded.
+#[tokio::test]
+async fn a_transient_failure_keeps_the_checkpoint_for_a_retry_of_the_same_event() {
+    use sluice_tests::fixture_api::api_record_json;
+    let h = Harness::start("ingest-http", "transient", None).await;
+    let n = 200_000u64;
+    let path = format!("/api/storm?key=t&after=30&times=2&n={n}&per=4000&delay_ms=100");
+    let mut job = h.job(&path, "transient.ndjson");
+    job["records"] = json!("$.data[*]");
+    job["source"]["http"]["paginate"] =
+        json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+    job["source"]["http"]["retry"] = json!({"max_attempts": 2, "base_delay_ms": 50});
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let mut event = job;
+    let mut answers = Vec::new();
+    let (kind, message) = loop {
+        assert!(
+            answers.len() < 40,
+            "no failure after {} invocations",
+            answers.len()
+        );
+        match h.invoke(event.clone(), INVOCATION).await {
+            Invocation::Response(answer) => {
+                assert_eq!(
+                    answer["status"], "continue",
+                    "the storm never came: {answer}"
+                );
+                event = answer["continue"].clone();
+                answers.push(answer);
+            }
+            Invocation::Error {
+                error_type,
+                error_message,
+            } => break (error_type, error_message),
+        }
+    };
+    assert!(
+        !answers.is_empty(),
+        "the first invocation failed: {message}"
+    );
+    assert_eq!(kind, "Retryable", "{message}");
+    assert!(message.contains("HTTP 503 after 2 attempt(s)"), "{message}");
+    // Kept: the checkpoint the event names, and the upload it names, open.
+    let doc_key = event["checkpoint"]["key"].as_str().unwrap().to_owned();
+    let client = h.server.client().await;
+    let doc: Value =
+        serde_json::from_slice(&read_object(&client, &h.bucket, &doc_key).await).unwrap();
+    let upload_id = doc["upload"]["upload_id"]
+        .as_str()
+        .expect("an upload was started");
+    let open = sluice_tests::stack::uploads_in_progress(&client, &h.bucket).await;
+    assert!(
+        open.iter()
+            .any(|(key, id)| key == "transient.ndjson" && id == upload_id),
+        "the checkpoint's upload is not open: {open:?}"
+    );
+    let head = client
+        .head_object()
+        .bucket(&h.bucket)
+        .key("transient.ndjson");
+    assert!(
+        head.send().await.is_err(),
+        "the object exists before the job ended"
+    );
+
+    let rest = h.run_to_end(event, INVOCATION, 40).await;
+    let last = rest.last().unwrap();
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["records"], n, "{last}");
+    // The failed invocation saved no checkpoint: the count is of those whose work was kept.
+    assert_eq!(last["invocations"], answers.len() + rest.len(), "{last}");
+    let stored = read_object(&client, &h.bucket, "transient.ndjson").await;
+    let expected: String = (1..=n).map(|i| api_record_json(i) + "\n").collect();
+    assert!(
+        stored == expected.as_bytes(),
+        "the object is not records 1..={n} once each, in order ({} bytes, {} expected)",
+        stored.len(),
+        expected.len()
+    );
+    h.assert_clean().await;
+    eprintln!(
+        "TRANSIENT: failed in invocation {}, retried with the same event, {} more invocations",
+        answers.len() + 1,
+        rest.len()
+    );
+}
+
 /// Paginated records into partitioned NDJSON continue between pages: each stop completes
 /// the open objects and the next invocation writes each partition's next `{part}`. Every
 /// record lands once, under its own hour, and the run manifest lists exactly the stored

@@ -10,7 +10,8 @@
 //! own. The function then answers `{"status": "continue", "continue": {"checkpoint": {...}}}`,
 //! and the `continue` value, sent as the whole event of the next invocation, resumes there
 //! ([`Continue`]). The invocation that completes the object deletes the checkpoint; one that
-//! fails aborts the upload and deletes it too.
+//! fails aborts the upload and deletes it too, unless the failure is transient and the same
+//! `continue` event can resume from it ([`keeps_for_retry`]).
 //!
 //! Destination keys, state keys and quarantine keys may not start with [`RESERVED`], so no
 //! output can overwrite a checkpoint (checked by [`check_not_reserved`]).
@@ -32,7 +33,7 @@ use crate::telemetry::Progress;
 
 mod run;
 
-pub use run::{Checkpoints, Continuation, JobScope, settle};
+pub use run::{Checkpoints, Continuation, JobScope, keeps_for_retry, settle};
 
 /// Keys under this prefix belong to sluice; no job may write its output there.
 pub const RESERVED: &str = "_sluice/";
@@ -345,13 +346,15 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// The upload, suspended, with its `tail`.
+    /// The upload, suspended, with its `tail`; held for the checkpoint: a writer that fails
+    /// leaves it to [`settle`](run::settle).
     fn suspended(&self, tail: Bytes) -> Suspended {
         Suspended {
             upload_id: self.upload_id.clone(),
             parts: self.parts.clone(),
             bytes: self.bytes,
             tail,
+            held: true,
         }
     }
 

@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 
 use super::{Checkpoint, Continue, Loaded, Position, StopClock};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::job::{Invocation, Tuning};
 use crate::sink::{Suspended, UploadOptions};
 
@@ -50,6 +50,8 @@ pub struct Checkpoints<'a> {
     elapsed_before_ms: u64,
     /// Whether this invocation saved one (and so must delete it when the job ends).
     saved: bool,
+    /// Whether this invocation resumed a checkpoint (a retry of it resumes again).
+    resumed: bool,
 }
 
 impl<'a> Checkpoints<'a> {
@@ -88,6 +90,7 @@ impl<'a> Checkpoints<'a> {
             next,
             elapsed_before_ms,
             saved: false,
+            resumed: continuation.from.is_some(),
         }
     }
 
@@ -125,21 +128,42 @@ impl<'a> Checkpoints<'a> {
                 Ok(saved)
             }
             Err(e) => {
-                super::abort_upload(s3, bucket, next).await;
-                self.delete_saved().await;
+                // The save failed before or after its document: the one before stays whole.
+                if !self.keeps(&e) {
+                    super::abort_upload(s3, bucket, &self.next).await;
+                    self.delete_saved().await;
+                }
                 Err(e)
             }
         }
     }
 
-    /// Gives the job up after a checkpoint was saved: aborts the upload it names and deletes
-    /// it (nothing else would end that upload before the bucket's lifecycle rule).
-    pub async fn abandon(&self) {
+    /// Whether a failure with `error` keeps the checkpoint for a retry ([`keeps_for_retry`]).
+    fn keeps(&self, error: &Error) -> bool {
+        self.resumed && keeps_for_retry(&self.next, error)
+    }
+
+    /// After a failure with `error`: aborts the upload the checkpoints name and deletes the
+    /// ones this invocation saved (nothing else would end that upload before the bucket's
+    /// lifecycle rule), unless the checkpoint is kept for a retry ([`keeps_for_retry`]).
+    pub async fn give_up(&self, error: &Error) {
+        if self.keeps(error) {
+            return;
+        }
         if self.saved {
             let (s3, bucket) = (self.scope.s3, self.scope.bucket);
             super::abort_upload(s3, bucket, &self.next).await;
         }
         self.delete_saved().await;
+    }
+
+    /// At the end of a job that did not stop: deletes the checkpoints this invocation saved
+    /// when it finished, [gives up](Self::give_up) when it failed.
+    pub async fn end<T>(&self, result: &Result<T>) {
+        match result {
+            Ok(_) => self.delete_saved().await,
+            Err(e) => self.give_up(e).await,
+        }
     }
 
     /// Deletes the checkpoint this invocation saved, if any.
@@ -150,10 +174,21 @@ impl<'a> Checkpoints<'a> {
     }
 }
 
+/// Whether a job whose invocation resumed `checkpoint` and failed with `error` keeps it, with
+/// the upload it names, so that the same `continue` event sent again (the state machine's
+/// `Retry` on `Retryable`) resumes from the last checkpoint saved: a transient failure
+/// (`Retryable`: a lost connection, throttling, a 5xx), into one object. The writer left that
+/// upload open ([`Suspended::held`](crate::sink::Suspended::held)); its parts past the
+/// checkpoint are overwritten by number. A partitioned job's failure has deleted the objects
+/// it completed, so it is given up, as every other failure.
+pub fn keeps_for_retry(checkpoint: &Checkpoint, error: &Error) -> bool {
+    error.kind() == ErrorKind::Retryable && checkpoint.position.partitions().is_none()
+}
+
 /// After an invocation that resumed `from`: a job that continues keeps the checkpoint (the
 /// invocation saved its own over it); one that finished deletes it; one that failed aborts
 /// its upload (also when the failure came before the writer resumed it: a changed source,
-/// say) and deletes it.
+/// say) and deletes it, unless the failure keeps it for a retry ([`keeps_for_retry`]).
 pub async fn settle<T>(
     s3: &aws_sdk_s3::Client,
     from: Option<&Loaded>,
@@ -167,6 +202,10 @@ pub async fn settle<T>(
     match result {
         Ok(s) if continues(s) => {}
         Ok(_) => super::delete(s3, bucket, &loaded.checkpoint).await,
+        Err(e) if keeps_for_retry(&loaded.checkpoint, e) => tracing::warn!(
+            checkpoint = %loaded.reference.checkpoint.key, error = %e,
+            "a transient failure: the checkpoint and its upload are kept; the same continue event, sent again, resumes from the last checkpoint (an abort event gives the job up)"
+        ),
         Err(_) => {
             super::abort_upload(s3, bucket, &loaded.checkpoint).await;
             super::delete(s3, bucket, &loaded.checkpoint).await;

@@ -117,7 +117,8 @@ impl KeysetExport<'_> {
     /// Writes the rows after the checkpoint `continuation` resumes (all of them in a first
     /// invocation) into `target`, stopping at a boundary when the time is up. Without a
     /// `continuation` the export runs to its end in this invocation. Any failure aborts the
-    /// upload and deletes the checkpoints this invocation saved.
+    /// upload and deletes the checkpoints this invocation saved, unless it keeps them for a
+    /// retry ([`Checkpoints::give_up`]).
     async fn write(
         &self,
         target: S3Target,
@@ -184,19 +185,22 @@ impl KeysetExport<'_> {
                     };
                     if resumed && let Err(e) = self.no_null_keys(figures.rows).await {
                         writer.abort().await;
-                        delete_saved(checkpoints.as_ref()).await;
+                        give_up(checkpoints.as_ref(), &e).await;
                         return Err(e);
                     }
                     let finished = writer.finish().await;
-                    delete_saved(checkpoints.as_ref()).await;
+                    if let Some(c) = &checkpoints {
+                        c.end(&finished).await;
+                    }
                     return Ok((Wrote::Done(finished?), figures));
                 }
                 Ok(Stretch::Boundary(b, time_up)) => (b, time_up),
                 Err(e) => {
                     canceller.cancel().await;
                     writer.abort().await;
-                    delete_saved(checkpoints.as_ref()).await;
-                    return Err(deadline_bytes(e, &progress));
+                    let e = deadline_bytes(e, &progress);
+                    give_up(checkpoints.as_ref(), &e).await;
+                    return Err(e);
                 }
             };
             let figures = Figures {
@@ -207,8 +211,9 @@ impl KeysetExport<'_> {
                 Ok(s) => s,
                 Err(e) => {
                     canceller.cancel().await;
-                    delete_saved(checkpoints.as_ref()).await;
-                    return Err(deadline_bytes(e, &progress));
+                    let e = deadline_bytes(e, &progress);
+                    give_up(checkpoints.as_ref(), &e).await;
+                    return Err(e);
                 }
             };
             let position = self.position(boundary.after.clone(), figures.rows, None);
@@ -241,7 +246,7 @@ impl KeysetExport<'_> {
                 Ok(w) => w,
                 Err(e) => {
                     canceller.cancel().await;
-                    checkpoints.abandon().await;
+                    checkpoints.give_up(&e).await;
                     return Err(e);
                 }
             };
@@ -326,7 +331,9 @@ impl KeysetExport<'_> {
         if result.is_err() {
             partition::roll_back(self.s3, &self.spec.destination.bucket, &written).await;
         }
-        delete_saved(checkpoints.as_ref()).await;
+        if let Some(c) = &checkpoints {
+            c.end(&result).await;
+        }
         result
     }
 
@@ -559,8 +566,8 @@ impl TakesChunks for PartitionedExport {
     }
 }
 
-async fn delete_saved(checkpoints: Option<&Checkpoints<'_>>) {
+async fn give_up(checkpoints: Option<&Checkpoints<'_>>, error: &Error) {
     if let Some(c) = checkpoints {
-        c.delete_saved().await;
+        c.give_up(error).await;
     }
 }

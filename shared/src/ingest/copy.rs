@@ -160,7 +160,7 @@ pub(super) async fn copy_body(
             Ok(w) => w,
             Err(e) => {
                 // The saved checkpoint names an upload nothing else would end.
-                c.abandon().await;
+                c.give_up(&e).await;
                 break Err(e);
             }
         };
@@ -168,7 +168,7 @@ pub(super) async fn copy_body(
     // Finished or failed: the checkpoints of this invocation go (a failed writer aborted
     // its upload; `run_continuing` deletes the one this invocation started from).
     if let Some(c) = &checkpoints {
-        c.delete_saved().await;
+        c.end(&copied).await;
     }
     let uploaded = copied?;
     Ok((Written::Single(uploaded), page_stats(bytes_in(), url)))

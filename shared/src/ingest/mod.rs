@@ -582,7 +582,7 @@ async fn write_records(
                 pages::roll_back(p.ctx, bucket, &written).await;
                 partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
                 if let Some(pager) = &pager {
-                    pager.checkpoints.delete_saved().await;
+                    pager.checkpoints.give_up(&panicked).await;
                 }
                 return Err(panicked);
             }
@@ -621,7 +621,7 @@ async fn write_records(
         partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
     }
     if let Some(pager) = &pager {
-        pager.checkpoints.delete_saved().await;
+        pager.checkpoints.end(&result).await;
     }
     Ok((deadline_bytes(result, stats.bytes_in)?, stats))
 }

@@ -75,8 +75,8 @@ impl<'a> Pager<'a> {
     /// suspends its quarantine as the side upload), and the checkpoint lists them. At the
     /// end of the invocation's time (`time_up`) the job continues in the next one, otherwise
     /// the output goes on at once. A failure aborts the upload (the open objects) and
-    /// deletes the checkpoints this invocation saved; the caller deletes the objects
-    /// completed.
+    /// deletes the checkpoints this invocation saved, unless it keeps them for a retry
+    /// ([`Checkpoints::give_up`]); the caller deletes the objects completed.
     pub async fn checkpoint(
         &mut self,
         out: Output,
@@ -87,15 +87,16 @@ impl<'a> Pager<'a> {
         let bytes_in = paging.stats.bytes_in;
         let Some(next) = paging.next.as_ref() else {
             drop(out);
-            self.checkpoints.abandon().await;
-            return Err(Error::Internal {
+            let e = Error::Internal {
                 message: "the producer stopped with no page to go on from".into(),
-            });
+            };
+            self.checkpoints.give_up(&e).await;
+            return Err(e);
         };
         let held = match deadline_bytes(Held::suspend(out).await, bytes_in) {
             Ok(held) => held,
             Err(e) => {
-                self.checkpoints.delete_saved().await;
+                self.checkpoints.give_up(&e).await;
                 return Err(e);
             }
         };
@@ -136,7 +137,7 @@ impl<'a> Pager<'a> {
         match resumed {
             Ok(out) => Ok(Stretch::Resumed(out)),
             Err(e) => {
-                self.checkpoints.abandon().await;
+                self.checkpoints.give_up(&e).await;
                 Err(e)
             }
         }

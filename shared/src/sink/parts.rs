@@ -92,6 +92,9 @@ pub(crate) struct Parts {
     /// removed with it (some S3 servers end every other upload of a key on completion): the
     /// rest of the input is discarded and `finish` answers [`PutOutcome::AlreadyExists`].
     overtaken: bool,
+    /// The upload belongs to the checkpoint this invocation resumed ([`Suspended::held`]):
+    /// a failure leaves it open instead of aborting it.
+    held: bool,
 }
 
 /// How many part buffers a writer may hold at once: the one filling and the ones uploading.
@@ -281,6 +284,14 @@ pub struct Suspended {
     pub bytes: u64,
     /// Bytes accepted but not yet uploaded: less than one part, the start of the next.
     pub tail: Bytes,
+    /// Whether the upload belongs to a saved checkpoint the invocation resumed: a writer
+    /// that fails then leaves it open (parts in flight cancelled), and the invocation's end
+    /// ([`checkpoint::settle`](crate::checkpoint::settle)) decides: it aborts the upload, or
+    /// after a transient failure keeps it, with its checkpoint, for a retry of the same
+    /// `continue` event. Carried over by [`ObjectWriter::suspend`].
+    ///
+    /// [`ObjectWriter::suspend`]: super::ObjectWriter::suspend
+    pub held: bool,
 }
 
 impl Suspended {
@@ -292,6 +303,7 @@ impl Suspended {
             parts: Vec::new(),
             bytes: 0,
             tail: Bytes::new(),
+            held: false,
         }
     }
 }
@@ -364,6 +376,7 @@ impl Parts {
             committing: None,
             progress,
             overtaken: false,
+            held: false,
         }
     }
 
@@ -571,6 +584,7 @@ impl Parts {
             parts,
             bytes: self.bytes,
             tail,
+            held: self.held,
         })
     }
 
@@ -582,6 +596,7 @@ impl Parts {
             parts,
             bytes,
             tail,
+            held,
         } = suspended;
         let next = u32::try_from(parts.len())
             .unwrap_or(u32::MAX)
@@ -603,6 +618,7 @@ impl Parts {
             return Err(self.internal(&format!("cannot continue the upload: {problem}")));
         }
         self.upload_id = upload_id;
+        self.held = held;
         self.done = parts;
         self.part_number = next;
         self.bytes = bytes;
@@ -768,14 +784,30 @@ impl Parts {
     }
 
     /// Cancels the parts in flight and aborts the upload, if one was started. Bounded in time
-    /// ([`CLEANUP_GRACE`] past the deadline, at most [`CLEANUP_MAX`]).
+    /// ([`CLEANUP_GRACE`] past the deadline, at most [`CLEANUP_MAX`]). A held upload is left
+    /// open for the checkpoint that names it ([`Suspended::held`]).
     pub(crate) async fn abort(&mut self) {
         self.buf = None;
         self.in_flight.shutdown().await;
-        if let Some(upload_id) = self.upload_id.take() {
+        if let Some(upload_id) = self.release() {
             let budget = cleanup_budget(self.deadline);
             abort_within(self.target.as_ref(), &upload_id, budget).await;
         }
+    }
+
+    /// Takes the upload id away from this writer: `Some` when the writer must abort it,
+    /// `None` when there is none or it is held for its checkpoint (logged).
+    fn release(&mut self) -> Option<String> {
+        let upload_id = self.upload_id.take()?;
+        if self.held {
+            let (bucket, key) = self.target.describe();
+            tracing::info!(
+                %bucket, %key, %upload_id,
+                "the writer failed; its upload stays open for the checkpoint that names it"
+            );
+            return None;
+        }
+        Some(upload_id)
     }
 
     /// The way out after `err`: aborts (as [`abort`](Self::abort)), and when `err` dropped a
@@ -795,7 +827,7 @@ impl Parts {
         let started = Instant::now();
         self.buf = None;
         self.in_flight.shutdown().await;
-        if let Some(upload_id) = self.upload_id.take() {
+        if let Some(upload_id) = self.release() {
             abort_within(self.target.as_ref(), &upload_id, budget).await;
         }
         let left = budget.saturating_sub(started.elapsed());
@@ -861,7 +893,7 @@ fn cleanup_budget(deadline: Option<Instant>) -> Duration {
 
 impl Drop for Parts {
     fn drop(&mut self) {
-        let Some(upload_id) = self.upload_id.take() else {
+        let Some(upload_id) = self.release() else {
             return;
         };
         // The parts in flight are cancelled when the JoinSet drops.

@@ -861,6 +861,64 @@ async fn suspended_upload_resumes_into_one_object() {
     }
 }
 
+/// A resumed upload held for its checkpoint is left open by every way a writer can fail
+/// (dropped, aborted, a failed part), and carried over by a suspension; one not held is
+/// aborted, as any other.
+#[tokio::test]
+async fn a_held_upload_is_left_open_when_its_writer_fails() {
+    async fn suspended_upload(fake: &Arc<Fake>, held: bool) -> Suspended {
+        let mut first = writer(fake, None);
+        first.write(Bytes::from(data(2 * P + 10))).await.unwrap();
+        let mut suspended = first.suspend().await.unwrap();
+        assert!(!suspended.held, "a writer's own suspension is not held");
+        suspended.held = held;
+        suspended
+    }
+    for held in [true, false] {
+        // Dropped without a finish.
+        let fake = Arc::new(Fake::default());
+        let s = suspended_upload(&fake, held).await;
+        let mut w = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), s).unwrap();
+        w.write(Bytes::from(data(P + 1))).await.unwrap();
+        drop(w);
+        settle_aborts().await;
+        assert_eq!(
+            fake.calls().contains(&Call::Abort),
+            !held,
+            "dropped, held {held}"
+        );
+        // Aborted on purpose.
+        let fake = Arc::new(Fake::default());
+        let s = suspended_upload(&fake, held).await;
+        let w = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), s).unwrap();
+        w.abort().await;
+        assert_eq!(
+            fake.calls().contains(&Call::Abort),
+            !held,
+            "aborted, held {held}"
+        );
+        // A part fails; suspended again first, the hold goes with it.
+        let fake = Arc::new(Fake {
+            fail_part: Some(4),
+            ..Fake::default()
+        });
+        let s = suspended_upload(&fake, held).await;
+        let w = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), s).unwrap();
+        let again = w.suspend().await.unwrap();
+        assert_eq!(again.held, held);
+        let mut w = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), again).unwrap();
+        w.write(Bytes::from(data(2 * P))).await.unwrap_or(());
+        assert!(w.finish().await.is_err(), "part 4 fails");
+        settle_aborts().await;
+        assert_eq!(
+            fake.calls().contains(&Call::Abort),
+            !held,
+            "failed part, held {held}"
+        );
+        assert_eq!(fake.open_uploads.load(Ordering::SeqCst), usize::from(held));
+    }
+}
+
 /// Less than a part before the suspension: no upload was started, the tail is everything,
 /// and the resumed writer may still end in one `PutObject`.
 #[tokio::test]
@@ -913,6 +971,7 @@ async fn resume_refuses_a_state_it_cannot_continue() {
             parts,
             bytes,
             tail: Bytes::from(vec![0; tail]),
+            held: false,
         };
         let err = ObjectWriter::resume(Arc::new(Shared(fake.clone())), &opts(), suspended)
             .unwrap_err()

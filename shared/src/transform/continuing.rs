@@ -221,7 +221,7 @@ impl<'a> RowCheckpoints<'a> {
                 sink.quarantine.resume(side, quarantined)
             });
         if let Err(e) = resumed {
-            self.checkpoints.abandon().await;
+            self.checkpoints.give_up(&e).await;
             return Err(e);
         }
         self.stopper.mark();

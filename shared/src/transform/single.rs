@@ -88,13 +88,17 @@ pub(super) async fn write(
             // instead).
             output.abort().await;
             quarantine.abort().await;
-            delete_saved(checkpoints).await;
+            if let Some(c) = checkpoints {
+                c.give_up(&e).await;
+            }
             tracing::error!(%source, error = %e, "transform failed; output and quarantine aborted");
             return Err(e);
         }
     }
     let finished = finish(output, &mut quarantine, summary, deadline).await;
-    delete_saved(checkpoints).await;
+    if let Some(c) = checkpoints {
+        c.end(&finished).await;
+    }
     finished.map(Landed::One)
 }
 
@@ -161,12 +165,6 @@ fn saver<'a>(
         options: scope.options.clone(),
         quarantine_key: w.quarantine_key.clone(),
         saved: (0, 0),
-    }
-}
-
-async fn delete_saved(checkpoints: Option<&Checkpoints<'_>>) {
-    if let Some(c) = checkpoints {
-        c.delete_saved().await;
     }
 }
 
