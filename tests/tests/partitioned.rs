@@ -89,16 +89,12 @@ async fn list(h: &Harness, prefix: &str) -> Vec<(String, u64)> {
 
 /// Downloads the objects under `lake/events/` into a fresh directory, keeping their keys.
 async fn download(h: &Harness, label: &str) -> (PathBuf, Vec<(String, u64)>) {
-    let dir = std::env::temp_dir().join(format!("sluice-part-{label}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let client = h.server.client().await;
     let objects = list(h, "lake/events/").await;
-    for (key, _) in &objects {
-        let path = dir.join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, read_object(&client, &h.bucket, key).await).unwrap();
-    }
-    (dir, objects)
+    let keys: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+    (
+        download_keys(h, &keys, &format!("part-{label}")).await,
+        objects,
+    )
 }
 
 /// The date in a key `…/dt=YYYY-MM-DD/…`.
@@ -495,6 +491,15 @@ fn key_month(key: &str) -> String {
 /// Rows per month of the downloaded gzip CSV objects, checking that each object starts with
 /// the header, holds at most 400 rows, and only rows of its month.
 fn csv_month_counts(dir: &Path, objects: &[(String, u64)]) -> BTreeMap<String, u64> {
+    csv_month_counts_within(dir, objects, 400)
+}
+
+/// [`csv_month_counts`] for objects of at most `max` rows.
+fn csv_month_counts_within(
+    dir: &Path,
+    objects: &[(String, u64)],
+    max: u64,
+) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for (key, _) in objects {
         let month = key_month(key);
@@ -509,7 +514,7 @@ fn csv_month_counts(dir: &Path, objects: &[(String, u64)]) -> BTreeMap<String, u
             assert_eq!(&row[at][..7], month, "{key}: {row:?}");
             n += 1;
         }
-        assert!((1..=400).contains(&n), "{key} holds {n} rows");
+        assert!((1..=max).contains(&n), "{key} holds {n} rows");
         *counts.entry(month).or_insert(0) += n;
     }
     counts
@@ -626,6 +631,156 @@ async fn transform_writes_partitioned_csv_and_parquet() {
         assert_eq!(s["partitioned"]["objects"], now.len(), "{s}");
         assert_eq!(s["records_out"], want2.values().sum::<u64>(), "{s}");
         assert!(uploads_in_progress(&client, &h.bucket).await.is_empty());
+    }
+}
+
+/// Downloads `keys` into a fresh directory named for `label`.
+async fn download_keys(h: &Harness, keys: &[String], label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let client = h.server.client().await;
+    for key in keys {
+        let path = dir.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, read_object(&client, &h.bucket, key).await).unwrap();
+    }
+    dir
+}
+
+/// transform-s3 into partitioned CSV and Parquet across invocations, in the Lambda box with
+/// 1 s invocations: each stop completes the open objects and the next invocation writes each
+/// partition's next `{part}`. Every good row lands once (per-month counts equal to the
+/// generator's, as many distinct summons numbers as rows), under its month, in objects of at
+/// most 2,000 rows; the manifest lists exactly the stored objects; the quarantine holds
+/// every bad row once; nothing is left under `_sluice/`. An abort event after the first stop
+/// deletes the objects completed.
+#[tokio::test]
+async fn a_partitioned_transform_continues_into_the_next_parts() {
+    const SIZE: u64 = 24 * MIB;
+    const MAX: u64 = 2000;
+    let (want, bad) = parking_months(9, SIZE);
+    let rows: u64 = want.values().sum();
+    for format in ["csv", "parquet"] {
+        let mut pipeline = transform_pipeline(format);
+        pipeline["output"]["max_object_records"] = json!(MAX);
+        pipeline["tuning"]["max_invocation_secs"] = json!(1);
+        let b = sluice_tests::harness::LambdaBox::create(&format!("sluice-part-trc-{format}"));
+        let label = format!("part-trc-{format}");
+        let env = [("PIPELINE", pipeline.to_string())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let h = Harness::start_in("transform-s3", &label, &b.procs(), &env).await;
+        let source = "incoming/continued.csv";
+        put_source(&h, source, parking_file(9, SIZE)).await;
+        let event = json!({"bucket": h.bucket, "key": source, "continuable": true});
+        let started = std::time::Instant::now();
+        let answers = h.run_to_end(event.clone(), T, 200).await;
+        let secs = started.elapsed().as_secs_f64();
+        for a in &answers[..answers.len() - 1] {
+            assert_eq!(a["status"], "continue", "{format}: {a}");
+        }
+        assert!(
+            answers.len() >= 3,
+            "{format}: {} invocations",
+            answers.len()
+        );
+        let s = &answers.last().unwrap()["objects"][0];
+        assert_eq!(s["status"], "written", "{format}: {s}");
+        assert_eq!(s["invocations"], answers.len(), "{format}: {s}");
+        assert_eq!(s["records_out"], rows, "{format}: {s}");
+        assert_eq!(s["quarantined"], bad, "{format}: {s}");
+        assert_eq!(s["partitioned"]["partitions"], want.len(), "{format}: {s}");
+        let manifest = "lake/parking/_manifests/incoming/continued.csv.json";
+        assert_eq!(s["manifest"], manifest, "{s}");
+        let keys = h.objects_of_manifest(manifest, "lake/parking/").await;
+        assert_eq!(s["partitioned"]["objects"], keys.len(), "{format}: {s}");
+        let client = h.server.client().await;
+        let quarantine = read_object(&client, &h.bucket, "quarantine/continued.ndjson").await;
+        let mut lines: Vec<u64> = quarantine
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(&l.unwrap()).unwrap()["line"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(lines.len() as u64, bad, "{format}: quarantine lines");
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(
+            lines.len() as u64,
+            bad,
+            "{format}: a bad row quarantined twice"
+        );
+        let dir = download_keys(&h, &keys, &label).await;
+        let (got, distinct) = if format == "parquet" {
+            let rows = lake::duckdb_sql(&format!(
+                "SELECT CAST(month AS VARCHAR) AS month, count(*) AS n, count(DISTINCT \"Summons Number\") AS d, max(c) AS most, bool_and(strftime(\"Issue Date\", '%Y-%m') = CAST(month AS VARCHAR)) AS same FROM (SELECT *, count(*) OVER (PARTITION BY filename) AS c FROM read_parquet('{}/lake/parking/*/*.parquet', hive_partitioning = true, filename = true)) GROUP BY month",
+                dir.display()
+            ));
+            let mut distinct = 0;
+            let got = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    assert_eq!(r["same"], true, "a row under another month: {r}");
+                    assert!(r["most"].as_u64().unwrap() <= MAX, "{r}");
+                    distinct += r["d"].as_u64().unwrap();
+                    (
+                        r["month"].as_str().unwrap().to_owned(),
+                        r["n"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (got, distinct)
+        } else {
+            let sized: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), 0)).collect();
+            let distinct = lake::duckdb_sql(&format!(
+                "SELECT count(DISTINCT \"Summons Number\") AS d FROM read_csv('{}/lake/parking/*/*.csv.gz', header = true)",
+                dir.display()
+            ))[0]["d"]
+                .as_u64()
+                .unwrap();
+            (csv_month_counts_within(&dir, &sized, MAX), distinct)
+        };
+        assert_eq!(got, want, "{format}: rows per month");
+        assert_eq!(distinct, rows, "{format}: a row written twice");
+        let _ = std::fs::remove_dir_all(&dir);
+        h.assert_clean().await;
+        eprintln!(
+            "CONTINUE partitioned transform {format}: {rows} rows, {bad} quarantined, {} invocations, {} objects in {} partitions, {secs:.1} s; cgroup peak {}",
+            answers.len(),
+            keys.len(),
+            want.len(),
+            b.peak_mib()
+                .map_or("not measured".into(), |p| format!("{p:.1} MiB")),
+        );
+
+        // Given up after the first stop: the objects it completed go with the checkpoint.
+        let again = "incoming/given-up.csv";
+        put_source(&h, again, parking_file(10, SIZE)).await;
+        let event = json!({"bucket": h.bucket, "key": again, "continuable": true});
+        let first = response(h.invoke(event, T).await);
+        assert_eq!(first["status"], "continue", "{format}: {first}");
+        let completed = list(&h, "lake/parking/")
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.contains("/given-up-"))
+            .count();
+        assert!(
+            completed > 0,
+            "{format}: nothing completed at the first stop"
+        );
+        let abort = json!({"abort": first["continue"]});
+        let answer = response(h.invoke(abort, T).await);
+        assert_eq!(answer["status"], "aborted", "{format}: {answer}");
+        let left: Vec<_> = list(&h, "lake/parking/")
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.contains("given-up"))
+            .collect();
+        assert!(left.is_empty(), "{format}: left after the abort: {left:?}");
+        h.assert_clean().await;
     }
 }
 

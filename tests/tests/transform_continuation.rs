@@ -573,9 +573,10 @@ async fn a_pipeline_changed_between_invocations_is_refused_and_leaves_nothing() 
     h.assert_clean().await;
 }
 
-/// A Parquet output cannot continue (its footer ends the file): a `continuable` event for it
-/// runs in one invocation, however short `max_invocation_secs` is, and says nothing about
-/// continuing.
+/// One Parquet file cannot continue (its footer indexes every row group): a `continuable`
+/// event for it runs in one invocation, however short `max_invocation_secs` is, and says
+/// nothing about continuing. (A partitioned Parquet output continues in its next `{part}`:
+/// `partitioned.rs`.)
 #[tokio::test]
 async fn a_parquet_output_runs_in_one_invocation_even_when_continuable() {
     let b = LambdaBox::create("sluice-trc-parquet");

@@ -181,6 +181,10 @@ pub struct RowsPosition {
     /// A digest of the pipeline: a checkpoint continues only with the pipeline that wrote
     /// it.
     pub pipeline: String,
+    /// A partitioned output's objects completed so far and each partition's next `{part}`
+    /// (`None` for one object, which is the suspended upload instead).
+    #[serde(default)]
+    pub partitions: Option<Box<crate::partition::PartitionsResume>>,
 }
 
 /// Partitioned Parquet records between two invocations, besides their files: the schema
@@ -218,7 +222,8 @@ impl Position {
             Position::Pages { partitions, .. } | Position::Keyset { partitions, .. } => {
                 partitions.as_deref()
             }
-            Position::HttpRange { .. } | Position::Rows(_) => None,
+            Position::Rows(rows) => rows.partitions.as_deref(),
+            Position::HttpRange { .. } => None,
         }
     }
 

@@ -107,7 +107,7 @@ impl<'a> Pager<'a> {
             parquet: held.parquet.clone().map(Box::new),
         };
         let (parts, bytes) = match &held.files {
-            Some(s) => figures(s),
+            Some(s) => s.uploaded(),
             None => (held.upload.parts.len() as u32, held.upload.bytes),
         };
         let saved = self.checkpoints.save_with_side(
@@ -199,12 +199,6 @@ impl Held {
         }
         Ok(held)
     }
-}
-
-/// The parts and bytes of a partitioned run's objects so far.
-fn figures(state: &PartitionsResume) -> (u32, u64) {
-    let parts = state.objects.iter().map(|o| o.parts).sum();
-    (parts, state.objects.iter().map(|o| o.bytes).sum())
 }
 
 /// A resumed job's watermark: the incremental state must still hold the one it started from,

@@ -169,6 +169,14 @@ pub struct PartitionsResume {
     pub summary: PartitionedSummary,
 }
 
+impl PartitionsResume {
+    /// The parts and bytes of the objects completed so far.
+    pub fn uploaded(&self) -> (u32, u64) {
+        let parts = self.objects.iter().map(|o| o.parts).sum();
+        (parts, self.objects.iter().map(|o| o.bytes).sum())
+    }
+}
+
 struct Partition<T> {
     segments: Vec<String>,
     /// Number of the next object.

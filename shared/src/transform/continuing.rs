@@ -20,7 +20,7 @@ use super::{
     ObjectSummary, Pipeline, SourceObject, SourceVars, TransformContext, WriteTo, Writing,
 };
 use super::{config, content_type};
-use crate::checkpoint::{Checkpoints, Continue, Position, RowsPosition, StopClock};
+use crate::checkpoint::{Checkpoints, Continue, JobScope, Position, RowsPosition, StopClock};
 use crate::checkpoint::{Continuation, Loaded};
 use crate::codec::{Decoding, MemberStart, MemberStarts};
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ use crate::format::Format;
 use crate::job;
 use crate::key::KeyVars;
 use crate::sink::ObjectMeta;
-use crate::sink::{ObjectWriter, S3Target, UploadOptions};
+use crate::sink::{ObjectWriter, S3Target, Suspended, UploadOptions};
 use crate::source::s3::{self as s3src, ObjectVersion};
 use crate::telemetry::Progress;
 use chrono::DateTime;
@@ -132,8 +132,9 @@ pub(super) struct RowCheckpoints<'a> {
     /// Source bytes read by the invocations before this one, and this one's counter.
     pub bytes_before: u64,
     pub bytes_read: Arc<crate::source::s3::BodyProgress>,
-    /// The output and its upload options, to resume it after a periodic checkpoint.
-    pub target: Arc<S3Target>,
+    /// One object's output (`None`: partitioned) and its upload options, to resume it after
+    /// a periodic checkpoint.
+    pub target: Option<Arc<S3Target>>,
     pub options: UploadOptions,
     /// The quarantine's key (its side upload).
     pub quarantine_key: String,
@@ -156,9 +157,10 @@ impl<'a> RowCheckpoints<'a> {
     }
 
     /// At a boundary between two records (`at`): everything before it goes into the output
-    /// and the quarantine, both are suspended and the checkpoint is saved. When the time is
-    /// up (`time_up`), the event that continues is returned and both stay suspended; else
-    /// both resume and the rows go on (`None`). A failure aborts both uploads.
+    /// and the quarantine, both are suspended (a partitioned output's objects completed) and
+    /// the checkpoint is saved. When the time is up (`time_up`), the event that continues is
+    /// returned and both stay suspended; else both resume and the rows go on (`None`). A
+    /// failure aborts both uploads (a partitioned output's open objects).
     pub async fn boundary(
         &mut self,
         sink: &mut RowSink<'_>,
@@ -166,7 +168,10 @@ impl<'a> RowCheckpoints<'a> {
         time_up: bool,
     ) -> Result<Option<Continue>> {
         sink.flush().await?;
-        let suspended = sink.output().suspend().await?;
+        let (suspended, files) = match sink.partitioned() {
+            Some(rows) => (Suspended::none(), Some(rows.suspend().await?)),
+            None => (sink.output().suspend().await?, None),
+        };
         let side = match sink.quarantine.suspend().await {
             Ok(side) => side,
             Err(e) => {
@@ -192,10 +197,14 @@ impl<'a> RowCheckpoints<'a> {
             records: at.records,
             counts,
             first_bad: sink.first_bad().map(str::to_owned),
+            partitions: files.as_ref().map(|f| Box::new(f.clone())),
             ..self.base.clone()
         };
         let bytes_in = self.bytes_before + self.bytes_read.bytes();
-        self.saved = (suspended.parts.len() as u32, suspended.bytes);
+        self.saved = match &files {
+            Some(f) => f.uploaded(),
+            None => (suspended.parts.len() as u32, suspended.bytes),
+        };
         let quarantined = sink.quarantine.count();
         let saved = self
             .checkpoints
@@ -209,17 +218,19 @@ impl<'a> RowCheckpoints<'a> {
         if time_up {
             tracing::info!(
                 checkpoint = %saved.checkpoint.key, decoded = at.offset, records = at.records,
-                parts = suspended.parts.len(),
+                parts = self.saved.0, objects = files.map(|f| f.objects.len()),
                 "stopped at a row before the deadline; the transform continues in the next invocation"
             );
             return Ok(Some(saved));
         }
         tracing::debug!(checkpoint = %saved.checkpoint.key, decoded = at.offset, "checkpoint");
-        let resumed =
-            ObjectWriter::resume(self.target.clone(), &self.options, suspended).and_then(|w| {
-                sink.output().resume_text(w);
-                sink.quarantine.resume(side, quarantined)
-            });
+        // A partitioned output goes on by itself: a row opens its partition's next `{part}`.
+        let output = match &self.target {
+            Some(target) => ObjectWriter::resume(target.clone(), &self.options, suspended)
+                .map(|w| sink.output().resume_text(w)),
+            None => Ok(()),
+        };
+        let resumed = output.and_then(|()| sink.quarantine.resume(side, quarantined));
         if let Err(e) = resumed {
             self.checkpoints.give_up(&e).await;
             return Err(e);
@@ -229,8 +240,11 @@ impl<'a> RowCheckpoints<'a> {
     }
 
     /// Aborts an output upload suspended before its checkpoint could be saved.
-    async fn abort_suspended(&self, suspended: &crate::sink::Suspended) {
-        if let Ok(w) = ObjectWriter::resume(self.target.clone(), &self.options, suspended.clone()) {
+    async fn abort_suspended(&self, suspended: &Suspended) {
+        let Some(target) = &self.target else {
+            return;
+        };
+        if let Ok(w) = ObjectWriter::resume(target.clone(), &self.options, suspended.clone()) {
             w.abort().await;
         }
     }
@@ -253,17 +267,59 @@ pub(super) struct Continuing<'c> {
     pub bytes_read: Arc<s3src::BodyProgress>,
 }
 
-/// Whether a transform with `pipeline` can go on in another invocation: one text object
-/// (a Parquet or partitioned output runs in one invocation). A checkpoint of a pipeline that
-/// cannot is refused by [`resume_point`].
+impl<'c> Continuing<'c> {
+    /// The checkpoints of this invocation, writing `w` (one object's `target`, or a
+    /// partitioned output's objects when `None`) with `scope`'s upload options.
+    pub fn saver(
+        self,
+        scope: JobScope<'c>,
+        w: &Writing,
+        target: Option<&S3Target>,
+    ) -> RowCheckpoints<'c> {
+        let first = Position::Rows(Box::new(self.base.clone()));
+        let checkpoints = Checkpoints::new(scope, self.continuation, &w.key, first);
+        let stopper = RowCheckpoints::stopper(
+            checkpoints.clock.clone(),
+            checkpoints.every_parts,
+            scope.invocation.progress.clone(),
+        );
+        RowCheckpoints {
+            checkpoints,
+            stopper,
+            first_bad_before: self.base.first_bad.clone(),
+            base: self.base,
+            starts: self.starts,
+            from_member: self.member,
+            resumed: self.resumed,
+            bytes_before: self.bytes_before,
+            bytes_read: self.bytes_read,
+            target: target.map(|t| Arc::new(t.clone())),
+            options: scope.options.clone(),
+            quarantine_key: w.quarantine_key.clone(),
+            saved: (0, 0),
+        }
+    }
+}
+
+/// Whether a transform with `pipeline` can go on in another invocation: a CSV or NDJSON
+/// object, or a partitioned output in any format (each stop completes its objects, and the
+/// next invocation writes each partition's next `{part}`). One Parquet file cannot: its
+/// footer indexes every row group. A checkpoint of a pipeline that cannot is refused by
+/// [`resume_point`].
 pub(super) fn can_continue(pipeline: &Pipeline, continuation: &Continuation) -> bool {
-    let can = pipeline.output.format != Format::Parquet && !pipeline.is_partitioned();
+    let can = cannot_continue(pipeline).is_none();
     if !can && continuation.from.is_none() {
         tracing::info!(
-            "the output is Parquet or partitioned: the transform runs in one invocation"
+            "the output is one Parquet file: the transform runs in one invocation (a {{part}} in output.key with max_object_mib lets it continue)"
         );
     }
     can || continuation.from.is_some()
+}
+
+/// Why the output of `pipeline` cannot continue, if it cannot.
+fn cannot_continue(pipeline: &Pipeline) -> Option<&'static str> {
+    (pipeline.output.format == Format::Parquet && !pipeline.is_partitioned())
+        .then_some("the pipeline's output, one Parquet file, cannot continue")
 }
 
 /// The position a checkpoint resumes, when it is a transform's written with this pipeline.
@@ -289,8 +345,13 @@ pub(super) fn resume_point<'l>(
             "it was written with another pipeline (the function's pipeline changed)".into(),
         ));
     }
-    if pipeline.output.format == Format::Parquet || pipeline.is_partitioned() {
-        return Err(refuse("the pipeline's output cannot continue".into()));
+    if let Some(why) = cannot_continue(pipeline) {
+        return Err(refuse(why.into()));
+    }
+    if position.partitions.is_some() != pipeline.is_partitioned() {
+        return Err(refuse(
+            "its output and the pipeline's differ (one object and a partitioned one)".into(),
+        ));
     }
     if position.decoded < position.member_decoded {
         return Err(refuse("its member starts after its rows".into()));
@@ -299,8 +360,10 @@ pub(super) fn resume_point<'l>(
 }
 
 /// The output a resumed transform goes on writing: its keys as the first invocation
-/// rendered them (the checkpoint keeps the run id and start), the source version pinned.
-pub(super) fn resumed_writing(
+/// rendered them (the checkpoint keeps the run id and start), the source version pinned. A
+/// partitioned output replaces, once it lands, the objects the manifest lists now (the older
+/// version's, as the first invocation found them).
+pub(super) async fn resumed_writing(
     pipeline: &Pipeline,
     src: &SourceObject,
     ctx: &TransformContext,
@@ -311,8 +374,32 @@ pub(super) fn resumed_writing(
         key: src.key.clone(),
         vars: KeyVars::new(ctx.invocation.started, ctx.invocation.run_id.clone()),
     };
-    let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
     let quarantine_key = config::render_key("quarantine.key", &pipeline.quarantine.key, &vars)?;
+    let (key, manifest_key, to) = if pipeline.is_partitioned() {
+        let template = pipeline.partition_template(&vars)?;
+        let key = template.pattern();
+        let manifest_key = super::partitioned_manifest_key(pipeline, &src.key);
+        let manifest = super::read_manifest(&ctx.s3, &summary.bucket, &manifest_key).await?;
+        let previous = manifest
+            .as_ref()
+            .map(super::manifest_objects)
+            .unwrap_or_default();
+        (
+            key,
+            manifest_key,
+            WriteTo::Partitioned { template, previous },
+        )
+    } else {
+        let key = config::render_key("output.key", &pipeline.output.key, &vars)?;
+        let target = S3Target::new(ctx.s3.clone(), &summary.bucket, &key).with_meta(ObjectMeta {
+            content_type: Some(content_type(pipeline)),
+        });
+        let to = WriteTo::One {
+            target,
+            output_exists: at.output_exists,
+        };
+        (key.clone(), job::manifest_key(&key), to)
+    };
     summary.key = Some(key.clone());
     summary.source_etag = Some(at.etag.clone());
     summary.source_last_modified = at.last_modified.clone();
@@ -321,11 +408,8 @@ pub(super) fn resumed_writing(
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.to_utc());
-    let target = S3Target::new(ctx.s3.clone(), &summary.bucket, &key).with_meta(ObjectMeta {
-        content_type: Some(content_type(pipeline)),
-    });
     Ok(Box::new(Writing {
-        manifest_key: job::manifest_key(&key),
+        manifest_key,
         key,
         quarantine_key,
         version: ObjectVersion {
@@ -333,10 +417,7 @@ pub(super) fn resumed_writing(
             last_modified,
             size: 0,
         },
-        to: WriteTo::One {
-            target,
-            output_exists: at.output_exists,
-        },
+        to,
     }))
 }
 
@@ -368,6 +449,7 @@ pub(super) fn first_position(
         ),
         first_bad: None,
         pipeline: fingerprint(pipeline),
+        partitions: None,
     }
 }
 

@@ -252,7 +252,7 @@ pub async fn run_continuing(
     let from = continuation.and_then(|c| c.from.as_ref());
     let resume = from.map(|l| resume_point(pipeline, l)).transpose()?;
     let w = match resume {
-        Some(at) => resumed_writing(pipeline, src, ctx, at, &mut summary)?,
+        Some(at) => resumed_writing(pipeline, src, ctx, at, &mut summary).await?,
         None => match plan(pipeline, src, ctx, &mut summary).await? {
             Plan::Skip(status, reason) => return Ok(summary.ended(clock, status, Some(reason))),
             Plan::Write(w) => w,
@@ -310,18 +310,10 @@ pub async fn run_continuing(
             single::write(pipeline, ctx, &source, &w, input, &mut summary, continuing).await
         }
         WriteTo::Partitioned { template, .. } => {
-            let quarantine = (w.quarantine_key.as_str(), source.as_str());
-            partitioned::write(
-                pipeline,
-                ctx,
-                quarantine,
-                template,
-                decoded,
-                map_io,
-                &mut summary,
-            )
-            .await
-            .map(|(objects, figures)| Landed::Partitioned(objects, figures))
+            let input = (decoded, map_io);
+            let to = (&*w, source.as_str());
+            let summary = &mut summary;
+            partitioned::write(pipeline, ctx, to, template, input, summary, continuing).await
         }
     };
     summary.bytes_in = from.map_or(0, |l| l.checkpoint.bytes_in) + progress.bytes();

@@ -246,6 +246,11 @@ impl<'a> RowSink<'a> {
         self.partitioned.is_some()
     }
 
+    /// The partitioned output, if it is one.
+    pub fn partitioned(&mut self) -> Option<&mut PartitionedRows> {
+        self.partitioned.as_deref_mut()
+    }
+
     /// Steps and output for a typed row, or the quarantine.
     pub async fn row(
         &mut self,

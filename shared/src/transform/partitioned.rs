@@ -13,35 +13,44 @@ use chrono::{DateTime, Datelike, NaiveDate};
 
 use tokio::io::AsyncRead;
 
+use super::continuing::Continuing;
+use super::keep_quarantine;
 use super::reader::IoErrorMap;
 use super::rows::RowOut;
+use super::rows::Rows;
 use super::steps::{Layout, RowError};
 use super::value::Value;
 use super::writer::RowWriter;
-use super::{ObjectSummary, Pipeline, Plan, TransformContext, WriteTo, Writing, keep_quarantine};
+use super::{Landed, ObjectSummary, Pipeline, Plan, TransformContext, WriteTo, Writing};
+use crate::checkpoint::JobScope;
 use crate::columnar::{self, ParquetOptions, RecordOutput, TableSchema};
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{self, Status};
 use crate::partition::{
     self, FieldValue, KeyTemplate, Objects, PartitionObject, PartitionedSummary, Partitioner,
-    Written,
+    PartitionsResume, Written,
 };
 use crate::sink::{ObjectMeta, ObjectWriter, S3Target, UploadOptions, Uploaded};
 
 /// Streams the rows into the objects of their partitions and completes them, then the
-/// quarantine (`quarantine`: its key and the source, for its records). On any failure
-/// (the deadline, a panic) the open objects are aborted and the completed ones deleted.
+/// quarantine (at `w.quarantine_key`; `source` names the rows' source). On any failure (the
+/// deadline, a panic) the open objects are aborted and the completed ones deleted, the
+/// earlier invocations' included. A transform that is `continuing` may stop at a boundary
+/// instead: every open object is completed and the checkpoint lists them, with each
+/// partition's next `{part}`; the next invocation resumes the partitions from it.
 pub(super) async fn write(
     pipeline: &Pipeline,
     ctx: &TransformContext,
-    quarantine: (&str, &str),
+    (w, source): (&Writing, &str),
     template: &KeyTemplate,
-    decoded: Box<dyn AsyncRead + Send + Unpin>,
-    map_io: IoErrorMap,
+    (decoded, map_io): (Box<dyn AsyncRead + Send + Unpin>, IoErrorMap),
     summary: &mut ObjectSummary,
-) -> Result<(Vec<PartitionObject>, PartitionedSummary)> {
-    let (quarantine_key, source) = quarantine;
+    continuing: Option<Continuing<'_>>,
+) -> Result<Landed> {
+    let from = continuing
+        .as_ref()
+        .and_then(|c| c.continuation.from.as_ref());
     let budget = pipeline.tuning.budget(ctx.budget)?;
     let deadline = ctx
         .invocation
@@ -65,17 +74,32 @@ pub(super) async fn write(
         meta: ObjectMeta {
             content_type: Some(super::content_type(pipeline)),
         },
-        upload,
+        upload: upload.clone(),
         format: out.format,
         parquet: columnar::options_for(out.compression, &pipeline.tuning, &share),
         layout: None,
         row: Vec::new(),
     };
     let written = Written::default();
-    let router = Partitioner::new(objects, template.clone(), limits, written.clone())?;
+    let mut router = Partitioner::new(objects, template.clone(), limits, written.clone())?;
+    if let Some(state) = from.and_then(|l| l.checkpoint.position.partitions()) {
+        router.resume(state.clone());
+    }
     let mut rows = PartitionedRows::new(router);
     let (mut quarantine, job) =
-        super::row_job(pipeline, ctx, source, quarantine_key, summary, deadline)?;
+        super::row_job(pipeline, ctx, source, &w.quarantine_key, summary, deadline)?;
+    if let Some(l) = from {
+        quarantine.resume(l.side_suspended(), summary.counts.quarantined)?;
+    }
+    let bucket = summary.bucket.clone();
+    let scope = JobScope {
+        s3: &ctx.s3,
+        bucket: &bucket,
+        options: &upload,
+        tuning: &pipeline.tuning,
+        invocation: &ctx.invocation,
+    };
+    let mut saver = continuing.map(|c| c.saver(scope, w, None));
     let mut spent = RecordOutput::Spent;
     let out = RowOut {
         output: &mut spent,
@@ -83,7 +107,7 @@ pub(super) async fn write(
         quarantine: &mut quarantine,
         counts: &mut summary.counts,
         decoded: &mut summary.bytes_decoded,
-        saver: None,
+        saver: saver.as_mut(),
     };
     let result = job::catch_panic(
         "the transform",
@@ -92,8 +116,12 @@ pub(super) async fn write(
     .await;
     summary.counts.quarantined = quarantine.count();
     let finished = match result {
+        Ok(Rows::Stopped(next)) => {
+            let (parts, bytes) = saver.as_ref().map_or((0, 0), |s| s.saved);
+            return Ok(Landed::Continues(next, parts, bytes));
+        }
         // The spilled rows and the last objects, then the quarantine.
-        Ok(_) => match job::within(deadline, rows.finish()).await {
+        Ok(Rows::Ended) => match job::within(deadline, rows.finish()).await {
             Ok(done) => job::within(deadline, keep_quarantine(&mut quarantine, summary))
                 .await
                 .map(|()| done),
@@ -104,13 +132,15 @@ pub(super) async fn write(
             Err(e)
         }
     };
-    if let Err(e) = finished {
+    if let Err(e) = &finished {
         quarantine.abort().await;
         partition::roll_back(&ctx.s3, &summary.bucket, &written).await;
         tracing::error!(%source, error = %e, "transform failed; its objects deleted, its uploads aborted");
-        return Err(e);
     }
-    finished
+    if let Some(s) = &saver {
+        s.checkpoints.end(&finished).await;
+    }
+    finished.map(|(objects, figures)| Landed::Partitioned(objects, figures))
 }
 
 /// After the objects: the manifest listing them, then the older version's objects go. A
@@ -231,6 +261,14 @@ impl PartitionedRows {
     /// been aborted; the caller deletes the completed ones ([`crate::partition::roll_back`]).
     pub async fn finish(self) -> Result<(Vec<PartitionObject>, PartitionedSummary)> {
         self.router.finish().await
+    }
+
+    /// Completes every open object (what was spilled written first) so that the transform
+    /// can stop here, and returns what the next invocation resumes with; the rows may also
+    /// go on in this one. On error the open objects have been aborted; the caller deletes
+    /// the completed ones.
+    pub async fn suspend(&mut self) -> Result<PartitionsResume> {
+        self.router.suspend().await
     }
 
     /// Aborts every open object (the caller deletes the completed ones).

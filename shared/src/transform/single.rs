@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tokio::io::AsyncRead;
 
-use super::continuing::{Continuing, RowCheckpoints};
+use super::continuing::Continuing;
 use super::quarantine::Quarantine;
 use super::reader::IoErrorMap;
 use super::rows::{RowOut, Rows};
 use super::{Landed, ObjectSummary, Pipeline, TransformContext, WriteTo, Writing};
 use super::{keep_quarantine, row_job};
-use crate::checkpoint::{Checkpoints, JobScope, Loaded};
+use crate::checkpoint::{JobScope, Loaded};
 use crate::columnar::{self, RecordOutput, RecordsWritten};
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -62,7 +62,7 @@ pub(super) async fn write(
         tuning: &pipeline.tuning,
         invocation: &ctx.invocation,
     };
-    let mut saver = continuing.map(|c| saver(scope, c, w, target));
+    let mut saver = continuing.map(|c| c.saver(scope, w, Some(target)));
     let out = RowOut {
         output: &mut output,
         partitioned: None,
@@ -135,37 +135,6 @@ fn open_output(
         Format::Csv | Format::Ndjson => RecordOutput::Text(writer),
     };
     Ok((options, output))
-}
-
-/// The checkpoints of a transform that may continue.
-fn saver<'a>(
-    scope: JobScope<'a>,
-    c: Continuing<'a>,
-    w: &Writing,
-    target: &S3Target,
-) -> RowCheckpoints<'a> {
-    let first = crate::checkpoint::Position::Rows(Box::new(c.base.clone()));
-    let checkpoints = Checkpoints::new(scope, c.continuation, &w.key, first);
-    let stopper = RowCheckpoints::stopper(
-        checkpoints.clock.clone(),
-        checkpoints.every_parts,
-        scope.invocation.progress.clone(),
-    );
-    RowCheckpoints {
-        checkpoints,
-        stopper,
-        first_bad_before: c.base.first_bad.clone(),
-        base: c.base,
-        starts: c.starts,
-        from_member: c.member,
-        resumed: c.resumed,
-        bytes_before: c.bytes_before,
-        bytes_read: c.bytes_read,
-        target: Arc::new(target.clone()),
-        options: scope.options.clone(),
-        quarantine_key: w.quarantine_key.clone(),
-        saved: (0, 0),
-    }
 }
 
 /// The output's last bytes (a Parquet footer) before the quarantine, then the quarantine
