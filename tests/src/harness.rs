@@ -289,6 +289,13 @@ impl LambdaBox {
         memory.into_iter().chain(cpu).collect()
     }
 
+    /// Starts the memory cgroup's peak afresh (a run measured on its own).
+    pub fn reset_peak(&self) {
+        if let Some(m) = &self.memory {
+            m.reset_peak();
+        }
+    }
+
     /// The memory cgroup's peak in MiB (`None` without one); panics if it hit its limit.
     pub fn peak_mib(&self) -> Option<f64> {
         let memory = self.memory.as_ref()?;

@@ -405,6 +405,82 @@ async fn paginated_records_continue_between_pages_and_each_record_appears_once()
     }
 }
 
+/// Paginated records into one object per page (`{page}`) continue between pages: each
+/// invocation writes the next pages' objects (and their manifests), the last answer lists
+/// the objects of every invocation, each holding its page's records, and each page is
+/// fetched once. An abort event after a stop deletes the pages written and their manifests.
+#[tokio::test]
+async fn records_into_an_object_per_page_continue_between_pages() {
+    use sluice_tests::fixture_api::api_record_json;
+    let h = Harness::start("ingest-http", "records-per-page", None).await;
+    let (n, per) = (20_000u64, 400u64);
+    let path = format!("/api/cursor?n={n}&per={per}&delay_ms=60");
+    let paginate = json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+    let answers = records_to_the_end(&h, &path, paginate.clone(), "pages/{page}.ndjson.gz").await;
+    let last = answers.last().unwrap();
+    assert!(answers.len() >= 3, "{} invocations: {last}", answers.len());
+    for a in &answers[..answers.len() - 1] {
+        assert_eq!(a["status"], "continue", "{a}");
+    }
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["records"], n, "{last}");
+    assert_eq!(last["invocations"], answers.len(), "{last}");
+    let objects = last["objects"].as_array().expect("the page objects listed");
+    assert_eq!(objects.len() as u64, n / per, "{last}");
+    let client = h.server.client().await;
+    for (i, o) in objects.iter().enumerate() {
+        let page = i as u64 + 1;
+        let key = format!("pages/{page:05}.ndjson.gz");
+        assert_eq!(o["key"], key.as_str(), "{o}");
+        assert_eq!(o["page"], page, "{o}");
+        let want: String = ((page - 1) * per + 1..=page * per)
+            .map(|i| api_record_json(i) + "\n")
+            .collect();
+        assert!(
+            ndjson_of(&h, &key).await == want,
+            "{key} does not hold page {page}'s records"
+        );
+        let manifest = o["manifest"].as_str().expect("a manifest per page");
+        assert!(
+            sluice_tests::object_exists(&client, &h.bucket, manifest).await,
+            "{manifest}"
+        );
+    }
+    let stored = h.keys_under("pages/").await;
+    assert_eq!(
+        stored.len() as u64,
+        2 * n / per,
+        "objects and manifests: {stored:?}"
+    );
+    assert_eq!(h.fixture.requests("/api/cursor").len() as u64, n / per);
+    h.assert_clean().await;
+    eprintln!(
+        "CONTINUE records per page: {n} records, {} objects, {} invocations",
+        objects.len(),
+        answers.len()
+    );
+
+    // Given up after the first stop: its pages and their manifests go.
+    let mut job = h.job(&path, "given-up/{page}.ndjson.gz");
+    job["records"] = json!("$.data[*]");
+    job["source"]["http"]["paginate"] = paginate;
+    job["tuning"] = json!({"max_invocation_secs": 1});
+    let first = response(h.invoke(job, INVOCATION).await);
+    assert_eq!(first["status"], "continue", "{first}");
+    assert!(
+        !h.keys_under("given-up/").await.is_empty(),
+        "no page written: {first}"
+    );
+    let answer = response(
+        h.invoke(json!({"abort": first["continue"]}), INVOCATION)
+            .await,
+    );
+    assert_eq!(answer["status"], "aborted", "{answer}");
+    let left = h.keys_under("given-up/").await;
+    assert!(left.is_empty(), "left after the abort: {left:?}");
+    h.assert_clean().await;
+}
+
 /// An incremental job keeps its watermark across invocations: every page sends the one it
 /// started from, the state is written once at the end with the largest value of all
 /// invocations; and a job whose state another run moved meanwhile fails and leaves nothing.
@@ -494,28 +570,12 @@ async fn a_checkpoint_of_another_kind_is_refused() {
     h.assert_clean().await;
 }
 
-/// A transient failure in a continued invocation (the API answers 503 past the source's
-/// retries) keeps the checkpoint and the upload it names: the invocation fails `Retryable`,
-/// and the same `continue` event sent again (what the state machine's `Retry` does) resumes
-/// from the last checkpoint; the object holds every record once, in order, and nothing is
-/// left. Pages wait 100 ms and invocations last 1 s, so the first invocation asks for at
-/// most 11 pages and the storm (requests 31 and 32) falls in a later one, after at least one
-/// part was uploaded.
-#[tokio::test]
-async fn a_transient_failure_keeps_the_checkpoint_for_a_retry_of_the_same_event() {
-    use sluice_tests::fixture_api::api_record_json;
-    let h = Harness::start("ingest-http", "transient", None).await;
-    let n = 200_000u64;
-    let path = format!("/api/storm?key=t&after=30&times=2&n={n}&per=4000&delay_ms=100");
-    let mut job = h.job(&path, "transient.ndjson");
-    job["records"] = json!("$.data[*]");
-    job["source"]["http"]["paginate"] =
-        json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
-    job["source"]["http"]["retry"] = json!({"max_attempts": 2, "base_delay_ms": 50});
-    job["tuning"] = json!({"max_invocation_secs": 1});
+/// Invokes `job` and then each `continue` event until an invocation fails: the answers
+/// before, the event the failure was for, and the error's type and message.
+async fn until_a_failure(h: &Harness, job: Value) -> (Vec<Value>, Value, (String, String)) {
     let mut event = job;
     let mut answers = Vec::new();
-    let (kind, message) = loop {
+    loop {
         assert!(
             answers.len() < 40,
             "no failure after {} invocations",
@@ -533,9 +593,38 @@ async fn a_transient_failure_keeps_the_checkpoint_for_a_retry_of_the_same_event(
             Invocation::Error {
                 error_type,
                 error_message,
-            } => break (error_type, error_message),
+            } => return (answers, event, (error_type, error_message)),
         }
+    }
+}
+
+/// A transient failure in a continued invocation (the API answers 503 past the source's
+/// retries) keeps the checkpoint and the upload it names: the invocation fails `Retryable`,
+/// and the same `continue` event sent again (what the state machine's `Retry` does) resumes
+/// from the last checkpoint; the object holds every record once, in order, and nothing is
+/// left. Pages wait 100 ms and invocations last 1 s, so the first invocation asks for at
+/// most 11 pages and the storm (requests 31 and 32) falls in a later one, after at least one
+/// part was uploaded. The same into partitioned objects rolled at 1,000 records: the failed
+/// invocation's objects completed after the checkpoint are deleted, the checkpoint's stay,
+/// and the retry ends with every record once and a manifest listing exactly the objects
+/// stored.
+#[tokio::test]
+async fn a_transient_failure_keeps_the_checkpoint_for_a_retry_of_the_same_event() {
+    use sluice_tests::fixture_api::api_record_json;
+    let h = Harness::start("ingest-http", "transient", None).await;
+    let n = 200_000u64;
+    let paginate = json!({"cursor": {"param": "cursor", "path": "$.next_cursor"}});
+    let job = |storm: &str, key: &str| {
+        let path = format!("/api/storm?key={storm}&after=30&times=2&n={n}&per=4000&delay_ms=100");
+        let mut job = h.job(&path, key);
+        job["records"] = json!("$.data[*]");
+        job["source"]["http"]["paginate"] = paginate.clone();
+        job["source"]["http"]["retry"] = json!({"max_attempts": 2, "base_delay_ms": 50});
+        job["tuning"] = json!({"max_invocation_secs": 1});
+        job
     };
+    let (answers, event, (kind, message)) =
+        until_a_failure(&h, job("one", "transient.ndjson")).await;
     assert!(
         !answers.is_empty(),
         "the first invocation failed: {message}"
@@ -581,9 +670,70 @@ async fn a_transient_failure_keeps_the_checkpoint_for_a_retry_of_the_same_event(
     );
     h.assert_clean().await;
     eprintln!(
-        "TRANSIENT: failed in invocation {}, retried with the same event, {} more invocations",
+        "TRANSIENT one object: failed in invocation {}, retried with the same event, {} more invocations",
         answers.len() + 1,
         rest.len()
+    );
+
+    // Partitioned, rolled at 1,000 records (2.5 pages): the failed invocation completed
+    // objects past its checkpoint.
+    let mut partitioned = job(
+        "parts",
+        "tp/h={field:updated_at:%Y-%m-%dT%H}/{run_id}-{part}.ndjson",
+    );
+    partitioned["destination"]["max_object_records"] = json!(1000);
+    let (answers, event, (kind, message)) = until_a_failure(&h, partitioned).await;
+    assert!(
+        !answers.is_empty(),
+        "the first invocation failed: {message}"
+    );
+    assert_eq!(kind, "Retryable", "{message}");
+    let doc_key = event["checkpoint"]["key"].as_str().unwrap().to_owned();
+    let doc: Value =
+        serde_json::from_slice(&read_object(&client, &h.bucket, &doc_key).await).unwrap();
+    let mut listed: Vec<String> = doc["position"]["partitions"]["objects"]
+        .as_array()
+        .expect("the checkpoint lists the objects")
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut kept = h.keys_under("tp/").await;
+    kept.sort();
+    assert_eq!(
+        kept, listed,
+        "stored after the failure: the checkpoint's objects, no others"
+    );
+    let rest = h.run_to_end(event, INVOCATION, 40).await;
+    let last = rest.last().unwrap();
+    assert_eq!(last["status"], "written", "{last}");
+    assert_eq!(last["records"], n, "{last}");
+    let manifest = last["manifest"].as_str().unwrap();
+    let stored = h.objects_of_manifest(manifest, "tp/").await;
+    let mut ids = Vec::new();
+    for key in &stored {
+        let text = String::from_utf8(read_object(&client, &h.bucket, key).await).unwrap();
+        for line in text.lines() {
+            ids.push(
+                serde_json::from_str::<Value>(line).unwrap()["id"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+    }
+    ids.sort_unstable();
+    assert!(
+        ids == (1..=n).collect::<Vec<_>>(),
+        "{} ids, not 1..={n} once each",
+        ids.len()
+    );
+    h.assert_clean().await;
+    eprintln!(
+        "TRANSIENT partitioned: failed in invocation {} with {} objects kept, {} more invocations, {} objects",
+        answers.len() + 1,
+        listed.len(),
+        rest.len(),
+        stored.len()
     );
 }
 

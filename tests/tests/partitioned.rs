@@ -756,6 +756,26 @@ async fn a_partitioned_transform_continues_into_the_next_parts() {
                 .map_or("not measured".into(), |p| format!("{p:.1} MiB")),
         );
 
+        // `SLUICE_CONTINUE_COMPARE=1`: the same rows in one invocation, for the overhead.
+        if std::env::var("SLUICE_CONTINUE_COMPARE").is_ok_and(|v| v == "1") {
+            let once = "incoming/one-shot.csv";
+            put_source(&h, once, parking_file(9, SIZE)).await;
+            b.reset_peak();
+            let started = std::time::Instant::now();
+            let answer = response(h.invoke(json!({"bucket": h.bucket, "key": once}), T).await);
+            let one_shot = started.elapsed().as_secs_f64();
+            let s = &answer["objects"][0];
+            assert_eq!(s["status"], "written", "{s}");
+            assert_eq!(s["records_out"], rows, "{s}");
+            eprintln!(
+                "ONE-SHOT partitioned transform {format}: {one_shot:.1} s, {} objects; continued run took {:.2}x; cgroup peak {}",
+                s["partitioned"]["objects"],
+                secs / one_shot,
+                b.peak_mib()
+                    .map_or("not measured".into(), |p| format!("{p:.1} MiB")),
+            );
+        }
+
         // Given up after the first stop: the objects it completed go with the checkpoint.
         let again = "incoming/given-up.csv";
         put_source(&h, again, parking_file(10, SIZE)).await;

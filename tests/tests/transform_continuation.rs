@@ -326,12 +326,6 @@ fn assert_same(what: &str, continued: &Run, one_shot: &Run) {
     );
 }
 
-fn reset_peak(b: &LambdaBox) {
-    if let Some(m) = &b.memory {
-        m.reset_peak();
-    }
-}
-
 fn peak_text(peak: Option<f64>) -> String {
     peak.map_or("not measured".into(), |p| format!("{p:.1} MiB"))
 }
@@ -345,7 +339,7 @@ async fn continues_like_one_shot(
     decode: Decode,
     what: &str,
 ) {
-    reset_peak(b);
+    b.reset_peak();
     let continued = run_continued(h, event(h, key, true), decode, 0, 200).await;
     let peak = b.peak_mib();
     h.assert_clean().await;
@@ -693,7 +687,7 @@ async fn a_killed_invocation_retried_with_the_same_event_gives_the_same_output()
     );
 
     h.restart();
-    reset_peak(&b);
+    b.reset_peak();
     // Before the retry: the first invocation and the killed one.
     let continued = run_continued(&h, event, Decode::None, 2, 200).await;
     h.assert_clean().await;
@@ -763,7 +757,7 @@ async fn two_gib_multi_member_gzip_csv_continues_in_the_256_mb_box() {
     let want = want.await.unwrap();
     assert_eq!(source.get_ref().rows(), want.rows_in);
 
-    reset_peak(&b);
+    b.reset_peak();
     let continued = run_continued(&h, event(&h, key, true), Decode::Gzip, 0, 400).await;
     let peak = b.peak_mib();
     // Everything is checked, printed, and then asserted, so that one wrong figure does not
@@ -824,7 +818,7 @@ async fn two_gib_multi_member_gzip_csv_continues_in_the_256_mb_box() {
     let mut one_summary = Value::Null;
     if std::env::var_os("CI").is_none() {
         forget(&h, s).await;
-        reset_peak(&b);
+        b.reset_peak();
         let one_shot = run_one_shot(&h, key, Decode::Gzip).await;
         let one_peak = b.peak_mib();
         eprintln!(

@@ -123,6 +123,10 @@ pub enum Position {
         /// side upload).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parquet: Option<Box<ParquetRecordsResume>>,
+        /// One object per page (`{page}`): the pages' objects completed so far (each stop
+        /// comes between two pages, so none is open).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pages: Option<Vec<crate::ingest::PageObject>>,
     },
     /// A transform (`transform-s3`): the source object again, from a row boundary.
     Rows(Box<RowsPosition>),
@@ -227,10 +231,16 @@ impl Position {
         }
     }
 
+    /// Whether it lists the objects of a job writing one per page.
+    pub fn lists_pages(&self) -> bool {
+        matches!(self, Position::Pages { pages: Some(_), .. })
+    }
+
     /// What kind of job continues from it, for errors.
     pub fn kind(&self) -> &'static str {
         match self {
             Position::HttpRange { .. } => "a byte copy",
+            Position::Pages { pages: Some(_), .. } => "paginated records into one object per page",
             Position::Pages {
                 partitions: None, ..
             } => "paginated records into one object",
@@ -672,17 +682,28 @@ pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoi
 }
 
 /// Aborts the uploads of `checkpoint` in `bucket` (its output's and its side upload's, when
-/// they have started) and deletes the objects a partitioned job completed before it, for a
-/// job that cannot go on. An upload already gone (a failed writer aborted it) is not an
+/// they have started) and deletes the objects a partitioned job (or one writing an object
+/// per page, with their manifests) completed before it, for a job that cannot go on. An upload already gone (a failed writer aborted it) is not an
 /// error; another failure is logged, and `sweep-uploads` or the lifecycle rule removes the
 /// upload.
 pub async fn abort_upload(s3: &aws_sdk_s3::Client, bucket: &str, checkpoint: &Checkpoint) {
+    use crate::job::Status;
     if let Some(p) = checkpoint.position.partitions() {
         let keys = p
             .objects
             .iter()
-            .filter(|o| o.status == crate::job::Status::Written)
+            .filter(|o| o.status == Status::Written)
             .map(|o| o.key.as_str());
+        crate::partition::delete(s3, bucket, keys, "the job given up").await;
+    }
+    if let Position::Pages {
+        pages: Some(pages), ..
+    } = &checkpoint.position
+    {
+        let keys = pages
+            .iter()
+            .filter(|o| o.status == Status::Written)
+            .flat_map(|o| std::iter::once(o.key.as_str()).chain(o.manifest.as_deref()));
         crate::partition::delete(s3, bucket, keys, "the job given up").await;
     }
     let side = checkpoint.side.as_ref().map(|s| (&s.key, &s.upload));

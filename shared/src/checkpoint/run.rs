@@ -114,6 +114,9 @@ impl<'a> Checkpoints<'a> {
         suspended: Suspended,
         side: Option<(String, Suspended)>,
     ) -> Result<Continue> {
+        // What the stored document says, should this save fail and the job be kept for a
+        // retry: a later roll-back spares exactly the objects it lists.
+        let before = self.next.clone();
         let next = &mut self.next;
         next.position = position;
         next.bytes_in = bytes_in;
@@ -129,7 +132,9 @@ impl<'a> Checkpoints<'a> {
             }
             Err(e) => {
                 // The save failed before or after its document: the one before stays whole.
-                if !self.keeps(&e) {
+                if self.keeps(&e) {
+                    self.next = before;
+                } else {
                     super::abort_upload(s3, bucket, &self.next).await;
                     self.delete_saved().await;
                 }
@@ -157,8 +162,26 @@ impl<'a> Checkpoints<'a> {
         self.delete_saved().await;
     }
 
-    /// At the end of a job that did not stop: deletes the checkpoints this invocation saved
-    /// when it finished, [gives up](Self::give_up) when it failed.
+    /// After a failure with `error`: deletes the objects in `written` the job completed (the
+    /// earlier invocations' included), but when the checkpoint is kept for a retry
+    /// ([`keeps_for_retry`]) those it lists, which the retry goes on from.
+    pub async fn roll_back(&self, written: &crate::partition::Written, error: &Error) {
+        let listed: std::collections::HashSet<&str> = match self.keeps(error) {
+            true => self
+                .next
+                .position
+                .partitions()
+                .map(|p| p.objects.iter().map(|o| o.key.as_str()).collect())
+                .unwrap_or_default(),
+            false => Default::default(),
+        };
+        let (s3, bucket) = (self.scope.s3, self.scope.bucket);
+        crate::partition::roll_back_sparing(s3, bucket, written, |key| listed.contains(key)).await;
+    }
+
+    /// At the end of a job that did not stop: deletes the checkpoint when it finished (so
+    /// that nothing after, a manifest that cannot be written, say, is retried from it),
+    /// [gives up](Self::give_up) when it failed.
     pub async fn end<T>(&self, result: &Result<T>) {
         match result {
             Ok(_) => self.delete_saved().await,
@@ -166,9 +189,9 @@ impl<'a> Checkpoints<'a> {
         }
     }
 
-    /// Deletes the checkpoint this invocation saved, if any.
+    /// Deletes the checkpoint this invocation saved or resumed, if any.
     pub async fn delete_saved(&self) {
-        if self.saved {
+        if self.saved || self.resumed {
             super::delete(self.scope.s3, self.scope.bucket, &self.next).await;
         }
     }
@@ -177,12 +200,13 @@ impl<'a> Checkpoints<'a> {
 /// Whether a job whose invocation resumed `checkpoint` and failed with `error` keeps it, with
 /// the upload it names, so that the same `continue` event sent again (the state machine's
 /// `Retry` on `Retryable`) resumes from the last checkpoint saved: a transient failure
-/// (`Retryable`: a lost connection, throttling, a 5xx), into one object. The writer left that
-/// upload open ([`Suspended::held`](crate::sink::Suspended::held)); its parts past the
-/// checkpoint are overwritten by number. A partitioned job's failure has deleted the objects
-/// it completed, so it is given up, as every other failure.
+/// (`Retryable`: a lost connection, throttling, a 5xx). The writer left that upload open
+/// ([`Suspended::held`](crate::sink::Suspended::held)); its parts past the checkpoint are
+/// overwritten by number. A partitioned job deleted only the objects it completed after the
+/// checkpoint ([`Checkpoints::roll_back`]). A job writing one object per page deletes every
+/// page when it fails, so it is given up, as every other failure is.
 pub fn keeps_for_retry(checkpoint: &Checkpoint, error: &Error) -> bool {
-    error.kind() == ErrorKind::Retryable && checkpoint.position.partitions().is_none()
+    error.kind() == ErrorKind::Retryable && !checkpoint.position.lists_pages()
 }
 
 /// After an invocation that resumed `from`: a job that continues keeps the checkpoint (the

@@ -328,8 +328,13 @@ impl KeysetExport<'_> {
                 Err(e)
             }
         };
-        if result.is_err() {
-            partition::roll_back(self.s3, &self.spec.destination.bucket, &written).await;
+        if let Err(e) = &result {
+            match &checkpoints {
+                Some(c) => c.roll_back(&written, e).await,
+                None => {
+                    partition::roll_back(self.s3, &self.spec.destination.bucket, &written).await
+                }
+            }
         }
         if let Some(c) = &checkpoints {
             c.end(&result).await;

@@ -224,7 +224,7 @@ pub async fn run(spec: &JobSpec, ctx: &JobContext) -> Result<Summary> {
 }
 
 /// Runs one job that may continue: a byte copy whose source can be read from an offset, or
-/// paginated records into one object ([`pager`]), stops before the deadline (or
+/// paginated records ([`pager`]), stops before the deadline (or
 /// `tuning.max_invocation_secs`), writes a checkpoint and answers `"status": "continue"`; the
 /// job resumes from `continuation.from` when it is set.
 /// The checkpoint read is deleted once the job finished or failed; a failure aborts its
@@ -276,15 +276,17 @@ async fn run_job(
             checkpoint::Position::Pages {
                 partitions,
                 parquet,
+                pages,
                 ..
             } => {
                 spec.extracts_records()
                     && parquet.is_some() == (spec.format == Some(Format::Parquet))
                     && partitions.is_some() == partitioned
+                    && pages.is_some() == per_page
             }
             checkpoint::Position::Keyset { .. } | checkpoint::Position::Rows(_) => false,
         };
-        if key != loaded.checkpoint.key || per_page || !fits {
+        if key != loaded.checkpoint.key || !fits {
             return Err(Error::spec(format!(
                 "checkpoint {}: it is for s3://{}/{}, {kind}; the job renders {key}",
                 loaded.reference.checkpoint.key, spec.destination.bucket, loaded.checkpoint.key
@@ -502,7 +504,8 @@ async fn prepare<'a>(spec: &'a JobSpec, ctx: &'a JobContext) -> Result<Prepared<
 }
 
 /// Records mode: the producer writes every page's records into one object or one per page.
-/// Paginated records into one object continue across invocations with a `continuation`.
+/// Paginated records (into anything but one Parquet file) continue across invocations with
+/// a `continuation`.
 async fn write_records(
     p: &Prepared<'_>,
     target: S3Target,
@@ -549,13 +552,12 @@ async fn write_records(
         partition_written: &partition_written,
     };
     let out = outputs.build(p, from)?;
-    let bucket = &spec.destination.bucket;
-    // Paginated records into one object or into partitioned NDJSON stop between pages.
+    // Paginated records stop between pages, into anything but one Parquet file.
     let continuing = continuation.filter(|_| {
         let can = match &out {
             Output::Single(_) | Output::Partitioned(_) => true,
             Output::Parquet(records) => records.is_partitioned(),
-            Output::PerPage(_) => false,
+            Output::PerPage(_) => true,
         };
         can && p.http_spec.paginate.is_some()
     });
@@ -579,8 +581,8 @@ async fn write_records(
             Err(panicked) => {
                 // The output went down with the task (its uploads are aborted); the objects
                 // it completed are deleted here.
-                pages::roll_back(p.ctx, bucket, &written).await;
-                partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+                let done = (&written, &partition_written);
+                roll_back_failed(p, pager.as_ref(), done, &panicked).await;
                 if let Some(pager) = &pager {
                     pager.checkpoints.give_up(&panicked).await;
                 }
@@ -589,11 +591,7 @@ async fn write_records(
         };
         paging = paged;
         let (time_up, stopped, pager) = match (produced, back, pager.as_mut()) {
-            (
-                Ok(Paged::Stopped { time_up }),
-                back @ (Output::Single(_) | Output::Partitioned(_) | Output::Parquet(_)),
-                Some(pager),
-            ) => (time_up, back, pager),
+            (Ok(Paged::Stopped { time_up }), back, Some(pager)) => (time_up, back, pager),
             (produced, back, _) => {
                 // Only the end of the data finishes the output.
                 let produced = produced.and_then(|paged| match paged {
@@ -611,19 +609,38 @@ async fn write_records(
             }
             Ok(Stretch::Resumed(resumed)) => out = resumed,
             Err(e) => {
-                partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+                let done = (&written, &partition_written);
+                roll_back_failed(p, Some(&*pager), done, &e).await;
                 return Err(e);
             }
         }
     };
     let result = settle(p, out, produced, &stats).await;
-    if result.is_err() {
-        partition::roll_back(&p.ctx.s3, bucket, &partition_written).await;
+    if let Err(e) = &result {
+        // A run writing one object per page deleted its pages itself.
+        roll_back_failed(p, pager.as_ref(), (&written, &partition_written), e).await;
     }
     if let Some(pager) = &pager {
         pager.checkpoints.end(&result).await;
     }
     Ok((deadline_bytes(result, stats.bytes_in)?, stats))
+}
+
+/// After a failure with `error`: deletes the objects the run completed, its pages (with
+/// their manifests) or its partitions' objects, sparing those the checkpoint kept for a retry
+/// lists ([`Checkpoints::roll_back`](checkpoint::Checkpoints::roll_back)).
+async fn roll_back_failed(
+    p: &Prepared<'_>,
+    pager: Option<&Pager<'_>>,
+    (pages_written, partitions_written): (&pages::Written, &partition::Written),
+    error: &Error,
+) {
+    let bucket = &p.spec.destination.bucket;
+    pages::roll_back(p.ctx, bucket, pages_written).await;
+    match pager {
+        Some(pager) => pager.checkpoints.roll_back(partitions_written, error).await,
+        None => partition::roll_back(&p.ctx.s3, bucket, partitions_written).await,
+    }
 }
 
 /// What the output of a records run is built with.
@@ -678,7 +695,7 @@ impl Outputs<'_> {
             )));
         }
         if spec.object_per_page() {
-            return Ok(Output::PerPage(Box::new(pages::PageWriter {
+            let pages = pages::PageWriter {
                 ctx: p.ctx.clone(),
                 destination: spec.destination.clone(),
                 vars: p.vars.clone(),
@@ -687,7 +704,16 @@ impl Outputs<'_> {
                 summary: self.summary.clone(),
                 current: None,
                 written: self.written.clone(),
-            })));
+            };
+            if let Some(l) = from
+                && let checkpoint::Position::Pages {
+                    pages: Some(objects),
+                    ..
+                } = &l.checkpoint.position
+            {
+                pages.resume(objects);
+            }
+            return Ok(Output::PerPage(Box::new(pages)));
         }
         let writer = match from {
             Some(l) => ObjectWriter::resume(self.target.clone(), &p.options, l.suspended())?,

@@ -1,13 +1,16 @@
-//! Paginated records into one object or into partitioned NDJSON objects, across
-//! invocations: between two pages the producer stops ([`PageStop`]), the writer is suspended
-//! (the NDJSON batch of the page is written, so the object ends at a line, and a compressing
-//! writer ends its gzip member or zstd frame) or, for a partitioned run, every open object
-//! is completed, and a checkpoint keeps the next page's request ([`PageResume`]) with, for
-//! an incremental job, the watermark it started from and the largest one written, and a
-//! partitioned run's objects with each partition's next `{part}`.
+//! Paginated records into one object, into partitioned objects (NDJSON or Parquet) or into
+//! one object per page, across invocations: between two pages the producer stops
+//! ([`PageStop`]), the writer is suspended (the NDJSON batch of the page is written, so the
+//! object ends at a line, and a compressing writer ends its gzip member or zstd frame) or,
+//! for a partitioned run, every open object is completed (a run writing one object per
+//! page has none open), and a checkpoint keeps the next page's request ([`PageResume`])
+//! with, for an incremental job, the watermark it started from and the largest one written,
+//! and the objects completed so far (a partitioned run's with each partition's next
+//! `{part}`, or the pages').
 
 use std::sync::Arc;
 
+use super::PageObject;
 use super::records::{Output, PageStop, Paging};
 use super::{Continuation, Prepared, deadline_bytes};
 use crate::checkpoint::Checkpoints;
@@ -50,6 +53,7 @@ impl<'a> Pager<'a> {
             watermark: None,
             partitions: None,
             parquet: None,
+            pages: None,
         };
         if let Some(l) = &continuation.from
             && let Position::Pages { watermark, .. } = &l.checkpoint.position
@@ -105,10 +109,15 @@ impl<'a> Pager<'a> {
             watermark: self.watermark(),
             partitions: held.files.clone().map(Box::new),
             parquet: held.parquet.clone().map(Box::new),
+            pages: held.pages.clone(),
         };
-        let (parts, bytes) = match &held.files {
-            Some(s) => s.uploaded(),
-            None => (held.upload.parts.len() as u32, held.upload.bytes),
+        let (parts, bytes) = match (&held.files, &held.pages) {
+            (Some(s), _) => s.uploaded(),
+            (None, Some(pages)) => (
+                pages.iter().map(|o| o.parts).sum(),
+                pages.iter().map(|o| o.bytes_out).sum(),
+            ),
+            (None, None) => (held.upload.parts.len() as u32, held.upload.bytes),
         };
         let saved = self.checkpoints.save_with_side(
             position,
@@ -163,7 +172,9 @@ struct Held {
     parquet: Option<ParquetRecordsResume>,
     /// A Parquet run's quarantine: its key and upload, once it has one.
     side: Option<(String, Suspended)>,
-    /// A partitioned run's output, to go on with in this invocation.
+    /// The page objects of a run writing one per page.
+    pages: Option<Vec<PageObject>>,
+    /// A partitioned or per-page run's output, to go on with in this invocation.
     out: Option<Output>,
 }
 
@@ -175,6 +186,7 @@ impl Held {
             files: None,
             parquet: None,
             side: None,
+            pages: None,
             out: None,
         };
         match out {
@@ -191,10 +203,9 @@ impl Held {
                 held.parquet = Some(rest);
                 held.out = Some(Output::Parquet(records));
             }
-            Output::PerPage(_) => {
-                return Err(Error::Internal {
-                    message: "a checkpoint of an output that cannot continue".into(),
-                });
+            Output::PerPage(pages) => {
+                held.pages = Some(pages.objects_at_stop()?);
+                held.out = Some(Output::PerPage(pages));
             }
         }
         Ok(held)

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{JobContext, Summary, write_manifest};
 use crate::error::Result;
@@ -14,7 +14,8 @@ use crate::sink::{ObjectMeta, ObjectWriter, PutOutcome, S3Target, UploadOptions}
 use crate::spec::Destination;
 
 /// One object of a run that writes every page to its own object (`{page}` in the key).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct PageObject {
     /// The page's number in this run, from 1 (`{page}` renders it zero-padded to 5 digits).
     pub page: u32,
@@ -149,6 +150,23 @@ impl PageWriter {
                 Err(e)
             }
         }
+    }
+}
+
+impl PageWriter {
+    /// The objects of the pages so far, at a stop between two pages (no page is open).
+    pub fn objects_at_stop(&self) -> Result<Vec<PageObject>> {
+        if let Some((page, ..)) = &self.current {
+            return Err(crate::error::Error::Internal {
+                message: format!("a checkpoint while page {page}'s object is open"),
+            });
+        }
+        Ok(lock(&self.written).clone())
+    }
+
+    /// Goes on after the pages `objects` of the invocations before.
+    pub fn resume(&self, objects: &[PageObject]) {
+        *lock(&self.written) = objects.to_vec();
     }
 }
 

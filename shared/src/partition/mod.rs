@@ -650,10 +650,21 @@ fn lock(written: &Written) -> std::sync::MutexGuard<'_, Vec<PartitionObject>> {
 /// Deletes the objects of a failed run listed in `written`, best effort (each failure is
 /// logged as an error naming the key).
 pub async fn roll_back(s3: &aws_sdk_s3::Client, bucket: &str, written: &Written) {
+    roll_back_sparing(s3, bucket, written, |_| false).await;
+}
+
+/// [`roll_back`], keeping the objects whose key `spare` accepts (those a checkpoint kept for
+/// a retry lists).
+pub async fn roll_back_sparing(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    written: &Written,
+    spare: impl Fn(&str) -> bool,
+) {
     let objects = std::mem::take(&mut *lock(written));
     let keys = objects
         .iter()
-        .filter(|o| o.status == Status::Written)
+        .filter(|o| o.status == Status::Written && !spare(&o.key))
         .map(|o| o.key.as_str());
     delete(s3, bucket, keys, "the failed run").await;
 }

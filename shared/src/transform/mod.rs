@@ -88,6 +88,25 @@ pub struct TransformContext {
     pub policy: crate::source::http::guard::NetworkPolicy,
 }
 
+impl TransformContext {
+    /// What the checkpoints of a transform of `pipeline` writing into `bucket` with
+    /// `options` are written with.
+    fn scope<'a>(
+        &'a self,
+        pipeline: &'a Pipeline,
+        bucket: &'a str,
+        options: &'a crate::sink::UploadOptions,
+    ) -> crate::checkpoint::JobScope<'a> {
+        crate::checkpoint::JobScope {
+            s3: &self.s3,
+            bucket,
+            options,
+            tuning: &pipeline.tuning,
+            invocation: &self.invocation,
+        }
+    }
+}
+
 /// The object to transform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceObject {

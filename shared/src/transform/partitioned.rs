@@ -22,7 +22,6 @@ use super::steps::{Layout, RowError};
 use super::value::Value;
 use super::writer::RowWriter;
 use super::{Landed, ObjectSummary, Pipeline, Plan, TransformContext, WriteTo, Writing};
-use crate::checkpoint::JobScope;
 use crate::columnar::{self, ParquetOptions, RecordOutput, TableSchema};
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -92,13 +91,7 @@ pub(super) async fn write(
         quarantine.resume(l.side_suspended(), summary.counts.quarantined)?;
     }
     let bucket = summary.bucket.clone();
-    let scope = JobScope {
-        s3: &ctx.s3,
-        bucket: &bucket,
-        options: &upload,
-        tuning: &pipeline.tuning,
-        invocation: &ctx.invocation,
-    };
+    let scope = ctx.scope(pipeline, &bucket, &upload);
     let mut saver = continuing.map(|c| c.saver(scope, w, None));
     let mut spent = RecordOutput::Spent;
     let out = RowOut {
@@ -134,7 +127,10 @@ pub(super) async fn write(
     };
     if let Err(e) = &finished {
         quarantine.abort().await;
-        partition::roll_back(&ctx.s3, &summary.bucket, &written).await;
+        match &saver {
+            Some(s) => s.checkpoints.roll_back(&written, e).await,
+            None => partition::roll_back(&ctx.s3, &summary.bucket, &written).await,
+        }
         tracing::error!(%source, error = %e, "transform failed; its objects deleted, its uploads aborted");
     }
     if let Some(s) = &saver {

@@ -11,7 +11,7 @@ use super::reader::IoErrorMap;
 use super::rows::{RowOut, Rows};
 use super::{Landed, ObjectSummary, Pipeline, TransformContext, WriteTo, Writing};
 use super::{keep_quarantine, row_job};
-use crate::checkpoint::{JobScope, Loaded};
+use crate::checkpoint::Loaded;
 use crate::columnar::{self, RecordOutput, RecordsWritten};
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -55,13 +55,7 @@ pub(super) async fn write(
         }
     }
     let bucket = summary.bucket.clone();
-    let scope = JobScope {
-        s3: &ctx.s3,
-        bucket: &bucket,
-        options: &options,
-        tuning: &pipeline.tuning,
-        invocation: &ctx.invocation,
-    };
+    let scope = ctx.scope(pipeline, &bucket, &options);
     let mut saver = continuing.map(|c| c.saver(scope, w, Some(target)));
     let out = RowOut {
         output: &mut output,
