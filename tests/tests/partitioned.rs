@@ -679,7 +679,7 @@ async fn a_partitioned_transform_continues_into_the_next_parts() {
             assert_eq!(a["status"], "continue", "{format}: {a}");
         }
         assert!(
-            answers.len() >= 3,
+            answers.len() >= 2,
             "{format}: {} invocations",
             answers.len()
         );
